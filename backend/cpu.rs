@@ -1,0 +1,110 @@
+//! What this CPU offers: vector extensions and the matrix unit.
+
+#[derive(Clone, Debug, Default)]
+pub struct CpuFeatures {
+    pub avx512f: bool,
+    pub avx512_vnni: bool,
+    pub avx512_bf16: bool,
+    pub avx512_fp16: bool,
+    pub amx_tile: bool,
+    pub amx_int8: bool,
+    pub amx_bf16: bool,
+    /// Arm SME / SME2 (detected on aarch64 Linux).
+    pub sme: bool,
+    pub sme2: bool,
+    pub cores: usize,
+}
+
+impl CpuFeatures {
+    pub fn detect() -> CpuFeatures {
+        let mut f = CpuFeatures { cores: crate::ffi::os::allowed_cpus().len(), ..Default::default() };
+        #[cfg(target_arch = "x86_64")]
+        {
+            f.avx512f = is_x86_feature_detected!("avx512f");
+            f.avx512_vnni = is_x86_feature_detected!("avx512vnni");
+            f.avx512_bf16 = is_x86_feature_detected!("avx512bf16");
+            f.avx512_fp16 = is_x86_feature_detected!("avx512fp16");
+            let amx = amx_cpuid();
+            f.amx_tile = amx.0;
+            f.amx_int8 = amx.1;
+            f.amx_bf16 = amx.2;
+        }
+        #[cfg(all(target_arch = "aarch64", target_os = "linux"))]
+        {
+            f.sme = std::arch::is_aarch64_feature_detected!("sme");
+            f.sme2 = std::arch::is_aarch64_feature_detected!("sme2");
+        }
+        f
+    }
+
+    /// The matrix unit is usable (and not disabled by configuration).
+    pub fn has_matrix_unit(&self, disabled: bool) -> bool {
+        !disabled && ((self.amx_tile && (self.amx_int8 || self.amx_bf16)) || self.sme)
+    }
+
+    /// A short description such as "AMX int8+bf16, AVX-512 (VNNI, BF16, FP16), 2 cores".
+    pub fn describe(&self, amx_disabled: bool) -> String {
+        let mut parts = Vec::new();
+        if self.amx_tile {
+            let mut t = Vec::new();
+            if self.amx_int8 {
+                t.push("int8");
+            }
+            if self.amx_bf16 {
+                t.push("bf16");
+            }
+            parts.push(format!("AMX {}{}", t.join("+"), if amx_disabled { " (disabled)" } else { "" }));
+        }
+        if self.sme {
+            parts.push(if self.sme2 { "SME2".into() } else { "SME".into() });
+        }
+        if self.avx512f {
+            let mut t = Vec::new();
+            if self.avx512_vnni {
+                t.push("VNNI");
+            }
+            if self.avx512_bf16 {
+                t.push("BF16");
+            }
+            if self.avx512_fp16 {
+                t.push("FP16");
+            }
+            parts.push(if t.is_empty() { "AVX-512".into() } else { format!("AVX-512 ({})", t.join(", ")) });
+        }
+        if parts.is_empty() {
+            parts.push("portable vector path".into());
+        }
+        parts.push(format!("{} cores", self.cores));
+        parts.join(", ")
+    }
+}
+
+/// (amx-tile, amx-int8, amx-bf16) from CPUID leaf 7 and the OS-enabled XCR0 tile state.
+#[cfg(target_arch = "x86_64")]
+fn amx_cpuid() -> (bool, bool, bool) {
+    use std::arch::x86_64::__cpuid_count;
+    // CPUID is available on every x86_64 CPU.
+    let max_leaf = __cpuid_count(0, 0).eax;
+    if max_leaf < 7 {
+        return (false, false, false);
+    }
+    let edx = __cpuid_count(7, 0).edx;
+    let (tile, bf16, int8) = (edx & (1 << 24) != 0, edx & (1 << 22) != 0, edx & (1 << 25) != 0);
+    // OSXSAVE (CPUID.1:ECX bit 27) must be set before XGETBV may be executed.
+    let osxsave = __cpuid_count(1, 0).ecx & (1 << 27) != 0;
+    if !tile || !osxsave {
+        return (false, false, false);
+    }
+    let xcr0 = xgetbv0();
+    // XTILECFG (bit 17) and XTILEDATA (bit 18) enabled by the OS.
+    let os_ok = xcr0 & (3 << 17) == (3 << 17);
+    (os_ok, os_ok && int8, os_ok && bf16)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn xgetbv0() -> u64 {
+    let (eax, edx): (u32, u32);
+    // SAFETY: XGETBV with ECX=0 reads XCR0; the caller checked OSXSAVE, so it is legal.
+    unsafe { std::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") eax, out("edx") edx, options(nomem, nostack, preserves_flags)) };
+    ((edx as u64) << 32) | eax as u64
+}

@@ -1,0 +1,159 @@
+//! GET_ROWS, SET_ROWS and CPY/CONT/DUP: moving rows and elements between tensors,
+//! converting types through the per-type kernel table.
+
+use half::{bf16, f16};
+
+use super::{is_float, need, slice, slice_mut, split_range, Node, Unsupported};
+use crate::backend::dtype::DType;
+use crate::backend::exec::ThreadCtx;
+use crate::backend::kernels::quant::kernels;
+use crate::backend::tensor::TensorRef;
+
+fn has_to_f32(ty: DType) -> bool {
+    kernels(ty).is_some()
+}
+
+fn has_from_f32(ty: DType) -> bool {
+    kernels(ty).is_some_and(|k| k.from_f32.is_some())
+}
+
+pub fn supports_get_rows(node: &Node) -> Result<(), Unsupported> {
+    let (a, ids, d) = (node.src[0].as_ref().ok_or("missing")?, node.src[1].as_ref().ok_or("missing")?, &node.dst);
+    need(has_to_f32(a.ty) && a.rows_contiguous(), "get_rows: source type")?;
+    need(ids.ty == DType::I32 && ids.nb[0] == 4, "get_rows: i32 ids")?;
+    need(d.ty == DType::F32 && d.nb[0] == 4, "get_rows: f32 output")?;
+    need(d.ne[0] == a.ne[0] && d.ne[1] == ids.ne[0] && d.ne[2] == ids.ne[1] && d.ne[3] == ids.ne[2], "get_rows: shape")?;
+    need(a.ne[2] == ids.ne[1] && a.ne[3] == ids.ne[2] && ids.ne[3] == 1, "get_rows: batch shape")
+}
+
+pub fn get_rows(node: &Node, ctx: &ThreadCtx) {
+    let (a, ids, d) = (node.src(0), node.src(1), &node.dst);
+    let to_f32 = kernels(a.ty).unwrap().to_f32;
+    let n = d.ne[0];
+    let (r0, r1) = split_range(d.nrows(), ctx.ith, ctx.nth);
+    for r in r0..r1 {
+        let (i1, i2, i3) = d.unflatten_row(r);
+        // SAFETY: ids is i32 with packed rows; (i1, i2, i3) is within its shape.
+        let row = unsafe { (ids.row_ptr(0, i2, i3).add(i1 * ids.nb[0]) as *const i32).read_unaligned() };
+        assert!(row >= 0 && (row as usize) < a.ne[1], "SMEPilot get_rows: row id {row} out of range 0..{}", a.ne[1]);
+        // SAFETY: source rows hold n elements of a.ty; this thread owns dst row r.
+        let (src, dst) = unsafe {
+            (slice::<u8>(a.row_ptr(row as usize, i2, i3), a.row_bytes()), slice_mut::<f32>(d.row_ptr(i1, i2, i3), n))
+        };
+        to_f32(src, dst);
+    }
+}
+
+pub fn supports_set_rows(node: &Node) -> Result<(), Unsupported> {
+    let (a, ids, d) = (node.src[0].as_ref().ok_or("missing")?, node.src[1].as_ref().ok_or("missing")?, &node.dst);
+    need(a.ty == DType::F32 && a.nb[0] == 4, "set_rows: f32 source")?;
+    need(matches!(ids.ty, DType::I32 | DType::I64) && ids.rows_contiguous(), "set_rows: i32/i64 ids")?;
+    need(has_from_f32(d.ty) && d.rows_contiguous(), "set_rows: destination type")?;
+    need(d.ne[0] == a.ne[0] && a.ne[0] % d.ty.block_size() == 0, "set_rows: row length")?;
+    need(ids.ne[0] == a.ne[1] && d.ne[2] == a.ne[2] && d.ne[3] == a.ne[3], "set_rows: shape")?;
+    need(a.ne[2] % ids.ne[1] == 0 && a.ne[3] % ids.ne[2] == 0 && ids.ne[3] == 1, "set_rows: broadcast")
+}
+
+pub fn set_rows(node: &Node, ctx: &ThreadCtx) {
+    let (a, ids, d) = (node.src(0), node.src(1), &node.dst);
+    let from_f32 = kernels(d.ty).unwrap().from_f32.unwrap();
+    let n = a.ne[0];
+    let (r0, r1) = split_range(a.nrows(), ctx.ith, ctx.nth);
+    for r in r0..r1 {
+        let (i1, i2, i3) = a.unflatten_row(r);
+        let p = ids.row_ptr(0, i2 % ids.ne[1], i3 % ids.ne[2]).wrapping_add(i1 * ids.nb[0]);
+        // SAFETY: ids hold i32/i64 (supports) and the index is within their shape.
+        let row = unsafe {
+            if ids.ty == DType::I64 { (p as *const i64).read_unaligned() } else { (p as *const i32).read_unaligned() as i64 }
+        };
+        assert!(row >= 0 && (row as usize) < d.ne[1], "SMEPilot set_rows: row id {row} out of range 0..{}", d.ne[1]);
+        // SAFETY: rows sized by type (supports); distinct source rows map to distinct
+        // destination rows (ggml's contract for set_rows), so threads write disjoint rows.
+        let (src, dst) = unsafe {
+            (slice::<f32>(a.row_ptr(i1, i2, i3), n), slice_mut::<u8>(d.row_ptr(row as usize, i2, i3), d.row_bytes()))
+        };
+        from_f32(src, dst);
+    }
+}
+
+pub fn supports_copy(node: &Node) -> Result<(), Unsupported> {
+    let (a, d) = (node.src[0].as_ref().ok_or("missing")?, &node.dst);
+    need(a.nelements() == d.nelements(), "cpy: element counts differ")?;
+    if is_float(a.ty) && is_float(d.ty) {
+        return Ok(());
+    }
+    // Quantizing copy: whole rows of f32 into packed blocks.
+    need(a.ty == DType::F32 && has_from_f32(d.ty), "cpy: type pair")?;
+    need(a.nb[0] == 4 && d.rows_contiguous() && a.ne[0] == d.ne[0], "cpy: row layout")?;
+    need(d.ne[0] % d.ty.block_size() == 0, "cpy: partial block")
+}
+
+/// Row r of `t` in its own logical (row-major) order.
+fn flat_row_ptr(t: &TensorRef, r: usize) -> *mut u8 {
+    let (i1, i2, i3) = t.unflatten_row(r);
+    t.row_ptr(i1, i2, i3)
+}
+
+pub fn copy(node: &Node, ctx: &ThreadCtx) {
+    let (a, d) = (node.src(0), &node.dst);
+    let rowwise = a.ne[0] == d.ne[0] && a.rows_contiguous() && d.rows_contiguous();
+    if rowwise {
+        let n = d.ne[0];
+        let (r0, r1) = split_range(d.nrows(), ctx.ith, ctx.nth);
+        for r in r0..r1 {
+            let (ps, pd) = (flat_row_ptr(a, r), flat_row_ptr(d, r));
+            // SAFETY: both rows hold n elements of their types; this thread owns dst row r.
+            unsafe {
+                if a.ty == d.ty {
+                    std::ptr::copy(ps, pd, d.row_bytes());
+                } else if a.ty == DType::F32 {
+                    (kernels(d.ty).unwrap().from_f32.unwrap())(slice::<f32>(ps, n), slice_mut::<u8>(pd, d.row_bytes()));
+                } else if d.ty == DType::F32 {
+                    (kernels(a.ty).unwrap().to_f32)(slice::<u8>(ps, a.row_bytes()), slice_mut::<f32>(pd, n));
+                } else {
+                    for i in 0..n {
+                        store_f32(d.ty, pd.add(i * d.nb[0]), load_f32(a.ty, ps.add(i * a.nb[0])));
+                    }
+                }
+            }
+        }
+        return;
+    }
+    // General case (transposed views, reshaped copies): element k of src in its logical
+    // order goes to element k of dst. Split over dst rows.
+    let n0 = d.ne[0];
+    let (r0, r1) = split_range(d.nrows(), ctx.ith, ctx.nth);
+    for r in r0..r1 {
+        let pd = flat_row_ptr(d, r);
+        for i0 in 0..n0 {
+            let k = r * n0 + i0;
+            let j0 = k % a.ne[0];
+            let (j1, j2, j3) = a.unflatten_row(k / a.ne[0]);
+            let ps = a.row_ptr(j1, j2, j3).wrapping_add(j0 * a.nb[0]);
+            // SAFETY: plain types (supports); indices within both shapes.
+            unsafe { store_f32(d.ty, pd.add(i0 * d.nb[0]), load_f32(a.ty, ps)) };
+        }
+    }
+}
+
+/// # Safety
+/// `p` points to one element of the plain type `ty`.
+unsafe fn load_f32(ty: DType, p: *const u8) -> f32 {
+    match ty {
+        DType::F32 => (p as *const f32).read_unaligned(),
+        DType::F16 => (p as *const f16).read_unaligned().to_f32(),
+        DType::BF16 => (p as *const bf16).read_unaligned().to_f32(),
+        _ => unreachable!("non-float type in element copy"),
+    }
+}
+
+/// # Safety
+/// `p` points to one writable element of the plain type `ty`.
+unsafe fn store_f32(ty: DType, p: *mut u8, v: f32) {
+    match ty {
+        DType::F32 => (p as *mut f32).write_unaligned(v),
+        DType::F16 => (p as *mut f16).write_unaligned(f16::from_f32(v)),
+        DType::BF16 => (p as *mut bf16).write_unaligned(bf16::from_f32(v)),
+        _ => unreachable!("non-float type in element copy"),
+    }
+}

@@ -1,0 +1,191 @@
+//! The operators SMEPilot claims: their parameters, the rules for what is supported,
+//! the scratch each needs, and dispatch to the implementations.
+
+mod attention;
+mod copy;
+mod elementwise;
+mod matmul;
+mod norm;
+mod rope;
+mod softmax;
+
+use super::dtype::DType;
+use super::exec::ThreadCtx;
+use super::tensor::TensorRef;
+
+pub use rope::RopeParams;
+
+/// One graph operator with its decoded parameters.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    /// RESHAPE / VIEW / PERMUTE / TRANSPOSE / NONE: metadata only, no work.
+    View,
+    GetRows,
+    SetRows,
+    /// CPY, CONT and DUP: element-wise copy with type conversion.
+    Copy,
+    Add,
+    Mul,
+    Scale { scale: f32, bias: f32 },
+    RmsNorm { eps: f32 },
+    Silu,
+    SwiGlu { swapped: bool },
+    Rope(RopeParams),
+    SoftMax { scale: f32, max_bias: f32 },
+    MulMat,
+    FlashAttn { scale: f32, max_bias: f32, softcap: f32 },
+}
+
+impl Op {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::View => "VIEW",
+            Op::GetRows => "GET_ROWS",
+            Op::SetRows => "SET_ROWS",
+            Op::Copy => "CPY",
+            Op::Add => "ADD",
+            Op::Mul => "MUL",
+            Op::Scale { .. } => "SCALE",
+            Op::RmsNorm { .. } => "RMS_NORM",
+            Op::Silu => "SILU",
+            Op::SwiGlu { .. } => "SWIGLU",
+            Op::Rope(_) => "ROPE",
+            Op::SoftMax { .. } => "SOFT_MAX",
+            Op::MulMat => "MUL_MAT",
+            Op::FlashAttn { .. } => "FLASH_ATTN_EXT",
+        }
+    }
+}
+
+/// A node: operator, output and inputs (ggml's `src[]`, absent ones `None`).
+#[derive(Clone, Copy, Debug)]
+pub struct Node {
+    pub op: Op,
+    pub dst: TensorRef,
+    pub src: [Option<TensorRef>; 5],
+}
+
+impl Node {
+    /// Input `i`, which `supports` has checked to be present.
+    #[inline(always)]
+    pub fn src(&self, i: usize) -> &TensorRef {
+        self.src[i].as_ref().expect("operand checked by supports()")
+    }
+}
+
+/// Why a node is not claimed; the scheduler then runs it elsewhere.
+pub type Unsupported = &'static str;
+
+fn need(cond: bool, why: Unsupported) -> Result<(), Unsupported> {
+    if cond {
+        Ok(())
+    } else {
+        Err(why)
+    }
+}
+
+/// Whether SMEPilot computes this node itself. Anything not accepted here falls back
+/// to another backend through ggml's scheduler.
+pub fn supports(node: &Node) -> Result<(), Unsupported> {
+    let n_src = node.src.iter().filter(|s| s.is_some()).count();
+    match node.op {
+        Op::View => Ok(()),
+        Op::GetRows => copy::supports_get_rows(node),
+        Op::SetRows => copy::supports_set_rows(node),
+        Op::Copy => copy::supports_copy(node),
+        Op::Add | Op::Mul => elementwise::supports_binary(node),
+        Op::Scale { .. } | Op::Silu => {
+            need(n_src == 1, "unexpected operands")?;
+            elementwise::supports_unary(node)
+        }
+        Op::SwiGlu { .. } => elementwise::supports_glu(node),
+        Op::RmsNorm { .. } => norm::supports(node),
+        Op::Rope(p) => rope::supports(node, &p),
+        Op::SoftMax { .. } => softmax::supports(node),
+        Op::MulMat => matmul::supports(node),
+        Op::FlashAttn { .. } => attention::supports(node),
+    }
+}
+
+/// Scratch bytes the node needs with `nth` threads (shared part plus per-thread parts).
+pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
+    match node.op {
+        Op::MulMat => matmul::scratch_bytes(node, nth),
+        Op::FlashAttn { .. } => attention::scratch_bytes(node, nth),
+        Op::Rope(_) => rope::scratch_bytes(node, nth),
+        _ => 0,
+    }
+}
+
+/// Runs this thread's share of `node`. All threads of the pool call it for every node.
+pub fn run(node: &Node, ctx: &ThreadCtx) {
+    match node.op {
+        Op::View => {}
+        Op::GetRows => copy::get_rows(node, ctx),
+        Op::SetRows => copy::set_rows(node, ctx),
+        Op::Copy => copy::copy(node, ctx),
+        Op::Add => elementwise::binary(node, ctx, |a, b| a + b),
+        Op::Mul => elementwise::binary(node, ctx, |a, b| a * b),
+        Op::Scale { scale, bias } => elementwise::unary(node, ctx, move |x| x * scale + bias),
+        Op::Silu => elementwise::unary(node, ctx, elementwise::silu),
+        Op::SwiGlu { swapped } => elementwise::swiglu(node, ctx, swapped),
+        Op::RmsNorm { eps } => norm::rms_norm(node, ctx, eps),
+        Op::Rope(p) => rope::rope(node, ctx, &p),
+        Op::SoftMax { scale, max_bias } => softmax::soft_max(node, ctx, scale, max_bias),
+        Op::MulMat => matmul::mul_mat(node, ctx),
+        Op::FlashAttn { scale, max_bias, softcap } => {
+            attention::flash_attn(node, ctx, scale, max_bias, softcap)
+        }
+    }
+}
+
+/// Rows `[start, end)` of `n` that thread `ith` of `nth` handles.
+#[inline]
+pub fn split_range(n: usize, ith: usize, nth: usize) -> (usize, usize) {
+    let per = n.div_ceil(nth);
+    let start = (per * ith).min(n);
+    (start, (start + per).min(n))
+}
+
+/// ALiBi slope of head `h` (ggml's formula); 1.0 when `max_bias` is 0.
+pub fn alibi_slope(max_bias: f32, n_head: usize, h: usize) -> f32 {
+    if max_bias <= 0.0 {
+        return 1.0;
+    }
+    let n_head_log2 = 1u32 << (n_head as f32).log2().floor() as u32;
+    let m0 = 2f32.powf(-max_bias / n_head_log2 as f32);
+    let m1 = 2f32.powf(-(max_bias / 2.0) / n_head_log2 as f32);
+    let h = h as u32;
+    if h < n_head_log2 {
+        m0.powf((h + 1) as f32)
+    } else {
+        m1.powf((2 * (h - n_head_log2) + 1) as f32)
+    }
+}
+
+pub(crate) fn is_float(ty: DType) -> bool {
+    matches!(ty, DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// Views `n` elements at `p` as a slice.
+///
+/// # Safety
+/// `p` must point to `n` valid, initialised `T`s that no thread writes while the
+/// slice lives (ggml tensors of a node's inputs, or a range owned by this thread).
+#[inline(always)]
+pub(crate) unsafe fn slice<'a, T>(p: *const u8, n: usize) -> &'a [T] {
+    std::slice::from_raw_parts(p as *const T, n)
+}
+
+/// Mutable counterpart of [`slice`].
+///
+/// # Safety
+/// As for `slice`, and no other thread reads or writes the range while it lives
+/// (the executor gives each thread disjoint output rows).
+#[inline(always)]
+pub(crate) unsafe fn slice_mut<'a, T>(p: *mut u8, n: usize) -> &'a mut [T] {
+    std::slice::from_raw_parts_mut(p as *mut T, n)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,75 @@
+//! SOFT_MAX with scale, optional mask (f16/f32, broadcast over heads), ALiBi and sinks.
+
+use half::f16;
+
+use super::{alibi_slope, need, slice, slice_mut, split_range, Node, Unsupported};
+use crate::backend::dtype::DType;
+use crate::backend::exec::ThreadCtx;
+
+pub fn supports(node: &Node) -> Result<(), Unsupported> {
+    let a = node.src[0].as_ref().ok_or("missing src")?;
+    let d = &node.dst;
+    need(a.ty == DType::F32 && d.ty == DType::F32, "soft_max: f32 only")?;
+    need(a.nb[0] == 4 && d.nb[0] == 4 && a.same_shape(d), "soft_max: packed rows, same shape")?;
+    if let Some(m) = &node.src[1] {
+        need(matches!(m.ty, DType::F16 | DType::F32) && m.rows_contiguous(), "soft_max: mask f16/f32")?;
+        need(m.ne[0] == a.ne[0] && m.ne[1] >= a.ne[1], "soft_max: mask shape")?;
+        need(a.ne[2] % m.ne[2] == 0 && a.ne[3] % m.ne[3] == 0, "soft_max: mask broadcast")?;
+    }
+    if let Some(s) = &node.src[2] {
+        need(s.ty == DType::F32 && s.is_contiguous() && s.nelements() >= a.ne[2], "soft_max: sinks f32")?;
+    }
+    Ok(())
+}
+
+pub fn soft_max(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32) {
+    let (a, d) = (node.src(0), &node.dst);
+    let n = a.ne[0];
+    let n_head = a.ne[2];
+    // SAFETY: sinks hold at least ne[2] f32 (supports).
+    let sinks = node.src[2].as_ref().map(|s| unsafe { slice::<f32>(s.data, n_head) });
+    let (r0, r1) = split_range(a.nrows(), ctx.ith, ctx.nth);
+    for r in r0..r1 {
+        let (i1, i2, i3) = a.unflatten_row(r);
+        let slope = alibi_slope(max_bias, n_head, i2);
+        let (px, py) = (a.row_ptr(i1, i2, i3) as *const f32, d.row_ptr(i1, i2, i3));
+        // SAFETY: rows of n f32; this thread owns dst row r. dst may be src's memory, so
+        // the scaled copy goes element by element through raw pointers; afterwards only
+        // the dst row is used.
+        let y = unsafe {
+            for i in 0..n {
+                *(py as *mut f32).add(i) = *px.add(i) * scale;
+            }
+            slice_mut::<f32>(py, n)
+        };
+        if let Some(m) = &node.src[1] {
+            let p = m.row_ptr(i1, i2 % m.ne[2], i3 % m.ne[3]);
+            // SAFETY: mask rows hold n elements of its type (supports).
+            match m.ty {
+                DType::F16 => {
+                    let mr = unsafe { slice::<f16>(p, n) };
+                    y.iter_mut().zip(mr).for_each(|(o, &mv)| *o += slope * mv.to_f32());
+                }
+                _ => {
+                    let mr = unsafe { slice::<f32>(p, n) };
+                    y.iter_mut().zip(mr).for_each(|(o, &mv)| *o += slope * mv);
+                }
+            }
+        }
+        let mut max = y.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if let Some(s) = sinks {
+            max = max.max(s[i2]);
+        }
+        let mut sum = 0f64;
+        for o in y.iter_mut() {
+            let e = (*o - max).exp();
+            sum += e as f64;
+            *o = e;
+        }
+        if let Some(s) = sinks {
+            sum += ((s[i2] - max).exp()) as f64;
+        }
+        let inv = (1.0 / sum) as f32;
+        y.iter_mut().for_each(|o| *o *= inv);
+    }
+}

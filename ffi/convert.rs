@@ -1,0 +1,89 @@
+//! ggml tensors and nodes to the engine's `TensorRef` and `Node`.
+
+use super::sys::{self, ggml_glu_op, ggml_op, ggml_tensor, ggml_unary_op};
+use crate::backend::dtype::DType;
+use crate::backend::ops::{Node, Op, RopeParams, Unsupported};
+use crate::backend::tensor::TensorRef;
+
+/// # Safety
+/// `t` points to a live ggml tensor.
+pub unsafe fn tensor_ref(t: *const ggml_tensor) -> Result<TensorRef, Unsupported> {
+    let t = &*t;
+    if !t.buffer.is_null() && !sys::ggml_backend_buffer_is_host(t.buffer) {
+        return Err("tensor is not in host memory");
+    }
+    let ty = DType::from_ggml(t.type_ as u32).ok_or("tensor type not handled")?;
+    let mut ne = [0usize; 4];
+    for d in 0..4 {
+        if t.ne[d] < 0 {
+            return Err("negative dimension");
+        }
+        ne[d] = t.ne[d] as usize;
+    }
+    Ok(TensorRef { ty, ne, nb: t.nb, data: t.data as *mut u8 })
+}
+
+fn f32_param(t: &ggml_tensor, i: usize) -> f32 {
+    f32::from_bits(t.op_params[i] as u32)
+}
+
+/// Decodes a ggml node into an engine node (without checking support).
+///
+/// # Safety
+/// `t` points to a live ggml tensor whose `src` pointers are null or live tensors.
+pub unsafe fn node(t: *const ggml_tensor) -> Result<Node, Unsupported> {
+    let tr = &*t;
+    let op = match tr.op {
+        ggml_op::GGML_OP_NONE | ggml_op::GGML_OP_RESHAPE | ggml_op::GGML_OP_VIEW | ggml_op::GGML_OP_PERMUTE
+        | ggml_op::GGML_OP_TRANSPOSE => Op::View,
+        ggml_op::GGML_OP_GET_ROWS => Op::GetRows,
+        ggml_op::GGML_OP_SET_ROWS => Op::SetRows,
+        ggml_op::GGML_OP_CPY | ggml_op::GGML_OP_CONT | ggml_op::GGML_OP_DUP => Op::Copy,
+        ggml_op::GGML_OP_ADD => Op::Add,
+        ggml_op::GGML_OP_MUL => Op::Mul,
+        ggml_op::GGML_OP_SCALE => Op::Scale { scale: f32_param(tr, 0), bias: f32_param(tr, 1) },
+        ggml_op::GGML_OP_RMS_NORM => Op::RmsNorm { eps: f32_param(tr, 0) },
+        ggml_op::GGML_OP_UNARY if tr.op_params[0] == ggml_unary_op::GGML_UNARY_OP_SILU as i32 => Op::Silu,
+        ggml_op::GGML_OP_GLU if tr.op_params[0] == ggml_glu_op::GGML_GLU_OP_SWIGLU as i32 => {
+            Op::SwiGlu { swapped: tr.op_params[1] != 0 }
+        }
+        ggml_op::GGML_OP_ROPE => Op::Rope(RopeParams {
+            n_dims: tr.op_params[1].max(0) as usize,
+            mode: tr.op_params[2],
+            n_ctx_orig: tr.op_params[4],
+            freq_base: f32_param(tr, 5),
+            freq_scale: f32_param(tr, 6),
+            ext_factor: f32_param(tr, 7),
+            attn_factor: f32_param(tr, 8),
+            beta_fast: f32_param(tr, 9),
+            beta_slow: f32_param(tr, 10),
+            n_offs: tr.op_params[15].max(0) as usize,
+            backward: false,
+        }),
+        ggml_op::GGML_OP_SOFT_MAX => Op::SoftMax { scale: f32_param(tr, 0), max_bias: f32_param(tr, 1) },
+        ggml_op::GGML_OP_MUL_MAT => Op::MulMat,
+        ggml_op::GGML_OP_FLASH_ATTN_EXT => {
+            Op::FlashAttn { scale: f32_param(tr, 0), max_bias: f32_param(tr, 1), softcap: f32_param(tr, 2) }
+        }
+        _ => return Err("operator not implemented"),
+    };
+    let dst = tensor_ref(t)?;
+    let mut src = [None; 5];
+    for (i, s) in tr.src.iter().enumerate() {
+        if s.is_null() {
+            continue;
+        }
+        if i >= src.len() {
+            return Err("too many operands");
+        }
+        // View nodes only describe memory; their source may live anywhere.
+        src[i] = if matches!(op, Op::View) { tensor_ref(*s).ok() } else { Some(tensor_ref(*s)?) };
+    }
+    Ok(Node { op, dst, src })
+}
+
+/// Name of a ggml op, for messages.
+pub fn op_name(t: *const ggml_tensor) -> String {
+    // SAFETY: ggml_op_desc returns a static C string for any valid tensor.
+    unsafe { std::ffi::CStr::from_ptr(sys::ggml_op_desc(t)).to_string_lossy().into_owned() }
+}

@@ -1,0 +1,240 @@
+//! The backend registry entry and its single device `SMEPILOT`, plus the exported
+//! `ggml_backend_init` / `ggml_backend_score` of ggml's dynamic-backend API.
+//!
+//! The device is of type ACCEL: llama.cpp then adds SMEPilot's backend to every
+//! context ahead of the CPU backend and puts its buffer type first for CPU-resident
+//! weights, so weights, KV cache reads and work land here (see README, design).
+
+use std::ffi::{c_void, CStr, CString};
+use std::os::raw::{c_char, c_int};
+use std::sync::OnceLock;
+
+use super::sys::{
+    ggml_backend_buffer_t, ggml_backend_buffer_type, ggml_backend_buffer_type_i, ggml_backend_buffer_type_t,
+    ggml_backend_dev_caps, ggml_backend_dev_props, ggml_backend_dev_t, ggml_backend_dev_type, ggml_backend_device,
+    ggml_backend_device_i, ggml_backend_reg, ggml_backend_reg_i, ggml_backend_reg_t, ggml_backend_t, ggml_tensor,
+};
+use super::{buffer, convert, stream, sys};
+use crate::backend::cpu::CpuFeatures;
+use crate::backend::{config, ops};
+
+pub struct Registry {
+    reg: ggml_backend_reg,
+    dev: ggml_backend_device,
+    buft: ggml_backend_buffer_type,
+    description: CString,
+    pub features: CpuFeatures,
+}
+
+// SAFETY: after initialisation the registry is only read; its raw pointers point into
+// the registry itself, which lives in a static Box for the rest of the process.
+unsafe impl Sync for Registry {}
+unsafe impl Send for Registry {}
+
+static REGISTRY: OnceLock<Option<Box<Registry>>> = OnceLock::new();
+
+pub fn registry() -> Option<&'static Registry> {
+    REGISTRY.get_or_init(build).as_deref()
+}
+
+fn build() -> Option<Box<Registry>> {
+    let cfg = match config::get() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("smepilot: not registering the SMEPILOT backend: {e}");
+            return None;
+        }
+    };
+    let features = CpuFeatures::detect();
+    #[cfg(target_arch = "x86_64")]
+    if features.has_matrix_unit(cfg.disable_amx) && !super::os::request_amx_permission() {
+        crate::smelog!(Warn, "Linux refused AMX tile permission; using the vector path");
+    }
+    let description = CString::new(features.describe(cfg.disable_amx)).unwrap();
+    let mut r = Box::new(Registry {
+        reg: ggml_backend_reg {
+            api_version: 2,
+            iface: ggml_backend_reg_i {
+                get_name: Some(reg_get_name),
+                get_device_count: Some(reg_get_device_count),
+                get_device: Some(reg_get_device),
+                get_proc_address: Some(reg_get_proc_address),
+            },
+            context: std::ptr::null_mut(),
+        },
+        dev: ggml_backend_device { iface: DEVICE_IFACE, reg: std::ptr::null_mut(), context: std::ptr::null_mut() },
+        buft: ggml_backend_buffer_type { iface: BUFT_IFACE, device: std::ptr::null_mut(), context: std::ptr::null_mut() },
+        description,
+        features,
+    });
+    // Link the three structs to each other; the Box keeps their addresses fixed.
+    r.dev.reg = &mut r.reg;
+    r.buft.device = &mut r.dev;
+    crate::smelog!(Info, "SMEPILOT device: {}", r.description.to_string_lossy());
+    Some(r)
+}
+
+fn reg_ptr() -> ggml_backend_reg_t {
+    registry().map_or(std::ptr::null_mut(), |r| &r.reg as *const _ as ggml_backend_reg_t)
+}
+
+pub fn dev_ptr() -> ggml_backend_dev_t {
+    registry().map_or(std::ptr::null_mut(), |r| &r.dev as *const _ as ggml_backend_dev_t)
+}
+
+pub fn buft_ptr() -> ggml_backend_buffer_type_t {
+    registry().map_or(std::ptr::null_mut(), |r| &r.buft as *const _ as ggml_backend_buffer_type_t)
+}
+
+// ---- exports -------------------------------------------------------------------
+
+#[no_mangle]
+pub extern "C" fn ggml_backend_init() -> ggml_backend_reg_t {
+    reg_ptr()
+}
+
+/// Higher is preferred by ggml_backend_load_best; 0 would mean "cannot run here".
+#[no_mangle]
+pub extern "C" fn ggml_backend_score() -> c_int {
+    match registry() {
+        None => 0,
+        Some(r) if r.features.has_matrix_unit(false) => 100,
+        Some(_) => 10,
+    }
+}
+
+// ---- reg -----------------------------------------------------------------------
+
+unsafe extern "C" fn reg_get_name(_: ggml_backend_reg_t) -> *const c_char {
+    c"SMEPILOT".as_ptr()
+}
+
+unsafe extern "C" fn reg_get_device_count(_: ggml_backend_reg_t) -> usize {
+    1
+}
+
+unsafe extern "C" fn reg_get_device(_: ggml_backend_reg_t, index: usize) -> ggml_backend_dev_t {
+    if index == 0 {
+        dev_ptr()
+    } else {
+        std::ptr::null_mut()
+    }
+}
+
+unsafe extern "C" fn reg_get_proc_address(_: ggml_backend_reg_t, name: *const c_char) -> *mut c_void {
+    match CStr::from_ptr(name).to_bytes() {
+        b"ggml_backend_set_n_threads" => stream::set_n_threads as *mut c_void,
+        _ => std::ptr::null_mut(),
+    }
+}
+
+// ---- device --------------------------------------------------------------------
+
+unsafe extern "C" fn dev_get_name(_: ggml_backend_dev_t) -> *const c_char {
+    c"SMEPILOT".as_ptr()
+}
+
+unsafe extern "C" fn dev_get_description(_: ggml_backend_dev_t) -> *const c_char {
+    registry().map_or(c"".as_ptr(), |r| r.description.as_ptr())
+}
+
+unsafe extern "C" fn dev_get_memory(_: ggml_backend_dev_t, free: *mut usize, total: *mut usize) {
+    let mut info: libc::sysinfo = std::mem::zeroed();
+    // SAFETY: sysinfo fills the struct it is given.
+    if libc::sysinfo(&mut info) == 0 {
+        let unit = info.mem_unit as usize;
+        *free = (info.freeram as usize + info.bufferram as usize) * unit;
+        *total = info.totalram as usize * unit;
+    } else {
+        *free = 0;
+        *total = 0;
+    }
+}
+
+unsafe extern "C" fn dev_get_type(_: ggml_backend_dev_t) -> ggml_backend_dev_type {
+    ggml_backend_dev_type::GGML_BACKEND_DEVICE_TYPE_ACCEL
+}
+
+unsafe extern "C" fn dev_get_props(dev: ggml_backend_dev_t, props: *mut ggml_backend_dev_props) {
+    let p = &mut *props;
+    p.name = dev_get_name(dev);
+    p.description = dev_get_description(dev);
+    p.type_ = dev_get_type(dev);
+    p.device_id = std::ptr::null();
+    dev_get_memory(dev, &mut p.memory_free, &mut p.memory_total);
+    p.caps = ggml_backend_dev_caps {
+        async_: false,
+        host_buffer: false,
+        buffer_from_host_ptr: true,
+        events: false,
+        mmap_support: true,
+    };
+}
+
+unsafe extern "C" fn dev_init_backend(_: ggml_backend_dev_t, _params: *const c_char) -> ggml_backend_t {
+    stream::new_backend(dev_ptr())
+}
+
+unsafe extern "C" fn dev_get_buffer_type(_: ggml_backend_dev_t) -> ggml_backend_buffer_type_t {
+    buft_ptr()
+}
+
+unsafe extern "C" fn dev_buffer_from_host_ptr(
+    _: ggml_backend_dev_t,
+    ptr: *mut c_void,
+    size: usize,
+    _max_tensor_size: usize,
+) -> ggml_backend_buffer_t {
+    buffer::buffer_from_host_ptr(buft_ptr(), ptr, size)
+}
+
+unsafe extern "C" fn dev_supports_op(_: ggml_backend_dev_t, op: *const ggml_tensor) -> bool {
+    let declined = config::get().is_ok_and(|c| !c.decline_ops.is_empty() && c.decline_ops.contains(&convert::op_name(op)));
+    let verdict = if declined {
+        Err("declined by SMEPILOT_DECLINE_OPS")
+    } else {
+        convert::node(op).and_then(|n| ops::supports(&n))
+    };
+    if let Err(why) = verdict {
+        crate::smelog!(Debug, "declining {} ({}): {why}", convert::op_name(op), tensor_name(op));
+    }
+    verdict.is_ok()
+}
+
+unsafe extern "C" fn dev_supports_buft(_: ggml_backend_dev_t, buft: ggml_backend_buffer_type_t) -> bool {
+    // Our own buffers, and any host buffer in ggml's standard layout (the KV cache and
+    // inputs llama.cpp keeps in CPU buffers).
+    buft == buft_ptr() || sys::ggml_backend_buft_is_host(buft)
+}
+
+fn tensor_name(t: *const ggml_tensor) -> String {
+    // SAFETY: ggml tensor names are NUL-terminated within their 64-byte array.
+    unsafe { CStr::from_ptr((*t).name.as_ptr()).to_string_lossy().into_owned() }
+}
+
+const DEVICE_IFACE: ggml_backend_device_i = ggml_backend_device_i {
+    get_name: Some(dev_get_name),
+    get_description: Some(dev_get_description),
+    get_memory: Some(dev_get_memory),
+    get_type: Some(dev_get_type),
+    get_props: Some(dev_get_props),
+    init_backend: Some(dev_init_backend),
+    get_buffer_type: Some(dev_get_buffer_type),
+    get_host_buffer_type: None,
+    buffer_from_host_ptr: Some(dev_buffer_from_host_ptr),
+    supports_op: Some(dev_supports_op),
+    supports_buft: Some(dev_supports_buft),
+    offload_op: None,
+    event_new: None,
+    event_free: None,
+    event_synchronize: None,
+};
+
+const BUFT_IFACE: ggml_backend_buffer_type_i = ggml_backend_buffer_type_i {
+    get_name: Some(buffer::buft_get_name),
+    alloc_buffer: Some(buffer::buft_alloc_buffer),
+    get_alignment: Some(buffer::buft_get_alignment),
+    get_max_size: None,
+    get_alloc_size: None,
+    is_host: Some(buffer::buft_is_host),
+};

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Runs every SMEPilot test: unit tests (kernels against scalar references), llama.cpp's
+# test-backend-ops against the CPU backend, graph coverage (splits = 1) on real and
+# shape-faithful models, KL-divergence against stock on real text, llama-cli and
+# llama-server end to end, and the fallback paths. Sets the machine up first.
+#
+#   tests/run-all.sh            everything
+#   tests/run-all.sh NAME...    only the named checks (see `check` calls below)
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+bin="$repo/build/bin"
+work="$repo/build/test-work"
+logs="$repo/build/test-logs"
+mkdir -p "$work" "$logs"
+only=("$@")
+
+"$repo/bench-scripts/setup.sh" || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
+export SMEPILOT_LLAMA_SRC="$repo/build/llama.cpp" SMEPILOT_LLAMA_LIBDIR="$repo/build/llama.cpp-build/bin"
+model=$("$repo/bench-scripts/fetch-model.sh")
+corpus=/usr/share/common-licenses/GPL-3
+plugin="$bin/libggml-smepilot.so"
+
+passed=0; failed=0; failures=()
+check() {
+    local name=$1; shift
+    if [ ${#only[@]} -gt 0 ] && [[ ! " ${only[*]} " == *" $name "* ]]; then return; fi
+    local t0=$SECONDS
+    printf '%-28s ' "$name"
+    if "$@" >"$logs/$name.log" 2>&1; then
+        passed=$((passed + 1)); printf 'ok    (%ds)\n' $((SECONDS - t0))
+    else
+        failed=$((failed + 1)); failures+=("$name"); printf 'FAIL  (%ds), log: build/test-logs/%s.log\n' $((SECONDS - t0)) "$name"
+        tail -15 "$logs/$name.log" | sed 's/^/    | /'
+    fi
+}
+
+# Shape-faithful models (random weights, real tensor shapes, 2 layers to keep time down).
+shape_model() { # arch type
+    local out="$work/models/$1-L2-$2.gguf"
+    if [ ! -f "$out" ]; then
+        mkdir -p "$work/models"
+        python3 "$repo/bench-scripts/gen_model.py" --arch "$1" --layers 2 --type "$2" --out "$out" --bin-dir "$bin" >&2 || return 1
+    fi
+    echo "$out"
+}
+requant() { # type -> SmolLM2 requantized to type
+    local out="$work/models/SmolLM2-135M-Instruct.$1.gguf"
+    [ -f "$out" ] || "$bin/llama-quantize" --allow-requantize "$model" "$out" "$1" >&2 || return 1
+    echo "$out"
+}
+
+# ---- unit tests ------------------------------------------------------------------
+t_cargo() { cd "$repo" && cargo test --release 2>&1; }
+
+# ---- test-backend-ops ------------------------------------------------------------
+backend_ops() { # extra env assignments...
+    env "$@" GGML_BACKEND_PATH="$plugin" "$bin/test-backend-ops" test -b SMEPILOT >"$work/backend-ops.out" 2>&1
+    local rc=$?
+    cat "$work/backend-ops.out"
+    [ $rc -eq 0 ] || { echo "test-backend-ops exited $rc"; return 1; }
+    grep -q "Backend SMEPILOT" "$work/backend-ops.out" || { echo "SMEPILOT backend was not tested"; return 1; }
+    if grep -E '^\s+[A-Z_]+\(.*\): FAIL' "$work/backend-ops.out"; then echo "failing cases above"; return 1; fi
+    local missing=0
+    for op in GET_ROWS RMS_NORM MUL ADD ROPE MUL_MAT SOFT_MAX FLASH_ATTN_EXT SET_ROWS CPY CONT SWIGLU SILU SCALE; do
+        grep -qE "^\s+$op\(.*\): OK" "$work/backend-ops.out" || { echo "no passing case for $op"; missing=1; }
+    done
+    for ty in f32 f16 bf16 q8_0 q4_0 q4_1 q4_K q5_K q6_K; do
+        grep -qE "^\s+MUL_MAT\(type_a=$ty,type_b=f32.*\): OK" "$work/backend-ops.out" || { echo "no passing MUL_MAT case for $ty"; missing=1; }
+    done
+    echo "passing cases: $(grep -cE ': OK' "$work/backend-ops.out"), not supported: $(grep -c 'not supported' "$work/backend-ops.out")"
+    return $missing
+}
+t_backend_ops() { backend_ops; }
+t_backend_ops_noamx() { backend_ops SMEPILOT_DISABLE_AMX=1; }
+
+# ---- graph coverage --------------------------------------------------------------
+# llama-perplexity logs "graph: nodes = ..., splits = N" for the pp and tg graphs and
+# (llama-patches/0003) the nodes per backend; SMEPILOT_LOG=info adds SMEPilot's count.
+one_split() { # model fa
+    local out="$work/splits.out"
+    SMEPILOT_LOG=info "$bin/llama-perplexity" --backend smepilot -m "$1" -f "$corpus" -c 128 --chunks 2 -b 128 -fa "$2" -lv 4 >"$out" 2>&1 || { tail -30 "$out"; return 1; }
+    grep -E "graph.*splits = |nodes per backend|SMEPilot|Final estimate" "$out"
+    grep -qE "splits = 1(, | / 1,)" "$out" || { echo "expected splits = 1 for $1 (fa $2)"; return 1; }
+    grep -qE "per backend: SMEPILOT = [0-9]+$" "$out" || { echo "nodes outside SMEPilot for $1"; return 1; }
+    grep -qE "[1-9][0-9]* nodes computed by SMEPilot" "$out" || { echo "no SMEPilot node count"; return 1; }
+}
+t_splits_smollm2() { one_split "$model" on && one_split "$model" off; }
+t_splits_llama3b() { local m; m=$(shape_model llama-3.2-3b q4_0) && one_split "$m" on && one_split "$m" off; }
+t_splits_qwen3_4b() { local m; m=$(shape_model qwen3-4b q4_0) && one_split "$m" on && one_split "$m" off; }
+
+# ---- KL divergence against stock on real text ------------------------------------
+kld() { # model [extra env...]
+    local m=$1; shift
+    local base="$work/kld-base-$(basename "$m").bin"
+    "$bin/llama-perplexity" --backend cpu -m "$m" -f "$corpus" -c 512 --kl-divergence-base "$base" >"$work/kld-base.out" 2>&1 || { tail -20 "$work/kld-base.out"; return 1; }
+    env "$@" "$bin/llama-perplexity" --backend smepilot -m "$m" --kl-divergence-base "$base" --kl-divergence >"$work/kld.out" 2>&1 || { tail -20 "$work/kld.out"; return 1; }
+    rm -f "$base"
+    grep -E "Mean +KLD|Same top p|splits = " "$work/kld.out"
+    python3 - "$work/kld.out" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+kld = float(re.search(r"Mean\s+KLD:\s+(-?[0-9.]+)", t).group(1))
+top = float(re.search(r"Same top p:\s+([0-9.]+)", t).group(1))
+print(f"mean KLD {kld:.6f} (bound 0.001), same top token {top:.3f}% (bound 99%)")
+sys.exit(0 if kld <= 0.001 and top >= 99.0 else 1)
+PY
+}
+t_kld_q4_1() { kld "$model"; }
+t_kld_bf16() { local m; m=$(requant BF16) && kld "$m"; }
+t_kld_q8_0() { local m; m=$(requant Q8_0) && kld "$m"; }
+
+# ---- end to end ------------------------------------------------------------------
+t_cli() {
+    local out
+    out=$("$bin/llama-cli" --backend smepilot -m "$model" -p "The capital of France is" -n 24 -st --temp 0 --no-warmup </dev/null 2>"$work/cli.err") || { tail -20 "$work/cli.err"; return 1; }
+    echo "$out"
+    grep -q "SMEPILOT" "$work/cli.err" || { echo "SMEPILOT device not in the log"; return 1; }
+    [ "$(echo "$out" | tr -d '[:space:]' | wc -c)" -gt 30 ] || { echo "no text generated"; return 1; }
+}
+t_server() { python3 "$repo/tests/server_test.py" --bin "$bin/llama-server" --model "$model"; }
+
+# ---- fallback and bad input --------------------------------------------------------
+# Declined ops go to the CPU backend through ggml's scheduler (more splits), and the
+# result is still right: KL divergence against stock stays within the same bounds.
+t_fallback_declined_ops() {
+    SMEPILOT_DECLINE_OPS=SOFT_MAX,RMS_NORM "$bin/llama-perplexity" --backend smepilot -m "$model" -f "$corpus" -c 128 --chunks 1 -fa off -lv 4 >"$work/decline.out" 2>&1 || { tail -20 "$work/decline.out"; return 1; }
+    grep -E "splits = |per backend" "$work/decline.out"
+    grep -qE "per backend: .*CPU = [1-9]" "$work/decline.out" || { echo "declined ops did not run on CPU"; return 1; }
+    kld "$model" SMEPILOT_DECLINE_OPS=SOFT_MAX,RMS_NORM
+}
+t_bad_settings() {
+    if SMEPILOT_LOG=loud "$bin/llama-cli" --backend smepilot -m "$model" -p hi -n 1 -st </dev/null >"$work/bad.out" 2>&1; then
+        echo "a bad SMEPILOT_LOG was accepted"; return 1
+    fi
+    grep -q 'SMEPILOT_LOG="loud"' "$work/bad.out" || { cat "$work/bad.out" | tail; echo "message does not name the setting"; return 1; }
+    if "$bin/llama-cli" --backend bogus -m "$model" -p hi -n 1 -st </dev/null >"$work/bad.out" 2>&1; then
+        echo "--backend bogus was accepted"; return 1
+    fi
+    grep -q "smepilot" "$work/bad.out" || { echo "message does not list the known backends"; return 1; }
+    echo "bad settings rejected with clear messages"
+}
+
+check cargo-test            t_cargo
+check backend-ops           t_backend_ops
+check backend-ops-no-amx    t_backend_ops_noamx
+check splits-smollm2        t_splits_smollm2
+check splits-llama-3.2-3b   t_splits_llama3b
+check splits-qwen3-4b       t_splits_qwen3_4b
+check kld-smollm2-q4_1      t_kld_q4_1
+check kld-smollm2-bf16      t_kld_bf16
+check kld-smollm2-q8_0      t_kld_q8_0
+check llama-cli             t_cli
+check llama-server          t_server
+check fallback-declined-ops t_fallback_declined_ops
+check bad-settings          t_bad_settings
+
+echo
+[ ${#failures[@]} -gt 0 ] && echo "failed: ${failures[*]}"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
