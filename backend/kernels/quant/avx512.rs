@@ -6,7 +6,7 @@
 //! load/store helpers below turn an `&[u8; N]` into an unaligned vector load of exactly those
 //! N bytes). The only other `unsafe` is the call from the plain wrappers (`tier_fn!`) into
 //! those bodies; the wrappers are private and reachable only through the tables built by
-//! [`table_with`], which are only built after [`detected`] confirmed the features at run time.
+//! `table_with`, which are only built after [`detected`] confirmed the features at run time.
 //!
 //! Numerics versus the scalar tier: dequantizers, converters and quantizers are bit-identical;
 //! the K-quant dots are bit-identical too (same int32 sums, same float sequence per
@@ -224,7 +224,7 @@ fn st256(p: &mut [u8; 32], v: __m256i) {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn ldps_bytes_tail(t: &[u8]) -> __m512 {
-    assert!(t.len() < 64 && t.len() % 4 == 0);
+    assert!(t.len() < 64 && t.len().is_multiple_of(4));
     let k = (1u32 << (t.len() / 4)) - 1;
     // SAFETY: the mask enables exactly the first t.len()/4 f32 lanes, which lie inside `t`;
     // masked-off lanes are not accessed (AVX-512 masked loads suppress them).
@@ -255,7 +255,7 @@ fn stps_tail(t: &mut [f32], v: __m512) {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn ld256_epi16_tail(t: &[u8]) -> __m256i {
-    assert!(t.len() < 32 && t.len() % 2 == 0);
+    assert!(t.len() < 32 && t.len().is_multiple_of(2));
     let k = (1u32 << (t.len() / 2)) - 1;
     // SAFETY: the mask enables exactly the first t.len()/2 16-bit lanes, inside `t`.
     unsafe { _mm256_maskz_loadu_epi16(k as u16, t.as_ptr().cast()) }
@@ -265,7 +265,7 @@ fn ld256_epi16_tail(t: &[u8]) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn ld512_epi16_tail(t: &[u8]) -> __m512i {
-    assert!(t.len() < 64 && t.len() % 2 == 0);
+    assert!(t.len() < 64 && t.len().is_multiple_of(2));
     let k = (1u64 << (t.len() / 2)) - 1;
     // SAFETY: the mask enables exactly the first t.len()/2 16-bit lanes, inside `t`.
     unsafe { _mm512_maskz_loadu_epi16(k as u32, t.as_ptr().cast()) }
@@ -275,7 +275,7 @@ fn ld512_epi16_tail(t: &[u8]) -> __m512i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn st256_epi16_tail(t: &mut [u8], v: __m256i) {
-    assert!(t.len() < 32 && t.len() % 2 == 0);
+    assert!(t.len() < 32 && t.len().is_multiple_of(2));
     let k = (1u32 << (t.len() / 2)) - 1;
     // SAFETY: the mask enables exactly the first t.len()/2 16-bit lanes, inside `t`.
     unsafe { _mm256_mask_storeu_epi16(t.as_mut_ptr().cast(), k as u16, v) }
@@ -573,9 +573,9 @@ fn quantize_q8_k_impl(src: &[f32], dst: &mut [u8]) {
     for (x, y) in xs.iter().zip(ys) {
         let mut v = [_mm512_setzero_ps(); 16];
         let mut amaxv = _mm512_setzero_ps();
-        for k in 0..16 {
-            v[k] = ldps(arr(x, 16 * k));
-            amaxv = _mm512_max_ps(amaxv, _mm512_abs_ps(v[k]));
+        for (k, vk) in v.iter_mut().enumerate() {
+            *vk = ldps(arr(x, 16 * k));
+            amaxv = _mm512_max_ps(amaxv, _mm512_abs_ps(*vk));
         }
         let amax = _mm512_reduce_max_ps(amaxv);
         if amax == 0.0 {

@@ -164,30 +164,37 @@ unsafe impl Block for BlockQ4_0 {
     const DTYPE: DType = DType::Q4_0;
     const ELEMS: usize = QK4_0;
 }
+// SAFETY: as above (repr(C), no padding, integer / f32 fields only).
 unsafe impl Block for BlockQ4_1 {
     const DTYPE: DType = DType::Q4_1;
     const ELEMS: usize = QK4_1;
 }
+// SAFETY: as above (repr(C), no padding, integer / f32 fields only).
 unsafe impl Block for BlockQ8_0 {
     const DTYPE: DType = DType::Q8_0;
     const ELEMS: usize = QK8_0;
 }
+// SAFETY: as above (repr(C), no padding, integer / f32 fields only).
 unsafe impl Block for BlockQ8_1 {
     const DTYPE: DType = DType::Q8_1;
     const ELEMS: usize = QK8_1;
 }
+// SAFETY: as above (repr(C), no padding, integer / f32 fields only).
 unsafe impl Block for BlockQ4K {
     const DTYPE: DType = DType::Q4_K;
     const ELEMS: usize = QK_K;
 }
+// SAFETY: as above (repr(C), no padding, integer / f32 fields only).
 unsafe impl Block for BlockQ5K {
     const DTYPE: DType = DType::Q5_K;
     const ELEMS: usize = QK_K;
 }
+// SAFETY: as above (repr(C), no padding, integer / f32 fields only).
 unsafe impl Block for BlockQ6K {
     const DTYPE: DType = DType::Q6_K;
     const ELEMS: usize = QK_K;
 }
+// SAFETY: as above (repr(C), no padding, integer / f32 fields only).
 unsafe impl Block for BlockQ8K {
     const DTYPE: DType = DType::Q8_K;
     const ELEMS: usize = QK_K;

@@ -142,7 +142,7 @@ pub fn active_tier() -> &'static str {
 #[track_caller]
 pub(crate) fn check_to_f32(ty: DType, src_len: usize, dst_len: usize) {
     assert!(
-        dst_len % ty.block_size() == 0,
+        dst_len.is_multiple_of(ty.block_size()),
         "{}: to_f32 of {dst_len} elements, not a multiple of the block size {}",
         ty.name(),
         ty.block_size()
@@ -159,7 +159,7 @@ pub(crate) fn check_to_f32(ty: DType, src_len: usize, dst_len: usize) {
 #[track_caller]
 pub(crate) fn check_from_f32(ty: DType, src_len: usize, dst_len: usize) {
     assert!(
-        src_len % ty.block_size() == 0,
+        src_len.is_multiple_of(ty.block_size()),
         "{}: from_f32 of {src_len} elements, not a multiple of the block size {}",
         ty.name(),
         ty.block_size()
@@ -176,7 +176,7 @@ pub(crate) fn check_from_f32(ty: DType, src_len: usize, dst_len: usize) {
 #[track_caller]
 pub(crate) fn check_vec_dot(ty: DType, vdt: DType, n: usize, w_len: usize, a_len: usize) {
     assert!(
-        n % ty.block_size() == 0 && n % vdt.block_size() == 0,
+        n.is_multiple_of(ty.block_size()) && n.is_multiple_of(vdt.block_size()),
         "{}: vec_dot of {n} elements, not a multiple of the block size {}",
         ty.name(),
         ty.block_size()

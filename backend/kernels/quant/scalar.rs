@@ -150,11 +150,11 @@ fn q8_round(v: f32) -> f32 {
     }
 }
 
-/// `nearest_int` of ggml-quants.c: round half to even through the 1.5·2^23 trick
-/// (valid for |x| <= 4194303, which ggml asserts).
+/// `nearest_int` of ggml-quants.c: round half to even through the 1.5·2^23 trick.
+/// Valid for |x| <= 4194303 (ggml asserts it; the Q8_K quantizer only passes |x| <= ~127).
+/// Out of range or NaN it returns garbage, never UB.
 #[inline]
 pub fn nearest_int(fval: f32) -> i32 {
-    debug_assert!(fval.abs() <= 4194303.0);
     let val = fval + 12582912.0;
     let i = val.to_bits() as i32;
     (i & 0x007f_ffff) - 0x0040_0000
@@ -475,9 +475,9 @@ pub fn dot_q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
 fn kx_block_sums(q: &[u8; QK_K], scales: &[u8; K_SCALE_SIZE], y: &BlockQ8K) -> (i32, i32) {
     let (sc, m) = scales_mins_k4(scales);
     let mut sumi = 0i32;
-    for j in 0..8 {
+    for (j, &scale) in sc.iter().enumerate() {
         let dot: i32 = (32 * j..32 * j + 32).map(|l| q[l] as i32 * y.qs[l] as i32).sum();
-        sumi += sc[j] as i32 * dot;
+        sumi += scale as i32 * dot;
     }
     let mut summ = 0i32;
     for j in 0..QK_K / 16 {

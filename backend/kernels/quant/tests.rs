@@ -6,6 +6,9 @@ use super::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+#[cfg(unix)]
+mod ggml_xcheck;
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
@@ -373,6 +376,35 @@ fn fast_pipeline_end_to_end() {
             let mag: f64 = wf.iter().zip(&x).map(|(p, q)| (*p as f64 * *q as f64).abs()).sum();
             // Activation quantization error: 8-bit -> well under 2% of the magnitude.
             assert!((got - exact).abs() <= 0.02 * mag, "{name} {}: {got} vs {exact} (mag {mag})", ty.name());
+        }
+    }
+}
+
+/// NaN / infinite inputs give unspecified values (as in ggml, whose own paths disagree there)
+/// but never a panic or an out-of-bounds access, in any tier.
+#[test]
+fn non_finite_inputs_do_not_panic() {
+    let mut x = vec![1.0f32; 512];
+    x[3] = f32::NAN;
+    x[40] = f32::INFINITY;
+    x[300] = f32::NEG_INFINITY;
+    x[301] = f32::NAN;
+    let mut tables = fast_tiers();
+    tables.push(("scalar", &scalar::TABLE));
+    for (_, table) in tables {
+        for ty in TYPES {
+            let k = entry(table, ty);
+            let mut row = rand_row(&mut rng(9), ty, 512);
+            if let Some(from) = k.from_f32 {
+                from(&x, &mut row);
+            }
+            let mut y = vec![0f32; 512];
+            (k.to_f32)(&row, &mut y);
+            if let Some(dot) = k.vec_dot {
+                let mut a = vec![0u8; k.vec_dot_type.row_bytes(512)];
+                (entry(table, k.vec_dot_type).from_f32.unwrap())(&x, &mut a);
+                let _ = dot(512, &row, &a);
+            }
         }
     }
 }
