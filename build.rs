@@ -74,4 +74,7 @@ fn main() {
     // The host process normally has libggml-base loaded already (the loader matches it by
     // soname); the rpath serves test binaries and stand-alone loads.
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", libdir.display());
+    // llama-bench unloads and reloads the plugin when it switches backends; keeping the
+    // library mapped makes a reload return the same static registry.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
 }

@@ -23,6 +23,7 @@ import argparse
 import datetime as _dt
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -242,7 +243,7 @@ def main() -> int:
         models = [m for m in models if not (m in seen or seen.add(m))]
 
         help_txt = bench_help(bench)
-        supports_backend = "--backend" in help_txt
+        supports_backend = re.search(r"(^|[\s,])--backend([\s=<\[]|$)", help_txt, re.M) is not None
         env = dict(os.environ)
         cmd = [str(bench)]
         if supports_backend:

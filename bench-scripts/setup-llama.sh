@@ -43,6 +43,7 @@ if [ ! -f "$tree/.built" ]; then
     done
     ccache_flag=OFF
     command -v ccache >/dev/null && ccache_flag=ON
+    export CCACHE_BASEDIR="$tree"  # relative paths: cache hits across patch-hash trees
     CC=clang-19 CXX=clang++-19 cmake -S "$tree/src" -B "$tree/build" -G Ninja \
         -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=ON \
         -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_EXAMPLES=ON \
