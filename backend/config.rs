@@ -30,10 +30,10 @@ pub const DECLINABLE_OPS: &[&str] = &[
     "SOFT_MAX", "MUL_MAT", "FLASH_ATTN_EXT",
 ];
 
-fn flag(name: &str) -> Result<bool, String> {
-    match std::env::var(name) {
-        Err(_) => Ok(false),
-        Ok(v) => match v.as_str() {
+fn flag(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<bool, String> {
+    match var(name) {
+        None => Ok(false),
+        Some(v) => match v.as_str() {
             "" | "0" | "false" | "no" | "off" => Ok(false),
             "1" | "true" | "yes" | "on" => Ok(true),
             _ => Err(format!("{name}={v:?} is not a boolean (use 1 or 0)")),
@@ -43,24 +43,29 @@ fn flag(name: &str) -> Result<bool, String> {
 
 impl Config {
     pub fn from_env() -> Result<Config, String> {
-        let log = match std::env::var("SMEPILOT_LOG").as_deref() {
-            Err(_) | Ok("") | Ok("warn") => LogLevel::Warn,
-            Ok("off") => LogLevel::Off,
-            Ok("error") => LogLevel::Error,
-            Ok("info") => LogLevel::Info,
-            Ok("debug") => LogLevel::Debug,
-            Ok(v) => return Err(format!("SMEPILOT_LOG={v:?} is not one of off, error, warn, info, debug")),
+        Config::parse(|name| std::env::var(name).ok())
+    }
+
+    /// Parses the settings from `var` (the environment, or a table in tests).
+    pub fn parse(var: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let log = match var("SMEPILOT_LOG").as_deref() {
+            None | Some("") | Some("warn") => LogLevel::Warn,
+            Some("off") => LogLevel::Off,
+            Some("error") => LogLevel::Error,
+            Some("info") => LogLevel::Info,
+            Some("debug") => LogLevel::Debug,
+            Some(v) => return Err(format!("SMEPILOT_LOG={v:?} is not one of off, error, warn, info, debug")),
         };
-        let threads = match std::env::var("SMEPILOT_THREADS") {
-            Err(_) => None,
-            Ok(v) => match v.parse::<usize>() {
+        let threads = match var("SMEPILOT_THREADS") {
+            None => None,
+            Some(v) => match v.parse::<usize>() {
                 Ok(n) if n >= 1 => Some(n),
                 _ => return Err(format!("SMEPILOT_THREADS={v:?} is not a positive integer")),
             },
         };
-        let decline_ops = match std::env::var("SMEPILOT_DECLINE_OPS") {
-            Err(_) => Vec::new(),
-            Ok(v) => {
+        let decline_ops = match var("SMEPILOT_DECLINE_OPS") {
+            None => Vec::new(),
+            Some(v) => {
                 let ops: Vec<String> = v.split(',').map(|s| s.trim().to_uppercase()).filter(|s| !s.is_empty()).collect();
                 if let Some(bad) = ops.iter().find(|o| !DECLINABLE_OPS.contains(&o.as_str())) {
                     return Err(format!(
@@ -71,7 +76,7 @@ impl Config {
                 ops
             }
         };
-        Ok(Config { log, disable_amx: flag("SMEPILOT_DISABLE_AMX")?, threads, decline_ops })
+        Ok(Config { log, disable_amx: flag(&var, "SMEPILOT_DISABLE_AMX")?, threads, decline_ops })
     }
 }
 
@@ -93,4 +98,37 @@ macro_rules! smelog {
             eprintln!("smepilot: {}", format!($($arg)*));
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Config, String> {
+        Config::parse(|n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()))
+    }
+
+    #[test]
+    fn defaults_when_unset() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.log, LogLevel::Warn);
+        assert!(!c.disable_amx && c.threads.is_none() && c.decline_ops.is_empty());
+    }
+
+    #[test]
+    fn valid_values_parse() {
+        let c = parse(&[("SMEPILOT_LOG", "info"), ("SMEPILOT_DISABLE_AMX", "1"), ("SMEPILOT_THREADS", "3"), ("SMEPILOT_DECLINE_OPS", "soft_max, ROPE")]).unwrap();
+        assert_eq!(c.log, LogLevel::Info);
+        assert!(c.disable_amx);
+        assert_eq!(c.threads, Some(3));
+        assert_eq!(c.decline_ops, vec!["SOFT_MAX".to_string(), "ROPE".to_string()]);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (k, v) in [("SMEPILOT_LOG", "loud"), ("SMEPILOT_DISABLE_AMX", "maybe"), ("SMEPILOT_THREADS", "0"), ("SMEPILOT_DECLINE_OPS", "SOFTMAX")] {
+            let e = parse(&[(k, v)]).unwrap_err();
+            assert!(e.contains(k) && e.contains(v), "{e}");
+        }
+    }
 }

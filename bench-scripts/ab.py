@@ -86,6 +86,9 @@ def bench_help(bench: Path) -> str:
                            text=True, errors="replace", timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
         die(f"cannot run {bench} --help: {e}")
+    if p.returncode != 0:
+        tail = "\n".join(p.stdout.strip().splitlines()[-10:])
+        die(f"{bench} --help failed (exit {p.returncode}):\n{tail}")
     return p.stdout
 
 
@@ -133,10 +136,9 @@ def quant_type(r: dict) -> str:
 
 
 def backend_label(r: dict, fallback: str) -> str:
-    b = r.get("backend")
-    if b is None:
+    b = str(r.get("backend") or "").strip().lower()
+    if not b:  # no --backend (unpatched llama-bench, or patched one run without the flag)
         return fallback
-    b = str(b).strip().lower()
     if "smepilot" in b:
         return "smepilot"
     if b.startswith("cpu"):
@@ -205,7 +207,7 @@ def main() -> int:
     ap.add_argument("--bin-dir", type=Path, default=REPO_DIR / "build" / "bin",
                     help="directory with llama-bench / llama-quantize / libggml-smepilot.so (default <repo>/build/bin)")
     ap.add_argument("--smepilot-lib", type=Path, default=None,
-                    help=f"SMEPilot plugin, exported as GGML_BACKEND_PATH (default <bin-dir>/{SMEPILOT_LIB})")
+                    help=f"SMEPilot plugin, exported as SMEPILOT_LIB (default: $SMEPILOT_LIB, else <bin-dir>/{SMEPILOT_LIB})")
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown table to this file")
     ap.add_argument("--json-out", type=Path, default=None, help="save the raw llama-bench JSON here")
     ap.add_argument("--from-json", type=Path, default=None,
@@ -249,12 +251,16 @@ def main() -> int:
         if supports_backend:
             wanted = [b.strip().lower() for b in args.backends.split(",") if b.strip()]
             if any("smepilot" in b for b in wanted):
-                lib = (args.smepilot_lib or bin_dir / SMEPILOT_LIB).resolve()
-                if "GGML_BACKEND_PATH" in env and args.smepilot_lib is None:
-                    lib = Path(env["GGML_BACKEND_PATH"])
+                # the patched llama-bench loads $SMEPILOT_LIB, else libggml-smepilot.so next to itself
+                if args.smepilot_lib is not None:
+                    lib = args.smepilot_lib.resolve()
+                elif env.get("SMEPILOT_LIB"):
+                    lib = Path(env["SMEPILOT_LIB"]).resolve()
+                else:
+                    lib = bin_dir / SMEPILOT_LIB
                 if not lib.is_file():
-                    die(f"SMEPilot plugin not found: {lib} (build it, or pass --smepilot-lib)")
-                env["GGML_BACKEND_PATH"] = str(lib)
+                    die(f"SMEPilot plugin not found: {lib} (build it, set SMEPILOT_LIB, or pass --smepilot-lib)")
+                env["SMEPILOT_LIB"] = str(lib)
                 meta.append(f"plugin: `{lib}`")
             cmd += ["--backend", args.backends]
         else:

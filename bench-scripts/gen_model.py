@@ -27,7 +27,6 @@ import subprocess
 import sys
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 SCRIPT_DIR = Path(__file__).resolve().parent
@@ -115,7 +114,7 @@ ALL_TYPES = list(DIRECT_TYPES) + list(QUANT_TYPES)
 
 WEIGHT_STD = 0.02
 NORM_STD = 0.02       # norms ~ 1 + N(0, NORM_STD^2)
-CHUNK_ELEMS = 1 << 23  # 8M values per RNG chunk (32 MiB of f32)
+CHUNK_ELEMS = 1 << 24  # values per RNG chunk
 
 # --------------------------------------------------------------------------------------
 # tokenizer
@@ -335,19 +334,34 @@ def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     return ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
 
 
-def gen_chunk(seed: int, tidx: int, cidx: int, n: int, kind: str, out_dtype: str) -> np.ndarray:
-    rng = np.random.default_rng([seed, tidx, cidx])
-    x = rng.standard_normal(n, dtype=np.float32)
-    if kind == "norm":
-        x *= NORM_STD
-        x += 1.0
-    else:
-        x *= WEIGHT_STD
-    if out_dtype == "f16":
-        return x.astype(np.float16)
-    if out_dtype == "bf16":
-        return f32_to_bf16_bits(x)
-    return x
+_TABLES: dict = {}
+
+
+def value_table(seed: int, kind: str, store: str) -> np.ndarray:
+    """65536 samples of the target distribution, already in the storage format.
+
+    Weights are drawn as table[uniform_u16]: each value is marginally N(0, 0.02^2)
+    (or 1 + N(0, 0.02^2) for norms) but ~4x cheaper than numpy's normal sampler."""
+    key = (seed, kind, store)
+    if key not in _TABLES:
+        rng = np.random.default_rng([seed, 0x7AB1E, 1 if kind == "norm" else 0])
+        x = rng.standard_normal(65536, dtype=np.float32)
+        if kind == "norm":
+            x = x * np.float32(NORM_STD) + np.float32(1.0)
+        else:
+            x = x * np.float32(WEIGHT_STD)
+        if store == "f16":
+            x = x.astype(np.float16)
+        elif store == "bf16":
+            x = f32_to_bf16_bits(x)
+        _TABLES[key] = x
+    return _TABLES[key]
+
+
+def gen_chunk(seed: int, tseed: int, cidx: int, n: int, kind: str, store: str) -> np.ndarray:
+    rng = np.random.Generator(np.random.SFC64([seed, tseed, cidx]))
+    idx = rng.integers(0, 65536, n, dtype=np.uint16)
+    return np.take(value_table(seed, kind, store), idx)
 
 
 def human(n: float) -> str:
@@ -358,7 +372,7 @@ def human(n: float) -> str:
     return str(n)
 
 
-def write_gguf(cfg: dict, out: Path, wtype: str, seed: int, threads: int) -> None:
+def write_gguf(cfg: dict, out: Path, wtype: str, seed: int) -> None:
     """Stream a GGUF with F32/F16/BF16 matrices to `out`."""
     ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
              "bf16": gguf.LlamaFileType.MOSTLY_BF16}[wtype]
@@ -420,40 +434,28 @@ def write_gguf(cfg: dict, out: Path, wtype: str, seed: int, threads: int) -> Non
     pad(fout.tell())
     done = 0
     t0 = last = time.time()
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for tidx, s in enumerate(specs):
-            # tensor seed derived from the name: identical tensors across --layers/--type
+    for tidx, s in enumerate(specs):
+        if s.kind == "rope":
+            data = llama3_rope_factors(cfg)
+            assert data.shape == s.shape
+            data.tofile(fout)
+            nbytes = data.nbytes
+        else:
+            # per-tensor stream derived from the tensor name: identical across --layers/--type
             tseed = zlib.crc32(s.name.encode())
-            if s.kind == "rope":
-                data = llama3_rope_factors(cfg)
-                assert data.shape == s.shape
-                data.tofile(fout)
-                nbytes = data.nbytes
-            else:
-                n = s.n
-                chunks = [(c, min(CHUNK_ELEMS, n - c * CHUNK_ELEMS)) for c in range((n + CHUNK_ELEMS - 1) // CHUNK_ELEMS)]
-                nbytes = 0
-                pending = []
-                it = iter(chunks)
-                # bounded look-ahead pipeline: RNG runs in threads (numpy releases the GIL)
-                for c, cn in it:
-                    pending.append(pool.submit(gen_chunk, seed, tseed, c, cn, s.kind, s.store))
-                    if len(pending) > threads:
-                        arr = pending.pop(0).result()
-                        arr.tofile(fout)
-                        nbytes += arr.nbytes
-                for f in pending:
-                    arr = f.result()
-                    arr.tofile(fout)
-                    nbytes += arr.nbytes
-            pad(nbytes)
-            done += nbytes
-            now = time.time()
-            if now - last > 2 or tidx == len(specs) - 1:
-                last = now
-                el = now - t0
-                print(f"[gen]   {100 * done / total:5.1f}%  {human(done)}/{human(total)}  "
-                      f"{human(done / max(el, 1e-9))}/s  ({s.name})", flush=True)
+            nbytes = 0
+            for c in range((s.n + CHUNK_ELEMS - 1) // CHUNK_ELEMS):
+                arr = gen_chunk(seed, tseed, c, min(CHUNK_ELEMS, s.n - c * CHUNK_ELEMS), s.kind, s.store)
+                arr.tofile(fout)
+                nbytes += arr.nbytes
+        pad(nbytes)
+        done += nbytes
+        now = time.time()
+        if now - last > 2 or tidx == len(specs) - 1:
+            last = now
+            el = now - t0
+            print(f"[gen]   {100 * done / total:5.1f}%  {human(done)}/{human(total)}  "
+                  f"{human(done / max(el, 1e-9))}/s  ({s.name})", flush=True)
     w.close()
 
 
@@ -480,9 +482,11 @@ def main() -> int:
     ap.add_argument("--bin-dir", type=Path, default=REPO_DIR / "build" / "bin",
                     help="directory with llama-quantize (default: <repo>/build/bin)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                    help="threads for RNG and llama-quantize (default: all cores)")
+                    help="threads for llama-quantize (default: all cores)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing output file")
     ap.add_argument("--keep-intermediate", action="store_true", help="keep the F16 file used for quantization")
+    ap.add_argument("--tmp-dir", type=Path, default=None,
+                    help="where to put the F16 intermediate (default: next to --out)")
     args = ap.parse_args()
 
     cfg = dict(ARCHS[args.arch])
@@ -500,19 +504,45 @@ def main() -> int:
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
 
+    # rough disk-space check: (intermediate) float file + quantized output
+    n_params = sum(s.n for s in tensor_specs(cfg))
+    bytes_per = {"f32": 4.0, "f16": 2.0, "bf16": 2.0}
+    if args.wtype in DIRECT_TYPES:
+        checks = [(out.parent, n_params * bytes_per[args.wtype])]
+    else:
+        # F16 intermediate + quantized output (<= ~1.1 bytes/param incl. q8_0)
+        checks = [(args.tmp_dir or out.parent, n_params * 2.0), (out.parent, n_params * 1.1)]
+    print(f"[gen] {args.arch}: n_layer={cfg['n_layer']}, {n_params / 1e9:.2f} B params, type {args.wtype}", flush=True)
+    need_by_dev: dict = {}
+    for d, nb in checks:
+        d = Path(d)
+        d.mkdir(parents=True, exist_ok=True)
+        dev = d.stat().st_dev
+        need_by_dev[dev] = (d, need_by_dev.get(dev, (d, 0))[1] + nb)
+    for d, nb in need_by_dev.values():
+        free = shutil.disk_usage(d).free
+        if nb > free:
+            sys.exit(f"error: not enough disk space in {d}: need ~{human(nb)}, have {human(free)} "
+                     f"(use --layers, or --tmp-dir on another disk for the F16 intermediate)")
+
     t_start = time.time()
     if args.wtype in DIRECT_TYPES:
         tmp = out.with_name(out.name + ".partial")
-        write_gguf(cfg, tmp, args.wtype, args.seed, args.threads)
-        os.replace(tmp, out)
+        try:
+            write_gguf(cfg, tmp, args.wtype, args.seed)
+            os.replace(tmp, out)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
     else:
         qname, qargs = QUANT_TYPES[args.wtype]
         quantize = find_bin(args.bin_dir, "llama-quantize")
-        inter = out.with_name(out.stem + ".f16-intermediate.gguf")
+        inter = (args.tmp_dir.resolve() if args.tmp_dir else out.parent) / (out.stem + ".f16-intermediate.gguf")
+        inter.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".partial")
         try:
             t0 = time.time()
-            write_gguf(cfg, inter, "f16", args.seed, args.threads)
+            write_gguf(cfg, inter, "f16", args.seed)
             print(f"[gen] F16 intermediate written in {time.time() - t0:.1f}s", flush=True)
             cmd = [str(quantize), *qargs, str(inter), str(tmp), qname, str(args.threads)]
             print("[gen] " + " ".join(cmd), flush=True)
@@ -527,7 +557,7 @@ def main() -> int:
                 if line.lstrip().startswith("[") and "/" in line.split("]")[0]:
                     n_done += 1
                     if n_done % 25 == 0:
-                        print(f"[quantize] {line.strip()[:110]}", flush=True)
+                        print(f"[quantize] {line.split(' - ')[0].strip()}", flush=True)
                 elif "model size" in line or "quant size" in line:
                     print(f"[quantize] {line.strip()}", flush=True)
             rc = proc.wait()

@@ -1,11 +1,11 @@
-//! FLASH_ATTN_EXT: softmax(scale * Q K^T + mask) V with online softmax (one pass over
-//! the KV cache per query row), ALiBi, logit soft-capping and attention sinks.
-//! K and V are the f16 KV cache; Q is converted to f16 per row so the QK dot runs in
-//! the same format as ggml-cpu's, and the V accumulation runs in f32.
+//! FLASH_ATTN_EXT: softmax(scale * Q K^T + mask) V, with ALiBi, logit soft-capping and
+//! attention sinks. K and V are the f16 KV cache; Q is converted to f16 per row so the
+//! QK dot runs in the same format as ggml-cpu's; V accumulates in f32.
 
 use super::{alibi_slope, need, slice, slice_mut, split_range, Node, Unsupported};
 use crate::backend::dtype::DType;
 use crate::backend::exec::ThreadCtx;
+use crate::backend::kernels::f16::axpy_f16;
 use crate::backend::kernels::quant::kernels;
 
 pub fn supports(node: &Node) -> Result<(), Unsupported> {
@@ -32,38 +32,41 @@ pub fn supports(node: &Node) -> Result<(), Unsupported> {
     Ok(())
 }
 
-/// Per thread: Q row in f16, the f32 accumulator, one V row in f32.
-fn per_thread(node: &Node) -> (usize, usize) {
-    let (dk, dv) = (node.src(0).ne[0], node.src(2).ne[0]);
+/// Per thread: Q row in f16, the f32 accumulator, the row's scores.
+fn per_thread(node: &Node) -> (usize, usize, usize) {
+    let (dk, dv, n_kv) = (node.src(0).ne[0], node.src(2).ne[0], node.src(1).ne[1]);
     let q16 = (dk * 2 + 63) & !63;
-    let accs = (dv * 4 + 63) & !63;
-    (q16, q16 + 2 * accs)
+    let acc = (dv * 4 + 63) & !63;
+    let scores = (n_kv * 4 + 63) & !63;
+    (q16, acc, q16 + acc + scores)
 }
 
 pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
-    per_thread(node).1 * nth
+    per_thread(node).2 * nth
 }
 
+/// Two passes per query row: scores (QK^T, scale, soft-cap, mask) and their maximum,
+/// then exp-weighted V accumulation with f16 V converted in registers.
 pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softcap: f32) {
     let (q, k, v, d) = (node.src(0), node.src(1), node.src(2), &node.dst);
     let mask = node.src[3].as_ref();
     let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
     let (n_q, n_head) = (q.ne[1], q.ne[2]);
     let f16k = kernels(DType::F16).unwrap();
-    let (q_to_f16, kq_dot, v_to_f32) = (f16k.from_f32.unwrap(), f16k.vec_dot.unwrap(), f16k.to_f32);
+    let (q_to_f16, kq_dot) = (f16k.from_f32.unwrap(), f16k.vec_dot.unwrap());
     let scale = if softcap != 0.0 { scale / softcap } else { scale };
     // SAFETY: sinks hold n_head f32 (supports).
     let sinks = node.src[4].as_ref().map(|s| unsafe { slice::<f32>(s.data, n_head) });
 
-    let (q16_bytes, per) = per_thread(node);
+    let (q16_bytes, acc_bytes, per) = per_thread(node);
     let (scratch, _) = ctx.scratch();
     // SAFETY: scratch_bytes reserved `per` bytes for each thread; this one uses its own.
-    let (q16, acc, vrow) = unsafe {
+    let (q16, acc, scores) = unsafe {
         let base = scratch.add(ctx.ith * per);
         (
             slice_mut::<u8>(base, dk * 2),
             slice_mut::<f32>(base.add(q16_bytes), dv),
-            slice_mut::<f32>(base.add(q16_bytes + ((dv * 4 + 63) & !63)), dv),
+            slice_mut::<f32>(base.add(q16_bytes + acc_bytes), n_kv),
         )
     };
 
@@ -82,45 +85,39 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
             // SAFETY: mask rows hold at least n_kv f16 (supports).
             unsafe { slice::<half::f16>(m.row_ptr(iq1, iq2 % m.ne[2], iq3 % m.ne[3]), n_kv) }
         });
-        acc.fill(0.0);
-        let (mut s_sum, mut m_max) = (0f32, f32::NEG_INFINITY);
-        for ic in 0..n_kv {
+
+        let mut m_max = sinks.map_or(f32::NEG_INFINITY, |sk| sk[iq2]);
+        for (ic, sc) in scores.iter_mut().enumerate() {
             let mv = mrow.map_or(0.0, |m| slope * m[ic].to_f32());
             if mv == f32::NEG_INFINITY {
+                *sc = f32::NEG_INFINITY;
                 continue;
             }
-            // SAFETY: K/V rows are packed f16 rows of dk / dv elements (supports).
-            let (krow, vbytes) =
-                unsafe { (slice::<u8>(k.row_ptr(ic, ik2, ik3), dk * 2), slice::<u8>(v.row_ptr(ic, iv2, iv3), dv * 2)) };
+            // SAFETY: K rows are packed f16 rows of dk elements (supports).
+            let krow = unsafe { slice::<u8>(k.row_ptr(ic, ik2, ik3), dk * 2) };
             let mut s = kq_dot(dk, krow, q16) * scale;
             if softcap != 0.0 {
                 s = softcap * s.tanh();
             }
-            s += mv;
-            let (mut ms, mut vs) = (1.0f32, 1.0f32);
-            if s > m_max {
-                ms = (m_max - s).exp();
-                m_max = s;
-                acc.iter_mut().for_each(|a| *a *= ms);
-            } else {
-                vs = (s - m_max).exp();
+            *sc = s + mv;
+            m_max = m_max.max(*sc);
+        }
+
+        acc.fill(0.0);
+        let mut sum = 0f32;
+        for (ic, &sc) in scores.iter().enumerate() {
+            if sc == f32::NEG_INFINITY {
+                continue;
             }
-            v_to_f32(vbytes, vrow);
-            acc.iter_mut().zip(vrow.iter()).for_each(|(a, &x)| *a += x * vs);
-            s_sum = s_sum * ms + vs;
+            let w = (sc - m_max).exp();
+            sum += w;
+            // SAFETY: V rows are packed f16 rows of dv elements (supports).
+            axpy_f16(acc, unsafe { slice::<u8>(v.row_ptr(ic, iv2, iv3), dv * 2) }, w);
         }
         if let Some(sk) = sinks {
-            let s = sk[iq2];
-            let (mut ms, mut vs) = (1.0f32, 1.0f32);
-            if s > m_max {
-                ms = (m_max - s).exp();
-                acc.iter_mut().for_each(|a| *a *= ms);
-            } else {
-                vs = (s - m_max).exp();
-            }
-            s_sum = s_sum * ms + vs;
+            sum += (sk[iq2] - m_max).exp();
         }
-        let inv = if s_sum == 0.0 { 0.0 } else { 1.0 / s_sum };
+        let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
         // Output is [dv, n_head, n_q, ne3]: row (iq2, iq1, iq3).
         // SAFETY: dst is contiguous f32 of that shape; row r maps to a distinct dst row.
         let out = unsafe { slice_mut::<f32>(d.row_ptr(iq2, iq1, iq3), dv) };

@@ -33,8 +33,10 @@ pub fn get_rows(node: &Node, ctx: &ThreadCtx) {
     let (r0, r1) = split_range(d.nrows(), ctx.ith, ctx.nth);
     for r in r0..r1 {
         let (i1, i2, i3) = d.unflatten_row(r);
-        // SAFETY: ids is i32 with packed rows; (i1, i2, i3) is within its shape.
-        let row = unsafe { (ids.row_ptr(0, i2, i3).add(i1 * ids.nb[0]) as *const i32).read_unaligned() };
+        // ids are [rows, batch1, batch2]: element (i1, i2, i3).
+        let p = ids.data.wrapping_add(i1 * ids.nb[0] + i2 * ids.nb[1] + i3 * ids.nb[2]);
+        // SAFETY: ids is i32 (supports) and (i1, i2, i3) is within its shape.
+        let row = unsafe { (p as *const i32).read_unaligned() };
         assert!(row >= 0 && (row as usize) < a.ne[1], "SMEPilot get_rows: row id {row} out of range 0..{}", a.ne[1]);
         // SAFETY: source rows hold n elements of a.ty; this thread owns dst row r.
         let (src, dst) = unsafe {
@@ -61,7 +63,8 @@ pub fn set_rows(node: &Node, ctx: &ThreadCtx) {
     let (r0, r1) = split_range(a.nrows(), ctx.ith, ctx.nth);
     for r in r0..r1 {
         let (i1, i2, i3) = a.unflatten_row(r);
-        let p = ids.row_ptr(0, i2 % ids.ne[1], i3 % ids.ne[2]).wrapping_add(i1 * ids.nb[0]);
+        // ids are [rows, batch1, batch2], broadcast over the source's dims 2 and 3.
+        let p = ids.data.wrapping_add(i1 * ids.nb[0] + (i2 % ids.ne[1]) * ids.nb[1] + (i3 % ids.ne[2]) * ids.nb[2]);
         // SAFETY: ids hold i32/i64 (supports) and the index is within their shape.
         let row = unsafe {
             if ids.ty == DType::I64 { (p as *const i64).read_unaligned() } else { (p as *const i32).read_unaligned() as i64 }
