@@ -15,4 +15,4 @@ grep -E "SMEPILOT|splits" "$repo/build/main-cli.log" | head -5 || true
 
 echo
 echo "== A/B against stock (llama-bench --backend cpu,smepilot)"
-"$repo/bench-scripts/ab.sh" --models "$model" --out "$repo/build/ab-main.md" "$@"
+python3 "$repo/bench-scripts/ab.py" --models "$model" --out "$repo/build/ab-main.md" "$@"
