@@ -27,8 +27,14 @@ fn main() {
         );
     }
     println!("cargo:rerun-if-changed={}", impl_header.display());
-    println!("cargo:rerun-if-changed={}", include.join("ggml.h").display());
-    println!("cargo:rerun-if-changed={}", include.join("ggml-backend.h").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        include.join("ggml.h").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        include.join("ggml-backend.h").display()
+    );
 
     let impl_text = std::fs::read_to_string(&impl_header).unwrap();
     let version: u32 = impl_text
@@ -60,7 +66,9 @@ fn main() {
         .generate()
         .expect("bindgen failed on the ggml headers");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
-    bindings.write_to_file(out.join("ggml_bindings.rs")).unwrap();
+    bindings
+        .write_to_file(out.join("ggml_bindings.rs"))
+        .unwrap();
 
     if !libdir.join("libggml-base.so").exists() {
         panic!(
@@ -68,7 +76,13 @@ fn main() {
             libdir.display()
         );
     }
-    let libdir = libdir.canonicalize().unwrap();
+    // Through the stable build/ links, so a rebuilt cache tree (new patch hash) is
+    // picked up: cargo reruns this script when the linked library changes.
+    println!(
+        "cargo:rerun-if-changed={}",
+        libdir.join("libggml-base.so").display()
+    );
+    let libdir = std::path::absolute(&libdir).unwrap();
     println!("cargo:rustc-link-search=native={}", libdir.display());
     println!("cargo:rustc-link-lib=dylib=ggml-base");
     // The host process normally has libggml-base loaded already (the loader matches it by

@@ -26,8 +26,21 @@ pub struct Config {
 
 /// ggml op names SMEPilot may claim, i.e. what SMEPILOT_DECLINE_OPS may name.
 pub const DECLINABLE_OPS: &[&str] = &[
-    "GET_ROWS", "SET_ROWS", "CPY", "CONT", "DUP", "ADD", "MUL", "SCALE", "RMS_NORM", "SILU", "SWIGLU", "ROPE",
-    "SOFT_MAX", "MUL_MAT", "FLASH_ATTN_EXT",
+    "GET_ROWS",
+    "SET_ROWS",
+    "CPY",
+    "CONT",
+    "DUP",
+    "ADD",
+    "MUL",
+    "SCALE",
+    "RMS_NORM",
+    "SILU",
+    "SWIGLU",
+    "ROPE",
+    "SOFT_MAX",
+    "MUL_MAT",
+    "FLASH_ATTN_EXT",
 ];
 
 fn flag(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<bool, String> {
@@ -54,7 +67,11 @@ impl Config {
             Some("error") => LogLevel::Error,
             Some("info") => LogLevel::Info,
             Some("debug") => LogLevel::Debug,
-            Some(v) => return Err(format!("SMEPILOT_LOG={v:?} is not one of off, error, warn, info, debug")),
+            Some(v) => {
+                return Err(format!(
+                    "SMEPILOT_LOG={v:?} is not one of off, error, warn, info, debug"
+                ))
+            }
         };
         let threads = match var("SMEPILOT_THREADS") {
             None => None,
@@ -66,7 +83,11 @@ impl Config {
         let decline_ops = match var("SMEPILOT_DECLINE_OPS") {
             None => Vec::new(),
             Some(v) => {
-                let ops: Vec<String> = v.split(',').map(|s| s.trim().to_uppercase()).filter(|s| !s.is_empty()).collect();
+                let ops: Vec<String> = v
+                    .split(',')
+                    .map(|s| s.trim().to_uppercase())
+                    .filter(|s| !s.is_empty())
+                    .collect();
                 if let Some(bad) = ops.iter().find(|o| !DECLINABLE_OPS.contains(&o.as_str())) {
                     return Err(format!(
                         "SMEPILOT_DECLINE_OPS names {bad:?}, which is not one of {}",
@@ -76,7 +97,12 @@ impl Config {
                 ops
             }
         };
-        Ok(Config { log, disable_amx: flag(&var, "SMEPILOT_DISABLE_AMX")?, threads, decline_ops })
+        Ok(Config {
+            log,
+            disable_amx: flag(&var, "SMEPILOT_DISABLE_AMX")?,
+            threads,
+            decline_ops,
+        })
     }
 }
 
@@ -84,7 +110,10 @@ static CONFIG: OnceLock<Result<Config, String>> = OnceLock::new();
 
 /// The process's configuration (parsed on first use).
 pub fn get() -> Result<&'static Config, &'static str> {
-    CONFIG.get_or_init(Config::from_env).as_ref().map_err(|e| e.as_str())
+    CONFIG
+        .get_or_init(Config::from_env)
+        .as_ref()
+        .map_err(|e| e.as_str())
 }
 
 pub fn log_enabled(level: LogLevel) -> bool {
@@ -105,7 +134,12 @@ mod tests {
     use super::*;
 
     fn parse(pairs: &[(&str, &str)]) -> Result<Config, String> {
-        Config::parse(|n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()))
+        Config::parse(|n| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.to_string())
+        })
     }
 
     #[test]
@@ -117,16 +151,30 @@ mod tests {
 
     #[test]
     fn valid_values_parse() {
-        let c = parse(&[("SMEPILOT_LOG", "info"), ("SMEPILOT_DISABLE_AMX", "1"), ("SMEPILOT_THREADS", "3"), ("SMEPILOT_DECLINE_OPS", "soft_max, ROPE")]).unwrap();
+        let c = parse(&[
+            ("SMEPILOT_LOG", "info"),
+            ("SMEPILOT_DISABLE_AMX", "1"),
+            ("SMEPILOT_THREADS", "3"),
+            ("SMEPILOT_DECLINE_OPS", "soft_max, ROPE"),
+        ])
+        .unwrap();
         assert_eq!(c.log, LogLevel::Info);
         assert!(c.disable_amx);
         assert_eq!(c.threads, Some(3));
-        assert_eq!(c.decline_ops, vec!["SOFT_MAX".to_string(), "ROPE".to_string()]);
+        assert_eq!(
+            c.decline_ops,
+            vec!["SOFT_MAX".to_string(), "ROPE".to_string()]
+        );
     }
 
     #[test]
     fn bad_values_name_the_variable() {
-        for (k, v) in [("SMEPILOT_LOG", "loud"), ("SMEPILOT_DISABLE_AMX", "maybe"), ("SMEPILOT_THREADS", "0"), ("SMEPILOT_DECLINE_OPS", "SOFTMAX")] {
+        for (k, v) in [
+            ("SMEPILOT_LOG", "loud"),
+            ("SMEPILOT_DISABLE_AMX", "maybe"),
+            ("SMEPILOT_THREADS", "0"),
+            ("SMEPILOT_DECLINE_OPS", "SOFTMAX"),
+        ] {
             let e = parse(&[(k, v)]).unwrap_err();
             assert!(e.contains(k) && e.contains(v), "{e}");
         }

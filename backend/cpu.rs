@@ -17,7 +17,10 @@ pub struct CpuFeatures {
 
 impl CpuFeatures {
     pub fn detect() -> CpuFeatures {
-        let mut f = CpuFeatures { cores: crate::ffi::os::allowed_cpus().len(), ..Default::default() };
+        let mut f = CpuFeatures {
+            cores: crate::ffi::os::allowed_cpus().len(),
+            ..Default::default()
+        };
         #[cfg(target_arch = "x86_64")]
         {
             f.avx512f = is_x86_feature_detected!("avx512f");
@@ -53,10 +56,18 @@ impl CpuFeatures {
             if self.amx_bf16 {
                 t.push("bf16");
             }
-            parts.push(format!("AMX {}{}", t.join("+"), if amx_disabled { " (disabled)" } else { "" }));
+            parts.push(format!(
+                "AMX {}{}",
+                t.join("+"),
+                if amx_disabled { " (disabled)" } else { "" }
+            ));
         }
         if self.sme {
-            parts.push(if self.sme2 { "SME2".into() } else { "SME".into() });
+            parts.push(if self.sme2 {
+                "SME2".into()
+            } else {
+                "SME".into()
+            });
         }
         if self.avx512f {
             let mut t = Vec::new();
@@ -69,7 +80,11 @@ impl CpuFeatures {
             if self.avx512_fp16 {
                 t.push("FP16");
             }
-            parts.push(if t.is_empty() { "AVX-512".into() } else { format!("AVX-512 ({})", t.join(", ")) });
+            parts.push(if t.is_empty() {
+                "AVX-512".into()
+            } else {
+                format!("AVX-512 ({})", t.join(", "))
+            });
         }
         if parts.is_empty() {
             parts.push("portable vector path".into());
@@ -89,7 +104,11 @@ fn amx_cpuid() -> (bool, bool, bool) {
         return (false, false, false);
     }
     let edx = __cpuid_count(7, 0).edx;
-    let (tile, bf16, int8) = (edx & (1 << 24) != 0, edx & (1 << 22) != 0, edx & (1 << 25) != 0);
+    let (tile, bf16, int8) = (
+        edx & (1 << 24) != 0,
+        edx & (1 << 22) != 0,
+        edx & (1 << 25) != 0,
+    );
     // OSXSAVE (CPUID.1:ECX bit 27) must be set before XGETBV may be executed.
     let osxsave = __cpuid_count(1, 0).ecx & (1 << 27) != 0;
     if !tile || !osxsave {
@@ -105,6 +124,8 @@ fn amx_cpuid() -> (bool, bool, bool) {
 fn xgetbv0() -> u64 {
     let (eax, edx): (u32, u32);
     // SAFETY: XGETBV with ECX=0 reads XCR0; the caller checked OSXSAVE, so it is legal.
-    unsafe { std::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") eax, out("edx") edx, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        std::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") eax, out("edx") edx, options(nomem, nostack, preserves_flags))
+    };
     ((edx as u64) << 32) | eax as u64
 }

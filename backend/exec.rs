@@ -51,7 +51,12 @@ const SCRATCH_ALIGN: usize = 64;
 
 impl Executor {
     pub fn new(n_threads: usize) -> Executor {
-        Executor { pool: ThreadPool::new(n_threads), scratch: std::ptr::null_mut(), scratch_cap: 0, stats: Stats::default() }
+        Executor {
+            pool: ThreadPool::new(n_threads),
+            scratch: std::ptr::null_mut(),
+            scratch_cap: 0,
+            stats: Stats::default(),
+        }
     }
 
     pub fn n_threads(&self) -> usize {
@@ -73,18 +78,31 @@ impl Executor {
         let cap = bytes.next_power_of_two();
         if !self.scratch.is_null() {
             // SAFETY: allocated below with exactly this layout.
-            unsafe { dealloc(self.scratch, Layout::from_size_align(self.scratch_cap, SCRATCH_ALIGN).unwrap()) };
+            unsafe {
+                dealloc(
+                    self.scratch,
+                    Layout::from_size_align(self.scratch_cap, SCRATCH_ALIGN).unwrap(),
+                )
+            };
         }
         // SAFETY: cap > 0 and the alignment is a power of two.
-        self.scratch = unsafe { alloc_zeroed(Layout::from_size_align(cap, SCRATCH_ALIGN).unwrap()) };
-        assert!(!self.scratch.is_null(), "SMEPilot: out of memory for {cap} bytes of scratch");
+        self.scratch =
+            unsafe { alloc_zeroed(Layout::from_size_align(cap, SCRATCH_ALIGN).unwrap()) };
+        assert!(
+            !self.scratch.is_null(),
+            "SMEPilot: out of memory for {cap} bytes of scratch"
+        );
         self.scratch_cap = cap;
     }
 
     /// Runs the nodes in order. Every node must have passed `ops::supports`.
     pub fn compute(&mut self, nodes: &[Node]) {
         let nth = self.pool.n_threads();
-        let need = nodes.iter().map(|n| ops::scratch_bytes(n, nth)).max().unwrap_or(0);
+        let need = nodes
+            .iter()
+            .map(|n| ops::scratch_bytes(n, nth))
+            .max()
+            .unwrap_or(0);
         self.reserve_scratch(need.max(SCRATCH_ALIGN));
         let views = nodes.iter().filter(|n| matches!(n.op, Op::View)).count() as u64;
         self.stats.graphs += 1;
@@ -94,7 +112,13 @@ impl Executor {
         let (scratch, scratch_len) = (self.scratch as usize, self.scratch_cap);
         let pool = &self.pool;
         pool.run(&|ith| {
-            let ctx = ThreadCtx { ith, nth, barrier: pool.barrier(), scratch: scratch as *mut u8, scratch_len };
+            let ctx = ThreadCtx {
+                ith,
+                nth,
+                barrier: pool.barrier(),
+                scratch: scratch as *mut u8,
+                scratch_len,
+            };
             for node in nodes {
                 if matches!(node.op, Op::View) {
                     continue;
@@ -110,7 +134,12 @@ impl Drop for Executor {
     fn drop(&mut self) {
         if !self.scratch.is_null() {
             // SAFETY: allocated in reserve_scratch with this layout.
-            unsafe { dealloc(self.scratch, Layout::from_size_align(self.scratch_cap, SCRATCH_ALIGN).unwrap()) };
+            unsafe {
+                dealloc(
+                    self.scratch,
+                    Layout::from_size_align(self.scratch_cap, SCRATCH_ALIGN).unwrap(),
+                )
+            };
         }
     }
 }

@@ -42,7 +42,12 @@ impl ThreadPool {
     pub fn new(n: usize) -> ThreadPool {
         let n = n.max(1);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { generation: 0, job: None, pending: 0, quit: false }),
+            state: Mutex::new(State {
+                generation: 0,
+                job: None,
+                pending: 0,
+                quit: false,
+            }),
             wake: Condvar::new(),
             done: Condvar::new(),
         });
@@ -57,7 +62,11 @@ impl ThreadPool {
                     .expect("spawning a SMEPilot worker thread")
             })
             .collect();
-        ThreadPool { shared, workers, barrier: Arc::new(SpinBarrier::new(n)) }
+        ThreadPool {
+            shared,
+            workers,
+            barrier: Arc::new(SpinBarrier::new(n)),
+        }
     }
 
     pub fn n_threads(&self) -> usize {
@@ -77,7 +86,9 @@ impl ThreadPool {
         // SAFETY: erases the borrow's lifetime; this function waits below until
         // `pending` is 0, i.e. no worker holds or uses the pointer any more.
         let job = JobPtr(unsafe {
-            std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync)>(f)
+            std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync)>(
+                f,
+            )
         });
         {
             let mut st = self.shared.state.lock().unwrap();
@@ -142,7 +153,11 @@ pub struct SpinBarrier {
 
 impl SpinBarrier {
     pub fn new(n: usize) -> SpinBarrier {
-        SpinBarrier { n, arrived: AtomicUsize::new(0), phase: AtomicUsize::new(0) }
+        SpinBarrier {
+            n,
+            arrived: AtomicUsize::new(0),
+            phase: AtomicUsize::new(0),
+        }
     }
 
     pub fn wait(&self) {

@@ -38,7 +38,8 @@ REPO_DIR = SCRIPT_DIR.parent
 
 LLAMA_CPP_CANDIDATES = [
     os.environ.get("LLAMA_CPP_DIR", ""),
-    str(Path.home() / ".cache/smepilot/dl/src/llama_cpp_python-0.3.36/vendor/llama.cpp"),
+    # set up by bench-scripts/setup-llama.sh: a link to the pinned, patched tree
+    str(Path(__file__).resolve().parent.parent / "build/llama.cpp"),
 ]
 
 

@@ -18,6 +18,8 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need_pkgs[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { say "cargo not found: install Rust (rustup) first"; exit 1; }
+# numpy for the model generator (gguf-py comes from the pinned llama.cpp tree).
+python3 -c 'import numpy, yaml' 2>/dev/null || { say "installing numpy, pyyaml"; python3 -m pip install --quiet numpy pyyaml; }
 
 # 2. Pinned llama.cpp, patched and built with clang-19.
 "$repo/bench-scripts/setup-llama.sh" >/dev/null

@@ -20,7 +20,12 @@ pub unsafe fn tensor_ref(t: *const ggml_tensor) -> Result<TensorRef, Unsupported
         }
         ne[d] = t.ne[d] as usize;
     }
-    Ok(TensorRef { ty, ne, nb: t.nb, data: t.data as *mut u8 })
+    Ok(TensorRef {
+        ty,
+        ne,
+        nb: t.nb,
+        data: t.data as *mut u8,
+    })
 }
 
 fn f32_param(t: &ggml_tensor, i: usize) -> f32 {
@@ -34,18 +39,30 @@ fn f32_param(t: &ggml_tensor, i: usize) -> f32 {
 pub unsafe fn node(t: *const ggml_tensor) -> Result<Node, Unsupported> {
     let tr = &*t;
     let op = match tr.op {
-        ggml_op::GGML_OP_NONE | ggml_op::GGML_OP_RESHAPE | ggml_op::GGML_OP_VIEW | ggml_op::GGML_OP_PERMUTE
+        ggml_op::GGML_OP_NONE
+        | ggml_op::GGML_OP_RESHAPE
+        | ggml_op::GGML_OP_VIEW
+        | ggml_op::GGML_OP_PERMUTE
         | ggml_op::GGML_OP_TRANSPOSE => Op::View,
         ggml_op::GGML_OP_GET_ROWS => Op::GetRows,
         ggml_op::GGML_OP_SET_ROWS => Op::SetRows,
         ggml_op::GGML_OP_CPY | ggml_op::GGML_OP_CONT | ggml_op::GGML_OP_DUP => Op::Copy,
         ggml_op::GGML_OP_ADD => Op::Add,
         ggml_op::GGML_OP_MUL => Op::Mul,
-        ggml_op::GGML_OP_SCALE => Op::Scale { scale: f32_param(tr, 0), bias: f32_param(tr, 1) },
-        ggml_op::GGML_OP_RMS_NORM => Op::RmsNorm { eps: f32_param(tr, 0) },
-        ggml_op::GGML_OP_UNARY if tr.op_params[0] == ggml_unary_op::GGML_UNARY_OP_SILU as i32 => Op::Silu,
+        ggml_op::GGML_OP_SCALE => Op::Scale {
+            scale: f32_param(tr, 0),
+            bias: f32_param(tr, 1),
+        },
+        ggml_op::GGML_OP_RMS_NORM => Op::RmsNorm {
+            eps: f32_param(tr, 0),
+        },
+        ggml_op::GGML_OP_UNARY if tr.op_params[0] == ggml_unary_op::GGML_UNARY_OP_SILU as i32 => {
+            Op::Silu
+        }
         ggml_op::GGML_OP_GLU if tr.op_params[0] == ggml_glu_op::GGML_GLU_OP_SWIGLU as i32 => {
-            Op::SwiGlu { swapped: tr.op_params[1] != 0 }
+            Op::SwiGlu {
+                swapped: tr.op_params[1] != 0,
+            }
         }
         ggml_op::GGML_OP_ROPE => Op::Rope(RopeParams {
             n_dims: tr.op_params[1].max(0) as usize,
@@ -60,11 +77,16 @@ pub unsafe fn node(t: *const ggml_tensor) -> Result<Node, Unsupported> {
             n_offs: tr.op_params[15].max(0) as usize,
             backward: false,
         }),
-        ggml_op::GGML_OP_SOFT_MAX => Op::SoftMax { scale: f32_param(tr, 0), max_bias: f32_param(tr, 1) },
+        ggml_op::GGML_OP_SOFT_MAX => Op::SoftMax {
+            scale: f32_param(tr, 0),
+            max_bias: f32_param(tr, 1),
+        },
         ggml_op::GGML_OP_MUL_MAT => Op::MulMat,
-        ggml_op::GGML_OP_FLASH_ATTN_EXT => {
-            Op::FlashAttn { scale: f32_param(tr, 0), max_bias: f32_param(tr, 1), softcap: f32_param(tr, 2) }
-        }
+        ggml_op::GGML_OP_FLASH_ATTN_EXT => Op::FlashAttn {
+            scale: f32_param(tr, 0),
+            max_bias: f32_param(tr, 1),
+            softcap: f32_param(tr, 2),
+        },
         _ => return Err("operator not implemented"),
     };
     let dst = tensor_ref(t)?;
@@ -77,7 +99,11 @@ pub unsafe fn node(t: *const ggml_tensor) -> Result<Node, Unsupported> {
             return Err("too many operands");
         }
         // View nodes only describe memory; their source may live anywhere.
-        src[i] = if matches!(op, Op::View) { tensor_ref(*s).ok() } else { Some(tensor_ref(*s)?) };
+        src[i] = if matches!(op, Op::View) {
+            tensor_ref(*s).ok()
+        } else {
+            Some(tensor_ref(*s)?)
+        };
     }
     Ok(Node { op, dst, src })
 }
@@ -85,5 +111,9 @@ pub unsafe fn node(t: *const ggml_tensor) -> Result<Node, Unsupported> {
 /// Name of a ggml op, for messages.
 pub fn op_name(t: *const ggml_tensor) -> String {
     // SAFETY: ggml_op_desc returns a static C string for any valid tensor.
-    unsafe { std::ffi::CStr::from_ptr(sys::ggml_op_desc(t)).to_string_lossy().into_owned() }
+    unsafe {
+        std::ffi::CStr::from_ptr(sys::ggml_op_desc(t))
+            .to_string_lossy()
+            .into_owned()
+    }
 }

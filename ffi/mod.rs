@@ -2,7 +2,13 @@
 //! buffer type / buffer / backend vtables implemented in Rust. Nothing else in the
 //! crate speaks C.
 
-#[allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code, clippy::all)]
+#[allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    dead_code,
+    clippy::all
+)]
 pub mod sys {
     include!(concat!(env!("OUT_DIR"), "/ggml_bindings.rs"));
 }

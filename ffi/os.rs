@@ -6,17 +6,23 @@ pub fn allowed_cpus() -> Vec<usize> {
     {
         // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        let ok = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } == 0;
+        let ok =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
+                == 0;
         if ok {
             // SAFETY: CPU_ISSET reads within the set for indices below CPU_SETSIZE.
-            let cpus: Vec<usize> =
-                (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect();
+            let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+                .collect();
             if !cpus.is_empty() {
                 return cpus;
             }
         }
     }
-    (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect()
+    (0..std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1))
+        .collect()
 }
 
 /// Pins the calling thread to one CPU; failure (e.g. a restricted container) is harmless.
@@ -45,7 +51,13 @@ pub fn request_amx_permission() -> bool {
         const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
         const XFEATURE_XTILEDATA: libc::c_long = 18;
         // SAFETY: arch_prctl with these arguments only changes the permission bitmap.
-        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+        unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
     }
     #[cfg(not(target_os = "linux"))]
     false

@@ -10,9 +10,10 @@ use std::os::raw::{c_char, c_int};
 use std::sync::OnceLock;
 
 use super::sys::{
-    ggml_backend_buffer_t, ggml_backend_buffer_type, ggml_backend_buffer_type_i, ggml_backend_buffer_type_t,
-    ggml_backend_dev_caps, ggml_backend_dev_props, ggml_backend_dev_t, ggml_backend_dev_type, ggml_backend_device,
-    ggml_backend_device_i, ggml_backend_reg, ggml_backend_reg_i, ggml_backend_reg_t, ggml_backend_t, ggml_tensor,
+    ggml_backend_buffer_t, ggml_backend_buffer_type, ggml_backend_buffer_type_i,
+    ggml_backend_buffer_type_t, ggml_backend_dev_caps, ggml_backend_dev_props, ggml_backend_dev_t,
+    ggml_backend_dev_type, ggml_backend_device, ggml_backend_device_i, ggml_backend_reg,
+    ggml_backend_reg_i, ggml_backend_reg_t, ggml_backend_t, ggml_tensor,
 };
 use super::{buffer, convert, stream, sys};
 use crate::backend::cpu::CpuFeatures;
@@ -48,7 +49,10 @@ fn build() -> Option<Box<Registry>> {
     let features = CpuFeatures::detect();
     #[cfg(target_arch = "x86_64")]
     if features.has_matrix_unit(cfg.disable_amx) && !super::os::request_amx_permission() {
-        crate::smelog!(Warn, "Linux refused AMX tile permission; using the vector path");
+        crate::smelog!(
+            Warn,
+            "Linux refused AMX tile permission; using the vector path"
+        );
     }
     let description = CString::new(features.describe(cfg.disable_amx)).unwrap();
     let mut r = Box::new(Registry {
@@ -62,8 +66,16 @@ fn build() -> Option<Box<Registry>> {
             },
             context: std::ptr::null_mut(),
         },
-        dev: ggml_backend_device { iface: DEVICE_IFACE, reg: std::ptr::null_mut(), context: std::ptr::null_mut() },
-        buft: ggml_backend_buffer_type { iface: BUFT_IFACE, device: std::ptr::null_mut(), context: std::ptr::null_mut() },
+        dev: ggml_backend_device {
+            iface: DEVICE_IFACE,
+            reg: std::ptr::null_mut(),
+            context: std::ptr::null_mut(),
+        },
+        buft: ggml_backend_buffer_type {
+            iface: BUFT_IFACE,
+            device: std::ptr::null_mut(),
+            context: std::ptr::null_mut(),
+        },
         description,
         features,
     });
@@ -75,15 +87,21 @@ fn build() -> Option<Box<Registry>> {
 }
 
 fn reg_ptr() -> ggml_backend_reg_t {
-    registry().map_or(std::ptr::null_mut(), |r| &r.reg as *const _ as ggml_backend_reg_t)
+    registry().map_or(std::ptr::null_mut(), |r| {
+        &r.reg as *const _ as ggml_backend_reg_t
+    })
 }
 
 pub fn dev_ptr() -> ggml_backend_dev_t {
-    registry().map_or(std::ptr::null_mut(), |r| &r.dev as *const _ as ggml_backend_dev_t)
+    registry().map_or(std::ptr::null_mut(), |r| {
+        &r.dev as *const _ as ggml_backend_dev_t
+    })
 }
 
 pub fn buft_ptr() -> ggml_backend_buffer_type_t {
-    registry().map_or(std::ptr::null_mut(), |r| &r.buft as *const _ as ggml_backend_buffer_type_t)
+    registry().map_or(std::ptr::null_mut(), |r| {
+        &r.buft as *const _ as ggml_backend_buffer_type_t
+    })
 }
 
 // ---- exports -------------------------------------------------------------------
@@ -121,7 +139,10 @@ unsafe extern "C" fn reg_get_device(_: ggml_backend_reg_t, index: usize) -> ggml
     }
 }
 
-unsafe extern "C" fn reg_get_proc_address(_: ggml_backend_reg_t, name: *const c_char) -> *mut c_void {
+unsafe extern "C" fn reg_get_proc_address(
+    _: ggml_backend_reg_t,
+    name: *const c_char,
+) -> *mut c_void {
     match CStr::from_ptr(name).to_bytes() {
         b"ggml_backend_set_n_threads" => stream::set_n_threads as *mut c_void,
         _ => std::ptr::null_mut(),
@@ -171,7 +192,10 @@ unsafe extern "C" fn dev_get_props(dev: ggml_backend_dev_t, props: *mut ggml_bac
     };
 }
 
-unsafe extern "C" fn dev_init_backend(_: ggml_backend_dev_t, _params: *const c_char) -> ggml_backend_t {
+unsafe extern "C" fn dev_init_backend(
+    _: ggml_backend_dev_t,
+    _params: *const c_char,
+) -> ggml_backend_t {
     stream::new_backend(dev_ptr())
 }
 
@@ -189,27 +213,40 @@ unsafe extern "C" fn dev_buffer_from_host_ptr(
 }
 
 unsafe extern "C" fn dev_supports_op(_: ggml_backend_dev_t, op: *const ggml_tensor) -> bool {
-    let declined = config::get().is_ok_and(|c| !c.decline_ops.is_empty() && c.decline_ops.contains(&convert::op_name(op)));
+    let declined = config::get()
+        .is_ok_and(|c| !c.decline_ops.is_empty() && c.decline_ops.contains(&convert::op_name(op)));
     let verdict = if declined {
         Err("declined by SMEPILOT_DECLINE_OPS")
     } else {
         convert::node(op).and_then(|n| ops::supports(&n))
     };
     if let Err(why) = verdict {
-        crate::smelog!(Debug, "declining {} ({}): {why}", convert::op_name(op), tensor_name(op));
+        crate::smelog!(
+            Debug,
+            "declining {} ({}): {why}",
+            convert::op_name(op),
+            tensor_name(op)
+        );
     }
     verdict.is_ok()
 }
 
-unsafe extern "C" fn dev_supports_buft(_: ggml_backend_dev_t, buft: ggml_backend_buffer_type_t) -> bool {
+unsafe extern "C" fn dev_supports_buft(
+    _: ggml_backend_dev_t,
+    buft: ggml_backend_buffer_type_t,
+) -> bool {
     // Our own buffers, and any host buffer in ggml's standard layout (the KV cache and
     // inputs llama.cpp keeps in CPU buffers).
     buft == buft_ptr() || sys::ggml_backend_buft_is_host(buft)
 }
 
-fn tensor_name(t: *const ggml_tensor) -> String {
+pub fn tensor_name(t: *const ggml_tensor) -> String {
     // SAFETY: ggml tensor names are NUL-terminated within their 64-byte array.
-    unsafe { CStr::from_ptr((*t).name.as_ptr()).to_string_lossy().into_owned() }
+    unsafe {
+        CStr::from_ptr((*t).name.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 const DEVICE_IFACE: ggml_backend_device_i = ggml_backend_device_i {

@@ -4,8 +4,11 @@
 use std::ffi::c_void;
 use std::os::raw::{c_char, c_int};
 
-use super::sys::{self, ggml_backend, ggml_backend_dev_t, ggml_backend_i, ggml_backend_t, ggml_cgraph, ggml_guid, ggml_status};
 use super::convert;
+use super::sys::{
+    self, ggml_backend, ggml_backend_dev_t, ggml_backend_i, ggml_backend_t, ggml_cgraph, ggml_guid,
+    ggml_status,
+};
 use crate::backend::config;
 use crate::backend::exec::Executor;
 use crate::backend::ops::{self, Node};
@@ -23,8 +26,13 @@ pub unsafe fn new_backend(device: ggml_backend_dev_t) -> ggml_backend_t {
         Ok(c) => c,
         Err(_) => return std::ptr::null_mut(),
     };
-    let threads = cfg.threads.unwrap_or_else(|| super::os::allowed_cpus().len());
-    let ctx = Box::new(StreamCtx { exec: Executor::new(threads), nodes: Vec::new() });
+    let threads = cfg
+        .threads
+        .unwrap_or_else(|| super::os::allowed_cpus().len());
+    let ctx = Box::new(StreamCtx {
+        exec: Executor::new(threads),
+        nodes: Vec::new(),
+    });
     let backend = Box::new(ggml_backend {
         guid: &GUID as *const ggml_guid as *mut ggml_guid,
         iface: BACKEND_IFACE,
@@ -55,19 +63,24 @@ unsafe extern "C" fn get_name(_: ggml_backend_t) -> *const c_char {
 unsafe extern "C" fn free(backend: ggml_backend_t) {
     let ctx = Box::from_raw((*backend).context as *mut StreamCtx);
     let s = ctx.exec.stats;
-    crate::smelog!(
-        Info,
-        "ran {} graph(s): {} nodes computed by SMEPilot, {} view nodes, with {} threads",
-        s.graphs,
-        s.compute_nodes,
-        s.view_nodes,
-        ctx.exec.n_threads()
-    );
+    if s.graphs > 0 {
+        crate::smelog!(
+            Info,
+            "ran {} graph(s): {} nodes computed by SMEPilot, {} view nodes, with {} threads",
+            s.graphs,
+            s.compute_nodes,
+            s.view_nodes,
+            ctx.exec.n_threads()
+        );
+    }
     drop(ctx);
     drop(Box::from_raw(backend));
 }
 
-unsafe extern "C" fn graph_compute(backend: ggml_backend_t, cgraph: *mut ggml_cgraph) -> ggml_status {
+unsafe extern "C" fn graph_compute(
+    backend: ggml_backend_t,
+    cgraph: *mut ggml_cgraph,
+) -> ggml_status {
     let ctx = ctx(backend);
     ctx.nodes.clear();
     let n = sys::ggml_graph_n_nodes(cgraph);
@@ -78,13 +91,31 @@ unsafe extern "C" fn graph_compute(backend: ggml_backend_t, cgraph: *mut ggml_cg
             Err(why) => {
                 // The scheduler only hands us nodes we accepted in supports_op; anything
                 // else is a bug on our side, reported rather than computed wrongly.
-                crate::smelog!(Error, "graph node {} ({}) cannot run here: {why}", i, convert::op_name(t));
+                crate::smelog!(
+                    Error,
+                    "graph node {} ({}) cannot run here: {why}",
+                    i,
+                    convert::op_name(t)
+                );
                 return ggml_status::GGML_STATUS_FAILED;
             }
         }
     }
+    if config::log_enabled(config::LogLevel::Debug) && n > 0 {
+        let (first, last) = (
+            sys::ggml_graph_node(cgraph, 0),
+            sys::ggml_graph_node(cgraph, n - 1),
+        );
+        crate::smelog!(
+            Debug,
+            "graph_compute: {n} nodes, from {} ({}) to {} ({})",
+            super::registry::tensor_name(first),
+            convert::op_name(first),
+            super::registry::tensor_name(last),
+            convert::op_name(last)
+        );
+    }
     ctx.exec.compute(&ctx.nodes);
-    crate::smelog!(Debug, "graph of {} nodes done", n);
     ggml_status::GGML_STATUS_SUCCESS
 }
 

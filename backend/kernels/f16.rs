@@ -5,7 +5,12 @@ use half::f16;
 
 /// Scalar reference: acc[i] += s * v[i], v given as little-endian f16 bytes.
 pub fn axpy_f16_scalar(acc: &mut [f32], v: &[u8], s: f32) {
-    assert!(v.len() >= acc.len() * 2, "axpy_f16: v holds {} bytes, need {}", v.len(), acc.len() * 2);
+    assert!(
+        v.len() >= acc.len() * 2,
+        "axpy_f16: v holds {} bytes, need {}",
+        v.len(),
+        acc.len() * 2
+    );
     for (i, a) in acc.iter_mut().enumerate() {
         *a += s * f16::from_le_bytes([v[2 * i], v[2 * i + 1]]).to_f32();
     }
@@ -15,7 +20,12 @@ pub fn axpy_f16_scalar(acc: &mut [f32], v: &[u8], s: f32) {
 pub fn axpy_f16(acc: &mut [f32], v: &[u8], s: f32) {
     #[cfg(target_arch = "x86_64")]
     if avx512_ok() && !super::quant::force_scalar() {
-        assert!(v.len() >= acc.len() * 2, "axpy_f16: v holds {} bytes, need {}", v.len(), acc.len() * 2);
+        assert!(
+            v.len() >= acc.len() * 2,
+            "axpy_f16: v holds {} bytes, need {}",
+            v.len(),
+            acc.len() * 2
+        );
         // SAFETY: AVX-512F and F16C were detected; lengths checked above.
         unsafe { axpy_f16_avx512(acc, v, s) };
         return;
@@ -71,7 +81,10 @@ mod tests {
                 axpy_f16(&mut a, &v[off..], 0.37);
                 axpy_f16_scalar(&mut b, &v[off..], 0.37);
                 for i in 0..n {
-                    assert!((a[i] - b[i]).abs() <= 1e-6 * (1.0 + b[i].abs()), "n {n} off {off} i {i}");
+                    assert!(
+                        (a[i] - b[i]).abs() <= 1e-6 * (1.0 + b[i].abs()),
+                        "n {n} off {off} i {i}"
+                    );
                 }
                 // The reference itself: acc + s*v.
                 let want = a0[0] + 0.37 * f16::from_le_bytes([v[off], v[off + 1]]).to_f32();

@@ -13,21 +13,57 @@ pub fn supports(node: &Node) -> Result<(), Unsupported> {
     let k = node.src[1].as_ref().ok_or("missing k")?;
     let v = node.src[2].as_ref().ok_or("missing v")?;
     let d = &node.dst;
-    need(q.ty == DType::F32 && q.nb[0] == 4, "flash_attn: f32 q with packed rows")?;
-    need(k.ty == DType::F16 && v.ty == DType::F16, "flash_attn: f16 K/V only")?;
-    need(k.rows_contiguous() && v.rows_contiguous(), "flash_attn: packed K/V rows")?;
-    need(q.ne[0] == k.ne[0] && k.ne[1] == v.ne[1], "flash_attn: shapes")?;
-    need(q.ne[2] % k.ne[2] == 0 && q.ne[3] % k.ne[3] == 0, "flash_attn: K broadcast")?;
-    need(q.ne[2] % v.ne[2] == 0 && q.ne[3] % v.ne[3] == 0, "flash_attn: V broadcast")?;
-    need(d.ty == DType::F32 && d.is_contiguous(), "flash_attn: contiguous f32 output")?;
-    need(d.ne == [v.ne[0], q.ne[2], q.ne[1], q.ne[3]], "flash_attn: output shape")?;
+    need(
+        q.ty == DType::F32 && q.nb[0] == 4,
+        "flash_attn: f32 q with packed rows",
+    )?;
+    need(
+        k.ty == DType::F16 && v.ty == DType::F16,
+        "flash_attn: f16 K/V only",
+    )?;
+    need(
+        k.rows_contiguous() && v.rows_contiguous(),
+        "flash_attn: packed K/V rows",
+    )?;
+    need(
+        q.ne[0] == k.ne[0] && k.ne[1] == v.ne[1],
+        "flash_attn: shapes",
+    )?;
+    need(
+        q.ne[2] % k.ne[2] == 0 && q.ne[3] % k.ne[3] == 0,
+        "flash_attn: K broadcast",
+    )?;
+    need(
+        q.ne[2] % v.ne[2] == 0 && q.ne[3] % v.ne[3] == 0,
+        "flash_attn: V broadcast",
+    )?;
+    need(
+        d.ty == DType::F32 && d.is_contiguous(),
+        "flash_attn: contiguous f32 output",
+    )?;
+    need(
+        d.ne == [v.ne[0], q.ne[2], q.ne[1], q.ne[3]],
+        "flash_attn: output shape",
+    )?;
     if let Some(m) = &node.src[3] {
-        need(m.ty == DType::F16 && m.rows_contiguous(), "flash_attn: f16 mask")?;
-        need(m.ne[0] >= k.ne[1] && m.ne[1] >= q.ne[1], "flash_attn: mask shape")?;
-        need(q.ne[2] % m.ne[2] == 0 && q.ne[3] % m.ne[3] == 0, "flash_attn: mask broadcast")?;
+        need(
+            m.ty == DType::F16 && m.rows_contiguous(),
+            "flash_attn: f16 mask",
+        )?;
+        need(
+            m.ne[0] >= k.ne[1] && m.ne[1] >= q.ne[1],
+            "flash_attn: mask shape",
+        )?;
+        need(
+            q.ne[2] % m.ne[2] == 0 && q.ne[3] % m.ne[3] == 0,
+            "flash_attn: mask broadcast",
+        )?;
     }
     if let Some(s) = &node.src[4] {
-        need(s.ty == DType::F32 && s.is_contiguous() && s.nelements() >= q.ne[2], "flash_attn: f32 sinks")?;
+        need(
+            s.ty == DType::F32 && s.is_contiguous() && s.nelements() >= q.ne[2],
+            "flash_attn: f32 sinks",
+        )?;
     }
     Ok(())
 }
@@ -54,9 +90,15 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
     let (n_q, n_head) = (q.ne[1], q.ne[2]);
     let f16k = kernels(DType::F16).unwrap();
     let (q_to_f16, kq_dot) = (f16k.from_f32.unwrap(), f16k.vec_dot.unwrap());
-    let scale = if softcap != 0.0 { scale / softcap } else { scale };
+    let scale = if softcap != 0.0 {
+        scale / softcap
+    } else {
+        scale
+    };
     // SAFETY: sinks hold n_head f32 (supports).
-    let sinks = node.src[4].as_ref().map(|s| unsafe { slice::<f32>(s.data, n_head) });
+    let sinks = node.src[4]
+        .as_ref()
+        .map(|s| unsafe { slice::<f32>(s.data, n_head) });
 
     let (q16_bytes, acc_bytes, per) = per_thread(node);
     let (scratch, _) = ctx.scratch();
@@ -112,7 +154,11 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
             let w = (sc - m_max).exp();
             sum += w;
             // SAFETY: V rows are packed f16 rows of dv elements (supports).
-            axpy_f16(acc, unsafe { slice::<u8>(v.row_ptr(ic, iv2, iv3), dv * 2) }, w);
+            axpy_f16(
+                acc,
+                unsafe { slice::<u8>(v.row_ptr(ic, iv2, iv3), dv * 2) },
+                w,
+            );
         }
         if let Some(sk) = sinks {
             sum += (sk[iq2] - m_max).exp();
@@ -121,6 +167,8 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
         // Output is [dv, n_head, n_q, ne3]: row (iq2, iq1, iq3).
         // SAFETY: dst is contiguous f32 of that shape; row r maps to a distinct dst row.
         let out = unsafe { slice_mut::<f32>(d.row_ptr(iq2, iq1, iq3), dv) };
-        out.iter_mut().zip(acc.iter()).for_each(|(o, &a)| *o = a * inv);
+        out.iter_mut()
+            .zip(acc.iter())
+            .for_each(|(o, &a)| *o = a * inv);
     }
 }

@@ -18,12 +18,25 @@ fn has_from_f32(ty: DType) -> bool {
 }
 
 pub fn supports_get_rows(node: &Node) -> Result<(), Unsupported> {
-    let (a, ids, d) = (node.src[0].as_ref().ok_or("missing")?, node.src[1].as_ref().ok_or("missing")?, &node.dst);
-    need(has_to_f32(a.ty) && a.rows_contiguous(), "get_rows: source type")?;
+    let (a, ids, d) = (
+        node.src[0].as_ref().ok_or("missing")?,
+        node.src[1].as_ref().ok_or("missing")?,
+        &node.dst,
+    );
+    need(
+        has_to_f32(a.ty) && a.rows_contiguous(),
+        "get_rows: source type",
+    )?;
     need(ids.ty == DType::I32 && ids.nb[0] == 4, "get_rows: i32 ids")?;
     need(d.ty == DType::F32 && d.nb[0] == 4, "get_rows: f32 output")?;
-    need(d.ne[0] == a.ne[0] && d.ne[1] == ids.ne[0] && d.ne[2] == ids.ne[1] && d.ne[3] == ids.ne[2], "get_rows: shape")?;
-    need(a.ne[2] == ids.ne[1] && a.ne[3] == ids.ne[2] && ids.ne[3] == 1, "get_rows: batch shape")
+    need(
+        d.ne[0] == a.ne[0] && d.ne[1] == ids.ne[0] && d.ne[2] == ids.ne[1] && d.ne[3] == ids.ne[2],
+        "get_rows: shape",
+    )?;
+    need(
+        a.ne[2] == ids.ne[1] && a.ne[3] == ids.ne[2] && ids.ne[3] == 1,
+        "get_rows: batch shape",
+    )
 }
 
 pub fn get_rows(node: &Node, ctx: &ThreadCtx) {
@@ -34,26 +47,54 @@ pub fn get_rows(node: &Node, ctx: &ThreadCtx) {
     for r in r0..r1 {
         let (i1, i2, i3) = d.unflatten_row(r);
         // ids are [rows, batch1, batch2]: element (i1, i2, i3).
-        let p = ids.data.wrapping_add(i1 * ids.nb[0] + i2 * ids.nb[1] + i3 * ids.nb[2]);
+        let p = ids
+            .data
+            .wrapping_add(i1 * ids.nb[0] + i2 * ids.nb[1] + i3 * ids.nb[2]);
         // SAFETY: ids is i32 (supports) and (i1, i2, i3) is within its shape.
         let row = unsafe { (p as *const i32).read_unaligned() };
-        assert!(row >= 0 && (row as usize) < a.ne[1], "SMEPilot get_rows: row id {row} out of range 0..{}", a.ne[1]);
+        assert!(
+            row >= 0 && (row as usize) < a.ne[1],
+            "SMEPilot get_rows: row id {row} out of range 0..{}",
+            a.ne[1]
+        );
         // SAFETY: source rows hold n elements of a.ty; this thread owns dst row r.
         let (src, dst) = unsafe {
-            (slice::<u8>(a.row_ptr(row as usize, i2, i3), a.row_bytes()), slice_mut::<f32>(d.row_ptr(i1, i2, i3), n))
+            (
+                slice::<u8>(a.row_ptr(row as usize, i2, i3), a.row_bytes()),
+                slice_mut::<f32>(d.row_ptr(i1, i2, i3), n),
+            )
         };
         to_f32(src, dst);
     }
 }
 
 pub fn supports_set_rows(node: &Node) -> Result<(), Unsupported> {
-    let (a, ids, d) = (node.src[0].as_ref().ok_or("missing")?, node.src[1].as_ref().ok_or("missing")?, &node.dst);
+    let (a, ids, d) = (
+        node.src[0].as_ref().ok_or("missing")?,
+        node.src[1].as_ref().ok_or("missing")?,
+        &node.dst,
+    );
     need(a.ty == DType::F32 && a.nb[0] == 4, "set_rows: f32 source")?;
-    need(matches!(ids.ty, DType::I32 | DType::I64) && ids.rows_contiguous(), "set_rows: i32/i64 ids")?;
-    need(has_from_f32(d.ty) && d.rows_contiguous(), "set_rows: destination type")?;
-    need(d.ne[0] == a.ne[0] && a.ne[0] % d.ty.block_size() == 0, "set_rows: row length")?;
-    need(ids.ne[0] == a.ne[1] && d.ne[2] == a.ne[2] && d.ne[3] == a.ne[3], "set_rows: shape")?;
-    need(a.ne[2] % ids.ne[1] == 0 && a.ne[3] % ids.ne[2] == 0 && ids.ne[3] == 1, "set_rows: broadcast")
+    need(
+        matches!(ids.ty, DType::I32 | DType::I64) && ids.rows_contiguous(),
+        "set_rows: i32/i64 ids",
+    )?;
+    need(
+        has_from_f32(d.ty) && d.rows_contiguous(),
+        "set_rows: destination type",
+    )?;
+    need(
+        d.ne[0] == a.ne[0] && a.ne[0] % d.ty.block_size() == 0,
+        "set_rows: row length",
+    )?;
+    need(
+        ids.ne[0] == a.ne[1] && d.ne[2] == a.ne[2] && d.ne[3] == a.ne[3],
+        "set_rows: shape",
+    )?;
+    need(
+        a.ne[2] % ids.ne[1] == 0 && a.ne[3] % ids.ne[2] == 0 && ids.ne[3] == 1,
+        "set_rows: broadcast",
+    )
 }
 
 pub fn set_rows(node: &Node, ctx: &ThreadCtx) {
@@ -64,16 +105,29 @@ pub fn set_rows(node: &Node, ctx: &ThreadCtx) {
     for r in r0..r1 {
         let (i1, i2, i3) = a.unflatten_row(r);
         // ids are [rows, batch1, batch2], broadcast over the source's dims 2 and 3.
-        let p = ids.data.wrapping_add(i1 * ids.nb[0] + (i2 % ids.ne[1]) * ids.nb[1] + (i3 % ids.ne[2]) * ids.nb[2]);
+        let p = ids.data.wrapping_add(
+            i1 * ids.nb[0] + (i2 % ids.ne[1]) * ids.nb[1] + (i3 % ids.ne[2]) * ids.nb[2],
+        );
         // SAFETY: ids hold i32/i64 (supports) and the index is within their shape.
         let row = unsafe {
-            if ids.ty == DType::I64 { (p as *const i64).read_unaligned() } else { (p as *const i32).read_unaligned() as i64 }
+            if ids.ty == DType::I64 {
+                (p as *const i64).read_unaligned()
+            } else {
+                (p as *const i32).read_unaligned() as i64
+            }
         };
-        assert!(row >= 0 && (row as usize) < d.ne[1], "SMEPilot set_rows: row id {row} out of range 0..{}", d.ne[1]);
+        assert!(
+            row >= 0 && (row as usize) < d.ne[1],
+            "SMEPilot set_rows: row id {row} out of range 0..{}",
+            d.ne[1]
+        );
         // SAFETY: rows sized by type (supports); distinct source rows map to distinct
         // destination rows (ggml's contract for set_rows), so threads write disjoint rows.
         let (src, dst) = unsafe {
-            (slice::<f32>(a.row_ptr(i1, i2, i3), n), slice_mut::<u8>(d.row_ptr(row as usize, i2, i3), d.row_bytes()))
+            (
+                slice::<f32>(a.row_ptr(i1, i2, i3), n),
+                slice_mut::<u8>(d.row_ptr(row as usize, i2, i3), d.row_bytes()),
+            )
         };
         from_f32(src, dst);
     }
@@ -87,7 +141,10 @@ pub fn supports_copy(node: &Node) -> Result<(), Unsupported> {
     }
     // Quantizing copy: whole rows of f32 into packed blocks.
     need(a.ty == DType::F32 && has_from_f32(d.ty), "cpy: type pair")?;
-    need(a.nb[0] == 4 && d.rows_contiguous() && a.ne[0] == d.ne[0], "cpy: row layout")?;
+    need(
+        a.nb[0] == 4 && d.rows_contiguous() && a.ne[0] == d.ne[0],
+        "cpy: row layout",
+    )?;
     need(d.ne[0] % d.ty.block_size() == 0, "cpy: partial block")
 }
 
@@ -110,12 +167,22 @@ pub fn copy(node: &Node, ctx: &ThreadCtx) {
                 if a.ty == d.ty {
                     std::ptr::copy(ps, pd, d.row_bytes());
                 } else if a.ty == DType::F32 {
-                    (kernels(d.ty).unwrap().from_f32.unwrap())(slice::<f32>(ps, n), slice_mut::<u8>(pd, d.row_bytes()));
+                    (kernels(d.ty).unwrap().from_f32.unwrap())(
+                        slice::<f32>(ps, n),
+                        slice_mut::<u8>(pd, d.row_bytes()),
+                    );
                 } else if d.ty == DType::F32 {
-                    (kernels(a.ty).unwrap().to_f32)(slice::<u8>(ps, a.row_bytes()), slice_mut::<f32>(pd, n));
+                    (kernels(a.ty).unwrap().to_f32)(
+                        slice::<u8>(ps, a.row_bytes()),
+                        slice_mut::<f32>(pd, n),
+                    );
                 } else {
                     for i in 0..n {
-                        store_f32(d.ty, pd.add(i * d.nb[0]), load_f32(a.ty, ps.add(i * a.nb[0])));
+                        store_f32(
+                            d.ty,
+                            pd.add(i * d.nb[0]),
+                            load_f32(a.ty, ps.add(i * a.nb[0])),
+                        );
                     }
                 }
             }

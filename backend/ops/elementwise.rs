@@ -9,15 +9,30 @@ fn all_f32_rows(ts: &[&crate::backend::tensor::TensorRef]) -> bool {
 }
 
 pub fn supports_binary(node: &Node) -> Result<(), Unsupported> {
-    let (a, b) = (node.src[0].as_ref().ok_or("missing a")?, node.src[1].as_ref().ok_or("missing b")?);
-    need(all_f32_rows(&[a, b, &node.dst]), "binary ops: f32 with packed rows only")?;
-    need(a.same_shape(&node.dst), "binary ops: dst shape must equal src0")?;
-    need(a.can_broadcast_from(b), "binary ops: src1 must broadcast to src0")
+    let (a, b) = (
+        node.src[0].as_ref().ok_or("missing a")?,
+        node.src[1].as_ref().ok_or("missing b")?,
+    );
+    need(
+        all_f32_rows(&[a, b, &node.dst]),
+        "binary ops: f32 with packed rows only",
+    )?;
+    need(
+        a.same_shape(&node.dst),
+        "binary ops: dst shape must equal src0",
+    )?;
+    need(
+        a.can_broadcast_from(b),
+        "binary ops: src1 must broadcast to src0",
+    )
 }
 
 pub fn supports_unary(node: &Node) -> Result<(), Unsupported> {
     let a = node.src[0].as_ref().ok_or("missing src")?;
-    need(all_f32_rows(&[a, &node.dst]), "unary ops: f32 with packed rows only")?;
+    need(
+        all_f32_rows(&[a, &node.dst]),
+        "unary ops: f32 with packed rows only",
+    )?;
     need(a.same_shape(&node.dst), "unary ops: shape mismatch")
 }
 
@@ -31,7 +46,10 @@ pub fn supports_glu(node: &Node) -> Result<(), Unsupported> {
         }
         None => {
             need(all_f32_rows(&[a, d]), "glu: f32 with packed rows only")?;
-            need(a.ne[0] == 2 * d.ne[0] && a.ne[1..] == d.ne[1..], "glu: shape mismatch")
+            need(
+                a.ne[0] == 2 * d.ne[0] && a.ne[1..] == d.ne[1..],
+                "glu: shape mismatch",
+            )
         }
     }
 }
@@ -43,7 +61,10 @@ pub fn binary(node: &Node, ctx: &ThreadCtx, f: impl Fn(f32, f32) -> f32) {
     let n = d.ne[0];
     for r in r0..r1 {
         let (i1, i2, i3) = d.unflatten_row(r);
-        let (pa, pd) = (a.row_ptr(i1, i2, i3) as *const f32, d.row_ptr(i1, i2, i3) as *mut f32);
+        let (pa, pd) = (
+            a.row_ptr(i1, i2, i3) as *const f32,
+            d.row_ptr(i1, i2, i3) as *mut f32,
+        );
         let pb = b.row_ptr(i1 % b.ne[1], i2 % b.ne[2], i3 % b.ne[3]) as *const f32;
         let nb = b.ne[0];
         // SAFETY: rows of ne[0] f32 (checked in supports); this thread owns dst row r.
@@ -70,7 +91,10 @@ pub fn unary(node: &Node, ctx: &ThreadCtx, f: impl Fn(f32) -> f32) {
     let n = d.ne[0];
     for r in r0..r1 {
         let (i1, i2, i3) = d.unflatten_row(r);
-        let (pa, pd) = (a.row_ptr(i1, i2, i3) as *const f32, d.row_ptr(i1, i2, i3) as *mut f32);
+        let (pa, pd) = (
+            a.row_ptr(i1, i2, i3) as *const f32,
+            d.row_ptr(i1, i2, i3) as *mut f32,
+        );
         // SAFETY: rows of n f32; this thread owns dst row r; dst may alias src
         // (in-place allocation), hence raw pointers, read before write per element.
         unsafe {
@@ -104,7 +128,11 @@ pub fn swiglu(node: &Node, ctx: &ThreadCtx, swapped: bool) {
                 ),
                 None => {
                     let both = slice::<f32>(a.row_ptr(i1, i2, i3), 2 * n);
-                    (&both[..n], &both[n..], slice_mut::<f32>(d.row_ptr(i1, i2, i3), n))
+                    (
+                        &both[..n],
+                        &both[n..],
+                        slice_mut::<f32>(d.row_ptr(i1, i2, i3), n),
+                    )
                 }
             }
         };

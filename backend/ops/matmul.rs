@@ -17,17 +17,39 @@ const TILE_N: usize = 16;
 const TILE_M: usize = 64;
 
 pub fn supports(node: &Node) -> Result<(), Unsupported> {
-    let (w, x, d) = (node.src[0].as_ref().ok_or("missing")?, node.src[1].as_ref().ok_or("missing")?, &node.dst);
+    let (w, x, d) = (
+        node.src[0].as_ref().ok_or("missing")?,
+        node.src[1].as_ref().ok_or("missing")?,
+        &node.dst,
+    );
     let k = kernels(w.ty).ok_or("mul_mat: weight type not handled")?;
-    need(k.vec_dot.is_some(), "mul_mat: weight type has no dot kernel")?;
-    need(kernels(k.vec_dot_type).is_some_and(|a| a.from_f32.is_some()), "mul_mat: activation format")?;
+    need(
+        k.vec_dot.is_some(),
+        "mul_mat: weight type has no dot kernel",
+    )?;
+    need(
+        kernels(k.vec_dot_type).is_some_and(|a| a.from_f32.is_some()),
+        "mul_mat: activation format",
+    )?;
     need(w.rows_contiguous(), "mul_mat: weight rows must be packed")?;
-    need(w.ne[0] % w.ty.block_size() == 0, "mul_mat: partial block in weight rows")?;
-    need(x.ty == DType::F32 && x.nb[0] == 4, "mul_mat: f32 activations with packed rows")?;
+    need(
+        w.ne[0] % w.ty.block_size() == 0,
+        "mul_mat: partial block in weight rows",
+    )?;
+    need(
+        x.ty == DType::F32 && x.nb[0] == 4,
+        "mul_mat: f32 activations with packed rows",
+    )?;
     need(d.ty == DType::F32 && d.nb[0] == 4, "mul_mat: f32 output")?;
     need(x.ne[0] == w.ne[0], "mul_mat: inner dimensions differ")?;
-    need(d.ne[0] == w.ne[1] && d.ne[1] == x.ne[1] && d.ne[2] == x.ne[2] && d.ne[3] == x.ne[3], "mul_mat: output shape")?;
-    need(x.ne[2] % w.ne[2] == 0 && x.ne[3] % w.ne[3] == 0, "mul_mat: broadcast")
+    need(
+        d.ne[0] == w.ne[1] && d.ne[1] == x.ne[1] && d.ne[2] == x.ne[2] && d.ne[3] == x.ne[3],
+        "mul_mat: output shape",
+    )?;
+    need(
+        x.ne[2] % w.ne[2] == 0 && x.ne[3] % w.ne[3] == 0,
+        "mul_mat: broadcast",
+    )
 }
 
 /// Converted activations: one row per activation row, 64-byte aligned rows.
@@ -62,7 +84,10 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
             // SAFETY: x rows hold kdim f32; scratch row r (reserved by scratch_bytes) is
             // written by this thread only.
             unsafe {
-                from_f32(slice::<f32>(x.row_ptr(i1, i2, i3), kdim), slice_mut::<u8>(scratch.add(r * stride), vdt.row_bytes(kdim)));
+                from_f32(
+                    slice::<f32>(x.row_ptr(i1, i2, i3), kdim),
+                    slice_mut::<u8>(scratch.add(r * stride), vdt.row_bytes(kdim)),
+                );
             }
         }
         ctx.barrier();
@@ -70,7 +95,9 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
     let act_bytes = layout.map_or(kdim * 4, |(vdt, _, _)| vdt.row_bytes(kdim));
     let act_row = |m: usize, i12: usize, i13: usize| -> *const u8 {
         match layout {
-            Some((_, stride, _)) => scratch.wrapping_add(((i13 * x.ne[2] + i12) * x.ne[1] + m) * stride),
+            Some((_, stride, _)) => {
+                scratch.wrapping_add(((i13 * x.ne[2] + i12) * x.ne[1] + m) * stride)
+            }
             None => x.row_ptr(m, i12, i13),
         }
     };

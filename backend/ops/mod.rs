@@ -26,14 +26,28 @@ pub enum Op {
     Copy,
     Add,
     Mul,
-    Scale { scale: f32, bias: f32 },
-    RmsNorm { eps: f32 },
+    Scale {
+        scale: f32,
+        bias: f32,
+    },
+    RmsNorm {
+        eps: f32,
+    },
     Silu,
-    SwiGlu { swapped: bool },
+    SwiGlu {
+        swapped: bool,
+    },
     Rope(RopeParams),
-    SoftMax { scale: f32, max_bias: f32 },
+    SoftMax {
+        scale: f32,
+        max_bias: f32,
+    },
     MulMat,
-    FlashAttn { scale: f32, max_bias: f32, softcap: f32 },
+    FlashAttn {
+        scale: f32,
+        max_bias: f32,
+        softcap: f32,
+    },
 }
 
 impl Op {
@@ -133,9 +147,11 @@ pub fn run(node: &Node, ctx: &ThreadCtx) {
         Op::Rope(p) => rope::rope(node, ctx, &p),
         Op::SoftMax { scale, max_bias } => softmax::soft_max(node, ctx, scale, max_bias),
         Op::MulMat => matmul::mul_mat(node, ctx),
-        Op::FlashAttn { scale, max_bias, softcap } => {
-            attention::flash_attn(node, ctx, scale, max_bias, softcap)
-        }
+        Op::FlashAttn {
+            scale,
+            max_bias,
+            softcap,
+        } => attention::flash_attn(node, ctx, scale, max_bias, softcap),
     }
 }
 

@@ -6,8 +6,14 @@ use crate::backend::exec::ThreadCtx;
 
 pub fn supports(node: &Node) -> Result<(), Unsupported> {
     let a = node.src[0].as_ref().ok_or("missing src")?;
-    need(a.ty == DType::F32 && node.dst.ty == DType::F32, "rms_norm: f32 only")?;
-    need(a.nb[0] == 4 && node.dst.nb[0] == 4, "rms_norm: packed rows only")?;
+    need(
+        a.ty == DType::F32 && node.dst.ty == DType::F32,
+        "rms_norm: f32 only",
+    )?;
+    need(
+        a.nb[0] == 4 && node.dst.nb[0] == 4,
+        "rms_norm: packed rows only",
+    )?;
     need(a.same_shape(&node.dst), "rms_norm: shape mismatch")
 }
 
@@ -17,13 +23,19 @@ pub fn rms_norm(node: &Node, ctx: &ThreadCtx, eps: f32) {
     let (r0, r1) = split_range(d.nrows(), ctx.ith, ctx.nth);
     for r in r0..r1 {
         let (i1, i2, i3) = d.unflatten_row(r);
-        let (px, py) = (a.row_ptr(i1, i2, i3) as *const f32, d.row_ptr(i1, i2, i3) as *mut f32);
+        let (px, py) = (
+            a.row_ptr(i1, i2, i3) as *const f32,
+            d.row_ptr(i1, i2, i3) as *mut f32,
+        );
         // SAFETY: rows of n f32 (supports); this thread owns dst row r. The output may be
         // the input's memory (in-place allocation): the sum is taken before any write,
         // then each element is read before it is written.
         unsafe {
             // ggml sums in double; so do we, so rounding matches closely.
-            let sum: f64 = slice::<f32>(px as *const u8, n).iter().map(|&v| (v as f64) * (v as f64)).sum();
+            let sum: f64 = slice::<f32>(px as *const u8, n)
+                .iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum();
             let mean = (sum / n as f64) as f32;
             let scale = 1.0 / (mean + eps).sqrt();
             for i in 0..n {

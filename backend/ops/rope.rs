@@ -30,13 +30,28 @@ pub fn supports(node: &Node, p: &RopeParams) -> Result<(), Unsupported> {
     let pos = node.src[1].as_ref().ok_or("missing positions")?;
     let d = &node.dst;
     need(!p.backward, "rope: backward pass not claimed")?;
-    need(p.mode == MODE_NORMAL || p.mode == MODE_NEOX, "rope: only normal and neox modes")?;
+    need(
+        p.mode == MODE_NORMAL || p.mode == MODE_NEOX,
+        "rope: only normal and neox modes",
+    )?;
     need(a.ty == DType::F32 && d.ty == DType::F32, "rope: f32 only")?;
-    need(a.nb[0] == 4 && d.nb[0] == 4 && a.same_shape(d), "rope: packed rows, same shape")?;
-    need(pos.ty == DType::I32 && pos.is_contiguous() && pos.ne[0] >= a.ne[2], "rope: i32 positions")?;
-    need(p.n_dims % 2 == 0 && p.n_offs % 2 == 0 && p.n_offs + p.n_dims <= a.ne[0], "rope: n_dims")?;
+    need(
+        a.nb[0] == 4 && d.nb[0] == 4 && a.same_shape(d),
+        "rope: packed rows, same shape",
+    )?;
+    need(
+        pos.ty == DType::I32 && pos.is_contiguous() && pos.ne[0] >= a.ne[2],
+        "rope: i32 positions",
+    )?;
+    need(
+        p.n_dims % 2 == 0 && p.n_offs % 2 == 0 && p.n_offs + p.n_dims <= a.ne[0],
+        "rope: n_dims",
+    )?;
     if let Some(ff) = &node.src[2] {
-        need(ff.ty == DType::F32 && ff.is_contiguous() && ff.ne[0] >= p.n_dims / 2, "rope: freq factors")?;
+        need(
+            ff.ty == DType::F32 && ff.is_contiguous() && ff.ne[0] >= p.n_dims / 2,
+            "rope: freq factors",
+        )?;
     }
     Ok(())
 }
@@ -51,7 +66,8 @@ pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
 }
 
 fn corr_dim(n_dims: usize, n_ctx_orig: i32, n_rot: f32, base: f32) -> f32 {
-    n_dims as f32 * (n_ctx_orig as f32 / (n_rot * 2.0 * std::f32::consts::PI)).ln() / (2.0 * base.ln())
+    n_dims as f32 * (n_ctx_orig as f32 / (n_rot * 2.0 * std::f32::consts::PI)).ln()
+        / (2.0 * base.ln())
 }
 
 /// ggml_rope_yarn_corr_dims.
@@ -67,7 +83,13 @@ fn yarn_ramp(low: f32, high: f32, i0: usize) -> f32 {
 }
 
 /// Fills `cache` with cos/sin pairs for position `pos` (ggml_rope_cache_init).
-pub fn fill_cache(p: &RopeParams, pos: f32, freq_factors: Option<&[f32]>, corr: [f32; 2], cache: &mut [f32]) {
+pub fn fill_cache(
+    p: &RopeParams,
+    pos: f32,
+    freq_factors: Option<&[f32]>,
+    corr: [f32; 2],
+    cache: &mut [f32],
+) {
     let theta_scale = p.freq_base.powf(-2.0 / p.n_dims as f32);
     let mut theta = pos;
     let mut i0 = 0;
@@ -94,7 +116,9 @@ pub fn rope(node: &Node, ctx: &ThreadCtx, p: &RopeParams) {
     let ne0 = d.ne[0];
     // SAFETY: positions hold ne[2] i32, freq factors n_dims/2 f32 (supports).
     let pos = unsafe { slice::<i32>(pos_t.data, a.ne[2]) };
-    let ff = node.src[2].as_ref().map(|f| unsafe { slice::<f32>(f.data, f.ne[0]) });
+    let ff = node.src[2]
+        .as_ref()
+        .map(|f| unsafe { slice::<f32>(f.data, f.ne[0]) });
     let (scratch, _) = ctx.scratch();
     let cf = cache_floats(node);
     // SAFETY: scratch_bytes reserved nth caches; this thread uses only its own.
@@ -110,7 +134,10 @@ pub fn rope(node: &Node, ctx: &ThreadCtx, p: &RopeParams) {
             fill_cache(p, pos[i2] as f32, ff, corr, cache);
             last_i2 = i2;
         }
-        let (x, y) = (a.row_ptr(i1, i2, i3) as *const f32, d.row_ptr(i1, i2, i3) as *mut f32);
+        let (x, y) = (
+            a.row_ptr(i1, i2, i3) as *const f32,
+            d.row_ptr(i1, i2, i3) as *mut f32,
+        );
         // SAFETY: rows of ne0 f32 (supports); this thread owns dst row r. dst may be
         // src's memory (in-place allocation): raw pointers, and each pair is read
         // before it is written.
@@ -121,8 +148,11 @@ pub fn rope(node: &Node, ctx: &ThreadCtx, p: &RopeParams) {
             let mut i0 = 0;
             while i0 < nd {
                 let (c, s) = (cache[i0], cache[i0 + 1]);
-                let (j0, j1) =
-                    if p.mode == MODE_NEOX { (off + i0 / 2, off + i0 / 2 + nd / 2) } else { (off + i0, off + i0 + 1) };
+                let (j0, j1) = if p.mode == MODE_NEOX {
+                    (off + i0 / 2, off + i0 / 2 + nd / 2)
+                } else {
+                    (off + i0, off + i0 + 1)
+                };
                 let (x0, x1) = (*x.add(j0), *x.add(j1));
                 *y.add(j0) = x0 * c - x1 * s;
                 *y.add(j1) = x0 * s + x1 * c;

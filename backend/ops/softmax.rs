@@ -9,15 +9,33 @@ use crate::backend::exec::ThreadCtx;
 pub fn supports(node: &Node) -> Result<(), Unsupported> {
     let a = node.src[0].as_ref().ok_or("missing src")?;
     let d = &node.dst;
-    need(a.ty == DType::F32 && d.ty == DType::F32, "soft_max: f32 only")?;
-    need(a.nb[0] == 4 && d.nb[0] == 4 && a.same_shape(d), "soft_max: packed rows, same shape")?;
+    need(
+        a.ty == DType::F32 && d.ty == DType::F32,
+        "soft_max: f32 only",
+    )?;
+    need(
+        a.nb[0] == 4 && d.nb[0] == 4 && a.same_shape(d),
+        "soft_max: packed rows, same shape",
+    )?;
     if let Some(m) = &node.src[1] {
-        need(matches!(m.ty, DType::F16 | DType::F32) && m.rows_contiguous(), "soft_max: mask f16/f32")?;
-        need(m.ne[0] == a.ne[0] && m.ne[1] >= a.ne[1], "soft_max: mask shape")?;
-        need(a.ne[2] % m.ne[2] == 0 && a.ne[3] % m.ne[3] == 0, "soft_max: mask broadcast")?;
+        need(
+            matches!(m.ty, DType::F16 | DType::F32) && m.rows_contiguous(),
+            "soft_max: mask f16/f32",
+        )?;
+        need(
+            m.ne[0] == a.ne[0] && m.ne[1] >= a.ne[1],
+            "soft_max: mask shape",
+        )?;
+        need(
+            a.ne[2] % m.ne[2] == 0 && a.ne[3] % m.ne[3] == 0,
+            "soft_max: mask broadcast",
+        )?;
     }
     if let Some(s) = &node.src[2] {
-        need(s.ty == DType::F32 && s.is_contiguous() && s.nelements() >= a.ne[2], "soft_max: sinks f32")?;
+        need(
+            s.ty == DType::F32 && s.is_contiguous() && s.nelements() >= a.ne[2],
+            "soft_max: sinks f32",
+        )?;
     }
     Ok(())
 }
@@ -27,7 +45,9 @@ pub fn soft_max(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32) {
     let n = a.ne[0];
     let n_head = a.ne[2];
     // SAFETY: sinks hold at least ne[2] f32 (supports).
-    let sinks = node.src[2].as_ref().map(|s| unsafe { slice::<f32>(s.data, n_head) });
+    let sinks = node.src[2]
+        .as_ref()
+        .map(|s| unsafe { slice::<f32>(s.data, n_head) });
     let (r0, r1) = split_range(a.nrows(), ctx.ith, ctx.nth);
     for r in r0..r1 {
         let (i1, i2, i3) = a.unflatten_row(r);
@@ -48,7 +68,9 @@ pub fn soft_max(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32) {
             match m.ty {
                 DType::F16 => {
                     let mr = unsafe { slice::<f16>(p, n) };
-                    y.iter_mut().zip(mr).for_each(|(o, &mv)| *o += slope * mv.to_f32());
+                    y.iter_mut()
+                        .zip(mr)
+                        .for_each(|(o, &mv)| *o += slope * mv.to_f32());
                 }
                 _ => {
                     let mr = unsafe { slice::<f32>(p, n) };

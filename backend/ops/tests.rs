@@ -17,7 +17,9 @@ struct Buf {
 
 impl Buf {
     fn zeroed(bytes: usize) -> Buf {
-        Buf { mem: vec![[0u8; 64]; bytes.div_ceil(64).max(1)] }
+        Buf {
+            mem: vec![[0u8; 64]; bytes.div_ceil(64).max(1)],
+        }
     }
     fn ptr(&mut self) -> *mut u8 {
         self.mem.as_mut_ptr() as *mut u8
@@ -38,7 +40,12 @@ impl Buf {
 fn contiguous(ty: DType, ne: [usize; 4], buf: &mut Buf) -> TensorRef {
     let row = ty.row_bytes(ne[0]);
     let nb = [ty.block_bytes(), row, row * ne[1], row * ne[1] * ne[2]];
-    TensorRef { ty, ne, nb, data: buf.ptr() }
+    TensorRef {
+        ty,
+        ne,
+        nb,
+        data: buf.ptr(),
+    }
 }
 
 fn node(op: Op, dst: TensorRef, src: &[TensorRef]) -> Node {
@@ -76,7 +83,10 @@ fn random_weights(rng: &mut StdRng, ty: DType, rows: usize, k: usize) -> Vec<u8>
     let kern = scalar_kernels(ty).unwrap();
     if let Some(q) = kern.from_f32 {
         for r in 0..rows {
-            q(&random_f32(rng, k, 1.0), &mut out[r * row_bytes..(r + 1) * row_bytes]);
+            q(
+                &random_f32(rng, k, 1.0),
+                &mut out[r * row_bytes..(r + 1) * row_bytes],
+            );
         }
         return out;
     }
@@ -84,7 +94,9 @@ fn random_weights(rng: &mut StdRng, ty: DType, rows: usize, k: usize) -> Vec<u8>
     let bb = ty.block_bytes();
     for blk in out.chunks_mut(bb) {
         let mut put = |off: usize| {
-            let v = f16::from_f32(rng.gen_range(0.001..0.02)).to_bits().to_le_bytes();
+            let v = f16::from_f32(rng.gen_range(0.001..0.02))
+                .to_bits()
+                .to_le_bytes();
             blk[off..off + 2].copy_from_slice(&v);
         };
         match ty {
@@ -102,8 +114,22 @@ fn random_weights(rng: &mut StdRng, ty: DType, rows: usize, k: usize) -> Vec<u8>
 #[test]
 fn mul_mat_all_weight_types_odd_shapes_broadcast_and_strided_activations() {
     let mut rng = StdRng::seed_from_u64(7);
-    for ty in [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q5_K, DType::Q6_K] {
-        let k = if ty.block_size() == 256 { 768 } else { ty.block_size().max(32) * 7 };
+    for ty in [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ] {
+        let k = if ty.block_size() == 256 {
+            768
+        } else {
+            ty.block_size().max(32) * 7
+        };
         let (n, m, ne02, ne12) = (19, 70, 2, 4); // m > TILE_M, broadcast 2 -> 4
         let w_bytes = random_weights(&mut rng, ty, n * ne02, k);
         let mut wb = Buf::zeroed(w_bytes.len());
@@ -115,7 +141,12 @@ fn mul_mat_all_weight_types_odd_shapes_broadcast_and_strided_activations() {
         let mut xb = Buf::zeroed(row_stride * m * ne12);
         let xs = random_f32(&mut rng, (k + 8) * m * ne12, 1.0);
         xb.f32s()[..xs.len()].copy_from_slice(&xs);
-        let x = TensorRef { ty: DType::F32, ne: [k, m, ne12, 1], nb: [4, row_stride, row_stride * m, row_stride * m * ne12], data: xb.ptr() };
+        let x = TensorRef {
+            ty: DType::F32,
+            ne: [k, m, ne12, 1],
+            nb: [4, row_stride, row_stride * m, row_stride * m * ne12],
+            data: xb.ptr(),
+        };
 
         let mut db = Buf::zeroed(n * m * ne12 * 4);
         let d = contiguous(DType::F32, [n, m, ne12, 1], &mut db);
@@ -127,10 +158,17 @@ fn mul_mat_all_weight_types_odd_shapes_broadcast_and_strided_activations() {
         for i12 in 0..ne12 {
             for r in 0..n {
                 let wrow = (i12 / (ne12 / ne02)) * n + r;
-                to_f32(&w_bytes[wrow * ty.row_bytes(k)..(wrow + 1) * ty.row_bytes(k)], &mut wf);
+                to_f32(
+                    &w_bytes[wrow * ty.row_bytes(k)..(wrow + 1) * ty.row_bytes(k)],
+                    &mut wf,
+                );
                 for c in 0..m {
                     let xrow = &xs[(i12 * m + c) * (k + 8)..][..k];
-                    want[(i12 * m + c) * n + r] = wf.iter().zip(xrow).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    want[(i12 * m + c) * n + r] = wf
+                        .iter()
+                        .zip(xrow)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum();
                 }
             }
         }
@@ -148,13 +186,29 @@ fn rms_norm_in_place_and_scale() {
     b.f32s()[..xs.len()].copy_from_slice(&xs);
     let t = contiguous(DType::F32, [n, rows, 1, 1], &mut b);
     // In place, as ggml-alloc arranges it.
-    run(&[node(Op::RmsNorm { eps: 1e-6 }, t, &[t]), node(Op::Scale { scale: 2.0, bias: 0.5 }, t, &[t])], 2);
+    run(
+        &[
+            node(Op::RmsNorm { eps: 1e-6 }, t, &[t]),
+            node(
+                Op::Scale {
+                    scale: 2.0,
+                    bias: 0.5,
+                },
+                t,
+                &[t],
+            ),
+        ],
+        2,
+    );
     for r in 0..rows {
         let x = &xs[r * n..(r + 1) * n];
         let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64;
         for i in 0..n {
             let want = x[i] as f64 / (ms + 1e-6).sqrt() * 2.0 + 0.5;
-            assert!((b.f32s()[r * n + i] as f64 - want).abs() < 1e-4, "row {r} col {i}");
+            assert!(
+                (b.f32s()[r * n + i] as f64 - want).abs() < 1e-4,
+                "row {r} col {i}"
+            );
         }
     }
 }
@@ -165,19 +219,31 @@ fn add_mul_broadcast_silu_swiglu() {
     let (n, rows) = (24, 9);
     let a = random_f32(&mut rng, n * rows, 2.0);
     let b = random_f32(&mut rng, n, 2.0); // broadcast over rows
-    let (mut ab, mut bb, mut ob, mut sb, mut gb) =
-        (Buf::zeroed(n * rows * 4), Buf::zeroed(n * 4), Buf::zeroed(n * rows * 4), Buf::zeroed(n * rows * 4), Buf::zeroed(n / 2 * rows * 4));
+    let (mut ab, mut bb, mut ob, mut sb, mut gb) = (
+        Buf::zeroed(n * rows * 4),
+        Buf::zeroed(n * 4),
+        Buf::zeroed(n * rows * 4),
+        Buf::zeroed(n * rows * 4),
+        Buf::zeroed(n / 2 * rows * 4),
+    );
     ab.f32s()[..a.len()].copy_from_slice(&a);
     bb.f32s()[..n].copy_from_slice(&b);
-    let (ta, tb, to) = (contiguous(DType::F32, [n, rows, 1, 1], &mut ab), contiguous(DType::F32, [n, 1, 1, 1], &mut bb), contiguous(DType::F32, [n, rows, 1, 1], &mut ob));
+    let (ta, tb, to) = (
+        contiguous(DType::F32, [n, rows, 1, 1], &mut ab),
+        contiguous(DType::F32, [n, 1, 1, 1], &mut bb),
+        contiguous(DType::F32, [n, rows, 1, 1], &mut ob),
+    );
     let ts = contiguous(DType::F32, [n, rows, 1, 1], &mut sb);
     let tg = contiguous(DType::F32, [n / 2, rows, 1, 1], &mut gb);
-    run(&[
-        node(Op::Add, to, &[ta, tb]),
-        node(Op::Mul, to, &[to, tb]),
-        node(Op::Silu, ts, &[to]),
-        node(Op::SwiGlu { swapped: false }, tg, &[to]),
-    ], 2);
+    run(
+        &[
+            node(Op::Add, to, &[ta, tb]),
+            node(Op::Mul, to, &[to, tb]),
+            node(Op::Silu, ts, &[to]),
+            node(Op::SwiGlu { swapped: false }, tg, &[to]),
+        ],
+        2,
+    );
     let silu = |x: f64| x / (1.0 + (-x).exp());
     for r in 0..rows {
         for i in 0..n {
@@ -186,7 +252,10 @@ fn add_mul_broadcast_silu_swiglu() {
             assert!((sb.f32s()[r * n + i] as f64 - silu(v)).abs() < 1e-5);
         }
         for i in 0..n / 2 {
-            let (x, g) = ((a[r * n + i] as f64 + b[i] as f64) * b[i] as f64, (a[r * n + i + n / 2] as f64 + b[i + n / 2] as f64) * b[i + n / 2] as f64);
+            let (x, g) = (
+                (a[r * n + i] as f64 + b[i] as f64) * b[i] as f64,
+                (a[r * n + i + n / 2] as f64 + b[i + n / 2] as f64) * b[i + n / 2] as f64,
+            );
             assert!((gb.f32s()[r * (n / 2) + i] as f64 - silu(x) * g).abs() < 1e-5);
         }
     }
@@ -197,8 +266,20 @@ fn soft_max_with_f16_mask_broadcast_and_alibi() {
     let mut rng = StdRng::seed_from_u64(3);
     let (n, rows, heads) = (33, 5, 4);
     let x = random_f32(&mut rng, n * rows * heads, 4.0);
-    let mask: Vec<f16> = (0..n * rows).map(|i| if i % 7 == 3 { f16::NEG_INFINITY } else { f16::from_f32(rng.gen_range(-1.0..0.0)) }).collect();
-    let (mut xb, mut mb, mut ob) = (Buf::zeroed(x.len() * 4), Buf::zeroed(mask.len() * 2), Buf::zeroed(x.len() * 4));
+    let mask: Vec<f16> = (0..n * rows)
+        .map(|i| {
+            if i % 7 == 3 {
+                f16::NEG_INFINITY
+            } else {
+                f16::from_f32(rng.gen_range(-1.0..0.0))
+            }
+        })
+        .collect();
+    let (mut xb, mut mb, mut ob) = (
+        Buf::zeroed(x.len() * 4),
+        Buf::zeroed(mask.len() * 2),
+        Buf::zeroed(x.len() * 4),
+    );
     xb.f32s()[..x.len()].copy_from_slice(&x);
     for (i, m) in mask.iter().enumerate() {
         mb.bytes()[2 * i..2 * i + 2].copy_from_slice(&m.to_bits().to_le_bytes());
@@ -206,11 +287,23 @@ fn soft_max_with_f16_mask_broadcast_and_alibi() {
     let tx = contiguous(DType::F32, [n, rows, heads, 1], &mut xb);
     let tm = contiguous(DType::F16, [n, rows, 1, 1], &mut mb);
     let to = contiguous(DType::F32, [n, rows, heads, 1], &mut ob);
-    run(&[node(Op::SoftMax { scale: 0.7, max_bias: 8.0 }, to, &[tx, tm])], 2);
+    run(
+        &[node(
+            Op::SoftMax {
+                scale: 0.7,
+                max_bias: 8.0,
+            },
+            to,
+            &[tx, tm],
+        )],
+        2,
+    );
     for h in 0..heads {
         let slope = super::alibi_slope(8.0, heads, h) as f64;
         for r in 0..rows {
-            let w: Vec<f64> = (0..n).map(|i| x[(h * rows + r) * n + i] as f64 * 0.7 + slope * mask[r * n + i].to_f64()).collect();
+            let w: Vec<f64> = (0..n)
+                .map(|i| x[(h * rows + r) * n + i] as f64 * 0.7 + slope * mask[r * n + i].to_f64())
+                .collect();
             let mx = w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let s: f64 = w.iter().map(|v| (v - mx).exp()).sum();
             for i in 0..n {
@@ -229,15 +322,29 @@ fn rope_normal_and_neox_match_the_rotation_formula() {
         let x = random_f32(&mut rng, d * heads * toks, 1.0);
         let pos: Vec<i32> = vec![0, 3, 7, 100, 2047];
         let ff: Vec<f32> = (0..d / 2).map(|i| 1.0 + i as f32 * 0.5).collect();
-        let (mut xb, mut pb, mut fb, mut ob) = (Buf::zeroed(x.len() * 4), Buf::zeroed(20), Buf::zeroed(ff.len() * 4), Buf::zeroed(x.len() * 4));
+        let (mut xb, mut pb, mut fb, mut ob) = (
+            Buf::zeroed(x.len() * 4),
+            Buf::zeroed(20),
+            Buf::zeroed(ff.len() * 4),
+            Buf::zeroed(x.len() * 4),
+        );
         xb.f32s()[..x.len()].copy_from_slice(&x);
         for (i, p) in pos.iter().enumerate() {
             pb.bytes()[4 * i..4 * i + 4].copy_from_slice(&p.to_le_bytes());
         }
         fb.f32s()[..ff.len()].copy_from_slice(&ff);
         let p = RopeParams {
-            n_dims: 12, mode, n_ctx_orig: 4096, freq_base: 10000.0, freq_scale: 1.0, ext_factor: 0.0,
-            attn_factor: 1.0, beta_fast: 32.0, beta_slow: 1.0, n_offs: 0, backward: false,
+            n_dims: 12,
+            mode,
+            n_ctx_orig: 4096,
+            freq_base: 10000.0,
+            freq_scale: 1.0,
+            ext_factor: 0.0,
+            attn_factor: 1.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            n_offs: 0,
+            backward: false,
         };
         let tx = contiguous(DType::F32, [d, heads, toks, 1], &mut xb);
         let tp = contiguous(DType::I32, [toks, 1, 1, 1], &mut pb);
@@ -249,10 +356,18 @@ fn rope_normal_and_neox_match_the_rotation_formula() {
                 let row = &x[(t * heads + h) * d..][..d];
                 let got = &ob.f32s()[(t * heads + h) * d..][..d];
                 for i in 0..6 {
-                    let theta = pos[t] as f64 * 10000f64.powf(-2.0 * i as f64 / 12.0) / ff[i] as f64;
-                    let (j0, j1) = if mode == super::rope::MODE_NEOX { (i, i + 6) } else { (2 * i, 2 * i + 1) };
+                    let theta =
+                        pos[t] as f64 * 10000f64.powf(-2.0 * i as f64 / 12.0) / ff[i] as f64;
+                    let (j0, j1) = if mode == super::rope::MODE_NEOX {
+                        (i, i + 6)
+                    } else {
+                        (2 * i, 2 * i + 1)
+                    };
                     let (a, b) = (row[j0] as f64, row[j1] as f64);
-                    assert!((got[j0] as f64 - (a * theta.cos() - b * theta.sin())).abs() < 2e-4, "mode {mode} t {t} i {i}");
+                    assert!(
+                        (got[j0] as f64 - (a * theta.cos() - b * theta.sin())).abs() < 2e-4,
+                        "mode {mode} t {t} i {i}"
+                    );
                     assert!((got[j1] as f64 - (a * theta.sin() + b * theta.cos())).abs() < 2e-4);
                 }
                 assert_eq!(&got[12..], &row[12..], "channels past n_dims pass through");
@@ -266,13 +381,35 @@ fn flash_attn_matches_softmax_attention_with_gqa_mask_and_sinks() {
     let mut rng = StdRng::seed_from_u64(5);
     let (dk, dv, n_q, n_kv, hq, hkv) = (40, 24, 3, 13, 4, 2);
     let q = random_f32(&mut rng, dk * n_q * hq, 1.0);
-    let k: Vec<f16> = (0..dk * n_kv * hkv).map(|_| f16::from_f32(rng.gen_range(-1.0..1.0))).collect();
-    let v: Vec<f16> = (0..dv * n_kv * hkv).map(|_| f16::from_f32(rng.gen_range(-1.0..1.0))).collect();
-    let mask: Vec<f16> = (0..n_kv * n_q).map(|i| if (i % n_kv) > 9 + i / n_kv { f16::NEG_INFINITY } else { f16::ZERO }).collect();
+    let k: Vec<f16> = (0..dk * n_kv * hkv)
+        .map(|_| f16::from_f32(rng.gen_range(-1.0..1.0)))
+        .collect();
+    let v: Vec<f16> = (0..dv * n_kv * hkv)
+        .map(|_| f16::from_f32(rng.gen_range(-1.0..1.0)))
+        .collect();
+    let mask: Vec<f16> = (0..n_kv * n_q)
+        .map(|i| {
+            if (i % n_kv) > 9 + i / n_kv {
+                f16::NEG_INFINITY
+            } else {
+                f16::ZERO
+            }
+        })
+        .collect();
     let sinks: Vec<f32> = (0..hq).map(|h| h as f32 * 0.3 - 0.5).collect();
-    let put16 = |b: &mut Buf, xs: &[f16]| for (i, x) in xs.iter().enumerate() { b.bytes()[2 * i..2 * i + 2].copy_from_slice(&x.to_bits().to_le_bytes()) };
-    let (mut qb, mut kb, mut vb, mut mb, mut sb, mut ob) =
-        (Buf::zeroed(q.len() * 4), Buf::zeroed(k.len() * 2), Buf::zeroed(v.len() * 2), Buf::zeroed(mask.len() * 2), Buf::zeroed(16), Buf::zeroed(dv * hq * n_q * 4));
+    let put16 = |b: &mut Buf, xs: &[f16]| {
+        for (i, x) in xs.iter().enumerate() {
+            b.bytes()[2 * i..2 * i + 2].copy_from_slice(&x.to_bits().to_le_bytes())
+        }
+    };
+    let (mut qb, mut kb, mut vb, mut mb, mut sb, mut ob) = (
+        Buf::zeroed(q.len() * 4),
+        Buf::zeroed(k.len() * 2),
+        Buf::zeroed(v.len() * 2),
+        Buf::zeroed(mask.len() * 2),
+        Buf::zeroed(16),
+        Buf::zeroed(dv * hq * n_q * 4),
+    );
     qb.f32s()[..q.len()].copy_from_slice(&q);
     put16(&mut kb, &k);
     put16(&mut vb, &v);
@@ -285,24 +422,49 @@ fn flash_attn_matches_softmax_attention_with_gqa_mask_and_sinks() {
     let ts = contiguous(DType::F32, [hq, 1, 1, 1], &mut sb);
     let to = contiguous(DType::F32, [dv, hq, n_q, 1], &mut ob);
     let scale = 0.2;
-    run(&[node(Op::FlashAttn { scale, max_bias: 0.0, softcap: 0.0 }, to, &[tq, tk, tv, tm, ts])], 2);
+    run(
+        &[node(
+            Op::FlashAttn {
+                scale,
+                max_bias: 0.0,
+                softcap: 0.0,
+            },
+            to,
+            &[tq, tk, tv, tm, ts],
+        )],
+        2,
+    );
     for h in 0..hq {
         let hk = h / (hq / hkv);
         for i in 0..n_q {
-            let qrow: Vec<f64> = q[(h * n_q + i) * dk..][..dk].iter().map(|&x| f16::from_f32(x).to_f64()).collect();
+            let qrow: Vec<f64> = q[(h * n_q + i) * dk..][..dk]
+                .iter()
+                .map(|&x| f16::from_f32(x).to_f64())
+                .collect();
             let s: Vec<f64> = (0..n_kv)
                 .map(|j| {
                     let kr = &k[(hk * n_kv + j) * dk..][..dk];
-                    qrow.iter().zip(kr).map(|(a, b)| a * b.to_f64()).sum::<f64>() * scale as f64 + mask[i * n_kv + j].to_f64()
+                    qrow.iter()
+                        .zip(kr)
+                        .map(|(a, b)| a * b.to_f64())
+                        .sum::<f64>()
+                        * scale as f64
+                        + mask[i * n_kv + j].to_f64()
                 })
                 .collect();
             let mx = s.iter().cloned().fold(sinks[h] as f64, f64::max);
             let w: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
             let denom = w.iter().sum::<f64>() + (sinks[h] as f64 - mx).exp();
             for c in 0..dv {
-                let want: f64 = (0..n_kv).map(|j| w[j] * v[(hk * n_kv + j) * dv + c].to_f64()).sum::<f64>() / denom;
+                let want: f64 = (0..n_kv)
+                    .map(|j| w[j] * v[(hk * n_kv + j) * dv + c].to_f64())
+                    .sum::<f64>()
+                    / denom;
                 let got = ob.f32s()[(i * hq + h) * dv + c] as f64;
-                assert!((got - want).abs() < 1e-3, "h {h} q {i} c {c}: {got} vs {want}");
+                assert!(
+                    (got - want).abs() < 1e-3,
+                    "h {h} q {i} c {c}: {got} vs {want}"
+                );
             }
         }
     }
@@ -315,8 +477,13 @@ fn get_rows_set_rows_and_transposed_copy() {
     let src = random_f32(&mut rng, n * rows, 1.0);
     // f32 -> f16 rows at scattered indices (SET_ROWS), then back (GET_ROWS).
     let idx: Vec<i64> = vec![7, 2, 9, 0];
-    let (mut sb, mut ib, mut kb, mut gb, mut gi) =
-        (Buf::zeroed(src.len() * 4), Buf::zeroed(32), Buf::zeroed(n * rows * 2), Buf::zeroed(n * 4 * 4), Buf::zeroed(16));
+    let (mut sb, mut ib, mut kb, mut gb, mut gi) = (
+        Buf::zeroed(src.len() * 4),
+        Buf::zeroed(32),
+        Buf::zeroed(n * rows * 2),
+        Buf::zeroed(n * 4 * 4),
+        Buf::zeroed(16),
+    );
     sb.f32s()[..src.len()].copy_from_slice(&src);
     for (i, v) in idx.iter().enumerate() {
         ib.bytes()[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes());
@@ -330,7 +497,13 @@ fn get_rows_set_rows_and_transposed_copy() {
     let tk = contiguous(DType::F16, [n, rows, 1, 1], &mut kb);
     let tgi = contiguous(DType::I32, [4, 1, 1, 1], &mut gi);
     let tg = contiguous(DType::F32, [n, 4, 1, 1], &mut gb);
-    run(&[node(Op::SetRows, tk, &[ts, ti]), node(Op::GetRows, tg, &[tk, tgi])], 2);
+    run(
+        &[
+            node(Op::SetRows, tk, &[ts, ti]),
+            node(Op::GetRows, tg, &[tk, tgi]),
+        ],
+        2,
+    );
     for (gr, &row) in gids.iter().enumerate() {
         let srow = idx.iter().position(|&i| i == row as i64).unwrap();
         for c in 0..n {
@@ -343,12 +516,20 @@ fn get_rows_set_rows_and_transposed_copy() {
     let m = random_f32(&mut rng, r * c, 1.0);
     let (mut mb, mut tb) = (Buf::zeroed(m.len() * 4), Buf::zeroed(m.len() * 2));
     mb.f32s()[..m.len()].copy_from_slice(&m);
-    let mt = TensorRef { ty: DType::F32, ne: [r, c, 1, 1], nb: [c * 4, 4, r * c * 4, r * c * 4], data: mb.ptr() };
+    let mt = TensorRef {
+        ty: DType::F32,
+        ne: [r, c, 1, 1],
+        nb: [c * 4, 4, r * c * 4, r * c * 4],
+        data: mb.ptr(),
+    };
     let out = contiguous(DType::F16, [r, c, 1, 1], &mut tb);
     run(&[node(Op::Copy, out, &[mt])], 2);
     for i in 0..r {
         for j in 0..c {
-            let got = f16::from_bits(u16::from_le_bytes([tb.bytes()[2 * (j * r + i)], tb.bytes()[2 * (j * r + i) + 1]]));
+            let got = f16::from_bits(u16::from_le_bytes([
+                tb.bytes()[2 * (j * r + i)],
+                tb.bytes()[2 * (j * r + i) + 1],
+            ]));
             assert_eq!(got, f16::from_f32(m[i * c + j]));
         }
     }

@@ -69,11 +69,26 @@ pub(super) fn table_with(bf16: bool) -> Option<Table> {
     };
     let dot_bf16: super::VecDotFn = if bf16 { dot_bf16_dp } else { dot_bf16_fma };
     Some([
-        entry(0, scalar::f32_to_f32, Some(scalar::f32_from_f32), Some(dot_f32)),
+        entry(
+            0,
+            scalar::f32_to_f32,
+            Some(scalar::f32_from_f32),
+            Some(dot_f32),
+        ),
         entry(1, f16_to_f32, Some(f16_from_f32), Some(dot_f16)),
         entry(2, bf16_to_f32, Some(bf16_from_f32), Some(dot_bf16)),
-        entry(3, dequantize_q4_0, Some(scalar::quantize_q4_0), Some(dot_q4_0_q8_0)),
-        entry(4, dequantize_q4_1, Some(scalar::quantize_q4_1), Some(dot_q4_1_q8_1)),
+        entry(
+            3,
+            dequantize_q4_0,
+            Some(scalar::quantize_q4_0),
+            Some(dot_q4_0_q8_0),
+        ),
+        entry(
+            4,
+            dequantize_q4_1,
+            Some(scalar::quantize_q4_1),
+            Some(dot_q4_1_q8_1),
+        ),
         entry(5, dequantize_q8_0, Some(quantize_q8_0), Some(dot_q8_0_q8_0)),
         entry(6, scalar::dequantize_q8_1, Some(quantize_q8_1), None),
         entry(7, dequantize_q4_k, None, Some(dot_q4_k_q8_k)),
@@ -339,7 +354,10 @@ fn f16_from_f32_impl(src: &[f32], dst: &mut [u8]) {
     let (sc, st) = src.as_chunks::<16>();
     let (dc, dt) = dst[..2 * n].as_chunks_mut::<32>();
     for (s, d) in sc.iter().zip(dc) {
-        st256(d, _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(ldps(s)));
+        st256(
+            d,
+            _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(ldps(s)),
+        );
     }
     if !st.is_empty() {
         let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(ldps_tail(st));
@@ -363,7 +381,10 @@ fn ps_to_bf16x16(x: __m512) -> __m256i {
         _mm512_set1_epi32(0x7f80_0000),
     );
     let hi = _mm512_srli_epi32::<16>(u);
-    let bias = _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(hi, _mm512_set1_epi32(1)));
+    let bias = _mm512_add_epi32(
+        _mm512_set1_epi32(0x7fff),
+        _mm512_and_si512(hi, _mm512_set1_epi32(1)),
+    );
     let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(u, bias));
     let quiet = _mm512_or_si512(hi, _mm512_set1_epi32(64));
     _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(is_nan, rounded, quiet))
@@ -436,7 +457,11 @@ fn dot_f16_impl(n: usize, w: &[u8], a: &[u8]) -> f32 {
         }
     }
     for (w1, a1) in wq.remainder().iter().zip(aq.remainder()) {
-        acc[0] = _mm512_fmadd_ps(_mm512_cvtph_ps(ld256(w1)), _mm512_cvtph_ps(ld256(a1)), acc[0]);
+        acc[0] = _mm512_fmadd_ps(
+            _mm512_cvtph_ps(ld256(w1)),
+            _mm512_cvtph_ps(ld256(a1)),
+            acc[0],
+        );
     }
     if !wt.is_empty() {
         let x = _mm512_cvtph_ps(ld256_epi16_tail(wt));
@@ -597,7 +622,10 @@ fn quantize_q8_k_impl(src: &[f32], dst: &mut [u8]) {
         let cap = _mm512_set1_epi32(127);
         let mut bsums = [0u8; 32];
         for k in 0..16 {
-            let q = _mm512_min_epi32(_mm512_cvt_roundps_epi32::<RNE>(_mm512_mul_ps(is, v[k])), cap);
+            let q = _mm512_min_epi32(
+                _mm512_cvt_roundps_epi32::<RNE>(_mm512_mul_ps(is, v[k])),
+                cap,
+            );
             let s = _mm512_reduce_add_epi32(q) as i16;
             bsums[2 * k..2 * k + 2].copy_from_slice(&s.to_ne_bytes());
             st128(arr_mut(y, QS + 16 * k), _mm512_cvtsepi32_epi8(q));
@@ -631,7 +659,10 @@ fn dequantize_q4_0_impl(src: &[u8], dst: &mut [f32]) {
         let d = _mm512_set1_ps(h2f(u16_at(x, 0)));
         let q = ld128(arr(x, QS));
         let lo = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(q, m4)), eight);
-        let hi = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16::<4>(q), m4)), eight);
+        let hi = _mm512_sub_epi32(
+            _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16::<4>(q), m4)),
+            eight,
+        );
         stps(arr_mut(y, 0), _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d));
         stps(arr_mut(y, 16), _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d));
     }
@@ -712,8 +743,14 @@ fn dequantize_q4_k_impl(src: &[u8], dst: &mut [f32]) {
                 let q = ld128(arr(x, QS + 32 * c + 16 * h));
                 let lo = u8x16_to_ps(_mm_and_si128(q, m4));
                 let hi = u8x16_to_ps(_mm_and_si128(_mm_srli_epi16::<4>(q), m4));
-                stps(arr_mut(y, 64 * c + 16 * h), _mm512_sub_ps(_mm512_mul_ps(d1, lo), m1));
-                stps(arr_mut(y, 64 * c + 32 + 16 * h), _mm512_sub_ps(_mm512_mul_ps(d2, hi), m2));
+                stps(
+                    arr_mut(y, 64 * c + 16 * h),
+                    _mm512_sub_ps(_mm512_mul_ps(d1, lo), m1),
+                );
+                stps(
+                    arr_mut(y, 64 * c + 32 + 16 * h),
+                    _mm512_sub_ps(_mm512_mul_ps(d2, hi), m2),
+                );
             }
         }
     }
@@ -750,8 +787,14 @@ fn dequantize_q5_k_impl(src: &[u8], dst: &mut [f32]) {
                 let h2 = _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(qh, u2), u2), sixteen);
                 let lo = u8x16_to_ps(_mm_or_si128(_mm_and_si128(q, m4), h1));
                 let hi = u8x16_to_ps(_mm_or_si128(_mm_and_si128(_mm_srli_epi16::<4>(q), m4), h2));
-                stps(arr_mut(y, 64 * c + 16 * h), _mm512_sub_ps(_mm512_mul_ps(d1, lo), m1));
-                stps(arr_mut(y, 64 * c + 32 + 16 * h), _mm512_sub_ps(_mm512_mul_ps(d2, hi), m2));
+                stps(
+                    arr_mut(y, 64 * c + 16 * h),
+                    _mm512_sub_ps(_mm512_mul_ps(d1, lo), m1),
+                );
+                stps(
+                    arr_mut(y, 64 * c + 32 + 16 * h),
+                    _mm512_sub_ps(_mm512_mul_ps(d2, hi), m2),
+                );
             }
         }
     }
@@ -847,7 +890,11 @@ fn dot_q4_0_q8_0_impl(n: usize, w: &[u8], a: &[u8]) -> f32 {
     while ib < nb {
         // Two blocks per step; an odd last block is paired with an all-zero one (d = 0).
         let (x0, y0) = (&xs[ib], &ys[ib]);
-        let (x1, y1) = if ib + 1 < nb { (&xs[ib + 1], &ys[ib + 1]) } else { (&zero_x, &zero_y) };
+        let (x1, y1) = if ib + 1 < nb {
+            (&xs[ib + 1], &ys[ib + 1])
+        } else {
+            (&zero_x, &zero_y)
+        };
         let q = nibbles_2blocks(ld128(arr(x0, XQ)), ld128(arr(x1, XQ)));
         let y = cat_qs(arr(y0, YQ), arr(y1, YQ));
         // sum((q - 8) * y) = sum(q * y) - sum(8 * y), exact in int32.
@@ -883,7 +930,11 @@ fn dot_q4_1_q8_1_impl(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut ib = 0;
     while ib < nb {
         let (x0, y0) = (&xs[ib], &ys[ib]);
-        let (x1, y1) = if ib + 1 < nb { (&xs[ib + 1], &ys[ib + 1]) } else { (&zero_x, &zero_y) };
+        let (x1, y1) = if ib + 1 < nb {
+            (&xs[ib + 1], &ys[ib + 1])
+        } else {
+            (&zero_x, &zero_y)
+        };
         let q = nibbles_2blocks(ld128(arr(x0, XQ)), ld128(arr(x1, XQ)));
         let y = cat_qs(arr(y0, YQ), arr(y1, YQ));
         let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y);
@@ -912,7 +963,11 @@ fn dot_q8_0_q8_0_impl(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut ib = 0;
     while ib < nb {
         let (x0, y0) = (&xs[ib], &ys[ib]);
-        let (x1, y1) = if ib + 1 < nb { (&xs[ib + 1], &ys[ib + 1]) } else { (&zero, &zero) };
+        let (x1, y1) = if ib + 1 < nb {
+            (&xs[ib + 1], &ys[ib + 1])
+        } else {
+            (&zero, &zero)
+        };
         let x = cat_qs(arr(x0, QS), arr(x1, QS));
         let y = cat_qs(arr(y0, QS), arr(y1, QS));
         // x ^ 0x80 is x + 128 as an unsigned byte: sum(x*y) = sum((x+128)*y) - sum(128*y),
@@ -963,7 +1018,11 @@ fn dot_q4_k_q8_k_impl(n: usize, w: &[u8], a: &[u8]) -> f32 {
             let lo = _mm256_and_si256(q, m4);
             let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
             // Lanes 0..8: sub-block 2c, lanes 8..16: sub-block 2c+1.
-            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), cat256(lo, hi), ld512(arr(y, YQ + 64 * c)));
+            let p = _mm512_dpbusd_epi32(
+                _mm512_setzero_si512(),
+                cat256(lo, hi),
+                ld512(arr(y, YQ + 64 * c)),
+            );
             let s = halves_epi32(sc[2 * c] as i32, sc[2 * c + 1] as i32);
             acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(p, s));
         }
@@ -1010,7 +1069,11 @@ fn dot_q5_k_q8_k_impl(n: usize, w: &[u8], a: &[u8]) -> f32 {
             let q = ld256(arr(x, XQ + 32 * c));
             let lo = _mm256_or_si256(_mm256_and_si256(q, m4), hl);
             let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q), m4), hh);
-            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), cat256(lo, hi), ld512(arr(y, YQ + 64 * c)));
+            let p = _mm512_dpbusd_epi32(
+                _mm512_setzero_si512(),
+                cat256(lo, hi),
+                ld512(arr(y, YQ + 64 * c)),
+            );
             let s = halves_epi32(sc[2 * c] as i32, sc[2 * c + 1] as i32);
             acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(p, s));
         }
@@ -1049,7 +1112,7 @@ fn dot_q6_k_q8_k_impl(n: usize, w: &[u8], a: &[u8]) -> f32 {
             let ql = ld512(arr(x, QL + 64 * h)); // [ql[l] | ql[l + 32]], l in 0..32
             let qh = ld256(arr(x, QH + 32 * h));
             let qh = cat256(qh, _mm256_srli_epi16::<2>(qh)); // [qh | qh >> 2]
-            // Elements 128h + 0..64 and 128h + 64..128 (6-bit, 0..63).
+                                                             // Elements 128h + 0..64 and 128h + 64..128 (6-bit, 0..63).
             let z01 = _mm512_or_si512(
                 _mm512_and_si512(ql, m4),
                 _mm512_slli_epi16::<4>(_mm512_and_si512(qh, m3)),

@@ -97,7 +97,10 @@ struct Active {
 fn active() -> &'static Active {
     static ACTIVE: OnceLock<Active> = OnceLock::new();
     ACTIVE.get_or_init(|| {
-        let scalar = Active { table: &scalar::TABLE, name: "scalar" };
+        let scalar = Active {
+            table: &scalar::TABLE,
+            name: "scalar",
+        };
         if force_scalar() {
             return scalar;
         }

@@ -181,7 +181,11 @@ pub fn quantize_q8_0(src: &[f32], dst: &mut [u8]) {
     check_from_f32(DType::Q8_0, src.len(), dst.len());
     for (i, x) in src.chunks_exact(QK8_0).enumerate() {
         let (d, qs) = q8_block(x);
-        BlockQ8_0 { d: f32_to_fp16(d), qs }.write_at(dst, i);
+        BlockQ8_0 {
+            d: f32_to_fp16(d),
+            qs,
+        }
+        .write_at(dst, i);
     }
 }
 
@@ -191,7 +195,12 @@ pub fn quantize_q8_1(src: &[f32], dst: &mut [u8]) {
     for (i, x) in src.chunks_exact(QK8_1).enumerate() {
         let (d, qs) = q8_block(x);
         let sum: i32 = qs.iter().map(|&q| q as i32).sum();
-        BlockQ8_1 { d: f32_to_fp16(d), s: f32_to_fp16(sum as f32 * d), qs }.write_at(dst, i);
+        BlockQ8_1 {
+            d: f32_to_fp16(d),
+            s: f32_to_fp16(sum as f32 * d),
+            qs,
+        }
+        .write_at(dst, i);
     }
 }
 
@@ -249,7 +258,11 @@ pub fn quantize_q4_0(src: &[f32], dst: &mut [u8]) {
             let xi1 = ((x1 + 8.5) as i8).min(15) as u8;
             *q = xi0 | (xi1 << 4);
         }
-        BlockQ4_0 { d: f32_to_fp16(d), qs }.write_at(dst, i);
+        BlockQ4_0 {
+            d: f32_to_fp16(d),
+            qs,
+        }
+        .write_at(dst, i);
     }
 }
 
@@ -277,7 +290,12 @@ pub fn quantize_q4_1(src: &[f32], dst: &mut [u8]) {
             let xi1 = ((x1 + 0.5) as i8).min(15) as u8;
             *q = xi0 | (xi1 << 4);
         }
-        BlockQ4_1 { d: f32_to_fp16(d), m: f32_to_fp16(min), qs }.write_at(dst, i);
+        BlockQ4_1 {
+            d: f32_to_fp16(d),
+            m: f32_to_fp16(min),
+            qs,
+        }
+        .write_at(dst, i);
     }
 }
 
@@ -463,7 +481,11 @@ pub fn dot_q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     for ib in 0..n / QK8_0 {
         let x = BlockQ8_0::read_at(w, ib);
         let y = BlockQ8_0::read_at(a, ib);
-        let sumi: i32 = x.qs.iter().zip(&y.qs).map(|(&p, &q)| p as i32 * q as i32).sum();
+        let sumi: i32 =
+            x.qs.iter()
+                .zip(&y.qs)
+                .map(|(&p, &q)| p as i32 * q as i32)
+                .sum();
         sumf += sumi as f32 * (fp16_to_f32(x.d) * fp16_to_f32(y.d));
     }
     sumf
@@ -476,7 +498,9 @@ fn kx_block_sums(q: &[u8; QK_K], scales: &[u8; K_SCALE_SIZE], y: &BlockQ8K) -> (
     let (sc, m) = scales_mins_k4(scales);
     let mut sumi = 0i32;
     for (j, &scale) in sc.iter().enumerate() {
-        let dot: i32 = (32 * j..32 * j + 32).map(|l| q[l] as i32 * y.qs[l] as i32).sum();
+        let dot: i32 = (32 * j..32 * j + 32)
+            .map(|l| q[l] as i32 * y.qs[l] as i32)
+            .sum();
         sumi += scale as i32 * dot;
     }
     let mut summ = 0i32;

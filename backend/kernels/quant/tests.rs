@@ -45,7 +45,13 @@ fn rng(seed: u64) -> StdRng {
 fn rand_f32(r: &mut StdRng, n: usize) -> Vec<f32> {
     let scale = 10f32.powi(r.gen_range(-3..3));
     (0..n)
-        .map(|_| if r.gen_ratio(1, 50) { 0.0 } else { r.gen_range(-1.0f32..1.0) * scale })
+        .map(|_| {
+            if r.gen_ratio(1, 50) {
+                0.0
+            } else {
+                r.gen_range(-1.0f32..1.0) * scale
+            }
+        })
         .collect()
 }
 
@@ -110,7 +116,25 @@ fn rand_row(r: &mut StdRng, ty: DType, n: usize) -> Vec<u8> {
 /// Element counts to test for a type: one block, several, odd counts.
 fn lengths(ty: DType) -> Vec<usize> {
     match ty.block_size() {
-        1 => vec![1, 2, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 129, 257, 1000, 4096 + 3],
+        1 => vec![
+            1,
+            2,
+            7,
+            15,
+            16,
+            17,
+            31,
+            32,
+            33,
+            63,
+            64,
+            65,
+            100,
+            129,
+            257,
+            1000,
+            4096 + 3,
+        ],
         32 => [1, 2, 3, 5, 7, 8, 16, 33].iter().map(|b| b * 32).collect(),
         _ => vec![256, 512, 256 * 3, 256 * 5],
     }
@@ -173,8 +197,21 @@ fn table_matches_ggml_type_traits() {
             assert_eq!(k.vec_dot_type, vdt, "{name}: {}", ty.name());
             assert!(k.vec_dot.is_some(), "{name}: {} has no vec_dot", ty.name());
         }
-        for ty in [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q8_1, DType::Q8_K, DType::Q4_0, DType::Q4_1] {
-            assert!(entry(table, ty).from_f32.is_some(), "{name}: {} has no from_f32", ty.name());
+        for ty in [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::Q8_0,
+            DType::Q8_1,
+            DType::Q8_K,
+            DType::Q4_0,
+            DType::Q4_1,
+        ] {
+            assert!(
+                entry(table, ty).from_f32.is_some(),
+                "{name}: {} has no from_f32",
+                ty.name()
+            );
         }
         for ty in [DType::Q8_1, DType::Q8_K] {
             assert!(entry(table, ty).vec_dot.is_none());
@@ -195,7 +232,11 @@ fn avx512_tier_is_active_when_detected() {
     if force_scalar() {
         assert_eq!(active_tier(), "scalar");
     } else if avx512::detected() {
-        assert!(active_tier().starts_with("avx512"), "tier {}", active_tier());
+        assert!(
+            active_tier().starts_with("avx512"),
+            "tier {}",
+            active_tier()
+        );
         assert_eq!(active_tier() == "avx512+bf16", avx512::has_bf16());
     } else {
         assert_eq!(active_tier(), "scalar");
@@ -213,9 +254,18 @@ fn report_tier() {
 fn force_scalar_env_selects_scalar() {
     let exe = std::env::current_exe().unwrap();
     let path = module_path!();
-    let name = format!("{}::report_tier", path.split_once("::").map_or(path, |(_, rest)| rest));
+    let name = format!(
+        "{}::report_tier",
+        path.split_once("::").map_or(path, |(_, rest)| rest)
+    );
     let out = std::process::Command::new(exe)
-        .args([name.as_str(), "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            name.as_str(),
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("SMEPILOT_FORCE_SCALAR", "1")
         .output();
     let out = match out {
@@ -226,10 +276,16 @@ fn force_scalar_env_selects_scalar() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() && !stdout.contains("running 1 test") {
         // The child never got to run (e.g. a cross-built binary without its emulator setup).
-        return eprintln!("skipped: child did not start: {}", String::from_utf8_lossy(&out.stderr));
+        return eprintln!(
+            "skipped: child did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert!(out.status.success(), "child failed: {stdout}");
-    assert!(stdout.contains("SMEPILOT_TIER=scalar"), "child said: {stdout}");
+    assert!(
+        stdout.contains("SMEPILOT_TIER=scalar"),
+        "child said: {stdout}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -248,7 +304,13 @@ fn to_f32_fast_matches_scalar_bitwise() {
                 let mut got = vec![f32::NAN; n];
                 (entry(table, ty).to_f32)(&buf[off..], &mut got);
                 for i in 0..n {
-                    assert!(same_f32(got[i], want[i]), "{name} {} n={n} i={i}: {} vs {}", ty.name(), got[i], want[i]);
+                    assert!(
+                        same_f32(got[i], want[i]),
+                        "{name} {} n={n} i={i}: {} vs {}",
+                        ty.name(),
+                        got[i],
+                        want[i]
+                    );
                 }
                 // An unaligned f32 destination too.
                 let mut wide = vec![0f32; n + 1];
@@ -264,7 +326,9 @@ fn from_f32_fast_matches_scalar_bytewise() {
     let mut r = rng(2);
     for (name, table) in fast_tiers() {
         for ty in TYPES {
-            let Some(fast) = entry(table, ty).from_f32 else { continue };
+            let Some(fast) = entry(table, ty).from_f32 else {
+                continue;
+            };
             let slow = sk(ty).from_f32.unwrap();
             for n in lengths(ty) {
                 let mut x = rand_f32(&mut r, n);
@@ -291,7 +355,11 @@ fn from_f32_fast_matches_scalar_bytewise() {
                 let mut long = vec![0x55u8; ty.row_bytes(n) + 7];
                 fast(&x, &mut long);
                 assert_eq!(&long[..want.len()], &want[..]);
-                assert!(long[want.len()..].iter().all(|&b| b == 0x55), "{name} {} wrote past the row", ty.name());
+                assert!(
+                    long[want.len()..].iter().all(|&b| b == 0x55),
+                    "{name} {} wrote past the row",
+                    ty.name()
+                );
             }
         }
     }
@@ -301,7 +369,11 @@ fn from_f32_fast_matches_scalar_bytewise() {
 fn magnitude_and_dot(ty: DType, vdt: DType, n: usize, w: &[u8], a: &[u8]) -> (f64, f64) {
     let wf = to_f32_row(ty, w, n);
     let af = to_f32_row(vdt, a, n);
-    let mag = wf.iter().zip(&af).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum();
+    let mag = wf
+        .iter()
+        .zip(&af)
+        .map(|(x, y)| (*x as f64 * *y as f64).abs())
+        .sum();
     let dot = wf.iter().zip(&af).map(|(x, y)| *x as f64 * *y as f64).sum();
     (mag, dot)
 }
@@ -326,9 +398,18 @@ fn vec_dot_fast_matches_scalar() {
                     // K-quants: same int32 sums and float sequence, so identical. Others:
                     // f32 lane accumulation, within 1e-5 of the magnitude.
                     if matches!(ty, DType::Q4_K | DType::Q5_K | DType::Q6_K) {
-                        assert_eq!(got.to_bits(), want.to_bits(), "{name} {} n={n}: {got} vs {want}", ty.name());
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{name} {} n={n}: {got} vs {want}",
+                            ty.name()
+                        );
                     } else {
-                        assert!(err <= 1e-5 * mag + 1e-30, "{name} {} n={n}: {got} vs {want} (mag {mag})", ty.name());
+                        assert!(
+                            err <= 1e-5 * mag + 1e-30,
+                            "{name} {} n={n}: {got} vs {want} (mag {mag})",
+                            ty.name()
+                        );
                     }
                 }
             }
@@ -352,7 +433,11 @@ fn scalar_vec_dot_matches_dequantized_dot() {
             // Q4_1 uses q8_1's `s = d*sum(q)` rounded to fp16 (as ggml does), the others only
             // f32 rounding.
             let tol = if ty == DType::Q4_1 { 2e-3 } else { 2e-5 };
-            assert!((got - dot).abs() <= tol * mag + 1e-30, "{} n={n}: {got} vs {dot} (mag {mag})", ty.name());
+            assert!(
+                (got - dot).abs() <= tol * mag + 1e-30,
+                "{} n={n}: {got} vs {dot} (mag {mag})",
+                ty.name()
+            );
         }
     }
 }
@@ -373,9 +458,17 @@ fn fast_pipeline_end_to_end() {
             let got = (k.vec_dot.unwrap())(n, &w, &a) as f64;
             let wf = to_f32_row(ty, &w, n);
             let exact: f64 = wf.iter().zip(&x).map(|(p, q)| *p as f64 * *q as f64).sum();
-            let mag: f64 = wf.iter().zip(&x).map(|(p, q)| (*p as f64 * *q as f64).abs()).sum();
+            let mag: f64 = wf
+                .iter()
+                .zip(&x)
+                .map(|(p, q)| (*p as f64 * *q as f64).abs())
+                .sum();
             // Activation quantization error: 8-bit -> well under 2% of the magnitude.
-            assert!((got - exact).abs() <= 0.02 * mag, "{name} {}: {got} vs {exact} (mag {mag})", ty.name());
+            assert!(
+                (got - exact).abs() <= 0.02 * mag,
+                "{name} {}: {got} vs {exact} (mag {mag})",
+                ty.name()
+            );
         }
     }
 }
@@ -416,8 +509,17 @@ fn non_finite_inputs_do_not_panic() {
 #[test]
 fn q8_round_trip_error_bounds() {
     let mut r = rng(6);
-    for (name, table) in fast_tiers().into_iter().chain([("scalar", &scalar::TABLE as &'static Table)]) {
-        for ty in [DType::Q8_0, DType::Q8_1, DType::Q8_K, DType::Q4_0, DType::Q4_1] {
+    for (name, table) in fast_tiers()
+        .into_iter()
+        .chain([("scalar", &scalar::TABLE as &'static Table)])
+    {
+        for ty in [
+            DType::Q8_0,
+            DType::Q8_1,
+            DType::Q8_K,
+            DType::Q4_0,
+            DType::Q4_1,
+        ] {
             let k = entry(table, ty);
             let bs = ty.block_size();
             let n = bs * 6;
@@ -428,22 +530,34 @@ fn q8_round_trip_error_bounds() {
             (k.to_f32)(&q, &mut y);
             for (b, (xb, yb)) in x.chunks(bs).zip(y.chunks(bs)).enumerate() {
                 let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let (min, max) = xb.iter().fold((f32::MAX, f32::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+                let (min, max) = xb
+                    .iter()
+                    .fold((f32::MAX, f32::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
                 // Error of an fp16-stored scale s: relative 2^-11, or 2^-25 absolute in the
                 // fp16 subnormal range.
                 let f16_err = |s: f32| (s.abs() * 2f32.powi(-11)).max(2f32.powi(-25));
                 let bound = match ty {
                     // d = amax/127 stored as fp16: half a step plus 127 * error of d.
-                    DType::Q8_0 | DType::Q8_1 => 0.5 * amax / 127.0 * 1.001 + 127.0 * f16_err(amax / 127.0),
+                    DType::Q8_0 | DType::Q8_1 => {
+                        0.5 * amax / 127.0 * 1.001 + 127.0 * f16_err(amax / 127.0)
+                    }
                     // f32 scale: half a step.
                     DType::Q8_K => 0.5 * amax / 127.0 * 1.001,
                     // Q4_0 clamps the +8 end to 7: up to one step of d = amax/8, plus 8 * error of d.
                     DType::Q4_0 => amax / 8.0 * 1.001 + 8.0 * f16_err(amax / 8.0),
                     // Q4_1: half a step of d = (max-min)/15, plus 15 * error of d and error of m.
-                    _ => 0.5 * (max - min) / 15.0 * 1.001 + 15.0 * f16_err((max - min) / 15.0) + f16_err(min),
+                    _ => {
+                        0.5 * (max - min) / 15.0 * 1.001
+                            + 15.0 * f16_err((max - min) / 15.0)
+                            + f16_err(min)
+                    }
                 };
                 for (j, (a, b2)) in xb.iter().zip(yb).enumerate() {
-                    assert!((a - b2).abs() <= bound + 1e-12, "{name} {} block {b} j={j}: {a} -> {b2} (bound {bound})", ty.name());
+                    assert!(
+                        (a - b2).abs() <= bound + 1e-12,
+                        "{name} {} block {b} j={j}: {a} -> {b2} (bound {bound})",
+                        ty.name()
+                    );
                 }
             }
         }
@@ -456,9 +570,30 @@ fn conversion_inputs(r: &mut StdRng) -> Vec<f32> {
     v.extend((0..5000).map(|_| r.gen_range(-70000.0f32..70000.0)));
     v.extend((0..2000).map(|_| f32::from_bits(r.gen_range(0..0x0080_0000)))); // f32 subnormals
     v.extend((0..2000).map(|_| r.gen_range(-1e-4f32..1e-4))); // f16 subnormal range
-    v.extend([0.0, -0.0, 1.0, -1.0, 65504.0, 65520.0, 65519.99, f32::INFINITY, f32::NEG_INFINITY]);
-    v.extend([f32::NAN, f32::from_bits(0x7fa0_0000), f32::from_bits(0xffc0_0001), f32::MAX, f32::MIN_POSITIVE]);
-    v.extend([f32::from_bits(0x3f80_8000), f32::from_bits(0x3f81_8000), f32::from_bits(0x3f80_1000), f32::from_bits(0x3f80_3000)]);
+    v.extend([
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        65504.0,
+        65520.0,
+        65519.99,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ]);
+    v.extend([
+        f32::NAN,
+        f32::from_bits(0x7fa0_0000),
+        f32::from_bits(0xffc0_0001),
+        f32::MAX,
+        f32::MIN_POSITIVE,
+    ]);
+    v.extend([
+        f32::from_bits(0x3f80_8000),
+        f32::from_bits(0x3f81_8000),
+        f32::from_bits(0x3f80_1000),
+        f32::from_bits(0x3f80_3000),
+    ]);
     v.push(3.0); // odd length
     v
 }
@@ -486,8 +621,20 @@ fn f16_bf16_conversions_exact_against_half() {
                 // GGML_FP32_TO_BF16: top 16 bits with the quiet bit set.
                 assert_eq!(bv, ((x[i].to_bits() >> 16) | 64) as u16, "{name} bf16 NaN");
             } else {
-                assert_eq!(hv, want_h.to_bits(), "{name} f16 of {:e} ({:#x})", x[i], x[i].to_bits());
-                assert_eq!(bv, want_b.to_bits(), "{name} bf16 of {:e} ({:#x})", x[i], x[i].to_bits());
+                assert_eq!(
+                    hv,
+                    want_h.to_bits(),
+                    "{name} f16 of {:e} ({:#x})",
+                    x[i],
+                    x[i].to_bits()
+                );
+                assert_eq!(
+                    bv,
+                    want_b.to_bits(),
+                    "{name} bf16 of {:e} ({:#x})",
+                    x[i],
+                    x[i].to_bits()
+                );
             }
             assert_eq!(bv, f32_to_bf16(x[i]));
         }
@@ -496,11 +643,17 @@ fn f16_bf16_conversions_exact_against_half() {
         let mut y = vec![0f32; 65536];
         (entry(table, DType::F16).to_f32)(&all, &mut y);
         for (v, got) in (0..=u16::MAX).zip(&y) {
-            assert!(same_f32(*got, half::f16::from_bits(v).to_f32()), "{name} f16 {v:#x}");
+            assert!(
+                same_f32(*got, half::f16::from_bits(v).to_f32()),
+                "{name} f16 {v:#x}"
+            );
         }
         (entry(table, DType::BF16).to_f32)(&all, &mut y);
         for (v, got) in (0..=u16::MAX).zip(&y) {
-            assert!(same_f32(*got, half::bf16::from_bits(v).to_f32()), "{name} bf16 {v:#x}");
+            assert!(
+                same_f32(*got, half::bf16::from_bits(v).to_f32()),
+                "{name} bf16 {v:#x}"
+            );
             if !got.is_nan() {
                 assert_eq!(got.to_bits(), (v as u32) << 16);
             }
@@ -510,7 +663,18 @@ fn f16_bf16_conversions_exact_against_half() {
 
 #[test]
 fn nearest_int_is_round_half_even() {
-    for (x, want) in [(0.5f32, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (126.5, 126), (127.49, 127), (-127.5, -128), (3.7, 4), (-3.2, -3)] {
+    for (x, want) in [
+        (0.5f32, 0),
+        (1.5, 2),
+        (2.5, 2),
+        (-0.5, 0),
+        (-1.5, -2),
+        (126.5, 126),
+        (127.49, 127),
+        (-127.5, -128),
+        (3.7, 4),
+        (-3.2, -3),
+    ] {
         assert_eq!(scalar::nearest_int(x), want, "{x}");
     }
     let mut r = rng(8);
@@ -542,7 +706,9 @@ fn check_golden(ty: DType, bytes: &[u8], expect: &[(usize, f32)]) {
 
 /// Scales/mins bytes of the Q4_K / Q5_K golden blocks. Unpacked (get_scale_min_k4):
 /// sc = [1, 2, 3, 4, 17, 3, 5, 7], m = [5, 6, 7, 8, 2, 36, 6, 8].
-const GOLDEN_K4_SCALES: [u8; 12] = [0x41, 0x02, 0x03, 0x04, 0x05, 0x86, 0x07, 0x08, 0x21, 0x43, 0x65, 0x87];
+const GOLDEN_K4_SCALES: [u8; 12] = [
+    0x41, 0x02, 0x03, 0x04, 0x05, 0x86, 0x07, 0x08, 0x21, 0x43, 0x65, 0x87,
+];
 
 #[test]
 fn golden_scale_min_k4() {
@@ -553,11 +719,17 @@ fn golden_scale_min_k4() {
 
 #[test]
 fn golden_plain_types() {
-    let f16: Vec<u8> = [0x3C00u16, 0xC000, 0x0001, 0x7BFF, 0x7C00, 0x3555].iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let f16: Vec<u8> = [0x3C00u16, 0xC000, 0x0001, 0x7BFF, 0x7C00, 0x3555]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect();
     let y = to_f32_row(DType::F16, &f16, 6);
     assert_eq!(y[..5], [1.0, -2.0, 5.9604645e-8, 65504.0, f32::INFINITY]);
     assert_eq!(y[5], 0.33325195); // 0x3555 = 1.333 * 2^-2
-    let bf: Vec<u8> = [0x3F80u16, 0xC040, 0x4049].iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let bf: Vec<u8> = [0x3F80u16, 0xC040, 0x4049]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect();
     assert_eq!(to_f32_row(DType::BF16, &bf, 3), [1.0, -3.0, 3.140625]);
     // GGML_FP32_TO_BF16 rounding: ties to even, quiet NaN.
     assert_eq!(f32_to_bf16(f32::from_bits(0x3F80_8000)), 0x3F80);
@@ -572,26 +744,48 @@ fn golden_plain_types() {
 #[test]
 fn golden_q4_0() {
     // d = 0.5; qs[j] = j | (15 - j) << 4  ->  y[j] = (j - 8) / 2, y[16 + j] = (7 - j) / 2.
-    let mut b = BlockQ4_0 { d: 0x3800, qs: [0; 16] };
+    let mut b = BlockQ4_0 {
+        d: 0x3800,
+        qs: [0; 16],
+    };
     for j in 0..16 {
         b.qs[j] = j as u8 | ((15 - j as u8) << 4);
     }
     let mut bytes = vec![0u8; 18];
     b.write(&mut bytes);
     assert_eq!(&bytes[..4], &[0x00, 0x38, 0xF0, 0xE1]);
-    check_golden(DType::Q4_0, &bytes, &[(0, -4.0), (5, -1.5), (15, 3.5), (16, 3.5), (20, 1.5), (31, -4.0)]);
+    check_golden(
+        DType::Q4_0,
+        &bytes,
+        &[
+            (0, -4.0),
+            (5, -1.5),
+            (15, 3.5),
+            (16, 3.5),
+            (20, 1.5),
+            (31, -4.0),
+        ],
+    );
 }
 
 #[test]
 fn golden_q4_1() {
     // d = 0.25, m = -1.0; same nibbles as Q4_0: y[j] = j/4 - 1, y[16 + j] = (15 - j)/4 - 1.
-    let mut b = BlockQ4_1 { d: 0x3400, m: 0xBC00, qs: [0; 16] };
+    let mut b = BlockQ4_1 {
+        d: 0x3400,
+        m: 0xBC00,
+        qs: [0; 16],
+    };
     for j in 0..16 {
         b.qs[j] = j as u8 | ((15 - j as u8) << 4);
     }
     let mut bytes = vec![0u8; 20];
     b.write(&mut bytes);
-    check_golden(DType::Q4_1, &bytes, &[(0, -1.0), (3, -0.25), (15, 2.75), (16, 2.75), (31, -1.0)]);
+    check_golden(
+        DType::Q4_1,
+        &bytes,
+        &[(0, -1.0), (3, -0.25), (15, 2.75), (16, 2.75), (31, -1.0)],
+    );
 }
 
 #[test]
@@ -605,7 +799,12 @@ fn golden_q8_0_q8_1() {
     BlockQ8_0 { d: 0x4000, qs }.write(&mut bytes);
     check_golden(DType::Q8_0, &bytes, &[(0, -32.0), (16, 0.0), (31, 30.0)]);
     let mut bytes = vec![0u8; 36];
-    BlockQ8_1 { d: 0x4000, s: 0, qs }.write(&mut bytes);
+    BlockQ8_1 {
+        d: 0x4000,
+        s: 0,
+        qs,
+    }
+    .write(&mut bytes);
     check_golden(DType::Q8_1, &bytes, &[(0, -32.0), (17, 2.0), (31, 30.0)]);
 }
 
@@ -618,14 +817,23 @@ fn golden_q8_k() {
     }
     let mut bytes = vec![0u8; 292];
     b.write(&mut bytes);
-    check_golden(DType::Q8_K, &bytes, &[(0, -16.0), (128, 0.0), (255, 15.875)]);
+    check_golden(
+        DType::Q8_K,
+        &bytes,
+        &[(0, -16.0), (128, 0.0), (255, 15.875)],
+    );
 }
 
 #[test]
 fn golden_q4_k() {
     // d = 1, dmin = 0.5, all qs 0x3A (low nibble 10: sub-blocks 0,2,4,6; high 3: 1,3,5,7)
     // except qs[5] = 0xF0. y = d*sc*q - dmin*m.
-    let mut b = BlockQ4K { d: 0x3C00, dmin: 0x3800, scales: GOLDEN_K4_SCALES, qs: [0x3A; 128] };
+    let mut b = BlockQ4K {
+        d: 0x3C00,
+        dmin: 0x3800,
+        scales: GOLDEN_K4_SCALES,
+        qs: [0x3A; 128],
+    };
     b.qs[5] = 0xF0;
     let mut bytes = vec![0u8; 144];
     b.write(&mut bytes);
@@ -633,16 +841,16 @@ fn golden_q4_k() {
         DType::Q4_K,
         &bytes,
         &[
-            (0, 7.5),    // 1*10 - 2.5
-            (5, -2.5),   // 1*0 - 2.5
-            (32, 3.0),   // 2*3 - 3
-            (37, 27.0),  // 2*15 - 3
-            (64, 26.5),  // 3*10 - 3.5
-            (96, 8.0),   // 4*3 - 4
+            (0, 7.5),     // 1*10 - 2.5
+            (5, -2.5),    // 1*0 - 2.5
+            (32, 3.0),    // 2*3 - 3
+            (37, 27.0),   // 2*15 - 3
+            (64, 26.5),   // 3*10 - 3.5
+            (96, 8.0),    // 4*3 - 4
             (128, 169.0), // 17*10 - 1
-            (160, -9.0), // 3*3 - 18
-            (192, 47.0), // 5*10 - 3
-            (255, 17.0), // 7*3 - 4
+            (160, -9.0),  // 3*3 - 18
+            (192, 47.0),  // 5*10 - 3
+            (255, 17.0),  // 7*3 - 4
         ],
     );
 }
@@ -650,7 +858,13 @@ fn golden_q4_k() {
 #[test]
 fn golden_q5_k() {
     // As Q4_K, with qh[0] = bit 0 (+16 on element 0) and qh[1] = bit 7 (+16 on element 225).
-    let mut b = BlockQ5K { d: 0x3C00, dmin: 0x3800, scales: GOLDEN_K4_SCALES, qh: [0; 32], qs: [0x3A; 128] };
+    let mut b = BlockQ5K {
+        d: 0x3C00,
+        dmin: 0x3800,
+        scales: GOLDEN_K4_SCALES,
+        qh: [0; 32],
+        qs: [0x3A; 128],
+    };
     b.qh[0] = 0b0000_0001;
     b.qh[1] = 0b1000_0000;
     let mut bytes = vec![0u8; 176];
@@ -673,7 +887,12 @@ fn golden_q5_k() {
 fn golden_q6_k() {
     // d = 0.5, scales[j] = j - 8, ql all 0x21 (low 1, high 2), qh all 0xE4 (2-bit fields
     // 0, 1, 2, 3): quants per 32-run: -31, -15, 2, 18. y = d * sc * q.
-    let mut b = BlockQ6K { ql: [0x21; 128], qh: [0xE4; 64], scales: [0; 16], d: 0x3800 };
+    let mut b = BlockQ6K {
+        ql: [0x21; 128],
+        qh: [0xE4; 64],
+        scales: [0; 16],
+        d: 0x3800,
+    };
     for (j, s) in b.scales.iter_mut().enumerate() {
         *s = j as i8 - 8;
     }
@@ -683,15 +902,15 @@ fn golden_q6_k() {
         DType::Q6_K,
         &bytes,
         &[
-            (0, 124.0),  // 0.5 * -8 * -31
-            (16, 108.5), // 0.5 * -7 * -31
-            (32, 45.0),  // 0.5 * -6 * -15
-            (64, -4.0),  // 0.5 * -4 * 2
-            (96, -18.0), // 0.5 * -2 * 18
-            (112, -9.0), // 0.5 * -1 * 18
-            (128, 0.0),  // scale 0
+            (0, 124.0),   // 0.5 * -8 * -31
+            (16, 108.5),  // 0.5 * -7 * -31
+            (32, 45.0),   // 0.5 * -6 * -15
+            (64, -4.0),   // 0.5 * -4 * 2
+            (96, -18.0),  // 0.5 * -2 * 18
+            (112, -9.0),  // 0.5 * -1 * 18
+            (128, 0.0),   // scale 0
             (144, -15.5), // 0.5 * 1 * -31
-            (255, 63.0), // 0.5 * 7 * 18
+            (255, 63.0),  // 0.5 * 7 * 18
         ],
     );
 }
@@ -716,7 +935,11 @@ fn golden_quantizers() {
     let mut x = vec![0.0f32; 256];
     x[..6].copy_from_slice(&[127.0, 2.5, -3.5, 0.5, -0.5, 1.5]);
     let even = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
-    let want: [i8; 6] = if even { [127, 2, -4, 0, 0, 2] } else { [127, 3, -4, 1, -1, 2] };
+    let want: [i8; 6] = if even {
+        [127, 2, -4, 0, 0, 2]
+    } else {
+        [127, 3, -4, 1, -1, 2]
+    };
     let mut q = vec![0u8; 34];
     (sk(DType::Q8_0).from_f32.unwrap())(&x[..32], &mut q);
     assert_eq!(BlockQ8_0::read(&q).qs[..6], want);
@@ -790,28 +1013,62 @@ fn bad_lengths_panic_in_every_tier() {
             let bytes = vec![0u8; ty.row_bytes(n)];
             let short = &bytes[..bytes.len() - 1];
             let to_f32 = k.to_f32;
-            assert!(panics(|| to_f32(short, &mut vec![0f32; n])), "{name} {} to_f32 short src", ty.name());
+            assert!(
+                panics(|| to_f32(short, &mut vec![0f32; n])),
+                "{name} {} to_f32 short src",
+                ty.name()
+            );
             if bs > 1 {
-                assert!(panics(|| to_f32(&bytes, &mut vec![0f32; n - 1])), "{name} {} to_f32 odd n", ty.name());
+                assert!(
+                    panics(|| to_f32(&bytes, &mut vec![0f32; n - 1])),
+                    "{name} {} to_f32 odd n",
+                    ty.name()
+                );
             }
             if let Some(from) = k.from_f32 {
                 let mut dst = vec![0u8; ty.row_bytes(n) - 1];
-                assert!(panics(move || from(&vec![0f32; n], &mut dst)), "{name} {} from_f32 short dst", ty.name());
+                assert!(
+                    panics(move || from(&vec![0f32; n], &mut dst)),
+                    "{name} {} from_f32 short dst",
+                    ty.name()
+                );
                 if bs > 1 {
                     let mut dst = vec![0u8; ty.row_bytes(n)];
-                    assert!(panics(move || from(&vec![0f32; n - 1], &mut dst)), "{name} {} from_f32 odd n", ty.name());
+                    assert!(
+                        panics(move || from(&vec![0f32; n - 1], &mut dst)),
+                        "{name} {} from_f32 odd n",
+                        ty.name()
+                    );
                 }
             }
             if let Some(dot) = k.vec_dot {
                 let vdt = k.vec_dot_type;
                 let a = vec![0u8; vdt.row_bytes(n)];
                 let (w2, a2) = (bytes.clone(), a.clone());
-                assert!(panics(move || { dot(n, &w2[..w2.len() - 1], &a2); }), "{name} {} vec_dot short w", ty.name());
+                assert!(
+                    panics(move || {
+                        dot(n, &w2[..w2.len() - 1], &a2);
+                    }),
+                    "{name} {} vec_dot short w",
+                    ty.name()
+                );
                 let (w2, a2) = (bytes.clone(), a.clone());
-                assert!(panics(move || { dot(n, &w2, &a2[..a2.len() - 1]); }), "{name} {} vec_dot short a", ty.name());
+                assert!(
+                    panics(move || {
+                        dot(n, &w2, &a2[..a2.len() - 1]);
+                    }),
+                    "{name} {} vec_dot short a",
+                    ty.name()
+                );
                 if bs > 1 {
                     let (w2, a2) = (bytes.clone(), a.clone());
-                    assert!(panics(move || { dot(n - 1, &w2, &a2); }), "{name} {} vec_dot odd n", ty.name());
+                    assert!(
+                        panics(move || {
+                            dot(n - 1, &w2, &a2);
+                        }),
+                        "{name} {} vec_dot odd n",
+                        ty.name()
+                    );
                 }
                 // Correct lengths do not panic, and zero rows dot to zero.
                 assert_eq!(dot(n, &bytes, &a), 0.0);

@@ -13,7 +13,8 @@ use std::ffi::{c_void, CStr, CString};
 
 type FromFloat = unsafe extern "C" fn(*const f32, *mut c_void, i64);
 type ToFloat = unsafe extern "C" fn(*const c_void, *mut f32, i64);
-type VecDot = unsafe extern "C" fn(i32, *mut f32, usize, *const c_void, usize, *const c_void, usize, i32);
+type VecDot =
+    unsafe extern "C" fn(i32, *mut f32, usize, *const c_void, usize, *const c_void, usize, i32);
 
 /// `struct ggml_type_traits_cpu` (ggml-cpu.h).
 #[repr(C)]
@@ -48,7 +49,13 @@ fn dlopen(path: &str) -> *mut c_void {
     if h.is_null() {
         // SAFETY: dlerror returns NULL or a valid C string owned by libc.
         let err = unsafe { libc::dlerror() };
-        let msg = if err.is_null() { String::new() } else { unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned() };
+        let msg = if err.is_null() {
+            String::new()
+        } else {
+            unsafe { CStr::from_ptr(err) }
+                .to_string_lossy()
+                .into_owned()
+        };
         panic!("dlopen {path}: {msg}");
     }
     h
@@ -71,8 +78,13 @@ fn load(dir: &str) -> Ggml {
         let init: unsafe extern "C" fn() = std::mem::transmute(dlsym(cpu, "ggml_cpu_init"));
         init();
         Ggml {
-            traits_cpu: std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u32) -> *const TraitsCpu>(dlsym(cpu, "ggml_get_type_traits_cpu")),
-            traits: std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u32) -> *const Traits>(dlsym(base, "ggml_get_type_traits")),
+            traits_cpu: std::mem::transmute::<
+                *mut c_void,
+                unsafe extern "C" fn(u32) -> *const TraitsCpu,
+            >(dlsym(cpu, "ggml_get_type_traits_cpu")),
+            traits: std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u32) -> *const Traits>(
+                dlsym(base, "ggml_get_type_traits"),
+            ),
         }
     }
 }
@@ -109,7 +121,11 @@ fn matches_ggml_cpu_backend() {
                         for (name, t) in &tiers {
                             let mut got = vec![0u8; ty.row_bytes(n)];
                             (entry(t, ty).from_f32.unwrap())(&x, &mut got);
-                            assert!(got == want, "{name} {} n={n}: from_f32 differs from ggml", ty.name());
+                            assert!(
+                                got == want,
+                                "{name} {} n={n}: from_f32 differs from ggml",
+                                ty.name()
+                            );
                             checked += 1;
                         }
                         want
@@ -124,7 +140,11 @@ fn matches_ggml_cpu_backend() {
                     for (name, t) in &tiers {
                         let mut got = vec![0f32; n];
                         (entry(t, ty).to_f32)(&row, &mut got);
-                        assert!(got.iter().zip(&want).all(|(a, b)| same_f32(*a, *b)), "{name} {} n={n}: to_f32 differs from ggml", ty.name());
+                        assert!(
+                            got.iter().zip(&want).all(|(a, b)| same_f32(*a, *b)),
+                            "{name} {} n={n}: to_f32 differs from ggml",
+                            ty.name()
+                        );
                         checked += 1;
                     }
                 }
@@ -140,12 +160,27 @@ fn matches_ggml_cpu_backend() {
                     unsafe { qa(xa.as_ptr(), a.as_mut_ptr().cast(), n as i64) };
                     let mut want = 0f32;
                     // SAFETY: n elements of each row are readable; one result is written.
-                    unsafe { vd(n as i32, &mut want, 0, row.as_ptr().cast(), 0, a.as_ptr().cast(), 0, 1) };
+                    unsafe {
+                        vd(
+                            n as i32,
+                            &mut want,
+                            0,
+                            row.as_ptr().cast(),
+                            0,
+                            a.as_ptr().cast(),
+                            0,
+                            1,
+                        )
+                    };
                     let (mag, _) = magnitude_and_dot(ty, vdt, n, &row, &a);
                     for (name, t) in &tiers {
                         let got = (entry(t, ty).vec_dot.unwrap())(n, &row, &a);
                         let err = (got as f64 - want as f64).abs();
-                        assert!(err <= 1e-5 * mag + 1e-30, "{name} {} n={n}: {got} vs ggml {want} (mag {mag})", ty.name());
+                        assert!(
+                            err <= 1e-5 * mag + 1e-30,
+                            "{name} {} n={n}: {got} vs ggml {want} (mag {mag})",
+                            ty.name()
+                        );
                         checked += 1;
                     }
                 }
