@@ -54,6 +54,10 @@ if [ ! -f "$tree/.built" ]; then
     ninja -C "$tree/build" 2>&1 | tee "$tree/build.log" | awk '/^\[[0-9]+\/[0-9]+\]/ { s = $1; gsub(/[][]/, "", s); split(s, a, "/"); if (a[1] % 25 == 0 || a[1] == a[2]) { printf "[setup-llama] build %s/%s\n", a[1], a[2]; fflush() } }'
     [ "${PIPESTATUS[0]}" -eq 0 ] || { tail -40 "$tree/build.log"; say "build failed (log: $tree/build.log)"; exit 1; }
     touch "$tree/.built"
+    # Trees of earlier patch sets are not needed any more (ccache keeps rebuilds cheap).
+    for old in "$cache/llama.cpp/$version-"*; do
+        [ "$old" != "$tree" ] && rm -rf "$old"
+    done
 else
     say "reusing cached llama.cpp build $tree"
 fi

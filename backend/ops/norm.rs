@@ -31,11 +31,9 @@ pub fn rms_norm(node: &Node, ctx: &ThreadCtx, eps: f32) {
         // the input's memory (in-place allocation): the sum is taken before any write,
         // then each element is read before it is written.
         unsafe {
-            // ggml sums in double; so do we, so rounding matches closely.
-            let sum: f64 = slice::<f32>(px as *const u8, n)
-                .iter()
-                .map(|&v| (v as f64) * (v as f64))
-                .sum();
+            // As ggml: square in f32, sum in f64 in order, so results are bit-identical
+            // (a one-ulp difference here flips Q8 activation rounding downstream).
+            let sum: f64 = slice::<f32>(px as *const u8, n).iter().map(|&v| (v * v) as f64).sum();
             let mean = (sum / n as f64) as f32;
             let scale = 1.0 / (mean + eps).sqrt();
             for i in 0..n {
