@@ -129,9 +129,10 @@ t_kld_q8_0() { local m; m=$(requant Q8_0) && kld "$m"; }
 # ---- end to end ------------------------------------------------------------------
 t_cli() {
     local out
-    out=$("$bin/llama-cli" --backend smepilot -m "$model" -p "The capital of France is" -n 24 -st --temp 0 --no-warmup </dev/null 2>"$work/cli.err") || { tail -20 "$work/cli.err"; return 1; }
+    out=$(SMEPILOT_LOG=info "$bin/llama-cli" --backend smepilot -m "$model" -p "The capital of France is" -n 24 -st --temp 0 --no-warmup </dev/null 2>"$work/cli.err") || { tail -20 "$work/cli.err"; return 1; }
     echo "$out"
-    grep -q "SMEPILOT" "$work/cli.err" || { echo "SMEPILOT device not in the log"; return 1; }
+    grep -E "SMEPILOT device|nodes computed by SMEPilot" "$work/cli.err"
+    grep -qE "[1-9][0-9]* nodes computed by SMEPilot" "$work/cli.err" || { echo "no nodes ran in SMEPilot"; return 1; }
     [ "$(echo "$out" | tr -d '[:space:]' | wc -c)" -gt 30 ] || { echo "no text generated"; return 1; }
 }
 t_server() { python3 "$repo/tests/server_test.py" --bin "$bin/llama-server" --model "$model"; }

@@ -3,6 +3,8 @@
 /v1/chat/completions on loopback. Bounded in time; stops the server itself."""
 import argparse
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -35,7 +37,7 @@ def main() -> int:
     log = open(SERVER_LOG, "w")
     srv = subprocess.Popen(
         [a.bin, "--backend", "smepilot", "-m", a.model, "--host", "127.0.0.1", "--port", str(port), "-c", "1024", "-np", "1"],
-        stdout=log, stderr=subprocess.STDOUT)
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "SMEPILOT_LOG": "info"})
     try:
         deadline = time.time() + 90
         while True:
@@ -76,8 +78,10 @@ def main() -> int:
             srv.kill()
         log.close()
     served = open(SERVER_LOG).read()
-    if "SMEPILOT" not in served:
-        print("server log does not show the SMEPILOT device")
+    counts = [int(n) for n in re.findall(r"(\d+) nodes computed by SMEPilot", served)]
+    print("SMEPilot node counts in the server log:", counts)
+    if not any(counts):
+        print("no graph nodes ran in SMEPilot")
         return 1
     print("ok: both endpoints answered with SMEPilot loaded")
     return 0
