@@ -10,9 +10,11 @@ const EXPECTED_BACKEND_API_VERSION: u32 = 2;
 fn main() {
     let repo = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let src = env::var_os("SMEPILOT_LLAMA_SRC")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join("build/llama.cpp"));
     let libdir = env::var_os("SMEPILOT_LLAMA_LIBDIR")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join("build/llama.cpp-build/bin"));
     println!("cargo:rerun-if-env-changed=SMEPILOT_LLAMA_SRC");

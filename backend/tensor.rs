@@ -59,7 +59,7 @@ impl TensorRef {
 
     /// `other` can be broadcast to this shape (ggml_can_repeat(other, self)).
     pub fn can_broadcast_from(&self, other: &TensorRef) -> bool {
-        (0..4).all(|d| other.ne[d] != 0 && self.ne[d] % other.ne[d] == 0)
+        (0..4).all(|d| other.ne[d] != 0 && self.ne[d].is_multiple_of(other.ne[d]))
     }
 
     /// Byte offset of row (i1, i2, i3).

@@ -12,13 +12,10 @@ pub unsafe fn tensor_ref(t: *const ggml_tensor) -> Result<TensorRef, Unsupported
     if !t.buffer.is_null() && !sys::ggml_backend_buffer_is_host(t.buffer) {
         return Err("tensor is not in host memory");
     }
-    let ty = DType::from_ggml(t.type_ as u32).ok_or("tensor type not handled")?;
+    let ty = DType::from_ggml(t.type_).ok_or("tensor type not handled")?;
     let mut ne = [0usize; 4];
-    for d in 0..4 {
-        if t.ne[d] < 0 {
-            return Err("negative dimension");
-        }
-        ne[d] = t.ne[d] as usize;
+    for (n, &v) in ne.iter_mut().zip(&t.ne) {
+        *n = usize::try_from(v).map_err(|_| "negative dimension")?;
     }
     Ok(TensorRef {
         ty,

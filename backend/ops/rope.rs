@@ -44,7 +44,7 @@ pub fn supports(node: &Node, p: &RopeParams) -> Result<(), Unsupported> {
         "rope: i32 positions",
     )?;
     need(
-        p.n_dims % 2 == 0 && p.n_offs % 2 == 0 && p.n_offs + p.n_dims <= a.ne[0],
+        p.n_dims.is_multiple_of(2) && p.n_offs.is_multiple_of(2) && p.n_offs + p.n_dims <= a.ne[0],
         "rope: n_dims",
     )?;
     if let Some(ff) = &node.src[2] {
