@@ -50,27 +50,6 @@ pub enum Op {
     },
 }
 
-impl Op {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Op::View => "VIEW",
-            Op::GetRows => "GET_ROWS",
-            Op::SetRows => "SET_ROWS",
-            Op::Copy => "CPY",
-            Op::Add => "ADD",
-            Op::Mul => "MUL",
-            Op::Scale { .. } => "SCALE",
-            Op::RmsNorm { .. } => "RMS_NORM",
-            Op::Silu => "SILU",
-            Op::SwiGlu { .. } => "SWIGLU",
-            Op::Rope(_) => "ROPE",
-            Op::SoftMax { .. } => "SOFT_MAX",
-            Op::MulMat => "MUL_MAT",
-            Op::FlashAttn { .. } => "FLASH_ATTN_EXT",
-        }
-    }
-}
-
 /// A node: operator, output and inputs (ggml's `src[]`, absent ones `None`).
 #[derive(Clone, Copy, Debug)]
 pub struct Node {
