@@ -5,6 +5,7 @@ pub mod cpu;
 pub mod dtype;
 pub mod exec;
 pub mod kernels;
+pub mod roofs;
 pub mod ops;
 pub mod tensor;
 pub mod threadpool;

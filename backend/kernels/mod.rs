@@ -1,4 +1,6 @@
 //! Kernels: per-type tables (quant) and helpers, each with a scalar reference tier.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod f16;
 pub mod quant;

@@ -63,11 +63,20 @@ fn act_layout(node: &Node) -> Option<(DType, usize, usize)> {
     Some((vdt, stride, x.nrows()))
 }
 
-pub fn scratch_bytes(node: &Node, _nth: usize) -> usize {
+pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if super::matmul_amx::applies(node) {
+        return super::matmul_amx::scratch_bytes(node, nth);
+    }
+    let _ = nth;
     act_layout(node).map_or(0, |(_, stride, rows)| stride * rows)
 }
 
 pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
+    #[cfg(target_arch = "x86_64")]
+    if super::matmul_amx::applies(node) {
+        return super::matmul_amx::mul_mat(node, ctx);
+    }
     let (w, x, d) = (node.src(0), node.src(1), &node.dst);
     let wk = kernels(w.ty).unwrap();
     let vec_dot = wk.vec_dot.unwrap();

@@ -5,6 +5,8 @@ mod attention;
 mod copy;
 mod elementwise;
 mod matmul;
+#[cfg(target_arch = "x86_64")]
+mod matmul_amx;
 mod norm;
 mod rope;
 mod softmax;

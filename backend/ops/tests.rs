@@ -534,3 +534,85 @@ fn get_rows_set_rows_and_transposed_copy() {
         }
     }
 }
+
+/// The AMX tile path (int8 for Q8_0 / Q4_0 / Q4_1, bf16 for BF16 / F16) against scalar
+/// references with the same operand rounding: ggml's activation quantization and the scalar
+/// block dot for int8; bf16-rounded operands summed in f64 for bf16. Odd M, N (partial tiles
+/// and panel groups), K with a partial 64-element tile, strided activations and output.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn mul_mat_tile_path_matches_scalar_references_on_odd_shapes() {
+    use crate::backend::kernels::amx;
+    use half::bf16;
+    if !amx::available() {
+        eprintln!("no usable AMX on this machine: tile path not exercised");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(11);
+    let shapes = [(16, 1, 32), (17, 15, 96), (33, 17, 160), (50, 70, 64), (64, 130, 352), (31, 64, 32)];
+    for ty in [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::BF16, DType::F16] {
+        for &(m, n, k) in &shapes {
+            let w_bytes = random_weights(&mut rng, ty, n, k);
+            let mut wb = Buf::zeroed(w_bytes.len());
+            wb.bytes()[..w_bytes.len()].copy_from_slice(&w_bytes);
+            let w = contiguous(ty, [k, n, 1, 1], &mut wb);
+            let (xs_stride, d_stride) = (k + 5, n + 3);
+            let xs = random_f32(&mut rng, xs_stride * m, 1.0);
+            let mut xb = Buf::zeroed(xs.len() * 4);
+            xb.f32s()[..xs.len()].copy_from_slice(&xs);
+            let x = TensorRef {
+                ty: DType::F32,
+                ne: [k, m, 1, 1],
+                nb: [4, xs_stride * 4, xs_stride * 4 * m, xs_stride * 4 * m],
+                data: xb.ptr(),
+            };
+            let mut db = Buf::zeroed(d_stride * m * 4);
+            let d = TensorRef {
+                ty: DType::F32,
+                ne: [n, m, 1, 1],
+                nb: [4, d_stride * 4, d_stride * 4 * m, d_stride * 4 * m],
+                data: db.ptr(),
+            };
+            let nd = node(Op::MulMat, d, &[w, x]);
+            assert!(super::matmul_amx::applies(&nd), "{ty:?} {m}x{n}x{k}: tile path not taken");
+            run(&[nd], 2);
+
+            let rb = ty.row_bytes(k);
+            let sk = scalar_kernels(ty).unwrap();
+            for r in 0..m {
+                let xrow = &xs[r * xs_stride..][..k];
+                let act_q = if ty.is_quantized() {
+                    let vdt = sk.vec_dot_type;
+                    let mut a = vec![0u8; vdt.row_bytes(k)];
+                    (scalar_kernels(vdt).unwrap().from_f32.unwrap())(xrow, &mut a);
+                    Some(a)
+                } else {
+                    None
+                };
+                for c in 0..n {
+                    let wrow = &w_bytes[c * rb..(c + 1) * rb];
+                    let (want, mag) = match &act_q {
+                        Some(a) => ((sk.vec_dot.unwrap())(k, wrow, a) as f64, k as f64 * 0.05),
+                        None => {
+                            let mut wf = vec![0f32; k];
+                            (sk.to_f32)(wrow, &mut wf);
+                            let mut s = (0f64, 0f64);
+                            for (&a, &b) in wf.iter().zip(xrow) {
+                                let p = bf16::from_f32(a).to_f64() * bf16::from_f32(b).to_f64();
+                                s = (s.0 + p, s.1 + p.abs());
+                            }
+                            s
+                        }
+                    };
+                    let got = db.f32s()[r * d_stride + c] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * mag.max(1.0),
+                        "{ty:?} {m}x{n}x{k} at ({r},{c}): got {got}, want {want}"
+                    );
+                }
+                // Padding between rows of the output stays untouched.
+                assert!(db.f32s()[r * d_stride + n..(r + 1) * d_stride].iter().all(|&v| v == 0.0));
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! AMX matrix-multiplication micro-kernels: `out[m][n] = sum_k act[m][k] * w[n][k]`.
+//!
+//! Operand roles: activations are the A tiles (16 rows x 64 bytes, row-major in scratch),
+//! weights are the B tiles, decoded once per call into 16-column *panels* in the tile unit's
+//! VNNI order (see [`super::panel`]) and reused across every activation row tile, so the
+//! result tile rows are output rows and store straight into `out`.
+//!
+//! * [`i8_tile_row`]: int8 (TDPBSSD) with per-32-block scales. One tile op covers one block
+//!   (K = 32: the hardware costs the same for 32 as for 64 bytes, so this is the ceiling of
+//!   block-scaled int8). The block's int32 results are scaled in f32 on the vector units while
+//!   the tile unit runs the next block (results double-buffered through L1).
+//! * [`bf16_tile_block`]: bf16 (TDPBF16PS), f32 accumulation in the tiles over the whole K,
+//!   2 x 2 tiles per step (each A and B tile feeds two products).
+
+use super::tile::{self, TileConfig};
+use std::arch::x86_64::*;
+
+/// Bytes of one int8 B tile (8 rows of 16 columns x 4 k) and one bf16 B tile (16 rows of
+/// 16 columns x 2 k).
+pub const I8_BTILE: usize = 512;
+pub const BF16_BTILE: usize = 1024;
+/// Elements of K per int8 block and per bf16 B tile.
+pub const I8_KBLOCK: usize = 32;
+pub const BF16_KCHUNK: usize = 32;
+/// Weight panels processed together by [`i8_tile_row`].
+pub const I8_PANELS: usize = 4;
+
+/// Int8 activations, quantized per 32-block: `rows` rows of `q` (row stride `q_stride`
+/// bytes, rows padded to a multiple of 16 with zeros), block scales `d[m * nb + b]` and, for
+/// weight types with a minimum, `s[m * nb + b]` = d * sum(q) of the block.
+#[derive(Clone, Copy)]
+pub struct ActI8 {
+    pub q: *const i8,
+    pub q_stride: usize,
+    pub d: *const f32,
+    pub s: *const f32,
+    pub nb: usize,
+}
+
+/// One decoded 16-column int8 weight panel: block b's B tile at `q + b * I8_BTILE`, the
+/// column scales at `d[b * 16 ..]`, the column minimums at `m[b * 16 ..]` (null if none).
+#[derive(Clone, Copy)]
+pub struct PanelI8 {
+    pub q: *const u8,
+    pub d: *const f32,
+    pub m: *const f32,
+}
+
+const I8_CONFIG: TileConfig = TileConfig::new()
+    .with(0, 16, 64)
+    .with(1, 16, 64)
+    .with(2, 16, 64)
+    .with(3, 16, 64)
+    .with(4, 16, 32) // A: 16 rows x one block of 32 int8
+    .with(5, 8, 64) // B: 8 rows of 16 columns x 4 int8
+    .with(6, 8, 64)
+    .with(7, 8, 64);
+
+/// Loads the int8 kernel's tile configuration on this thread.
+///
+/// # Safety
+/// AMX is available and permitted ([`super::available`]).
+pub unsafe fn i8_config() {
+    I8_CONFIG.load();
+}
+
+#[repr(C, align(64))]
+struct TileBuf([[i32; 16 * 16]; I8_PANELS]);
+
+/// One row tile (activation rows `m0 .. m0 + 16`) against `I8_PANELS` weight panels:
+/// writes `out[r * out_stride + j * 16 + c]` for r < `rows`, panel j < `panels_used`,
+/// column c < 16.
+///
+/// # Safety
+/// [`i8_config`] was loaded on this thread; `act` holds rows `m0 .. m0 + 16` and `nb` blocks;
+/// every panel holds `act.nb` blocks (unused panels may repeat a used one); `out` is writable
+/// for `rows` rows of `panels_used * 16` floats.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn i8_tile_row(
+    act: &ActI8,
+    m0: usize,
+    rows: usize,
+    panels: &[PanelI8; I8_PANELS],
+    panels_used: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let nb = act.nb;
+    let mut acc = [[_mm512_setzero_ps(); 16]; I8_PANELS];
+    let mut cbuf = [TileBuf([[0; 256]; I8_PANELS]), TileBuf([[0; 256]; I8_PANELS])];
+    let a_base = act.q.add(m0 * act.q_stride) as *const u8;
+    for b in 0..=nb {
+        if b < nb {
+            // Tile ops of block b (they run while the vector units scale block b - 1).
+            tile::zero::<0>();
+            tile::zero::<1>();
+            tile::zero::<2>();
+            tile::zero::<3>();
+            tile::load::<4>(a_base.add(b * I8_KBLOCK), act.q_stride);
+            tile::load::<5>(panels[0].q.add(b * I8_BTILE), 64);
+            tile::dpbssd::<0, 4, 5>();
+            tile::load::<6>(panels[1].q.add(b * I8_BTILE), 64);
+            tile::dpbssd::<1, 4, 6>();
+            tile::load::<7>(panels[2].q.add(b * I8_BTILE), 64);
+            tile::dpbssd::<2, 4, 7>();
+            tile::load::<5>(panels[3].q.add(b * I8_BTILE), 64);
+            tile::dpbssd::<3, 4, 5>();
+        }
+        if b > 0 {
+            let pb = b - 1;
+            let buf = &cbuf[pb & 1].0;
+            for j in 0..panels_used {
+                let p = &panels[j];
+                let dw = _mm512_loadu_ps(p.d.add(pb * 16));
+                let acc_j = &mut acc[j];
+                let cj = buf[j].as_ptr();
+                if p.m.is_null() {
+                    for r in 0..16 {
+                        let da = _mm512_set1_ps(*act.d.add((m0 + r) * nb + pb));
+                        let v = _mm512_cvtepi32_ps(_mm512_loadu_si512(cj.add(r * 16) as *const _));
+                        acc_j[r] = _mm512_fmadd_ps(v, _mm512_mul_ps(dw, da), acc_j[r]);
+                    }
+                } else {
+                    let mw = _mm512_loadu_ps(p.m.add(pb * 16));
+                    for r in 0..16 {
+                        let i = (m0 + r) * nb + pb;
+                        let da = _mm512_set1_ps(*act.d.add(i));
+                        let sa = _mm512_set1_ps(*act.s.add(i));
+                        let v = _mm512_cvtepi32_ps(_mm512_loadu_si512(cj.add(r * 16) as *const _));
+                        let t = _mm512_fmadd_ps(mw, sa, acc_j[r]);
+                        acc_j[r] = _mm512_fmadd_ps(v, _mm512_mul_ps(dw, da), t);
+                    }
+                }
+            }
+        }
+        if b < nb {
+            let buf = cbuf[b & 1].0.as_mut_ptr();
+            tile::store::<0>(buf.add(0) as *mut u8, 64);
+            tile::store::<1>(buf.add(1) as *mut u8, 64);
+            tile::store::<2>(buf.add(2) as *mut u8, 64);
+            tile::store::<3>(buf.add(3) as *mut u8, 64);
+        }
+    }
+    for (j, acc_j) in acc.iter().enumerate().take(panels_used) {
+        for (r, v) in acc_j.iter().enumerate().take(rows) {
+            _mm512_storeu_ps(out.add(r * out_stride + j * 16), *v);
+        }
+    }
+}
+
+const BF16_CONFIG: TileConfig = TileConfig::new()
+    .with(0, 16, 64)
+    .with(1, 16, 64)
+    .with(2, 16, 64)
+    .with(3, 16, 64)
+    .with(4, 16, 64) // A: 16 rows x 32 bf16
+    .with(5, 16, 64)
+    .with(6, 16, 64) // B: 16 rows of 16 columns x 2 bf16
+    .with(7, 16, 64);
+
+/// Loads the bf16 kernel's tile configuration on this thread.
+///
+/// # Safety
+/// As [`i8_config`].
+pub unsafe fn bf16_config() {
+    BF16_CONFIG.load();
+}
+
+/// A 32 x 32 output block: activation rows `a0` and `a1` (16 rows each, bf16, row stride
+/// `a_stride` bytes), weight panels `b0` and `b1` (`kchunks` B tiles each); writes the four
+/// 16 x 16 f32 results to `c[t]` (row stride 64 bytes), in order (a0,b0), (a0,b1), (a1,b0),
+/// (a1,b1).
+///
+/// # Safety
+/// [`bf16_config`] was loaded on this thread; the operands hold `kchunks` chunks of 32 k.
+#[inline]
+pub unsafe fn bf16_tile_block(
+    a0: *const u8,
+    a1: *const u8,
+    a_stride: usize,
+    b0: *const u8,
+    b1: *const u8,
+    kchunks: usize,
+    c: &mut [[f32; 256]; 4],
+) {
+    tile::zero::<0>();
+    tile::zero::<1>();
+    tile::zero::<2>();
+    tile::zero::<3>();
+    for kc in 0..kchunks {
+        tile::load::<4>(a0.add(kc * 64), a_stride);
+        tile::load::<6>(b0.add(kc * BF16_BTILE), 64);
+        tile::dpbf16ps::<0, 4, 6>();
+        tile::load::<7>(b1.add(kc * BF16_BTILE), 64);
+        tile::dpbf16ps::<1, 4, 7>();
+        tile::load::<5>(a1.add(kc * 64), a_stride);
+        tile::dpbf16ps::<2, 5, 6>();
+        tile::dpbf16ps::<3, 5, 7>();
+    }
+    tile::store::<0>(c[0].as_mut_ptr() as *mut u8, 64);
+    tile::store::<1>(c[1].as_mut_ptr() as *mut u8, 64);
+    tile::store::<2>(c[2].as_mut_ptr() as *mut u8, 64);
+    tile::store::<3>(c[3].as_mut_ptr() as *mut u8, 64);
+}

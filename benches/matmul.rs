@@ -1,0 +1,194 @@
+//! Criterion benchmarks of MUL_MAT over the Llama-3.2-3B and Qwen3-4B projection shapes
+//! (K x N) at M = 1, 4, 16, 64, 512, run through the engine's executor on all allowed cores
+//! (or SMEPILOT_THREADS). Each case also prints one line placing it against this machine's
+//! roof, measured at start: the AMX peak of its type for M >= 16 (GFLOP/s), the DRAM read
+//! bandwidth for M < 16 (GB/s of weights; the weights rotate through copies larger than the
+//! last-level cache so they really come from DRAM).
+//!
+//! Filters: SMEPILOT_BENCH_TYPES=q4_0,bf16 and SMEPILOT_BENCH_M=1,512 narrow the grid, and
+//! criterion's own name filter works as usual (`cargo bench --bench matmul -- 3072x8192`).
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ggml_smepilot::backend::dtype::DType;
+use ggml_smepilot::backend::exec::Executor;
+use ggml_smepilot::backend::kernels::quant::scalar_kernels;
+use ggml_smepilot::backend::ops::{Node, Op};
+use ggml_smepilot::backend::roofs;
+use ggml_smepilot::backend::tensor::TensorRef;
+use std::time::{Duration, Instant};
+
+/// (model, projection, K, N)
+const SHAPES: &[(&str, &str, usize, usize)] = &[
+    ("llama3.2-3b", "attn_q/o", 3072, 3072),
+    ("llama3.2-3b", "attn_k/v", 3072, 1024),
+    ("llama3.2-3b", "ffn_gate/up", 3072, 8192),
+    ("llama3.2-3b", "ffn_down", 8192, 3072),
+    ("qwen3-4b", "attn_q", 2560, 4096),
+    ("qwen3-4b", "attn_k/v", 2560, 1024),
+    ("qwen3-4b", "attn_o", 4096, 2560),
+    ("qwen3-4b", "ffn_gate/up", 2560, 9728),
+    ("qwen3-4b", "ffn_down", 9728, 2560),
+];
+const MS: &[usize] = &[1, 4, 16, 64, 512];
+const TYPES: &[DType] = &[DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::BF16, DType::F16, DType::Q4_1, DType::Q5_K];
+/// Weights of GEMV cases rotate through copies totalling at least this much (> LLC).
+const ROTATE_BYTES: usize = 512 << 20;
+
+struct Roofs {
+    threads: usize,
+    int8: Option<f64>,
+    bf16: Option<f64>,
+    dram: f64,
+}
+
+fn list<T>(var: &str, all: &[T], parse: impl Fn(&str) -> Option<T>) -> Vec<T>
+where
+    T: Copy,
+{
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => v
+            .split(',')
+            .map(|s| parse(s.trim()).unwrap_or_else(|| panic!("{var}: unknown entry '{s}'")))
+            .collect(),
+        _ => all.to_vec(),
+    }
+}
+
+/// Random valid weight rows: quantized from random f32 where a quantizer exists, otherwise
+/// random K-quant blocks with small positive fp16 super-block scales.
+fn weights(ty: DType, n: usize, k: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let rb = ty.row_bytes(k);
+    let mut out = vec![0u8; n * rb];
+    let kern = scalar_kernels(ty).unwrap();
+    if let Some(q) = kern.from_f32 {
+        let mut row = vec![0f32; k];
+        for r in 0..n {
+            for v in row.iter_mut() {
+                *v = (next() % 2001) as f32 / 1000.0 - 1.0;
+            }
+            q(&row, &mut out[r * rb..(r + 1) * rb]);
+        }
+        return out;
+    }
+    for b in out.iter_mut() {
+        *b = next() as u8;
+    }
+    let scale = half::f16::from_f32(0.01).to_bits().to_le_bytes();
+    for blk in out.chunks_mut(ty.block_bytes()) {
+        match ty {
+            DType::Q4_K | DType::Q5_K => {
+                blk[0..2].copy_from_slice(&scale);
+                blk[2..4].copy_from_slice(&scale);
+            }
+            DType::Q6_K => blk[208..210].copy_from_slice(&scale),
+            _ => unreachable!(),
+        }
+    }
+    out
+}
+
+fn tensor(ty: DType, ne: [usize; 4], data: *mut u8) -> TensorRef {
+    let row = ty.row_bytes(ne[0]);
+    TensorRef { ty, ne, nb: [ty.block_bytes(), row, row * ne[1], row * ne[1] * ne[2]], data }
+}
+
+fn bench(c: &mut Criterion) {
+    let threads = std::env::var("SMEPILOT_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    #[cfg(target_arch = "x86_64")]
+    let (int8, bf16) = (roofs::amx_peak(threads, false), roofs::amx_peak(threads, true));
+    #[cfg(not(target_arch = "x86_64"))]
+    let (int8, bf16) = (None, None);
+    let r = Roofs { threads, int8, bf16, dram: roofs::dram_read_bw(threads) };
+    eprintln!(
+        "roofs on {} threads: AMX int8 {}, AMX bf16 {}, DRAM read {:.1} GB/s",
+        r.threads,
+        r.int8.map_or("none".into(), |v| format!("{:.0} GOPS", v / 1e9)),
+        r.bf16.map_or("none".into(), |v| format!("{:.0} GFLOPS", v / 1e9)),
+        r.dram / 1e9
+    );
+    let types = list("SMEPILOT_BENCH_TYPES", TYPES, |s| TYPES.iter().copied().find(|t| t.name().eq_ignore_ascii_case(s)));
+    let ms = list("SMEPILOT_BENCH_M", MS, |s| s.parse().ok());
+    let mut exec = Executor::new(threads);
+    let mut summary = Vec::new();
+    for &(model, proj, k, n) in SHAPES {
+        let mut g = c.benchmark_group(format!("mul_mat/{model}/{proj}/{k}x{n}"));
+        g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+        for &ty in &types {
+            let w_bytes = weights(ty, n, k, 1);
+            let copies = if ms.iter().any(|&m| m < 16) { ROTATE_BYTES.div_ceil(w_bytes.len()).max(1) } else { 1 };
+            let mut ws: Vec<Vec<u8>> = (0..copies).map(|_| w_bytes.clone()).collect();
+            for &m in &ms {
+                let mut x: Vec<f32> = (0..k * m).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
+                let mut d = vec![0f32; n * m];
+                let nodes: Vec<Node> = ws
+                    .iter_mut()
+                    .take(if m < 16 { copies } else { 1 })
+                    .map(|w| Node {
+                        op: Op::MulMat,
+                        dst: tensor(DType::F32, [n, m, 1, 1], d.as_mut_ptr() as *mut u8),
+                        src: [
+                            Some(tensor(ty, [k, n, 1, 1], w.as_mut_ptr())),
+                            Some(tensor(DType::F32, [k, m, 1, 1], x.as_mut_ptr() as *mut u8)),
+                            None,
+                            None,
+                            None,
+                        ],
+                    })
+                    .collect();
+                if let Err(e) = ggml_smepilot::backend::ops::supports(&nodes[0]) {
+                    eprintln!("skip {} M={m}: {e}", ty.name());
+                    continue;
+                }
+                let flops = 2 * m * n * k;
+                g.throughput(Throughput::Elements(flops as u64));
+                let mut rot = 0usize;
+                g.bench_function(format!("{}/M={m}", ty.name()), |b| {
+                    b.iter(|| {
+                        exec.compute(std::slice::from_ref(&nodes[rot % nodes.len()]));
+                        rot += 1;
+                    })
+                });
+                // Our own timing for the roof line (criterion keeps its estimates internal).
+                let reps = (2e9 / flops as f64).clamp(3.0, 200.0) as usize;
+                let t0 = Instant::now();
+                for i in 0..reps {
+                    exec.compute(std::slice::from_ref(&nodes[i % nodes.len()]));
+                }
+                let secs = t0.elapsed().as_secs_f64() / reps as f64;
+                let line = if m < 16 {
+                    let gbs = w_bytes.len() as f64 / secs / 1e9;
+                    format!("{:.1} GB/s = {:.0}% of DRAM read", gbs, 100.0 * gbs * 1e9 / r.dram)
+                } else {
+                    let peak = if ty.is_quantized() { r.int8 } else { r.bf16 };
+                    let gf = flops as f64 / secs / 1e9;
+                    match peak {
+                        Some(p) => format!("{:.0} GFLOP/s = {:.0}% of AMX {} peak", gf, 100.0 * gf * 1e9 / p, if ty.is_quantized() { "int8" } else { "bf16" }),
+                        None => format!("{gf:.0} GFLOP/s"),
+                    }
+                };
+                let s = format!("{model:12} {proj:12} {k:5}x{n:<5} {:5} M={m:<4} {line}", ty.name());
+                eprintln!("roof: {s}");
+                summary.push(s);
+            }
+            drop(ws.drain(..));
+        }
+        g.finish();
+    }
+    eprintln!("\nroof summary ({} threads):", r.threads);
+    for s in &summary {
+        eprintln!("{s}");
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
