@@ -184,7 +184,6 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
     let panel_bytes = align64(nb * I8_BTILE + 2 * nb * 16 * 4);
     let row_bytes = w.row_bytes();
     let ldd = dst.nb[1] / 4;
-    let mut tail = [0f32; 16 * 16 * I8_PANELS];
     // SAFETY: amx::available() (kind) holds; the configuration is this thread's own.
     unsafe { gemm::i8_config() };
     for g in g0..g1 {
@@ -221,17 +220,13 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
         }
         for m0 in (0..m).step_by(16) {
             let rows = (m - m0).min(16);
-            let out = dst.row_ptr(m0, 0, 0) as *mut f32;
-            // SAFETY: tile config loaded above; act holds m_pad rows; out rows m0..m0+rows have
-            // ldd >= n floats, and full groups fit; a partial group goes through `tail`.
-            unsafe {
-                if cols == group_cols {
-                    gemm::i8_tile_row(&act, m0, rows, &panels, used, out.add(col0), ldd);
-                } else {
-                    gemm::i8_tile_row(&act, m0, rows, &panels, used, tail.as_mut_ptr(), group_cols);
-                    for r in 0..rows {
-                        std::ptr::copy_nonoverlapping(tail.as_ptr().add(r * group_cols), out.add(r * ldd + col0), cols);
-                    }
+            for (j, p) in panels.iter().enumerate().take(used) {
+                let c0 = col0 + j * 16;
+                // SAFETY: tile config loaded above; act holds m_pad rows; output rows
+                // m0..m0+rows have ldd >= n floats and c0 + cols <= n.
+                unsafe {
+                    let out = (dst.row_ptr(m0, 0, 0) as *mut f32).add(c0);
+                    gemm::i8_tile(&act, m0, rows, p, out, ldd, (n - c0).min(16));
                 }
             }
         }

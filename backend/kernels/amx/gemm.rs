@@ -5,10 +5,10 @@
 //! VNNI order (see [`super::panel`]) and reused across every activation row tile, so the
 //! result tile rows are output rows and store straight into `out`.
 //!
-//! * [`i8_tile_row`]: int8 (TDPBSSD) with per-32-block scales. One tile op covers one block
-//!   (K = 32: the hardware costs the same for 32 as for 64 bytes, so this is the ceiling of
-//!   block-scaled int8). The block's int32 results are scaled in f32 on the vector units while
-//!   the tile unit runs the next block (results double-buffered through L1).
+//! * [`i8_tile`]: int8 (TDPBSSD) with per-32-block scales. One tile op covers one block
+//!   (K = 32: the hardware takes as long as for 64 bytes, so block-scaled int8 tops out at half
+//!   the int8 peak). Each block's int32 results go through L1 and are scaled in f32 into
+//!   register accumulators on the vector units while the tile unit runs the next blocks.
 //! * [`bf16_tile_block`]: bf16 (TDPBF16PS), f32 accumulation in the tiles over the whole K,
 //!   2 x 2 tiles per step (each A and B tile feeds two products).
 
@@ -22,7 +22,7 @@ pub const BF16_BTILE: usize = 1024;
 /// Elements of K per int8 block and per bf16 B tile.
 pub const I8_KBLOCK: usize = 32;
 pub const BF16_KCHUNK: usize = 32;
-/// Weight panels processed together by [`i8_tile_row`].
+/// Weight panels decoded together per thread (64 output columns).
 pub const I8_PANELS: usize = 4;
 
 /// Int8 activations, quantized per 32-block: `rows` rows of `q` (row stride `q_stride`
@@ -52,8 +52,8 @@ const I8_CONFIG: TileConfig = TileConfig::new()
     .with(2, 16, 64)
     .with(3, 16, 64)
     .with(4, 16, 32) // A: 16 rows x one block of 32 int8
-    .with(5, 8, 64) // B: 8 rows of 16 columns x 4 int8
-    .with(6, 8, 64)
+    .with(5, 16, 32)
+    .with(6, 8, 64) // B: 8 rows of 16 columns x 4 int8
     .with(7, 8, 64);
 
 /// Loads the int8 kernel's tile configuration on this thread.
@@ -64,86 +64,94 @@ pub unsafe fn i8_config() {
     I8_CONFIG.load();
 }
 
-#[repr(C, align(64))]
-struct TileBuf([[i32; 16 * 16]; I8_PANELS]);
-
-/// One row tile (activation rows `m0 .. m0 + 16`) against `I8_PANELS` weight panels:
-/// writes `out[r * out_stride + j * 16 + c]` for r < `rows`, panel j < `panels_used`,
-/// column c < 16.
-///
-/// # Safety
-/// [`i8_config`] was loaded on this thread; `act` holds rows `m0 .. m0 + 16` and `nb` blocks;
-/// every panel holds `act.nb` blocks (unused panels may repeat a used one); `out` is writable
-/// for `rows` rows of `panels_used * 16` floats.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn i8_tile_row(
-    act: &ActI8,
-    m0: usize,
-    rows: usize,
-    panels: &[PanelI8; I8_PANELS],
-    panels_used: usize,
-    out: *mut f32,
-    out_stride: usize,
-) {
+/// Scales one block's int32 results (`c`, 16 x 16, rows = activation rows) into the
+/// register accumulators: acc[r] += c[r] * dw * da[r] (+ mw * sa[r]).
+#[inline(always)]
+unsafe fn scale_block(acc: &mut [__m512; 16], c: *const i32, act: &ActI8, m0: usize, b: usize, p: &PanelI8) {
     let nb = act.nb;
-    let mut acc = [[_mm512_setzero_ps(); 16]; I8_PANELS];
-    let mut cbuf = [TileBuf([[0; 256]; I8_PANELS]), TileBuf([[0; 256]; I8_PANELS])];
-    let a_base = act.q.add(m0 * act.q_stride) as *const u8;
-    for b in 0..=nb {
-        if b < nb {
-            // Tile ops of block b (they run while the vector units scale block b - 1).
-            tile::zero::<0>();
-            tile::zero::<1>();
-            tile::zero::<2>();
-            tile::zero::<3>();
-            tile::load::<4>(a_base.add(b * I8_KBLOCK), act.q_stride);
-            tile::load::<5>(panels[0].q.add(b * I8_BTILE), 64);
-            tile::dpbssd::<0, 4, 5>();
-            tile::load::<6>(panels[1].q.add(b * I8_BTILE), 64);
-            tile::dpbssd::<1, 4, 6>();
-            tile::load::<7>(panels[2].q.add(b * I8_BTILE), 64);
-            tile::dpbssd::<2, 4, 7>();
-            tile::load::<5>(panels[3].q.add(b * I8_BTILE), 64);
-            tile::dpbssd::<3, 4, 5>();
+    let dw = _mm512_loadu_ps(p.d.add(b * 16));
+    if p.m.is_null() {
+        for (r, a) in acc.iter_mut().enumerate() {
+            let da = _mm512_set1_ps(*act.d.add((m0 + r) * nb + b));
+            let v = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(r * 16) as *const _));
+            *a = _mm512_fmadd_ps(v, _mm512_mul_ps(dw, da), *a);
         }
-        if b > 0 {
-            let pb = b - 1;
-            let buf = &cbuf[pb & 1].0;
-            for j in 0..panels_used {
-                let p = &panels[j];
-                let dw = _mm512_loadu_ps(p.d.add(pb * 16));
-                let acc_j = &mut acc[j];
-                let cj = buf[j].as_ptr();
-                if p.m.is_null() {
-                    for r in 0..16 {
-                        let da = _mm512_set1_ps(*act.d.add((m0 + r) * nb + pb));
-                        let v = _mm512_cvtepi32_ps(_mm512_loadu_si512(cj.add(r * 16) as *const _));
-                        acc_j[r] = _mm512_fmadd_ps(v, _mm512_mul_ps(dw, da), acc_j[r]);
-                    }
-                } else {
-                    let mw = _mm512_loadu_ps(p.m.add(pb * 16));
-                    for r in 0..16 {
-                        let i = (m0 + r) * nb + pb;
-                        let da = _mm512_set1_ps(*act.d.add(i));
-                        let sa = _mm512_set1_ps(*act.s.add(i));
-                        let v = _mm512_cvtepi32_ps(_mm512_loadu_si512(cj.add(r * 16) as *const _));
-                        let t = _mm512_fmadd_ps(mw, sa, acc_j[r]);
-                        acc_j[r] = _mm512_fmadd_ps(v, _mm512_mul_ps(dw, da), t);
-                    }
-                }
-            }
-        }
-        if b < nb {
-            let buf = cbuf[b & 1].0.as_mut_ptr();
-            tile::store::<0>(buf.add(0) as *mut u8, 64);
-            tile::store::<1>(buf.add(1) as *mut u8, 64);
-            tile::store::<2>(buf.add(2) as *mut u8, 64);
-            tile::store::<3>(buf.add(3) as *mut u8, 64);
+    } else {
+        let mw = _mm512_loadu_ps(p.m.add(b * 16));
+        for (r, a) in acc.iter_mut().enumerate() {
+            let i = (m0 + r) * nb + b;
+            let v = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(r * 16) as *const _));
+            let t = _mm512_fmadd_ps(mw, _mm512_set1_ps(*act.s.add(i)), *a);
+            *a = _mm512_fmadd_ps(v, _mm512_mul_ps(dw, _mm512_set1_ps(*act.d.add(i))), t);
         }
     }
-    for (j, acc_j) in acc.iter().enumerate().take(panels_used) {
-        for (r, v) in acc_j.iter().enumerate().take(rows) {
-            _mm512_storeu_ps(out.add(r * out_stride + j * 16), *v);
+}
+
+#[repr(C, align(64))]
+struct TileBuf([[i32; 256]; 4]);
+
+/// One row tile (activation rows `m0 .. m0 + 16`) against one 16-column weight panel:
+/// writes `out[r * out_stride + c]` for r < `rows`, c < `cols`.
+///
+/// Four blocks are in flight in tiles 0-3 (A tiles 4/5 and B tiles 6/7 alternate), stored
+/// to L1 together and scaled into 16 register accumulators; the tile unit runs the next four
+/// blocks while the vector units scale these.
+///
+/// # Safety
+/// [`i8_config`] was loaded on this thread; `act` holds rows `m0 .. m0 + 16` and `act.nb`
+/// blocks, the panel as many; `out` is writable for `rows` rows of `cols` floats.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn i8_tile(act: &ActI8, m0: usize, rows: usize, p: &PanelI8, out: *mut f32, out_stride: usize, cols: usize) {
+    let nb = act.nb;
+    let mut acc = [_mm512_setzero_ps(); 16];
+    let mut cbuf = TileBuf([[0; 256]; 4]);
+    let a = act.q.add(m0 * act.q_stride) as *const u8;
+    let st = act.q_stride;
+    let c = cbuf.0.as_mut_ptr() as *mut u8;
+    let mut b = 0;
+    while b + 4 <= nb {
+        tile::zero::<0>();
+        tile::load::<4>(a.add(b * I8_KBLOCK), st);
+        tile::load::<6>(p.q.add(b * I8_BTILE), 64);
+        tile::dpbssd::<0, 4, 6>();
+        tile::zero::<1>();
+        tile::load::<5>(a.add((b + 1) * I8_KBLOCK), st);
+        tile::load::<7>(p.q.add((b + 1) * I8_BTILE), 64);
+        tile::dpbssd::<1, 5, 7>();
+        tile::zero::<2>();
+        tile::load::<4>(a.add((b + 2) * I8_KBLOCK), st);
+        tile::load::<6>(p.q.add((b + 2) * I8_BTILE), 64);
+        tile::dpbssd::<2, 4, 6>();
+        tile::zero::<3>();
+        tile::load::<5>(a.add((b + 3) * I8_KBLOCK), st);
+        tile::load::<7>(p.q.add((b + 3) * I8_BTILE), 64);
+        tile::dpbssd::<3, 5, 7>();
+        tile::store::<0>(c, 64);
+        tile::store::<1>(c.add(1024), 64);
+        tile::store::<2>(c.add(2048), 64);
+        tile::store::<3>(c.add(3072), 64);
+        for j in 0..4 {
+            scale_block(&mut acc, cbuf.0[j].as_ptr(), act, m0, b + j, p);
+        }
+        b += 4;
+    }
+    while b < nb {
+        tile::zero::<0>();
+        tile::load::<4>(a.add(b * I8_KBLOCK), st);
+        tile::load::<6>(p.q.add(b * I8_BTILE), 64);
+        tile::dpbssd::<0, 4, 6>();
+        tile::store::<0>(c, 64);
+        scale_block(&mut acc, cbuf.0[0].as_ptr(), act, m0, b, p);
+        b += 1;
+    }
+    if cols == 16 {
+        for (r, v) in acc.iter().enumerate().take(rows) {
+            _mm512_storeu_ps(out.add(r * out_stride), *v);
+        }
+    } else {
+        let mask = (1u16 << cols) - 1;
+        for (r, v) in acc.iter().enumerate().take(rows) {
+            _mm512_mask_storeu_ps(out.add(r * out_stride), mask, *v);
         }
     }
 }

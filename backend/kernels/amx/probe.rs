@@ -54,3 +54,172 @@ fn amx_throughput() {
         eprintln!("{} K-bytes {k}: {t:.3} T(FL)OPS per core", if bf { "tdpbf16ps" } else { "tdpbssd" });
     }
 }
+
+/// Time of the int8 kernel on warm synthetic operands (M = 512, K = 3072, 4 panels).
+#[test]
+#[ignore]
+fn i8_kernel_speed() {
+    use super::gemm::{self, ActI8, PanelI8};
+    if !super::available() {
+        return;
+    }
+    let (m, k, np) = (512usize, 3072usize, 4usize);
+    let nb = k / 32;
+    let q = vec![1i8; m * k];
+    let d = vec![1f32; m * nb];
+    let pq = vec![1u8; np * nb * 512];
+    let pd = vec![1f32; np * nb * 16];
+    let act = ActI8 { q: q.as_ptr(), q_stride: k, d: d.as_ptr(), s: std::ptr::null(), nb };
+    let panels: Vec<PanelI8> = (0..np)
+        .map(|j| PanelI8 { q: pq[j * nb * 512..].as_ptr(), d: pd[j * nb * 16..].as_ptr(), m: std::ptr::null() })
+        .collect();
+    let mut out = vec![0f32; m * 64];
+    unsafe { gemm::i8_config() };
+    for rep in 0..3 {
+        let t0 = Instant::now();
+        for m0 in (0..m).step_by(16) {
+            for (j, p) in panels.iter().enumerate() {
+                unsafe { gemm::i8_tile(&act, m0, 16, p, out.as_mut_ptr().add(j * 16), 64, 16) };
+            }
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        let ops = 2.0 * (m * k * 16 * np) as f64;
+        eprintln!("rep {rep}: {:.0} GOPS per core", ops / dt / 1e9);
+    }
+    unsafe { tile::release() };
+}
+
+unsafe fn variant(v: u32, a: *const u8, st: usize, bq: *const u8, c: *mut u8, nb: usize) {
+    for b in (0..nb).step_by(4) {
+        if v & 1 != 0 {
+            tile::zero::<0>();
+            tile::zero::<1>();
+            tile::zero::<2>();
+            tile::zero::<3>();
+        }
+        tile::load::<4>(a.add(b * 32), st);
+        tile::load::<6>(bq.add(b * 512), 64);
+        tile::dpbssd::<0, 4, 6>();
+        tile::load::<5>(a.add((b + 1) * 32), st);
+        tile::load::<7>(bq.add((b + 1) * 512), 64);
+        tile::dpbssd::<1, 5, 7>();
+        tile::load::<4>(a.add((b + 2) * 32), st);
+        tile::load::<6>(bq.add((b + 2) * 512), 64);
+        tile::dpbssd::<2, 4, 6>();
+        tile::load::<5>(a.add((b + 3) * 32), st);
+        tile::load::<7>(bq.add((b + 3) * 512), 64);
+        tile::dpbssd::<3, 5, 7>();
+        if v & 2 != 0 {
+            tile::store::<0>(c, 64);
+            tile::store::<1>(c.add(1024), 64);
+            tile::store::<2>(c.add(2048), 64);
+            tile::store::<3>(c.add(3072), 64);
+        }
+    }
+}
+
+#[test]
+#[ignore]
+fn i8_tile_op_variants() {
+    if !super::available() {
+        return;
+    }
+    let (k, nb) = (3072usize, 96usize);
+    let q = vec![1u8; 16 * k];
+    let pq = vec![1u8; nb * 512];
+    let mut c = vec![0u8; 4096];
+    let cfg = super::tile::TileConfig::new()
+        .with(0, 16, 64).with(1, 16, 64).with(2, 16, 64).with(3, 16, 64)
+        .with(4, 16, 32).with(5, 16, 32).with(6, 8, 64).with(7, 8, 64);
+    for v in 0..4 {
+        for &st in &[k, 64usize, 32] {
+            unsafe { cfg.load() };
+            let iters = 2000;
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                unsafe { variant(v, q.as_ptr(), st, pq.as_ptr(), c.as_mut_ptr(), nb) };
+            }
+            let dt = t0.elapsed().as_secs_f64();
+            let ops = 2.0 * (16 * 16 * 32 * nb * iters) as f64;
+            eprintln!("zero={} store={} a_stride={st}: {:.0} GOPS", v & 1, v >> 1, ops / dt / 1e9);
+        }
+    }
+    unsafe { tile::release() };
+}
+
+#[test]
+#[ignore]
+fn i8_tile_2x2_with_stores() {
+    if !super::available() {
+        return;
+    }
+    let nb = 96usize;
+    let a = vec![1u8; 32 * 3072];
+    let pq = vec![1u8; 2 * nb * 512];
+    let mut c = vec![0u8; 8192];
+    let cfg = super::tile::TileConfig::new()
+        .with(0, 16, 64).with(1, 16, 64).with(2, 16, 64).with(3, 16, 64)
+        .with(4, 16, 32).with(5, 16, 32).with(6, 8, 64).with(7, 8, 64);
+    for stores in [false, true] {
+        unsafe { cfg.load() };
+        let iters = 2000;
+        let t0 = Instant::now();
+        for _ in 0..iters {
+            for b in 0..nb {
+                unsafe {
+                    tile::zero::<0>();
+                    tile::zero::<1>();
+                    tile::zero::<2>();
+                    tile::zero::<3>();
+                    tile::load::<4>(a.as_ptr().add(b * 32), 3072);
+                    tile::load::<6>(pq.as_ptr().add(b * 512), 64);
+                    tile::dpbssd::<0, 4, 6>();
+                    tile::load::<7>(pq.as_ptr().add((nb + b) * 512), 64);
+                    tile::dpbssd::<1, 4, 7>();
+                    tile::load::<5>(a.as_ptr().add(16 * 3072 + b * 32), 3072);
+                    tile::dpbssd::<2, 5, 6>();
+                    tile::dpbssd::<3, 5, 7>();
+                    if stores {
+                        let cp = c.as_mut_ptr().add((b & 1) * 4096);
+                        tile::store::<0>(cp, 64);
+                        tile::store::<1>(cp.add(1024), 64);
+                        tile::store::<2>(cp.add(2048), 64);
+                        tile::store::<3>(cp.add(3072), 64);
+                    }
+                }
+            }
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        let ops = 2.0 * (4 * 16 * 16 * 32 * nb * iters) as f64;
+        eprintln!("2x2 stores={stores}: {:.0} GOPS", ops / dt / 1e9);
+    }
+    // bf16 2x2 accumulating over K (no stores), same operand bytes per op.
+    let cfgb = (0..8).fold(super::tile::TileConfig::new(), |c, t| c.with(t, 16, 64));
+    unsafe { cfgb.load() };
+    let (iters, kc) = (2000, 96usize);
+    let a2 = vec![0u8; 32 * 6144];
+    let b2 = vec![0u8; 2 * kc * 1024];
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        unsafe {
+            tile::zero::<0>();
+            tile::zero::<1>();
+            tile::zero::<2>();
+            tile::zero::<3>();
+            for k in 0..kc {
+                tile::load::<4>(a2.as_ptr().add(k * 64), 6144);
+                tile::load::<6>(b2.as_ptr().add(k * 1024), 64);
+                tile::dpbf16ps::<0, 4, 6>();
+                tile::load::<7>(b2.as_ptr().add((kc + k) * 1024), 64);
+                tile::dpbf16ps::<1, 4, 7>();
+                tile::load::<5>(a2.as_ptr().add(16 * 6144 + k * 64), 6144);
+                tile::dpbf16ps::<2, 5, 6>();
+                tile::dpbf16ps::<3, 5, 7>();
+            }
+            tile::store::<0>(c.as_mut_ptr(), 64);
+        }
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    eprintln!("bf16 2x2: {:.0} GFLOPS", 2.0 * (4 * 16 * 16 * 32 * kc * iters) as f64 / dt / 1e9);
+    unsafe { tile::release() };
+}
