@@ -11,7 +11,7 @@ use super::{split_range, Node};
 use crate::backend::dtype::DType;
 use crate::backend::exec::ThreadCtx;
 use crate::backend::kernels::amx::gemm::{
-    self, ActI8, PanelI8, BF16_BTILE, BF16_KCHUNK, I8_BTILE, I8_KBLOCK, I8_PANELS,
+    self, ActI8, PanelI8, ACT_TILE, BF16_BTILE, BF16_KCHUNK, I8_BTILE, I8_KBLOCK, I8_PANELS,
 };
 use crate::backend::kernels::amx::{self, panel};
 use crate::backend::kernels::quant::kernels;
@@ -49,7 +49,6 @@ pub fn applies(node: &Node) -> bool {
 struct I8Layout {
     m_pad: usize,
     nb: usize,
-    q_stride: usize,
     d_off: usize,
     s_off: usize,
     thread_off: usize,
@@ -65,9 +64,8 @@ fn align64(x: usize) -> usize {
 impl I8Layout {
     fn new(k: usize, m: usize) -> I8Layout {
         let nb = k / I8_KBLOCK;
-        let m_pad = m.next_multiple_of(16);
-        let q_stride = align64(k);
-        let d_off = m_pad * q_stride;
+        let m_pad = m.next_multiple_of(32);
+        let d_off = m_pad * k;
         let s_off = d_off + align64(m_pad * nb * 4);
         let thread_off = s_off + align64(m_pad * nb * 4);
         let stage_row = align64(DType::Q8_1.row_bytes(k));
@@ -75,7 +73,6 @@ impl I8Layout {
         I8Layout {
             m_pad,
             nb,
-            q_stride,
             d_off,
             s_off,
             thread_off,
@@ -142,14 +139,17 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
     // Phase 1: activation rows, quantized as ggml-cpu does, unpacked into q / d / s.
     let (r0, r1) = split_range(l.m_pad, ctx.ith, ctx.nth);
     for r in r0..r1 {
-        // SAFETY: the scratch holds l.m_pad rows of q_stride bytes and m_pad * nb scales at
-        // d_off / s_off (scratch_bytes); row r belongs to this thread only. x rows hold k f32.
+        // SAFETY: the scratch holds m_pad * k bytes of tiles and m_pad * nb scales at d_off /
+        // s_off (scratch_bytes); row r's bytes and scales belong to this thread only. x rows
+        // hold k f32.
         unsafe {
-            let q = std::slice::from_raw_parts_mut(scratch.add(r * l.q_stride), k);
+            let tile_row = scratch.add((r / 16) * nb * ACT_TILE + (r % 16) * I8_KBLOCK);
             let d = std::slice::from_raw_parts_mut(scratch.add(l.d_off) as *mut f32, l.m_pad * nb);
             let s = std::slice::from_raw_parts_mut(scratch.add(l.s_off) as *mut f32, l.m_pad * nb);
             if r >= m {
-                q.fill(0);
+                for b in 0..nb {
+                    std::ptr::write_bytes(tile_row.add(b * ACT_TILE), 0, I8_KBLOCK);
+                }
                 d[r * nb..(r + 1) * nb].fill(0.0);
                 s[r * nb..(r + 1) * nb].fill(0.0);
                 continue;
@@ -162,7 +162,7 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
                 let h = |at: usize| half::f16::from_bits(u16::from_le_bytes([blk[at], blk[at + 1]])).to_f32();
                 d[r * nb + b] = h(0);
                 s[r * nb + b] = if has_min { h(2) } else { 0.0 };
-                q[b * I8_KBLOCK..(b + 1) * I8_KBLOCK].copy_from_slice(&blk[bs - I8_KBLOCK..]);
+                std::ptr::copy_nonoverlapping(blk[bs - I8_KBLOCK..].as_ptr(), tile_row.add(b * ACT_TILE), I8_KBLOCK);
             }
         }
     }
@@ -171,7 +171,6 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
     // Phase 2: groups of I8_PANELS panels (64 output columns) split across threads.
     let act = ActI8 {
         q: scratch as *const i8,
-        q_stride: l.q_stride,
         d: scratch.wrapping_add(l.d_off) as *const f32,
         s: scratch.wrapping_add(l.s_off) as *const f32,
         nb,
@@ -218,15 +217,16 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
             }
             panels[j] = PanelI8 { q: qb, d: db as *const f32, m: if has_min { mb as *const f32 } else { std::ptr::null() } };
         }
-        for m0 in (0..m).step_by(16) {
-            let rows = (m - m0).min(16);
-            for (j, p) in panels.iter().enumerate().take(used) {
-                let c0 = col0 + j * 16;
-                // SAFETY: tile config loaded above; act holds m_pad rows; output rows
-                // m0..m0+rows have ldd >= n floats and c0 + cols <= n.
+        for mt in (0..m.div_ceil(16)).step_by(2) {
+            let rows = (m - mt * 16).min(32);
+            for jp in (0..used).step_by(2) {
+                let c0 = col0 + jp * 16;
+                let pair = [&panels[jp], &panels[(jp + 1).min(used - 1)]];
+                // SAFETY: tile config loaded above; act holds m_pad (multiple of 32) rows;
+                // output rows mt*16 .. +rows have ldd >= n floats and c0 + cols <= n.
                 unsafe {
-                    let out = (dst.row_ptr(m0, 0, 0) as *mut f32).add(c0);
-                    gemm::i8_tile(&act, m0, rows, p, out, ldd, (n - c0).min(16));
+                    let out = (dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(c0);
+                    gemm::i8_block(&act, mt, rows, pair, out, ldd, (n - c0).min(32));
                 }
             }
         }

@@ -5,10 +5,10 @@
 //! VNNI order (see [`super::panel`]) and reused across every activation row tile, so the
 //! result tile rows are output rows and store straight into `out`.
 //!
-//! * [`i8_tile`]: int8 (TDPBSSD) with per-32-block scales. One tile op covers one block
+//! * [`i8_block`]: int8 (TDPBSSD) with per-32-block scales. One tile op covers one block
 //!   (K = 32: the hardware takes as long as for 64 bytes, so block-scaled int8 tops out at half
-//!   the int8 peak). Each block's int32 results go through L1 and are scaled in f32 into
-//!   register accumulators on the vector units while the tile unit runs the next blocks.
+//!   the int8 peak). Each block's int32 results go through L1 and are scaled in f32 on the
+//!   vector units while the tile unit runs the next block.
 //! * [`bf16_tile_block`]: bf16 (TDPBF16PS), f32 accumulation in the tiles over the whole K,
 //!   2 x 2 tiles per step (each A and B tile feeds two products).
 
@@ -22,19 +22,30 @@ pub const BF16_BTILE: usize = 1024;
 /// Elements of K per int8 block and per bf16 B tile.
 pub const I8_KBLOCK: usize = 32;
 pub const BF16_KCHUNK: usize = 32;
-/// Weight panels decoded together per thread (64 output columns).
+/// Weight panels decoded together per thread (64 output columns; a multiple of 2).
 pub const I8_PANELS: usize = 4;
 
-/// Int8 activations, quantized per 32-block: `rows` rows of `q` (row stride `q_stride`
-/// bytes, rows padded to a multiple of 16 with zeros), block scales `d[m * nb + b]` and, for
+/// Bytes of one activation A tile (16 rows x one block of 32 int8).
+pub const ACT_TILE: usize = 16 * I8_KBLOCK;
+
+/// Int8 activations, quantized per 32-block, in tile order: row tile `mt` (rows
+/// `16 mt .. 16 mt + 16`, zero-padded past the last row), block b at
+/// `q + (mt * nb + b) * ACT_TILE`, rows 32 bytes apart. Block scales `d[m * nb + b]` and, for
 /// weight types with a minimum, `s[m * nb + b]` = d * sum(q) of the block.
 #[derive(Clone, Copy)]
 pub struct ActI8 {
     pub q: *const i8,
-    pub q_stride: usize,
     pub d: *const f32,
     pub s: *const f32,
     pub nb: usize,
+}
+
+impl ActI8 {
+    /// Start of row tile `mt`, block `b`.
+    #[inline(always)]
+    pub fn tile(&self, mt: usize, b: usize) -> *const u8 {
+        self.q.wrapping_add((mt * self.nb + b) * ACT_TILE) as *const u8
+    }
 }
 
 /// One decoded 16-column int8 weight panel: block b's B tile at `q + b * I8_BTILE`, the
@@ -64,94 +75,103 @@ pub unsafe fn i8_config() {
     I8_CONFIG.load();
 }
 
-/// Scales one block's int32 results (`c`, 16 x 16, rows = activation rows) into the
-/// register accumulators: acc[r] += c[r] * dw * da[r] (+ mw * sa[r]).
+/// Scales one block's int32 results (`c`, 16 x 16, rows = activation rows `m0..`) into the
+/// accumulators: acc[r] += c[r] * dw * da[r] (+ mw * sa[r]).
 #[inline(always)]
-unsafe fn scale_block(acc: &mut [__m512; 16], c: *const i32, act: &ActI8, m0: usize, b: usize, p: &PanelI8) {
+unsafe fn scale_block(acc: &mut [[f32; 16]; 16], c: *const i32, act: &ActI8, m0: usize, b: usize, p: &PanelI8) {
     let nb = act.nb;
     let dw = _mm512_loadu_ps(p.d.add(b * 16));
     if p.m.is_null() {
         for (r, a) in acc.iter_mut().enumerate() {
             let da = _mm512_set1_ps(*act.d.add((m0 + r) * nb + b));
             let v = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(r * 16) as *const _));
-            *a = _mm512_fmadd_ps(v, _mm512_mul_ps(dw, da), *a);
+            let acc_r = _mm512_loadu_ps(a.as_ptr());
+            _mm512_storeu_ps(a.as_mut_ptr(), _mm512_fmadd_ps(v, _mm512_mul_ps(dw, da), acc_r));
         }
     } else {
         let mw = _mm512_loadu_ps(p.m.add(b * 16));
         for (r, a) in acc.iter_mut().enumerate() {
             let i = (m0 + r) * nb + b;
             let v = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(r * 16) as *const _));
-            let t = _mm512_fmadd_ps(mw, _mm512_set1_ps(*act.s.add(i)), *a);
-            *a = _mm512_fmadd_ps(v, _mm512_mul_ps(dw, _mm512_set1_ps(*act.d.add(i))), t);
+            let acc_r = _mm512_loadu_ps(a.as_ptr());
+            let t = _mm512_fmadd_ps(mw, _mm512_set1_ps(*act.s.add(i)), acc_r);
+            _mm512_storeu_ps(a.as_mut_ptr(), _mm512_fmadd_ps(v, _mm512_mul_ps(dw, _mm512_set1_ps(*act.d.add(i))), t));
         }
     }
 }
 
 #[repr(C, align(64))]
-struct TileBuf([[i32; 256]; 4]);
+struct TileBuf([[[i32; 256]; 4]; 2]);
 
-/// One row tile (activation rows `m0 .. m0 + 16`) against one 16-column weight panel:
-/// writes `out[r * out_stride + c]` for r < `rows`, c < `cols`.
+#[repr(C, align(64))]
+struct Acc([[[f32; 16]; 16]; 4]);
+
+/// A 32 x 32 output block: activation row tiles `mt` and `mt + 1` against weight panels
+/// `p0` and `p1`. Writes `out[r * out_stride + c]` for r < `rows` (<= 32), c < `cols` (<= 32).
 ///
-/// Four blocks are in flight in tiles 0-3 (A tiles 4/5 and B tiles 6/7 alternate), stored
-/// to L1 together and scaled into 16 register accumulators; the tile unit runs the next four
-/// blocks while the vector units scale these.
+/// Per block: two A and two B tile loads feed four products (each loaded tile is used twice,
+/// since tile loads, not products, bound this machine); the four int32 results go to L1 and
+/// are scaled into f32 accumulators while the tile unit runs the next block.
 ///
 /// # Safety
-/// [`i8_config`] was loaded on this thread; `act` holds rows `m0 .. m0 + 16` and `act.nb`
-/// blocks, the panel as many; `out` is writable for `rows` rows of `cols` floats.
+/// [`i8_config`] was loaded on this thread; `act` holds row tiles `mt` and `mt + 1`, and both
+/// panels `act.nb` blocks; `out` is writable for `rows` rows of `cols` floats.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn i8_tile(act: &ActI8, m0: usize, rows: usize, p: &PanelI8, out: *mut f32, out_stride: usize, cols: usize) {
+pub unsafe fn i8_block(
+    act: &ActI8,
+    mt: usize,
+    rows: usize,
+    p: [&PanelI8; 2],
+    out: *mut f32,
+    out_stride: usize,
+    cols: usize,
+) {
     let nb = act.nb;
-    let mut acc = [_mm512_setzero_ps(); 16];
-    let mut cbuf = TileBuf([[0; 256]; 4]);
-    let a = act.q.add(m0 * act.q_stride) as *const u8;
-    let st = act.q_stride;
-    let c = cbuf.0.as_mut_ptr() as *mut u8;
-    let mut b = 0;
-    while b + 4 <= nb {
-        tile::zero::<0>();
-        tile::load::<4>(a.add(b * I8_KBLOCK), st);
-        tile::load::<6>(p.q.add(b * I8_BTILE), 64);
-        tile::dpbssd::<0, 4, 6>();
-        tile::zero::<1>();
-        tile::load::<5>(a.add((b + 1) * I8_KBLOCK), st);
-        tile::load::<7>(p.q.add((b + 1) * I8_BTILE), 64);
-        tile::dpbssd::<1, 5, 7>();
-        tile::zero::<2>();
-        tile::load::<4>(a.add((b + 2) * I8_KBLOCK), st);
-        tile::load::<6>(p.q.add((b + 2) * I8_BTILE), 64);
-        tile::dpbssd::<2, 4, 6>();
-        tile::zero::<3>();
-        tile::load::<5>(a.add((b + 3) * I8_KBLOCK), st);
-        tile::load::<7>(p.q.add((b + 3) * I8_BTILE), 64);
-        tile::dpbssd::<3, 5, 7>();
-        tile::store::<0>(c, 64);
-        tile::store::<1>(c.add(1024), 64);
-        tile::store::<2>(c.add(2048), 64);
-        tile::store::<3>(c.add(3072), 64);
-        for j in 0..4 {
-            scale_block(&mut acc, cbuf.0[j].as_ptr(), act, m0, b + j, p);
+    let mut acc = Acc([[[0.0; 16]; 16]; 4]);
+    let mut cbuf = TileBuf([[[0; 256]; 4]; 2]);
+    let a0 = act.tile(mt, 0);
+    let a1 = act.tile(mt + 1, 0);
+    let (m0, m1) = (mt * 16, mt * 16 + 16);
+    for b in 0..=nb {
+        if b < nb {
+            tile::zero::<0>();
+            tile::zero::<1>();
+            tile::zero::<2>();
+            tile::zero::<3>();
+            tile::load::<4>(a0.add(b * ACT_TILE), 32);
+            tile::load::<6>(p[0].q.add(b * I8_BTILE), 64);
+            tile::dpbssd::<0, 4, 6>();
+            tile::load::<7>(p[1].q.add(b * I8_BTILE), 64);
+            tile::dpbssd::<1, 4, 7>();
+            tile::load::<5>(a1.add(b * ACT_TILE), 32);
+            tile::dpbssd::<2, 5, 6>();
+            tile::dpbssd::<3, 5, 7>();
         }
-        b += 4;
-    }
-    while b < nb {
-        tile::zero::<0>();
-        tile::load::<4>(a.add(b * I8_KBLOCK), st);
-        tile::load::<6>(p.q.add(b * I8_BTILE), 64);
-        tile::dpbssd::<0, 4, 6>();
-        tile::store::<0>(c, 64);
-        scale_block(&mut acc, cbuf.0[0].as_ptr(), act, m0, b, p);
-        b += 1;
-    }
-    if cols == 16 {
-        for (r, v) in acc.iter().enumerate().take(rows) {
-            _mm512_storeu_ps(out.add(r * out_stride), *v);
+        if b > 0 {
+            let pb = b - 1;
+            let c = &cbuf.0[pb & 1];
+            scale_block(&mut acc.0[0], c[0].as_ptr(), act, m0, pb, p[0]);
+            scale_block(&mut acc.0[1], c[1].as_ptr(), act, m0, pb, p[1]);
+            scale_block(&mut acc.0[2], c[2].as_ptr(), act, m1, pb, p[0]);
+            scale_block(&mut acc.0[3], c[3].as_ptr(), act, m1, pb, p[1]);
         }
-    } else {
-        let mask = (1u16 << cols) - 1;
-        for (r, v) in acc.iter().enumerate().take(rows) {
-            _mm512_mask_storeu_ps(out.add(r * out_stride), mask, *v);
+        if b < nb {
+            let c = cbuf.0[b & 1].as_mut_ptr() as *mut u8;
+            tile::store::<0>(c, 64);
+            tile::store::<1>(c.add(1024), 64);
+            tile::store::<2>(c.add(2048), 64);
+            tile::store::<3>(c.add(3072), 64);
+        }
+    }
+    for r in 0..rows {
+        let (half, rr) = (r / 16, r % 16);
+        for j in 0..2 {
+            let ccols = cols.saturating_sub(j * 16).min(16);
+            if ccols == 0 {
+                continue;
+            }
+            let src = acc.0[half * 2 + j][rr].as_ptr();
+            std::ptr::copy_nonoverlapping(src, out.add(r * out_stride + j * 16), ccols);
         }
     }
 }

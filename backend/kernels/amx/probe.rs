@@ -69,7 +69,7 @@ fn i8_kernel_speed() {
     let d = vec![1f32; m * nb];
     let pq = vec![1u8; np * nb * 512];
     let pd = vec![1f32; np * nb * 16];
-    let act = ActI8 { q: q.as_ptr(), q_stride: k, d: d.as_ptr(), s: std::ptr::null(), nb };
+    let act = ActI8 { q: q.as_ptr(), d: d.as_ptr(), s: std::ptr::null(), nb };
     let panels: Vec<PanelI8> = (0..np)
         .map(|j| PanelI8 { q: pq[j * nb * 512..].as_ptr(), d: pd[j * nb * 16..].as_ptr(), m: std::ptr::null() })
         .collect();
@@ -77,9 +77,10 @@ fn i8_kernel_speed() {
     unsafe { gemm::i8_config() };
     for rep in 0..3 {
         let t0 = Instant::now();
-        for m0 in (0..m).step_by(16) {
-            for (j, p) in panels.iter().enumerate() {
-                unsafe { gemm::i8_tile(&act, m0, 16, p, out.as_mut_ptr().add(j * 16), 64, 16) };
+        for mt in (0..m / 16).step_by(2) {
+            for j in (0..np).step_by(2) {
+                let pair = [&panels[j], &panels[j + 1]];
+                unsafe { gemm::i8_block(&act, mt, 32, pair, out.as_mut_ptr().add(mt * 16 * 64 + j * 16), 64, 32) };
             }
         }
         let dt = t0.elapsed().as_secs_f64();
@@ -221,5 +222,131 @@ fn i8_tile_2x2_with_stores() {
     }
     let dt = t0.elapsed().as_secs_f64();
     eprintln!("bf16 2x2: {:.0} GFLOPS", 2.0 * (4 * 16 * 16 * 32 * kc * iters) as f64 / dt / 1e9);
+    unsafe { tile::release() };
+}
+
+/// bf16 2x2 with operands resident in L1 (K block of `kc` chunks), C kept in tiles.
+#[test]
+#[ignore]
+fn bf16_l1_resident() {
+    if !super::available() {
+        return;
+    }
+    let cfgb = (0..8).fold(super::tile::TileConfig::new(), |c, t| c.with(t, 16, 64));
+    for &(kc, astride) in &[(8usize, 512usize), (8, 6144), (16, 1024), (4, 256)] {
+        unsafe { cfgb.load() };
+        let a2 = vec![0u8; 32 * astride.max(kc * 64)];
+        let b2 = vec![0u8; 2 * kc * 1024];
+        let mut c = vec![0u8; 4096];
+        let iters = 200_000 / kc;
+        let t0 = Instant::now();
+        unsafe {
+            tile::zero::<0>();
+            tile::zero::<1>();
+            tile::zero::<2>();
+            tile::zero::<3>();
+            for _ in 0..iters {
+                for k in 0..kc {
+                    tile::load::<4>(a2.as_ptr().add(k * 64), astride);
+                    tile::load::<6>(b2.as_ptr().add(k * 1024), 64);
+                    tile::dpbf16ps::<0, 4, 6>();
+                    tile::load::<7>(b2.as_ptr().add((kc + k) * 1024), 64);
+                    tile::dpbf16ps::<1, 4, 7>();
+                    tile::load::<5>(a2.as_ptr().add(16 * astride + k * 64), astride);
+                    tile::dpbf16ps::<2, 5, 6>();
+                    tile::dpbf16ps::<3, 5, 7>();
+                }
+            }
+            tile::store::<0>(c.as_mut_ptr(), 64);
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        eprintln!("bf16 2x2 kc={kc} a_stride={astride}: {:.0} GFLOPS", 2.0 * (4 * 16 * 16 * 32 * kc * iters) as f64 / dt / 1e9);
+    }
+    unsafe { tile::release() };
+}
+
+#[test]
+#[ignore]
+fn bf16_orders() {
+    if !super::available() {
+        return;
+    }
+    let cfgb = (0..8).fold(super::tile::TileConfig::new(), |c, t| c.with(t, 16, 64));
+    let kc = 8usize;
+    let a2 = vec![1u8; 32 * 512];
+    let b2 = vec![1u8; 4 * kc * 1024];
+    let mut c = vec![0u8; 4096];
+    let iters = 200_000 / kc;
+    for variant in 0..3 {
+        unsafe { cfgb.load() };
+        let t0 = Instant::now();
+        let (a, b) = (a2.as_ptr(), b2.as_ptr());
+        unsafe {
+            for _ in 0..iters {
+                for k in 0..kc {
+                    match variant {
+                        0 => {
+                            tile::load::<4>(a.add(k * 64), 512);
+                            tile::load::<5>(a.add(16 * 512 + k * 64), 512);
+                            tile::load::<6>(b.add(k * 1024), 64);
+                            tile::load::<7>(b.add((kc + k) * 1024), 64);
+                            tile::dpbf16ps::<0, 4, 6>();
+                            tile::dpbf16ps::<1, 4, 7>();
+                            tile::dpbf16ps::<2, 5, 6>();
+                            tile::dpbf16ps::<3, 5, 7>();
+                        }
+                        1 => {
+                            // 1 x 3: one A tile, three B tiles, three accumulators
+                            tile::load::<4>(a.add(k * 64), 512);
+                            tile::load::<5>(b.add(k * 1024), 64);
+                            tile::dpbf16ps::<0, 4, 5>();
+                            tile::load::<6>(b.add((kc + k) * 1024), 64);
+                            tile::dpbf16ps::<1, 4, 6>();
+                            tile::load::<7>(b.add((2 * kc + k) * 1024), 64);
+                            tile::dpbf16ps::<2, 4, 7>();
+                        }
+                        _ => {
+                            // no loads at all (upper bound with these chains)
+                            tile::dpbf16ps::<0, 4, 6>();
+                            tile::dpbf16ps::<1, 4, 7>();
+                            tile::dpbf16ps::<2, 5, 6>();
+                            tile::dpbf16ps::<3, 5, 7>();
+                        }
+                    }
+                }
+            }
+            tile::store::<0>(c.as_mut_ptr(), 64);
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        let dps = if variant == 1 { 3 } else { 4 };
+        eprintln!("variant {variant}: {:.0} GFLOPS", 2.0 * (dps * 16 * 16 * 32 * kc * iters) as f64 / dt / 1e9);
+    }
+    unsafe { tile::release() };
+}
+
+#[test]
+#[ignore]
+fn tileload_throughput() {
+    if !super::available() {
+        return;
+    }
+    let cfgb = (0..8).fold(super::tile::TileConfig::new(), |c, t| c.with(t, 16, 64));
+    let buf = vec![1u8; 64 << 20];
+    for &span in &[1024usize, 8192, 32768, 1 << 20, 32 << 20] {
+        unsafe { cfgb.load() };
+        let iters = 1_000_000;
+        let t0 = Instant::now();
+        unsafe {
+            for i in 0..iters {
+                let off = (i * 4096) % span;
+                tile::load::<4>(buf.as_ptr().add(off % (span.max(4096) - 1024 + 1)), 64);
+                tile::load::<5>(buf.as_ptr().add((off + 1024) % span), 64);
+                tile::load::<6>(buf.as_ptr().add((off + 2048) % span), 64);
+                tile::load::<7>(buf.as_ptr().add((off + 3072) % span), 64);
+            }
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        eprintln!("span {span}: {:.1} ns per 1 KB tileloadd, {:.1} GB/s", dt / (4 * iters) as f64 * 1e9, (4 * iters * 1024) as f64 / dt / 1e9);
+    }
     unsafe { tile::release() };
 }
