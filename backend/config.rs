@@ -17,6 +17,10 @@ pub struct Config {
     pub log: LogLevel,
     /// SMEPILOT_DISABLE_AMX=1: behave as on a CPU without a matrix unit.
     pub disable_amx: bool,
+    /// SMEPILOT_AMX_INT8=1: quantized weights on the int8 tile kernel (activations quantized
+    /// per 32-block as ggml-cpu does: the same numbers as stock, slower here) instead of the
+    /// default, unpacking them to bf16 for the bf16 tile kernel.
+    pub amx_int8: bool,
     /// SMEPILOT_THREADS: default thread count before llama.cpp sets one.
     pub threads: Option<usize>,
     /// SMEPILOT_DECLINE_OPS=SOFT_MAX,ROPE: ops (ggml names) reported unsupported, so
@@ -100,6 +104,7 @@ impl Config {
         Ok(Config {
             log,
             disable_amx: flag(&var, "SMEPILOT_DISABLE_AMX")?,
+            amx_int8: flag(&var, "SMEPILOT_AMX_INT8")?,
             threads,
             decline_ops,
         })

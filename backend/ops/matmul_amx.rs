@@ -1,27 +1,26 @@
-//! MUL_MAT on the AMX tile unit, for 2-D products with enough activation rows to amortise
-//! decoding the weight panels (see `kernels::amx`).
+//! MUL_MAT on the AMX tile unit, for 2-D products with enough activation rows to fill the
+//! tiles (see `kernels::amx::gemm` for the operand layout).
 //!
-//! Phase 1 (rows split across threads): activations into the tile operand format, int8 with
+//! Phase 1 (activation row tiles split across threads): activations into B tiles, int8 with
 //! per-32-block scales exactly as ggml-cpu quantizes them (Q8_0, or Q8_1 for weights with a
-//! minimum), or bf16. Phase 2 (weight panels split across threads, so each core streams its
-//! own slice of the weights): each thread decodes a group of panels once into its private
-//! scratch and runs every activation row tile against it.
+//! minimum), or bf16. Phase 2 (weight row groups split across threads, so each core streams
+//! its own slice of the weights): each thread takes 64 weight rows at a time (loaded in place
+//! where the type allows, else unpacked into its private scratch) and runs every activation
+//! row tile against them.
 
 use super::{split_range, Node};
 use crate::backend::dtype::DType;
 use crate::backend::exec::ThreadCtx;
-use crate::backend::kernels::amx::gemm::{
-    self, ActI8, PanelI8, ACT_TILE, BF16_BTILE, BF16_KCHUNK, I8_BTILE, I8_KBLOCK, I8_PANELS,
-};
-use crate::backend::kernels::amx::{self, panel};
+use crate::backend::kernels::amx::gemm::{self, ActI8, Block32, WeightsI8, BF16_BTILE, BF16_KSTEP, I8_BTILE, I8_KBLOCK};
+use crate::backend::kernels::amx::{self, rows};
 use crate::backend::kernels::quant::kernels;
+use crate::backend::tensor::TensorRef;
 
-/// Fewest activation rows for which the tile path beats the vector kernels (below, the
-/// panel decode is not amortised).
+/// Fewest activation rows for which the tile path beats the vector kernels.
 pub const MIN_ROWS: usize = 16;
-/// bf16 weight panels decoded per group (128 columns: the group stays in L2 while all
-/// activation row pairs stream past it).
-const BF16_GROUP_PANELS: usize = 8;
+/// Weight row tiles (of 16 rows) a thread takes at a time: the group stays in L2 while
+/// every activation row tile streams past it.
+const GROUP_TILES: usize = 4;
 
 enum Kind {
     I8 { has_min: bool },
@@ -34,10 +33,33 @@ fn kind(node: &Node) -> Option<Kind> {
     if !amx::available() || !two_d || x.ne[1] < MIN_ROWS || !w.ne[0].is_multiple_of(32) {
         return None;
     }
-    if let Some(has_min) = panel::i8_weight(w.ty) {
+    let int8 = match test_engine::get() {
+        Some(int8) => int8,
+        None => crate::backend::config::get().is_ok_and(|c| c.amx_int8),
+    };
+    if let (true, Some(has_min)) = (int8, rows::i8_weight(w.ty)) {
         return Some(Kind::I8 { has_min });
     }
-    panel::bf16_weight(w.ty).then_some(Kind::Bf16)
+    rows::bf16_weight(w.ty).then_some(Kind::Bf16)
+}
+
+/// Tests pick the engine per run instead of per process (SMEPILOT_AMX_INT8 is read once).
+pub mod test_engine {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static ENGINE: AtomicU8 = AtomicU8::new(0);
+
+    /// None: the configuration decides; Some(true): int8; Some(false): bf16.
+    #[cfg(test)]
+    pub fn set(int8: Option<bool>) {
+        ENGINE.store(int8.map_or(0, |i| 1 + i as u8), Ordering::SeqCst);
+    }
+
+    pub fn get() -> Option<bool> {
+        match ENGINE.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(v == 2),
+        }
+    }
 }
 
 /// Whether this node takes the tile path (decided from shapes and types only).
@@ -45,59 +67,71 @@ pub fn applies(node: &Node) -> bool {
     kind(node).is_some()
 }
 
-/// Scratch layout of the int8 path: shared activation parts, then one panel group per thread.
+fn align64(x: usize) -> usize {
+    (x + 63) & !63
+}
+
+/// Activation row tiles, rounded up to pairs (the kernels take two at a time).
+fn m_tiles(m: usize) -> usize {
+    m.div_ceil(16).next_multiple_of(2)
+}
+
+/// Scratch of the int8 path: activation tiles, their scales and sums (shared), then per
+/// thread a quantization row and the weight group's unpacked rows, scales and minimums.
 struct I8Layout {
-    m_pad: usize,
     nb: usize,
     d_off: usize,
     s_off: usize,
     thread_off: usize,
     thread_bytes: usize,
-    /// Per thread: quantized staging row, then the panels' q, d, m.
-    stage_row: usize,
-}
-
-fn align64(x: usize) -> usize {
-    (x + 63) & !63
+    row_tmp: usize,
+    /// Per weight row tile: unpacked values (16 rows of k), then scales, then minimums.
+    wtile_bytes: usize,
 }
 
 impl I8Layout {
     fn new(k: usize, m: usize) -> I8Layout {
         let nb = k / I8_KBLOCK;
-        let m_pad = m.next_multiple_of(32);
-        let d_off = m_pad * k;
-        let s_off = d_off + align64(m_pad * nb * 4);
-        let thread_off = s_off + align64(m_pad * nb * 4);
-        let stage_row = align64(DType::Q8_1.row_bytes(k));
-        let panel_bytes = nb * I8_BTILE + 2 * nb * 16 * 4;
+        let mt = m_tiles(m);
+        let d_off = mt * nb * I8_BTILE;
+        let s_off = d_off + align64(mt * nb * 16 * 4);
+        let thread_off = s_off + align64(mt * nb * 16 * 4);
+        let row_tmp = align64(DType::Q8_1.row_bytes(k));
+        let wtile_bytes = align64(16 * k) + 2 * align64(nb * 16 * 4);
         I8Layout {
-            m_pad,
             nb,
             d_off,
             s_off,
             thread_off,
-            thread_bytes: stage_row + I8_PANELS * align64(panel_bytes),
-            stage_row,
+            thread_bytes: row_tmp + GROUP_TILES * wtile_bytes,
+            row_tmp,
+            wtile_bytes,
         }
     }
 }
 
+/// Scratch of the bf16 path: activation tiles (shared), then per thread a conversion row
+/// (k floats) and the weight group's unpacked rows (all but in-place BF16 tiles).
 struct Bf16Layout {
-    m_pad: usize,
-    a_stride: usize,
     thread_off: usize,
     thread_bytes: usize,
+    row_tmp: usize,
+    /// Row stride of unpacked weight rows.
+    w_stride: usize,
+    wtile_bytes: usize,
 }
 
 impl Bf16Layout {
     fn new(k: usize, m: usize) -> Bf16Layout {
-        let m_pad = m.next_multiple_of(32);
-        let a_stride = align64(k * 2);
+        let row_tmp = align64(4 * k);
+        let w_stride = align64(2 * k);
+        let wtile_bytes = 16 * w_stride;
         Bf16Layout {
-            m_pad,
-            a_stride,
-            thread_off: m_pad * a_stride,
-            thread_bytes: BF16_GROUP_PANELS * (k / BF16_KCHUNK) * BF16_BTILE,
+            thread_off: m_tiles(m) * (k / BF16_KSTEP) * BF16_BTILE,
+            thread_bytes: row_tmp + GROUP_TILES * wtile_bytes,
+            row_tmp,
+            w_stride,
+            wtile_bytes,
         }
     }
 }
@@ -125,6 +159,17 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
     }
 }
 
+/// Weight rows `r0 .. r0 + 16` (fewer at the end) as byte slices of `row_bytes`.
+fn weight_rows(w: &TensorRef, r0: usize) -> ([&'static [u8]; 16], usize) {
+    let n = (w.ne[1] - r0).min(16);
+    let mut rows: [&[u8]; 16] = [&[]; 16];
+    for (i, r) in rows.iter_mut().enumerate().take(n) {
+        // SAFETY: rows r0 .. r0 + n exist and hold row_bytes each (supports: packed rows).
+        *r = unsafe { std::slice::from_raw_parts(w.row_ptr(r0 + i, 0, 0), w.row_bytes()) };
+    }
+    (rows, n)
+}
+
 fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
     let (w, x, dst) = (node.src(0), node.src(1), &node.dst);
     let (k, n, m) = (w.ne[0], w.ne[1], x.ne[1]);
@@ -134,99 +179,95 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
     let act_ty = if has_min { DType::Q8_1 } else { DType::Q8_0 };
     let quantize = kernels(act_ty).unwrap().from_f32.unwrap();
     let my = scratch.wrapping_add(l.thread_off + ctx.ith * l.thread_bytes);
-    let bs = act_ty.row_bytes(I8_KBLOCK);
+    let bs = act_ty.block_bytes();
+    let (act_q, act_d, act_s) = (scratch, scratch.wrapping_add(l.d_off) as *mut f32, scratch.wrapping_add(l.s_off) as *mut f32);
 
-    // Phase 1: activation rows, quantized as ggml-cpu does, unpacked into q / d / s.
-    let (r0, r1) = split_range(l.m_pad, ctx.ith, ctx.nth);
-    for r in r0..r1 {
-        // SAFETY: the scratch holds m_pad * k bytes of tiles and m_pad * nb scales at d_off /
-        // s_off (scratch_bytes); row r's bytes and scales belong to this thread only. x rows
-        // hold k f32.
+    // Phase 1: activation row tiles, quantized as ggml-cpu does, into B-tile order.
+    let (t0, t1) = split_range(m_tiles(m), ctx.ith, ctx.nth);
+    for r in t0 * 16..t1 * 16 {
+        let (mt, i) = (r / 16, r % 16);
+        // SAFETY: the scratch holds m_tiles * nb B tiles and as many 16-float scale / sum
+        // vectors (scratch_bytes); row tile mt belongs to this thread only. x rows hold k f32;
+        // the quantization row `my` is this thread's.
         unsafe {
-            let tile_row = scratch.add((r / 16) * nb * ACT_TILE + (r % 16) * I8_KBLOCK);
-            let d = std::slice::from_raw_parts_mut(scratch.add(l.d_off) as *mut f32, l.m_pad * nb);
-            let s = std::slice::from_raw_parts_mut(scratch.add(l.s_off) as *mut f32, l.m_pad * nb);
-            if r >= m {
-                for b in 0..nb {
-                    std::ptr::write_bytes(tile_row.add(b * ACT_TILE), 0, I8_KBLOCK);
-                }
-                d[r * nb..(r + 1) * nb].fill(0.0);
-                s[r * nb..(r + 1) * nb].fill(0.0);
-                continue;
-            }
-            let xs = std::slice::from_raw_parts(x.row_ptr(r, 0, 0) as *const f32, k);
             let blocks = std::slice::from_raw_parts_mut(my, act_ty.row_bytes(k));
-            quantize(xs, blocks);
+            if r < m {
+                quantize(std::slice::from_raw_parts(x.row_ptr(r, 0, 0) as *const f32, k), blocks);
+            }
             for b in 0..nb {
+                let at = (mt * nb + b) * 16 + i;
+                let tile = act_q.add((mt * nb + b) * I8_BTILE);
+                if r >= m {
+                    *act_d.add(at) = 0.0;
+                    *act_s.add(at) = 0.0;
+                    for k4 in 0..I8_KBLOCK / 4 {
+                        std::ptr::write_unaligned(tile.add(k4 * 64 + i * 4) as *mut u32, 0);
+                    }
+                    continue;
+                }
                 let blk = &blocks[b * bs..(b + 1) * bs];
-                let h = |at: usize| half::f16::from_bits(u16::from_le_bytes([blk[at], blk[at + 1]])).to_f32();
-                d[r * nb + b] = h(0);
-                s[r * nb + b] = if has_min { h(2) } else { 0.0 };
-                std::ptr::copy_nonoverlapping(blk[bs - I8_KBLOCK..].as_ptr(), tile_row.add(b * ACT_TILE), I8_KBLOCK);
+                let h = |o: usize| half::f16::from_bits(u16::from_le_bytes([blk[o], blk[o + 1]])).to_f32();
+                *act_d.add(at) = h(0);
+                *act_s.add(at) = if has_min { h(2) } else { 0.0 };
+                let qs = &blk[bs - I8_KBLOCK..];
+                for k4 in 0..I8_KBLOCK / 4 {
+                    let v = u32::from_le_bytes([qs[k4 * 4], qs[k4 * 4 + 1], qs[k4 * 4 + 2], qs[k4 * 4 + 3]]);
+                    std::ptr::write_unaligned(tile.add(k4 * 64 + i * 4) as *mut u32, v);
+                }
             }
         }
     }
     ctx.barrier();
 
-    // Phase 2: groups of I8_PANELS panels (64 output columns) split across threads.
-    let act = ActI8 {
-        q: scratch as *const i8,
-        d: scratch.wrapping_add(l.d_off) as *const f32,
-        s: scratch.wrapping_add(l.s_off) as *const f32,
-        nb,
-    };
-    let group_cols = 16 * I8_PANELS;
-    let (g0, g1) = split_range(n.div_ceil(group_cols), ctx.ith, ctx.nth);
+    // Phase 2: groups of GROUP_TILES weight row tiles split across threads.
+    let act = ActI8 { q: act_q, d: act_d, s: act_s, nb };
+    let n_tiles = n.div_ceil(16);
+    let (g0, g1) = split_range(n_tiles.div_ceil(GROUP_TILES), ctx.ith, ctx.nth);
     if g0 >= g1 {
         return;
     }
-    let panel_bytes = align64(nb * I8_BTILE + 2 * nb * 16 * 4);
-    let row_bytes = w.row_bytes();
+    let in_place = rows::i8_in_place(w.ty);
     let ldd = dst.nb[1] / 4;
+    let mut acc = Block32::new();
     // SAFETY: amx::available() (kind) holds; the configuration is this thread's own.
     unsafe { gemm::i8_config() };
     for g in g0..g1 {
-        let col0 = g * group_cols;
-        let cols = (n - col0).min(group_cols);
-        let used = cols.div_ceil(16);
-        let mut panels = [PanelI8 { q: std::ptr::null(), d: std::ptr::null(), m: std::ptr::null() }; I8_PANELS];
-        for j in 0..I8_PANELS {
-            if j >= used {
-                panels[j] = panels[0]; // unused slots repeat panel 0; their results are not stored
-                continue;
-            }
-            let base = my.wrapping_add(l.stage_row + j * panel_bytes);
-            let (qb, db, mb) = (base, base.wrapping_add(nb * I8_BTILE), base.wrapping_add(nb * I8_BTILE + nb * 64));
-            let c0 = col0 + j * 16;
-            let nrows = (n - c0).min(16);
-            // SAFETY: weight rows c0.. hold row_bytes each; the panel staging (qb, db, mb) is
-            // this thread's (scratch_bytes reserves I8_PANELS panels per thread).
+        let tile0 = g * GROUP_TILES;
+        let used = (n_tiles - tile0).min(GROUP_TILES);
+        let mut wt = [WeightsI8 { q: std::ptr::null(), stride: 0, block_step: 0, d: std::ptr::null(), m: std::ptr::null() }; GROUP_TILES];
+        for (j, t) in wt.iter_mut().enumerate().take(used) {
+            let r0 = (tile0 + j) * 16;
+            let (rs, nrows) = weight_rows(w, r0);
+            let base = my.wrapping_add(l.row_tmp + j * l.wtile_bytes);
+            let (qb, db) = (base, base.wrapping_add(align64(16 * k)));
+            let mb = db.wrapping_add(align64(nb * 16 * 4));
+            // SAFETY: this thread's staging for tile j (scratch_bytes reserves GROUP_TILES).
             unsafe {
-                let mut rows: [&[u8]; 16] = [&[]; 16];
-                for (i, r) in rows.iter_mut().enumerate().take(nrows) {
-                    *r = std::slice::from_raw_parts(w.row_ptr(c0 + i, 0, 0), row_bytes);
-                }
-                panel::decode_i8(
-                    w.ty,
-                    &rows[..nrows],
-                    nb,
-                    std::slice::from_raw_parts_mut(qb, nb * I8_BTILE),
-                    std::slice::from_raw_parts_mut(db as *mut f32, nb * 16),
-                    std::slice::from_raw_parts_mut(mb as *mut f32, if has_min { nb * 16 } else { 0 }),
-                );
+                let d = std::slice::from_raw_parts_mut(db as *mut f32, nb * 16);
+                let mm = std::slice::from_raw_parts_mut(mb as *mut f32, if has_min { nb * 16 } else { 0 });
+                *t = match in_place {
+                    Some((off, step)) if nrows == 16 => {
+                        rows::i8_scales(w.ty, &rs[..nrows], nb, d, mm);
+                        WeightsI8 { q: w.row_ptr(r0, 0, 0).add(off), stride: w.nb[1], block_step: step, d: db as *const f32, m: std::ptr::null() }
+                    }
+                    _ => {
+                        rows::i8_rows(w.ty, &rs[..nrows], nb, std::slice::from_raw_parts_mut(qb, 16 * k), d, mm);
+                        WeightsI8 { q: qb, stride: I8_KBLOCK, block_step: 16 * I8_KBLOCK, d: db as *const f32, m: if has_min { mb as *const f32 } else { std::ptr::null() } }
+                    }
+                };
             }
-            panels[j] = PanelI8 { q: qb, d: db as *const f32, m: if has_min { mb as *const f32 } else { std::ptr::null() } };
         }
         for mt in (0..m.div_ceil(16)).step_by(2) {
-            let rows = (m - mt * 16).min(32);
-            for jp in (0..used).step_by(2) {
-                let c0 = col0 + jp * 16;
-                let pair = [&panels[jp], &panels[(jp + 1).min(used - 1)]];
-                // SAFETY: tile config loaded above; act holds m_pad (multiple of 32) rows;
-                // output rows mt*16 .. +rows have ldd >= n floats and c0 + cols <= n.
+            let rows_m = (m - mt * 16).min(32);
+            for tp in (0..used).step_by(2) {
+                let n0 = (tile0 + tp) * 16;
+                let rows_n = (n - n0).min(if tp + 1 < used { 32 } else { 16 });
+                // SAFETY: config loaded; act holds row tiles mt, mt + 1 (m_tiles is even);
+                // the weight tiles hold nb blocks; output rows mt*16 .. + rows_m have ldd >= n
+                // floats and n0 + rows_n <= n.
                 unsafe {
-                    let out = (dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(c0);
-                    gemm::i8_block(&act, mt, rows, pair, out, ldd, (n - c0).min(32));
+                    gemm::i8_block(&act, mt, [&wt[tp], &wt[(tp + 1).min(used - 1)]], &mut acc);
+                    acc.store_transposed((dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0), ldd, rows_m, rows_n);
                 }
             }
         }
@@ -239,88 +280,87 @@ fn mul_mat_bf16(node: &Node, ctx: &ThreadCtx) {
     let (w, x, dst) = (node.src(0), node.src(1), &node.dst);
     let (k, n, m) = (w.ne[0], w.ne[1], x.ne[1]);
     let l = Bf16Layout::new(k, m);
-    let kchunks = k / BF16_KCHUNK;
+    let ksteps = k / BF16_KSTEP;
     let (scratch, _) = ctx.scratch();
     let to_bf16 = kernels(DType::BF16).unwrap().from_f32.unwrap();
+    let my = scratch.wrapping_add(l.thread_off + ctx.ith * l.thread_bytes);
 
-    // Phase 1: activation rows to bf16 (round to nearest even, as ggml-cpu).
-    let (r0, r1) = split_range(l.m_pad, ctx.ith, ctx.nth);
-    for r in r0..r1 {
-        // SAFETY: scratch holds m_pad rows of a_stride bytes; row r is this thread's.
+    // Phase 1: activation row tiles to bf16 (nearest even, as ggml-cpu), in B-tile order.
+    let (t0, t1) = split_range(m_tiles(m), ctx.ith, ctx.nth);
+    for r in t0 * 16..t1 * 16 {
+        let (mt, i) = (r / 16, r % 16);
+        // SAFETY: scratch holds m_tiles * ksteps B tiles; row tile mt is this thread's; the
+        // conversion row `my` is this thread's; x rows hold k f32.
         unsafe {
-            let a = std::slice::from_raw_parts_mut(scratch.add(r * l.a_stride), k * 2);
-            if r >= m {
-                a.fill(0);
+            let row = std::slice::from_raw_parts_mut(my, 2 * k);
+            if r < m {
+                to_bf16(std::slice::from_raw_parts(x.row_ptr(r, 0, 0) as *const f32, k), row);
             } else {
-                to_bf16(std::slice::from_raw_parts(x.row_ptr(r, 0, 0) as *const f32, k), a);
+                row.fill(0);
+            }
+            for ks in 0..ksteps {
+                let tile = scratch.add((mt * ksteps + ks) * BF16_BTILE);
+                for kp in 0..BF16_KSTEP / 2 {
+                    let o = (ks * BF16_KSTEP + 2 * kp) * 2;
+                    let v = u32::from_le_bytes([row[o], row[o + 1], row[o + 2], row[o + 3]]);
+                    std::ptr::write_unaligned(tile.add(kp * 64 + i * 4) as *mut u32, v);
+                }
             }
         }
     }
     ctx.barrier();
 
-    // Phase 2: groups of BF16_GROUP_PANELS panels split across threads.
-    let group_cols = 16 * BF16_GROUP_PANELS;
-    let (g0, g1) = split_range(n.div_ceil(group_cols), ctx.ith, ctx.nth);
+    // Phase 2: groups of GROUP_TILES weight row tiles split across threads.
+    let n_tiles = n.div_ceil(16);
+    let (g0, g1) = split_range(n_tiles.div_ceil(GROUP_TILES), ctx.ith, ctx.nth);
     if g0 >= g1 {
         return;
     }
-    let stage = scratch.wrapping_add(l.thread_off + ctx.ith * l.thread_bytes);
-    let panel_bytes = kchunks * BF16_BTILE;
-    let row_bytes = w.row_bytes();
-    let mut c = [[0f32; 256]; 4];
+    let ldd = dst.nb[1] / 4;
+    let mut acc = Block32::new();
     // SAFETY: amx::available() (kind) holds; the configuration is this thread's own.
     unsafe { gemm::bf16_config() };
     for g in g0..g1 {
-        let col0 = g * group_cols;
-        let npanels = (n - col0).div_ceil(16).min(BF16_GROUP_PANELS);
-        for j in 0..npanels {
-            let c0 = col0 + j * 16;
-            let nrows = (n - c0).min(16);
-            // SAFETY: weight rows c0.. hold row_bytes each; panel j of this thread's staging.
-            unsafe {
-                let mut rows: [&[u8]; 16] = [&[]; 16];
-                for (i, r) in rows.iter_mut().enumerate().take(nrows) {
-                    *r = std::slice::from_raw_parts(w.row_ptr(c0 + i, 0, 0), row_bytes);
-                }
-                panel::decode_bf16(w.ty, &rows[..nrows], kchunks, std::slice::from_raw_parts_mut(stage.add(j * panel_bytes), panel_bytes));
-            }
-        }
-        for m0 in (0..m).step_by(32) {
-            for jp in (0..npanels).step_by(2) {
-                let j1 = (jp + 1).min(npanels - 1);
-                // SAFETY: config loaded; activation rows m0..m0+32 exist (m_pad); panels in staging.
+        let tile0 = g * GROUP_TILES;
+        let used = (n_tiles - tile0).min(GROUP_TILES);
+        let mut wt = [(std::ptr::null::<u8>(), 0usize); GROUP_TILES];
+        for (j, t) in wt.iter_mut().enumerate().take(used) {
+            let r0 = (tile0 + j) * 16;
+            let (rs, nrows) = weight_rows(w, r0);
+            *t = if w.ty == DType::BF16 && nrows == 16 {
+                (w.row_ptr(r0, 0, 0) as *const u8, w.nb[1])
+            } else {
+                let base = my.wrapping_add(l.row_tmp + j * l.wtile_bytes);
+                // SAFETY: this thread's staging for tile j (scratch_bytes reserves GROUP_TILES)
+                // and its conversion row (k floats at `my`).
                 unsafe {
-                    gemm::bf16_tile_block(
-                        scratch.add(m0 * l.a_stride),
-                        scratch.add((m0 + 16) * l.a_stride),
-                        l.a_stride,
-                        stage.add(jp * panel_bytes),
-                        stage.add(j1 * panel_bytes),
-                        kchunks,
-                        &mut c,
-                    );
-                }
-                // Copy the valid part of the 32 x 32 block out.
-                for (t, ct) in c.iter().enumerate() {
-                    let (ri, pj) = (t / 2, jp + t % 2);
-                    if pj >= npanels || (t % 2 == 1 && j1 == jp) {
-                        continue;
-                    }
-                    let cbase = col0 + pj * 16;
-                    let ccols = (n - cbase).min(16);
-                    for r in 0..16 {
-                        let row = m0 + ri * 16 + r;
-                        if row >= m {
-                            break;
-                        }
-                        // SAFETY: output row `row` has ldd >= n floats; cbase + ccols <= n.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                ct.as_ptr().add(r * 16),
-                                (dst.row_ptr(row, 0, 0) as *mut f32).add(cbase),
-                                ccols,
-                            );
-                        }
+                    let tmp = std::slice::from_raw_parts_mut(my as *mut f32, k);
+                    rows::bf16_rows(w.ty, &rs[..nrows], k, std::slice::from_raw_parts_mut(base, l.wtile_bytes), l.w_stride, tmp)
+                };
+                (base as *const u8, l.w_stride)
+            };
+        }
+        for mt in (0..m.div_ceil(16)).step_by(2) {
+            let rows_m = (m - mt * 16).min(32);
+            let b0 = scratch.wrapping_add(mt * ksteps * BF16_BTILE);
+            let b1 = scratch.wrapping_add((mt + 1) * ksteps * BF16_BTILE);
+            for tp in (0..used).step_by(2) {
+                let n0 = (tile0 + tp) * 16;
+                let rows_n = (n - n0).min(if tp + 1 < used { 32 } else { 16 });
+                let (w0, s0) = wt[tp];
+                let (w1, s1) = wt[(tp + 1).min(used - 1)];
+                // SAFETY: config loaded; each weight tile holds 16 rows of k bf16 at its stride;
+                // act holds row tiles mt, mt + 1. A pair whose strides differ (an in-place tile
+                // next to a staged partial last tile) runs as two single tiles.
+                unsafe {
+                    if s0 == s1 {
+                        gemm::bf16_block(w0, w1, s0, b0, b1, ksteps, &mut acc);
+                        acc.store_transposed((dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0), ldd, rows_m, rows_n);
+                    } else {
+                        gemm::bf16_block(w0, w0, s0, b0, b1, ksteps, &mut acc);
+                        acc.store_transposed((dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0), ldd, rows_m, 16);
+                        gemm::bf16_block(w1, w1, s1, b0, b1, ksteps, &mut acc);
+                        acc.store_transposed((dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0 + 16), ldd, rows_m, rows_n - 16);
                     }
                 }
             }

@@ -2,7 +2,7 @@
 //! on them. Used only when [`available`] says the tile unit may be used on this process.
 
 pub mod gemm;
-pub mod panel;
+pub mod rows;
 pub mod tile;
 
 #[cfg(test)]

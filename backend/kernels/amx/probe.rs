@@ -55,36 +55,36 @@ fn amx_throughput() {
     }
 }
 
-/// Time of the int8 kernel on warm synthetic operands (M = 512, K = 3072, 4 panels).
+/// Time of the int8 kernel on warm synthetic operands (M = 512, K = 3072, 64 weight rows).
 #[test]
 #[ignore]
 fn i8_kernel_speed() {
-    use super::gemm::{self, ActI8, PanelI8};
+    use super::gemm::{self, ActI8, Block32, WeightsI8};
     if !super::available() {
         return;
     }
-    let (m, k, np) = (512usize, 3072usize, 4usize);
+    let (m, k, nt) = (512usize, 3072usize, 4usize);
     let nb = k / 32;
-    let q = vec![1i8; m * k];
+    let q = vec![1u8; m * k];
     let d = vec![1f32; m * nb];
-    let pq = vec![1u8; np * nb * 512];
-    let pd = vec![1f32; np * nb * 16];
+    let wq = vec![1u8; nt * 16 * k];
+    let wd = vec![1f32; nt * nb * 16];
     let act = ActI8 { q: q.as_ptr(), d: d.as_ptr(), s: std::ptr::null(), nb };
-    let panels: Vec<PanelI8> = (0..np)
-        .map(|j| PanelI8 { q: pq[j * nb * 512..].as_ptr(), d: pd[j * nb * 16..].as_ptr(), m: std::ptr::null() })
+    let wts: Vec<WeightsI8> = (0..nt)
+        .map(|j| WeightsI8 { q: wq[j * 16 * k..].as_ptr(), stride: k, block_step: 32, d: wd[j * nb * 16..].as_ptr(), m: std::ptr::null() })
         .collect();
-    let mut out = vec![0f32; m * 64];
+    let mut acc = Block32::new();
     unsafe { gemm::i8_config() };
     for rep in 0..3 {
         let t0 = Instant::now();
         for mt in (0..m / 16).step_by(2) {
-            for j in (0..np).step_by(2) {
-                let pair = [&panels[j], &panels[j + 1]];
-                unsafe { gemm::i8_block(&act, mt, 32, pair, out.as_mut_ptr().add(mt * 16 * 64 + j * 16), 64, 32) };
+            for j in (0..nt).step_by(2) {
+                unsafe { gemm::i8_block(&act, mt, [&wts[j], &wts[j + 1]], &mut acc) };
             }
         }
+        std::hint::black_box(&acc);
         let dt = t0.elapsed().as_secs_f64();
-        let ops = 2.0 * (m * k * 16 * np) as f64;
+        let ops = 2.0 * (m * k * 16 * nt) as f64;
         eprintln!("rep {rep}: {:.0} GOPS per core", ops / dt / 1e9);
     }
     unsafe { tile::release() };

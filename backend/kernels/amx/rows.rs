@@ -1,0 +1,115 @@
+//! Weight rows unpacked for the tile unit's A operand: int8 values with f32 block scales
+//! (and minimums), or bf16, K contiguous per row. BF16 and Q8_0 rows are already in that
+//! form and are loaded straight from the model (only their scales are unpacked); the other
+//! types are unpacked here once per call per 16-row tile. Portable code: data movement.
+//!
+//! Rows beyond the ones given (a partial last tile) come out as zeros.
+
+use super::gemm::I8_KBLOCK;
+use crate::backend::dtype::DType;
+use crate::backend::kernels::quant::kernels;
+use half::f16;
+
+/// The weight types with an int8 unpacker, and whether they carry a per-block minimum.
+pub fn i8_weight(ty: DType) -> Option<bool> {
+    match ty {
+        DType::Q8_0 | DType::Q4_0 => Some(false),
+        DType::Q4_1 => Some(true),
+        _ => None,
+    }
+}
+
+/// The int8 weight types whose values the tile unit loads in place: (offset of the values in
+/// a block, block bytes).
+pub fn i8_in_place(ty: DType) -> Option<(usize, usize)> {
+    (ty == DType::Q8_0).then_some((2, ty.block_bytes()))
+}
+
+/// The weight types with a bf16 unpacker: the float types and every type with a
+/// dequantizer in the kernel table.
+pub fn bf16_weight(ty: DType) -> bool {
+    ty != DType::F32 && kernels(ty).is_some_and(|k| k.vec_dot.is_some())
+}
+
+#[inline]
+fn h(b: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+/// Unpacks the scales (and minimums) of up to 16 weight rows of `nb` blocks:
+/// `d[b * 16 + r]`, `m[b * 16 + r]` (`m` may be empty for types without a minimum).
+pub fn i8_scales(ty: DType, rows: &[&[u8]], nb: usize, d: &mut [f32], m: &mut [f32]) {
+    let has_min = i8_weight(ty).expect("i8_scales: type without an int8 unpacker");
+    assert!(rows.len() <= 16 && d.len() >= nb * 16 && (!has_min || m.len() >= nb * 16));
+    let bs = ty.block_bytes();
+    for r in 0..16 {
+        for b in 0..nb {
+            let (scale, min) = match rows.get(r) {
+                None => (0.0, 0.0),
+                Some(row) => {
+                    let blk = &row[b * bs..(b + 1) * bs];
+                    (h(blk, 0), if has_min { h(blk, 2) } else { 0.0 })
+                }
+            };
+            d[b * 16 + r] = scale;
+            if has_min {
+                m[b * 16 + r] = min;
+            }
+        }
+    }
+}
+
+/// Unpacks up to 16 weight rows of `nb` blocks into int8 A tiles in tile order: block b of
+/// row r at `q[b * 512 + r * 32 ..]` (each tile 512 contiguous bytes, which the tile unit
+/// loads faster than 16 strided rows), plus their scales as [`i8_scales`].
+pub fn i8_rows(ty: DType, rows: &[&[u8]], nb: usize, q: &mut [u8], d: &mut [f32], m: &mut [f32]) {
+    assert!(q.len() >= nb * 16 * I8_KBLOCK);
+    i8_scales(ty, rows, nb, d, m);
+    let bs = ty.block_bytes();
+    for r in 0..16 {
+        for b in 0..nb {
+            let o = &mut q[b * 16 * I8_KBLOCK + r * I8_KBLOCK..][..I8_KBLOCK];
+            let Some(row) = rows.get(r) else {
+                o.fill(0);
+                continue;
+            };
+            let blk = &row[b * bs..(b + 1) * bs];
+            match ty {
+                DType::Q8_0 => o.copy_from_slice(&blk[2..34]),
+                DType::Q4_0 => {
+                    for j in 0..16 {
+                        o[j] = ((blk[2 + j] & 15) as i8 - 8) as u8;
+                        o[j + 16] = ((blk[2 + j] >> 4) as i8 - 8) as u8;
+                    }
+                }
+                DType::Q4_1 => {
+                    for j in 0..16 {
+                        o[j] = blk[4 + j] & 15;
+                        o[j + 16] = blk[4 + j] >> 4;
+                    }
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+}
+
+/// Unpacks up to 16 weight rows of `k` elements into bf16 rows `out[r * stride ..]`
+/// (stride in bytes, >= 2 k): BF16 copied, everything else dequantized to f32 by the kernel
+/// table (through `tmp`, k floats) and rounded to nearest-even bf16.
+pub fn bf16_rows(ty: DType, rows: &[&[u8]], k: usize, out: &mut [u8], stride: usize, tmp: &mut [f32]) {
+    assert!(rows.len() <= 16 && bf16_weight(ty) && stride >= 2 * k && out.len() >= 15 * stride + 2 * k && tmp.len() >= k);
+    let kt = kernels(ty).unwrap();
+    let to_bf16 = kernels(DType::BF16).unwrap().from_f32.unwrap();
+    for r in 0..16 {
+        let o = &mut out[r * stride..r * stride + 2 * k];
+        match rows.get(r) {
+            None => o.fill(0),
+            Some(row) if ty == DType::BF16 => o.copy_from_slice(&row[..2 * k]),
+            Some(row) => {
+                (kt.to_f32)(row, &mut tmp[..k]);
+                to_bf16(&tmp[..k], o);
+            }
+        }
+    }
+}
