@@ -3,4 +3,5 @@
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
 pub mod f16;
+pub mod packed;
 pub mod quant;

@@ -229,8 +229,9 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
     let in_place = rows::i8_in_place(w.ty);
     let ldd = dst.nb[1] / 4;
     let mut acc = Block32::new();
-    // SAFETY: amx::available() (kind) holds; the configuration is this thread's own.
-    unsafe { gemm::i8_config() };
+    // SAFETY: amx::available() (kind) holds. The session restores the thread's previous tile
+    // configuration when this function returns.
+    let _tiles = unsafe { gemm::i8_session() };
     for g in g0..g1 {
         let tile0 = g * GROUP_TILES;
         let used = (n_tiles - tile0).min(GROUP_TILES);
@@ -272,8 +273,6 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
             }
         }
     }
-    // SAFETY: this thread loaded a tile configuration above.
-    unsafe { amx::tile::release() };
 }
 
 fn mul_mat_bf16(node: &Node, ctx: &ThreadCtx) {
@@ -318,8 +317,9 @@ fn mul_mat_bf16(node: &Node, ctx: &ThreadCtx) {
     }
     let ldd = dst.nb[1] / 4;
     let mut acc = Block32::new();
-    // SAFETY: amx::available() (kind) holds; the configuration is this thread's own.
-    unsafe { gemm::bf16_config() };
+    // SAFETY: amx::available() (kind) holds. The session restores the thread's previous tile
+    // configuration when this function returns.
+    let _tiles = unsafe { gemm::bf16_session() };
     for g in g0..g1 {
         let tile0 = g * GROUP_TILES;
         let used = (n_tiles - tile0).min(GROUP_TILES);
@@ -366,6 +366,4 @@ fn mul_mat_bf16(node: &Node, ctx: &ThreadCtx) {
             }
         }
     }
-    // SAFETY: this thread loaded a tile configuration above.
-    unsafe { amx::tile::release() };
 }

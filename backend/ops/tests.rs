@@ -628,3 +628,41 @@ fn mul_mat_tile_path_matches_scalar_references_on_odd_shapes() {
     }
     test_engine::set(None);
 }
+
+/// The tile path runs on the caller's thread (pool thread 0), which llama.cpp's CPU backend
+/// also uses for its own AMX kernels: a configuration found there must be left in place, and
+/// a thread without one must be left without one.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn mul_mat_tile_path_restores_the_callers_tile_configuration() {
+    use crate::backend::kernels::amx::{self, tile};
+    let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if !amx::available() {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(2);
+    let (m, n, k) = (32, 32, 64);
+    let w_bytes = random_weights(&mut rng, DType::BF16, n, k);
+    let mut wb = Buf::zeroed(w_bytes.len());
+    wb.bytes()[..w_bytes.len()].copy_from_slice(&w_bytes);
+    let w = contiguous(DType::BF16, [k, n, 1, 1], &mut wb);
+    let mut xb = Buf::zeroed(m * k * 4);
+    xb.f32s()[..m * k].copy_from_slice(&random_f32(&mut rng, m * k, 1.0));
+    let x = contiguous(DType::F32, [k, m, 1, 1], &mut xb);
+    let mut db = Buf::zeroed(m * n * 4);
+    let d = contiguous(DType::F32, [n, m, 1, 1], &mut db);
+    let nd = node(Op::MulMat, d, &[w, x]);
+    assert!(super::matmul_amx::applies(&nd));
+    let mut exec = Executor::new(1); // thread 0 only: the test's own thread
+    let foreign = tile::TileConfig::new().with(0, 8, 32).with(3, 16, 64);
+    // SAFETY: amx::available() holds.
+    unsafe {
+        foreign.load();
+        exec.compute(std::slice::from_ref(&nd));
+        let after = tile::current();
+        assert_eq!(format!("{after:?}"), format!("{foreign:?}"), "foreign configuration not restored");
+        tile::release();
+        exec.compute(std::slice::from_ref(&nd));
+        assert_eq!(format!("{:?}", tile::current()), format!("{:?}", tile::TileConfig::default()), "tiles left configured");
+    }
+}

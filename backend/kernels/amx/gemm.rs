@@ -92,12 +92,12 @@ const I8_CONFIG: TileConfig = TileConfig::new()
     .with(6, 8, 64) // B: 8 rows of 16 activation rows x 4 int8
     .with(7, 8, 64);
 
-/// Loads the int8 kernel's tile configuration on this thread.
+/// Loads the int8 kernel's tile configuration on this thread until the session drops.
 ///
 /// # Safety
 /// AMX is available and permitted ([`super::available`]).
-pub unsafe fn i8_config() {
-    I8_CONFIG.load();
+pub unsafe fn i8_session() -> tile::TileSession {
+    tile::TileSession::begin(&I8_CONFIG)
 }
 
 /// acc[r] += c[r] * (dw[r] * da) (+ mw[r] * sa): one block's int32 results (`c`, 16 weight
@@ -135,7 +135,7 @@ struct TileBuf([[[i32; 256]; 4]; 2]);
 /// (double-buffered) and are scaled while the tile unit runs the next block.
 ///
 /// # Safety
-/// [`i8_config`] was loaded on this thread; `act` holds row tiles `mt` and `mt + 1`; both
+/// an [`i8_session`] is open on this thread; `act` holds row tiles `mt` and `mt + 1`; both
 /// weight tiles hold `act.nb` readable blocks of 16 rows and `nb * 16` scales (and minimums).
 #[target_feature(enable = "avx512f")]
 pub unsafe fn i8_block(act: &ActI8, mt: usize, w: [&WeightsI8; 2], acc: &mut Block32) {
@@ -187,12 +187,12 @@ const BF16_CONFIG: TileConfig = TileConfig::new()
     .with(6, 16, 64) // B: 16 rows of 16 activation rows x 2 bf16
     .with(7, 16, 64);
 
-/// Loads the bf16 kernel's tile configuration on this thread.
+/// Loads the bf16 kernel's tile configuration on this thread until the session drops.
 ///
 /// # Safety
-/// As [`i8_config`].
-pub unsafe fn bf16_config() {
-    BF16_CONFIG.load();
+/// As [`i8_session`].
+pub unsafe fn bf16_session() -> tile::TileSession {
+    tile::TileSession::begin(&BF16_CONFIG)
 }
 
 /// A 32 x 32 block: bf16 weight rows `w0`, `w1` (16 rows each, row stride `w_stride`
@@ -200,7 +200,7 @@ pub unsafe fn bf16_config() {
 /// [`BF16_BTILE`] apart), into `acc` (overwritten).
 ///
 /// # Safety
-/// [`bf16_config`] was loaded on this thread; the operands hold `ksteps` steps of 32 k.
+/// a [`bf16_session`] is open on this thread; the operands hold `ksteps` steps of 32 k.
 pub unsafe fn bf16_block(w0: *const u8, w1: *const u8, w_stride: usize, b0: *const u8, b1: *const u8, ksteps: usize, acc: &mut Block32) {
     tile::zero::<0>();
     tile::zero::<1>();

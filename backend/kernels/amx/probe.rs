@@ -74,7 +74,7 @@ fn i8_kernel_speed() {
         .map(|j| WeightsI8 { q: wq[j * 16 * k..].as_ptr(), stride: k, block_step: 32, d: wd[j * nb * 16..].as_ptr(), m: std::ptr::null() })
         .collect();
     let mut acc = Block32::new();
-    unsafe { gemm::i8_config() };
+    let _t = unsafe { gemm::i8_session() };
     for rep in 0..3 {
         let t0 = Instant::now();
         for mt in (0..m / 16).step_by(2) {
@@ -87,7 +87,6 @@ fn i8_kernel_speed() {
         let ops = 2.0 * (m * k * 16 * nt) as f64;
         eprintln!("rep {rep}: {:.0} GOPS per core", ops / dt / 1e9);
     }
-    unsafe { tile::release() };
 }
 
 unsafe fn variant(v: u32, a: *const u8, st: usize, bq: *const u8, c: *mut u8, nb: usize) {

@@ -66,6 +66,52 @@ pub unsafe fn release() {
     std::arch::asm!("tilerelease", options(nostack, preserves_flags));
 }
 
+/// The calling thread's tile configuration (`sttilecfg`; palette 0 if none is loaded).
+///
+/// # Safety
+/// As [`TileConfig::load`].
+#[inline]
+pub unsafe fn current() -> TileConfig {
+    let mut c = TileConfig::default();
+    std::arch::asm!("sttilecfg [{}]", in(reg) &mut c as *mut TileConfig, options(nostack, preserves_flags));
+    c
+}
+
+/// A kernel's hold on the tile unit of the calling thread: loads the kernel's configuration
+/// and, when dropped, puts back whatever configuration the thread had before (or releases the
+/// tiles if it had none).
+///
+/// Why: the pool's thread 0 is the caller's thread, which llama.cpp's CPU backend also uses
+/// for its own AMX kernels; ggml configures tiles once per thread and trusts them to stay, so
+/// leaving ours loaded, or releasing them, makes its next tile instruction fault (#UD).
+/// Tile *data* is not preserved: ggml reloads its tiles for every kernel call.
+pub struct TileSession {
+    previous: TileConfig,
+}
+
+impl TileSession {
+    /// # Safety
+    /// As [`TileConfig::load`].
+    pub unsafe fn begin(cfg: &TileConfig) -> TileSession {
+        let previous = current();
+        cfg.load();
+        TileSession { previous }
+    }
+}
+
+impl Drop for TileSession {
+    fn drop(&mut self) {
+        // SAFETY: a session exists only after `begin`, whose caller guaranteed AMX is usable.
+        unsafe {
+            if self.previous.palette == 0 {
+                release();
+            } else {
+                self.previous.load();
+            }
+        }
+    }
+}
+
 /// `tilezero tmm{T}`.
 #[inline(always)]
 pub unsafe fn zero<const T: u8>() {

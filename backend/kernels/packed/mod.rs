@@ -1,0 +1,54 @@
+//! Packed weight layouts: weights rearranged once, at load, into the order the vector GEMV
+//! kernels consume, with the same byte count as ggml's layout (a permutation of the bytes).
+//!
+//! `Q4_0x16`: 16 weight rows interleaved per block of 32 k. For row group g (rows
+//! 16 g .. 16 g + 16) and block b, 288 bytes at `(g * nb + b) * 288`:
+//! * 16 fp16 scales, in row order (one vector load gives the 16 rows' scales);
+//! * four 64-byte vectors; in vector i, the 4 bytes of lane r are bytes `4i .. 4i + 4` of row
+//!   r's `qs` (low nibbles: k = 4i .. 4i + 4, high nibbles: k = 16 + 4i ..).
+//!
+//! With one row per 32-bit lane, a VNNI dot (`vpdpbusd`) against four broadcast activation
+//! bytes advances 16 rows by 4 k at once, and a whole block accumulates in int32 lanes with
+//! no horizontal sums.
+
+pub mod q4_0x16;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+#[cfg(test)]
+mod tests;
+
+use crate::backend::dtype::DType;
+
+/// A packed layout of a weight matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Q4_0x16,
+}
+
+impl Layout {
+    /// The packed layout for weights of type `ty` with `k` columns and `n` rows, if any.
+    pub fn for_weights(ty: DType, k: usize, n: usize) -> Option<Layout> {
+        match ty {
+            DType::Q4_0 if k.is_multiple_of(32) && n.is_multiple_of(16) => Some(Layout::Q4_0x16),
+            _ => None,
+        }
+    }
+
+    /// Rows per interleaved group.
+    pub const fn group_rows(self) -> usize {
+        16
+    }
+}
+
+/// Dots of one 16-row group of packed Q4_0 weights with `m` activation rows (Q8_0 blocks,
+/// `acts[i]`, plus `sums[i][b]` = the sum of block b's quants): `out[i][r]` for row r of the
+/// group. The fastest tier this CPU runs; [`q4_0x16::gemv_group_scalar`] is the reference.
+pub fn gemv_q4_0x16(nb: usize, group: &[u8], acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::backend::kernels::quant::avx512::detected() && !crate::backend::kernels::quant::force_scalar() {
+        return avx512::gemv_q4_0x16(nb, group, acts, sums, out);
+    }
+    q4_0x16::gemv_group_scalar(nb, group, acts, sums, out)
+}
