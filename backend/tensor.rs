@@ -11,6 +11,9 @@ pub struct TensorRef {
     pub nb: [usize; 4],
     /// Start of the data; null while the scheduler only asks what is supported.
     pub data: *mut u8,
+    /// The packed copy of a weight tensor, when SMEPilot made one (ggml's layout at `data`
+    /// stays valid).
+    pub packed: Option<crate::backend::kernels::packed::PackedRef>,
 }
 
 // SAFETY: a TensorRef is a plain description; the executor guarantees that threads

@@ -1,5 +1,12 @@
 //! SMEPilot's buffer type and buffers: plain host memory in ggml's standard layout
 //! (64-byte aligned for AVX-512), owned or wrapping a host pointer (mmapped weights).
+//!
+//! Weight tensors whose type has a packed layout (`backend::kernels::packed`) get a packed
+//! copy the first time a graph uses them in a matrix product ([`ensure_packed`]): once per
+//! tensor, owned by the buffer, pointed to by the tensor's `extra`. ggml's own layout stays
+//! in place for the other readers (GET_ROWS on tied embeddings, CPU fallback); when it is a
+//! file mapping, its pages are handed back to the kernel after packing (MADV_PAGEOUT), so the
+//! model is not resident twice.
 
 use std::ffi::c_void;
 use std::os::raw::c_char;
@@ -7,6 +14,8 @@ use std::os::raw::c_char;
 use super::sys::{
     self, ggml_backend_buffer_i, ggml_backend_buffer_t, ggml_backend_buffer_type_t, ggml_tensor,
 };
+use crate::backend::dtype::DType;
+use crate::backend::kernels::packed::{self, Layout, PackedRef};
 
 pub const ALIGNMENT: usize = 64;
 
@@ -15,7 +24,19 @@ struct BufferCtx {
     size: usize,
     /// Allocated by us (freed on free_buffer) rather than borrowed from the host.
     owned: bool,
+    /// Packed copies of this buffer's weights (freed with the buffer).
+    packed: std::sync::Mutex<Vec<PackedAlloc>>,
 }
+
+/// One packed copy: its allocation and the descriptor a tensor's `extra` points to (kept
+/// here only to own it).
+struct PackedAlloc {
+    mem: *mut u8,
+    _desc: Box<PackedRef>,
+}
+
+// SAFETY: the allocation is owned by the buffer context and freed only in free_buffer.
+unsafe impl Send for PackedAlloc {}
 
 pub unsafe extern "C" fn buft_get_name(_: ggml_backend_buffer_type_t) -> *const c_char {
     c"SMEPILOT".as_ptr()
@@ -43,6 +64,7 @@ pub unsafe extern "C" fn buft_alloc_buffer(
         base: ptr as *mut u8,
         size,
         owned: true,
+        packed: Default::default(),
     });
     sys::ggml_backend_buffer_init(buft, BUFFER_IFACE, Box::into_raw(ctx) as *mut c_void, size)
 }
@@ -57,6 +79,7 @@ pub unsafe fn buffer_from_host_ptr(
         base: ptr as *mut u8,
         size,
         owned: false,
+        packed: Default::default(),
     });
     sys::ggml_backend_buffer_init(buft, BUFFER_IFACE, Box::into_raw(ctx) as *mut c_void, size)
 }
@@ -69,9 +92,97 @@ unsafe fn ctx<'a>(buffer: ggml_backend_buffer_t) -> &'a BufferCtx {
 
 unsafe extern "C" fn free_buffer(buffer: ggml_backend_buffer_t) {
     let ctx = Box::from_raw((*buffer).context as *mut BufferCtx);
+    for p in ctx.packed.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        libc::free(p.mem as *mut c_void);
+    }
     if ctx.owned {
         libc::free(ctx.base as *mut c_void);
     }
+}
+
+/// Serializes packing (two contexts on one model may meet the same weight at once).
+static PACK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Whether `t` lives in one of our buffers that holds model weights.
+unsafe fn in_our_weights(t: &ggml_tensor) -> bool {
+    !t.buffer.is_null()
+        && (*t.buffer).buft == super::registry::buft_ptr()
+        && (*t.buffer).usage == sys::ggml_backend_buffer_usage::GGML_BACKEND_BUFFER_USAGE_WEIGHTS
+}
+
+/// The packed copy of weight tensor `t`, if it has one.
+///
+/// # Safety
+/// `t` points to a live tensor.
+pub unsafe fn packed_ref(t: *const ggml_tensor) -> Option<PackedRef> {
+    let t = &*t;
+    if t.extra.is_null() || !in_our_weights(t) {
+        return None;
+    }
+    // SAFETY: in our weight buffers, `extra` is only ever set by ensure_packed, to a live
+    // PackedRef owned by the buffer.
+    Some(*(t.extra as *const PackedRef))
+}
+
+/// Makes the packed copy of weight tensor `t` if its type has a packed layout and it has none
+/// yet. A no-op for anything else (not ours, not weights, views, no layout).
+///
+/// # Safety
+/// `t` points to a live tensor; no graph that reads `t` runs concurrently with the first
+/// call for `t` (graphs run after the scheduler's calls that reach here).
+pub unsafe fn ensure_packed(t: *mut ggml_tensor) {
+    let tr = &mut *t;
+    if !tr.extra.is_null() || !in_our_weights(tr) || !tr.view_src.is_null() || tr.data.is_null() {
+        return;
+    }
+    let Some(ty) = DType::from_ggml(tr.type_) else { return };
+    let (k, n) = (tr.ne[0] as usize, tr.ne[1] as usize);
+    if tr.ne[2] != 1 || tr.ne[3] != 1 || tr.nb[1] as usize != ty.row_bytes(k) {
+        return;
+    }
+    let Some(layout) = Layout::for_weights(ty, k, n) else { return };
+    let _guard = PACK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if !tr.extra.is_null() {
+        return;
+    }
+    let bytes = ty.row_bytes(k) * n;
+    let mut mem: *mut c_void = std::ptr::null_mut();
+    // SAFETY: posix_memalign writes mem on success.
+    if libc::posix_memalign(&mut mem, ALIGNMENT, bytes.max(ALIGNMENT)) != 0 {
+        crate::smelog!(Warn, "cannot allocate {} MiB to pack a weight; using ggml's layout", bytes >> 20);
+        return;
+    }
+    // SAFETY: the tensor holds `bytes` bytes at data (contiguous rows, checked above); mem
+    // was just allocated with that size.
+    let src = std::slice::from_raw_parts(tr.data as *const u8, bytes);
+    packed::pack(layout, ty, src, std::slice::from_raw_parts_mut(mem as *mut u8, bytes), n, k);
+    let ctx = &*((*tr.buffer).context as *const BufferCtx);
+    if !ctx.owned {
+        // The source is the host's memory (llama.cpp's file mapping): our kernels no longer
+        // read it, so let the kernel reclaim its pages (re-read from the file if touched).
+        page_out(tr.data as *const u8, bytes);
+    }
+    let desc = Box::new(PackedRef { layout, data: mem as *const u8 });
+    tr.extra = &*desc as *const PackedRef as *mut c_void;
+    ctx.packed.lock().unwrap_or_else(|e| e.into_inner()).push(PackedAlloc { mem: mem as *mut u8, _desc: desc });
+}
+
+/// Advises the kernel to reclaim the whole pages inside `[p, p + len)`. MADV_PAGEOUT keeps
+/// the contents (file pages are re-read, anonymous ones swapped or kept), so it is harmless
+/// whatever the memory is; failure (old kernels) is ignored.
+unsafe fn page_out(p: *const u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        let page = 4096usize;
+        let start = (p as usize).next_multiple_of(page);
+        let end = (p as usize + len) & !(page - 1);
+        if end > start {
+            // SAFETY: advisory only; the range lies within memory the caller owns or maps.
+            libc::madvise(start as *mut c_void, end - start, libc::MADV_PAGEOUT);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (p, len);
 }
 
 unsafe extern "C" fn get_base(buffer: ggml_backend_buffer_t) -> *mut c_void {

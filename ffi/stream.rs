@@ -86,6 +86,9 @@ unsafe extern "C" fn graph_compute(
     let n = sys::ggml_graph_n_nodes(cgraph);
     for i in 0..n {
         let t = sys::ggml_graph_node(cgraph, i);
+        if (*t).op == sys::ggml_op::GGML_OP_MUL_MAT && !(*t).src[0].is_null() {
+            super::buffer::ensure_packed((*t).src[0]);
+        }
         match convert::node(t).and_then(|node| ops::supports(&node).map(|_| node)) {
             Ok(node) => ctx.nodes.push(node),
             Err(why) => {

@@ -9,6 +9,7 @@
 use super::{need, slice, slice_mut, split_range, Node, Unsupported};
 use crate::backend::dtype::DType;
 use crate::backend::exec::ThreadCtx;
+use crate::backend::kernels::packed::{self, Layout, PackedRef};
 use crate::backend::kernels::quant::kernels;
 
 /// Weight rows per tile (kept in L1 while the tile's activation rows stream by).
@@ -63,12 +64,27 @@ fn act_layout(node: &Node) -> Option<(DType, usize, usize)> {
     Some((vdt, stride, x.nrows()))
 }
 
+/// Fewest activation rows the tile path takes; below, packed weights use the packed GEMV.
+const PACKED_GEMV_MAX_ROWS: usize = 15;
+
+/// The packed-GEMV path applies: a packed 2-D weight and few activation rows.
+fn packed_gemv(node: &Node) -> Option<PackedRef> {
+    let (w, x) = (node.src(0), node.src(1));
+    let p = w.packed?;
+    let plain = w.ne[2] == 1 && w.ne[3] == 1 && x.ne[2] == 1 && x.ne[3] == 1;
+    (plain && x.ne[1] <= PACKED_GEMV_MAX_ROWS && p.layout == Layout::Q4_0x16).then_some(p)
+}
+
 pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     if super::matmul_amx::applies(node) {
         return super::matmul_amx::scratch_bytes(node, nth);
     }
     let _ = nth;
+    if packed_gemv(node).is_some() {
+        let (rows, nb) = (node.src(1).ne[1], node.src(0).ne[0] / 32);
+        return act_layout(node).map_or(0, |(_, stride, r)| stride * r) + rows * nb * 4;
+    }
     act_layout(node).map_or(0, |(_, stride, rows)| stride * rows)
 }
 
@@ -76,6 +92,9 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
     #[cfg(target_arch = "x86_64")]
     if super::matmul_amx::applies(node) {
         return super::matmul_amx::mul_mat(node, ctx);
+    }
+    if let Some(p) = packed_gemv(node) {
+        return mul_mat_packed_gemv(node, ctx, p);
     }
     let (w, x, d) = (node.src(0), node.src(1), &node.dst);
     let wk = kernels(w.ty).unwrap();
@@ -134,6 +153,57 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
                     let a = slice::<u8>(act_row(m, i12, i13), act_bytes);
                     *(d.row_ptr(m, i12, i13) as *mut f32).add(n) = vec_dot(kdim, wrow, a);
                 }
+            }
+        }
+    }
+}
+
+/// Few activation rows against packed Q4_0x16 weights: activations quantized to Q8_0 (as
+/// ggml-cpu) with each block's quant sum, then 16-row weight groups split across threads,
+/// each group streamed once for all activation rows.
+fn mul_mat_packed_gemv(node: &Node, ctx: &ThreadCtx, p: PackedRef) {
+    let (w, x, d) = (node.src(0), node.src(1), &node.dst);
+    let (k, n, m) = (w.ne[0], w.ne[1], x.ne[1]);
+    let nb = k / 32;
+    let (vdt, stride, _) = act_layout(node).expect("Q4_0 activations are Q8_0");
+    let (scratch, _) = ctx.scratch();
+    let sums_at = scratch.wrapping_add(stride * m) as *mut i32;
+    let quantize = kernels(vdt).unwrap().from_f32.unwrap();
+    let bq = vdt.block_bytes();
+    let (r0, r1) = split_range(m, ctx.ith, ctx.nth);
+    for r in r0..r1 {
+        // SAFETY: scratch holds m rows of `stride` bytes then m * nb sums (scratch_bytes); row r
+        // and its sums are this thread's; x rows hold k f32.
+        unsafe {
+            let a = slice_mut::<u8>(scratch.add(r * stride), vdt.row_bytes(k));
+            quantize(slice::<f32>(x.row_ptr(r, 0, 0), k), a);
+            for b in 0..nb {
+                *sums_at.add(r * nb + b) = a[b * bq + 2..(b + 1) * bq].iter().map(|&v| v as i8 as i32).sum();
+            }
+        }
+    }
+    ctx.barrier();
+    const MAX_M: usize = PACKED_GEMV_MAX_ROWS;
+    let mut acts: [&[u8]; MAX_M] = [&[]; MAX_M];
+    let mut sums: [&[i32]; MAX_M] = [&[]; MAX_M];
+    for r in 0..m {
+        // SAFETY: written in phase 1, read-only from here on.
+        unsafe {
+            acts[r] = slice::<u8>(scratch.add(r * stride), vdt.row_bytes(k));
+            sums[r] = std::slice::from_raw_parts(sums_at.add(r * nb), nb);
+        }
+    }
+    let gb = nb * packed::q4_0x16::GROUP_BLOCK;
+    let (g0, g1) = split_range(n / 16, ctx.ith, ctx.nth);
+    let mut out = [[0f32; 16]; MAX_M];
+    for g in g0..g1 {
+        // SAFETY: the packed copy holds n / 16 groups of gb bytes.
+        let group = unsafe { std::slice::from_raw_parts(p.data.add(g * gb), gb) };
+        packed::gemv_q4_0x16(nb, group, &acts[..m], &sums[..m], &mut out[..m]);
+        for (r, o) in out.iter().enumerate().take(m) {
+            // SAFETY: output row r holds n floats; columns g*16 .. +16 are this thread's.
+            unsafe {
+                std::ptr::copy_nonoverlapping(o.as_ptr(), (d.row_ptr(r, 0, 0) as *mut f32).add(g * 16), 16);
             }
         }
     }

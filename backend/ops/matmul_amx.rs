@@ -13,6 +13,7 @@ use crate::backend::dtype::DType;
 use crate::backend::exec::ThreadCtx;
 use crate::backend::kernels::amx::gemm::{self, ActI8, Block32, WeightsI8, BF16_BTILE, BF16_KSTEP, I8_BTILE, I8_KBLOCK};
 use crate::backend::kernels::amx::{self, rows};
+use crate::backend::kernels::packed;
 use crate::backend::kernels::quant::kernels;
 use crate::backend::tensor::TensorRef;
 
@@ -33,7 +34,8 @@ fn kind(node: &Node) -> Option<Kind> {
     if !amx::available() || !two_d || x.ne[1] < MIN_ROWS || !w.ne[0].is_multiple_of(32) {
         return None;
     }
-    let int8 = match test_engine::get() {
+    // The int8 engine reads ggml's layout; packed weights go to the bf16 engine.
+    let int8 = w.packed.is_none() && match test_engine::get() {
         Some(int8) => int8,
         None => crate::backend::config::get().is_ok_and(|c| c.amx_int8),
     };
@@ -329,6 +331,23 @@ fn mul_mat_bf16(node: &Node, ctx: &ThreadCtx) {
             let (rs, nrows) = weight_rows(w, r0);
             *t = if w.ty == DType::BF16 && nrows == 16 {
                 (w.row_ptr(r0, 0, 0) as *const u8, w.nb[1])
+            } else if let Some(p) = &w.packed {
+                let base = my.wrapping_add(l.row_tmp + j * l.wtile_bytes);
+                // SAFETY: this thread's staging for tile j and its conversion row (k floats).
+                unsafe {
+                    let tmp = std::slice::from_raw_parts_mut(my as *mut f32, k);
+                    let to_bf16 = kernels(DType::BF16).unwrap().from_f32.unwrap();
+                    for i in 0..16 {
+                        let o = std::slice::from_raw_parts_mut(base.add(i * l.w_stride), 2 * k);
+                        if i < nrows {
+                            packed::row_to_f32(p, k, r0 + i, tmp);
+                            to_bf16(tmp, o);
+                        } else {
+                            o.fill(0);
+                        }
+                    }
+                }
+                (base as *const u8, l.w_stride)
             } else {
                 let base = my.wrapping_add(l.row_tmp + j * l.wtile_bytes);
                 // SAFETY: this thread's staging for tile j (scratch_bytes reserves GROUP_TILES)

@@ -45,6 +45,7 @@ fn contiguous(ty: DType, ne: [usize; 4], buf: &mut Buf) -> TensorRef {
         ne,
         nb,
         data: buf.ptr(),
+        packed: None,
     }
 }
 
@@ -147,6 +148,7 @@ fn mul_mat_all_weight_types_odd_shapes_broadcast_and_strided_activations() {
             ne: [k, m, ne12, 1],
             nb: [4, row_stride, row_stride * m, row_stride * m * ne12],
             data: xb.ptr(),
+            packed: None,
         };
 
         let mut db = Buf::zeroed(n * m * ne12 * 4);
@@ -522,6 +524,7 @@ fn get_rows_set_rows_and_transposed_copy() {
         ne: [r, c, 1, 1],
         nb: [c * 4, 4, r * c * 4, r * c * 4],
         data: mb.ptr(),
+        packed: None,
     };
     let out = contiguous(DType::F16, [r, c, 1, 1], &mut tb);
     run(&[node(Op::Copy, out, &[mt])], 2);
@@ -578,6 +581,7 @@ fn mul_mat_tile_path_matches_scalar_references_on_odd_shapes() {
                 ne: [k, m, 1, 1],
                 nb: [4, xs_stride * 4, xs_stride * 4 * m, xs_stride * 4 * m],
                 data: xb.ptr(),
+                packed: None,
             };
             let mut db = Buf::zeroed(d_stride * m * 4);
             let d = TensorRef {
@@ -585,6 +589,7 @@ fn mul_mat_tile_path_matches_scalar_references_on_odd_shapes() {
                 ne: [n, m, 1, 1],
                 nb: [4, d_stride * 4, d_stride * 4 * m, d_stride * 4 * m],
                 data: db.ptr(),
+                packed: None,
             };
             let nd = node(Op::MulMat, d, &[w, x]);
             assert!(applies(&nd), "{ty:?} {m}x{n}x{k}: tile path not taken");
@@ -664,5 +669,63 @@ fn mul_mat_tile_path_restores_the_callers_tile_configuration() {
         tile::release();
         exec.compute(std::slice::from_ref(&nd));
         assert_eq!(format!("{:?}", tile::current()), format!("{:?}", tile::TileConfig::default()), "tiles left configured");
+    }
+}
+
+/// MUL_MAT with a packed weight (Q4_0x16): the packed GEMV for few activation rows and, on
+/// AMX machines, the tile path reading rows from the packed copy, against ggml's scalar
+/// Q4_0 x Q8_0 dot (GEMV) or bf16-rounded operands (tile path) on the unpacked weights. The
+/// plain copy is zeroed, so a kernel that read it instead would fail.
+#[test]
+fn mul_mat_packed_q4_0_weights() {
+    use crate::backend::kernels::packed::{self, Layout, PackedRef};
+    use half::bf16;
+    let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = StdRng::seed_from_u64(19);
+    let ty = DType::Q4_0;
+    let sk = scalar_kernels(ty).unwrap();
+    let q8 = scalar_kernels(DType::Q8_0).unwrap().from_f32.unwrap();
+    for &(m, n, k) in &[(1, 16, 32), (3, 48, 160), (15, 32, 96), (1, 64, 1024), (16, 32, 64), (33, 48, 96)] {
+        let raw = random_weights(&mut rng, ty, n, k);
+        let mut packed_mem = vec![0u8; raw.len()];
+        let layout = Layout::for_weights(ty, k, n).unwrap();
+        packed::pack(layout, ty, &raw, &mut packed_mem, n, k);
+        let mut wb = Buf::zeroed(raw.len()); // ggml's layout left zero on purpose
+        let mut w = contiguous(ty, [k, n, 1, 1], &mut wb);
+        w.packed = Some(PackedRef { layout, data: packed_mem.as_ptr() });
+        let xs = random_f32(&mut rng, m * k, 1.0);
+        let mut xb = Buf::zeroed(xs.len() * 4);
+        xb.f32s()[..xs.len()].copy_from_slice(&xs);
+        let x = contiguous(DType::F32, [k, m, 1, 1], &mut xb);
+        let mut db = Buf::zeroed(m * n * 4);
+        let d = contiguous(DType::F32, [n, m, 1, 1], &mut db);
+        let nd = node(Op::MulMat, d, &[w, x]);
+        #[cfg(target_arch = "x86_64")]
+        let tile = super::matmul_amx::applies(&nd);
+        #[cfg(not(target_arch = "x86_64"))]
+        let tile = false;
+        if m >= 16 && !tile {
+            continue; // the vector path reads ggml's layout; nothing packed to test here
+        }
+        run(&[nd], 2);
+        let rb = ty.row_bytes(k);
+        for r in 0..m {
+            let xrow = &xs[r * k..(r + 1) * k];
+            let mut a = vec![0u8; DType::Q8_0.row_bytes(k)];
+            q8(xrow, &mut a);
+            for c in 0..n {
+                let wrow = &raw[c * rb..(c + 1) * rb];
+                let (want, tol) = if tile {
+                    let mut wf = vec![0f32; k];
+                    (sk.to_f32)(wrow, &mut wf);
+                    let p: Vec<f64> = wf.iter().zip(xrow).map(|(&a, &b)| bf16::from_f32(a).to_f64() * bf16::from_f32(b).to_f64()).collect();
+                    (p.iter().sum::<f64>(), 1e-5 * p.iter().map(|v| v.abs()).sum::<f64>())
+                } else {
+                    ((sk.vec_dot.unwrap())(k, wrow, &a) as f64, 1e-5 * k as f64)
+                };
+                let got = db.f32s()[r * n + c] as f64;
+                assert!((got - want).abs() <= tol.max(1e-5 * want.abs()), "{m}x{n}x{k} ({r},{c}): got {got}, want {want}");
+            }
+        }
     }
 }

@@ -42,6 +42,43 @@ impl Layout {
     }
 }
 
+/// Where a weight tensor's packed copy lives (kept alongside ggml's own layout, which other
+/// ops and backends still read).
+#[derive(Clone, Copy, Debug)]
+pub struct PackedRef {
+    pub layout: Layout,
+    pub data: *const u8,
+}
+
+// SAFETY: a PackedRef points to immutable packed weights that live as long as their buffer,
+// which outlives every graph computed with them.
+unsafe impl Send for PackedRef {}
+unsafe impl Sync for PackedRef {}
+
+/// Packs `n` rows of `k` weights of type `ty` from ggml's layout `src` into `dst`
+/// (`ty.row_bytes(k) * n` bytes each).
+pub fn pack(layout: Layout, ty: DType, src: &[u8], dst: &mut [u8], n: usize, k: usize) {
+    match layout {
+        Layout::Q4_0x16 => {
+            assert_eq!(ty, DType::Q4_0);
+            q4_0x16::pack(src, dst, n, k / 32)
+        }
+    }
+}
+
+/// Row `row` of a packed tensor with `k` columns, dequantized to f32.
+pub fn row_to_f32(p: &PackedRef, k: usize, row: usize, out: &mut [f32]) {
+    match p.layout {
+        Layout::Q4_0x16 => {
+            let nb = k / 32;
+            let gb = nb * q4_0x16::GROUP_BLOCK;
+            // SAFETY: the packed copy holds every group of the tensor; row < n (caller).
+            let group = unsafe { std::slice::from_raw_parts(p.data.add((row / 16) * gb), gb) };
+            q4_0x16::row_to_f32(group, nb, row % 16, out)
+        }
+    }
+}
+
 /// Dots of one 16-row group of packed Q4_0 weights with `m` activation rows (Q8_0 blocks,
 /// `acts[i]`, plus `sums[i][b]` = the sum of block b's quants): `out[i][r]` for row r of the
 /// group. The fastest tier this CPU runs; [`q4_0x16::gemv_group_scalar`] is the reference.

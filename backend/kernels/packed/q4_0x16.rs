@@ -69,3 +69,18 @@ pub fn gemv_group_scalar(nb: usize, group: &[u8], acts: &[&[u8]], sums: &[&[i32]
         }
     }
 }
+
+/// Row `r` (< 16) of one group, dequantized: x = d * (q - 8), as ggml.
+pub fn row_to_f32(group: &[u8], nb: usize, r: usize, out: &mut [f32]) {
+    assert!(r < 16 && group.len() >= nb * GROUP_BLOCK && out.len() >= nb * 32);
+    for b in 0..nb {
+        let gb = &group[b * GROUP_BLOCK..][..GROUP_BLOCK];
+        let d = f16::from_bits(u16::from_le_bytes([gb[2 * r], gb[2 * r + 1]])).to_f32();
+        let o = &mut out[b * 32..][..32];
+        for j in 0..16 {
+            let q = gb[32 + (j / 4) * 64 + r * 4 + j % 4];
+            o[j] = ((q & 15) as i32 - 8) as f32 * d;
+            o[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
+        }
+    }
+}

@@ -28,6 +28,15 @@ fn q4_0x16_pack_unpack_round_trip() {
         assert_ne!(packed, raw);
         q4_0x16::unpack(&packed, &mut back, n, nb);
         assert_eq!(back, raw);
+        let deq = scalar_kernels(DType::Q4_0).unwrap().to_f32;
+        let (mut want, mut got) = (vec![0f32; nb * 32], vec![0f32; nb * 32]);
+        let rb = DType::Q4_0.row_bytes(nb * 32);
+        for r in 0..n {
+            deq(&raw[r * rb..(r + 1) * rb], &mut want);
+            let p = super::PackedRef { layout: super::Layout::Q4_0x16, data: packed.as_ptr() };
+            super::row_to_f32(&p, nb * 32, r, &mut got);
+            assert_eq!(got, want, "row {r}");
+        }
     }
 }
 
@@ -73,4 +82,25 @@ fn q4_0x16_gemv_matches_scalar_dot() {
             }
         }
     }
+}
+
+/// Throughput of the packed GEMV on cache-resident weights (ignored; by hand).
+#[test]
+#[ignore]
+fn q4_0x16_gemv_cache_resident_speed() {
+    let (n, nb) = (1024usize, 96usize);
+    let packed = vec![0x5au8; n * nb * 18];
+    let act = vec![1u8; nb * 34];
+    let sums = vec![3i32; nb];
+    let gb = nb * q4_0x16::GROUP_BLOCK;
+    let mut out = [[0f32; 16]; 1];
+    let reps = 200;
+    let t0 = std::time::Instant::now();
+    for _ in 0..reps {
+        for g in 0..n / 16 {
+            super::gemv_q4_0x16(nb, &packed[g * gb..(g + 1) * gb], &[&act], &[&sums], &mut out);
+        }
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    eprintln!("packed Q4_0 GEMV, M=1, one core, L2-resident: {:.1} GB/s", (reps * packed.len()) as f64 / dt / 1e9);
 }
