@@ -137,7 +137,7 @@ pub unsafe fn ensure_packed(t: *mut ggml_tensor) {
     }
     let Some(ty) = DType::from_ggml(tr.type_) else { return };
     let (k, n) = (tr.ne[0] as usize, tr.ne[1] as usize);
-    if tr.ne[2] != 1 || tr.ne[3] != 1 || tr.nb[1] as usize != ty.row_bytes(k) {
+    if tr.ne[2] != 1 || tr.ne[3] != 1 || tr.nb[1] != ty.row_bytes(k) {
         return;
     }
     let Some(layout) = Layout::for_weights(ty, k, n) else { return };

@@ -9,7 +9,7 @@
 use super::{need, slice, slice_mut, split_range, Node, Unsupported};
 use crate::backend::dtype::DType;
 use crate::backend::exec::ThreadCtx;
-use crate::backend::kernels::packed::{self, Layout, PackedRef};
+use crate::backend::kernels::packed::{self, PackedRef};
 use crate::backend::kernels::quant::kernels;
 
 /// Weight rows per tile (kept in L1 while the tile's activation rows stream by).
@@ -72,7 +72,7 @@ fn packed_gemv(node: &Node) -> Option<PackedRef> {
     let (w, x) = (node.src(0), node.src(1));
     let p = w.packed?;
     let plain = w.ne[2] == 1 && w.ne[3] == 1 && x.ne[2] == 1 && x.ne[3] == 1;
-    (plain && x.ne[1] <= PACKED_GEMV_MAX_ROWS && p.layout == Layout::Q4_0x16).then_some(p)
+    (plain && x.ne[1] <= PACKED_GEMV_MAX_ROWS).then_some(p)
 }
 
 pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
@@ -158,7 +158,7 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
     }
 }
 
-/// Few activation rows against packed Q4_0x16 weights: activations quantized to Q8_0 (as
+/// Few activation rows against packed weights (Q4_0x16, Q8_0x16): activations quantized to Q8_0 (as
 /// ggml-cpu) with each block's quant sum, then 16-row weight groups split across threads,
 /// each group streamed once for all activation rows.
 fn mul_mat_packed_gemv(node: &Node, ctx: &ThreadCtx, p: PackedRef) {
@@ -193,13 +193,13 @@ fn mul_mat_packed_gemv(node: &Node, ctx: &ThreadCtx, p: PackedRef) {
             sums[r] = std::slice::from_raw_parts(sums_at.add(r * nb), nb);
         }
     }
-    let gb = nb * packed::q4_0x16::GROUP_BLOCK;
+    let gb = nb * p.layout.group_block();
     let (g0, g1) = split_range(n / 16, ctx.ith, ctx.nth);
     let mut out = [[0f32; 16]; MAX_M];
     for g in g0..g1 {
         // SAFETY: the packed copy holds n / 16 groups of gb bytes.
         let group = unsafe { std::slice::from_raw_parts(p.data.add(g * gb), gb) };
-        packed::gemv_q4_0x16(nb, group, &acts[..m], &sums[..m], &mut out[..m]);
+        packed::gemv(p.layout, nb, group, &acts[..m], &sums[..m], &mut out[..m]);
         for (r, o) in out.iter().enumerate().take(m) {
             // SAFETY: output row r holds n floats; columns g*16 .. +16 are this thread's.
             unsafe {

@@ -63,13 +63,16 @@ impl Block32 {
 
     /// Writes the block transposed: `out[i * out_stride + r]` = result for activation row i
     /// (< `rows_m`) and weight row r (< `rows_n`).
+    ///
+    /// # Safety
+    /// `out` is writable for `rows_m` rows of `rows_n` floats, `out_stride` apart.
     #[inline]
-    pub fn store_transposed(&self, out: *mut f32, out_stride: usize, rows_m: usize, rows_n: usize) {
+    pub unsafe fn store_transposed(&self, out: *mut f32, out_stride: usize, rows_m: usize, rows_n: usize) {
         for i in 0..rows_m {
             let (mt, ii) = (i / 16, i % 16);
             for r in 0..rows_n {
                 let (nt, rr) = (r / 16, r % 16);
-                // SAFETY (caller contract of the kernels): out holds rows_m rows of rows_n.
+                // SAFETY: the caller's contract above.
                 unsafe { *out.add(i * out_stride + r) = self.0[nt * 2 + mt][rr][ii] };
             }
         }

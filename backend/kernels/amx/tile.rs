@@ -39,7 +39,7 @@ impl TileConfig {
 
     /// Shapes tile register `t` as `rows` x `colsb` bytes.
     pub const fn with(mut self, t: usize, rows: usize, colsb: usize) -> TileConfig {
-        assert!(t < 8 && rows <= MAX_ROWS && colsb <= MAX_COLSB && colsb % 4 == 0);
+        assert!(t < 8 && rows <= MAX_ROWS && colsb <= MAX_COLSB && colsb.is_multiple_of(4));
         self.rows[t] = rows as u8;
         self.colsb[t] = colsb as u16;
         self
@@ -113,6 +113,9 @@ impl Drop for TileSession {
 }
 
 /// `tilezero tmm{T}`.
+///
+/// # Safety
+/// A configuration is loaded on this thread.
 #[inline(always)]
 pub unsafe fn zero<const T: u8>() {
     std::arch::asm!("tilezero tmm{t}", t = const T, options(nostack, preserves_flags));

@@ -12,6 +12,7 @@
 //! no horizontal sums.
 
 pub mod q4_0x16;
+pub mod q8_0x16;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -25,6 +26,7 @@ use crate::backend::dtype::DType;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
     Q4_0x16,
+    Q8_0x16,
 }
 
 impl Layout {
@@ -32,6 +34,7 @@ impl Layout {
     pub fn for_weights(ty: DType, k: usize, n: usize) -> Option<Layout> {
         match ty {
             DType::Q4_0 if k.is_multiple_of(32) && n.is_multiple_of(16) => Some(Layout::Q4_0x16),
+            DType::Q8_0 if k.is_multiple_of(32) && n.is_multiple_of(16) => Some(Layout::Q8_0x16),
             _ => None,
         }
     }
@@ -39,6 +42,14 @@ impl Layout {
     /// Rows per interleaved group.
     pub const fn group_rows(self) -> usize {
         16
+    }
+
+    /// Bytes of one block (32 k) of one row group.
+    pub const fn group_block(self) -> usize {
+        match self {
+            Layout::Q4_0x16 => q4_0x16::GROUP_BLOCK,
+            Layout::Q8_0x16 => q8_0x16::GROUP_BLOCK,
+        }
     }
 }
 
@@ -63,29 +74,40 @@ pub fn pack(layout: Layout, ty: DType, src: &[u8], dst: &mut [u8], n: usize, k: 
             assert_eq!(ty, DType::Q4_0);
             q4_0x16::pack(src, dst, n, k / 32)
         }
+        Layout::Q8_0x16 => {
+            assert_eq!(ty, DType::Q8_0);
+            q8_0x16::pack(src, dst, n, k / 32)
+        }
     }
 }
 
 /// Row `row` of a packed tensor with `k` columns, dequantized to f32.
 pub fn row_to_f32(p: &PackedRef, k: usize, row: usize, out: &mut [f32]) {
+    let nb = k / 32;
+    let gb = nb * p.layout.group_block();
+    // SAFETY: the packed copy holds every group of the tensor; row < n (caller).
+    let group = unsafe { std::slice::from_raw_parts(p.data.add((row / 16) * gb), gb) };
+    #[cfg(target_arch = "x86_64")]
+    if crate::backend::kernels::quant::avx512::detected() && !crate::backend::kernels::quant::force_scalar() {
+        return avx512::row_to_f32(p.layout, group, nb, row % 16, out);
+    }
     match p.layout {
-        Layout::Q4_0x16 => {
-            let nb = k / 32;
-            let gb = nb * q4_0x16::GROUP_BLOCK;
-            // SAFETY: the packed copy holds every group of the tensor; row < n (caller).
-            let group = unsafe { std::slice::from_raw_parts(p.data.add((row / 16) * gb), gb) };
-            q4_0x16::row_to_f32(group, nb, row % 16, out)
-        }
+        Layout::Q4_0x16 => q4_0x16::row_to_f32(group, nb, row % 16, out),
+        Layout::Q8_0x16 => q8_0x16::row_to_f32(group, nb, row % 16, out),
     }
 }
 
-/// Dots of one 16-row group of packed Q4_0 weights with `m` activation rows (Q8_0 blocks,
-/// `acts[i]`, plus `sums[i][b]` = the sum of block b's quants): `out[i][r]` for row r of the
-/// group. The fastest tier this CPU runs; [`q4_0x16::gemv_group_scalar`] is the reference.
-pub fn gemv_q4_0x16(nb: usize, group: &[u8], acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
+/// Dots of one 16-row group of packed weights (layout `layout`) with `m` activation rows
+/// (Q8_0 blocks `acts[i]`, plus `sums[i][b]` = the sum of block b's quants): `out[i][r]` for
+/// row r of the group. The fastest tier this CPU runs; the layouts' `gemv_group_scalar` are
+/// the references.
+pub fn gemv(layout: Layout, nb: usize, group: &[u8], acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
     #[cfg(target_arch = "x86_64")]
     if crate::backend::kernels::quant::avx512::detected() && !crate::backend::kernels::quant::force_scalar() {
-        return avx512::gemv_q4_0x16(nb, group, acts, sums, out);
+        return avx512::gemv(layout, nb, group, acts, sums, out);
     }
-    q4_0x16::gemv_group_scalar(nb, group, acts, sums, out)
+    match layout {
+        Layout::Q4_0x16 => q4_0x16::gemv_group_scalar(nb, group, acts, sums, out),
+        Layout::Q8_0x16 => q8_0x16::gemv_group_scalar(nb, group, acts, sums, out),
+    }
 }
