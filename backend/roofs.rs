@@ -57,16 +57,27 @@ pub fn dram_read_bw(threads: usize) -> f64 {
 /// a usable tile unit.
 #[cfg(target_arch = "x86_64")]
 pub fn amx_peak(threads: usize, bf16: bool) -> Option<f64> {
+    amx_rate(threads, bf16, 64)
+}
+
+/// As [`amx_peak`] with A tiles of `kbytes` bytes per row (K = kbytes int8 or kbytes / 2
+/// bf16) and B tiles of kbytes / 4 rows: what shorter products cost on this tile unit.
+#[cfg(target_arch = "x86_64")]
+pub fn amx_rate(threads: usize, bf16: bool, kbytes: usize) -> Option<f64> {
     use crate::backend::kernels::amx::{self, tile};
+    assert!(kbytes.is_multiple_of(4) && (4..=64).contains(&kbytes));
     if !amx::available() {
         return None;
     }
     const ITERS: usize = 2_000_000;
     let (secs, _) = on_threads(threads, |_| {
-        let cfg = (0..8).fold(tile::TileConfig::new(), |c, t| c.with(t, 16, 64));
+        let cfg = (0..4).fold(tile::TileConfig::new(), |c, t| c.with(t, 16, 64));
+        let cfg = (4..6).fold(cfg, |c, t| c.with(t, 16, kbytes));
+        let cfg = (6..8).fold(cfg, |c, t| c.with(t, kbytes / 4, 64));
         let src = [1u8; 1024];
-        // SAFETY: amx::available() holds; the configuration shapes all eight tiles 16 x 64,
-        // which makes every product below valid; `src` holds 16 rows of 64 bytes.
+        // SAFETY: amx::available() holds; the configuration shapes C tiles 16 x 64, A tiles
+        // 16 x kbytes and B tiles kbytes/4 x 64, which makes every product below valid; `src`
+        // holds 16 rows of 64 bytes.
         unsafe {
             cfg.load();
             tile::load::<4>(src.as_ptr(), 64);
@@ -93,7 +104,7 @@ pub fn amx_peak(threads: usize, bf16: bool) -> Option<f64> {
         }
         0.0
     });
-    let k = if bf16 { 32.0 } else { 64.0 };
+    let k = if bf16 { kbytes as f64 / 2.0 } else { kbytes as f64 };
     let ops = threads as f64 * ITERS as f64 * 4.0 * 16.0 * 16.0 * k * 2.0;
     Some(ops / secs)
 }

@@ -11,6 +11,7 @@
 //! bytes advances 16 rows by 4 k at once, and a whole block accumulates in int32 lanes with
 //! no horizontal sums.
 
+mod lanes;
 pub mod q4_0x16;
 pub mod q8_0x16;
 

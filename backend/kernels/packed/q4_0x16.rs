@@ -3,45 +3,22 @@
 use crate::backend::dtype::DType;
 use half::f16;
 
+use super::lanes::{self, BlockShape};
+
+const SHAPE: BlockShape = BlockShape { row_block: 18, qs_at: 2, vectors: 4, flip: 0 };
+
 /// Bytes of one block of one 16-row group.
-pub const GROUP_BLOCK: usize = 288;
-const ROW_BLOCK: usize = 18; // block_q4_0
+pub const GROUP_BLOCK: usize = SHAPE.group_block();
 
 /// Packs `n` (multiple of 16) rows of `nb` Q4_0 blocks from ggml's layout `src` into `dst`
 /// (same size).
 pub fn pack(src: &[u8], dst: &mut [u8], n: usize, nb: usize) {
-    let row = nb * ROW_BLOCK;
-    assert!(n.is_multiple_of(16) && src.len() >= n * row && dst.len() >= n * row);
-    for g in 0..n / 16 {
-        for b in 0..nb {
-            let out = &mut dst[(g * nb + b) * GROUP_BLOCK..][..GROUP_BLOCK];
-            for r in 0..16 {
-                let blk = &src[(g * 16 + r) * row + b * ROW_BLOCK..][..ROW_BLOCK];
-                out[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
-                for i in 0..4 {
-                    out[32 + i * 64 + r * 4..][..4].copy_from_slice(&blk[2 + 4 * i..6 + 4 * i]);
-                }
-            }
-        }
-    }
+    lanes::pack(&SHAPE, src, dst, n, nb)
 }
 
 /// Inverse of [`pack`].
 pub fn unpack(src: &[u8], dst: &mut [u8], n: usize, nb: usize) {
-    let row = nb * ROW_BLOCK;
-    assert!(n.is_multiple_of(16) && src.len() >= n * row && dst.len() >= n * row);
-    for g in 0..n / 16 {
-        for b in 0..nb {
-            let inp = &src[(g * nb + b) * GROUP_BLOCK..][..GROUP_BLOCK];
-            for r in 0..16 {
-                let blk = &mut dst[(g * 16 + r) * row + b * ROW_BLOCK..][..ROW_BLOCK];
-                blk[0..2].copy_from_slice(&inp[2 * r..2 * r + 2]);
-                for i in 0..4 {
-                    blk[2 + 4 * i..6 + 4 * i].copy_from_slice(&inp[32 + i * 64 + r * 4..][..4]);
-                }
-            }
-        }
-    }
+    lanes::unpack(&SHAPE, src, dst, n, nb)
 }
 
 /// Scalar reference of [`super::gemv_q4_0x16`]: per row and block, the exact int32 sum of

@@ -6,48 +6,21 @@
 use crate::backend::dtype::DType;
 use half::f16;
 
+use super::lanes::{self, BlockShape};
+
+const SHAPE: BlockShape = BlockShape { row_block: 34, qs_at: 2, vectors: 8, flip: 0x80 };
+
 /// Bytes of one block of one 16-row group.
-pub const GROUP_BLOCK: usize = 544;
-const ROW_BLOCK: usize = 34; // block_q8_0
+pub const GROUP_BLOCK: usize = SHAPE.group_block();
 
 /// Packs `n` (multiple of 16) rows of `nb` Q8_0 blocks from ggml's layout.
 pub fn pack(src: &[u8], dst: &mut [u8], n: usize, nb: usize) {
-    let row = nb * ROW_BLOCK;
-    assert!(n.is_multiple_of(16) && src.len() >= n * row && dst.len() >= n * row);
-    for g in 0..n / 16 {
-        for b in 0..nb {
-            let out = &mut dst[(g * nb + b) * GROUP_BLOCK..][..GROUP_BLOCK];
-            for r in 0..16 {
-                let blk = &src[(g * 16 + r) * row + b * ROW_BLOCK..][..ROW_BLOCK];
-                out[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
-                for i in 0..8 {
-                    for j in 0..4 {
-                        out[32 + i * 64 + r * 4 + j] = blk[2 + 4 * i + j] ^ 0x80;
-                    }
-                }
-            }
-        }
-    }
+    lanes::pack(&SHAPE, src, dst, n, nb)
 }
 
 /// Inverse of [`pack`].
 pub fn unpack(src: &[u8], dst: &mut [u8], n: usize, nb: usize) {
-    let row = nb * ROW_BLOCK;
-    assert!(n.is_multiple_of(16) && src.len() >= n * row && dst.len() >= n * row);
-    for g in 0..n / 16 {
-        for b in 0..nb {
-            let inp = &src[(g * nb + b) * GROUP_BLOCK..][..GROUP_BLOCK];
-            for r in 0..16 {
-                let blk = &mut dst[(g * 16 + r) * row + b * ROW_BLOCK..][..ROW_BLOCK];
-                blk[0..2].copy_from_slice(&inp[2 * r..2 * r + 2]);
-                for i in 0..8 {
-                    for j in 0..4 {
-                        blk[2 + 4 * i + j] = inp[32 + i * 64 + r * 4 + j] ^ 0x80;
-                    }
-                }
-            }
-        }
-    }
+    lanes::unpack(&SHAPE, src, dst, n, nb)
 }
 
 /// The quant of row `r`, element `j` of a group block.
