@@ -7,8 +7,8 @@
 //! through copies larger than the last-level cache so they really come from DRAM). Weights
 //! with a packed layout (Q4_0) run from it, as in the plugin.
 //!
-//! Filters: SMEPILOT_BENCH_TYPES=q4_0,bf16 and SMEPILOT_BENCH_M=1,512 narrow the grid, and
-//! criterion's own name filter works as usual (`cargo bench --bench matmul -- 3072x8192`).
+//! Filters: SMEPILOT_BENCH_TYPES=q4_0,bf16, SMEPILOT_BENCH_M=1,512 and
+//! SMEPILOT_BENCH_SHAPES=3072x3072 (K x N) narrow the grid.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ggml_smepilot::backend::dtype::DType;
@@ -121,9 +121,10 @@ fn bench(c: &mut Criterion) {
     );
     let types = list("SMEPILOT_BENCH_TYPES", TYPES, |s| TYPES.iter().copied().find(|t| t.name().eq_ignore_ascii_case(s)));
     let ms = list("SMEPILOT_BENCH_M", MS, |s| s.parse().ok());
+    let shapes = list("SMEPILOT_BENCH_SHAPES", SHAPES, |s| SHAPES.iter().copied().find(|sh| format!("{}x{}", sh.2, sh.3) == s));
     let mut exec = Executor::new(threads);
     let mut summary = Vec::new();
-    for &(model, proj, k, n) in SHAPES {
+    for &(model, proj, k, n) in &shapes {
         let mut g = c.benchmark_group(format!("mul_mat/{model}/{proj}/{k}x{n}"));
         g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
         for &ty in &types {
