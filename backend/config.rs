@@ -17,9 +17,10 @@ pub struct Config {
     pub log: LogLevel,
     /// SMEPILOT_DISABLE_AMX=1: behave as on a CPU without a matrix unit.
     pub disable_amx: bool,
-    /// SMEPILOT_AMX_INT8=1: quantized weights on the int8 tile kernel (activations quantized
-    /// per 32-block as ggml-cpu does: the same numbers as stock, slower here) instead of the
-    /// default, unpacking them to bf16 for the bf16 tile kernel.
+    /// SMEPILOT_AMX_INT8=1: Q4_1, Q8_0 and Q4_0 weights still in ggml's layout (not packed)
+    /// on the int8 tile kernel (activations quantized per 32-block as ggml-cpu does: the same
+    /// numbers as stock, slower here) instead of the default, unpacking them to bf16 for the
+    /// bf16 tile kernel.
     pub amx_int8: bool,
     /// SMEPILOT_THREADS: default thread count before llama.cpp sets one.
     pub threads: Option<usize>,
