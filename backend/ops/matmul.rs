@@ -165,7 +165,7 @@ fn mul_mat_packed_gemv(node: &Node, ctx: &ThreadCtx, p: PackedRef) {
     let (w, x, d) = (node.src(0), node.src(1), &node.dst);
     let (k, n, m) = (w.ne[0], w.ne[1], x.ne[1]);
     let nb = k / 32;
-    let (vdt, stride, _) = act_layout(node).expect("Q4_0 activations are Q8_0");
+    let (vdt, stride, _) = act_layout(node).expect("packed layouts take Q8_0 activations");
     let (scratch, _) = ctx.scratch();
     let sums_at = scratch.wrapping_add(stride * m) as *mut i32;
     let quantize = kernels(vdt).unwrap().from_f32.unwrap();

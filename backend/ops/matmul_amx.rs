@@ -249,9 +249,9 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
                 let d = std::slice::from_raw_parts_mut(db as *mut f32, nb * 16);
                 let mm = std::slice::from_raw_parts_mut(mb as *mut f32, if has_min { nb * 16 } else { 0 });
                 *t = match in_place {
-                    Some((off, step)) if nrows == 16 => {
+                    Some(off) if nrows == 16 => {
                         rows::i8_scales(w.ty, &rs[..nrows], nb, d, mm);
-                        WeightsI8 { q: w.row_ptr(r0, 0, 0).add(off), stride: w.nb[1], block_step: step, d: db as *const f32, m: std::ptr::null() }
+                        WeightsI8 { q: w.row_ptr(r0, 0, 0).add(off), stride: w.nb[1], block_step: w.ty.block_bytes(), d: db as *const f32, m: std::ptr::null() }
                     }
                     _ => {
                         rows::i8_rows(w.ty, &rs[..nrows], nb, std::slice::from_raw_parts_mut(qb, 16 * k), d, mm);
@@ -336,16 +336,8 @@ fn mul_mat_bf16(node: &Node, ctx: &ThreadCtx) {
                 // SAFETY: this thread's staging for tile j and its conversion row (k floats).
                 unsafe {
                     let tmp = std::slice::from_raw_parts_mut(my as *mut f32, k);
-                    let to_bf16 = kernels(DType::BF16).unwrap().from_f32.unwrap();
-                    for i in 0..16 {
-                        let o = std::slice::from_raw_parts_mut(base.add(i * l.w_stride), 2 * k);
-                        if i < nrows {
-                            packed::row_to_f32(p, k, r0 + i, tmp);
-                            to_bf16(tmp, o);
-                        } else {
-                            o.fill(0);
-                        }
-                    }
+                    let out = std::slice::from_raw_parts_mut(base, l.wtile_bytes);
+                    rows::bf16_rows_from(nrows, k, out, l.w_stride, tmp, |i, t| packed::row_to_f32(p, k, r0 + i, t));
                 }
                 (base as *const u8, l.w_stride)
             } else {

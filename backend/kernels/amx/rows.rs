@@ -19,10 +19,10 @@ pub fn i8_weight(ty: DType) -> Option<bool> {
     }
 }
 
-/// The int8 weight types whose values the tile unit loads in place: (offset of the values in
-/// a block, block bytes).
-pub fn i8_in_place(ty: DType) -> Option<(usize, usize)> {
-    (ty == DType::Q8_0).then_some((2, ty.block_bytes()))
+/// The int8 weight types whose values the tile unit loads in place: the offset of the values
+/// in a block.
+pub fn i8_in_place(ty: DType) -> Option<usize> {
+    (ty == DType::Q8_0).then_some(2)
 }
 
 /// The weight types with a bf16 unpacker: the float types and every type with a
@@ -94,22 +94,37 @@ pub fn i8_rows(ty: DType, rows: &[&[u8]], nb: usize, q: &mut [u8], d: &mut [f32]
     }
 }
 
-/// Unpacks up to 16 weight rows of `k` elements into bf16 rows `out[r * stride ..]`
-/// (stride in bytes, >= 2 k): BF16 copied, everything else dequantized to f32 by the kernel
-/// table (through `tmp`, k floats) and rounded to nearest-even bf16.
-pub fn bf16_rows(ty: DType, rows: &[&[u8]], k: usize, out: &mut [u8], stride: usize, tmp: &mut [f32]) {
-    assert!(rows.len() <= 16 && bf16_weight(ty) && stride >= 2 * k && out.len() >= 15 * stride + 2 * k && tmp.len() >= k);
-    let kt = kernels(ty).unwrap();
+/// Unpacks 16 weight rows of `k` elements into bf16 rows `out[r * stride ..]` (stride in
+/// bytes, >= 2 k): row r < `nrows` comes from `row_f32(r, tmp)`, which dequantizes it into
+/// `tmp` (k floats), rounded to nearest-even bf16; rows from `nrows` on are zeros.
+pub fn bf16_rows_from(nrows: usize, k: usize, out: &mut [u8], stride: usize, tmp: &mut [f32], mut row_f32: impl FnMut(usize, &mut [f32])) {
+    assert!(nrows <= 16 && stride >= 2 * k && out.len() >= 15 * stride + 2 * k && tmp.len() >= k);
     let to_bf16 = kernels(DType::BF16).unwrap().from_f32.unwrap();
     for r in 0..16 {
         let o = &mut out[r * stride..r * stride + 2 * k];
-        match rows.get(r) {
-            None => o.fill(0),
-            Some(row) if ty == DType::BF16 => o.copy_from_slice(&row[..2 * k]),
-            Some(row) => {
-                (kt.to_f32)(row, &mut tmp[..k]);
-                to_bf16(&tmp[..k], o);
-            }
+        if r < nrows {
+            row_f32(r, &mut tmp[..k]);
+            to_bf16(&tmp[..k], o);
+        } else {
+            o.fill(0);
         }
     }
+}
+
+/// [`bf16_rows_from`] for up to 16 rows in ggml's layout: BF16 copied, everything else
+/// dequantized by the kernel table.
+pub fn bf16_rows(ty: DType, rows: &[&[u8]], k: usize, out: &mut [u8], stride: usize, tmp: &mut [f32]) {
+    assert!(rows.len() <= 16 && bf16_weight(ty));
+    if ty == DType::BF16 {
+        for r in 0..16 {
+            let o = &mut out[r * stride..r * stride + 2 * k];
+            match rows.get(r) {
+                Some(row) => o.copy_from_slice(&row[..2 * k]),
+                None => o.fill(0),
+            }
+        }
+        return;
+    }
+    let to_f32 = kernels(ty).unwrap().to_f32;
+    bf16_rows_from(rows.len(), k, out, stride, tmp, |r, t| to_f32(rows[r], t));
 }

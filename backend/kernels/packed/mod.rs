@@ -40,11 +40,6 @@ impl Layout {
         }
     }
 
-    /// Rows per interleaved group.
-    pub const fn group_rows(self) -> usize {
-        16
-    }
-
     /// Bytes of one block (32 k) of one row group.
     pub const fn group_block(self) -> usize {
         match self {
