@@ -158,14 +158,16 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
     }
 }
 
-/// Few activation rows against packed weights (Q4_0x16, Q8_0x16): activations quantized to Q8_0 (as
-/// ggml-cpu) with each block's quant sum, then 16-row weight groups split across threads,
-/// each group streamed once for all activation rows.
+/// Few activation rows against packed weights: activations quantized to the weight type's
+/// activation format (Q8_0 with each block's quant sum, or Q8_K, as ggml-cpu), then 16-row
+/// weight groups split across threads, each group streamed once for all activation rows.
 fn mul_mat_packed_gemv(node: &Node, ctx: &ThreadCtx, p: PackedRef) {
     let (w, x, d) = (node.src(0), node.src(1), &node.dst);
     let (k, n, m) = (w.ne[0], w.ne[1], x.ne[1]);
-    let nb = k / 32;
-    let (vdt, stride, _) = act_layout(node).expect("packed layouts take Q8_0 activations");
+    let (vdt, stride, _) = act_layout(node).expect("packed layouts take quantized activations");
+    debug_assert_eq!(vdt, p.layout.act_type());
+    let with_sums = vdt == DType::Q8_0;
+    let nb = k / w.ty.block_size();
     let (scratch, _) = ctx.scratch();
     let sums_at = scratch.wrapping_add(stride * m) as *mut i32;
     let quantize = kernels(vdt).unwrap().from_f32.unwrap();
@@ -177,8 +179,10 @@ fn mul_mat_packed_gemv(node: &Node, ctx: &ThreadCtx, p: PackedRef) {
         unsafe {
             let a = slice_mut::<u8>(scratch.add(r * stride), vdt.row_bytes(k));
             quantize(slice::<f32>(x.row_ptr(r, 0, 0), k), a);
-            for b in 0..nb {
-                *sums_at.add(r * nb + b) = a[b * bq + 2..(b + 1) * bq].iter().map(|&v| v as i8 as i32).sum();
+            if with_sums {
+                for b in 0..nb {
+                    *sums_at.add(r * nb + b) = a[b * bq + 2..(b + 1) * bq].iter().map(|&v| v as i8 as i32).sum();
+                }
             }
         }
     }
@@ -190,10 +194,10 @@ fn mul_mat_packed_gemv(node: &Node, ctx: &ThreadCtx, p: PackedRef) {
         // SAFETY: written in phase 1, read-only from here on.
         unsafe {
             acts[r] = slice::<u8>(scratch.add(r * stride), vdt.row_bytes(k));
-            sums[r] = std::slice::from_raw_parts(sums_at.add(r * nb), nb);
+            sums[r] = if with_sums { std::slice::from_raw_parts(sums_at.add(r * nb), nb) } else { &[] };
         }
     }
-    let gb = nb * p.layout.group_block();
+    let gb = p.layout.group_bytes(k);
     let (g0, g1) = split_range(n / 16, ctx.ith, ctx.nth);
     let mut out = [[0f32; 16]; MAX_M];
     for g in g0..g1 {

@@ -672,9 +672,9 @@ fn mul_mat_tile_path_restores_the_callers_tile_configuration() {
     }
 }
 
-/// MUL_MAT with packed weights (Q4_0x16, Q8_0x16): the packed GEMV for few activation rows and, on
-/// AMX machines, the tile path reading rows from the packed copy, against ggml's scalar
-/// Q4_0 x Q8_0 dot (GEMV) or bf16-rounded operands (tile path) on the unpacked weights. The
+/// MUL_MAT with packed weights (every packed layout): the packed GEMV for few activation rows
+/// and, on AMX machines, the tile path reading rows from the packed copy, against ggml's
+/// scalar block dot (GEMV) or bf16-rounded operands (tile path) on the unpacked weights. The
 /// plain copy is zeroed, so a kernel that read it instead would fail.
 #[test]
 fn mul_mat_packed_weights() {
@@ -682,9 +682,11 @@ fn mul_mat_packed_weights() {
     use half::bf16;
     let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = StdRng::seed_from_u64(19);
-    let q8 = scalar_kernels(DType::Q8_0).unwrap().from_f32.unwrap();
-    for (ty, &(m, n, k)) in [DType::Q4_0, DType::Q8_0].into_iter().flat_map(|t| [(1, 16, 32), (3, 48, 160), (15, 32, 96), (1, 64, 1024), (16, 32, 64), (33, 48, 96)].iter().map(move |s| (t, s))) {
+    let shapes = [(1, 16, 1), (3, 48, 5), (15, 32, 3), (1, 64, 32), (16, 32, 2), (33, 48, 3)];
+    for (ty, &(m, n, blocks)) in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K].into_iter().flat_map(|t| shapes.iter().map(move |s| (t, s))) {
+        let k = blocks * ty.block_size();
         let sk = scalar_kernels(ty).unwrap();
+        let quantize_act = scalar_kernels(sk.vec_dot_type).unwrap().from_f32.unwrap();
         let raw = random_weights(&mut rng, ty, n, k);
         let mut packed_mem = vec![0u8; raw.len()];
         let layout = Layout::for_weights(ty, k, n).unwrap();
@@ -710,8 +712,8 @@ fn mul_mat_packed_weights() {
         let rb = ty.row_bytes(k);
         for r in 0..m {
             let xrow = &xs[r * k..(r + 1) * k];
-            let mut a = vec![0u8; DType::Q8_0.row_bytes(k)];
-            q8(xrow, &mut a);
+            let mut a = vec![0u8; sk.vec_dot_type.row_bytes(k)];
+            quantize_act(xrow, &mut a);
             for c in 0..n {
                 let wrow = &raw[c * rb..(c + 1) * rb];
                 let (want, tol) = if tile {

@@ -1,6 +1,6 @@
 //! Throughput probe of the tile instructions (ignored; run by hand with --nocapture).
 
-use super::tile::{self, TileConfig};
+use super::tile;
 use std::time::Instant;
 
 /// Tile-op throughput per core for 64-, 32- and 16-byte rows (a 32-byte product costs as

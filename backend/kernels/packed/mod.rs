@@ -1,19 +1,18 @@
 //! Packed weight layouts: weights rearranged once, at load, into the order the vector GEMV
-//! kernels consume, with the same byte count as ggml's layout (a permutation of the bytes).
+//! kernels consume, with the same byte count as ggml's layout (a permutation of the bytes,
+//! see [`lanes`]): 16 weight rows interleaved per block, one row per 32-bit lane.
 //!
-//! `Q4_0x16`: 16 weight rows interleaved per block of 32 k. For row group g (rows
-//! 16 g .. 16 g + 16) and block b, 288 bytes at `(g * nb + b) * 288`:
-//! * 16 fp16 scales, in row order (one vector load gives the 16 rows' scales);
-//! * four 64-byte vectors; in vector i, the 4 bytes of lane r are bytes `4i .. 4i + 4` of row
-//!   r's `qs` (low nibbles: k = 4i .. 4i + 4, high nibbles: k = 16 + 4i ..).
-//!
-//! With one row per 32-bit lane, a VNNI dot (`vpdpbusd`) against four broadcast activation
-//! bytes advances 16 rows by 4 k at once, and a whole block accumulates in int32 lanes with
-//! no horizontal sums.
+//! * `Q4_0x16`: per 32-k block, 288 bytes: the 16 rows' fp16 scales, then four vectors; in
+//!   vector i, lane r holds row r's `qs` bytes `4i .. 4i + 4` (low nibbles: k = 4i .. 4i + 4,
+//!   high nibbles: k = 16 + 4i ..).
+//! * `Q8_0x16`: per 32-k block, 544 bytes: scales, then eight vectors of quants stored as
+//!   q + 128 (VNNI's unsigned operand; the GEMV subtracts 128 * sum(a)).
+//! * `Q4_Kx16`: per 256-k super-block, 2304 bytes: d, dmin, then 3 vectors of the packed
+//!   6-bit scales and minimums (12 bytes a row, decoded in-lane), then 32 vectors of `qs`.
+//! * `Q6_Kx16`: per 256-k super-block, 3360 bytes: d, then 32 vectors of `ql`, 16 of `qh`
+//!   and 4 of the signed 8-bit sub-block scales.
 
 mod lanes;
-pub mod q4_0x16;
-pub mod q8_0x16;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -22,30 +21,72 @@ mod avx512;
 mod tests;
 
 use crate::backend::dtype::DType;
+use crate::backend::kernels::quant::{kernels, TypeKernels};
+use lanes::BlockShape;
 
 /// A packed layout of a weight matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(non_camel_case_types)] // named as ggml names the types
 pub enum Layout {
     Q4_0x16,
     Q8_0x16,
+    Q4_Kx16,
+    Q6_Kx16,
 }
+
+const Q4_0X16: BlockShape = BlockShape { row_block: 18, heads: &[0], lanes_at: 2, vectors: 4, flip: 0 };
+const Q8_0X16: BlockShape = BlockShape { row_block: 34, heads: &[0], lanes_at: 2, vectors: 8, flip: 0x80 };
+const Q4_KX16: BlockShape = BlockShape { row_block: 144, heads: &[0, 2], lanes_at: 4, vectors: 35, flip: 0 };
+const Q6_KX16: BlockShape = BlockShape { row_block: 210, heads: &[208], lanes_at: 0, vectors: 52, flip: 0 };
 
 impl Layout {
     /// The packed layout for weights of type `ty` with `k` columns and `n` rows, if any.
     pub fn for_weights(ty: DType, k: usize, n: usize) -> Option<Layout> {
-        match ty {
-            DType::Q4_0 if k.is_multiple_of(32) && n.is_multiple_of(16) => Some(Layout::Q4_0x16),
-            DType::Q8_0 if k.is_multiple_of(32) && n.is_multiple_of(16) => Some(Layout::Q8_0x16),
-            _ => None,
+        let layout = match ty {
+            DType::Q4_0 => Layout::Q4_0x16,
+            DType::Q8_0 => Layout::Q8_0x16,
+            DType::Q4_K => Layout::Q4_Kx16,
+            DType::Q6_K => Layout::Q6_Kx16,
+            _ => return None,
+        };
+        (k.is_multiple_of(ty.block_size()) && n.is_multiple_of(16)).then_some(layout)
+    }
+
+    /// The weight type this layout rearranges.
+    pub const fn ty(self) -> DType {
+        match self {
+            Layout::Q4_0x16 => DType::Q4_0,
+            Layout::Q8_0x16 => DType::Q8_0,
+            Layout::Q4_Kx16 => DType::Q4_K,
+            Layout::Q6_Kx16 => DType::Q6_K,
         }
     }
 
-    /// Bytes of one block (32 k) of one row group.
-    pub const fn group_block(self) -> usize {
+    const fn shape(self) -> &'static BlockShape {
         match self {
-            Layout::Q4_0x16 => q4_0x16::GROUP_BLOCK,
-            Layout::Q8_0x16 => q8_0x16::GROUP_BLOCK,
+            Layout::Q4_0x16 => &Q4_0X16,
+            Layout::Q8_0x16 => &Q8_0X16,
+            Layout::Q4_Kx16 => &Q4_KX16,
+            Layout::Q6_Kx16 => &Q6_KX16,
         }
+    }
+
+    /// The activation format its GEMV takes (the type ggml-cpu dots the weights with).
+    pub const fn act_type(self) -> DType {
+        match self {
+            Layout::Q4_0x16 | Layout::Q8_0x16 => DType::Q8_0,
+            Layout::Q4_Kx16 | Layout::Q6_Kx16 => DType::Q8_K,
+        }
+    }
+
+    /// Bytes of one block of one row group.
+    pub const fn group_block(self) -> usize {
+        self.shape().group_block()
+    }
+
+    /// Bytes of one whole row group of a tensor with `k` columns.
+    pub fn group_bytes(self, k: usize) -> usize {
+        k / self.ty().block_size() * self.group_block()
     }
 }
 
@@ -65,45 +106,84 @@ unsafe impl Sync for PackedRef {}
 /// Packs `n` rows of `k` weights of type `ty` from ggml's layout `src` into `dst`
 /// (`ty.row_bytes(k) * n` bytes each).
 pub fn pack(layout: Layout, ty: DType, src: &[u8], dst: &mut [u8], n: usize, k: usize) {
-    match layout {
-        Layout::Q4_0x16 => {
-            assert_eq!(ty, DType::Q4_0);
-            q4_0x16::pack(src, dst, n, k / 32)
+    assert_eq!(ty, layout.ty());
+    lanes::pack(layout.shape(), src, dst, n, k / ty.block_size())
+}
+
+/// Inverse of [`pack`].
+pub fn unpack(layout: Layout, src: &[u8], dst: &mut [u8], n: usize, k: usize) {
+    lanes::unpack(layout.shape(), src, dst, n, k / layout.ty().block_size())
+}
+
+/// Bytes of ggml-layout blocks gathered at a time by the portable paths.
+const CHUNK: usize = 4096;
+
+/// Calls `f(b0, blocks)` with row `r` of `group` (blocks `b0 ..`, in ggml's layout) chunk by
+/// chunk.
+fn for_row_chunks(layout: Layout, group: &[u8], nb: usize, r: usize, mut f: impl FnMut(usize, &[u8])) {
+    let s = layout.shape();
+    let per = CHUNK / s.row_block;
+    let mut buf = [0u8; CHUNK];
+    for b0 in (0..nb).step_by(per) {
+        let b1 = (b0 + per).min(nb);
+        for b in b0..b1 {
+            s.row_block_of(&group[b * s.group_block()..], r, &mut buf[(b - b0) * s.row_block..]);
         }
-        Layout::Q8_0x16 => {
-            assert_eq!(ty, DType::Q8_0);
-            q8_0x16::pack(src, dst, n, k / 32)
-        }
+        f(b0, &buf[..(b1 - b0) * s.row_block]);
     }
 }
 
 /// Row `row` of a packed tensor with `k` columns, dequantized to f32.
 pub fn row_to_f32(p: &PackedRef, k: usize, row: usize, out: &mut [f32]) {
-    let nb = k / 32;
-    let gb = nb * p.layout.group_block();
+    let (ty, bk) = (p.layout.ty(), p.layout.ty().block_size());
+    let (nb, gb) = (k / bk, p.layout.group_bytes(k));
     // SAFETY: the packed copy holds every group of the tensor; row < n (caller).
     let group = unsafe { std::slice::from_raw_parts(p.data.add((row / 16) * gb), gb) };
     #[cfg(target_arch = "x86_64")]
-    if crate::backend::kernels::quant::avx512::detected() && !crate::backend::kernels::quant::force_scalar() {
+    if matches!(p.layout, Layout::Q4_0x16 | Layout::Q8_0x16) && crate::backend::kernels::quant::avx512::detected() && !crate::backend::kernels::quant::force_scalar() {
         return avx512::row_to_f32(p.layout, group, nb, row % 16, out);
     }
-    match p.layout {
-        Layout::Q4_0x16 => q4_0x16::row_to_f32(group, nb, row % 16, out),
-        Layout::Q8_0x16 => q8_0x16::row_to_f32(group, nb, row % 16, out),
-    }
+    row_to_f32_portable(kernels(ty).expect("packed type in the table"), p.layout, group, nb, row % 16, out)
 }
 
-/// Dots of one 16-row group of packed weights (layout `layout`) with `m` activation rows
-/// (Q8_0 blocks `acts[i]`, plus `sums[i][b]` = the sum of block b's quants): `out[i][r]` for
-/// row r of the group. The fastest tier this CPU runs; the layouts' `gemv_group_scalar` are
-/// the references.
+/// Row `r` of one group back in ggml's layout, chunk by chunk, through the table's
+/// dequantizer `k` (the portable path, and the reference of the others).
+pub(crate) fn row_to_f32_portable(k: &TypeKernels, layout: Layout, group: &[u8], nb: usize, r: usize, out: &mut [f32]) {
+    let bk = layout.ty().block_size();
+    assert!(r < 16 && out.len() >= nb * bk);
+    for_row_chunks(layout, group, nb, r, |b0, blocks| {
+        let n = blocks.len() / layout.ty().block_bytes() * bk;
+        (k.to_f32)(blocks, &mut out[b0 * bk..b0 * bk + n]);
+    });
+}
+
+/// Dots of one 16-row group of packed weights with `m` activation rows `acts[i]` (in the
+/// weight type's activation format: Q8_0 or Q8_K; for Q8_0 also `sums[i][b]` = the sum of
+/// block b's quants, which the other formats carry inside): `out[i][r]` for row r of the
+/// group. The fastest tier this CPU runs; the portable path gathers each row back into ggml's
+/// layout and uses the kernel table's dot.
 pub fn gemv(layout: Layout, nb: usize, group: &[u8], acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
     #[cfg(target_arch = "x86_64")]
     if crate::backend::kernels::quant::avx512::detected() && !crate::backend::kernels::quant::force_scalar() {
         return avx512::gemv(layout, nb, group, acts, sums, out);
     }
-    match layout {
-        Layout::Q4_0x16 => q4_0x16::gemv_group_scalar(nb, group, acts, sums, out),
-        Layout::Q8_0x16 => q8_0x16::gemv_group_scalar(nb, group, acts, sums, out),
+    let _ = sums;
+    gemv_portable(kernels(layout.ty()).expect("packed type in the table"), layout, nb, group, acts, out)
+}
+
+/// Each row of the group gathered back into ggml's layout and dotted by the table's `k`
+/// (the portable path).
+pub(crate) fn gemv_portable(k: &TypeKernels, layout: Layout, nb: usize, group: &[u8], acts: &[&[u8]], out: &mut [[f32; 16]]) {
+    let ty = layout.ty();
+    let (dot, ab) = (k.vec_dot.expect("packed type has a dot"), k.vec_dot_type.block_bytes());
+    assert!(group.len() >= nb * layout.group_block() && out.len() >= acts.len());
+    for (a, o) in acts.iter().zip(out.iter_mut()) {
+        for (r, acc) in o.iter_mut().enumerate() {
+            *acc = 0.0;
+            for_row_chunks(layout, group, nb, r, |b0, blocks| {
+                let n = blocks.len() / ty.block_bytes();
+                *acc += dot(n * ty.block_size(), blocks, &a[b0 * ab..(b0 + n) * ab]);
+            });
+        }
     }
 }
