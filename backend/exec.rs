@@ -2,6 +2,7 @@
 //! each node, with one scratch area that grows only when a larger node arrives.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::ops::{self, Node, Op};
 use super::threadpool::{SpinBarrier, ThreadPool};
@@ -13,9 +14,17 @@ pub struct ThreadCtx<'a> {
     barrier: &'a SpinBarrier,
     scratch: *mut u8,
     scratch_len: usize,
+    chunks: &'a AtomicUsize,
 }
 
 impl ThreadCtx<'_> {
+    /// The next chunk index of the node's shared work queue, counting from 0 across all
+    /// threads, for work split dynamically (so a thread slowed down by its neighbour or the
+    /// hypervisor does not leave the others waiting at the barrier). One queue per node.
+    pub fn next_chunk(&self) -> usize {
+        self.chunks.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Waits until every thread of the pool has reached the same point.
     pub fn barrier(&self) {
         self.barrier.wait();
@@ -111,17 +120,23 @@ impl Executor {
 
         let (scratch, scratch_len) = (self.scratch as usize, self.scratch_cap);
         let pool = &self.pool;
+        // Chunk queues of alternate nodes: thread 0 resets the next node's queue while the
+        // current node runs, after every thread has left the previous one (its barrier).
+        let queues = [AtomicUsize::new(0), AtomicUsize::new(0)];
         pool.run(&|ith| {
-            let ctx = ThreadCtx {
+            let mut ctx = ThreadCtx {
                 ith,
                 nth,
                 barrier: pool.barrier(),
                 scratch: scratch as *mut u8,
                 scratch_len,
+                chunks: &queues[0],
             };
-            for node in nodes {
-                if matches!(node.op, Op::View) {
-                    continue;
+            let compute = nodes.iter().filter(|n| !matches!(n.op, Op::View));
+            for (i, node) in compute.enumerate() {
+                ctx.chunks = &queues[i % 2];
+                if ith == 0 {
+                    queues[(i + 1) % 2].store(0, Ordering::Relaxed);
                 }
                 ops::run(node, &ctx);
                 ctx.barrier();

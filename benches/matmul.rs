@@ -26,6 +26,7 @@ const SHAPES: &[(&str, &str, usize, usize)] = &[
     ("llama3.2-3b", "attn_k/v", 3072, 1024),
     ("llama3.2-3b", "ffn_gate/up", 3072, 8192),
     ("llama3.2-3b", "ffn_down", 8192, 3072),
+    ("llama3.2-3b", "output", 3072, 128256),
     ("qwen3-4b", "attn_q", 2560, 4096),
     ("qwen3-4b", "attn_k/v", 2560, 1024),
     ("qwen3-4b", "attn_o", 4096, 2560),

@@ -158,9 +158,14 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
     }
 }
 
+/// 16-row weight groups per chunk of the GEMV's work queue: large enough to stream (64 rows
+/// of 3072 Q4_K weights are 110 KB), small enough to balance the threads.
+const GEMV_CHUNK_GROUPS: usize = 4;
+
 /// Few activation rows against packed weights: activations quantized to the weight type's
-/// activation format (Q8_0 with each block's quant sum, or Q8_K, as ggml-cpu), then 16-row
-/// weight groups split across threads, each group streamed once for all activation rows.
+/// activation format (Q8_0 with each block's quant sum, or Q8_K, as ggml-cpu), then chunks
+/// of 16-row weight groups taken from the node's work queue, each group streamed once for all
+/// activation rows.
 fn mul_mat_packed_gemv(node: &Node, ctx: &ThreadCtx, p: PackedRef) {
     let (w, x, d) = (node.src(0), node.src(1), &node.dst);
     let (k, n, m) = (w.ne[0], w.ne[1], x.ne[1]);
@@ -198,16 +203,23 @@ fn mul_mat_packed_gemv(node: &Node, ctx: &ThreadCtx, p: PackedRef) {
         }
     }
     let gb = p.layout.group_bytes(k);
-    let (g0, g1) = split_range(n / 16, ctx.ith, ctx.nth);
     let mut out = [[0f32; 16]; MAX_M];
-    for g in g0..g1 {
-        // SAFETY: the packed copy holds n / 16 groups of gb bytes.
-        let group = unsafe { std::slice::from_raw_parts(p.data.add(g * gb), gb) };
-        packed::gemv(p.layout, nb, group, &acts[..m], &sums[..m], &mut out[..m]);
-        for (r, o) in out.iter().enumerate().take(m) {
-            // SAFETY: output row r holds n floats; columns g*16 .. +16 are this thread's.
-            unsafe {
-                std::ptr::copy_nonoverlapping(o.as_ptr(), (d.row_ptr(r, 0, 0) as *mut f32).add(g * 16), 16);
+    let groups = n / 16;
+    loop {
+        let g0 = ctx.next_chunk() * GEMV_CHUNK_GROUPS;
+        if g0 >= groups {
+            break;
+        }
+        for g in g0..(g0 + GEMV_CHUNK_GROUPS).min(groups) {
+            // SAFETY: the packed copy holds n / 16 groups of gb bytes.
+            let group = unsafe { std::slice::from_raw_parts(p.data.add(g * gb), gb) };
+            packed::gemv(p.layout, nb, group, &acts[..m], &sums[..m], &mut out[..m]);
+            for (r, o) in out.iter().enumerate().take(m) {
+                // SAFETY: output row r holds n floats; columns g*16 .. +16 belong to the chunk
+                // this thread took from the queue.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(o.as_ptr(), (d.row_ptr(r, 0, 0) as *mut f32).add(g * 16), 16);
+                }
             }
         }
     }
