@@ -2,6 +2,7 @@
 
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
+pub mod attn;
 pub mod f16;
 pub mod packed;
 pub mod quant;

@@ -1,10 +1,18 @@
 //! FLASH_ATTN_EXT: softmax(scale * Q K^T + mask) V, with ALiBi, logit soft-capping and
-//! attention sinks. K and V are the f16 KV cache; Q is converted to f16 per row so the
-//! QK dot runs in the same format as ggml-cpu's; V accumulates in f32.
+//! attention sinks. K and V are the f16 KV cache; Q is rounded to f16 as ggml-cpu does;
+//! V accumulates in f32.
+//!
+//! Two paths:
+//! * blocked (prefill: 16 or more queries, on the fast kernel tier): K and V of every head
+//!   converted once per call to f32 (K transposed per 16-key block), then 16-query blocks
+//!   taken from the node's work queue: scores block by block (key blocks the mask hides from
+//!   every query of the block are skipped), exact softmax, then P V;
+//! * per query row (decode, and the portable reference): two passes over the keys.
 
 use super::{alibi_slope, need, slice, slice_mut, split_range, Node, Unsupported};
 use crate::backend::dtype::DType;
 use crate::backend::exec::ThreadCtx;
+use crate::backend::kernels::attn::{self, BLOCK};
 use crate::backend::kernels::f16::axpy_f16;
 use crate::backend::kernels::quant::kernels;
 
@@ -77,13 +85,47 @@ fn per_thread(node: &Node) -> (usize, usize, usize) {
     (q16, acc, q16 + acc + scores)
 }
 
+/// Largest f32 copy of K and V the blocked path makes (beyond, long contexts take the
+/// per-row path rather than a scratch area this large).
+const BLOCKED_KV_MAX_BYTES: usize = 256 << 20;
+
+/// The blocked path's scratch: (f32 K and V of all heads, per-thread part, total).
+struct BlockedLayout {
+    n_kb: usize,
+    k_head: usize,
+    v_head: usize,
+    kv: usize,
+    per_thread: usize,
+}
+
+fn blocked(node: &Node, nth: usize) -> Option<BlockedLayout> {
+    let (q, k, v) = (node.src(0), node.src(1), node.src(2));
+    let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
+    if q.ne[1] < BLOCK || !attn::fast() || !dv.is_multiple_of(16) {
+        return None;
+    }
+    let n_kb = n_kv.div_ceil(BLOCK);
+    let (k_head, v_head) = (n_kb * BLOCK * dk * 4, n_kb * BLOCK * dv * 4);
+    let kv = k_head * k.ne[2] * k.ne[3] + v_head * v.ne[2] * v.ne[3];
+    // Q block, scores / weights of 16 rows, output block.
+    let per_thread = (BLOCK * dk + BLOCK * n_kb * BLOCK + BLOCK * dv) * 4;
+    let _ = nth;
+    (kv <= BLOCKED_KV_MAX_BYTES).then_some(BlockedLayout { n_kb, k_head, v_head, kv, per_thread })
+}
+
 pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
-    per_thread(node).2 * nth
+    match blocked(node, nth) {
+        Some(b) => b.kv + b.per_thread * nth,
+        None => per_thread(node).2 * nth,
+    }
 }
 
 /// Two passes per query row: scores (QK^T, scale, soft-cap, mask) and their maximum,
 /// then exp-weighted V accumulation with f16 V converted in registers.
 pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softcap: f32) {
+    if let Some(b) = blocked(node, ctx.nth) {
+        return flash_attn_blocked(node, ctx, &b, scale, max_bias, softcap);
+    }
     let (q, k, v, d) = (node.src(0), node.src(1), node.src(2), &node.dst);
     let mask = node.src[3].as_ref();
     let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
@@ -170,5 +212,163 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
         out.iter_mut()
             .zip(acc.iter())
             .for_each(|(o, &a)| *o = a * inv);
+    }
+}
+
+/// f16 bytes at `p` as f32.
+#[inline]
+fn h(p: *const u8, i: usize) -> f32 {
+    // SAFETY: callers pass rows that hold element i (supports).
+    half::f16::from_bits(unsafe { (p as *const u16).add(i).read_unaligned() }).to_f32()
+}
+
+const F16_NEG_INF: u16 = 0xFC00;
+
+/// The blocked path (see the module comment).
+fn flash_attn_blocked(node: &Node, ctx: &ThreadCtx, b: &BlockedLayout, scale: f32, max_bias: f32, softcap: f32) {
+    let (q, k, v, d) = (node.src(0), node.src(1), node.src(2), &node.dst);
+    let mask = node.src[3].as_ref();
+    let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
+    let (n_q, n_head) = (q.ne[1], q.ne[2]);
+    let n_kb = b.n_kb;
+    let kw = n_kb * BLOCK; // keys, padded
+    let scale = if softcap != 0.0 { scale / softcap } else { scale };
+    // SAFETY: sinks hold n_head f32 (supports).
+    let sinks = node.src[4].as_ref().map(|s| unsafe { slice::<f32>(s.data, n_head) });
+    let (scratch, _) = ctx.scratch();
+    let (n_kh, n_vh) = (k.ne[2] * k.ne[3], v.ne[2] * v.ne[3]);
+    let k_at = |hk: usize| scratch.wrapping_add(hk * b.k_head) as *mut f32;
+    let v_at = |hv: usize| scratch.wrapping_add(n_kh * b.k_head + hv * b.v_head) as *mut f32;
+
+    // Phase 1: K (transposed per key block) and V of every head to f32, heads split.
+    let (t0, t1) = split_range(n_kh + n_vh, ctx.ith, ctx.nth);
+    for t in t0..t1 {
+        if t < n_kh {
+            // SAFETY: head t's area of k_head bytes is this thread's (scratch_bytes).
+            let kt = unsafe { slice_mut::<f32>(k_at(t) as *mut u8, kw * dk) };
+            kt.fill(0.0);
+            for ic in 0..n_kv {
+                let row = k.row_ptr(ic, t % k.ne[2], t / k.ne[2]);
+                let (kb, j) = (ic / BLOCK, ic % BLOCK);
+                for dd in 0..dk {
+                    // Rounded to f16 and back, as the K cache holds it.
+                    kt[(kb * dk + dd) * BLOCK + j] = h(row, dd);
+                }
+            }
+        } else {
+            let hv = t - n_kh;
+            // SAFETY: as above, head hv's V area.
+            let vf = unsafe { slice_mut::<f32>(v_at(hv) as *mut u8, kw * dv) };
+            vf[n_kv * dv..].fill(0.0);
+            for ic in 0..n_kv {
+                let row = v.row_ptr(ic, hv % v.ne[2], hv / v.ne[2]);
+                for c in 0..dv {
+                    vf[ic * dv + c] = h(row, c);
+                }
+            }
+        }
+    }
+    ctx.barrier();
+
+    // SAFETY: this thread's own part of the scratch, after the shared K/V.
+    let (qb, sp, ob) = unsafe {
+        let base = scratch.add(b.kv + ctx.ith * b.per_thread) as *mut f32;
+        (
+            std::slice::from_raw_parts_mut(base, BLOCK * dk),
+            std::slice::from_raw_parts_mut(base.add(BLOCK * dk), BLOCK * kw),
+            std::slice::from_raw_parts_mut(base.add(BLOCK * dk + BLOCK * kw), BLOCK * dv),
+        )
+    };
+    let n_qb = n_q.div_ceil(BLOCK);
+    let tasks = n_qb * n_head * q.ne[3];
+    loop {
+        let task = ctx.next_chunk();
+        if task >= tasks {
+            break;
+        }
+        let (qblk, iq2, iq3) = (task % n_qb, (task / n_qb) % n_head, task / (n_qb * n_head));
+        let (i0, rows) = (qblk * BLOCK, (n_q - qblk * BLOCK).min(BLOCK));
+        let slope = alibi_slope(max_bias, n_head, iq2);
+        let (ik2, ik3) = (iq2 / (n_head / k.ne[2]), iq3 / (q.ne[3] / k.ne[3]));
+        let (iv2, iv3) = (iq2 / (n_head / v.ne[2]), iq3 / (q.ne[3] / v.ne[3]));
+        // SAFETY: written in phase 1, read-only now.
+        let kt = unsafe { std::slice::from_raw_parts(k_at(ik3 * k.ne[2] + ik2), kw * dk) };
+        let vf = unsafe { std::slice::from_raw_parts(v_at(iv3 * v.ne[2] + iv2), kw * dv) };
+        // Q rows rounded to f16 (as ggml-cpu's K-type dot), padding rows zero.
+        qb.fill(0.0);
+        for i in 0..rows {
+            // SAFETY: q rows hold dk f32 (supports).
+            let src = unsafe { slice::<f32>(q.row_ptr(i0 + i, iq2, iq3), dk) };
+            for (o, &x) in qb[i * dk..(i + 1) * dk].iter_mut().zip(src) {
+                *o = half::f16::from_f32(x).to_f32();
+            }
+        }
+        let mrows: [Option<*const u16>; BLOCK] = std::array::from_fn(|i| {
+            (i < rows).then(|| mask.map(|m| m.row_ptr(i0 + i, iq2 % m.ne[2], iq3 % m.ne[3]) as *const u16)).flatten()
+        });
+        // Scores, key block by key block; a block every row's mask hides is skipped.
+        let mut live_end = 0;
+        let mut s = [[0f32; BLOCK]; BLOCK];
+        for kb in 0..n_kb {
+            let keys = kb * BLOCK..((kb + 1) * BLOCK).min(n_kv);
+            let hidden = mask.is_some()
+                && (0..rows).all(|i| {
+                    // SAFETY: mask rows hold at least n_kv f16 (supports).
+                    let m = mrows[i].unwrap();
+                    keys.clone().all(|ic| unsafe { m.add(ic).read_unaligned() } == F16_NEG_INF)
+                });
+            if hidden {
+                for i in 0..BLOCK {
+                    sp[i * kw + kb * BLOCK..][..BLOCK].fill(f32::NEG_INFINITY);
+                }
+                continue;
+            }
+            live_end = kb + 1;
+            attn::scores_block(qb, dk, &kt[kb * BLOCK * dk..(kb + 1) * BLOCK * dk], &mut s);
+            for i in 0..BLOCK {
+                let out = &mut sp[i * kw + kb * BLOCK..][..BLOCK];
+                for (j, o) in out.iter_mut().enumerate() {
+                    let ic = kb * BLOCK + j;
+                    if i >= rows || ic >= n_kv {
+                        *o = f32::NEG_INFINITY;
+                        continue;
+                    }
+                    let mv = mrows[i].map_or(0.0, |m| {
+                        // SAFETY: as above.
+                        slope * half::f16::from_bits(unsafe { m.add(ic).read_unaligned() }).to_f32()
+                    });
+                    let mut x = s[i][j] * scale;
+                    if softcap != 0.0 {
+                        x = softcap * x.tanh();
+                    }
+                    *o = if mv == f32::NEG_INFINITY { f32::NEG_INFINITY } else { x + mv };
+                }
+            }
+        }
+        // Exact softmax per row over the live keys, then P V.
+        let live = live_end * BLOCK;
+        let mut inv = [0f32; BLOCK];
+        for i in 0..rows {
+            let row = &mut sp[i * kw..i * kw + live];
+            let sink = sinks.map(|sk| sk[iq2]);
+            let m_max = row.iter().copied().fold(sink.unwrap_or(f32::NEG_INFINITY), f32::max);
+            let mut sum = if m_max == f32::NEG_INFINITY { row.fill(0.0); 0.0 } else { attn::exp_sub_sum(row, m_max) };
+            if let Some(sk) = sink {
+                sum += (sk - m_max).exp();
+            }
+            inv[i] = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+        }
+        for i in rows..BLOCK {
+            sp[i * kw..i * kw + live].fill(0.0);
+        }
+        attn::pv_block(sp, kw, live, vf, dv, ob);
+        for i in 0..rows {
+            // Output is [dv, n_head, n_q, ne3]: row (iq2, i0 + i, iq3).
+            // SAFETY: dst is contiguous f32 of that shape; this task owns these rows.
+            let out = unsafe { slice_mut::<f32>(d.row_ptr(iq2, i0 + i, iq3), dv) };
+            for (o, &a) in out.iter_mut().zip(&ob[i * dv..(i + 1) * dv]) {
+                *o = a * inv[i];
+            }
+        }
     }
 }

@@ -379,10 +379,25 @@ fn rope_normal_and_neox_match_the_rotation_formula() {
     }
 }
 
+/// Both paths: per query row (few queries, or dv not whole vectors) and blocked (16 or more
+/// queries: partial query and key blocks, key blocks hidden by the causal mask, soft-capping).
 #[test]
 fn flash_attn_matches_softmax_attention_with_gqa_mask_and_sinks() {
+    for &(dk, dv, n_q, n_kv, hq, hkv, softcap) in &[
+        (40, 24, 3, 13, 4, 2, 0.0f32),
+        (40, 24, 20, 13, 4, 2, 0.0),
+        (64, 48, 37, 75, 4, 2, 0.0),
+        (64, 32, 16, 16, 2, 1, 0.0),
+        (32, 16, 33, 70, 2, 2, 5.0),
+    ] {
+        flash_attn_case(dk, dv, n_q, n_kv, hq, hkv, softcap);
+    }
+}
+
+fn flash_attn_case(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usize, hkv: usize, softcap: f32) {
     let mut rng = StdRng::seed_from_u64(5);
-    let (dk, dv, n_q, n_kv, hq, hkv) = (40, 24, 3, 13, 4, 2);
+    // Causal like llama.cpp's: query i sees keys up to n_kv - n_q + i (the last n_q are new).
+    let past = n_kv.saturating_sub(n_q);
     let q = random_f32(&mut rng, dk * n_q * hq, 1.0);
     let k: Vec<f16> = (0..dk * n_kv * hkv)
         .map(|_| f16::from_f32(rng.gen_range(-1.0..1.0)))
@@ -392,7 +407,7 @@ fn flash_attn_matches_softmax_attention_with_gqa_mask_and_sinks() {
         .collect();
     let mask: Vec<f16> = (0..n_kv * n_q)
         .map(|i| {
-            if (i % n_kv) > 9 + i / n_kv {
+            if (i % n_kv) > past + i / n_kv {
                 f16::NEG_INFINITY
             } else {
                 f16::ZERO
@@ -430,7 +445,7 @@ fn flash_attn_matches_softmax_attention_with_gqa_mask_and_sinks() {
             Op::FlashAttn {
                 scale,
                 max_bias: 0.0,
-                softcap: 0.0,
+                softcap,
             },
             to,
             &[tq, tk, tv, tm, ts],
@@ -447,12 +462,9 @@ fn flash_attn_matches_softmax_attention_with_gqa_mask_and_sinks() {
             let s: Vec<f64> = (0..n_kv)
                 .map(|j| {
                     let kr = &k[(hk * n_kv + j) * dk..][..dk];
-                    qrow.iter()
-                        .zip(kr)
-                        .map(|(a, b)| a * b.to_f64())
-                        .sum::<f64>()
-                        * scale as f64
-                        + mask[i * n_kv + j].to_f64()
+                    let x = qrow.iter().zip(kr).map(|(a, b)| a * b.to_f64()).sum::<f64>() * scale as f64;
+                    let x = if softcap != 0.0 { softcap as f64 * (x / softcap as f64).tanh() } else { x };
+                    x + mask[i * n_kv + j].to_f64()
                 })
                 .collect();
             let mx = s.iter().cloned().fold(sinks[h] as f64, f64::max);
@@ -466,7 +478,7 @@ fn flash_attn_matches_softmax_attention_with_gqa_mask_and_sinks() {
                 let got = ob.f32s()[(i * hq + h) * dv + c] as f64;
                 assert!(
                     (got - want).abs() < 1e-3,
-                    "h {h} q {i} c {c}: {got} vs {want}"
+                    "dk {dk} n_q {n_q} n_kv {n_kv}: h {h} q {i} c {c}: {got} vs {want}"
                 );
             }
         }
