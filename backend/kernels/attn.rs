@@ -38,6 +38,30 @@ pub fn exp_sub_sum_scalar(x: &mut [f32], max: f32) -> f32 {
     sum
 }
 
+/// `out[j] = s[j] * scale + slope * mask[j]` for j < n (-inf where the f16 mask is -inf;
+/// no mask: 0), -inf for j in n .. 16. Scalar reference.
+pub fn finish_scores_scalar(s: &[f32; BLOCK], scale: f32, slope: f32, mask: Option<&[u16]>, n: usize, out: &mut [f32]) {
+    for (j, o) in out[..BLOCK].iter_mut().enumerate() {
+        *o = if j >= n {
+            f32::NEG_INFINITY
+        } else {
+            let m = mask.map_or(0.0, |m| half::f16::from_bits(m[j]).to_f32());
+            if m == f32::NEG_INFINITY { m } else { s[j] * scale + slope * m }
+        };
+    }
+}
+
+/// [`finish_scores_scalar`] on the fastest tier.
+pub fn finish_scores(s: &[f32; BLOCK], scale: f32, slope: f32, mask: Option<&[u16]>, n: usize, out: &mut [f32]) {
+    assert!(n <= BLOCK && out.len() >= BLOCK && mask.is_none_or(|m| m.len() >= n));
+    #[cfg(target_arch = "x86_64")]
+    if fast() {
+        // SAFETY: lengths checked; AVX-512F/BW/VL detected (the quant tier's detection).
+        return unsafe { avx512::finish_scores(s, scale, slope, mask, n, out) };
+    }
+    finish_scores_scalar(s, scale, slope, mask, n, out)
+}
+
 /// Whether the AVX-512 tier runs here.
 pub fn fast() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -122,6 +146,22 @@ mod avx512 {
         }
     }
 
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    pub unsafe fn finish_scores(s: &[f32; BLOCK], scale: f32, slope: f32, mask: Option<&[u16]>, n: usize, out: &mut [f32]) {
+        let valid: __mmask16 = if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
+        let x = _mm512_mul_ps(_mm512_loadu_ps(s.as_ptr()), _mm512_set1_ps(scale));
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let r = match mask {
+            None => x,
+            Some(m) => {
+                let mv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(valid, m.as_ptr() as *const i16));
+                let hidden = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(mv, ninf);
+                _mm512_mask_mov_ps(_mm512_fmadd_ps(mv, _mm512_set1_ps(slope), x), hidden, ninf)
+            }
+        };
+        _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mask_mov_ps(ninf, valid, r));
+    }
+
     /// exp(x) for x <= 0 (Cephes expf: range reduction by ln 2, degree-6 polynomial),
     /// 0 below -87.3 (where expf is subnormal) and for -inf.
     #[inline(always)]
@@ -186,6 +226,23 @@ mod tests {
             pv_block_scalar(&p, p_stride, n_keys, &v, dv, &mut o2);
             for (i, (x, y)) in o1.iter().zip(&o2).enumerate() {
                 assert!((x - y).abs() <= 1e-5 * n_keys as f32, "pv dv={dv} keys={n_keys} at {i}: {x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn finish_scores_matches_its_reference() {
+        let mut rng = StdRng::seed_from_u64(4);
+        for n in [16, 9, 1, 0] {
+            let s: [f32; BLOCK] = std::array::from_fn(|_| rng.gen_range(-4.0..4.0));
+            let mask: Vec<u16> = (0..n).map(|j| if j % 3 == 0 { 0xFC00 } else { half::f16::from_f32(rng.gen_range(-2.0..0.0)).to_bits() }).collect();
+            for m in [None, Some(&mask[..])] {
+                let (mut a, mut b) = ([0f32; BLOCK], [0f32; BLOCK]);
+                finish_scores(&s, 0.3, 0.7, m, n, &mut a);
+                finish_scores_scalar(&s, 0.3, 0.7, m, n, &mut b);
+                for j in 0..BLOCK {
+                    assert!(a[j] == b[j] || (a[j] - b[j]).abs() <= 1e-6 * b[j].abs(), "n={n} j={j}: {} vs {}", a[j], b[j]);
+                }
             }
         }
     }

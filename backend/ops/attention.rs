@@ -215,12 +215,6 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
     }
 }
 
-/// f16 bytes at `p` as f32.
-#[inline]
-fn h(p: *const u8, i: usize) -> f32 {
-    // SAFETY: callers pass rows that hold element i (supports).
-    half::f16::from_bits(unsafe { (p as *const u16).add(i).read_unaligned() }).to_f32()
-}
 
 const F16_NEG_INF: u16 = 0xFC00;
 
@@ -231,6 +225,7 @@ fn flash_attn_blocked(node: &Node, ctx: &ThreadCtx, b: &BlockedLayout, scale: f3
     let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
     let (n_q, n_head) = (q.ne[1], q.ne[2]);
     let n_kb = b.n_kb;
+    let f16_to_f32 = kernels(DType::F16).unwrap().to_f32;
     let kw = n_kb * BLOCK; // keys, padded
     let scale = if softcap != 0.0 { scale / softcap } else { scale };
     // SAFETY: sinks hold n_head f32 (supports).
@@ -247,12 +242,16 @@ fn flash_attn_blocked(node: &Node, ctx: &ThreadCtx, b: &BlockedLayout, scale: f3
             // SAFETY: head t's area of k_head bytes is this thread's (scratch_bytes).
             let kt = unsafe { slice_mut::<f32>(k_at(t) as *mut u8, kw * dk) };
             kt.fill(0.0);
+            let mut row = [0f32; BLOCK];
             for ic in 0..n_kv {
-                let row = k.row_ptr(ic, t % k.ne[2], t / k.ne[2]);
                 let (kb, j) = (ic / BLOCK, ic % BLOCK);
-                for dd in 0..dk {
-                    // Rounded to f16 and back, as the K cache holds it.
-                    kt[(kb * dk + dd) * BLOCK + j] = h(row, dd);
+                for d0 in (0..dk).step_by(BLOCK) {
+                    let nd = (dk - d0).min(BLOCK);
+                    // SAFETY: K rows hold dk f16 (supports).
+                    f16_to_f32(unsafe { slice::<u8>(k.row_ptr(ic, t % k.ne[2], t / k.ne[2]).add(2 * d0), 2 * nd) }, &mut row[..nd]);
+                    for (dd, &x) in row[..nd].iter().enumerate() {
+                        kt[(kb * dk + d0 + dd) * BLOCK + j] = x;
+                    }
                 }
             }
         } else {
@@ -261,10 +260,8 @@ fn flash_attn_blocked(node: &Node, ctx: &ThreadCtx, b: &BlockedLayout, scale: f3
             let vf = unsafe { slice_mut::<f32>(v_at(hv) as *mut u8, kw * dv) };
             vf[n_kv * dv..].fill(0.0);
             for ic in 0..n_kv {
-                let row = v.row_ptr(ic, hv % v.ne[2], hv / v.ne[2]);
-                for c in 0..dv {
-                    vf[ic * dv + c] = h(row, c);
-                }
+                // SAFETY: V rows hold dv f16 (supports).
+                f16_to_f32(unsafe { slice::<u8>(v.row_ptr(ic, hv % v.ne[2], hv / v.ne[2]), 2 * dv) }, &mut vf[ic * dv..(ic + 1) * dv]);
             }
         }
     }
@@ -325,24 +322,23 @@ fn flash_attn_blocked(node: &Node, ctx: &ThreadCtx, b: &BlockedLayout, scale: f3
             }
             live_end = kb + 1;
             attn::scores_block(qb, dk, &kt[kb * BLOCK * dk..(kb + 1) * BLOCK * dk], &mut s);
+            let (k0, nk) = (kb * BLOCK, keys.len());
             for i in 0..BLOCK {
-                let out = &mut sp[i * kw + kb * BLOCK..][..BLOCK];
-                for (j, o) in out.iter_mut().enumerate() {
-                    let ic = kb * BLOCK + j;
-                    if i >= rows || ic >= n_kv {
-                        *o = f32::NEG_INFINITY;
-                        continue;
-                    }
-                    let mv = mrows[i].map_or(0.0, |m| {
-                        // SAFETY: as above.
-                        slope * half::f16::from_bits(unsafe { m.add(ic).read_unaligned() }).to_f32()
-                    });
-                    let mut x = s[i][j] * scale;
-                    if softcap != 0.0 {
-                        x = softcap * x.tanh();
-                    }
-                    *o = if mv == f32::NEG_INFINITY { f32::NEG_INFINITY } else { x + mv };
+                let out = &mut sp[i * kw + k0..][..BLOCK];
+                if i >= rows {
+                    out.fill(f32::NEG_INFINITY);
+                    continue;
                 }
+                let mut si = s[i];
+                let sc = if softcap != 0.0 {
+                    si.iter_mut().for_each(|x| *x = softcap * (*x * scale).tanh());
+                    1.0
+                } else {
+                    scale
+                };
+                // SAFETY: mask rows hold at least n_kv f16 (supports); k0 + nk <= n_kv.
+                let m = mrows[i].map(|m| unsafe { std::slice::from_raw_parts(m.add(k0), nk) });
+                attn::finish_scores(&si, sc, slope, m, nk, out);
             }
         }
         // Exact softmax per row over the live keys, then P V.

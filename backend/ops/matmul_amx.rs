@@ -221,20 +221,22 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
     }
     ctx.barrier();
 
-    // Phase 2: groups of GROUP_TILES weight row tiles split across threads.
+    // Phase 2: groups of GROUP_TILES weight row tiles, taken from the work queue.
     let act = ActI8 { q: act_q, d: act_d, s: act_s, nb };
     let n_tiles = n.div_ceil(16);
-    let (g0, g1) = split_range(n_tiles.div_ceil(GROUP_TILES), ctx.ith, ctx.nth);
-    if g0 >= g1 {
-        return;
-    }
+    let groups = n_tiles.div_ceil(GROUP_TILES);
     let in_place = rows::i8_in_place(w.ty);
     let ldd = dst.nb[1] / 4;
     let mut acc = Block32::new();
     // SAFETY: amx::available() (kind) holds. The session restores the thread's previous tile
     // configuration when this function returns.
     let _tiles = unsafe { gemm::i8_session() };
-    for g in g0..g1 {
+    // Groups from the node's work queue: threads finish together even when one is slowed.
+    loop {
+        let g = ctx.next_chunk();
+        if g >= groups {
+            break;
+        }
         let tile0 = g * GROUP_TILES;
         let used = (n_tiles - tile0).min(GROUP_TILES);
         let mut wt = [WeightsI8 { q: std::ptr::null(), stride: 0, block_step: 0, d: std::ptr::null(), m: std::ptr::null() }; GROUP_TILES];
@@ -311,18 +313,20 @@ fn mul_mat_bf16(node: &Node, ctx: &ThreadCtx) {
     }
     ctx.barrier();
 
-    // Phase 2: groups of GROUP_TILES weight row tiles split across threads.
+    // Phase 2: groups of GROUP_TILES weight row tiles, taken from the work queue.
     let n_tiles = n.div_ceil(16);
-    let (g0, g1) = split_range(n_tiles.div_ceil(GROUP_TILES), ctx.ith, ctx.nth);
-    if g0 >= g1 {
-        return;
-    }
+    let groups = n_tiles.div_ceil(GROUP_TILES);
     let ldd = dst.nb[1] / 4;
     let mut acc = Block32::new();
     // SAFETY: amx::available() (kind) holds. The session restores the thread's previous tile
     // configuration when this function returns.
     let _tiles = unsafe { gemm::bf16_session() };
-    for g in g0..g1 {
+    // Groups from the node's work queue: threads finish together even when one is slowed.
+    loop {
+        let g = ctx.next_chunk();
+        if g >= groups {
+            break;
+        }
         let tile0 = g * GROUP_TILES;
         let used = (n_tiles - tile0).min(GROUP_TILES);
         let mut wt = [(std::ptr::null::<u8>(), 0usize); GROUP_TILES];
