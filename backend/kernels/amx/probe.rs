@@ -314,3 +314,85 @@ fn tileload_throughput() {
     }
     unsafe { tile::release() };
 }
+
+/// Tile load costs by how many distinct tiles rotate, and the bf16 2x2 block per k step with
+/// L1-resident operands (ignored; by hand).
+#[test]
+#[ignore]
+fn tileload_rotation_and_block_cost() {
+    if !super::available() {
+        return;
+    }
+    let cfgb = (0..8).fold(super::tile::TileConfig::new(), |c, t| c.with(t, 16, 64));
+    let buf = vec![1u8; 8192];
+    let iters = 1_000_000;
+    unsafe { cfgb.load() };
+    let p = buf.as_ptr();
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        unsafe {
+            tile::load::<4>(p, 64);
+            tile::load::<4>(p.add(1024), 64);
+            tile::load::<4>(p.add(2048), 64);
+            tile::load::<4>(p.add(3072), 64);
+        }
+    }
+    eprintln!("one tile: {:.1} ns per load", t0.elapsed().as_secs_f64() / (4 * iters) as f64 * 1e9);
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        unsafe {
+            tile::load::<4>(p, 64);
+            tile::load::<5>(p.add(1024), 64);
+            tile::load::<4>(p.add(2048), 64);
+            tile::load::<5>(p.add(3072), 64);
+        }
+    }
+    eprintln!("two tiles: {:.1} ns per load", t0.elapsed().as_secs_f64() / (4 * iters) as f64 * 1e9);
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        unsafe {
+            tile::load::<4>(p, 64);
+            tile::load::<5>(p.add(1024), 64);
+            tile::load::<6>(p.add(2048), 64);
+            tile::load::<7>(p.add(3072), 64);
+        }
+    }
+    eprintln!("four tiles: {:.1} ns per load", t0.elapsed().as_secs_f64() / (4 * iters) as f64 * 1e9);
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        unsafe {
+            tile::dpbf16ps::<0, 4, 6>();
+            tile::dpbf16ps::<1, 4, 7>();
+            tile::dpbf16ps::<2, 5, 6>();
+            tile::dpbf16ps::<3, 5, 7>();
+        }
+    }
+    eprintln!("2x2 products, no loads: {:.1} ns per k step", t0.elapsed().as_secs_f64() / iters as f64 * 1e9);
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        unsafe {
+            tile::load::<4>(p, 64);
+            tile::load::<6>(p.add(1024), 64);
+            tile::dpbf16ps::<0, 4, 6>();
+            tile::load::<7>(p.add(2048), 64);
+            tile::dpbf16ps::<1, 4, 7>();
+            tile::load::<5>(p.add(3072), 64);
+            tile::dpbf16ps::<2, 5, 6>();
+            tile::dpbf16ps::<3, 5, 7>();
+        }
+    }
+    eprintln!("2x2 block with its 4 loads: {:.1} ns per k step", t0.elapsed().as_secs_f64() / iters as f64 * 1e9);
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        unsafe {
+            tile::load::<4>(p, 64);
+            tile::dpbf16ps::<0, 4, 6>();
+            tile::dpbf16ps::<1, 4, 7>();
+            tile::load::<5>(p.add(1024), 64);
+            tile::dpbf16ps::<2, 5, 6>();
+            tile::dpbf16ps::<3, 5, 7>();
+        }
+    }
+    eprintln!("2x2 block, B stationary (2 loads): {:.1} ns per k step", t0.elapsed().as_secs_f64() / iters as f64 * 1e9);
+    unsafe { tile::release() };
+}
