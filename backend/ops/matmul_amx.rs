@@ -113,26 +113,22 @@ impl I8Layout {
 }
 
 /// Scratch of the bf16 path: activation tiles (shared), then per thread a conversion row
-/// (k floats) and the weight group's unpacked rows (all but in-place BF16 tiles).
+/// (k floats, then 2 k bytes) and the weight group's A tiles in tile order.
 struct Bf16Layout {
     thread_off: usize,
     thread_bytes: usize,
     row_tmp: usize,
-    /// Row stride of unpacked weight rows.
-    w_stride: usize,
     wtile_bytes: usize,
 }
 
 impl Bf16Layout {
     fn new(k: usize, m: usize) -> Bf16Layout {
-        let row_tmp = align64(4 * k);
-        let w_stride = align64(2 * k);
-        let wtile_bytes = 16 * w_stride;
+        let row_tmp = align64(4 * k) + align64(2 * k);
+        let wtile_bytes = 32 * k;
         Bf16Layout {
             thread_off: m_tiles(m) * (k / BF16_KSTEP) * BF16_BTILE,
             thread_bytes: row_tmp + GROUP_TILES * wtile_bytes,
             row_tmp,
-            w_stride,
             wtile_bytes,
         }
     }
@@ -329,31 +325,23 @@ fn mul_mat_bf16(node: &Node, ctx: &ThreadCtx) {
         }
         let tile0 = g * GROUP_TILES;
         let used = (n_tiles - tile0).min(GROUP_TILES);
-        let mut wt = [(std::ptr::null::<u8>(), 0usize); GROUP_TILES];
+        let mut wt = [std::ptr::null::<u8>(); GROUP_TILES];
         for (j, t) in wt.iter_mut().enumerate().take(used) {
             let r0 = (tile0 + j) * 16;
             let (rs, nrows) = weight_rows(w, r0);
-            *t = if w.ty == DType::BF16 && nrows == 16 {
-                (w.row_ptr(r0, 0, 0) as *const u8, w.nb[1])
-            } else if let Some(p) = &w.packed {
-                let base = my.wrapping_add(l.row_tmp + j * l.wtile_bytes);
-                // SAFETY: this thread's staging for tile j and its conversion row (k floats).
-                unsafe {
-                    let tmp = std::slice::from_raw_parts_mut(my as *mut f32, k);
-                    let out = std::slice::from_raw_parts_mut(base, l.wtile_bytes);
-                    rows::bf16_rows_from(nrows, k, out, l.w_stride, tmp, |i, t| packed::row_to_f32(p, k, r0 + i, t));
+            let base = my.wrapping_add(l.row_tmp + j * l.wtile_bytes);
+            // SAFETY: this thread's staging for tile j (scratch_bytes reserves GROUP_TILES) and
+            // its conversion rows (k floats, then 2 k bytes, at `my`).
+            unsafe {
+                let tmp = std::slice::from_raw_parts_mut(my as *mut f32, k);
+                let row = std::slice::from_raw_parts_mut(my.add(align64(4 * k)), 2 * k);
+                let out = std::slice::from_raw_parts_mut(base, l.wtile_bytes);
+                match &w.packed {
+                    Some(p) => rows::bf16_rows_from(nrows, k, out, tmp, row, |i, t| packed::row_to_f32(p, k, r0 + i, t)),
+                    None => rows::bf16_rows(w.ty, &rs[..nrows], k, out, tmp, row),
                 }
-                (base as *const u8, l.w_stride)
-            } else {
-                let base = my.wrapping_add(l.row_tmp + j * l.wtile_bytes);
-                // SAFETY: this thread's staging for tile j (scratch_bytes reserves GROUP_TILES)
-                // and its conversion row (k floats at `my`).
-                unsafe {
-                    let tmp = std::slice::from_raw_parts_mut(my as *mut f32, k);
-                    rows::bf16_rows(w.ty, &rs[..nrows], k, std::slice::from_raw_parts_mut(base, l.wtile_bytes), l.w_stride, tmp)
-                };
-                (base as *const u8, l.w_stride)
-            };
+            }
+            *t = base as *const u8;
         }
         for mt in (0..m.div_ceil(16)).step_by(2) {
             let rows_m = (m - mt * 16).min(32);
@@ -362,21 +350,13 @@ fn mul_mat_bf16(node: &Node, ctx: &ThreadCtx) {
             for tp in (0..used).step_by(2) {
                 let n0 = (tile0 + tp) * 16;
                 let rows_n = (n - n0).min(if tp + 1 < used { 32 } else { 16 });
-                let (w0, s0) = wt[tp];
-                let (w1, s1) = wt[(tp + 1).min(used - 1)];
-                // SAFETY: config loaded; each weight tile holds 16 rows of k bf16 at its stride;
-                // act holds row tiles mt, mt + 1. A pair whose strides differ (an in-place tile
-                // next to a staged partial last tile) runs as two single tiles.
+                let (w0, w1) = (wt[tp], wt[(tp + 1).min(used - 1)]);
+                // SAFETY: config loaded; each weight tile holds ksteps A tiles in tile order;
+                // act holds row tiles mt, mt + 1; output rows mt*16 .. + rows_m have ldd >= n
+                // floats and n0 + rows_n <= n.
                 unsafe {
-                    if s0 == s1 {
-                        gemm::bf16_block(w0, w1, s0, b0, b1, ksteps, &mut acc);
-                        acc.store_transposed((dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0), ldd, rows_m, rows_n);
-                    } else {
-                        gemm::bf16_block(w0, w0, s0, b0, b1, ksteps, &mut acc);
-                        acc.store_transposed((dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0), ldd, rows_m, 16);
-                        gemm::bf16_block(w1, w1, s1, b0, b1, ksteps, &mut acc);
-                        acc.store_transposed((dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0 + 16), ldd, rows_m, rows_n - 16);
-                    }
+                    gemm::bf16_block(w0, w1, b0, b1, ksteps, &mut acc);
+                    acc.store_transposed((dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0), ldd, rows_m, rows_n);
                 }
             }
         }

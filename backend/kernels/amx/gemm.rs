@@ -198,24 +198,24 @@ pub unsafe fn bf16_session() -> tile::TileSession {
     tile::TileSession::begin(&BF16_CONFIG)
 }
 
-/// A 32 x 32 block: bf16 weight rows `w0`, `w1` (16 rows each, row stride `w_stride`
-/// bytes, K contiguous) against activation row tiles `b0`, `b1` (`ksteps` B tiles each,
-/// [`BF16_BTILE`] apart), into `acc` (overwritten).
+/// A 32 x 32 block: bf16 weight row tiles `w0`, `w1` (16 rows each, in tile order: `ksteps`
+/// contiguous 1 KB A tiles) against activation row tiles `b0`, `b1` (`ksteps` B tiles each,
+/// [`BF16_BTILE`] apart), into `acc` (overwritten). Every tile load is 1 KB contiguous.
 ///
 /// # Safety
 /// a [`bf16_session`] is open on this thread; the operands hold `ksteps` steps of 32 k.
-pub unsafe fn bf16_block(w0: *const u8, w1: *const u8, w_stride: usize, b0: *const u8, b1: *const u8, ksteps: usize, acc: &mut Block32) {
+pub unsafe fn bf16_block(w0: *const u8, w1: *const u8, b0: *const u8, b1: *const u8, ksteps: usize, acc: &mut Block32) {
     tile::zero::<0>();
     tile::zero::<1>();
     tile::zero::<2>();
     tile::zero::<3>();
     for ks in 0..ksteps {
-        tile::load::<4>(w0.add(ks * 64), w_stride);
+        tile::load::<4>(w0.add(ks * BF16_BTILE), 64);
         tile::load::<6>(b0.add(ks * BF16_BTILE), 64);
         tile::dpbf16ps::<0, 4, 6>();
         tile::load::<7>(b1.add(ks * BF16_BTILE), 64);
         tile::dpbf16ps::<1, 4, 7>();
-        tile::load::<5>(w1.add(ks * 64), w_stride);
+        tile::load::<5>(w1.add(ks * BF16_BTILE), 64);
         tile::dpbf16ps::<2, 5, 6>();
         tile::dpbf16ps::<3, 5, 7>();
     }

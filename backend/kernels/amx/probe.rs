@@ -394,5 +394,33 @@ fn tileload_rotation_and_block_cost() {
         }
     }
     eprintln!("2x2 block, B stationary (2 loads): {:.1} ns per k step", t0.elapsed().as_secs_f64() / iters as f64 * 1e9);
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        unsafe {
+            tile::load::<4>(p, 64);
+            tile::load::<6>(p.add(1024), 64);
+            tile::load::<7>(p.add(2048), 64);
+            tile::load::<5>(p.add(3072), 64);
+            tile::dpbf16ps::<0, 4, 6>();
+            tile::dpbf16ps::<1, 4, 7>();
+            tile::dpbf16ps::<2, 5, 6>();
+            tile::dpbf16ps::<3, 5, 7>();
+        }
+    }
+    eprintln!("2x2 block, loads first: {:.1} ns per k step", t0.elapsed().as_secs_f64() / iters as f64 * 1e9);
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        unsafe {
+            tile::load::<4>(p, 64);
+            tile::load::<6>(p.add(1024), 64);
+            tile::dpbf16ps::<0, 4, 6>();
+            tile::load::<5>(p.add(3072), 64);
+            tile::dpbf16ps::<2, 5, 6>();
+            tile::load::<7>(p.add(2048), 64);
+            tile::dpbf16ps::<1, 4, 7>();
+            tile::dpbf16ps::<3, 5, 7>();
+        }
+    }
+    eprintln!("2x2 block, A1 before B1: {:.1} ns per k step", t0.elapsed().as_secs_f64() / iters as f64 * 1e9);
     unsafe { tile::release() };
 }

@@ -94,37 +94,52 @@ pub fn i8_rows(ty: DType, rows: &[&[u8]], nb: usize, q: &mut [u8], d: &mut [f32]
     }
 }
 
-/// Unpacks 16 weight rows of `k` elements into bf16 rows `out[r * stride ..]` (stride in
-/// bytes, >= 2 k): row r < `nrows` comes from `row_f32(r, tmp)`, which dequantizes it into
-/// `tmp` (k floats), rounded to nearest-even bf16; rows from `nrows` on are zeros.
-pub fn bf16_rows_from(nrows: usize, k: usize, out: &mut [u8], stride: usize, tmp: &mut [f32], mut row_f32: impl FnMut(usize, &mut [f32])) {
-    assert!(nrows <= 16 && stride >= 2 * k && out.len() >= 15 * stride + 2 * k && tmp.len() >= k);
+/// Bytes of one bf16 A tile (16 rows of 32 k).
+pub const BF16_ATILE: usize = 1024;
+
+/// Row `r` of a 16-row group (`2 k` bytes of bf16) into tile order: k step s (32 k) of row
+/// r at `out[s * 1024 + r * 64 ..]`, so each A tile is 1 KB contiguous (rows at a large
+/// power-of-two stride would share a handful of L1 sets and evict each other).
+fn to_tile_order(row: &[u8], r: usize, out: &mut [u8]) {
+    for (s, chunk) in row.chunks_exact(64).enumerate() {
+        out[s * BF16_ATILE + r * 64..][..64].copy_from_slice(chunk);
+    }
+}
+
+/// Unpacks 16 weight rows of `k` (multiple of 32) elements into bf16 A tiles in tile order
+/// (see [`to_tile_order`]; `out` holds `32 k` bytes): row r < `nrows` comes from
+/// `row_f32(r, tmp)`, which dequantizes it into `tmp` (k floats), rounded to nearest-even
+/// bf16 through `row` (2 k bytes); rows from `nrows` on are zeros.
+pub fn bf16_rows_from(nrows: usize, k: usize, out: &mut [u8], tmp: &mut [f32], row: &mut [u8], mut row_f32: impl FnMut(usize, &mut [f32])) {
+    assert!(nrows <= 16 && k.is_multiple_of(32) && out.len() >= 32 * k && tmp.len() >= k && row.len() >= 2 * k);
     let to_bf16 = kernels(DType::BF16).unwrap().from_f32.unwrap();
     for r in 0..16 {
-        let o = &mut out[r * stride..r * stride + 2 * k];
         if r < nrows {
             row_f32(r, &mut tmp[..k]);
-            to_bf16(&tmp[..k], o);
+            to_bf16(&tmp[..k], &mut row[..2 * k]);
         } else {
-            o.fill(0);
+            row[..2 * k].fill(0);
         }
+        to_tile_order(&row[..2 * k], r, out);
     }
 }
 
 /// [`bf16_rows_from`] for up to 16 rows in ggml's layout: BF16 copied, everything else
 /// dequantized by the kernel table.
-pub fn bf16_rows(ty: DType, rows: &[&[u8]], k: usize, out: &mut [u8], stride: usize, tmp: &mut [f32]) {
-    assert!(rows.len() <= 16 && bf16_weight(ty));
+pub fn bf16_rows(ty: DType, rows: &[&[u8]], k: usize, out: &mut [u8], tmp: &mut [f32], row: &mut [u8]) {
+    assert!(rows.len() <= 16 && bf16_weight(ty) && k.is_multiple_of(32) && out.len() >= 32 * k);
     if ty == DType::BF16 {
         for r in 0..16 {
-            let o = &mut out[r * stride..r * stride + 2 * k];
             match rows.get(r) {
-                Some(row) => o.copy_from_slice(&row[..2 * k]),
-                None => o.fill(0),
+                Some(src) => to_tile_order(&src[..2 * k], r, out),
+                None => {
+                    row[..2 * k].fill(0);
+                    to_tile_order(&row[..2 * k], r, out)
+                }
             }
         }
         return;
     }
     let to_f32 = kernels(ty).unwrap().to_f32;
-    bf16_rows_from(rows.len(), k, out, stride, tmp, |r, t| to_f32(rows[r], t));
+    bf16_rows_from(rows.len(), k, out, tmp, row, |r, t| to_f32(rows[r], t));
 }
