@@ -107,6 +107,7 @@ pub fn exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::BLOCK;
+    use crate::backend::kernels::vmath::exp_ps;
     use std::arch::x86_64::*;
 
     /// Callers checked: q holds 16 rows of dk, kt dk * 16 floats.
@@ -160,24 +161,6 @@ mod avx512 {
             }
         };
         _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mask_mov_ps(ninf, valid, r));
-    }
-
-    /// exp(x) for x <= 0 (Cephes expf: range reduction by ln 2, degree-6 polynomial),
-    /// 0 below -87.3 (where expf is subnormal) and for -inf.
-    #[inline(always)]
-    unsafe fn exp_ps(x: __m512 ) -> __m512 {
-        let lo = _mm512_set1_ps(-87.336_55);
-        let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lo);
-        let x = _mm512_max_ps(x, lo);
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-        }
-        let p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0)));
-        _mm512_maskz_mov_ps(!under, _mm512_scalef_ps(p, n))
     }
 
     #[target_feature(enable = "avx512f")]

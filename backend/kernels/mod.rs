@@ -6,3 +6,4 @@ pub mod attn;
 pub mod f16;
 pub mod packed;
 pub mod quant;
+pub mod vmath;

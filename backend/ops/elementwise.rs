@@ -139,8 +139,6 @@ pub fn swiglu(node: &Node, ctx: &ThreadCtx, swapped: bool) {
         if swapped {
             std::mem::swap(&mut x, &mut g);
         }
-        for ((o, &xv), &gv) in rd.iter_mut().zip(x).zip(g) {
-            *o = silu(xv) * gv;
-        }
+        crate::backend::kernels::vmath::silu_mul(x, Some(g), rd);
     }
 }
