@@ -160,7 +160,7 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
 
 /// 16-row weight groups per chunk of the GEMV's work queue: large enough to stream (64 rows
 /// of 3072 Q4_K weights are 110 KB), small enough to balance the threads.
-const GEMV_CHUNK_GROUPS: usize = 4;
+const GEMV_CHUNK_GROUPS: usize = packed::DECODE_GROUPS;
 
 /// Few activation rows against packed weights: activations quantized to the weight type's
 /// activation format (Q8_0 with each block's quant sum, or Q8_K, as ggml-cpu), then chunks
@@ -203,22 +203,23 @@ fn mul_mat_packed_gemv(node: &Node, ctx: &ThreadCtx, p: PackedRef) {
         }
     }
     let gb = p.layout.group_bytes(k);
-    let mut out = [[0f32; 16]; MAX_M];
+    let mut out = [[0f32; 16]; MAX_M * GEMV_CHUNK_GROUPS];
     let groups = n / 16;
     loop {
         let g0 = ctx.next_chunk() * GEMV_CHUNK_GROUPS;
         if g0 >= groups {
             break;
         }
-        for g in g0..(g0 + GEMV_CHUNK_GROUPS).min(groups) {
-            // SAFETY: the packed copy holds n / 16 groups of gb bytes.
-            let group = unsafe { std::slice::from_raw_parts(p.data.add(g * gb), gb) };
-            packed::gemv(p.layout, nb, group, &acts[..m], &sums[..m], &mut out[..m]);
-            for (r, o) in out.iter().enumerate().take(m) {
-                // SAFETY: output row r holds n floats; columns g*16 .. +16 belong to the chunk
-                // this thread took from the queue.
+        let ng = (groups - g0).min(GEMV_CHUNK_GROUPS);
+        // SAFETY: the packed copy holds n / 16 groups of gb bytes.
+        let chunk = unsafe { std::slice::from_raw_parts(p.data.add(g0 * gb), ng * gb) };
+        packed::gemv(p.layout, nb, chunk, ng, &acts[..m], &sums[..m], &mut out[..ng * m]);
+        for gi in 0..ng {
+            for (r, o) in out[gi * m..(gi + 1) * m].iter().enumerate() {
+                // SAFETY: output row r holds n floats; columns (g0 + gi) * 16 .. + 16 belong to
+                // the chunk this thread took from the queue.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(o.as_ptr(), (d.row_ptr(r, 0, 0) as *mut f32).add(g * 16), 16);
+                    std::ptr::copy_nonoverlapping(o.as_ptr(), (d.row_ptr(r, 0, 0) as *mut f32).add((g0 + gi) * 16), 16);
                 }
             }
         }

@@ -1,6 +1,6 @@
 //! AVX-512 VNNI GEMV kernels on the packed layouts.
 
-use super::Layout;
+use super::{Layout, DECODE_GROUPS};
 use crate::backend::dtype::DType;
 use std::arch::x86_64::*;
 
@@ -9,41 +9,61 @@ const M_PASS: usize = 4;
 /// Bytes ahead of the current block to prefetch.
 const PREFETCH_AHEAD: usize = 2304;
 
-/// Checked entry: lengths first, then the SIMD body.
-pub fn gemv(layout: Layout, nb: usize, group: &[u8], acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
-    let ab = layout.act_type().block_bytes();
-    assert!(group.len() >= nb * layout.group_block() && out.len() >= acts.len());
+/// Checked entry: lengths first, then the SIMD body. `groups` holds `ng` consecutive row
+/// groups; `out[gi * m + j]` receives group gi against activation row j.
+pub fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
+    let (ab, m) = (layout.act_type().block_bytes(), acts.len());
+    let gbytes = nb * layout.group_block();
+    assert!(groups.len() >= ng * gbytes && out.len() >= ng * m);
     let with_sums = layout.act_type() == DType::Q8_0;
-    assert!(!with_sums || sums.len() >= acts.len());
+    assert!(!with_sums || sums.len() >= m);
     for (i, a) in acts.iter().enumerate() {
         assert!(a.len() >= nb * ab && (!with_sums || sums[i].len() >= nb));
     }
-    for c in (0..acts.len()).step_by(M_PASS) {
-        let e = (c + M_PASS).min(acts.len());
-        let (a, o) = (&acts[c..e], &mut out[c..e]);
-        let s = if with_sums { &sums[c..e] } else { &[][..] };
-        // The passes take their row count as a constant, so that their per-row accumulators
-        // stay in registers.
-        macro_rules! pass {
-            ($f:ident $(, $s:expr)?) => {
-                match e - c {
-                    1 => $f::<1>(nb, group, a.try_into().unwrap() $(, $s.try_into().unwrap())?, o),
-                    2 => $f::<2>(nb, group, a.try_into().unwrap() $(, $s.try_into().unwrap())?, o),
-                    3 => $f::<3>(nb, group, a.try_into().unwrap() $(, $s.try_into().unwrap())?, o),
-                    _ => $f::<4>(nb, group, a.try_into().unwrap() $(, $s.try_into().unwrap())?, o),
-                }
-            };
-        }
-        // SAFETY: lengths checked above; reached only after runtime detection of AVX-512
-        // F/BW and VNNI (super::gemv).
-        unsafe {
+    let group = |gi: usize| &groups[gi * gbytes..(gi + 1) * gbytes];
+    let s_all = if with_sums { sums } else { &[][..] };
+    // The passes take their row and group counts as constants, so that their accumulators
+    // stay in registers.
+    macro_rules! pass {
+        ($m:literal, $g:expr, $a:expr, $s:expr, $o:expr) => {
             match layout {
-                Layout::Q4_0x16 => pass!(q4_0x16_pass, s),
-                Layout::Q8_0x16 => pass!(q8_0x16_pass, s),
-                Layout::Q4_Kx16 => pass!(q4_kx16_pass),
-                Layout::Q6_Kx16 => pass!(q6_kx16_pass),
+                Layout::Q4_0x16 => q4_0x16_pass::<$m, 1>(nb, &$g, $a.try_into().unwrap(), $s.try_into().unwrap(), $o),
+                Layout::Q8_0x16 => q8_0x16_pass::<$m, 1>(nb, &$g, $a.try_into().unwrap(), $s.try_into().unwrap(), $o),
+                Layout::Q4_Kx16 => q4_kx16_pass::<$m, 1>(nb, &$g, $a.try_into().unwrap(), $o),
+                Layout::Q6_Kx16 => q6_kx16_pass::<$m, 1>(nb, &$g, $a.try_into().unwrap(), $o),
             }
         };
+    }
+    // SAFETY (every pass below): lengths checked above; reached only after runtime detection
+    // of AVX-512 F/BW and VNNI (super::gemv).
+    if m == 1 && ng == DECODE_GROUPS {
+        let gs: [&[u8]; DECODE_GROUPS] = std::array::from_fn(group);
+        let s1: &[&[i32]] = if with_sums { &s_all[..1] } else { &[&[]] };
+        unsafe {
+            match layout {
+                Layout::Q4_0x16 => q4_0x16_pass::<1, DECODE_GROUPS>(nb, &gs, acts.try_into().unwrap(), s1.try_into().unwrap(), out),
+                Layout::Q8_0x16 => q8_0x16_pass::<1, DECODE_GROUPS>(nb, &gs, acts.try_into().unwrap(), s1.try_into().unwrap(), out),
+                Layout::Q4_Kx16 => q4_kx16_pass::<1, DECODE_GROUPS>(nb, &gs, acts.try_into().unwrap(), out),
+                Layout::Q6_Kx16 => q6_kx16_pass::<1, DECODE_GROUPS>(nb, &gs, acts.try_into().unwrap(), out),
+            }
+        }
+        return;
+    }
+    for gi in 0..ng {
+        let g = [group(gi)];
+        for c in (0..m).step_by(M_PASS) {
+            let e = (c + M_PASS).min(m);
+            let (a, o) = (&acts[c..e], &mut out[gi * m + c..gi * m + e]);
+            let s = if with_sums { &s_all[c..e] } else { &[&[][..]; M_PASS][..e - c] };
+            unsafe {
+                match e - c {
+                    1 => pass!(1, g, a, s, o),
+                    2 => pass!(2, g, a, s, o),
+                    3 => pass!(3, g, a, s, o),
+                    _ => pass!(4, g, a, s, o),
+                }
+            }
+        }
     }
 }
 
@@ -96,71 +116,74 @@ const Q8K_BSUMS: usize = 260;
 /// int32 sum, times its scale; the minimums meet the activations' sub-block sums in a
 /// 16-bit multiply-add. x = d * sc * q - dmin * m, as ggml.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn q4_kx16_pass<const M: usize>(nb: usize, group: &[u8], acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
+unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
     const GB: usize = Layout::Q4_Kx16.group_block();
     const QS: usize = 64 + 3 * 64;
     let bq8 = DType::Q8_K.block_bytes();
     let m4 = _mm512_set1_epi8(0x0F);
     let (k1, k2, k3) = (_mm512_set1_epi32(0x3f3f3f3f), _mm512_set1_epi32(0x0f0f0f0f), _mm512_set1_epi32(0x03030303));
     let even = _mm512_set1_epi32(0x00FF00FF);
-    let mut f = [_mm512_setzero_ps(); M];
-    let gp = group.as_ptr();
+    let mut f = [[_mm512_setzero_ps(); M]; G];
     for b in 0..nb {
-        let base = gp.add(b * GB);
-        prefetch_next(base, GB);
-        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base as *const __m256i));
-        let dm = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(32) as *const __m256i));
-        let w0 = _mm512_loadu_si512(base.add(64) as *const _);
-        let w1 = _mm512_loadu_si512(base.add(128) as *const _);
-        let w2 = _mm512_loadu_si512(base.add(192) as *const _);
-        let high2 = |w: __m512i| _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(w), k3));
-        // Bytes of each lane: scales 0..4, 4..8; minimums 0..4, 4..8.
-        let sc = [_mm512_and_si512(w0, k1), _mm512_or_si512(_mm512_and_si512(w2, k2), high2(w0))];
-        let mn = [_mm512_and_si512(w1, k1), _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(w2), k2), high2(w1))];
-        // Minimums as int16 pairs: (m0, m2), (m1, m3), (m4, m6), (m5, m7).
-        let mp = [
-            _mm512_and_si512(mn[0], even),
-            _mm512_and_si512(_mm512_srli_epi32::<8>(mn[0]), even),
-            _mm512_and_si512(mn[1], even),
-            _mm512_and_si512(_mm512_srli_epi32::<8>(mn[1]), even),
-        ];
-        let mut isum = [_mm512_setzero_si512(); M];
-        for c in 0..4 {
-            let (s_lo, s_hi) = (lane_u8(sc[c / 2], 2 * (c % 2)), lane_u8(sc[c / 2], 2 * (c % 2) + 1));
-            let mut lo = [_mm512_setzero_si512(); 8];
-            let mut hi = [_mm512_setzero_si512(); 8];
-            for i in 0..8 {
-                let v = _mm512_loadu_si512(base.add(QS + 64 * (8 * c + i)) as *const _);
-                lo[i] = _mm512_and_si512(v, m4);
-                hi[i] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+        for (gi, g) in groups.iter().enumerate() {
+            let base = g.as_ptr().add(b * GB);
+            prefetch_next(base, GB);
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base as *const __m256i));
+            let dm = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(32) as *const __m256i));
+            let w0 = _mm512_loadu_si512(base.add(64) as *const _);
+            let w1 = _mm512_loadu_si512(base.add(128) as *const _);
+            let w2 = _mm512_loadu_si512(base.add(192) as *const _);
+            let high2 = |w: __m512i| _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(w), k3));
+            // Bytes of each lane: scales 0..4, 4..8; minimums 0..4, 4..8.
+            let sc = [_mm512_and_si512(w0, k1), _mm512_or_si512(_mm512_and_si512(w2, k2), high2(w0))];
+            let mn = [_mm512_and_si512(w1, k1), _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(w2), k2), high2(w1))];
+            // Minimums as int16 pairs: (m0, m2), (m1, m3), (m4, m6), (m5, m7).
+            let mp = [
+                _mm512_and_si512(mn[0], even),
+                _mm512_and_si512(_mm512_srli_epi32::<8>(mn[0]), even),
+                _mm512_and_si512(mn[1], even),
+                _mm512_and_si512(_mm512_srli_epi32::<8>(mn[1]), even),
+            ];
+            let mut isum = [_mm512_setzero_si512(); M];
+            for c in 0..4 {
+                let (s_lo, s_hi) = (lane_u8(sc[c / 2], 2 * (c % 2)), lane_u8(sc[c / 2], 2 * (c % 2) + 1));
+                let mut lo = [_mm512_setzero_si512(); 8];
+                let mut hi = [_mm512_setzero_si512(); 8];
+                for i in 0..8 {
+                    let v = _mm512_loadu_si512(base.add(QS + 64 * (8 * c + i)) as *const _);
+                    lo[i] = _mm512_and_si512(v, m4);
+                    hi[i] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+                }
+                for (j, a) in acts.iter().enumerate() {
+                    let q = a.as_ptr().add(b * bq8 + Q8K_QS + 64 * c);
+                    let (mut al, mut ah) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                    for i in 0..8 {
+                        al = _mm512_dpbusd_epi32(al, lo[i], bcast4(q.add(4 * i)));
+                        ah = _mm512_dpbusd_epi32(ah, hi[i], bcast4(q.add(32 + 4 * i)));
+                    }
+                    isum[j] = _mm512_add_epi32(isum[j], _mm512_add_epi32(_mm512_mullo_epi32(al, s_lo), _mm512_mullo_epi32(ah, s_hi)));
+                }
             }
             for (j, a) in acts.iter().enumerate() {
-                let q = a.as_ptr().add(b * bq8 + Q8K_QS + 64 * c);
-                let (mut al, mut ah) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-                for i in 0..8 {
-                    al = _mm512_dpbusd_epi32(al, lo[i], bcast4(q.add(4 * i)));
-                    ah = _mm512_dpbusd_epi32(ah, hi[i], bcast4(q.add(32 + 4 * i)));
-                }
-                isum[j] = _mm512_add_epi32(isum[j], _mm512_add_epi32(_mm512_mullo_epi32(al, s_lo), _mm512_mullo_epi32(ah, s_hi)));
+                let ab = a.as_ptr().add(b * bq8);
+                let bs = ab.add(Q8K_BSUMS) as *const i16;
+                // Sub-block s sums 32 quants: two of ggml's 16-quant sums (|sum| <= 4096, int16).
+                let s = |i: usize| (bs.add(2 * i).read_unaligned() as i32 + bs.add(2 * i + 1).read_unaligned() as i32) as u16 as u32;
+                let pair = |x: usize, y: usize| _mm512_set1_epi32((s(x) | (s(y) << 16)) as i32);
+                let msum = _mm512_add_epi32(
+                    _mm512_add_epi32(_mm512_madd_epi16(mp[0], pair(0, 2)), _mm512_madd_epi16(mp[1], pair(1, 3))),
+                    _mm512_add_epi32(_mm512_madd_epi16(mp[2], pair(4, 6)), _mm512_madd_epi16(mp[3], pair(5, 7))),
+                );
+                let da = _mm512_set1_ps((ab as *const f32).read_unaligned());
+                f[gi][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[j]), _mm512_mul_ps(dw, da), f[gi][j]);
+                f[gi][j] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dm, da), f[gi][j]);
             }
         }
-        for (j, a) in acts.iter().enumerate() {
-            let ab = a.as_ptr().add(b * bq8);
-            let bs = ab.add(Q8K_BSUMS) as *const i16;
-            // Sub-block s sums 32 quants: two of ggml's 16-quant sums (|sum| <= 4096, int16).
-            let s = |i: usize| (bs.add(2 * i).read_unaligned() as i32 + bs.add(2 * i + 1).read_unaligned() as i32) as u16 as u32;
-            let pair = |x: usize, y: usize| _mm512_set1_epi32((s(x) | (s(y) << 16)) as i32);
-            let msum = _mm512_add_epi32(
-                _mm512_add_epi32(_mm512_madd_epi16(mp[0], pair(0, 2)), _mm512_madd_epi16(mp[1], pair(1, 3))),
-                _mm512_add_epi32(_mm512_madd_epi16(mp[2], pair(4, 6)), _mm512_madd_epi16(mp[3], pair(5, 7))),
-            );
-            let da = _mm512_set1_ps((ab as *const f32).read_unaligned());
-            f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[j]), _mm512_mul_ps(dw, da), f[j]);
-            f[j] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dm, da), f[j]);
-        }
     }
-    for (j, o) in out.iter_mut().enumerate().take(M) {
-        _mm512_storeu_ps(o.as_mut_ptr(), f[j]);
+    for (gi, fg) in f.iter().enumerate() {
+        for (j, v) in fg.iter().enumerate() {
+            _mm512_storeu_ps(out[gi * M + j].as_mut_ptr(), *v);
+        }
     }
 }
 
@@ -169,7 +192,7 @@ unsafe fn q4_kx16_pass<const M: usize>(nb: usize, group: &[u8], acts: &[&[u8]; M
 /// bit selects (unsigned, q + 32), dotted by VNNI, corrected by 32 * the activations'
 /// sub-block sum and multiplied by the row's signed scale; x = d * sc * (q - 32), as ggml.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn q6_kx16_pass<const M: usize>(nb: usize, group: &[u8], acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
+unsafe fn q6_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
     const GB: usize = Layout::Q6_Kx16.group_block();
     const QL: usize = 32;
     const QH: usize = 32 + 32 * 64;
@@ -179,95 +202,101 @@ unsafe fn q6_kx16_pass<const M: usize>(nb: usize, group: &[u8], acts: &[&[u8]; M
     let bq8 = DType::Q8_K.block_bytes();
     let m4 = _mm512_set1_epi8(0x0F);
     let m33 = _mm512_set1_epi8(0x33);
-    let mut f = [_mm512_setzero_ps(); M];
-    let gp = group.as_ptr();
+    let mut f = [[_mm512_setzero_ps(); M]; G];
     for b in 0..nb {
-        let base = gp.add(b * GB);
-        prefetch_next(base, GB);
-        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base as *const __m256i));
-        let ld = |at: usize| _mm512_loadu_si512(base.add(at) as *const _);
-        let mut isum = [_mm512_setzero_si512(); M];
-        for h in 0..2 {
-            for is in 0..2 {
-                // Quarter t of half h: elements 128 h + 32 t + l, l in 16 is .. 16 is + 16.
-                for t in 0..4 {
-                    let mut acc = [_mm512_setzero_si512(); M];
-                    for step in 0..4 {
-                        let ls = 4 * is + step;
-                        let l4 = ld(QL + 64 * (16 * h + 8 * (t % 2) + ls));
-                        let hb = ld(QH + 64 * (8 * h + ls));
-                        // ql low nibbles for t < 2, high for t >= 2; qh bits 2t, 2t + 1.
-                        let pair = if t % 2 == 0 { _mm512_and_si512(hb, m33) } else { _mm512_and_si512(_mm512_srli_epi16::<2>(hb), m33) };
-                        let q = if t < 2 {
-                            _mm512_ternarylogic_epi32::<SELECT>(m4, l4, _mm512_slli_epi16::<4>(pair))
-                        } else {
-                            _mm512_ternarylogic_epi32::<SELECT>(m4, _mm512_srli_epi16::<4>(l4), pair)
-                        };
-                        for (j, a) in acts.iter().enumerate() {
-                            let qa = a.as_ptr().add(b * bq8 + Q8K_QS + 128 * h + 32 * t + 4 * ls);
-                            acc[j] = _mm512_dpbusd_epi32(acc[j], q, bcast4(qa));
+        for (gi, g) in groups.iter().enumerate() {
+            let base = g.as_ptr().add(b * GB);
+            prefetch_next(base, GB);
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base as *const __m256i));
+            let ld = |at: usize| _mm512_loadu_si512(base.add(at) as *const _);
+            let mut isum = [_mm512_setzero_si512(); M];
+            for h in 0..2 {
+                for is in 0..2 {
+                    // Quarter t of half h: elements 128 h + 32 t + l, l in 16 is .. 16 is + 16.
+                    for t in 0..4 {
+                        let mut acc = [_mm512_setzero_si512(); M];
+                        for step in 0..4 {
+                            let ls = 4 * is + step;
+                            let l4 = ld(QL + 64 * (16 * h + 8 * (t % 2) + ls));
+                            let hb = ld(QH + 64 * (8 * h + ls));
+                            // ql low nibbles for t < 2, high for t >= 2; qh bits 2t, 2t + 1.
+                            let pair = if t % 2 == 0 { _mm512_and_si512(hb, m33) } else { _mm512_and_si512(_mm512_srli_epi16::<2>(hb), m33) };
+                            let q = if t < 2 {
+                                _mm512_ternarylogic_epi32::<SELECT>(m4, l4, _mm512_slli_epi16::<4>(pair))
+                            } else {
+                                _mm512_ternarylogic_epi32::<SELECT>(m4, _mm512_srli_epi16::<4>(l4), pair)
+                            };
+                            for (j, a) in acts.iter().enumerate() {
+                                let qa = a.as_ptr().add(b * bq8 + Q8K_QS + 128 * h + 32 * t + 4 * ls);
+                                acc[j] = _mm512_dpbusd_epi32(acc[j], q, bcast4(qa));
+                            }
                         }
-                    }
-                    let sub = 8 * h + 2 * t + is;
-                    let scale = lane_i8(ld(SC + 64 * (sub / 4)), sub % 4);
-                    for (j, a) in acts.iter().enumerate() {
-                        let bsum = (a.as_ptr().add(b * bq8 + Q8K_BSUMS + 2 * sub) as *const i16).read_unaligned() as i32;
-                        let centred = _mm512_sub_epi32(acc[j], _mm512_set1_epi32(32 * bsum));
-                        isum[j] = _mm512_add_epi32(isum[j], _mm512_mullo_epi32(centred, scale));
+                        let sub = 8 * h + 2 * t + is;
+                        let scale = lane_i8(ld(SC + 64 * (sub / 4)), sub % 4);
+                        for (j, a) in acts.iter().enumerate() {
+                            let bsum = (a.as_ptr().add(b * bq8 + Q8K_BSUMS + 2 * sub) as *const i16).read_unaligned() as i32;
+                            let centred = _mm512_sub_epi32(acc[j], _mm512_set1_epi32(32 * bsum));
+                            isum[j] = _mm512_add_epi32(isum[j], _mm512_mullo_epi32(centred, scale));
+                        }
                     }
                 }
             }
-        }
-        for (j, a) in acts.iter().enumerate() {
-            let da = _mm512_set1_ps((a.as_ptr().add(b * bq8) as *const f32).read_unaligned());
-            f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[j]), _mm512_mul_ps(dw, da), f[j]);
+            for (j, a) in acts.iter().enumerate() {
+                let da = _mm512_set1_ps((a.as_ptr().add(b * bq8) as *const f32).read_unaligned());
+                f[gi][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[j]), _mm512_mul_ps(dw, da), f[gi][j]);
+            }
         }
     }
-    for (j, o) in out.iter_mut().enumerate().take(M) {
-        _mm512_storeu_ps(o.as_mut_ptr(), f[j]);
+    for (gi, fg) in f.iter().enumerate() {
+        for (j, v) in fg.iter().enumerate() {
+            _mm512_storeu_ps(out[gi * M + j].as_mut_ptr(), *v);
+        }
     }
 }
 
 /// Up to M_PASS activation rows against one 16-row group: per block, the four weight vectors
 /// are split into low and high nibbles once and dotted with each row's broadcast quants.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn q4_0x16_pass<const M: usize>(nb: usize, group: &[u8], acts: &[&[u8]; M], sums: &[&[i32]; M], out: &mut [[f32; 16]]) {
+unsafe fn q4_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], sums: &[&[i32]; M], out: &mut [[f32; 16]]) {
     let bq8 = DType::Q8_0.block_bytes();
     let m4 = _mm512_set1_epi8(0x0F);
-    let mut f = [_mm512_setzero_ps(); M];
-    let gp = group.as_ptr();
+    let mut f = [[_mm512_setzero_ps(); M]; G];
     const GROUP_BLOCK: usize = Layout::Q4_0x16.group_block();
     for b in 0..nb {
-        let base = gp.add(b * GROUP_BLOCK);
-        // Stream ahead of the hardware prefetcher (DRAM-bound with one row group per pass).
-        let ahead = base.wrapping_add(PREFETCH_AHEAD) as *const i8;
-        for l in 0..GROUP_BLOCK.div_ceil(64) {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l * 64));
-        }
-        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base as *const __m256i));
-        let mut lo = [_mm512_setzero_si512(); 4];
-        let mut hi = [_mm512_setzero_si512(); 4];
-        for i in 0..4 {
-            let v = _mm512_loadu_si512(base.add(32 + 64 * i) as *const _);
-            lo[i] = _mm512_and_si512(v, m4);
-            hi[i] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
-        }
-        for (j, a) in acts.iter().enumerate() {
-            let ab = a.as_ptr().add(b * bq8);
-            let q = ab.add(2) as *const i32;
-            let mut s = _mm512_setzero_si512();
-            for i in 0..4 {
-                s = _mm512_dpbusd_epi32(s, lo[i], _mm512_set1_epi32(q.add(i).read_unaligned()));
-                s = _mm512_dpbusd_epi32(s, hi[i], _mm512_set1_epi32(q.add(4 + i).read_unaligned()));
+        for (gi, g) in groups.iter().enumerate() {
+            let base = g.as_ptr().add(b * GROUP_BLOCK);
+            // Stream ahead of the hardware prefetcher (DRAM-bound with one row group per pass).
+            let ahead = base.wrapping_add(PREFETCH_AHEAD) as *const i8;
+            for l in 0..GROUP_BLOCK.div_ceil(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l * 64));
             }
-            // The nibbles went in unsigned: subtract 8 * sum(a) for q - 8.
-            s = _mm512_sub_epi32(s, _mm512_set1_epi32(8 * *sums[j].get_unchecked(b)));
-            let da = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((ab as *const u16).read_unaligned() as i32)));
-            f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(da)), f[j]);
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base as *const __m256i));
+            let mut lo = [_mm512_setzero_si512(); 4];
+            let mut hi = [_mm512_setzero_si512(); 4];
+            for i in 0..4 {
+                let v = _mm512_loadu_si512(base.add(32 + 64 * i) as *const _);
+                lo[i] = _mm512_and_si512(v, m4);
+                hi[i] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+            }
+            for (j, a) in acts.iter().enumerate() {
+                let ab = a.as_ptr().add(b * bq8);
+                let q = ab.add(2) as *const i32;
+                let mut s = _mm512_setzero_si512();
+                for i in 0..4 {
+                    s = _mm512_dpbusd_epi32(s, lo[i], _mm512_set1_epi32(q.add(i).read_unaligned()));
+                    s = _mm512_dpbusd_epi32(s, hi[i], _mm512_set1_epi32(q.add(4 + i).read_unaligned()));
+                }
+                // The nibbles went in unsigned: subtract 8 * sum(a) for q - 8.
+                s = _mm512_sub_epi32(s, _mm512_set1_epi32(8 * *sums[j].get_unchecked(b)));
+                let da = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((ab as *const u16).read_unaligned() as i32)));
+                f[gi][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(da)), f[gi][j]);
+            }
         }
     }
-    for (j, o) in out.iter_mut().enumerate().take(M) {
-        _mm512_storeu_ps(o.as_mut_ptr(), f[j]);
+    for (gi, fg) in f.iter().enumerate() {
+        for (j, v) in fg.iter().enumerate() {
+            _mm512_storeu_ps(out[gi * M + j].as_mut_ptr(), *v);
+        }
     }
 }
 
@@ -312,33 +341,36 @@ unsafe fn q4_0x16_row_f32_body(group: &[u8], nb: usize, r: usize, out: &mut [f32
 /// As [`q4_0x16_pass`] for `Q8_0x16`: eight weight vectors per block, already unsigned
 /// (q + 128), so the correction is 128 * sum(a).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn q8_0x16_pass<const M: usize>(nb: usize, group: &[u8], acts: &[&[u8]; M], sums: &[&[i32]; M], out: &mut [[f32; 16]]) {
+unsafe fn q8_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], sums: &[&[i32]; M], out: &mut [[f32; 16]]) {
     const GROUP_BLOCK: usize = Layout::Q8_0x16.group_block();
     let bq8 = DType::Q8_0.block_bytes();
-    let mut f = [_mm512_setzero_ps(); M];
-    let gp = group.as_ptr();
+    let mut f = [[_mm512_setzero_ps(); M]; G];
     for b in 0..nb {
-        let base = gp.add(b * GROUP_BLOCK);
-        prefetch_next(base.wrapping_add(7 * GROUP_BLOCK), GROUP_BLOCK);
-        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base as *const __m256i));
-        let mut v = [_mm512_setzero_si512(); 8];
-        for (i, vi) in v.iter_mut().enumerate() {
-            *vi = _mm512_loadu_si512(base.add(32 + 64 * i) as *const _);
-        }
-        for (j, a) in acts.iter().enumerate() {
-            let ab = a.as_ptr().add(b * bq8);
-            let q = ab.add(2) as *const i32;
-            let mut s = _mm512_setzero_si512();
-            for (i, vi) in v.iter().enumerate() {
-                s = _mm512_dpbusd_epi32(s, *vi, _mm512_set1_epi32(q.add(i).read_unaligned()));
+        for (gi, g) in groups.iter().enumerate() {
+            let base = g.as_ptr().add(b * GROUP_BLOCK);
+            prefetch_next(base.wrapping_add(7 * GROUP_BLOCK), GROUP_BLOCK);
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base as *const __m256i));
+            let mut v = [_mm512_setzero_si512(); 8];
+            for (i, vi) in v.iter_mut().enumerate() {
+                *vi = _mm512_loadu_si512(base.add(32 + 64 * i) as *const _);
             }
-            s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * *sums[j].get_unchecked(b)));
-            let da = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((ab as *const u16).read_unaligned() as i32)));
-            f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(da)), f[j]);
+            for (j, a) in acts.iter().enumerate() {
+                let ab = a.as_ptr().add(b * bq8);
+                let q = ab.add(2) as *const i32;
+                let mut s = _mm512_setzero_si512();
+                for (i, vi) in v.iter().enumerate() {
+                    s = _mm512_dpbusd_epi32(s, *vi, _mm512_set1_epi32(q.add(i).read_unaligned()));
+                }
+                s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * *sums[j].get_unchecked(b)));
+                let da = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((ab as *const u16).read_unaligned() as i32)));
+                f[gi][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(da)), f[gi][j]);
+            }
         }
     }
-    for (j, o) in out.iter_mut().enumerate().take(M) {
-        _mm512_storeu_ps(o.as_mut_ptr(), f[j]);
+    for (gi, fg) in f.iter().enumerate() {
+        for (j, v) in fg.iter().enumerate() {
+            _mm512_storeu_ps(out[gi * M + j].as_mut_ptr(), *v);
+        }
     }
 }
 

@@ -157,19 +157,27 @@ pub(crate) fn row_to_f32_portable(k: &TypeKernels, layout: Layout, group: &[u8],
     });
 }
 
-/// Dots of one 16-row group of packed weights with `m` activation rows `acts[i]` (in the
-/// weight type's activation format: Q8_0 or Q8_K; for Q8_0 also `sums[i][b]` = the sum of
-/// block b's quants, which the other formats carry inside): `out[i][r]` for row r of the
-/// group. The fastest tier this CPU runs; the portable path gathers each row back into ggml's
-/// layout and uses the kernel table's dot.
-pub fn gemv(layout: Layout, nb: usize, group: &[u8], acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
+/// Dots of `ng` consecutive 16-row groups of packed weights (`groups`) with `m` activation
+/// rows `acts[i]` (in the weight type's activation format: Q8_0 or Q8_K; for Q8_0 also
+/// `sums[i][b]` = the sum of block b's quants, which the other formats carry inside):
+/// `out[gi * m + i][r]` for row r of group gi. The fastest tier this CPU runs; the portable
+/// path gathers each row back into ggml's layout and uses the kernel table's dot.
+pub fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
     #[cfg(target_arch = "x86_64")]
     if crate::backend::kernels::quant::avx512::detected() && !crate::backend::kernels::quant::force_scalar() {
-        return avx512::gemv(layout, nb, group, acts, sums, out);
+        return avx512::gemv(layout, nb, groups, ng, acts, sums, out);
     }
     let _ = sums;
-    gemv_portable(kernels(layout.ty()).expect("packed type in the table"), layout, nb, group, acts, out)
+    let (m, gbytes) = (acts.len(), nb * layout.group_block());
+    let k = kernels(layout.ty()).expect("packed type in the table");
+    for gi in 0..ng {
+        gemv_portable(k, layout, nb, &groups[gi * gbytes..(gi + 1) * gbytes], acts, &mut out[gi * m..(gi + 1) * m]);
+    }
 }
+
+/// Consecutive groups [`gemv`] streams side by side for one activation row (decode): several
+/// independent streams keep more DRAM reads in flight than one.
+pub const DECODE_GROUPS: usize = 4;
 
 /// Each row of the group gathered back into ggml's layout and dotted by the table's `k`
 /// (the portable path).

@@ -73,7 +73,7 @@ fn gemv_tiers_match_the_scalar_block_dot() {
         let (ty, at) = (layout.ty(), layout.act_type());
         let bk = ty.block_size();
         let (sk, qa) = (scalar_kernels(ty).unwrap(), scalar_kernels(at).unwrap().from_f32.unwrap());
-        for &(n, nb, m) in &[(16, 1, 1), (32, 5, 3), (48, 9, 7), (16, 12, 4), (16, 3, 15), (16, 2, 5)] {
+        for &(n, nb, m) in &[(16, 1, 1), (32, 5, 3), (48, 9, 7), (16, 12, 4), (16, 3, 15), (16, 2, 5), (64, 3, 1), (80, 5, 1)] {
             let k = nb * bk;
             let raw = rows(&mut rng, ty, n, k);
             let mut packed = vec![0u8; raw.len()];
@@ -96,11 +96,17 @@ fn gemv_tiers_match_the_scalar_block_dot() {
             let s_refs: Vec<&[i32]> = sums.iter().map(|s| s.as_slice()).collect();
             let gb = layout.group_bytes(k);
             let rb = ty.row_bytes(k);
+            // Four groups at once: the decode path streams them side by side.
+            let mut four = vec![[0f32; 16]; 4 * m];
+            if n >= 64 {
+                super::gemv(layout, nb, &packed[..4 * gb], 4, &a_refs, &s_refs, &mut four);
+            }
             for g in 0..n / 16 {
                 let group = &packed[g * gb..(g + 1) * gb];
                 let mut fast = vec![[0f32; 16]; m];
                 let mut portable = vec![[0f32; 16]; m];
-                super::gemv(layout, nb, group, &a_refs, &s_refs, &mut fast);
+                super::gemv(layout, nb, group, 1, &a_refs, &s_refs, &mut fast);
+                let fused = (g < 4 && n >= 64).then(|| &four[g * m..(g + 1) * m]);
                 super::gemv_portable(sk, layout, nb, group, &a_refs, &mut portable);
                 for i in 0..m {
                     for r in 0..16 {
@@ -115,6 +121,9 @@ fn gemv_tiers_match_the_scalar_block_dot() {
                         let tol = 1e-5 * mag + 1e-6;
                         assert!((portable[i][r] - want).abs() <= tol, "{layout:?} portable n={n} nb={nb} ({i},{r}): {} vs {want}", portable[i][r]);
                         assert!((fast[i][r] - want).abs() <= tol, "{layout:?} fast n={n} nb={nb} ({i},{r}): {} vs {want} (tol {tol})", fast[i][r]);
+                        if let Some(f) = fused {
+                            assert!((f[i][r] - want).abs() <= tol, "{layout:?} four groups n={n} nb={nb} g={g} ({i},{r}): {} vs {want}", f[i][r]);
+                        }
                     }
                 }
             }
@@ -138,7 +147,7 @@ fn gemv_cache_resident_speed() {
         let t0 = std::time::Instant::now();
         for _ in 0..reps {
             for g in 0..n / 16 {
-                super::gemv(layout, nb, &packed[g * gb..(g + 1) * gb], &[&act], &[&sums], &mut out);
+                super::gemv(layout, nb, &packed[g * gb..(g + 1) * gb], 1, &[&act], &[&sums], &mut out);
             }
         }
         let dt = t0.elapsed().as_secs_f64();
