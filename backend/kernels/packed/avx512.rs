@@ -147,21 +147,23 @@ unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
             let mut isum = [_mm512_setzero_si512(); M];
             for c in 0..4 {
                 let (s_lo, s_hi) = (lane_u8(sc[c / 2], 2 * (c % 2)), lane_u8(sc[c / 2], 2 * (c % 2) + 1));
-                let mut lo = [_mm512_setzero_si512(); 8];
-                let mut hi = [_mm512_setzero_si512(); 8];
+                // Two accumulators per sub-block halve the VNNI dependency chains; the nibbles
+                // are split as they are loaded (no arrays: they would live on the stack).
+                let mut al = [[_mm512_setzero_si512(); 2]; M];
+                let mut ah = [[_mm512_setzero_si512(); 2]; M];
                 for i in 0..8 {
                     let v = _mm512_loadu_si512(base.add(QS + 64 * (8 * c + i)) as *const _);
-                    lo[i] = _mm512_and_si512(v, m4);
-                    hi[i] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
-                }
-                for (j, a) in acts.iter().enumerate() {
-                    let q = a.as_ptr().add(b * bq8 + Q8K_QS + 64 * c);
-                    let (mut al, mut ah) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-                    for i in 0..8 {
-                        al = _mm512_dpbusd_epi32(al, lo[i], bcast4(q.add(4 * i)));
-                        ah = _mm512_dpbusd_epi32(ah, hi[i], bcast4(q.add(32 + 4 * i)));
+                    let lo = _mm512_and_si512(v, m4);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+                    for (j, a) in acts.iter().enumerate() {
+                        let q = a.as_ptr().add(b * bq8 + Q8K_QS + 64 * c);
+                        al[j][i % 2] = _mm512_dpbusd_epi32(al[j][i % 2], lo, bcast4(q.add(4 * i)));
+                        ah[j][i % 2] = _mm512_dpbusd_epi32(ah[j][i % 2], hi, bcast4(q.add(32 + 4 * i)));
                     }
-                    isum[j] = _mm512_add_epi32(isum[j], _mm512_add_epi32(_mm512_mullo_epi32(al, s_lo), _mm512_mullo_epi32(ah, s_hi)));
+                }
+                for j in 0..M {
+                    let (l, h) = (_mm512_add_epi32(al[j][0], al[j][1]), _mm512_add_epi32(ah[j][0], ah[j][1]));
+                    isum[j] = _mm512_add_epi32(isum[j], _mm512_add_epi32(_mm512_mullo_epi32(l, s_lo), _mm512_mullo_epi32(h, s_hi)));
                 }
             }
             for (j, a) in acts.iter().enumerate() {

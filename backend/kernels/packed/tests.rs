@@ -142,15 +142,17 @@ fn gemv_cache_resident_speed() {
         let act = vec![1u8; nb * layout.act_type().block_bytes()];
         let sums = vec![3i32; nb];
         let gb = layout.group_bytes(nb * bk);
-        let mut out = [[0f32; 16]; 1];
+        let mut out = [[0f32; 16]; 4];
         let reps = 200;
-        let t0 = std::time::Instant::now();
-        for _ in 0..reps {
-            for g in 0..n / 16 {
-                super::gemv(layout, nb, &packed[g * gb..(g + 1) * gb], 1, &[&act], &[&sums], &mut out);
+        for ng in [1, 4] {
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                for g in (0..n / 16).step_by(ng) {
+                    super::gemv(layout, nb, &packed[g * gb..(g + ng) * gb], ng, &[&act], &[&sums], &mut out);
+                }
             }
+            let dt = t0.elapsed().as_secs_f64();
+            eprintln!("{layout:?} GEMV, M=1, {ng} group(s) a pass, one core, L2-resident: {:.1} GB/s", (reps * packed.len()) as f64 / dt / 1e9);
         }
-        let dt = t0.elapsed().as_secs_f64();
-        eprintln!("{layout:?} GEMV, M=1, one core, L2-resident: {:.1} GB/s", (reps * packed.len()) as f64 / dt / 1e9);
     }
 }
