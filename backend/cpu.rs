@@ -34,8 +34,12 @@ impl CpuFeatures {
         }
         #[cfg(all(target_arch = "aarch64", target_os = "linux"))]
         {
-            f.sme = std::arch::is_aarch64_feature_detected!("sme");
-            f.sme2 = std::arch::is_aarch64_feature_detected!("sme2");
+            // The kernel's hwcaps (is_aarch64_feature_detected! for SME is unstable on Rust
+            // 1.95): HWCAP2_SME is bit 23, HWCAP2_SME2 bit 37 (arch/arm64 uapi hwcap.h).
+            // SAFETY: getauxval has no preconditions; unknown entries read as 0.
+            let hwcap2 = unsafe { libc::getauxval(libc::AT_HWCAP2) } as u64;
+            f.sme = hwcap2 & (1 << 23) != 0;
+            f.sme2 = hwcap2 & (1 << 37) != 0;
         }
         f
     }

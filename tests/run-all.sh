@@ -51,6 +51,11 @@ requant() { # type -> SmolLM2 requantized to type
 
 # ---- unit tests ------------------------------------------------------------------
 t_cargo() { cd "$repo" && cargo test --release 2>&1; }
+# The crate must build for aarch64 too (x86-only code behind cfg, portable paths beside).
+t_aarch64() {
+    rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu 2>&1 || return 1
+    cd "$repo" && cargo check --release --lib --target aarch64-unknown-linux-gnu 2>&1
+}
 
 # ---- test-backend-ops ------------------------------------------------------------
 backend_ops() { # "OPS to require" [extra env assignments...]
@@ -159,6 +164,7 @@ t_bad_settings() {
 }
 
 check cargo-test            t_cargo
+check aarch64-build         t_aarch64
 check backend-ops           t_backend_ops
 check backend-ops-no-amx    t_backend_ops_noamx
 check splits-smollm2        t_splits_smollm2

@@ -315,8 +315,17 @@ fn tileload_throughput() {
     unsafe { tile::release() };
 }
 
+/// Nanoseconds per call of `f`, over `iters` calls.
+fn ns_per(iters: usize, mut f: impl FnMut()) -> f64 {
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    t0.elapsed().as_secs_f64() / iters as f64 * 1e9
+}
+
 /// Tile load costs by how many distinct tiles rotate, and the bf16 2x2 block per k step with
-/// L1-resident operands (ignored; by hand).
+/// L1-resident operands, in three instruction orders (ignored; by hand).
 #[test]
 #[ignore]
 fn tileload_rotation_and_block_cost() {
@@ -325,102 +334,64 @@ fn tileload_rotation_and_block_cost() {
     }
     let cfgb = (0..8).fold(super::tile::TileConfig::new(), |c, t| c.with(t, 16, 64));
     let buf = vec![1u8; 8192];
-    let iters = 1_000_000;
-    unsafe { cfgb.load() };
     let p = buf.as_ptr();
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        unsafe {
-            tile::load::<4>(p, 64);
-            tile::load::<4>(p.add(1024), 64);
-            tile::load::<4>(p.add(2048), 64);
-            tile::load::<4>(p.add(3072), 64);
-        }
-    }
-    eprintln!("one tile: {:.1} ns per load", t0.elapsed().as_secs_f64() / (4 * iters) as f64 * 1e9);
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        unsafe {
-            tile::load::<4>(p, 64);
-            tile::load::<5>(p.add(1024), 64);
-            tile::load::<4>(p.add(2048), 64);
-            tile::load::<5>(p.add(3072), 64);
-        }
-    }
-    eprintln!("two tiles: {:.1} ns per load", t0.elapsed().as_secs_f64() / (4 * iters) as f64 * 1e9);
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        unsafe {
-            tile::load::<4>(p, 64);
-            tile::load::<5>(p.add(1024), 64);
-            tile::load::<6>(p.add(2048), 64);
-            tile::load::<7>(p.add(3072), 64);
-        }
-    }
-    eprintln!("four tiles: {:.1} ns per load", t0.elapsed().as_secs_f64() / (4 * iters) as f64 * 1e9);
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        unsafe {
-            tile::dpbf16ps::<0, 4, 6>();
-            tile::dpbf16ps::<1, 4, 7>();
-            tile::dpbf16ps::<2, 5, 6>();
-            tile::dpbf16ps::<3, 5, 7>();
-        }
-    }
-    eprintln!("2x2 products, no loads: {:.1} ns per k step", t0.elapsed().as_secs_f64() / iters as f64 * 1e9);
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        unsafe {
-            tile::load::<4>(p, 64);
-            tile::load::<6>(p.add(1024), 64);
-            tile::dpbf16ps::<0, 4, 6>();
-            tile::load::<7>(p.add(2048), 64);
-            tile::dpbf16ps::<1, 4, 7>();
-            tile::load::<5>(p.add(3072), 64);
-            tile::dpbf16ps::<2, 5, 6>();
-            tile::dpbf16ps::<3, 5, 7>();
-        }
-    }
-    eprintln!("2x2 block with its 4 loads: {:.1} ns per k step", t0.elapsed().as_secs_f64() / iters as f64 * 1e9);
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        unsafe {
-            tile::load::<4>(p, 64);
-            tile::dpbf16ps::<0, 4, 6>();
-            tile::dpbf16ps::<1, 4, 7>();
-            tile::load::<5>(p.add(1024), 64);
-            tile::dpbf16ps::<2, 5, 6>();
-            tile::dpbf16ps::<3, 5, 7>();
-        }
-    }
-    eprintln!("2x2 block, B stationary (2 loads): {:.1} ns per k step", t0.elapsed().as_secs_f64() / iters as f64 * 1e9);
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        unsafe {
-            tile::load::<4>(p, 64);
-            tile::load::<6>(p.add(1024), 64);
-            tile::load::<7>(p.add(2048), 64);
-            tile::load::<5>(p.add(3072), 64);
-            tile::dpbf16ps::<0, 4, 6>();
-            tile::dpbf16ps::<1, 4, 7>();
-            tile::dpbf16ps::<2, 5, 6>();
-            tile::dpbf16ps::<3, 5, 7>();
-        }
-    }
-    eprintln!("2x2 block, loads first: {:.1} ns per k step", t0.elapsed().as_secs_f64() / iters as f64 * 1e9);
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        unsafe {
-            tile::load::<4>(p, 64);
-            tile::load::<6>(p.add(1024), 64);
-            tile::dpbf16ps::<0, 4, 6>();
-            tile::load::<5>(p.add(3072), 64);
-            tile::dpbf16ps::<2, 5, 6>();
-            tile::load::<7>(p.add(2048), 64);
-            tile::dpbf16ps::<1, 4, 7>();
-            tile::dpbf16ps::<3, 5, 7>();
-        }
-    }
-    eprintln!("2x2 block, A1 before B1: {:.1} ns per k step", t0.elapsed().as_secs_f64() / iters as f64 * 1e9);
+    let n = 1_000_000;
+    // SAFETY (every block below): the configuration is loaded on this thread; every load
+    // reads 1 KB inside `buf`.
+    unsafe { cfgb.load() };
+    let one = ns_per(n, || unsafe {
+        tile::load::<4>(p, 64);
+        tile::load::<4>(p.add(1024), 64);
+        tile::load::<4>(p.add(2048), 64);
+        tile::load::<4>(p.add(3072), 64);
+    });
+    let two = ns_per(n, || unsafe {
+        tile::load::<4>(p, 64);
+        tile::load::<5>(p.add(1024), 64);
+        tile::load::<4>(p.add(2048), 64);
+        tile::load::<5>(p.add(3072), 64);
+    });
+    let four = ns_per(n, || unsafe {
+        tile::load::<4>(p, 64);
+        tile::load::<5>(p.add(1024), 64);
+        tile::load::<6>(p.add(2048), 64);
+        tile::load::<7>(p.add(3072), 64);
+    });
+    eprintln!("ns per 1 KB load, rotating 1 / 2 / 4 tiles: {:.1} / {:.1} / {:.1}", one / 4.0, two / 4.0, four / 4.0);
+    let products = ns_per(n, || unsafe {
+        tile::dpbf16ps::<0, 4, 6>();
+        tile::dpbf16ps::<1, 4, 7>();
+        tile::dpbf16ps::<2, 5, 6>();
+        tile::dpbf16ps::<3, 5, 7>();
+    });
+    let kernel_order = ns_per(n, || unsafe {
+        tile::load::<4>(p, 64);
+        tile::load::<6>(p.add(1024), 64);
+        tile::dpbf16ps::<0, 4, 6>();
+        tile::load::<7>(p.add(2048), 64);
+        tile::dpbf16ps::<1, 4, 7>();
+        tile::load::<5>(p.add(3072), 64);
+        tile::dpbf16ps::<2, 5, 6>();
+        tile::dpbf16ps::<3, 5, 7>();
+    });
+    let loads_first = ns_per(n, || unsafe {
+        tile::load::<4>(p, 64);
+        tile::load::<6>(p.add(1024), 64);
+        tile::load::<7>(p.add(2048), 64);
+        tile::load::<5>(p.add(3072), 64);
+        tile::dpbf16ps::<0, 4, 6>();
+        tile::dpbf16ps::<1, 4, 7>();
+        tile::dpbf16ps::<2, 5, 6>();
+        tile::dpbf16ps::<3, 5, 7>();
+    });
+    let b_stationary = ns_per(n, || unsafe {
+        tile::load::<4>(p, 64);
+        tile::dpbf16ps::<0, 4, 6>();
+        tile::dpbf16ps::<1, 4, 7>();
+        tile::load::<5>(p.add(1024), 64);
+        tile::dpbf16ps::<2, 5, 6>();
+        tile::dpbf16ps::<3, 5, 7>();
+    });
+    eprintln!("ns per 2x2 k step: products only {products:.1}; with 4 loads {kernel_order:.1} (kernel order), {loads_first:.1} (loads first); with 2 loads {b_stationary:.1}");
     unsafe { tile::release() };
 }

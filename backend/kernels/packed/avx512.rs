@@ -77,6 +77,22 @@ unsafe fn prefetch_next(base: *const u8, gb: usize) {
     }
 }
 
+/// The passes' accumulators out: group gi against activation row j to `out[gi * M + j]`.
+#[inline(always)]
+unsafe fn store_groups<const M: usize, const G: usize>(f: &[[__m512; M]; G], out: &mut [[f32; 16]]) {
+    for (gi, fg) in f.iter().enumerate() {
+        for (j, v) in fg.iter().enumerate() {
+            _mm512_storeu_ps(out[gi * M + j].as_mut_ptr(), *v);
+        }
+    }
+}
+
+/// The fp16 at `p` as f32.
+#[inline(always)]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((p as *const u16).read_unaligned() as i32)))
+}
+
 /// Byte `i` (0..4) of every 32-bit lane, zero-extended.
 #[inline(always)]
 unsafe fn lane_u8(v: __m512i, i: usize) -> __m512i {
@@ -182,11 +198,7 @@ unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
             }
         }
     }
-    for (gi, fg) in f.iter().enumerate() {
-        for (j, v) in fg.iter().enumerate() {
-            _mm512_storeu_ps(out[gi * M + j].as_mut_ptr(), *v);
-        }
-    }
+    store_groups(&f, out);
 }
 
 /// Up to M_PASS Q8_K activation rows against one `Q6_Kx16` group. Per 16-k sub-block and
@@ -249,11 +261,7 @@ unsafe fn q6_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
             }
         }
     }
-    for (gi, fg) in f.iter().enumerate() {
-        for (j, v) in fg.iter().enumerate() {
-            _mm512_storeu_ps(out[gi * M + j].as_mut_ptr(), *v);
-        }
-    }
+    store_groups(&f, out);
 }
 
 /// Up to M_PASS activation rows against one 16-row group: per block, the four weight vectors
@@ -290,16 +298,12 @@ unsafe fn q4_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
                 }
                 // The nibbles went in unsigned: subtract 8 * sum(a) for q - 8.
                 s = _mm512_sub_epi32(s, _mm512_set1_epi32(8 * *sums[j].get_unchecked(b)));
-                let da = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((ab as *const u16).read_unaligned() as i32)));
+                let da = f16_at(ab);
                 f[gi][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(da)), f[gi][j]);
             }
         }
     }
-    for (gi, fg) in f.iter().enumerate() {
-        for (j, v) in fg.iter().enumerate() {
-            _mm512_storeu_ps(out[gi * M + j].as_mut_ptr(), *v);
-        }
-    }
+    store_groups(&f, out);
 }
 
 /// Checked entry of the row dequantizers.
@@ -325,7 +329,7 @@ unsafe fn q4_0x16_row_f32_body(group: &[u8], nb: usize, r: usize, out: &mut [f32
     const GROUP_BLOCK: usize = Layout::Q4_0x16.group_block();
     for b in 0..nb {
         let base = gp.add(b * GROUP_BLOCK);
-        let d = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((base.add(2 * r) as *const u16).read_unaligned() as i32))));
+        let d = _mm512_set1_ps(f16_at(base.add(2 * r)));
         let q = _mm_set_epi32(
             (base.add(32 + 192 + 4 * r) as *const i32).read_unaligned(),
             (base.add(32 + 128 + 4 * r) as *const i32).read_unaligned(),
@@ -364,16 +368,12 @@ unsafe fn q8_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
                     s = _mm512_dpbusd_epi32(s, *vi, _mm512_set1_epi32(q.add(i).read_unaligned()));
                 }
                 s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * *sums[j].get_unchecked(b)));
-                let da = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((ab as *const u16).read_unaligned() as i32)));
+                let da = f16_at(ab);
                 f[gi][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(da)), f[gi][j]);
             }
         }
     }
-    for (gi, fg) in f.iter().enumerate() {
-        for (j, v) in fg.iter().enumerate() {
-            _mm512_storeu_ps(out[gi * M + j].as_mut_ptr(), *v);
-        }
-    }
+    store_groups(&f, out);
 }
 
 /// Row r of a `Q8_0x16` group: eight dwords 64 bytes apart, back to signed, x = d * q.
@@ -384,7 +384,7 @@ unsafe fn q8_0x16_row_f32_body(group: &[u8], nb: usize, r: usize, out: &mut [f32
     let bias = _mm_set1_epi8(-128);
     for b in 0..nb {
         let base = gp.add(b * GROUP_BLOCK);
-        let d = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((base.add(2 * r) as *const u16).read_unaligned() as i32))));
+        let d = _mm512_set1_ps(f16_at(base.add(2 * r)));
         let dw = |i: usize| (base.add(32 + 64 * i + 4 * r) as *const i32).read_unaligned();
         let q0 = _mm_xor_si128(_mm_set_epi32(dw(3), dw(2), dw(1), dw(0)), bias);
         let q1 = _mm_xor_si128(_mm_set_epi32(dw(7), dw(6), dw(5), dw(4)), bias);
