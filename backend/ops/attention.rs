@@ -89,7 +89,8 @@ fn per_thread(node: &Node) -> (usize, usize, usize) {
 /// per-row path rather than a scratch area this large).
 const BLOCKED_KV_MAX_BYTES: usize = 256 << 20;
 
-/// The blocked path's scratch: (f32 K and V of all heads, per-thread part, total).
+/// The blocked path's scratch: f32 K and V of every head (`kv` bytes), then `per_thread`
+/// bytes per thread; `n_kb` 16-key blocks.
 struct BlockedLayout {
     n_kb: usize,
     k_head: usize,
@@ -98,7 +99,7 @@ struct BlockedLayout {
     per_thread: usize,
 }
 
-fn blocked(node: &Node, nth: usize) -> Option<BlockedLayout> {
+fn blocked(node: &Node) -> Option<BlockedLayout> {
     let (q, k, v) = (node.src(0), node.src(1), node.src(2));
     let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
     if q.ne[1] < BLOCK || !attn::fast() || !dv.is_multiple_of(16) {
@@ -109,12 +110,11 @@ fn blocked(node: &Node, nth: usize) -> Option<BlockedLayout> {
     let kv = k_head * k.ne[2] * k.ne[3] + v_head * v.ne[2] * v.ne[3];
     // Q block, scores / weights of 16 rows, output block.
     let per_thread = (BLOCK * dk + BLOCK * n_kb * BLOCK + BLOCK * dv) * 4;
-    let _ = nth;
     (kv <= BLOCKED_KV_MAX_BYTES).then_some(BlockedLayout { n_kb, k_head, v_head, kv, per_thread })
 }
 
 pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
-    match blocked(node, nth) {
+    match blocked(node) {
         Some(b) => b.kv + b.per_thread * nth,
         None => per_thread(node).2 * nth,
     }
@@ -123,7 +123,7 @@ pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
 /// Two passes per query row: scores (QK^T, scale, soft-cap, mask) and their maximum,
 /// then exp-weighted V accumulation with f16 V converted in registers.
 pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softcap: f32) {
-    if let Some(b) = blocked(node, ctx.nth) {
+    if let Some(b) = blocked(node) {
         return flash_attn_blocked(node, ctx, &b, scale, max_bias, softcap);
     }
     let (q, k, v, d) = (node.src(0), node.src(1), node.src(2), &node.dst);
@@ -214,7 +214,6 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
             .for_each(|(o, &a)| *o = a * inv);
     }
 }
-
 
 const F16_NEG_INF: u16 = 0xFC00;
 

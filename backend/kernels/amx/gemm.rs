@@ -16,6 +16,7 @@
 //!   vector units into accumulators.
 //! * [`bf16_block`]: bf16 (TDPBF16PS), f32 accumulation in the tiles over the whole K.
 
+use super::rows::BF16_ATILE;
 use super::tile::{self, TileConfig};
 use std::arch::x86_64::*;
 
@@ -210,12 +211,12 @@ pub unsafe fn bf16_block(w0: *const u8, w1: *const u8, b0: *const u8, b1: *const
     tile::zero::<2>();
     tile::zero::<3>();
     for ks in 0..ksteps {
-        tile::load::<4>(w0.add(ks * BF16_BTILE), 64);
+        tile::load::<4>(w0.add(ks * BF16_ATILE), 64);
         tile::load::<6>(b0.add(ks * BF16_BTILE), 64);
         tile::dpbf16ps::<0, 4, 6>();
         tile::load::<7>(b1.add(ks * BF16_BTILE), 64);
         tile::dpbf16ps::<1, 4, 7>();
-        tile::load::<5>(w1.add(ks * BF16_BTILE), 64);
+        tile::load::<5>(w1.add(ks * BF16_ATILE), 64);
         tile::dpbf16ps::<2, 5, 6>();
         tile::dpbf16ps::<3, 5, 7>();
     }

@@ -25,12 +25,12 @@ pub fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]],
     // The passes take their row and group counts as constants, so that their accumulators
     // stay in registers.
     macro_rules! pass {
-        ($m:literal, $g:expr, $a:expr, $s:expr, $o:expr) => {
+        ($m:literal, $g:expr, $gs:expr, $a:expr, $s:expr, $o:expr) => {
             match layout {
-                Layout::Q4_0x16 => q4_0x16_pass::<$m, 1>(nb, &$g, $a.try_into().unwrap(), $s.try_into().unwrap(), $o),
-                Layout::Q8_0x16 => q8_0x16_pass::<$m, 1>(nb, &$g, $a.try_into().unwrap(), $s.try_into().unwrap(), $o),
-                Layout::Q4_Kx16 => q4_kx16_pass::<$m, 1>(nb, &$g, $a.try_into().unwrap(), $o),
-                Layout::Q6_Kx16 => q6_kx16_pass::<$m, 1>(nb, &$g, $a.try_into().unwrap(), $o),
+                Layout::Q4_0x16 => q4_0x16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $s.try_into().unwrap(), $o),
+                Layout::Q8_0x16 => q8_0x16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $s.try_into().unwrap(), $o),
+                Layout::Q4_Kx16 => q4_kx16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
+                Layout::Q6_Kx16 => q6_kx16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
             }
         };
     }
@@ -39,14 +39,7 @@ pub fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]],
     if m == 1 && ng == DECODE_GROUPS {
         let gs: [&[u8]; DECODE_GROUPS] = std::array::from_fn(group);
         let s1: &[&[i32]] = if with_sums { &s_all[..1] } else { &[&[]] };
-        unsafe {
-            match layout {
-                Layout::Q4_0x16 => q4_0x16_pass::<1, DECODE_GROUPS>(nb, &gs, acts.try_into().unwrap(), s1.try_into().unwrap(), out),
-                Layout::Q8_0x16 => q8_0x16_pass::<1, DECODE_GROUPS>(nb, &gs, acts.try_into().unwrap(), s1.try_into().unwrap(), out),
-                Layout::Q4_Kx16 => q4_kx16_pass::<1, DECODE_GROUPS>(nb, &gs, acts.try_into().unwrap(), out),
-                Layout::Q6_Kx16 => q6_kx16_pass::<1, DECODE_GROUPS>(nb, &gs, acts.try_into().unwrap(), out),
-            }
-        }
+        unsafe { pass!(1, DECODE_GROUPS, gs, acts, s1, out) };
         return;
     }
     for gi in 0..ng {
@@ -57,10 +50,10 @@ pub fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]],
             let s = if with_sums { &s_all[c..e] } else { &[&[][..]; M_PASS][..e - c] };
             unsafe {
                 match e - c {
-                    1 => pass!(1, g, a, s, o),
-                    2 => pass!(2, g, a, s, o),
-                    3 => pass!(3, g, a, s, o),
-                    _ => pass!(4, g, a, s, o),
+                    1 => pass!(1, 1, g, a, s, o),
+                    2 => pass!(2, 1, g, a, s, o),
+                    3 => pass!(3, 1, g, a, s, o),
+                    _ => pass!(4, 1, g, a, s, o),
                 }
             }
         }
