@@ -3,6 +3,8 @@
 
 use std::sync::OnceLock;
 
+use super::planner::ModeSetting;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
     Off,
@@ -27,6 +29,11 @@ pub struct Config {
     /// SMEPILOT_DECLINE_OPS=SOFT_MAX,ROPE: ops (ggml names) reported unsupported, so
     /// the scheduler runs them elsewhere. For fallback tests and for bisecting.
     pub decline_ops: Vec<String>,
+    /// SMEPILOT_MODE=vector|matrix|coop|auto: matrix products in one forced mode (for
+    /// ablations and to pin behaviour), or as the planner chooses (auto, the default).
+    pub mode: ModeSetting,
+    /// SMEPILOT_TRACE=1: one line per executed op and a summary per graph on stderr.
+    pub trace: bool,
 }
 
 /// ggml op names SMEPilot may claim, i.e. what SMEPILOT_DECLINE_OPS may name.
@@ -102,7 +109,14 @@ impl Config {
                 ops
             }
         };
+        let mode = match var("SMEPILOT_MODE") {
+            None => ModeSetting::Auto,
+            Some(v) => ModeSetting::parse(&v.to_lowercase())
+                .ok_or_else(|| format!("SMEPILOT_MODE={v:?} is not one of vector, matrix, coop, auto"))?,
+        };
         Ok(Config {
+            mode,
+            trace: flag(&var, "SMEPILOT_TRACE")?,
             log,
             disable_amx: flag(&var, "SMEPILOT_DISABLE_AMX")?,
             amx_int8: flag(&var, "SMEPILOT_AMX_INT8")?,
@@ -153,6 +167,7 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(c.log, LogLevel::Warn);
         assert!(!c.disable_amx && c.threads.is_none() && c.decline_ops.is_empty());
+        assert!(c.mode == ModeSetting::Auto && !c.trace);
     }
 
     #[test]
@@ -180,6 +195,8 @@ mod tests {
             ("SMEPILOT_DISABLE_AMX", "maybe"),
             ("SMEPILOT_THREADS", "0"),
             ("SMEPILOT_DECLINE_OPS", "SOFTMAX"),
+            ("SMEPILOT_MODE", "fast"),
+            ("SMEPILOT_TRACE", "verbose"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err();
             assert!(e.contains(k) && e.contains(v), "{e}");

@@ -2,10 +2,33 @@
 //! each node, with one scratch area that grows only when a larger node arrives.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use super::ops::{self, Node, Op};
+use super::planner::adapt::{Decision, Planner};
+use super::planner::model::MatShape;
+use super::planner::trace::{self, GraphSummary, OpRecord};
+use super::planner::{Mode, Plan};
 use super::threadpool::{SpinBarrier, ThreadPool};
+
+/// A node's shared work queue. `next_chunk` counts up without bound (the op checks the
+/// end); `take` hands out indices below a limit from either end, so two kinds of worker
+/// can consume one range from opposite sides and meet wherever their speeds put them.
+#[derive(Default)]
+struct WorkQueue {
+    front: AtomicUsize,
+    back: AtomicUsize,
+    taken: AtomicUsize,
+}
+
+impl WorkQueue {
+    fn reset(&self) {
+        self.front.store(0, Ordering::Relaxed);
+        self.back.store(0, Ordering::Relaxed);
+        self.taken.store(0, Ordering::Relaxed);
+    }
+}
 
 /// What one thread sees while running a node.
 pub struct ThreadCtx<'a> {
@@ -14,7 +37,9 @@ pub struct ThreadCtx<'a> {
     barrier: &'a SpinBarrier,
     scratch: *mut u8,
     scratch_len: usize,
-    chunks: &'a AtomicUsize,
+    queue: &'a WorkQueue,
+    /// How this node runs (the planner's choice for matrix products).
+    pub plan: Plan,
 }
 
 impl ThreadCtx<'_> {
@@ -22,7 +47,23 @@ impl ThreadCtx<'_> {
     /// threads, for work split dynamically (so a thread slowed down by its neighbour or the
     /// hypervisor does not leave the others waiting at the barrier). One queue per node.
     pub fn next_chunk(&self) -> usize {
-        self.chunks.fetch_add(1, Ordering::Relaxed)
+        self.queue.front.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The next of `limit` indices, from the front (0, 1, ...) or the back (limit - 1,
+    /// limit - 2, ...); None once all `limit` are taken. Do not mix with `next_chunk` in
+    /// one node.
+    pub fn take(&self, limit: usize, from_back: bool) -> Option<usize> {
+        // Reserving a slot first bounds front + back takes by `limit`, so the two ends
+        // never hand out the same index.
+        if self.queue.taken.fetch_add(1, Ordering::Relaxed) >= limit {
+            return None;
+        }
+        Some(if from_back {
+            limit - 1 - self.queue.back.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.queue.front.fetch_add(1, Ordering::Relaxed)
+        })
     }
 
     /// Waits until every thread of the pool has reached the same point.
@@ -50,6 +91,14 @@ pub struct Executor {
     scratch: *mut u8,
     scratch_cap: usize,
     pub stats: Stats,
+    planner: Option<Planner>,
+    trace: bool,
+    /// Per node of the current graph: its plan, and the planner's shape and decision for
+    /// planned matrix products (reused between graphs).
+    plans: Vec<Plan>,
+    decisions: Vec<Option<(MatShape, Decision)>>,
+    /// Per node: nanoseconds thread 0 measured from its start to the barrier after it.
+    times: Vec<AtomicU64>,
 }
 
 // SAFETY: the scratch pointer is owned by the executor and only handed to the pool's
@@ -65,7 +114,25 @@ impl Executor {
             scratch: std::ptr::null_mut(),
             scratch_cap: 0,
             stats: Stats::default(),
+            planner: None,
+            trace: false,
+            plans: Vec::new(),
+            decisions: Vec::new(),
+            times: Vec::new(),
         }
+    }
+
+    /// An executor whose matrix products run as `planner` decides; with `trace`, one line
+    /// per op and a summary per graph go to stderr.
+    pub fn with_planner(n_threads: usize, planner: Planner, trace: bool) -> Executor {
+        let mut e = Executor::new(n_threads);
+        e.planner = Some(planner);
+        e.trace = trace;
+        e
+    }
+
+    pub fn planner(&self) -> Option<&Planner> {
+        self.planner.as_ref()
     }
 
     pub fn n_threads(&self) -> usize {
@@ -107,6 +174,36 @@ impl Executor {
     /// Runs the nodes in order. Every node must have passed `ops::supports`.
     pub fn compute(&mut self, nodes: &[Node]) {
         let nth = self.pool.n_threads();
+        self.plans.clear();
+        self.decisions.clear();
+        for node in nodes {
+            let planned = self.planner.as_mut().and_then(|p| {
+                let s = ops::mat_shape(node, nth)?;
+                Some((s, p.decide(&s)))
+            });
+            self.plans.push(planned.map_or(Plan::STATIC, |(_, d)| d.plan));
+            self.decisions.push(planned);
+        }
+        let plans = std::mem::take(&mut self.plans);
+        self.run(nodes, &plans);
+        self.plans = plans;
+        self.feed_back(nodes);
+    }
+
+    /// Runs the nodes with the given plans (one per node), bypassing the planner: for
+    /// calibration and for tests of each mode.
+    pub fn compute_with_plans(&mut self, nodes: &[Node], plans: &[Plan]) {
+        assert_eq!(nodes.len(), plans.len());
+        self.run(nodes, plans);
+    }
+
+    /// Seconds the last graph's node `i` took (thread 0's view, barrier included).
+    pub fn node_secs(&self, i: usize) -> f64 {
+        self.times[i].load(Ordering::Relaxed) as f64 * 1e-9
+    }
+
+    fn run(&mut self, nodes: &[Node], plans: &[Plan]) {
+        let nth = self.pool.n_threads();
         let need = nodes
             .iter()
             .map(|n| ops::scratch_bytes(n, nth))
@@ -117,12 +214,15 @@ impl Executor {
         self.stats.graphs += 1;
         self.stats.view_nodes += views;
         self.stats.compute_nodes += nodes.len() as u64 - views;
+        if self.times.len() < nodes.len() {
+            self.times.resize_with(nodes.len(), AtomicU64::default);
+        }
 
         let (scratch, scratch_len) = (self.scratch as usize, self.scratch_cap);
-        let pool = &self.pool;
-        // Chunk queues of alternate nodes: thread 0 resets the next node's queue while the
+        let (pool, times) = (&self.pool, &self.times);
+        // Work queues of alternate nodes: thread 0 resets the next node's queue while the
         // current node runs, after every thread has left the previous one (its barrier).
-        let queues = [AtomicUsize::new(0), AtomicUsize::new(0)];
+        let queues = [WorkQueue::default(), WorkQueue::default()];
         pool.run(&|ith| {
             let mut ctx = ThreadCtx {
                 ith,
@@ -130,18 +230,59 @@ impl Executor {
                 barrier: pool.barrier(),
                 scratch: scratch as *mut u8,
                 scratch_len,
-                chunks: &queues[0],
+                queue: &queues[0],
+                plan: Plan::STATIC,
             };
-            let compute = nodes.iter().filter(|n| !matches!(n.op, Op::View));
-            for (i, node) in compute.enumerate() {
-                ctx.chunks = &queues[i % 2];
+            let mut q = 0;
+            for (i, node) in nodes.iter().enumerate() {
+                if matches!(node.op, Op::View) {
+                    continue;
+                }
+                ctx.queue = &queues[q % 2];
+                ctx.plan = plans[i];
+                let t0 = (ith == 0).then(Instant::now);
                 if ith == 0 {
-                    queues[(i + 1) % 2].store(0, Ordering::Relaxed);
+                    queues[(q + 1) % 2].reset();
                 }
                 ops::run(node, &ctx);
                 ctx.barrier();
+                if let Some(t0) = t0 {
+                    times[i].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
+                q += 1;
             }
         });
+    }
+
+    /// Measured times back to the planner, and the trace.
+    fn feed_back(&mut self, nodes: &[Node]) {
+        let nth = self.pool.n_threads();
+        let Some(planner) = self.planner.as_mut() else { return };
+        let mut summary = GraphSummary::default();
+        let mut ops_run = 0;
+        for (i, node) in nodes.iter().enumerate() {
+            if matches!(node.op, Op::View) {
+                continue;
+            }
+            let secs = self.times[i].load(Ordering::Relaxed) as f64 * 1e-9;
+            let decided = self.decisions[i];
+            if let Some((s, d)) = decided {
+                planner.record(&s, d.mode, secs);
+            }
+            if self.trace {
+                let (mode, predicted) = match decided {
+                    Some((_, d)) => (d.mode, d.predicted),
+                    None => (Mode::Vector, trace::predict_node(planner.profile(), node, nth)),
+                };
+                let r = OpRecord { node, mode, predicted, measured: secs };
+                eprintln!("{}", trace::op_line(&r, decided.as_ref().map(|(s, _)| s)));
+                summary.add(&r);
+                ops_run += 1;
+            }
+        }
+        if self.trace && ops_run > 0 {
+            eprintln!("{}", summary.line(ops_run));
+        }
     }
 }
 

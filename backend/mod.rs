@@ -7,5 +7,6 @@ pub mod exec;
 pub mod kernels;
 pub mod roofs;
 pub mod ops;
+pub mod planner;
 pub mod tensor;
 pub mod threadpool;

@@ -32,24 +32,67 @@ fn on_threads(threads: usize, f: impl Fn(usize) -> f64 + Sync) -> (f64, f64) {
 /// DRAM read bandwidth in bytes/s: `threads` threads each sum their own 256 MiB buffer
 /// (far beyond the last-level cache), best of 3 passes.
 pub fn dram_read_bw(threads: usize) -> f64 {
-    const BYTES: usize = 256 << 20;
-    let bufs: Vec<Vec<u64>> = (0..threads).map(|i| vec![i as u64 + 1; BYTES / 8]).collect();
+    dram_read_bw_sized(threads, 256 << 20, 3)
+}
+
+/// Sums `buf` with eight independent lanes, so the loop is load-bound, not add-bound.
+fn read_all(buf: &[u64]) {
+    let mut acc = [0u64; 8];
+    for c in buf.chunks_exact(8) {
+        for j in 0..8 {
+            acc[j] = acc[j].wrapping_add(c[j]);
+        }
+    }
+    std::hint::black_box(acc);
+}
+
+/// As [`dram_read_bw`] with `bytes` per thread and `passes` passes (calibration uses less).
+pub fn dram_read_bw_sized(threads: usize, bytes: usize, passes: usize) -> f64 {
+    let bufs: Vec<Vec<u64>> = (0..threads).map(|i| vec![i as u64 + 1; bytes / 8]).collect();
     let mut best = 0f64;
-    for _ in 0..3 {
+    for _ in 0..passes {
         let (secs, _) = on_threads(threads, |i| {
-            // Eight independent lanes so the sum is load-bound, not add-latency-bound.
-            let mut acc = [0u64; 8];
-            for c in bufs[i].chunks_exact(8) {
-                for j in 0..8 {
-                    acc[j] = acc[j].wrapping_add(c[j]);
-                }
-            }
-            std::hint::black_box(acc);
+            read_all(&bufs[i]);
             0.0
         });
-        best = best.max((threads * BYTES) as f64 / secs);
+        best = best.max((threads * bytes) as f64 / secs);
     }
     best
+}
+
+/// DRAM read bandwidth (bytes/s, summed) of `threads - 1` threads reading with vector loads
+/// while thread 0 streams its own buffer through the tile unit (tile loads, 1 KB each): the
+/// bandwidth the vector cores keep beside a streaming matrix unit. None without AMX or
+/// with fewer than 2 threads.
+#[cfg(target_arch = "x86_64")]
+pub fn dram_beside_tiles(threads: usize, bytes: usize) -> Option<f64> {
+    use crate::backend::kernels::amx::{self, tile};
+    if !amx::available() || threads < 2 {
+        return None;
+    }
+    let bufs: Vec<Vec<u64>> = (0..threads).map(|i| vec![i as u64 + 1; bytes / 8]).collect();
+    let (_, total) = on_threads(threads, |i| {
+        if i == 0 {
+            let cfg = tile::TileConfig::new().with(0, 16, 64);
+            let p = bufs[0].as_ptr() as *const u8;
+            // SAFETY: AMX is available; every load reads 16 rows of 64 bytes inside the
+            // buffer (1 KB steps over `bytes`, a multiple of 1 KB).
+            unsafe {
+                cfg.load();
+                for _ in 0..2 {
+                    for off in (0..bytes).step_by(1024) {
+                        tile::load::<0>(p.add(off), 64);
+                    }
+                }
+                tile::release();
+            }
+            return 0.0;
+        }
+        let t0 = Instant::now();
+        read_all(&bufs[i]);
+        bytes as f64 / t0.elapsed().as_secs_f64()
+    });
+    Some(total)
 }
 
 /// Peak of the AMX tile unit in ops/s (2 per multiply-add) on `threads` cores, for int8
@@ -107,4 +150,21 @@ pub fn amx_rate(threads: usize, bf16: bool, kbytes: usize) -> Option<f64> {
     let k = if bf16 { kbytes as f64 / 2.0 } else { kbytes as f64 };
     let ops = threads as f64 * ITERS as f64 * 4.0 * 16.0 * 16.0 * k * 2.0;
     Some(ops / secs)
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod probe {
+    /// Tile peak and DRAM read on 1 and 2 threads (ignored; by hand with --nocapture).
+    #[test]
+    #[ignore]
+    fn roofs_by_threads() {
+        for t in [1, 2] {
+            eprintln!(
+                "{t} thread(s): bf16 {:.2} TF, int8 {:.2} TOPS, DRAM {:.1} GB/s",
+                super::amx_peak(t, true).unwrap_or(0.0) / 1e12,
+                super::amx_peak(t, false).unwrap_or(0.0) / 1e12,
+                super::dram_read_bw(t) / 1e9
+            );
+        }
+    }
 }

@@ -29,8 +29,10 @@ pub unsafe fn new_backend(device: ggml_backend_dev_t) -> ggml_backend_t {
     let threads = cfg
         .threads
         .unwrap_or_else(|| super::os::allowed_cpus().len());
+    let profile = crate::backend::planner::calibrate::shared_profile();
+    let planner = crate::backend::planner::adapt::Planner::new(profile.clone(), cfg.mode);
     let ctx = Box::new(StreamCtx {
-        exec: Executor::new(threads),
+        exec: Executor::with_planner(threads, planner, cfg.trace),
         nodes: Vec::new(),
     });
     let backend = Box::new(ggml_backend {

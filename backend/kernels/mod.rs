@@ -5,5 +5,6 @@ pub mod amx;
 pub mod attn;
 pub mod f16;
 pub mod packed;
+pub mod peak;
 pub mod quant;
 pub mod vmath;

@@ -11,6 +11,7 @@ use crate::backend::dtype::DType;
 use crate::backend::exec::ThreadCtx;
 use crate::backend::kernels::packed::{self, PackedRef};
 use crate::backend::kernels::quant::kernels;
+use crate::backend::planner::{Mode, Plan};
 
 /// Weight rows per tile (kept in L1 while the tile's activation rows stream by).
 const TILE_N: usize = 16;
@@ -64,37 +65,79 @@ fn act_layout(node: &Node) -> Option<(DType, usize, usize)> {
     Some((vdt, stride, x.nrows()))
 }
 
-/// Fewest activation rows the tile path takes; below, packed weights use the packed GEMV.
-const PACKED_GEMV_MAX_ROWS: usize = 15;
+/// Activation rows per pass of the packed kernels in the vector path (their largest row
+/// block; more rows take several passes over each weight group, which stays in L1).
+const PACKED_ROWS_PER_PASS: usize = 16;
 
-/// The packed-GEMV path applies: a packed 2-D weight and few activation rows.
-fn packed_gemv(node: &Node) -> Option<PackedRef> {
+/// Weights and activations are plain matrices (what the planner and the matrix path take).
+pub fn two_d(node: &Node) -> bool {
     let (w, x) = (node.src(0), node.src(1));
-    let p = w.packed?;
-    let plain = w.ne[2] == 1 && w.ne[3] == 1 && x.ne[2] == 1 && x.ne[3] == 1;
-    (plain && x.ne[1] <= PACKED_GEMV_MAX_ROWS).then_some(p)
+    w.ne[2] == 1 && w.ne[3] == 1 && x.ne[2] == 1 && x.ne[3] == 1
+}
+
+/// The packed kernels apply: a packed 2-D weight.
+fn packed_2d(node: &Node) -> Option<PackedRef> {
+    node.src(0).packed.filter(|_| two_d(node))
+}
+
+/// The matrix unit can run this product.
+pub fn matrix_feasible(node: &Node) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::matmul_amx::feasible(node);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = node;
+        false
+    }
+}
+
+/// The mode the node runs in: the plan's where it can run (coop needs at least one thread
+/// on each side), else the vector path; without a plan, the matrix unit from 16 rows up.
+pub fn effective_mode(node: &Node, plan: &Plan, nth: usize) -> Mode {
+    let matrix = matrix_feasible(node);
+    match plan.mode {
+        None if matrix && node.src(1).ne[1] >= MATRIX_MIN_ROWS => Mode::Matrix,
+        Some(Mode::Matrix) if matrix => Mode::Matrix,
+        Some(Mode::Coop) if matrix && plan.matrix_threads >= 1 && plan.matrix_threads < nth => Mode::Coop,
+        _ => Mode::Vector,
+    }
+}
+
+/// Fewest activation rows for which the static rule (no planner) picks the matrix unit.
+pub const MATRIX_MIN_ROWS: usize = 16;
+
+fn vector_scratch(node: &Node) -> usize {
+    let acts = act_layout(node).map_or(0, |(_, stride, r)| stride * r);
+    if packed_2d(node).is_some() {
+        let (rows, nb) = (node.src(1).ne[1], node.src(0).ne[0] / 32);
+        return acts + rows * nb * 4;
+    }
+    acts
 }
 
 pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
+    let v = vector_scratch(node);
     #[cfg(target_arch = "x86_64")]
-    if super::matmul_amx::applies(node) {
-        return super::matmul_amx::scratch_bytes(node, nth);
+    if matrix_feasible(node) {
+        // Any mode may run (the planner decides per call): room for the largest, and coop
+        // keeps both engines' activations side by side.
+        let m = super::matmul_amx::scratch_bytes(node, nth);
+        return m.max(m.next_multiple_of(64) + v);
     }
     let _ = nth;
-    if packed_gemv(node).is_some() {
-        let (rows, nb) = (node.src(1).ne[1], node.src(0).ne[0] / 32);
-        return act_layout(node).map_or(0, |(_, stride, r)| stride * r) + rows * nb * 4;
-    }
-    act_layout(node).map_or(0, |(_, stride, rows)| stride * rows)
+    v
 }
 
 pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
-    #[cfg(target_arch = "x86_64")]
-    if super::matmul_amx::applies(node) {
-        return super::matmul_amx::mul_mat(node, ctx);
+    match effective_mode(node, &ctx.plan, ctx.nth) {
+        #[cfg(target_arch = "x86_64")]
+        Mode::Matrix => return super::matmul_amx::mul_mat(node, ctx),
+        #[cfg(target_arch = "x86_64")]
+        Mode::Coop => return super::matmul_amx::mul_mat_coop(node, ctx),
+        _ => {}
     }
-    if let Some(p) = packed_gemv(node) {
-        return mul_mat_packed_gemv(node, ctx, p);
+    if let Some(p) = packed_2d(node) {
+        return mul_mat_packed(node, ctx, p);
     }
     let (w, x, d) = (node.src(0), node.src(1), &node.dst);
     let wk = kernels(w.ty).unwrap();
@@ -158,70 +201,137 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
     }
 }
 
-/// 16-row weight groups per chunk of the GEMV's work queue: large enough to stream (64 rows
-/// of 3072 Q4_K weights are 110 KB), small enough to balance the threads.
+/// 16-row weight groups per chunk of the vector path's work queue: large enough to stream
+/// (64 rows of 3072 Q4_K weights are 110 KB), small enough to balance the threads.
 const GEMV_CHUNK_GROUPS: usize = packed::DECODE_GROUPS;
 
-/// Few activation rows against packed weights: activations quantized to the weight type's
-/// activation format (Q8_0 with each block's quant sum, or Q8_K, as ggml-cpu), then chunks
-/// of 16-row weight groups taken from the node's work queue, each group streamed once for all
-/// activation rows.
-fn mul_mat_packed_gemv(node: &Node, ctx: &ThreadCtx, p: PackedRef) {
-    let (w, x, d) = (node.src(0), node.src(1), &node.dst);
-    let (k, n, m) = (w.ne[0], w.ne[1], x.ne[1]);
-    let (vdt, stride, _) = act_layout(node).expect("packed layouts take quantized activations");
-    debug_assert_eq!(vdt, p.layout.act_type());
-    let with_sums = vdt == DType::Q8_0;
-    let nb = k / w.ty.block_size();
-    let (scratch, _) = ctx.scratch();
-    let sums_at = scratch.wrapping_add(stride * m) as *mut i32;
-    let quantize = kernels(vdt).unwrap().from_f32.unwrap();
+/// Activations converted for the vector kernels, in the scratch at `base`: row r at
+/// `base + r * stride`, then (for Q8_0 activations) each row's per-block quant sums.
+pub(super) struct VectorActs {
+    base: *mut u8,
+    stride: usize,
+    bytes: usize,
+    m: usize,
+    nb: usize,
+    with_sums: bool,
+}
+
+impl VectorActs {
+    fn sums_at(&self) -> *mut i32 {
+        self.base.wrapping_add(self.stride * self.m) as *mut i32
+    }
+
+    /// Row r and its block sums (empty unless Q8_0).
+    ///
+    /// # Safety
+    /// `prepare_vector_acts` has filled row r and every thread has passed a barrier since.
+    unsafe fn row(&self, r: usize) -> (&[u8], &[i32]) {
+        let sums = if self.with_sums { std::slice::from_raw_parts(self.sums_at().add(r * self.nb), self.nb) } else { &[] };
+        (slice::<u8>(self.base.add(r * self.stride), self.bytes), sums)
+    }
+}
+
+/// Converts this thread's share of the activation rows of a 2-D product into the weight
+/// type's activation format at `base` (Q8_0 with each block's quant sum, Q8_K, F16, BF16 as
+/// ggml-cpu does; F32 rows are copied). The caller puts a barrier before reading them.
+pub(super) fn prepare_vector_acts(node: &Node, ctx: &ThreadCtx, base: *mut u8) -> VectorActs {
+    let (w, x) = (node.src(0), node.src(1));
+    let (k, m) = (w.ne[0], x.ne[1]);
+    let (vdt, stride, _) = act_layout(node).expect("F32 weights never reach the row kernels");
+    let acts = VectorActs {
+        base,
+        stride,
+        bytes: vdt.row_bytes(k),
+        m,
+        nb: k / w.ty.block_size(),
+        with_sums: vdt == DType::Q8_0 && w.packed.is_some(),
+    };
     let bq = vdt.block_bytes();
     let (r0, r1) = split_range(m, ctx.ith, ctx.nth);
     for r in r0..r1 {
-        // SAFETY: scratch holds m rows of `stride` bytes then m * nb sums (scratch_bytes); row r
-        // and its sums are this thread's; x rows hold k f32.
+        // SAFETY: the scratch at `base` holds m rows of `stride` bytes then m * nb sums
+        // (vector_scratch); row r and its sums are this thread's; x rows hold k f32.
         unsafe {
-            let a = slice_mut::<u8>(scratch.add(r * stride), vdt.row_bytes(k));
-            quantize(slice::<f32>(x.row_ptr(r, 0, 0), k), a);
-            if with_sums {
-                for b in 0..nb {
-                    *sums_at.add(r * nb + b) = a[b * bq + 2..(b + 1) * bq].iter().map(|&v| v as i8 as i32).sum();
+            let src = slice::<f32>(x.row_ptr(r, 0, 0), k);
+            let a = slice_mut::<u8>(base.add(r * stride), acts.bytes);
+            kernels(vdt).and_then(|t| t.from_f32).expect("activation format has a converter")(src, a);
+            if acts.with_sums {
+                for b in 0..acts.nb {
+                    *acts.sums_at().add(r * acts.nb + b) = a[b * bq + 2..(b + 1) * bq].iter().map(|&v| v as i8 as i32).sum();
                 }
             }
         }
     }
-    ctx.barrier();
-    const MAX_M: usize = PACKED_GEMV_MAX_ROWS;
-    let mut acts: [&[u8]; MAX_M] = [&[]; MAX_M];
-    let mut sums: [&[i32]; MAX_M] = [&[]; MAX_M];
-    for r in 0..m {
-        // SAFETY: written in phase 1, read-only from here on.
+    acts
+}
+
+/// Output columns `r0 .. r1` (weight rows; multiples of 16 for packed weights) for every
+/// activation row, on the vector kernels: packed weights 16 rows at a time with up to 16
+/// activation rows per pass, other types one dot per (row, activation row).
+pub(super) fn vector_rows(node: &Node, acts: &VectorActs, r0: usize, r1: usize) {
+    let (w, d) = (node.src(0), &node.dst);
+    let k = w.ne[0];
+    if let Some(p) = packed_2d(node) {
+        let gb = p.layout.group_bytes(k);
+        let (g0, ng) = (r0 / 16, (r1 - r0) / 16);
+        let mut out = [[0f32; 16]; PACKED_ROWS_PER_PASS * GEMV_CHUNK_GROUPS];
+        let mut rows: [&[u8]; PACKED_ROWS_PER_PASS] = [&[]; PACKED_ROWS_PER_PASS];
+        let mut sums: [&[i32]; PACKED_ROWS_PER_PASS] = [&[]; PACKED_ROWS_PER_PASS];
+        for gc in (0..ng).step_by(GEMV_CHUNK_GROUPS) {
+            let gn = (ng - gc).min(GEMV_CHUNK_GROUPS);
+            // SAFETY: the packed copy holds n / 16 groups of gb bytes; g0 + gc + gn <= n / 16.
+            let chunk = unsafe { std::slice::from_raw_parts(p.data.add((g0 + gc) * gb), gn * gb) };
+            for a0 in (0..acts.m).step_by(PACKED_ROWS_PER_PASS) {
+                let am = (acts.m - a0).min(PACKED_ROWS_PER_PASS);
+                for i in 0..am {
+                    // SAFETY: rows filled before the caller's barrier (prepare_vector_acts).
+                    (rows[i], sums[i]) = unsafe { acts.row(a0 + i) };
+                }
+                packed::gemv(p.layout, acts.nb, chunk, gn, &rows[..am], &sums[..am], &mut out[..gn * am]);
+                for gi in 0..gn {
+                    for (i, o) in out[gi * am..(gi + 1) * am].iter().enumerate() {
+                        // SAFETY: output row a0 + i holds n floats; columns r0 .. r1 are this
+                        // caller's (taken from the node's work queue).
+                        unsafe {
+                            let col = (g0 + gc + gi) * 16;
+                            std::ptr::copy_nonoverlapping(o.as_ptr(), (d.row_ptr(a0 + i, 0, 0) as *mut f32).add(col), 16);
+                        }
+                    }
+                }
+            }
+        }
+        return;
+    }
+    let vec_dot = kernels(w.ty).and_then(|t| t.vec_dot).expect("supports() checked the dot");
+    let w_bytes = w.row_bytes();
+    for n in r0..r1 {
+        // SAFETY: weight rows are packed rows of w_bytes (supports); activation rows were
+        // filled before the caller's barrier; output column n of every row is this caller's.
         unsafe {
-            acts[r] = slice::<u8>(scratch.add(r * stride), vdt.row_bytes(k));
-            sums[r] = if with_sums { std::slice::from_raw_parts(sums_at.add(r * nb), nb) } else { &[] };
+            let wrow = slice::<u8>(w.row_ptr(n, 0, 0), w_bytes);
+            for m in 0..acts.m {
+                let (a, _) = acts.row(m);
+                *(d.row_ptr(m, 0, 0) as *mut f32).add(n) = vec_dot(k, wrow, a);
+            }
         }
     }
-    let gb = p.layout.group_bytes(k);
-    let mut out = [[0f32; 16]; MAX_M * GEMV_CHUNK_GROUPS];
-    let groups = n / 16;
+}
+
+/// A 2-D product with packed weights on the vector kernels: activations converted once,
+/// then chunks of 16-row weight groups taken from the node's work queue, each group read
+/// once from memory for all activation rows (decode streams four groups side by side).
+fn mul_mat_packed(node: &Node, ctx: &ThreadCtx, p: PackedRef) {
+    let (scratch, _) = ctx.scratch();
+    let acts = prepare_vector_acts(node, ctx, scratch);
+    debug_assert!(act_layout(node).is_some_and(|(vdt, _, _)| vdt == p.layout.act_type()));
+    ctx.barrier();
+    let groups = node.src(0).ne[1] / 16;
     loop {
         let g0 = ctx.next_chunk() * GEMV_CHUNK_GROUPS;
         if g0 >= groups {
             break;
         }
-        let ng = (groups - g0).min(GEMV_CHUNK_GROUPS);
-        // SAFETY: the packed copy holds n / 16 groups of gb bytes.
-        let chunk = unsafe { std::slice::from_raw_parts(p.data.add(g0 * gb), ng * gb) };
-        packed::gemv(p.layout, nb, chunk, ng, &acts[..m], &sums[..m], &mut out[..ng * m]);
-        for gi in 0..ng {
-            for (r, o) in out[gi * m..(gi + 1) * m].iter().enumerate() {
-                // SAFETY: output row r holds n floats; columns (g0 + gi) * 16 .. + 16 belong to
-                // the chunk this thread took from the queue.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(o.as_ptr(), (d.row_ptr(r, 0, 0) as *mut f32).add((g0 + gi) * 16), 16);
-                }
-            }
-        }
+        let g1 = (g0 + GEMV_CHUNK_GROUPS).min(groups);
+        vector_rows(node, &acts, g0 * 16, g1 * 16);
     }
 }

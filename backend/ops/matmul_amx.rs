@@ -17,8 +17,6 @@ use crate::backend::kernels::packed;
 use crate::backend::kernels::quant::kernels;
 use crate::backend::tensor::TensorRef;
 
-/// Fewest activation rows for which the tile path beats the vector kernels.
-pub const MIN_ROWS: usize = 16;
 /// Weight row tiles (of 16 rows) a thread takes at a time: the group stays in L2 while
 /// every activation row tile streams past it.
 const GROUP_TILES: usize = 4;
@@ -31,7 +29,7 @@ enum Kind {
 fn kind(node: &Node) -> Option<Kind> {
     let (w, x) = (node.src(0), node.src(1));
     let two_d = w.ne[2] == 1 && w.ne[3] == 1 && x.ne[2] == 1 && x.ne[3] == 1;
-    if !amx::available() || !two_d || x.ne[1] < MIN_ROWS || !w.ne[0].is_multiple_of(32) {
+    if !amx::available() || !two_d || !w.ne[0].is_multiple_of(32) {
         return None;
     }
     // The int8 engine reads ggml's layout; packed weights go to the bf16 engine.
@@ -64,8 +62,8 @@ pub mod test_engine {
     }
 }
 
-/// Whether this node takes the tile path (decided from shapes and types only).
-pub fn applies(node: &Node) -> bool {
+/// Whether the tile path can run this node (decided from shapes and types only).
+pub fn feasible(node: &Node) -> bool {
     kind(node).is_some()
 }
 
@@ -153,7 +151,7 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
     match kind(node) {
         Some(Kind::I8 { has_min }) => mul_mat_i8(node, ctx, has_min),
         Some(Kind::Bf16) => mul_mat_bf16(node, ctx),
-        None => unreachable!("matmul_amx::mul_mat without applies()"),
+        None => unreachable!("matmul_amx::mul_mat without feasible()"),
     }
 }
 
@@ -276,15 +274,67 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
 }
 
 fn mul_mat_bf16(node: &Node, ctx: &ThreadCtx) {
-    let (w, x, dst) = (node.src(0), node.src(1), &node.dst);
-    let (k, n, m) = (w.ne[0], w.ne[1], x.ne[1]);
-    let l = Bf16Layout::new(k, m);
-    let ksteps = k / BF16_KSTEP;
+    let (w, x) = (node.src(0), node.src(1));
+    let l = Bf16Layout::new(w.ne[0], x.ne[1]);
     let (scratch, _) = ctx.scratch();
+    bf16_acts(node, ctx, scratch, &l);
+    ctx.barrier();
+    let groups = w.ne[1].div_ceil(16).div_ceil(GROUP_TILES);
+    let mut acc = Block32::new();
+    // SAFETY: amx::available() (kind) holds. The session restores the thread's previous tile
+    // configuration when this function returns.
+    let _tiles = unsafe { gemm::bf16_session() };
+    // Groups from the node's work queue: threads finish together even when one is slowed.
+    loop {
+        let g = ctx.next_chunk();
+        if g >= groups {
+            break;
+        }
+        bf16_group(node, ctx, scratch, &l, g, &mut acc);
+    }
+}
+
+/// Cooperative execution: the first `plan.matrix_threads` threads run 64-row weight groups
+/// on the tile unit, taking them from the front of the node's queue; the others run the
+/// vector kernels on groups from the back. Both sides' activations are prepared first
+/// (bf16 B tiles, and the weight type's vector format after them in the scratch); where
+/// the two sides meet depends on how fast each runs, not on a fixed ratio.
+pub fn mul_mat_coop(node: &Node, ctx: &ThreadCtx) {
+    let (w, x) = (node.src(0), node.src(1));
+    if !rows::bf16_weight(w.ty) {
+        return mul_mat(node, ctx);
+    }
+    let l = Bf16Layout::new(w.ne[0], x.ne[1]);
+    let (scratch, _) = ctx.scratch();
+    let vbase = scratch.wrapping_add((l.thread_off + ctx.nth * l.thread_bytes).next_multiple_of(64));
+    bf16_acts(node, ctx, scratch, &l);
+    let acts = super::matmul::prepare_vector_acts(node, ctx, vbase);
+    ctx.barrier();
+    let n = w.ne[1];
+    let groups = n.div_ceil(16).div_ceil(GROUP_TILES);
+    if ctx.ith < ctx.plan.matrix_threads {
+        let mut acc = Block32::new();
+        // SAFETY: amx::available() (kind) holds; the session restores the previous config.
+        let _tiles = unsafe { gemm::bf16_session() };
+        while let Some(g) = ctx.take(groups, false) {
+            bf16_group(node, ctx, scratch, &l, g, &mut acc);
+        }
+    } else {
+        while let Some(g) = ctx.take(groups, true) {
+            let r0 = g * GROUP_TILES * 16;
+            super::matmul::vector_rows(node, &acts, r0, (r0 + GROUP_TILES * 16).min(n));
+        }
+    }
+}
+
+/// Phase 1 of the bf16 path: this thread's activation row tiles to bf16 (nearest even, as
+/// ggml-cpu) in B-tile order at `scratch`.
+fn bf16_acts(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &Bf16Layout) {
+    let (w, x) = (node.src(0), node.src(1));
+    let (k, m) = (w.ne[0], x.ne[1]);
+    let ksteps = k / BF16_KSTEP;
     let to_bf16 = kernels(DType::BF16).unwrap().from_f32.unwrap();
     let my = scratch.wrapping_add(l.thread_off + ctx.ith * l.thread_bytes);
-
-    // Phase 1: activation row tiles to bf16 (nearest even, as ggml-cpu), in B-tile order.
     let (t0, t1) = split_range(m_tiles(m), ctx.ith, ctx.nth);
     for r in t0 * 16..t1 * 16 {
         let (mt, i) = (r / 16, r % 16);
@@ -307,57 +357,52 @@ fn mul_mat_bf16(node: &Node, ctx: &ThreadCtx) {
             }
         }
     }
-    ctx.barrier();
+}
 
-    // Phase 2: groups of GROUP_TILES weight row tiles, taken from the work queue.
+/// Weight group `g` (GROUP_TILES row tiles of 16) staged into bf16 A tiles in this
+/// thread's scratch, then multiplied by every activation row tile. The caller holds a bf16
+/// tile session and has passed the barrier after `bf16_acts`.
+fn bf16_group(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &Bf16Layout, g: usize, acc: &mut Block32) {
+    let (w, x, dst) = (node.src(0), node.src(1), &node.dst);
+    let (k, n, m) = (w.ne[0], w.ne[1], x.ne[1]);
+    let ksteps = k / BF16_KSTEP;
     let n_tiles = n.div_ceil(16);
-    let groups = n_tiles.div_ceil(GROUP_TILES);
     let ldd = dst.nb[1] / 4;
-    let mut acc = Block32::new();
-    // SAFETY: amx::available() (kind) holds. The session restores the thread's previous tile
-    // configuration when this function returns.
-    let _tiles = unsafe { gemm::bf16_session() };
-    // Groups from the node's work queue: threads finish together even when one is slowed.
-    loop {
-        let g = ctx.next_chunk();
-        if g >= groups {
-            break;
-        }
-        let tile0 = g * GROUP_TILES;
-        let used = (n_tiles - tile0).min(GROUP_TILES);
-        let mut wt = [std::ptr::null::<u8>(); GROUP_TILES];
-        for (j, t) in wt.iter_mut().enumerate().take(used) {
-            let r0 = (tile0 + j) * 16;
-            let (rs, nrows) = weight_rows(w, r0);
-            let base = my.wrapping_add(l.row_tmp + j * l.wtile_bytes);
-            // SAFETY: this thread's staging for tile j (scratch_bytes reserves GROUP_TILES) and
-            // its conversion rows (k floats, then 2 k bytes, at `my`).
-            unsafe {
-                let tmp = std::slice::from_raw_parts_mut(my as *mut f32, k);
-                let row = std::slice::from_raw_parts_mut(my.add(align64(4 * k)), 2 * k);
-                let out = std::slice::from_raw_parts_mut(base, l.wtile_bytes);
-                match &w.packed {
-                    Some(p) => rows::bf16_rows_from(nrows, k, out, tmp, row, |i, t| packed::row_to_f32(p, k, r0 + i, t)),
-                    None => rows::bf16_rows(w.ty, &rs[..nrows], k, out, tmp, row),
-                }
+    let my = scratch.wrapping_add(l.thread_off + ctx.ith * l.thread_bytes);
+    let tile0 = g * GROUP_TILES;
+    let used = (n_tiles - tile0).min(GROUP_TILES);
+    let mut wt = [std::ptr::null::<u8>(); GROUP_TILES];
+    for (j, t) in wt.iter_mut().enumerate().take(used) {
+        let r0 = (tile0 + j) * 16;
+        let (rs, nrows) = weight_rows(w, r0);
+        let base = my.wrapping_add(l.row_tmp + j * l.wtile_bytes);
+        // SAFETY: this thread's staging for tile j (scratch_bytes reserves GROUP_TILES) and
+        // its conversion rows (k floats, then 2 k bytes, at `my`).
+        unsafe {
+            let tmp = std::slice::from_raw_parts_mut(my as *mut f32, k);
+            let row = std::slice::from_raw_parts_mut(my.add(align64(4 * k)), 2 * k);
+            let out = std::slice::from_raw_parts_mut(base, l.wtile_bytes);
+            match &w.packed {
+                Some(p) => rows::bf16_rows_from(nrows, k, out, tmp, row, |i, t| packed::row_to_f32(p, k, r0 + i, t)),
+                None => rows::bf16_rows(w.ty, &rs[..nrows], k, out, tmp, row),
             }
-            *t = base as *const u8;
         }
-        for mt in (0..m.div_ceil(16)).step_by(2) {
-            let rows_m = (m - mt * 16).min(32);
-            let b0 = scratch.wrapping_add(mt * ksteps * BF16_BTILE);
-            let b1 = scratch.wrapping_add((mt + 1) * ksteps * BF16_BTILE);
-            for tp in (0..used).step_by(2) {
-                let n0 = (tile0 + tp) * 16;
-                let rows_n = (n - n0).min(if tp + 1 < used { 32 } else { 16 });
-                let (w0, w1) = (wt[tp], wt[(tp + 1).min(used - 1)]);
-                // SAFETY: config loaded; each weight tile holds ksteps A tiles in tile order;
-                // act holds row tiles mt, mt + 1; output rows mt*16 .. + rows_m have ldd >= n
-                // floats and n0 + rows_n <= n.
-                unsafe {
-                    gemm::bf16_block(w0, w1, b0, b1, ksteps, &mut acc);
-                    acc.store_transposed((dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0), ldd, rows_m, rows_n);
-                }
+        *t = base as *const u8;
+    }
+    for mt in (0..m.div_ceil(16)).step_by(2) {
+        let rows_m = (m - mt * 16).min(32);
+        let b0 = scratch.wrapping_add(mt * ksteps * BF16_BTILE);
+        let b1 = scratch.wrapping_add((mt + 1) * ksteps * BF16_BTILE);
+        for tp in (0..used).step_by(2) {
+            let n0 = (tile0 + tp) * 16;
+            let rows_n = (n - n0).min(if tp + 1 < used { 32 } else { 16 });
+            let (w0, w1) = (wt[tp], wt[(tp + 1).min(used - 1)]);
+            // SAFETY: the caller's session configured the tiles; each weight tile holds
+            // ksteps A tiles in tile order; act holds row tiles mt, mt + 1; output rows
+            // mt*16 .. + rows_m have ldd >= n floats and n0 + rows_n <= n.
+            unsafe {
+                gemm::bf16_block(w0, w1, b0, b1, ksteps, acc);
+                acc.store_transposed((dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0), ldd, rows_m, rows_n);
             }
         }
     }

@@ -52,6 +52,28 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The op's name as ggml spells it (CPY, CONT and DUP all read CPY).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::View => "VIEW",
+            Op::GetRows => "GET_ROWS",
+            Op::SetRows => "SET_ROWS",
+            Op::Copy => "CPY",
+            Op::Add => "ADD",
+            Op::Mul => "MUL",
+            Op::Scale { .. } => "SCALE",
+            Op::RmsNorm { .. } => "RMS_NORM",
+            Op::Silu => "SILU",
+            Op::SwiGlu { .. } => "SWIGLU",
+            Op::Rope(_) => "ROPE",
+            Op::SoftMax { .. } => "SOFT_MAX",
+            Op::MulMat => "MUL_MAT",
+            Op::FlashAttn { .. } => "FLASH_ATTN_EXT",
+        }
+    }
+}
+
 /// A node: operator, output and inputs (ggml's `src[]`, absent ones `None`).
 #[derive(Clone, Copy, Debug)]
 pub struct Node {
@@ -110,6 +132,23 @@ pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
         Op::Rope(_) => rope::scratch_bytes(node, nth),
         _ => 0,
     }
+}
+
+/// The planner's view of a 2-D matrix product (weights and activations both 2-D), None for
+/// every other node.
+pub fn mat_shape(node: &Node, threads: usize) -> Option<crate::backend::planner::model::MatShape> {
+    if !matches!(node.op, Op::MulMat) {
+        return None;
+    }
+    let (w, x) = (node.src(0), node.src(1));
+    matmul::two_d(node).then(|| crate::backend::planner::model::MatShape {
+        m: x.ne[1],
+        n: w.ne[1],
+        k: w.ne[0],
+        ty: w.ty,
+        threads,
+        matrix_ok: matmul::matrix_feasible(node),
+    })
 }
 
 /// Runs this thread's share of `node`. All threads of the pool call it for every node.

@@ -1,7 +1,7 @@
 //! Operators against naive f64 references on odd shapes, strided views and broadcasts,
 //! run through the executor with several threads (and so, its barriers and splits).
 
-use half::f16;
+use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::{Node, Op, RopeParams};
@@ -9,6 +9,7 @@ use crate::backend::dtype::DType;
 use crate::backend::exec::Executor;
 use crate::backend::kernels::quant::scalar_kernels;
 use crate::backend::tensor::TensorRef;
+use crate::backend::planner::{Mode, Plan};
 
 /// Owned, 64-byte aligned tensor storage.
 struct Buf {
@@ -562,9 +563,8 @@ static MUL_MAT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn mul_mat_tile_path_matches_scalar_references_on_odd_shapes() {
-    use super::matmul_amx::{applies, test_engine};
+    use super::matmul_amx::{feasible as applies, test_engine};
     use crate::backend::kernels::amx;
-    use half::bf16;
     let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if !amx::available() {
         eprintln!("no usable AMX on this machine: tile path not exercised");
@@ -669,7 +669,7 @@ fn mul_mat_tile_path_restores_the_callers_tile_configuration() {
     let mut db = Buf::zeroed(m * n * 4);
     let d = contiguous(DType::F32, [n, m, 1, 1], &mut db);
     let nd = node(Op::MulMat, d, &[w, x]);
-    assert!(super::matmul_amx::applies(&nd));
+    assert!(super::matmul_amx::feasible(&nd));
     let mut exec = Executor::new(1); // thread 0 only: the test's own thread
     let foreign = tile::TileConfig::new().with(0, 8, 32).with(3, 16, 64);
     // SAFETY: amx::available() holds.
@@ -684,28 +684,31 @@ fn mul_mat_tile_path_restores_the_callers_tile_configuration() {
     }
 }
 
-/// MUL_MAT with packed weights (every packed layout): the packed GEMV for few activation rows
-/// and, on AMX machines, the tile path reading rows from the packed copy, against ggml's
-/// scalar block dot (GEMV) or bf16-rounded operands (tile path) on the unpacked weights. The
-/// plain copy is zeroed, so a kernel that read it instead would fail.
+/// MUL_MAT in every planner mode (vector kernels, tile path, both at once) for every packed
+/// layout and the unpacked types, against ggml's scalar block dot (vector) or bf16-rounded
+/// operands (tile path) on the unpacked weights. The plain copy of packed weights is
+/// zeroed, so a kernel that read it instead would fail.
 #[test]
-fn mul_mat_packed_weights() {
+fn mul_mat_every_mode_packed_and_plain_weights() {
     use crate::backend::kernels::packed::{self, Layout, PackedRef};
-    use half::bf16;
     let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = StdRng::seed_from_u64(19);
-    let shapes = [(1, 16, 1), (3, 48, 5), (15, 32, 3), (1, 64, 32), (16, 32, 2), (33, 48, 3)];
-    for (ty, &(m, n, blocks)) in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K].into_iter().flat_map(|t| shapes.iter().map(move |s| (t, s))) {
+    // 256 rows: four 64-row groups, so both sides of a coop run take some.
+    let shapes = [(1, 16, 1), (3, 48, 5), (15, 32, 3), (1, 64, 32), (16, 32, 2), (33, 48, 3), (5, 256, 2), (33, 256, 1)];
+    let types = [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::BF16, DType::F16, DType::Q4_1, DType::Q5_K];
+    for (ty, &(m, n, blocks)) in types.into_iter().flat_map(|t| shapes.iter().map(move |s| (t, s))) {
         let k = blocks * ty.block_size();
-        let sk = scalar_kernels(ty).unwrap();
-        let quantize_act = scalar_kernels(sk.vec_dot_type).unwrap().from_f32.unwrap();
         let raw = random_weights(&mut rng, ty, n, k);
         let mut packed_mem = vec![0u8; raw.len()];
-        let layout = Layout::for_weights(ty, k, n).unwrap();
-        packed::pack(layout, ty, &raw, &mut packed_mem, n, k);
-        let mut wb = Buf::zeroed(raw.len()); // ggml's layout left zero on purpose
+        let layout = Layout::for_weights(ty, k, n);
+        let mut wb = Buf::zeroed(raw.len());
+        if let Some(l) = layout {
+            packed::pack(l, ty, &raw, &mut packed_mem, n, k); // ggml's layout left zero on purpose
+        } else {
+            wb.bytes()[..raw.len()].copy_from_slice(&raw);
+        }
         let mut w = contiguous(ty, [k, n, 1, 1], &mut wb);
-        w.packed = Some(PackedRef { layout, data: packed_mem.as_ptr() });
+        w.packed = layout.map(|l| PackedRef { layout: l, data: packed_mem.as_ptr() });
         let xs = random_f32(&mut rng, m * k, 1.0);
         let mut xb = Buf::zeroed(xs.len() * 4);
         xb.f32s()[..xs.len()].copy_from_slice(&xs);
@@ -713,32 +716,46 @@ fn mul_mat_packed_weights() {
         let mut db = Buf::zeroed(m * n * 4);
         let d = contiguous(DType::F32, [n, m, 1, 1], &mut db);
         let nd = node(Op::MulMat, d, &[w, x]);
-        #[cfg(target_arch = "x86_64")]
-        let tile = super::matmul_amx::applies(&nd);
-        #[cfg(not(target_arch = "x86_64"))]
-        let tile = false;
-        if m >= 16 && !tile {
-            continue; // the vector path reads ggml's layout; nothing packed to test here
-        }
-        run(&[nd], 2);
-        let rb = ty.row_bytes(k);
-        for r in 0..m {
-            let xrow = &xs[r * k..(r + 1) * k];
-            let mut a = vec![0u8; sk.vec_dot_type.row_bytes(k)];
-            quantize_act(xrow, &mut a);
-            for c in 0..n {
-                let wrow = &raw[c * rb..(c + 1) * rb];
-                let (want, tol) = if tile {
-                    let mut wf = vec![0f32; k];
-                    (sk.to_f32)(wrow, &mut wf);
-                    let p: Vec<f64> = wf.iter().zip(xrow).map(|(&a, &b)| bf16::from_f32(a).to_f64() * bf16::from_f32(b).to_f64()).collect();
-                    (p.iter().sum::<f64>(), 1e-5 * p.iter().map(|v| v.abs()).sum::<f64>())
-                } else {
-                    ((sk.vec_dot.unwrap())(k, wrow, &a) as f64, 1e-4 * k as f64)
-                };
-                let got = db.f32s()[r * n + c] as f64;
-                assert!((got - want).abs() <= tol.max(1e-5 * want.abs()), "{ty:?} {m}x{n}x{k} ({r},{c}): got {got}, want {want}");
+        // Every mode that can run this product: the vector kernels, the tile path, and both
+        // at once (each output column then matches one of the two references).
+        for mode in Mode::ALL {
+            if mode != Mode::Vector && !super::matmul::matrix_feasible(&nd) {
+                continue;
             }
+            db.bytes().fill(0);
+            Executor::new(2).compute_with_plans(&[nd], &[Plan::forced(mode, 1)]);
+            check_packed_product(ty, m, n, k, &raw, &xs, db.f32s(), mode);
+        }
+    }
+}
+
+/// Checks `got` (m x n) against the references of `mode`: bf16 operands with f32
+/// accumulation for the tile path, the weight type's quantized activations for the vector
+/// kernels, either for coop.
+fn check_packed_product(ty: DType, m: usize, n: usize, k: usize, raw: &[u8], xs: &[f32], got: &[f32], mode: Mode) {
+    use half::bf16;
+    let sk = scalar_kernels(ty).unwrap();
+    let quantize_act = scalar_kernels(sk.vec_dot_type).unwrap().from_f32.unwrap();
+    let rb = ty.row_bytes(k);
+    for r in 0..m {
+        let xrow = &xs[r * k..(r + 1) * k];
+        let mut a = vec![0u8; sk.vec_dot_type.row_bytes(k)];
+        quantize_act(xrow, &mut a);
+        for c in 0..n {
+            let wrow = &raw[c * rb..(c + 1) * rb];
+            let mut wf = vec![0f32; k];
+            (sk.to_f32)(wrow, &mut wf);
+            let p: Vec<f64> = wf.iter().zip(xrow).map(|(&a, &b)| bf16::from_f32(a).to_f64() * bf16::from_f32(b).to_f64()).collect();
+            let tile = (p.iter().sum::<f64>(), 1e-5 * p.iter().map(|v| v.abs()).sum::<f64>());
+            let vector = ((sk.vec_dot.unwrap())(k, wrow, &a) as f64, 1e-4 * k as f64);
+            let got = got[r * n + c] as f64;
+            let ok = |(want, tol): (f64, f64)| (got - want).abs() <= tol.max(1e-5 * want.abs());
+            let pass = match mode {
+                Mode::Matrix => ok(tile),
+                Mode::Vector => ok(vector),
+                Mode::Coop => ok(tile) || ok(vector),
+            };
+            assert!(pass, "{ty:?} {m}x{n}x{k} {mode:?} ({r},{c}): got {got}, tile {tile:?}, vector {vector:?}");
         }
     }
 }

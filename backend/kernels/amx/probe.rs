@@ -395,3 +395,72 @@ fn tileload_rotation_and_block_cost() {
     eprintln!("ns per 2x2 k step: products only {products:.1}; with 4 loads {kernel_order:.1} (kernel order), {loads_first:.1} (loads first); with 2 loads {b_stationary:.1}");
     unsafe { tile::release() };
 }
+
+/// 16 VNNI multiply-adds (vpdpbusd zmm) from L1, 8 independent accumulators.
+///
+/// # Safety
+/// The CPU has AVX512-VNNI; `p` points to 1 KB readable bytes.
+#[inline(always)]
+unsafe fn vnni_burst(p: *const u8) {
+    std::arch::asm!(
+        "vpdpbusd zmm16, zmm31, [{p}]",
+        "vpdpbusd zmm17, zmm31, [{p} + 64]",
+        "vpdpbusd zmm18, zmm31, [{p} + 128]",
+        "vpdpbusd zmm19, zmm31, [{p} + 192]",
+        "vpdpbusd zmm20, zmm31, [{p} + 256]",
+        "vpdpbusd zmm21, zmm31, [{p} + 320]",
+        "vpdpbusd zmm22, zmm31, [{p} + 384]",
+        "vpdpbusd zmm23, zmm31, [{p} + 448]",
+        "vpdpbusd zmm16, zmm31, [{p} + 512]",
+        "vpdpbusd zmm17, zmm31, [{p} + 576]",
+        "vpdpbusd zmm18, zmm31, [{p} + 640]",
+        "vpdpbusd zmm19, zmm31, [{p} + 704]",
+        "vpdpbusd zmm20, zmm31, [{p} + 768]",
+        "vpdpbusd zmm21, zmm31, [{p} + 832]",
+        "vpdpbusd zmm22, zmm31, [{p} + 896]",
+        "vpdpbusd zmm23, zmm31, [{p} + 960]",
+        p = in(reg) p,
+        out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
+        out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _, out("zmm31") _,
+        options(nostack, readonly),
+    );
+}
+
+/// Whether the vector units run beside the tile unit on one core: a bf16 2x2 tile step (4
+/// loads, 4 products), a burst of 16 VNNI multiply-adds, and the two interleaved in one
+/// thread. If the interleaved step costs about the larger of the two, one thread can feed
+/// both engines at once (ignored; by hand).
+#[test]
+#[ignore]
+fn tile_and_vector_overlap() {
+    if !super::available() || !is_x86_feature_detected!("avx512vnni") {
+        return;
+    }
+    let cfgb = (0..8).fold(super::tile::TileConfig::new(), |c, t| c.with(t, 16, 64));
+    let buf = vec![1u8; 8192];
+    let p = buf.as_ptr();
+    let n = 1_000_000;
+    // SAFETY (every block below): the configuration is loaded on this thread; every tile load
+    // reads 1 KB inside `buf`; VNNI is present and each burst reads 1 KB inside `buf`.
+    unsafe { cfgb.load() };
+    let tile_step = || unsafe {
+        tile::load::<4>(p, 64);
+        tile::load::<6>(p.add(1024), 64);
+        tile::dpbf16ps::<0, 4, 6>();
+        tile::load::<7>(p.add(2048), 64);
+        tile::dpbf16ps::<1, 4, 7>();
+        tile::load::<5>(p.add(3072), 64);
+        tile::dpbf16ps::<2, 5, 6>();
+        tile::dpbf16ps::<3, 5, 7>();
+    };
+    for bursts in [1usize, 2, 4] {
+        let t = ns_per(n, tile_step);
+        let v = ns_per(n, || (0..bursts).for_each(|b| unsafe { vnni_burst(p.add(4096 + (b % 4) * 1024)) }));
+        let both = ns_per(n, || {
+            tile_step();
+            (0..bursts).for_each(|b| unsafe { vnni_burst(p.add(4096 + (b % 4) * 1024)) });
+        });
+        eprintln!("{bursts} x 16 VNNI: tile step {t:.1} ns, vector {v:.1} ns, interleaved {both:.1} ns (sum {:.1}, max {:.1})", t + v, t.max(v));
+    }
+    unsafe { tile::release() };
+}

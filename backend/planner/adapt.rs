@@ -1,0 +1,178 @@
+//! Plans cached per shape, corrected by measured times.
+//!
+//! Each shape keeps the model's prediction for every mode and an average of the times
+//! measured in each mode it ran. A mode's estimate is its measured time once it has one;
+//! before that, its prediction scaled by how far off the model has been for that mode on
+//! other shapes. The planner picks the lowest estimate, so when a prediction was wrong the
+//! measured time of the chosen mode exceeds the next mode's estimate and the next call
+//! tries that one: a wrong choice flips within a call or two and then stays on the better
+//! mode.
+
+use std::collections::HashMap;
+
+use super::model::{self, MatShape, Prediction};
+use super::profile::MachineProfile;
+use super::{Mode, ModeSetting, Plan};
+
+/// Weight of a new measurement in a mode's running average.
+const EMA: f64 = 0.3;
+
+#[derive(Clone, Debug)]
+struct Entry {
+    pred: [Option<Prediction>; 3],
+    measured: [Option<f64>; 3],
+}
+
+pub struct Planner {
+    profile: MachineProfile,
+    setting: ModeSetting,
+    shapes: HashMap<MatShape, Entry>,
+    /// Per mode, the running geometric mean of measured / predicted.
+    ratio: [f64; 3],
+}
+
+/// The plan of one node and what the planner expected of it.
+#[derive(Clone, Copy, Debug)]
+pub struct Decision {
+    pub plan: Plan,
+    pub mode: Mode,
+    /// The roofline model's prediction for the chosen mode.
+    pub predicted: f64,
+    /// The planner's corrected estimate (measurements included).
+    pub estimate: f64,
+}
+
+impl Planner {
+    pub fn new(profile: MachineProfile, setting: ModeSetting) -> Planner {
+        Planner { profile, setting, shapes: HashMap::new(), ratio: [1.0; 3] }
+    }
+
+    pub fn profile(&self) -> &MachineProfile {
+        &self.profile
+    }
+
+    fn entry(&mut self, s: &MatShape) -> &mut Entry {
+        let p = &self.profile;
+        self.shapes.entry(*s).or_insert_with(|| Entry { pred: model::best(p, s).1, measured: [None; 3] })
+    }
+
+    fn estimate(&self, e: &Entry, mode: Mode) -> Option<f64> {
+        let i = mode.index();
+        e.pred[i].map(|p| e.measured[i].unwrap_or(p.secs * self.ratio[i]))
+    }
+
+    /// The plan for shape `s`: the forced mode where it can run (else vector), or the
+    /// mode with the lowest estimate.
+    pub fn decide(&mut self, s: &MatShape) -> Decision {
+        let e = self.entry(s).clone();
+        let mode = match self.setting {
+            ModeSetting::Forced(m) if e.pred[m.index()].is_some() => m,
+            ModeSetting::Forced(_) => Mode::Vector,
+            ModeSetting::Auto => {
+                let mut best = (Mode::Vector, self.estimate(&e, Mode::Vector).unwrap_or(f64::INFINITY));
+                for m in [Mode::Matrix, Mode::Coop] {
+                    if let Some(t) = self.estimate(&e, m) {
+                        if t < best.1 * 0.98 {
+                            best = (m, t);
+                        }
+                    }
+                }
+                best.0
+            }
+        };
+        let p = e.pred[mode.index()].expect("a mode that can run");
+        Decision {
+            plan: Plan::forced(mode, p.matrix_threads),
+            mode,
+            predicted: p.secs,
+            estimate: self.estimate(&e, mode).unwrap_or(p.secs),
+        }
+    }
+
+    /// Feeds back the measured time of shape `s` run in `mode`.
+    pub fn record(&mut self, s: &MatShape, mode: Mode, secs: f64) {
+        let i = mode.index();
+        let e = self.entry(s);
+        let Some(pred) = e.pred[i] else { return };
+        let first = e.measured[i].is_none();
+        e.measured[i] = Some(e.measured[i].map_or(secs, |m| m + EMA * (secs - m)));
+        if first && pred.secs > 0.0 {
+            let r = (secs / pred.secs).clamp(1e-3, 1e3);
+            self.ratio[i] = (self.ratio[i].ln() + EMA * (r.ln() - self.ratio[i].ln())).exp();
+        }
+    }
+
+    /// Measured / predicted per mode over the shapes seen so far (for the trace).
+    pub fn ratios(&self) -> [f64; 3] {
+        self.ratio
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::profile::synthetic;
+    use super::*;
+    use crate::backend::dtype::DType;
+
+    fn prefill() -> MatShape {
+        MatShape { m: 512, n: 3072, k: 3072, ty: DType::Q4_0, threads: 2, matrix_ok: true }
+    }
+
+    #[test]
+    fn a_wrong_prediction_flips_to_the_better_mode_within_a_few_calls() {
+        let mut p = Planner::new(synthetic::amx_like(), ModeSetting::Auto);
+        let s = prefill();
+        let d = p.decide(&s);
+        assert_eq!(d.mode, Mode::Matrix);
+        // The machine turns out to run the matrix path 10x slower than modelled.
+        let vector_secs = p.entry(&s).pred[0].unwrap().secs;
+        let mut modes = Vec::new();
+        for _ in 0..6 {
+            let d = p.decide(&s);
+            modes.push(d.mode);
+            let secs = match d.mode {
+                Mode::Matrix => d.predicted * 10.0,
+                Mode::Coop => vector_secs * 2.0,
+                Mode::Vector => vector_secs,
+            };
+            p.record(&s, d.mode, secs);
+        }
+        assert_eq!(modes[0], Mode::Matrix);
+        let first_vector = modes.iter().position(|&m| m == Mode::Vector).expect("flips to vector");
+        assert!(first_vector <= 2, "{modes:?}");
+        assert!(modes[first_vector..].iter().all(|&m| m == Mode::Vector), "{modes:?}");
+    }
+
+    #[test]
+    fn a_right_prediction_is_kept() {
+        let mut p = Planner::new(synthetic::amx_like(), ModeSetting::Auto);
+        let s = prefill();
+        for _ in 0..5 {
+            let d = p.decide(&s);
+            assert_eq!(d.mode, Mode::Matrix);
+            p.record(&s, d.mode, d.predicted * 1.1);
+        }
+    }
+
+    #[test]
+    fn forced_modes_are_obeyed_where_they_can_run() {
+        let s = prefill();
+        for m in Mode::ALL {
+            let mut p = Planner::new(synthetic::amx_like(), ModeSetting::Forced(m));
+            assert_eq!(p.decide(&s).mode, m);
+        }
+        let mut p = Planner::new(synthetic::no_matrix(), ModeSetting::Forced(Mode::Matrix));
+        assert_eq!(p.decide(&MatShape { threads: 4, ..s }).mode, Mode::Vector);
+    }
+
+    #[test]
+    fn model_errors_on_one_shape_correct_the_estimates_of_others() {
+        let mut p = Planner::new(synthetic::amx_like(), ModeSetting::Auto);
+        let a = prefill();
+        let d = p.decide(&a);
+        p.record(&a, d.mode, d.predicted * 2.0);
+        let b = MatShape { n: 8192, ..a };
+        let db = p.decide(&b);
+        assert!(db.estimate > db.predicted * 1.2, "{db:?}");
+    }
+}

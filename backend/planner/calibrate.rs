@@ -1,0 +1,412 @@
+//! Calibration: measures this machine's profile in a few seconds and caches it under
+//! `~/.cache/smepilot/`, keyed by CPU model, core count and kernel revision.
+//!
+//! Measured: DRAM read bandwidth for 1 .. N threads; what the vector threads still read
+//! while a matrix unit streams; the matrix unit's product-only peaks; the vector units'
+//! fp32 and int8 peaks; and, per weight type, what SMEPilot's own kernels cost on one core
+//! with cache-resident weights (vector path at 1 and 4 activation rows, matrix path at 32
+//! and 128 rows: staging per weight element and the tile kernel's rate).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::profile::{KernelCost, MachineProfile, MatrixUnits};
+use super::{Mode, Plan};
+use crate::backend::dtype::DType;
+use crate::backend::exec::Executor;
+use crate::backend::kernels::packed::{self, Layout, PackedRef};
+use crate::backend::kernels::quant::kernels;
+use crate::backend::ops::{Node, Op};
+use crate::backend::roofs;
+use crate::backend::tensor::TensorRef;
+
+/// Bump when a kernel changes what it costs: older cached profiles are then ignored.
+pub const KERNEL_REV: u32 = 2;
+
+/// Weight types whose kernel costs are measured.
+pub const TYPES: [DType; 9] = [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::BF16, DType::F16, DType::Q4_1, DType::Q5_K, DType::F32];
+
+/// The CPU's model name (from /proc/cpuinfo), for the cache key and the report.
+pub fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    field("model name")
+        .or_else(|| Some(format!("arm implementer {} part {}", field("CPU implementer")?, field("CPU part")?)))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+}
+
+/// Where this machine's profile is cached: `$XDG_CACHE_HOME` or `~/.cache`, then
+/// `smepilot/profile-<hash of CPU model, cores, kernel revision>.txt`.
+pub fn cache_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let cores = crate::ffi::os::allowed_cpus().len();
+    let key = format!("{}|{cores}|{KERNEL_REV}|{}", cpu_model(), env!("CARGO_PKG_VERSION"));
+    Some(base.join("smepilot").join(format!("profile-{:016x}.txt", fnv(&key))))
+}
+
+/// The cached profile, or a new calibration (saved for next time). `say` reports which,
+/// so the first use on a machine says that it calibrated.
+pub fn load_or_measure(say: impl Fn(&str)) -> MachineProfile {
+    let path = cache_path();
+    if let Some(p) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).and_then(|t| parse(&t)) {
+        return p;
+    }
+    let t0 = Instant::now();
+    let p = measure();
+    let secs = t0.elapsed().as_secs_f64();
+    let saved = path.as_ref().and_then(|path| {
+        std::fs::create_dir_all(path.parent()?).ok()?;
+        std::fs::write(path, to_text(&p)).ok()?;
+        Some(path.display().to_string())
+    });
+    say(&format!(
+        "calibrated this machine in {secs:.1} s ({}); `smepilot calibrate` prints the figures",
+        saved.map_or("not cached: no writable ~/.cache".to_string(), |p| format!("cached in {p}"))
+    ));
+    p
+}
+
+/// The process's profile: loaded from the cache or measured on first use (logged).
+pub fn shared_profile() -> &'static MachineProfile {
+    static PROFILE: std::sync::OnceLock<MachineProfile> = std::sync::OnceLock::new();
+    PROFILE.get_or_init(|| load_or_measure(|msg| crate::smelog!(Warn, "{msg}")))
+}
+
+/// Measures the profile now.
+pub fn measure() -> MachineProfile {
+    let cores = crate::ffi::os::allowed_cpus().len().max(1);
+    let dram_read: Vec<f64> = (1..=cores).map(|t| roofs::dram_read_bw_sized(t, 64 << 20, 2)).collect();
+    let kernels_measured = kernel_costs();
+    let (matrix, dram_beside_matrix) = matrix_units(cores, &kernels_measured);
+    let (vec_fp32_peak, vec_int8_peak) = vector_peaks();
+    MachineProfile {
+        cpu: cpu_model(),
+        cores,
+        matrix,
+        vec_fp32_peak,
+        vec_int8_peak,
+        dram_read,
+        dram_beside_matrix,
+        kernels: kernels_measured.into_iter().map(|(c, _)| c).collect(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn matrix_units(cores: usize, k: &[(KernelCost, Option<(f64, f64)>)]) -> (Option<MatrixUnits>, f64) {
+    let fit = k.iter().find(|(c, _)| c.ty == DType::BF16).and_then(|(_, r)| *r);
+    match (roofs::amx_rate(1, true, 64), roofs::amx_rate(1, false, 64), fit) {
+        (Some(bf16_peak), Some(int8_peak), Some((bf16_kernel, act_ns))) => (
+            Some(MatrixUnits { units: cores, cores_per_unit: 1, bf16_peak, int8_peak, bf16_kernel, act_ns }),
+            roofs::dram_beside_tiles(cores, 64 << 20).unwrap_or(0.0),
+        ),
+        _ => (None, 0.0),
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn matrix_units(_: usize, _: &[(KernelCost, Option<(f64, f64)>)]) -> (Option<MatrixUnits>, f64) {
+    (None, 0.0)
+}
+
+/// fp32 FMA and int8 dot peaks of one core, ops/s.
+fn vector_peaks() -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni") {
+        const ITERS: usize = 2_000_000;
+        let time = |f: &dyn Fn()| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64()
+        };
+        // SAFETY: AVX-512 F and VNNI were detected; the loops touch registers only.
+        let fma = time(&|| unsafe { crate::backend::kernels::peak::fma_burst(ITERS) });
+        let dot = time(&|| unsafe { crate::backend::kernels::peak::vnni_burst(ITERS) });
+        // 8 instructions per iteration, 16 lanes: FMA 2 flops per lane, VNNI 4 x 2 ops per lane.
+        return ((ITERS * 8 * 16 * 2) as f64 / fma, (ITERS * 8 * 16 * 8) as f64 / dot);
+    }
+    // Portable estimate: a plain multiply-add loop the compiler vectorizes for the baseline.
+    let mut acc = [1f32; 64];
+    let n = 4_000_000;
+    let t0 = Instant::now();
+    for i in 0..n {
+        let x = std::hint::black_box(1.0 + i as f32 * 1e-9);
+        for a in acc.iter_mut() {
+            *a = a.mul_add(x, 1e-7);
+        }
+    }
+    std::hint::black_box(acc);
+    let fp32 = (n * 64 * 2) as f64 / t0.elapsed().as_secs_f64();
+    (fp32, fp32 * 2.0)
+}
+
+/// Random valid weight rows of `ty` (quantized from random f32, or K-quant blocks with
+/// sane scales where the table has no quantizer).
+fn weights(ty: DType, n: usize, k: usize) -> Vec<u8> {
+    let mut state = 0x9e3779b97f4a7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let rb = ty.row_bytes(k);
+    let mut out = vec![0u8; n * rb];
+    if let Some(q) = kernels(ty).and_then(|t| t.from_f32) {
+        let mut row = vec![0f32; k];
+        for r in 0..n {
+            row.iter_mut().for_each(|v| *v = (next() % 2001) as f32 / 1000.0 - 1.0);
+            q(&row, &mut out[r * rb..(r + 1) * rb]);
+        }
+        return out;
+    }
+    out.iter_mut().for_each(|b| *b = next() as u8);
+    let scale = half::f16::from_f32(0.01).to_bits().to_le_bytes();
+    for blk in out.chunks_mut(ty.block_bytes()) {
+        match ty {
+            DType::Q4_K | DType::Q5_K => {
+                blk[0..2].copy_from_slice(&scale);
+                blk[2..4].copy_from_slice(&scale);
+            }
+            DType::Q6_K => blk[208..210].copy_from_slice(&scale),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn tensor(ty: DType, ne: [usize; 4], data: *mut u8) -> TensorRef {
+    let row = ty.row_bytes(ne[0]);
+    TensorRef { ty, ne, nb: [ty.block_bytes(), row, row * ne[1], row * ne[1] * ne[2]], data, packed: None }
+}
+
+/// Best seconds of `reps` runs of `node` in `mode` on one thread (after one warm-up run).
+fn time_mode(exec: &mut Executor, node: &Node, mode: Mode, reps: usize) -> f64 {
+    let plan = [Plan::forced(mode, 1)];
+    exec.compute_with_plans(std::slice::from_ref(node), &plan);
+    (0..reps)
+        .map(|_| {
+            let t0 = Instant::now();
+            exec.compute_with_plans(std::slice::from_ref(node), &plan);
+            t0.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Per type, the kernel costs on one core with cache-resident weights (2048 columns; 128
+/// rows for the vector path, 512 for the matrix path), and for BF16 the tile kernel's rate
+/// (ops/s) and activation conversion cost (ns per element). The matrix path's time is fitted as staging per weight element, plus converting
+/// the activations per activation element, plus the tile products: BF16 at three shapes
+/// gives all three; the other types' staging follows from one shape.
+fn kernel_costs() -> Vec<(KernelCost, Option<(f64, f64)>)> {
+    const K: usize = 2048;
+    let mut exec = Executor::new(1);
+    let mut x: Vec<f32> = (0..K * 128).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
+    let mut d = vec![0f32; 512 * 128];
+    // (seconds per activation element, seconds per flop) from the BF16 fit.
+    let mut act_and_flop: Option<(f64, f64)> = None;
+    let mut out = Vec::new();
+    for ty in [DType::BF16].into_iter().chain(TYPES.into_iter().filter(|&t| t != DType::BF16)) {
+        let mut w = weights(ty, 512, K);
+        let mut packed_copy = vec![0u8; w.len()];
+        let mut time = |m: usize, n: usize, mode: Mode| -> Option<f64> {
+            let layout = Layout::for_weights(ty, K, n);
+            if let Some(l) = layout {
+                packed::pack(l, ty, &w[..ty.row_bytes(K) * n], &mut packed_copy[..ty.row_bytes(K) * n], n, K);
+            }
+            let node = Node {
+                op: Op::MulMat,
+                dst: tensor(DType::F32, [n, m, 1, 1], d.as_mut_ptr() as *mut u8),
+                src: [
+                    Some(TensorRef {
+                        packed: layout.map(|l| PackedRef { layout: l, data: packed_copy.as_ptr() }),
+                        ..tensor(ty, [K, n, 1, 1], w.as_mut_ptr())
+                    }),
+                    Some(tensor(DType::F32, [K, m, 1, 1], x.as_mut_ptr() as *mut u8)),
+                    None,
+                    None,
+                    None,
+                ],
+            };
+            crate::backend::ops::supports(&node).ok()?;
+            if mode == Mode::Matrix && !crate::backend::ops::mat_shape(&node, 1).is_some_and(|s| s.matrix_ok) {
+                return None;
+            }
+            Some(time_mode(&mut exec, &node, mode, if mode == Mode::Matrix { 7 } else { 15 }))
+        };
+        let (Some(v1), Some(v4)) = (time(1, 128, Mode::Vector), time(4, 128, Mode::Vector)) else { continue };
+        let (elems, k) = ((128 * K) as f64, K as f64);
+        let mut rate = None;
+        let mut stage_ns = f64::INFINITY;
+        if let Some(t32) = time(32, 512, Mode::Matrix) {
+            if ty == DType::BF16 {
+                if let (Some(t128), Some(t128s)) = (time(128, 512, Mode::Matrix), time(128, 128, Mode::Matrix)) {
+                    // t(m, n) / k = n stage + m act + 2 m n flop at (32, 512), (128, 512)
+                    // and (128, 128), solved by Cramer's rule.
+                    let rows = [[512.0, 32.0, 32768.0, t32 / k], [512.0, 128.0, 131072.0, t128 / k], [128.0, 128.0, 32768.0, t128s / k]];
+                    let [stage, act, f] = solve3(rows);
+                    let f = if f > 0.0 { f } else { (t128 - t32) / (2.0 * 96.0 * 512.0 * k) };
+                    let (stage, act) = (stage.max(0.0), act.max(0.0));
+                    act_and_flop = Some((act, f));
+                    rate = Some((1.0 / f, act * 1e9));
+                    stage_ns = stage * 1e9;
+                }
+            } else if let Some((act, f)) = act_and_flop {
+                let rest = t32 - 32.0 * k * act - 2.0 * 32.0 * 512.0 * k * f;
+                stage_ns = (rest.max(t32 * 0.05) / (512.0 * k)) * 1e9;
+            }
+        }
+        out.push((KernelCost { ty, vec_m1_ns: v1 / elems * 1e9, vec_m4_ns: v4 / elems * 1e9, stage_ns }, rate));
+    }
+    out
+}
+
+/// Solves the 3 x 3 system `rows[i][..3] . x = rows[i][3]` (Cramer's rule).
+fn solve3(r: [[f64; 4]; 3]) -> [f64; 3] {
+    let det = |c: [[f64; 3]; 3]| {
+        c[0][0] * (c[1][1] * c[2][2] - c[1][2] * c[2][1]) - c[0][1] * (c[1][0] * c[2][2] - c[1][2] * c[2][0])
+            + c[0][2] * (c[1][0] * c[2][1] - c[1][1] * c[2][0])
+    };
+    let a = r.map(|row| [row[0], row[1], row[2]]);
+    let d = det(a);
+    std::array::from_fn(|j| {
+        let mut c = a;
+        for i in 0..3 {
+            c[i][j] = r[i][3];
+        }
+        det(c) / d
+    })
+}
+
+/// The profile as text, one `key value...` per line (the cache format).
+pub fn to_text(p: &MachineProfile) -> String {
+    let mut s = format!("cpu {}\ncores {}\n", p.cpu, p.cores);
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:e}")).collect::<Vec<_>>().join(" ");
+    s += &format!("dram_read {}\n", list(&p.dram_read));
+    s += &format!("dram_beside_matrix {:e}\n", p.dram_beside_matrix);
+    s += &format!("vector {:e} {:e}\n", p.vec_fp32_peak, p.vec_int8_peak);
+    if let Some(m) = &p.matrix {
+        s += &format!("matrix {} {} {:e} {:e} {:e} {:e}\n", m.units, m.cores_per_unit, m.bf16_peak, m.int8_peak, m.bf16_kernel, m.act_ns);
+    }
+    for c in &p.kernels {
+        s += &format!("kernel {} {:e} {:e} {:e}\n", c.ty.name(), c.vec_m1_ns, c.vec_m4_ns, c.stage_ns);
+    }
+    s
+}
+
+/// Parses [`to_text`]'s output; None if anything is missing or malformed.
+pub fn parse(text: &str) -> Option<MachineProfile> {
+    let mut p = MachineProfile {
+        cpu: String::new(),
+        cores: 0,
+        matrix: None,
+        vec_fp32_peak: 0.0,
+        vec_int8_peak: 0.0,
+        dram_read: Vec::new(),
+        dram_beside_matrix: 0.0,
+        kernels: Vec::new(),
+    };
+    for line in text.lines() {
+        let (key, rest) = line.split_once(' ')?;
+        let nums = || rest.split_whitespace().map(|v| v.parse::<f64>().ok()).collect::<Option<Vec<f64>>>();
+        match key {
+            "cpu" => p.cpu = rest.to_string(),
+            "cores" => p.cores = rest.parse().ok()?,
+            "dram_read" => p.dram_read = nums()?,
+            "dram_beside_matrix" => p.dram_beside_matrix = rest.parse().ok()?,
+            "vector" => {
+                let v = nums()?;
+                (p.vec_fp32_peak, p.vec_int8_peak) = (*v.first()?, *v.get(1)?);
+            }
+            "matrix" => {
+                let v = nums()?;
+                let &[units, per, bf16_peak, int8_peak, bf16_kernel, act_ns] = v.as_slice() else { return None };
+                p.matrix = Some(MatrixUnits { units: units as usize, cores_per_unit: per as usize, bf16_peak, int8_peak, bf16_kernel, act_ns });
+            }
+            "kernel" => {
+                let (name, vals) = rest.split_once(' ')?;
+                let ty = TYPES.into_iter().find(|t| t.name() == name)?;
+                let v: Vec<f64> = vals.split_whitespace().map(|v| v.parse().ok()).collect::<Option<_>>()?;
+                let &[vec_m1_ns, vec_m4_ns, stage_ns] = v.as_slice() else { return None };
+                p.kernels.push(KernelCost { ty, vec_m1_ns, vec_m4_ns, stage_ns });
+            }
+            _ => return None,
+        }
+    }
+    (p.cores > 0 && !p.dram_read.is_empty() && !p.kernels.is_empty()).then_some(p)
+}
+
+/// The profile as a human-readable report (`smepilot calibrate`).
+pub fn report(p: &MachineProfile) -> String {
+    let mut s = format!("CPU: {} ({} cores)\n", p.cpu, p.cores);
+    for (i, bw) in p.dram_read.iter().enumerate() {
+        s += &format!("DRAM read, {} thread(s): {:.1} GB/s\n", i + 1, bw / 1e9);
+    }
+    match &p.matrix {
+        Some(m) => {
+            s += &format!(
+                "matrix units: {} ({} core(s) each); per unit: bf16 peak {:.0} GFLOP/s, int8 peak {:.0} GOPS, SMEPilot's bf16 tile kernel {:.0} GFLOP/s, activations into tiles {:.2} ns per element\n",
+                m.units, m.cores_per_unit, m.bf16_peak / 1e9, m.int8_peak / 1e9, m.bf16_kernel / 1e9, m.act_ns
+            );
+            s += &format!("DRAM read left to the vector cores while a matrix unit streams: {:.1} GB/s\n", p.dram_beside_matrix / 1e9);
+        }
+        None => s += "matrix units: none\n",
+    }
+    s += &format!("vector peaks per core: fp32 {:.0} GFLOP/s, int8 {:.0} GOPS\n", p.vec_fp32_peak / 1e9, p.vec_int8_peak / 1e9);
+    s += "kernel costs, one core, cache-resident (ns per weight element):\n  type   vector M=1  vector M=4  matrix staging\n";
+    for c in &p.kernels {
+        s += &format!("  {:6} {:10.3}  {:10.3}  {:14.3}\n", c.ty.name(), c.vec_m1_ns, c.vec_m4_ns, c.stage_ns);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::profile::synthetic;
+    use super::*;
+
+    #[test]
+    fn solve3_solves() {
+        let x = solve3([[512.0, 32.0, 32768.0, 512.0 * 2.0 + 32.0 * 3.0 + 32768.0 * 0.5], [512.0, 128.0, 131072.0, 1024.0 + 384.0 + 65536.0], [128.0, 128.0, 32768.0, 256.0 + 384.0 + 16384.0]]);
+        assert!((x[0] - 2.0).abs() < 1e-9 && (x[1] - 3.0).abs() < 1e-9 && (x[2] - 0.5).abs() < 1e-9, "{x:?}");
+    }
+
+    #[test]
+    fn the_cache_format_round_trips() {
+        for p in [synthetic::amx_like(), synthetic::sme_shared(), synthetic::no_matrix()] {
+            assert_eq!(parse(&to_text(&p)), Some(p));
+        }
+        assert_eq!(parse("cores two\n"), None);
+    }
+
+    /// A real calibration: fast enough, and every figure positive and finite where the path
+    /// exists (the vector path for every type; the matrix path for all but F32 with AMX).
+    #[test]
+    fn calibration_measures_every_figure_quickly() {
+        let t0 = Instant::now();
+        let p = measure();
+        let secs = t0.elapsed().as_secs_f64();
+        assert!(secs < 10.0, "calibration took {secs:.1} s");
+        assert!(p.dram_read.iter().all(|&b| b > 1e8 && b.is_finite()), "{p:?}");
+        assert!(p.vec_fp32_peak > 1e9 && p.vec_int8_peak > 1e9);
+        for c in &p.kernels {
+            assert!(c.vec_m1_ns > 0.0 && c.vec_m4_ns > 0.0 && c.vec_m1_ns.is_finite(), "{c:?}");
+            if p.matrix.is_some() && c.ty != DType::F32 {
+                assert!(c.stage_ns > 0.0 && c.stage_ns.is_finite(), "{c:?}");
+            }
+        }
+        assert_eq!(p.kernels.len(), TYPES.len());
+        assert_eq!(parse(&to_text(&p)).as_ref(), Some(&p));
+    }
+}

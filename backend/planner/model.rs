@@ -1,0 +1,225 @@
+//! The roofline model: the time of one matrix product in each mode, from the machine
+//! profile. A mode's time is the larger of its compute time (the kernels' measured costs,
+//! spread over the threads that run them) and its memory time (the weights streamed once
+//! from DRAM at the bandwidth of the threads that read them).
+//!
+//! * vector: every thread runs the vector kernels on its share of the weight rows;
+//! * matrix: one thread per matrix unit stages weights into tiles and runs the tile kernel
+//!   (on AMX every core has a unit; on SME the cores of a cluster share one, so the others
+//!   idle);
+//! * coop: some threads drive the matrix units, the rest run vector kernels, on disjoint
+//!   weight row groups; the split is where both sides finish together (their rates add),
+//!   and the vector side's share of the weights must come through what DRAM leaves it while
+//!   the matrix units stream.
+
+use super::profile::MachineProfile;
+use super::Mode;
+use crate::backend::dtype::DType;
+
+/// A 2-D matrix product as the planner sees it: `m` activation rows, `n` weight rows of
+/// `k` elements of `ty`, on `threads` threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatShape {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub ty: DType,
+    pub threads: usize,
+    /// The matrix path can run this product (type, shape, a usable unit).
+    pub matrix_ok: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Prediction {
+    pub mode: Mode,
+    pub secs: f64,
+    /// Threads driving the matrix unit (coop; all drivers for matrix, 0 for vector).
+    pub matrix_threads: usize,
+    /// Fraction of the weight rows the matrix side takes.
+    pub matrix_share: f64,
+    /// Whether DRAM, not the engines, sets the time.
+    pub memory_bound: bool,
+}
+
+
+impl MatShape {
+    fn elems(&self) -> f64 {
+        (self.n * self.k) as f64
+    }
+
+    pub fn weight_bytes(&self) -> f64 {
+        (self.n * self.ty.row_bytes(self.k)) as f64
+    }
+
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.m * self.n * self.k) as f64
+    }
+}
+
+/// One thread's seconds for the whole product on the vector kernels (cache-resident).
+fn vector_work(p: &MachineProfile, s: &MatShape) -> f64 {
+    let c = match p.kernel(s.ty) {
+        Some(c) => *c,
+        None => return f64::INFINITY,
+    };
+    let per_elem = if s.m == 1 { c.vec_m1_ns } else { s.m.div_ceil(4) as f64 * c.vec_m4_ns };
+    s.elems() * per_elem * 1e-9
+}
+
+/// One matrix unit's seconds for the whole product: staging plus tile products over padded
+/// tiles (32 x 32 output blocks).
+fn matrix_work(p: &MachineProfile, s: &MatShape) -> f64 {
+    let (mu, c) = match (&p.matrix, p.kernel(s.ty)) {
+        (Some(mu), Some(c)) if s.matrix_ok => (mu, *c),
+        _ => return f64::INFINITY,
+    };
+    let padded = 2.0 * (s.m.next_multiple_of(32) * s.n.next_multiple_of(32) * s.k) as f64;
+    s.elems() * c.stage_ns * 1e-9 + padded / mu.bf16_kernel
+}
+
+/// Converting the activations into B tiles, split over `threads`.
+fn act_secs(p: &MachineProfile, s: &MatShape, threads: usize) -> f64 {
+    let ns = p.matrix.as_ref().map_or(0.0, |m| m.act_ns);
+    (s.m * s.k) as f64 * ns * 1e-9 / threads.max(1) as f64
+}
+
+/// The predicted time of `mode`, or None where the mode cannot run this product.
+pub fn predict(p: &MachineProfile, s: &MatShape, mode: Mode) -> Option<Prediction> {
+    let t = s.threads.max(1);
+    let bytes = s.weight_bytes();
+    let pred = |secs: f64, mem: f64, matrix_threads, matrix_share| Prediction {
+        mode,
+        secs: secs.max(mem),
+        matrix_threads,
+        matrix_share,
+        memory_bound: mem >= secs,
+    };
+    match mode {
+        Mode::Vector => {
+            let comp = vector_work(p, s) / t as f64;
+            comp.is_finite().then(|| pred(comp, bytes / p.bandwidth(t), 0, 0.0))
+        }
+        Mode::Matrix => {
+            let d = p.matrix_drivers(t);
+            let w = matrix_work(p, s);
+            if d == 0 || !w.is_finite() {
+                return None;
+            }
+            Some(pred(w / d as f64 + act_secs(p, s, d), bytes / p.bandwidth(d), d, 1.0))
+        }
+        Mode::Coop => {
+            let (wm, wv) = (matrix_work(p, s), vector_work(p, s));
+            let mu = p.matrix.as_ref()?;
+            if !wm.is_finite() || !wv.is_finite() || t < 2 {
+                return None;
+            }
+            // Matrix-side thread counts worth trying: with private units any split; with
+            // shared units one driver per unit (a second driver would queue on the same unit).
+            let choices: Vec<usize> = if mu.cores_per_unit == 1 { (1..t).collect() } else { vec![p.matrix_drivers(t)] };
+            choices
+                .into_iter()
+                .filter(|&tm| tm >= 1 && tm < t)
+                .map(|tm| {
+                    let tv = t - tm;
+                    let (rm, rv) = (tm.min(mu.units) as f64 / wm, tv as f64 / wv);
+                    let share = rm / (rm + rv);
+                    let comp = 1.0 / (rm + rv) + act_secs(p, s, t);
+                    let mem = (bytes / p.bandwidth(t)).max(if p.dram_beside_matrix > 0.0 {
+                        (1.0 - share) * bytes / p.dram_beside_matrix
+                    } else {
+                        0.0
+                    });
+                    pred(comp, mem, tm, share)
+                })
+                .min_by(|a, b| a.secs.total_cmp(&b.secs))
+        }
+    }
+}
+
+/// Every mode's prediction, and the fastest (ties, within 2%, go to the simpler mode:
+/// vector, then matrix, then coop).
+pub fn best(p: &MachineProfile, s: &MatShape) -> (Prediction, [Option<Prediction>; 3]) {
+    let all = Mode::ALL.map(|m| predict(p, s, m));
+    let mut best = all[0].expect("the vector path runs every product");
+    for q in all.iter().flatten() {
+        if q.secs < best.secs * 0.98 {
+            best = *q;
+        }
+    }
+    (best, all)
+}
+
+/// Prediction of a non-matmul op from its bytes moved and flops (vector units only).
+pub fn predict_other(p: &MachineProfile, bytes: f64, flops: f64, threads: usize) -> f64 {
+    let t = threads.max(1);
+    (bytes / p.bandwidth(t)).max(flops / (p.vec_fp32_peak * t as f64))
+}
+
+/// Bytes of a tensor of `ty` with `nelements`, for the op model.
+pub fn tensor_bytes(ty: DType, nelements: usize) -> f64 {
+    (nelements / ty.block_size() * ty.block_bytes()) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::profile::synthetic;
+    use super::*;
+
+    fn shape(m: usize, ty: DType, threads: usize) -> MatShape {
+        MatShape { m, n: 3072, k: 3072, ty, threads, matrix_ok: true }
+    }
+
+    #[test]
+    fn amx_profile_decode_goes_to_vector_and_is_memory_bound() {
+        let p = synthetic::amx_like();
+        for ty in [DType::Q4_0, DType::BF16, DType::Q4_K] {
+            let (b, _) = best(&p, &shape(1, ty, 2));
+            assert_eq!(b.mode, Mode::Vector, "{ty:?}: {b:?}");
+        }
+        let (b, _) = best(&p, &shape(1, DType::BF16, 2));
+        assert!(b.memory_bound, "{b:?}");
+    }
+
+    #[test]
+    fn amx_profile_prefill_goes_to_matrix_on_every_core() {
+        let p = synthetic::amx_like();
+        let (b, all) = best(&p, &shape(512, DType::Q4_0, 2));
+        assert_eq!(b.mode, Mode::Matrix, "{all:?}");
+        assert_eq!(b.matrix_threads, 2);
+        // Private units: splitting cores between engines cannot beat all cores on the
+        // faster engine when compute bounds both.
+        assert!(all[Mode::Coop.index()].unwrap().secs > b.secs);
+    }
+
+    #[test]
+    fn sme_profile_drives_the_shared_unit_with_one_thread_and_the_rest_vector() {
+        let p = synthetic::sme_shared();
+        let (b, all) = best(&p, &shape(512, DType::BF16, 4));
+        assert_eq!(b.mode, Mode::Coop, "{all:?}");
+        assert_eq!(b.matrix_threads, 1);
+        let m = all[Mode::Matrix.index()].unwrap();
+        assert_eq!(m.matrix_threads, 1, "matrix-only mode uses one driver per unit");
+        assert!(b.matrix_share > 0.5 && b.matrix_share < 1.0, "{b:?}");
+        // Decode stays on the vector units there too.
+        assert_eq!(best(&p, &shape(1, DType::Q4_0, 4)).0.mode, Mode::Vector);
+    }
+
+    #[test]
+    fn no_matrix_profile_never_uses_the_matrix_unit() {
+        let p = synthetic::no_matrix();
+        for m in [1, 16, 512] {
+            let (b, all) = best(&p, &shape(m, DType::BF16, 4));
+            assert_eq!(b.mode, Mode::Vector);
+            assert!(all[1].is_none() && all[2].is_none());
+        }
+    }
+
+    #[test]
+    fn shapes_the_matrix_path_cannot_run_stay_on_vector() {
+        let p = synthetic::amx_like();
+        let s = MatShape { matrix_ok: false, ..shape(512, DType::Q4_0, 2) };
+        let (b, all) = best(&p, &s);
+        assert_eq!(b.mode, Mode::Vector);
+        assert!(all[1].is_none() && all[2].is_none());
+    }
+}

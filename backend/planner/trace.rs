@@ -1,0 +1,112 @@
+//! SMEPILOT_TRACE=1: one line per executed op (op, shape, types, mode, predicted and
+//! measured µs) and a summary per graph (time per op class, share of time per engine).
+
+use std::fmt::Write;
+
+use super::model::{self, MatShape};
+use super::profile::MachineProfile;
+use super::Mode;
+use crate::backend::ops::{Node, Op};
+
+/// What the executor knows of one node after running it.
+pub struct OpRecord<'a> {
+    pub node: &'a Node,
+    pub mode: Mode,
+    pub predicted: f64,
+    pub measured: f64,
+}
+
+/// The engine a mode runs on, for the summary.
+fn engine(mode: Mode) -> usize {
+    mode.index()
+}
+
+/// The model's prediction for a node that is not a planned matrix product: bytes moved
+/// against DRAM, flops against the vector peak.
+pub fn predict_node(p: &MachineProfile, node: &Node, threads: usize) -> f64 {
+    let bytes_of = |t: &crate::backend::tensor::TensorRef| model::tensor_bytes(t.ty, t.nelements());
+    let bytes: f64 = bytes_of(&node.dst) + node.src.iter().flatten().map(bytes_of).sum::<f64>();
+    let flops = match node.op {
+        Op::FlashAttn { .. } => {
+            let (q, k, v) = (node.src(0), node.src(1), node.src(2));
+            // Scores and P V for every query and key (the causal mask skips about half in
+            // prefill; the vector exp costs about as much again).
+            2.0 * (q.ne[1] * q.ne[2] * q.ne[3] * k.ne[1]) as f64 * (k.ne[0] + v.ne[0]) as f64
+        }
+        Op::MulMat => {
+            let (w, x) = (node.src(0), node.src(1));
+            2.0 * (w.ne[0] * w.ne[1]) as f64 * x.nrows() as f64
+        }
+        _ => 4.0 * node.dst.nelements() as f64,
+    };
+    model::predict_other(p, bytes, flops, threads)
+}
+
+pub fn shape_text(node: &Node, shape: Option<&MatShape>) -> String {
+    if let Some(s) = shape {
+        return format!("m={} n={} k={} {}", s.m, s.n, s.k, s.ty.name());
+    }
+    let mut out = format!("{:?} {}", node.dst.ne, node.dst.ty.name());
+    for s in node.src.iter().flatten() {
+        let _ = write!(out, " <- {:?} {}", s.ne, s.ty.name());
+    }
+    out
+}
+
+pub fn op_line(r: &OpRecord, shape: Option<&MatShape>) -> String {
+    format!(
+        "smepilot trace: {:<14} {:<44} mode={:<6} pred={:>9.1}us meas={:>9.1}us",
+        r.node.op.name(),
+        shape_text(r.node, shape),
+        r.mode.name(),
+        r.predicted * 1e6,
+        r.measured * 1e6
+    )
+}
+
+/// Per-graph totals: time per op class, time per engine, and how much of the time went to
+/// ops whose prediction was within 30% of the measurement.
+#[derive(Default)]
+pub struct GraphSummary {
+    classes: Vec<(&'static str, f64, f64)>,
+    engines: [f64; 3],
+    total: f64,
+    within_30: f64,
+}
+
+impl GraphSummary {
+    pub fn add(&mut self, r: &OpRecord) {
+        let name = r.node.op.name();
+        match self.classes.iter_mut().find(|c| c.0 == name) {
+            Some(c) => {
+                c.1 += r.measured;
+                c.2 += r.predicted;
+            }
+            None => self.classes.push((name, r.measured, r.predicted)),
+        }
+        self.engines[engine(r.mode)] += r.measured;
+        self.total += r.measured;
+        if r.predicted > 0.0 && (r.measured / r.predicted - 1.0).abs() <= 0.3 {
+            self.within_30 += r.measured;
+        }
+    }
+
+    pub fn line(&self, nodes: usize) -> String {
+        let mut out = format!("smepilot trace: graph of {nodes} ops, {:.1} us:", self.total * 1e6);
+        let mut classes = self.classes.clone();
+        classes.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (name, meas, pred) in classes {
+            let _ = write!(out, " {name} {:.1}% (pred {:.0} / meas {:.0} us);", 100.0 * meas / self.total, pred * 1e6, meas * 1e6);
+        }
+        let share = |i: usize| 100.0 * self.engines[i] / self.total.max(1e-12);
+        let _ = write!(
+            out,
+            " engines: vector {:.1}%, matrix {:.1}%, coop {:.1}%; predicted within 30% for {:.1}% of the time",
+            share(0),
+            share(1),
+            share(2),
+            100.0 * self.within_30 / self.total.max(1e-12)
+        );
+        out
+    }
+}
