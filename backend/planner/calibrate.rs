@@ -21,7 +21,7 @@ use crate::backend::roofs;
 use crate::backend::tensor::TensorRef;
 
 /// Bump when a kernel changes what it costs: older cached profiles are then ignored.
-pub const KERNEL_REV: u32 = 2;
+pub const KERNEL_REV: u32 = 3;
 
 /// Weight types whose kernel costs are measured.
 pub const TYPES: [DType; 9] = [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::BF16, DType::F16, DType::Q4_1, DType::Q5_K, DType::F32];
@@ -100,7 +100,27 @@ pub fn measure() -> MachineProfile {
         dram_read,
         dram_beside_matrix,
         kernels: kernels_measured.into_iter().map(|(c, _)| c).collect(),
+        node_overhead: node_overhead(cores),
     }
+}
+
+/// Seconds per node of a graph of tiny nodes on all cores: what dispatch and the barrier
+/// after every node cost.
+fn node_overhead(cores: usize) -> f64 {
+    let mut buf = vec![1f32; 16];
+    let t = tensor(DType::F32, [16, 1, 1, 1], buf.as_mut_ptr() as *mut u8);
+    let node = Node { op: Op::Scale { scale: 1.0, bias: 0.0 }, dst: t, src: [Some(t), None, None, None, None] };
+    let nodes = vec![node; 500];
+    let plans = vec![Plan::STATIC; nodes.len()];
+    let mut exec = Executor::new(cores);
+    exec.compute_with_plans(&nodes, &plans);
+    (0..5)
+        .map(|_| {
+            let t0 = Instant::now();
+            exec.compute_with_plans(&nodes, &plans);
+            t0.elapsed().as_secs_f64() / nodes.len() as f64
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -152,9 +172,10 @@ fn vector_peaks() -> (f64, f64) {
 }
 
 /// Random valid weight rows of `ty` (quantized from random f32, or K-quant blocks with
-/// sane scales where the table has no quantizer).
-fn weights(ty: DType, n: usize, k: usize) -> Vec<u8> {
-    let mut state = 0x9e3779b97f4a7c15u64;
+/// sane scales where the table has no quantizer); `seed` picks the stream. Shared with the
+/// matmul benchmarks.
+pub fn random_weights(ty: DType, n: usize, k: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
     let mut next = move || {
         state ^= state << 13;
         state ^= state >> 7;
@@ -186,7 +207,8 @@ fn weights(ty: DType, n: usize, k: usize) -> Vec<u8> {
     out
 }
 
-fn tensor(ty: DType, ne: [usize; 4], data: *mut u8) -> TensorRef {
+/// A contiguous tensor of `ty` and shape `ne` at `data`.
+pub fn tensor(ty: DType, ne: [usize; 4], data: *mut u8) -> TensorRef {
     let row = ty.row_bytes(ne[0]);
     TensorRef { ty, ne, nb: [ty.block_bytes(), row, row * ne[1], row * ne[1] * ne[2]], data, packed: None }
 }
@@ -218,7 +240,7 @@ fn kernel_costs() -> Vec<(KernelCost, Option<(f64, f64)>)> {
     let mut act_and_flop: Option<(f64, f64)> = None;
     let mut out = Vec::new();
     for ty in [DType::BF16].into_iter().chain(TYPES.into_iter().filter(|&t| t != DType::BF16)) {
-        let mut w = weights(ty, 512, K);
+        let mut w = random_weights(ty, 512, K, 1);
         let mut packed_copy = vec![0u8; w.len()];
         let mut time = |m: usize, n: usize, mode: Mode| -> Option<f64> {
             let layout = Layout::for_weights(ty, K, n);
@@ -291,7 +313,7 @@ fn solve3(r: [[f64; 4]; 3]) -> [f64; 3] {
 
 /// The profile as text, one `key value...` per line (the cache format).
 pub fn to_text(p: &MachineProfile) -> String {
-    let mut s = format!("cpu {}\ncores {}\n", p.cpu, p.cores);
+    let mut s = format!("cpu {}\ncores {}\nnode_overhead {:e}\n", p.cpu, p.cores, p.node_overhead);
     let list = |v: &[f64]| v.iter().map(|x| format!("{x:e}")).collect::<Vec<_>>().join(" ");
     s += &format!("dram_read {}\n", list(&p.dram_read));
     s += &format!("dram_beside_matrix {:e}\n", p.dram_beside_matrix);
@@ -316,6 +338,7 @@ pub fn parse(text: &str) -> Option<MachineProfile> {
         dram_read: Vec::new(),
         dram_beside_matrix: 0.0,
         kernels: Vec::new(),
+        node_overhead: 0.0,
     };
     for line in text.lines() {
         let (key, rest) = line.split_once(' ')?;
@@ -323,6 +346,7 @@ pub fn parse(text: &str) -> Option<MachineProfile> {
         match key {
             "cpu" => p.cpu = rest.to_string(),
             "cores" => p.cores = rest.parse().ok()?,
+            "node_overhead" => p.node_overhead = rest.parse().ok()?,
             "dram_read" => p.dram_read = nums()?,
             "dram_beside_matrix" => p.dram_beside_matrix = rest.parse().ok()?,
             "vector" => {
@@ -349,7 +373,7 @@ pub fn parse(text: &str) -> Option<MachineProfile> {
 
 /// The profile as a human-readable report (`smepilot calibrate`).
 pub fn report(p: &MachineProfile) -> String {
-    let mut s = format!("CPU: {} ({} cores)\n", p.cpu, p.cores);
+    let mut s = format!("CPU: {} ({} cores)\nper-node dispatch and barrier: {:.1} us\n", p.cpu, p.cores, p.node_overhead * 1e6);
     for (i, bw) in p.dram_read.iter().enumerate() {
         s += &format!("DRAM read, {} thread(s): {:.1} GB/s\n", i + 1, bw / 1e9);
     }

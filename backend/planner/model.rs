@@ -89,7 +89,7 @@ pub fn predict(p: &MachineProfile, s: &MatShape, mode: Mode) -> Option<Predictio
     let bytes = s.weight_bytes();
     let pred = |secs: f64, mem: f64, matrix_threads, matrix_share| Prediction {
         mode,
-        secs: secs.max(mem),
+        secs: secs.max(mem) + p.node_overhead,
         matrix_threads,
         matrix_share,
         memory_bound: mem >= secs,
@@ -152,7 +152,7 @@ pub fn best(p: &MachineProfile, s: &MatShape) -> (Prediction, [Option<Prediction
 /// Prediction of a non-matmul op from its bytes moved and flops (vector units only).
 pub fn predict_other(p: &MachineProfile, bytes: f64, flops: f64, threads: usize) -> f64 {
     let t = threads.max(1);
-    (bytes / p.bandwidth(t)).max(flops / (p.vec_fp32_peak * t as f64))
+    (bytes / p.bandwidth(t)).max(flops / (p.vec_fp32_peak * t as f64)) + p.node_overhead
 }
 
 /// Bytes of a tensor of `ty` with `nelements`, for the op model.

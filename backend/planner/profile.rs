@@ -50,6 +50,8 @@ pub struct MachineProfile {
     /// from DRAM (the shared-bandwidth contention the paper describes); total over them.
     pub dram_beside_matrix: f64,
     pub kernels: Vec<KernelCost>,
+    /// Seconds every node costs beyond its work with all cores (dispatch and the barrier).
+    pub node_overhead: f64,
 }
 
 impl MachineProfile {
@@ -91,6 +93,7 @@ pub mod synthetic {
             dram_read: vec![16e9, 25e9],
             dram_beside_matrix: 9e9,
             kernels: kernels(0.25),
+            node_overhead: 2e-6,
         }
     }
 
@@ -105,6 +108,7 @@ pub mod synthetic {
             dram_read: vec![60e9, 90e9, 110e9, 120e9],
             dram_beside_matrix: 60e9,
             kernels: kernels(0.15),
+            node_overhead: 2e-6,
         }
     }
 
@@ -119,6 +123,7 @@ pub mod synthetic {
             dram_read: vec![16e9, 25e9, 30e9, 32e9],
             dram_beside_matrix: 0.0,
             kernels: kernels(0.25),
+            node_overhead: 2e-6,
         }
     }
 }

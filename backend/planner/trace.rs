@@ -25,7 +25,12 @@ fn engine(mode: Mode) -> usize {
 /// against DRAM, flops against the vector peak.
 pub fn predict_node(p: &MachineProfile, node: &Node, threads: usize) -> f64 {
     let bytes_of = |t: &crate::backend::tensor::TensorRef| model::tensor_bytes(t.ty, t.nelements());
-    let bytes: f64 = bytes_of(&node.dst) + node.src.iter().flatten().map(bytes_of).sum::<f64>();
+    let bytes: f64 = match node.op {
+        // Only the rows fetched or stored move, not the whole table or cache.
+        Op::GetRows => 2.0 * bytes_of(&node.dst),
+        Op::SetRows => 2.0 * bytes_of(node.src(0)),
+        _ => bytes_of(&node.dst) + node.src.iter().flatten().map(bytes_of).sum::<f64>(),
+    };
     let flops = match node.op {
         Op::FlashAttn { .. } => {
             let (q, k, v) = (node.src(0), node.src(1), node.src(2));
