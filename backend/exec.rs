@@ -97,6 +97,8 @@ pub struct Executor {
     /// planned matrix products (reused between graphs).
     plans: Vec<Plan>,
     decisions: Vec<Option<(MatShape, Decision)>>,
+    /// Per shape, how many nodes of it the current graph has had planned so far.
+    occurrences: std::collections::HashMap<MatShape, usize>,
     /// Per node: nanoseconds thread 0 measured from its start to the barrier after it.
     times: Vec<AtomicU64>,
 }
@@ -118,6 +120,7 @@ impl Executor {
             trace: false,
             plans: Vec::new(),
             decisions: Vec::new(),
+            occurrences: std::collections::HashMap::new(),
             times: Vec::new(),
         }
     }
@@ -176,10 +179,14 @@ impl Executor {
         let nth = self.pool.n_threads();
         self.plans.clear();
         self.decisions.clear();
+        self.occurrences.clear();
         for node in nodes {
+            let occurrences = &mut self.occurrences;
             let planned = self.planner.as_mut().and_then(|p| {
                 let s = ops::mat_shape(node, nth)?;
-                Some((s, p.decide(&s)))
+                let seen = occurrences.entry(s).or_insert(0);
+                *seen += 1;
+                Some((s, p.decide_nth(&s, *seen - 1)))
             });
             self.plans.push(planned.map_or(Plan::STATIC, |(_, d)| d.plan));
             self.decisions.push(planned);

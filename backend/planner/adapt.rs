@@ -16,6 +16,10 @@ use super::{Mode, ModeSetting, Plan};
 
 /// Weight of a new measurement in a mode's running average.
 const EMA: f64 = 0.3;
+/// Modes whose estimate is within this factor of the best are tried once per shape (on a
+/// later occurrence of the shape in the same graph), so a mode the model underrates is
+/// still measured.
+const EXPLORE_WITHIN: f64 = 3.0;
 
 #[derive(Clone, Debug)]
 struct Entry {
@@ -64,8 +68,15 @@ impl Planner {
     /// The plan for shape `s`: the forced mode where it can run (else vector), or the
     /// mode with the lowest estimate.
     pub fn decide(&mut self, s: &MatShape) -> Decision {
+        self.decide_nth(s, 0)
+    }
+
+    /// As [`decide`](Self::decide) for the `occurrence`-th node of shape `s` in one graph
+    /// (from 0): with `auto`, occurrences after the first try the modes not measured yet
+    /// for this shape whose estimate is within `EXPLORE_WITHIN` of the best, one each.
+    pub fn decide_nth(&mut self, s: &MatShape, occurrence: usize) -> Decision {
         let e = self.entry(s).clone();
-        let mode = match self.setting {
+        let mut mode = match self.setting {
             ModeSetting::Forced(m) if e.pred[m.index()].is_some() => m,
             ModeSetting::Forced(_) => Mode::Vector,
             ModeSetting::Auto => {
@@ -80,6 +91,15 @@ impl Planner {
                 best.0
             }
         };
+        if self.setting == ModeSetting::Auto && occurrence > 0 {
+            let best = self.estimate(&e, mode).unwrap_or(f64::INFINITY);
+            let untried = Mode::ALL.into_iter().filter(|&m| {
+                m != mode && e.measured[m.index()].is_none() && self.estimate(&e, m).is_some_and(|t| t <= best * EXPLORE_WITHIN)
+            });
+            if let Some(m) = untried.clone().nth(occurrence - 1) {
+                mode = m;
+            }
+        }
         let p = e.pred[mode.index()].expect("a mode that can run");
         Decision {
             plan: Plan::forced(mode, p.matrix_threads),
@@ -141,6 +161,31 @@ mod tests {
         let first_vector = modes.iter().position(|&m| m == Mode::Vector).expect("flips to vector");
         assert!(first_vector <= 2, "{modes:?}");
         assert!(modes[first_vector..].iter().all(|&m| m == Mode::Vector), "{modes:?}");
+    }
+
+    #[test]
+    fn a_mode_the_model_underrates_is_tried_once_and_then_kept() {
+        let mut p = Planner::new(synthetic::amx_like(), ModeSetting::Auto);
+        let s = prefill();
+        let pred = p.entry(&s).pred;
+        let (tm, tc) = (pred[1].unwrap().secs, pred[2].unwrap().secs);
+        assert!(tc > tm && tc < tm * EXPLORE_WITHIN, "coop within reach of matrix: {tm} {tc}");
+        // In truth coop runs in half the matrix time. One graph with four nodes of the shape:
+        // the first takes the predicted best, the next ones try the other modes in reach.
+        let truth = |m: Mode| match m {
+            Mode::Matrix => tm,
+            Mode::Coop => tm * 0.5,
+            Mode::Vector => tm * 10.0,
+        };
+        let first: Vec<Mode> = (0..4).map(|i| p.decide_nth(&s, i).mode).collect();
+        assert_eq!(first[0], Mode::Matrix);
+        assert!(first[1..].contains(&Mode::Coop), "{first:?}");
+        for m in first {
+            p.record(&s, m, truth(m));
+        }
+        for i in 0..4 {
+            assert_eq!(p.decide_nth(&s, i).mode, Mode::Coop, "occurrence {i}");
+        }
     }
 
     #[test]
