@@ -2,15 +2,26 @@
 //!
 //! * `smepilot calibrate [--cached]`: measures this machine's profile (or shows the cached
 //!   one), saves it where the backend loads it, and prints the figures.
+//! * `smepilot plan -m model.gguf [--batch 1,16,512] [--threads N] [--svg out.svg]`: reads
+//!   the model's matrix-product weights, prints the planner's prediction for every mode and
+//!   its choice per shape and batch size, and draws the roofline chart with each shape on
+//!   it.
 
-use ggml_smepilot::backend::planner::calibrate;
+use std::collections::BTreeMap;
 
-const USAGE: &str = "usage: smepilot calibrate [--cached]";
+use ggml_smepilot::backend::dtype::DType;
+use ggml_smepilot::backend::ops::matrix_feasible_type;
+use ggml_smepilot::backend::planner::chart::{self, Point};
+use ggml_smepilot::backend::planner::model::{self, MatShape};
+use ggml_smepilot::backend::planner::{calibrate, Mode};
+
+const USAGE: &str = "usage: smepilot calibrate [--cached]\n       smepilot plan -m model.gguf [--batch 1,16,512] [--threads N] [--svg out.svg]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.first().map(String::as_str) {
         Some("calibrate") => calibrate_cmd(&args[1..]),
+        Some("plan") => plan_cmd(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     if let Err(e) = code {
@@ -43,5 +54,92 @@ fn calibrate_cmd(args: &[String]) -> Result<(), String> {
         println!("profile: {}", path.display());
     }
     print!("{}", calibrate::report(&profile));
+    Ok(())
+}
+
+/// A distinct matrix-product weight of the model: name pattern (layer number as `*`),
+/// K, N, type, and how many tensors share it.
+struct Weight {
+    name: String,
+    k: usize,
+    n: usize,
+    ty: DType,
+    count: usize,
+}
+
+fn model_weights(path: &str) -> Result<Vec<Weight>, String> {
+    let mut container = gguf_rs::get_gguf_container(path).map_err(|e| format!("{path}: {e}"))?;
+    let model = container.decode().map_err(|e| format!("{path}: {e}"))?;
+    let tensors = model.tensors();
+    let tied = !tensors.iter().any(|t| t.name == "output.weight");
+    let mut groups: BTreeMap<(String, usize, usize, u32), usize> = BTreeMap::new();
+    for t in tensors {
+        let two_d = t.shape.len() >= 2 && t.shape[2..].iter().all(|&d| d == 1);
+        let matmul = t.name.ends_with(".weight") && !t.name.contains("norm") && (t.name != "token_embd.weight" || tied);
+        if !two_d || !matmul {
+            continue;
+        }
+        let pattern: Vec<String> = t.name.split('.').map(|p| if p.parse::<u32>().is_ok() { "*".into() } else { p.to_string() }).collect();
+        let mut name = pattern.join(".");
+        if t.name == "token_embd.weight" {
+            name = "output (tied to token_embd)".into();
+        }
+        *groups.entry((name, t.shape[0] as usize, t.shape[1] as usize, t.kind)).or_default() += 1;
+    }
+    groups
+        .into_iter()
+        .map(|((name, k, n, kind), count)| {
+            let ty = DType::from_ggml(kind).ok_or_else(|| format!("{name}: ggml type {kind} is not one SMEPilot runs"))?;
+            Ok(Weight { name, k, n, ty, count })
+        })
+        .collect()
+}
+
+fn plan_cmd(args: &[String]) -> Result<(), String> {
+    let (mut model_path, mut batches, mut threads, mut svg) = (None, vec![1usize, 16, 512], None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{a} needs a value\n{USAGE}"));
+        match a.as_str() {
+            "-m" | "--model" => model_path = Some(value()?.clone()),
+            "--batch" => {
+                let v = value()?;
+                batches = v.split(',').map(|b| b.trim().parse::<usize>().ok().filter(|&b| b > 0)).collect::<Option<_>>().ok_or_else(|| format!("--batch {v:?}: positive integers separated by commas"))?;
+            }
+            "-t" | "--threads" => threads = Some(value()?.parse::<usize>().ok().filter(|&t| t > 0).ok_or_else(|| format!("{a}: a positive integer"))?),
+            "--svg" => svg = Some(value()?.clone()),
+            _ => return Err(format!("unknown argument {a:?}\n{USAGE}")),
+        }
+    }
+    let model_path = model_path.ok_or_else(|| format!("-m model.gguf is required\n{USAGE}"))?;
+    let weights = model_weights(&model_path)?;
+    if weights.is_empty() {
+        return Err(format!("{model_path}: no matrix-product weights found"));
+    }
+    let profile = calibrate::load_or_measure(|msg| eprintln!("smepilot: {msg}"));
+    let threads = threads.unwrap_or(profile.cores);
+    println!("plan for {model_path} on {} ({threads} threads); predicted us per call", profile.cpu);
+    println!("{:<28} {:>6} {:>7} {:>6} {:>3} {:>5} {:>11} {:>11} {:>11} {:>7} {:>9}", "weight", "K", "N", "type", "x", "M", "vector", "matrix", "coop", "choice", "flop/B");
+    let mut points = Vec::new();
+    for &m in &batches {
+        let mut total = 0.0;
+        for w in &weights {
+            let s = MatShape { m, n: w.n, k: w.k, ty: w.ty, threads, matrix_ok: matrix_feasible_type(w.ty, w.k) };
+            let (best, all) = model::best(&profile, &s);
+            let us = |i: usize| all[i].map_or("-".to_string(), |p| format!("{:.1}", p.secs * 1e6));
+            let intensity = s.flops() / s.weight_bytes();
+            println!(
+                "{:<28} {:>6} {:>7} {:>6} {:>3} {:>5} {:>11} {:>11} {:>11} {:>7} {:>9.2}",
+                w.name, w.k, w.n, w.ty.name(), w.count, m, us(0), us(1), us(2), best.mode.name(), intensity
+            );
+            total += best.secs * w.count as f64;
+            points.push(Point { label: format!("{} {}x{} {} M={m}", w.name, w.k, w.n, w.ty.name()), intensity, perf: s.flops() / best.secs, mode: best.mode });
+        }
+        println!("  M = {m}: matrix products {:.1} ms per batch, {:.1} tokens/s if nothing else ran", total * 1e3, m as f64 / total);
+    }
+    if let Some(path) = svg {
+        std::fs::write(&path, chart::roofline_svg(&profile, threads, &points)).map_err(|e| format!("{path}: {e}"))?;
+        println!("chart: {path} ({} points; {})", points.len(), Mode::ALL.map(|m| format!("{} = {}", m.name(), chart::mode_colour(m))).join(", "));
+    }
     Ok(())
 }

@@ -104,6 +104,27 @@ t_planner() {
     grep -qE "trace: MUL_MAT +m=64 .*mode=coop +pred= *[0-9.]+us meas= *[0-9.]+us" "$work/trace.out" || { echo "no coop MUL_MAT line in the trace"; return 1; }
     grep -qE "trace: graph of [0-9]+ ops.*engines: vector" "$work/trace.out" || { echo "no graph summary"; return 1; }
 }
+# `smepilot plan` prints a plan row per weight shape and batch and writes a roofline SVG:
+# valid XML with the roofs and one point per row, rendered to PNG by rsvg-convert.
+t_plan_chart() {
+    "$bin/smepilot" plan -m "$model" --batch 1,16,512 --svg "$work/plan.svg" >"$work/plan.out" 2>&1 || { cat "$work/plan.out"; return 1; }
+    head -12 "$work/plan.out"
+    local rows; rows=$(grep -cE " (vector|matrix|coop) +[0-9.]+$" "$work/plan.out")
+    [ "$rows" -ge 3 ] || { echo "expected plan rows for 3 batch sizes, got $rows"; return 1; }
+    python3 - "$work/plan.svg" "$rows" <<'PY' || return 1
+import sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+ns = "{http://www.w3.org/2000/svg}"
+roofs = [e for e in root.iter(ns + "line") if e.get("class") == "roof"]
+ops = [e for e in root.iter(ns + "circle") if e.get("class") == "op"]
+print(f"svg: {len(roofs)} roofs, {len(ops)} op points")
+assert any(r.get("data-roof") == "dram" for r in roofs), "no DRAM roof"
+assert len(roofs) >= 3 and len(ops) == int(sys.argv[2]), "roofs or points missing"
+PY
+    rsvg-convert -o "$work/plan.png" "$work/plan.svg" || { echo "rsvg-convert failed"; return 1; }
+    file "$work/plan.png"
+    [ "$(stat -c %s "$work/plan.png")" -gt 10000 ] || { echo "PNG suspiciously small"; return 1; }
+}
 
 # ---- graph coverage --------------------------------------------------------------
 # llama-perplexity logs "graph: nodes = ..., splits = N" for the pp and tg graphs and
@@ -196,6 +217,7 @@ check backend-ops           t_backend_ops
 check backend-ops-no-amx    t_backend_ops_noamx
 check backend-ops-modes     t_backend_ops_modes
 check planner               t_planner
+check plan-chart            t_plan_chart
 check splits-smollm2        t_splits_smollm2
 check splits-llama-3.2-3b   t_splits_llama3b
 check splits-qwen3-4b       t_splits_qwen3_4b

@@ -91,6 +91,18 @@ pub fn matrix_feasible(node: &Node) -> bool {
     }
 }
 
+/// The matrix unit can run 2-D products of `ty` weights with `k` columns (for planning
+/// from a model file, before any node exists).
+pub fn matrix_feasible_type(ty: DType, k: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::matmul_amx::feasible_type(ty, k);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (ty, k);
+        false
+    }
+}
+
 /// The mode the node runs in: the plan's where it can run (coop needs at least one thread
 /// on each side), else the vector path; without a plan, the matrix unit from 16 rows up.
 pub fn effective_mode(node: &Node, plan: &Plan, nth: usize) -> Mode {

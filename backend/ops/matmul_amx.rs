@@ -29,7 +29,7 @@ enum Kind {
 fn kind(node: &Node) -> Option<Kind> {
     let (w, x) = (node.src(0), node.src(1));
     let two_d = w.ne[2] == 1 && w.ne[3] == 1 && x.ne[2] == 1 && x.ne[3] == 1;
-    if !amx::available() || !two_d || !w.ne[0].is_multiple_of(32) {
+    if !two_d || !feasible_type(w.ty, w.ne[0]) {
         return None;
     }
     // The int8 engine reads ggml's layout; packed weights go to the bf16 engine.
@@ -60,6 +60,11 @@ pub mod test_engine {
             v => Some(v == 2),
         }
     }
+}
+
+/// Whether the tile path can run 2-D products of `ty` weights with `k` columns.
+pub fn feasible_type(ty: DType, k: usize) -> bool {
+    amx::available() && k.is_multiple_of(32) && (rows::bf16_weight(ty) || rows::i8_weight(ty).is_some())
 }
 
 /// Whether the tile path can run this node (decided from shapes and types only).

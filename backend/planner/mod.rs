@@ -10,6 +10,7 @@
 
 pub mod adapt;
 pub mod calibrate;
+pub mod chart;
 pub mod model;
 pub mod profile;
 pub mod trace;
