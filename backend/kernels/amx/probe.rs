@@ -315,6 +315,22 @@ fn tileload_throughput() {
     unsafe { tile::release() };
 }
 
+/// One k step of the bf16 2x2 block in the kernel's order: 4 loads, 4 products.
+///
+/// # Safety
+/// A configuration with 16 x 64 tiles 0..8 is loaded on this thread; `p` has 4 KB.
+#[inline(always)]
+unsafe fn bf16_2x2_step(p: *const u8) {
+    tile::load::<4>(p, 64);
+    tile::load::<6>(p.add(1024), 64);
+    tile::dpbf16ps::<0, 4, 6>();
+    tile::load::<7>(p.add(2048), 64);
+    tile::dpbf16ps::<1, 4, 7>();
+    tile::load::<5>(p.add(3072), 64);
+    tile::dpbf16ps::<2, 5, 6>();
+    tile::dpbf16ps::<3, 5, 7>();
+}
+
 /// Nanoseconds per call of `f`, over `iters` calls.
 fn ns_per(iters: usize, mut f: impl FnMut()) -> f64 {
     let t0 = Instant::now();
@@ -364,16 +380,7 @@ fn tileload_rotation_and_block_cost() {
         tile::dpbf16ps::<2, 5, 6>();
         tile::dpbf16ps::<3, 5, 7>();
     });
-    let kernel_order = ns_per(n, || unsafe {
-        tile::load::<4>(p, 64);
-        tile::load::<6>(p.add(1024), 64);
-        tile::dpbf16ps::<0, 4, 6>();
-        tile::load::<7>(p.add(2048), 64);
-        tile::dpbf16ps::<1, 4, 7>();
-        tile::load::<5>(p.add(3072), 64);
-        tile::dpbf16ps::<2, 5, 6>();
-        tile::dpbf16ps::<3, 5, 7>();
-    });
+    let kernel_order = ns_per(n, || unsafe { bf16_2x2_step(p) });
     let loads_first = ns_per(n, || unsafe {
         tile::load::<4>(p, 64);
         tile::load::<6>(p.add(1024), 64);
@@ -443,16 +450,7 @@ fn tile_and_vector_overlap() {
     // SAFETY (every block below): the configuration is loaded on this thread; every tile load
     // reads 1 KB inside `buf`; VNNI is present and each burst reads 1 KB inside `buf`.
     unsafe { cfgb.load() };
-    let tile_step = || unsafe {
-        tile::load::<4>(p, 64);
-        tile::load::<6>(p.add(1024), 64);
-        tile::dpbf16ps::<0, 4, 6>();
-        tile::load::<7>(p.add(2048), 64);
-        tile::dpbf16ps::<1, 4, 7>();
-        tile::load::<5>(p.add(3072), 64);
-        tile::dpbf16ps::<2, 5, 6>();
-        tile::dpbf16ps::<3, 5, 7>();
-    };
+    let tile_step = || unsafe { bf16_2x2_step(p) };
     for bursts in [1usize, 2, 4] {
         let t = ns_per(n, tile_step);
         let v = ns_per(n, || (0..bursts).for_each(|b| unsafe { vnni_burst(p.add(4096 + (b % 4) * 1024)) }));
