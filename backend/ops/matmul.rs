@@ -133,8 +133,8 @@ pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
     if matrix_feasible(node) {
         // Any mode may run (the planner decides per call): room for the largest, and coop
         // keeps both engines' activations side by side.
-        let m = super::matmul_amx::scratch_bytes(node, nth);
-        return m.max(m.next_multiple_of(64) + v);
+        let matrix = super::matmul_amx::scratch_bytes(node, nth);
+        return matrix.max(v).max(super::matmul_amx::coop_tile_bytes(node, nth) + v);
     }
     let _ = nth;
     v

@@ -152,6 +152,13 @@ pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
     }
 }
 
+/// Scratch of the tile side of a coop run, which always takes the bf16 engine (whatever
+/// `kind` picks for matrix-only runs); its vector side's activations follow, 64-byte aligned.
+pub fn coop_tile_bytes(node: &Node, nth: usize) -> usize {
+    let l = Bf16Layout::new(node.src(0).ne[0], node.src(1).ne[1]);
+    (l.thread_off + nth * l.thread_bytes).next_multiple_of(64)
+}
+
 pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
     match kind(node) {
         Some(Kind::I8 { has_min }) => mul_mat_i8(node, ctx, has_min),
@@ -311,7 +318,7 @@ pub fn mul_mat_coop(node: &Node, ctx: &ThreadCtx) {
     }
     let l = Bf16Layout::new(w.ne[0], x.ne[1]);
     let (scratch, _) = ctx.scratch();
-    let vbase = scratch.wrapping_add((l.thread_off + ctx.nth * l.thread_bytes).next_multiple_of(64));
+    let vbase = scratch.wrapping_add(coop_tile_bytes(node, ctx.nth));
     bf16_acts(node, ctx, scratch, &l);
     let acts = super::matmul::prepare_vector_acts(node, ctx, vbase);
     ctx.barrier();
