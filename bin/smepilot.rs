@@ -44,8 +44,7 @@ fn calibrate_cmd(args: &[String]) -> Result<(), String> {
             let p = calibrate::measure();
             println!("calibrated in {:.2} s", t0.elapsed().as_secs_f64());
             if let Some(path) = &path {
-                std::fs::create_dir_all(path.parent().unwrap()).map_err(|e| format!("{}: {e}", path.display()))?;
-                std::fs::write(path, calibrate::to_text(&p)).map_err(|e| format!("{}: {e}", path.display()))?;
+                calibrate::save(path, &p).map_err(|e| format!("{}: {e}", path.display()))?;
             }
             p
         }

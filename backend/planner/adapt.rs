@@ -100,7 +100,7 @@ impl Planner {
                 mode = m;
             }
         }
-        let p = e.pred[mode.index()].expect("a mode that can run");
+        let p = e.pred[mode.index()].or(e.pred[0]).unwrap_or(model::best(&self.profile, s).0);
         Decision {
             plan: Plan::forced(mode, p.matrix_threads),
             mode,

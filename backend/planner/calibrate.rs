@@ -52,7 +52,13 @@ pub fn cache_path() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     let cores = crate::ffi::os::allowed_cpus().len();
-    let key = format!("{}|{cores}|{KERNEL_REV}|{}", cpu_model(), env!("CARGO_PKG_VERSION"));
+    #[cfg(target_arch = "x86_64")]
+    let matrix = crate::backend::kernels::amx::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    let matrix = false;
+    // The matrix unit's availability is part of the key: a profile measured with
+    // SMEPILOT_DISABLE_AMX=1 must not hide the unit from later runs.
+    let key = format!("{}|{cores}|{KERNEL_REV}|{}|{matrix}", cpu_model(), env!("CARGO_PKG_VERSION"));
     Some(base.join("smepilot").join(format!("profile-{:016x}.txt", fnv(&key))))
 }
 
@@ -66,16 +72,21 @@ pub fn load_or_measure(say: impl Fn(&str)) -> MachineProfile {
     let t0 = Instant::now();
     let p = measure();
     let secs = t0.elapsed().as_secs_f64();
-    let saved = path.as_ref().and_then(|path| {
-        std::fs::create_dir_all(path.parent()?).ok()?;
-        std::fs::write(path, to_text(&p)).ok()?;
-        Some(path.display().to_string())
-    });
+    let saved = path.as_ref().and_then(|path| save(path, &p).ok().map(|_| path.display().to_string()));
     say(&format!(
         "calibrated this machine in {secs:.1} s ({}); `smepilot calibrate` prints the figures",
         saved.map_or("not cached: no writable ~/.cache".to_string(), |p| format!("cached in {p}"))
     ));
     p
+}
+
+/// Writes the profile to `path` through a temporary file and a rename, so a process
+/// reading the cache never sees half a file.
+pub fn save(path: &std::path::Path, p: &MachineProfile) -> std::io::Result<()> {
+    std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, to_text(p))?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The process's profile: loaded from the cache or measured on first use (logged).
@@ -87,7 +98,7 @@ pub fn shared_profile() -> &'static MachineProfile {
 /// Measures the profile now.
 pub fn measure() -> MachineProfile {
     let cores = crate::ffi::os::allowed_cpus().len().max(1);
-    let dram_read: Vec<f64> = (1..=cores).map(|t| roofs::dram_read_bw_sized(t, 64 << 20, 2)).collect();
+    let dram_read = dram_by_threads(cores);
     let kernels_measured = kernel_costs();
     let (matrix, dram_beside_matrix) = matrix_units(cores, &kernels_measured);
     let (vec_fp32_peak, vec_int8_peak) = vector_peaks();
@@ -123,13 +134,32 @@ fn node_overhead(cores: usize) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// DRAM read bandwidth for 1 ..= cores threads: measured at 1, 2, 4, ... and `cores`
+/// (at most 1 GiB of buffers in all), linear in between.
+fn dram_by_threads(cores: usize) -> Vec<f64> {
+    let mut at: Vec<usize> = std::iter::successors(Some(1usize), |t| Some(t * 2)).take_while(|&t| t < cores).collect();
+    at.push(cores);
+    let measured: Vec<(usize, f64)> = at.iter().map(|&t| (t, roofs::dram_read_bw_sized(t, (64 << 20).min((1 << 30) / t), 2))).collect();
+    (1..=cores)
+        .map(|t| {
+            let hi = measured.iter().position(|&(m, _)| m >= t).unwrap_or(measured.len() - 1);
+            let (t1, b1) = measured[hi];
+            if hi == 0 || t1 == t {
+                return b1;
+            }
+            let (t0, b0) = measured[hi - 1];
+            b0 + (b1 - b0) * (t - t0) as f64 / (t1 - t0) as f64
+        })
+        .collect()
+}
+
 #[cfg(target_arch = "x86_64")]
 fn matrix_units(cores: usize, k: &[(KernelCost, Option<(f64, f64)>)]) -> (Option<MatrixUnits>, f64) {
     let fit = k.iter().find(|(c, _)| c.ty == DType::BF16).and_then(|(_, r)| *r);
     match (roofs::amx_rate(1, true, 64), roofs::amx_rate(1, false, 64), fit) {
         (Some(bf16_peak), Some(int8_peak), Some((bf16_kernel, act_ns))) => (
             Some(MatrixUnits { units: cores, cores_per_unit: 1, bf16_peak, int8_peak, bf16_kernel, act_ns }),
-            roofs::dram_beside_tiles(cores, 64 << 20).unwrap_or(0.0),
+            roofs::dram_beside_tiles(cores, (64 << 20).min((1 << 30) / cores)).unwrap_or(0.0),
         ),
         _ => (None, 0.0),
     }
@@ -369,7 +399,25 @@ pub fn parse(text: &str) -> Option<MachineProfile> {
             _ => return None,
         }
     }
-    (p.cores > 0 && !p.dram_read.is_empty() && !p.kernels.is_empty()).then_some(p)
+    valid(&p).then_some(p)
+}
+
+/// Every figure the planner divides by is finite and positive, and every weight type has
+/// its kernel costs (a damaged or partial cache is measured again, not trusted).
+fn valid(p: &MachineProfile) -> bool {
+    let pos = |v: f64| v.is_finite() && v > 0.0;
+    let matrix_ok = p.matrix.as_ref().is_none_or(|m| m.units > 0 && pos(m.bf16_peak) && pos(m.int8_peak) && pos(m.bf16_kernel) && m.act_ns.is_finite() && m.act_ns >= 0.0);
+    p.cores > 0
+        && p.dram_read.len() == p.cores
+        && p.dram_read.iter().all(|&b| pos(b))
+        && p.dram_beside_matrix.is_finite()
+        && p.dram_beside_matrix >= 0.0
+        && pos(p.vec_fp32_peak)
+        && pos(p.vec_int8_peak)
+        && p.node_overhead.is_finite()
+        && p.node_overhead >= 0.0
+        && matrix_ok
+        && TYPES.iter().all(|&ty| p.kernel(ty).is_some_and(|c| pos(c.vec_m1_ns) && pos(c.vec_m4_ns) && (c.stage_ns > 0.0)))
 }
 
 /// The profile as a human-readable report (`smepilot calibrate`).
@@ -413,6 +461,11 @@ mod tests {
             assert_eq!(parse(&to_text(&p)), Some(p));
         }
         assert_eq!(parse("cores two\n"), None);
+        // A cache cut short, or with a non-finite figure, is not trusted.
+        let text = to_text(&synthetic::amx_like());
+        let cut: String = text.lines().take(text.lines().count() - 1).map(|l| format!("{l}\n")).collect();
+        assert_eq!(parse(&cut), None);
+        assert_eq!(parse(&text.replace("dram_read 1.6e10", "dram_read NaN")), None);
     }
 
     /// A real calibration: fast enough, and every figure positive and finite where the path

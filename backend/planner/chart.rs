@@ -52,7 +52,11 @@ pub fn roofline_svg(p: &MachineProfile, threads: usize, points: &[Point]) -> Str
         ceilings.push(("matrix bf16 kernel".into(), m.bf16_kernel * units, "#d62728", false));
         ceilings.push(("matrix int8 peak".into(), m.int8_peak * units, "#ff7f0e", true));
     }
-    let top_roof = ceilings.iter().map(|c| c.1).fold(0.0, f64::max);
+    // Only finite, positive figures can be drawn on log axes.
+    ceilings.retain(|c| c.1.is_finite() && c.1 > 0.0);
+    let bw = if bw.is_finite() && bw > 0.0 { bw } else { 1e9 };
+    let points: Vec<&Point> = points.iter().filter(|q| q.perf.is_finite() && q.perf > 0.0 && q.intensity.is_finite() && q.intensity > 0.0).collect();
+    let top_roof = ceilings.iter().map(|c| c.1).fold(bw * 10.0, f64::max);
     let (x0, x1) = (0.1f64.log10(), 10_000f64.log10());
     let lowest = points.iter().map(|q| q.perf).fold(bw * 0.1, f64::min);
     let (y0, y1) = ((lowest / 2.0).log10().floor(), (top_roof * 3.0).log10().ceil());
@@ -106,7 +110,7 @@ pub fn roofline_svg(p: &MachineProfile, threads: usize, points: &[Point]) -> Str
             flops / 1e9
         );
     }
-    for q in points {
+    for q in &points {
         let _ = writeln!(
             s,
             r#"<circle class="op" data-mode="{}" cx="{:.1}" cy="{:.1}" r="5" fill="{}" fill-opacity="0.8"><title>{}: {} at {:.1} GFLOP/s</title></circle>"#,

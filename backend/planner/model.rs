@@ -58,10 +58,10 @@ impl MatShape {
 
 /// One thread's seconds for the whole product on the vector kernels (cache-resident).
 fn vector_work(p: &MachineProfile, s: &MatShape) -> f64 {
-    let c = match p.kernel(s.ty) {
-        Some(c) => *c,
-        None => return f64::INFINITY,
-    };
+    // A type the profile has no figures for: the slowest vector cost it knows (the
+    // vector path runs every product, so it always has a prediction).
+    let slowest = || p.kernels.iter().copied().max_by(|a, b| a.vec_m4_ns.total_cmp(&b.vec_m4_ns));
+    let Some(c) = p.kernel(s.ty).copied().or_else(slowest) else { return 1e-9 * s.elems() * s.m as f64 };
     let per_elem = if s.m == 1 { c.vec_m1_ns } else { s.m.div_ceil(4) as f64 * c.vec_m4_ns };
     s.elems() * per_elem * 1e-9
 }
@@ -95,10 +95,7 @@ pub fn predict(p: &MachineProfile, s: &MatShape, mode: Mode) -> Option<Predictio
         memory_bound: mem >= secs,
     };
     match mode {
-        Mode::Vector => {
-            let comp = vector_work(p, s) / t as f64;
-            comp.is_finite().then(|| pred(comp, bytes / p.bandwidth(t), 0, 0.0))
-        }
+        Mode::Vector => Some(pred(vector_work(p, s) / t as f64, bytes / p.bandwidth(t), 0, 0.0)),
         Mode::Matrix => {
             let d = p.matrix_drivers(t);
             let w = matrix_work(p, s);
@@ -140,7 +137,8 @@ pub fn predict(p: &MachineProfile, s: &MatShape, mode: Mode) -> Option<Predictio
 /// vector, then matrix, then coop).
 pub fn best(p: &MachineProfile, s: &MatShape) -> (Prediction, [Option<Prediction>; 3]) {
     let all = Mode::ALL.map(|m| predict(p, s, m));
-    let mut best = all[0].expect("the vector path runs every product");
+    let fallback = Prediction { mode: Mode::Vector, secs: f64::MAX, matrix_threads: 0, matrix_share: 0.0, memory_bound: false };
+    let mut best = all[0].unwrap_or(fallback);
     for q in all.iter().flatten() {
         if q.secs < best.secs * 0.98 {
             best = *q;
