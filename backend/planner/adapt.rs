@@ -20,11 +20,17 @@ const EMA: f64 = 0.3;
 /// later occurrence of the shape in the same graph), so a mode the model underrates is
 /// still measured.
 const EXPLORE_WITHIN: f64 = 3.0;
+/// Every this many decisions of a shape, the runner-up mode runs once if its estimate is
+/// within `REVISIT_WITHIN` of the chosen one's, so a measurement taken in a bad moment
+/// (a cold first graph, a slow phase of the host) does not rule a mode out for good.
+const REVISIT_EVERY: u64 = 1024;
+const REVISIT_WITHIN: f64 = 1.5;
 
 #[derive(Clone, Debug)]
 struct Entry {
     pred: [Option<Prediction>; 3],
     measured: [Option<f64>; 3],
+    decisions: u64,
 }
 
 pub struct Planner {
@@ -57,7 +63,7 @@ impl Planner {
 
     fn entry(&mut self, s: &MatShape) -> &mut Entry {
         let p = &self.profile;
-        self.shapes.entry(*s).or_insert_with(|| Entry { pred: model::best(p, s).1, measured: [None; 3] })
+        self.shapes.entry(*s).or_insert_with(|| Entry { pred: model::best(p, s).1, measured: [None; 3], decisions: 0 })
     }
 
     fn estimate(&self, e: &Entry, mode: Mode) -> Option<f64> {
@@ -75,7 +81,11 @@ impl Planner {
     /// (from 0): with `auto`, occurrences after the first try the modes not measured yet
     /// for this shape whose estimate is within `EXPLORE_WITHIN` of the best, one each.
     pub fn decide_nth(&mut self, s: &MatShape, occurrence: usize) -> Decision {
-        let e = self.entry(s).clone();
+        let e = {
+            let e = self.entry(s);
+            e.decisions += 1;
+            e.clone()
+        };
         let mut mode = match self.setting {
             ModeSetting::Forced(m) if e.pred[m.index()].is_some() => m,
             ModeSetting::Forced(_) => Mode::Vector,
@@ -97,6 +107,18 @@ impl Planner {
                 m != mode && e.measured[m.index()].is_none() && self.estimate(&e, m).is_some_and(|t| t <= best * EXPLORE_WITHIN)
             });
             if let Some(m) = untried.clone().nth(occurrence - 1) {
+                mode = m;
+            }
+        }
+        if self.setting == ModeSetting::Auto && e.decisions.is_multiple_of(REVISIT_EVERY) {
+            let chosen = self.estimate(&e, mode).unwrap_or(f64::INFINITY);
+            let runner_up = Mode::ALL
+                .into_iter()
+                .filter(|&m| m != mode)
+                .filter_map(|m| self.estimate(&e, m).map(|t| (m, t)))
+                .min_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((m, t)) = runner_up.filter(|&(_, t)| t <= chosen * REVISIT_WITHIN) {
+                let _ = t;
                 mode = m;
             }
         }
@@ -186,6 +208,22 @@ mod tests {
         for i in 0..4 {
             assert_eq!(p.decide_nth(&s, i).mode, Mode::Coop, "occurrence {i}");
         }
+    }
+
+    #[test]
+    fn a_mode_measured_in_a_bad_moment_is_revisited() {
+        let mut p = Planner::new(synthetic::amx_like(), ModeSetting::Auto);
+        let s = prefill();
+        let tm = p.entry(&s).pred[1].unwrap().secs;
+        // Coop's one measurement came out 1.3x matrix (a bad moment); in truth it is 0.8x.
+        p.record(&s, Mode::Coop, tm * 1.3);
+        let mut coop_runs = 0;
+        for _ in 0..5 * REVISIT_EVERY {
+            let d = p.decide(&s);
+            let secs = if d.mode == Mode::Coop { coop_runs += 1; tm * 0.8 } else { tm };
+            p.record(&s, d.mode, secs);
+        }
+        assert!(coop_runs > REVISIT_EVERY as usize, "coop was revisited and then kept ({coop_runs} runs)");
     }
 
     #[test]
