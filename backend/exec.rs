@@ -204,11 +204,6 @@ impl Executor {
         self.run(nodes, plans);
     }
 
-    /// Seconds the last graph's node `i` took (thread 0's view, barrier included).
-    pub fn node_secs(&self, i: usize) -> f64 {
-        self.times[i].load(Ordering::Relaxed) as f64 * 1e-9
-    }
-
     fn run(&mut self, nodes: &[Node], plans: &[Plan]) {
         let nth = self.pool.n_threads();
         let need = nodes

@@ -159,20 +159,8 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
 
     // Phase 1: activations into the weight type's activation format, rows split.
     let layout = act_layout(node);
-    if let Some((vdt, stride, rows)) = layout {
-        let from_f32 = kernels(vdt).unwrap().from_f32.unwrap();
-        let (r0, r1) = split_range(rows, ctx.ith, ctx.nth);
-        for r in r0..r1 {
-            let (i1, i2, i3) = x.unflatten_row(r);
-            // SAFETY: x rows hold kdim f32; scratch row r (reserved by scratch_bytes) is
-            // written by this thread only.
-            unsafe {
-                from_f32(
-                    slice::<f32>(x.row_ptr(i1, i2, i3), kdim),
-                    slice_mut::<u8>(scratch.add(r * stride), vdt.row_bytes(kdim)),
-                );
-            }
-        }
+    if layout.is_some() {
+        prepare_vector_acts(node, ctx, scratch);
         ctx.barrier();
     }
     let act_bytes = layout.map_or(kdim * 4, |(vdt, _, _)| vdt.row_bytes(kdim));
@@ -243,8 +231,8 @@ impl VectorActs {
     }
 }
 
-/// Converts this thread's share of the activation rows of a 2-D product into the weight
-/// type's activation format at `base` (Q8_0 with each block's quant sum, Q8_K, F16, BF16 as
+/// Converts this thread's share of the activation rows (all of x's rows, flattened) into
+/// the weight type's activation format at `base` (Q8_0 with each block's quant sum, Q8_K, F16, BF16 as
 /// ggml-cpu does; F32 rows are copied). The caller puts a barrier before reading them.
 pub(super) fn prepare_vector_acts(node: &Node, ctx: &ThreadCtx, base: *mut u8) -> VectorActs {
     let (w, x) = (node.src(0), node.src(1));
@@ -259,12 +247,15 @@ pub(super) fn prepare_vector_acts(node: &Node, ctx: &ThreadCtx, base: *mut u8) -
         with_sums: vdt == DType::Q8_0 && w.packed.is_some(),
     };
     let bq = vdt.block_bytes();
-    let (r0, r1) = split_range(m, ctx.ith, ctx.nth);
+    // Every row of x (all of dims 1..3, flattened: the generic path broadcasts over them).
+    let (r0, r1) = split_range(x.nrows(), ctx.ith, ctx.nth);
     for r in r0..r1 {
-        // SAFETY: the scratch at `base` holds m rows of `stride` bytes then m * nb sums
-        // (vector_scratch); row r and its sums are this thread's; x rows hold k f32.
+        let (i1, i2, i3) = x.unflatten_row(r);
+        // SAFETY: the scratch at `base` holds nrows rows of `stride` bytes then (packed,
+        // 2-D only) m * nb sums (vector_scratch); row r and its sums are this thread's; x
+        // rows hold k f32.
         unsafe {
-            let src = slice::<f32>(x.row_ptr(r, 0, 0), k);
+            let src = slice::<f32>(x.row_ptr(i1, i2, i3), k);
             let a = slice_mut::<u8>(base.add(r * stride), acts.bytes);
             kernels(vdt).and_then(|t| t.from_f32).expect("activation format has a converter")(src, a);
             if acts.with_sums {

@@ -117,8 +117,7 @@ impl Planner {
                 .filter(|&m| m != mode)
                 .filter_map(|m| self.estimate(&e, m).map(|t| (m, t)))
                 .min_by(|a, b| a.1.total_cmp(&b.1));
-            if let Some((m, t)) = runner_up.filter(|&(_, t)| t <= chosen * REVISIT_WITHIN) {
-                let _ = t;
+            if let Some((m, _)) = runner_up.filter(|&(_, t)| t <= chosen * REVISIT_WITHIN) {
                 mode = m;
             }
         }
