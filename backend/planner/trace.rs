@@ -16,11 +16,6 @@ pub struct OpRecord<'a> {
     pub measured: f64,
 }
 
-/// The engine a mode runs on, for the summary.
-fn engine(mode: Mode) -> usize {
-    mode.index()
-}
-
 /// The model's prediction for a node that is not a planned matrix product: bytes moved
 /// against DRAM, flops against the vector peak.
 pub fn predict_node(p: &MachineProfile, node: &Node, threads: usize) -> f64 {
@@ -89,7 +84,7 @@ impl GraphSummary {
             }
             None => self.classes.push((name, r.measured, r.predicted)),
         }
-        self.engines[engine(r.mode)] += r.measured;
+        self.engines[r.mode.index()] += r.measured;
         self.total += r.measured;
         if r.predicted > 0.0 && (r.measured / r.predicted - 1.0).abs() <= 0.3 {
             self.within_30 += r.measured;
