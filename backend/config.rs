@@ -34,6 +34,11 @@ pub struct Config {
     pub mode: ModeSetting,
     /// SMEPILOT_TRACE=1: one line per executed op and a summary per graph on stderr.
     pub trace: bool,
+    /// SMEPILOT_MATRIX_UNITS=N: drive at most N matrix units, each then shared by
+    /// cores / N cores (matrix-only work runs on N threads, coop gives the rest vector
+    /// work). Leaves cores free of tile work (AMX lowers the clock of the cores that use
+    /// it), and reproduces a shared-unit machine (Apple M4: one SME unit per cluster).
+    pub matrix_units: Option<usize>,
 }
 
 /// ggml op names SMEPilot may claim, i.e. what SMEPILOT_DECLINE_OPS may name.
@@ -114,8 +119,16 @@ impl Config {
             Some(v) => ModeSetting::parse(&v.to_lowercase())
                 .ok_or_else(|| format!("SMEPILOT_MODE={v:?} is not one of vector, matrix, coop, auto"))?,
         };
+        let matrix_units = match var("SMEPILOT_MATRIX_UNITS") {
+            None => None,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if n >= 1 => Some(n),
+                _ => return Err(format!("SMEPILOT_MATRIX_UNITS={v:?} is not a positive integer")),
+            },
+        };
         Ok(Config {
             mode,
+            matrix_units,
             trace: flag(&var, "SMEPILOT_TRACE")?,
             log,
             disable_amx: flag(&var, "SMEPILOT_DISABLE_AMX")?,
@@ -167,7 +180,7 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(c.log, LogLevel::Warn);
         assert!(!c.disable_amx && c.threads.is_none() && c.decline_ops.is_empty());
-        assert!(c.mode == ModeSetting::Auto && !c.trace);
+        assert!(c.mode == ModeSetting::Auto && !c.trace && c.matrix_units.is_none());
     }
 
     #[test]
@@ -177,8 +190,10 @@ mod tests {
             ("SMEPILOT_DISABLE_AMX", "1"),
             ("SMEPILOT_THREADS", "3"),
             ("SMEPILOT_DECLINE_OPS", "soft_max, ROPE"),
+            ("SMEPILOT_MATRIX_UNITS", "1"),
         ])
         .unwrap();
+        assert_eq!(c.matrix_units, Some(1));
         assert_eq!(c.log, LogLevel::Info);
         assert!(c.disable_amx);
         assert_eq!(c.threads, Some(3));
@@ -197,6 +212,8 @@ mod tests {
             ("SMEPILOT_DECLINE_OPS", "SOFTMAX"),
             ("SMEPILOT_MODE", "fast"),
             ("SMEPILOT_TRACE", "verbose"),
+            ("SMEPILOT_MATRIX_UNITS", "0"),
+            ("SMEPILOT_MATRIX_UNITS", "all"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err();
             assert!(e.contains(k) && e.contains(v), "{e}");

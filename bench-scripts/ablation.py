@@ -3,11 +3,15 @@
 auto, on the given models, in one run (modes interleaved per repetition so the VM's drift
 hits them alike).
 
-For every (model, test) cell it prints t/s per mode, auto / best forced mode, and whether
-coop beats both single-engine modes. Writes a markdown table (--out) too.
+For every (model, test) cell it prints the median t/s per mode, auto / best forced mode,
+and whether coop beats both single-engine modes. Writes a markdown table (--out) too. The
+order of the modes rotates with every repetition, so no mode always runs after the same one.
+--env sets SMEPilot variables for every run (for example SMEPILOT_MATRIX_UNITS=1: one
+matrix unit shared by the cores).
 
     ablation.py -m build/models/bench/llama-3.2-3b-bf16.gguf build/models/bench/llama-3.2-3b-q4_0.gguf
     ablation.py -m model.gguf -p 16,512 -n 128 -r 2 -t 2 --out ablation.md
+    ablation.py -m model.gguf -n 0 -r 3 --env SMEPILOT_MATRIX_UNITS=1
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 MODES = ["vector", "matrix", "coop", "auto"]
 
 
-def run_bench(bench: Path, model: str, mode: str, prompts: str, gen: int, threads: int, extra: list[str]) -> dict[str, float]:
-    env = dict(os.environ, SMEPILOT_MODE=mode)
+def run_bench(bench: Path, model: str, mode: str, prompts: str, gen: int, threads: int, extra: list[str], env_extra: dict[str, str]) -> dict[str, float]:
+    env = dict(os.environ, **env_extra, SMEPILOT_MODE=mode)
     cmd = [str(bench), "--backend", "smepilot", "-m", model, "-p", prompts, "-n", str(gen), "-r", "1", "-t", str(threads), "-o", "json", *extra]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
@@ -46,15 +50,22 @@ def main() -> None:
     ap.add_argument("-t", type=int, default=2, help="threads")
     ap.add_argument("--bin-dir", default=str(REPO / "build" / "bin"))
     ap.add_argument("--out", help="also write the markdown table here")
+    ap.add_argument("--env", action="append", default=[], metavar="VAR=VALUE", help="set for every run (repeatable)")
     ap.add_argument("extra", nargs="*", help="more llama-bench arguments (after --)")
     a = ap.parse_args()
     bench = Path(a.bin_dir) / "llama-bench"
+    env_extra = {}
+    for kv in a.env:
+        var, eq, val = kv.partition("=")
+        if not eq or not var.startswith("SMEPILOT_") or var == "SMEPILOT_MODE":
+            sys.exit(f"ablation: --env {kv!r}: expected SMEPILOT_VAR=VALUE (not SMEPILOT_MODE, which the ablation sets)")
+        env_extra[var] = val
     results: dict[tuple[str, str, str], list[float]] = {}
     for rep in range(a.r):
         for model in a.models:
-            for mode in MODES:
+            for mode in MODES[rep % len(MODES):] + MODES[:rep % len(MODES)]:
                 print(f"ablation: rep {rep + 1}/{a.r} {Path(model).name} SMEPILOT_MODE={mode}", file=sys.stderr, flush=True)
-                for test, ts in run_bench(bench, model, mode, a.p, a.n, a.t, a.extra).items():
+                for test, ts in run_bench(bench, model, mode, a.p, a.n, a.t, a.extra, env_extra).items():
                     results.setdefault((Path(model).name, test, mode), []).append(ts)
     cells = sorted({(m, t) for (m, t, _) in results}, key=lambda c: (c[0], c[1].startswith("tg"), len(c[1]), c[1]))
     lines = [
@@ -69,6 +80,8 @@ def main() -> None:
             f"| {model} | {test} | " + " | ".join(f"{ts[m]:.2f}" for m in MODES)
             + f" | {ts['auto'] / best_forced:.3f} | {'yes' if coop_wins else 'no'} |"
         )
+    setting = " ".join(f"{k}={v}" for k, v in env_extra.items()) or "default settings"
+    lines.append(f"\n{a.r} repetition(s), medians, {a.t} threads, {setting}.")
     table = "\n".join(lines)
     print(table)
     if a.out:

@@ -19,6 +19,11 @@ const USAGE: &str = "usage: smepilot calibrate [--cached]\n       smepilot plan 
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // A malformed SMEPILOT_* setting is named here, as the plugin would.
+    if let Err(e) = ggml_smepilot::backend::config::get() {
+        eprintln!("smepilot: {e}");
+        std::process::exit(2);
+    }
     let code = match args.first().map(String::as_str) {
         Some("calibrate") => calibrate_cmd(&args[1..]),
         Some("plan") => plan_cmd(&args[1..]),
@@ -115,7 +120,7 @@ fn plan_cmd(args: &[String]) -> Result<(), String> {
     if weights.is_empty() {
         return Err(format!("{model_path}: no matrix-product weights found"));
     }
-    let profile = calibrate::load_or_measure(|msg| eprintln!("smepilot: {msg}"));
+    let profile = calibrate::with_settings(calibrate::load_or_measure(|msg| eprintln!("smepilot: {msg}")));
     let threads = threads.unwrap_or(profile.cores);
     println!("plan for {model_path} on {} ({threads} threads); predicted us per call", profile.cpu);
     println!("{:<28} {:>6} {:>7} {:>6} {:>3} {:>5} {:>11} {:>11} {:>11} {:>7} {:>9}", "weight", "K", "N", "type", "x", "M", "vector", "matrix", "coop", "choice", "flop/B");

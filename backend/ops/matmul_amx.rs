@@ -159,6 +159,13 @@ pub fn coop_tile_bytes(node: &Node, nth: usize) -> usize {
     (l.thread_off + nth * l.thread_bytes).next_multiple_of(64)
 }
 
+/// Whether this thread drives the tile unit in a matrix-only run: all threads, or the
+/// plan's first `matrix_threads` (one per unit when units are shared: the others would
+/// queue on the same unit). The rest only help convert the activations.
+fn drives_tiles(ctx: &ThreadCtx) -> bool {
+    ctx.plan.matrix_threads == 0 || ctx.ith < ctx.plan.matrix_threads
+}
+
 pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
     match kind(node) {
         Some(Kind::I8 { has_min }) => mul_mat_i8(node, ctx, has_min),
@@ -228,6 +235,9 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
     ctx.barrier();
 
     // Phase 2: groups of GROUP_TILES weight row tiles, taken from the work queue.
+    if !drives_tiles(ctx) {
+        return;
+    }
     let act = ActI8 { q: act_q, d: act_d, s: act_s, nb };
     let n_tiles = n.div_ceil(16);
     let groups = n_tiles.div_ceil(GROUP_TILES);
@@ -291,6 +301,9 @@ fn mul_mat_bf16(node: &Node, ctx: &ThreadCtx) {
     let (scratch, _) = ctx.scratch();
     bf16_acts(node, ctx, scratch, &l);
     ctx.barrier();
+    if !drives_tiles(ctx) {
+        return;
+    }
     let groups = w.ne[1].div_ceil(16).div_ceil(GROUP_TILES);
     let mut acc = Block32::new();
     // SAFETY: amx::available() (kind) holds. The session restores the thread's previous tile

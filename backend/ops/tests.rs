@@ -731,11 +731,14 @@ fn mul_mat_every_mode_packed_and_plain_weights() {
                 if mode != Mode::Vector && !super::matmul::matrix_feasible(&nd) {
                     continue;
                 }
-                db.bytes().fill(0);
-                Executor::new(2).compute_with_plans(&[nd], &[Plan::forced(mode, 1)]);
-                let int8 = engine.is_some() && mode == Mode::Matrix && w.packed.is_none() && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
-                // The int8 engine quantizes activations as the vector kernels do.
-                check_packed_product(ty, m, n, k, &raw, &xs, db.f32s(), if int8 { Mode::Vector } else { mode });
+                // Matrix runs with one tile driver (a shared unit) and with both.
+                for drivers in if mode == Mode::Matrix { 1..=2 } else { 1..=1 } {
+                    db.bytes().fill(0);
+                    Executor::new(2).compute_with_plans(&[nd], &[Plan::forced(mode, drivers)]);
+                    let int8 = engine.is_some() && mode == Mode::Matrix && w.packed.is_none() && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
+                    // The int8 engine quantizes activations as the vector kernels do.
+                    check_packed_product(ty, m, n, k, &raw, &xs, db.f32s(), if int8 { Mode::Vector } else { mode });
+                }
             }
         }
         #[cfg(target_arch = "x86_64")]

@@ -14,12 +14,16 @@ use super::model::{self, MatShape, Prediction};
 use super::profile::MachineProfile;
 use super::{Mode, ModeSetting, Plan};
 
-/// Weight of a new measurement in a mode's running average.
+/// Weight of a new measurement in a mode's running average (the first samples are
+/// averaged plainly).
 const EMA: f64 = 0.3;
-/// Modes whose estimate is within this factor of the best are tried once per shape (on a
-/// later occurrence of the shape in the same graph), so a mode the model underrates is
-/// still measured.
+/// Modes whose estimate is within this factor of the best are measured too, so a mode
+/// the model underrates is still found: later occurrences of the shape in a graph take the
+/// chosen mode and those modes in turn until each has `EXPLORE_SAMPLES` measurements. Turns
+/// keep the samples of competing modes close in time (the host's speed drifts), and two
+/// samples keep one lucky or unlucky call from deciding.
 const EXPLORE_WITHIN: f64 = 3.0;
+const EXPLORE_SAMPLES: u32 = 2;
 /// Every this many decisions of a shape, the runner-up mode runs once if its estimate is
 /// within `REVISIT_WITHIN` of the chosen one's, so a measurement taken in a bad moment
 /// (a cold first graph, a slow phase of the host) does not rule a mode out for good.
@@ -30,6 +34,7 @@ const REVISIT_WITHIN: f64 = 1.5;
 struct Entry {
     pred: [Option<Prediction>; 3],
     measured: [Option<f64>; 3],
+    samples: [u32; 3],
     decisions: u64,
 }
 
@@ -63,7 +68,7 @@ impl Planner {
 
     fn entry(&mut self, s: &MatShape) -> &mut Entry {
         let p = &self.profile;
-        self.shapes.entry(*s).or_insert_with(|| Entry { pred: model::best(p, s).1, measured: [None; 3], decisions: 0 })
+        self.shapes.entry(*s).or_insert_with(|| Entry { pred: model::best(p, s).1, measured: [None; 3], samples: [0; 3], decisions: 0 })
     }
 
     fn estimate(&self, e: &Entry, mode: Mode) -> Option<f64> {
@@ -78,8 +83,8 @@ impl Planner {
     }
 
     /// As [`decide`](Self::decide) for the `occurrence`-th node of shape `s` in one graph
-    /// (from 0): with `auto`, occurrences after the first try the modes not measured yet
-    /// for this shape whose estimate is within `EXPLORE_WITHIN` of the best, one each.
+    /// (from 0): with `auto`, while modes within `EXPLORE_WITHIN` of the best lack
+    /// `EXPLORE_SAMPLES` measurements, occurrences take the chosen mode and those in turn.
     pub fn decide_nth(&mut self, s: &MatShape, occurrence: usize) -> Decision {
         let e = {
             let e = self.entry(s);
@@ -103,11 +108,12 @@ impl Planner {
         };
         if self.setting == ModeSetting::Auto && occurrence > 0 {
             let best = self.estimate(&e, mode).unwrap_or(f64::INFINITY);
-            let untried = Mode::ALL.into_iter().filter(|&m| {
-                m != mode && e.measured[m.index()].is_none() && self.estimate(&e, m).is_some_and(|t| t <= best * EXPLORE_WITHIN)
-            });
-            if let Some(m) = untried.clone().nth(occurrence - 1) {
-                mode = m;
+            let mut turns = vec![mode];
+            turns.extend(Mode::ALL.into_iter().filter(|&m| {
+                m != mode && e.samples[m.index()] < EXPLORE_SAMPLES && self.estimate(&e, m).is_some_and(|t| t <= best * EXPLORE_WITHIN)
+            }));
+            if turns.len() > 1 && occurrence < turns.len() * EXPLORE_SAMPLES as usize {
+                mode = turns[occurrence % turns.len()];
             }
         }
         if self.setting == ModeSetting::Auto && e.decisions.is_multiple_of(REVISIT_EVERY) {
@@ -136,7 +142,9 @@ impl Planner {
         let e = self.entry(s);
         let Some(pred) = e.pred[i] else { return };
         let first = e.measured[i].is_none();
-        e.measured[i] = Some(e.measured[i].map_or(secs, |m| m + EMA * (secs - m)));
+        e.samples[i] = e.samples[i].saturating_add(1);
+        let w = EMA.max(1.0 / e.samples[i] as f64);
+        e.measured[i] = Some(e.measured[i].map_or(secs, |m| m + w * (secs - m)));
         if first && pred.secs > 0.0 {
             let r = (secs / pred.secs).clamp(1e-3, 1e3);
             self.ratio[i] = (self.ratio[i].ln() + EMA * (r.ln() - self.ratio[i].ln())).exp();
@@ -185,7 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn a_mode_the_model_underrates_is_tried_once_and_then_kept() {
+    fn a_mode_the_model_underrates_is_tried_and_then_kept() {
         let mut p = Planner::new(synthetic::amx_like(), ModeSetting::Auto);
         let s = prefill();
         let pred = p.entry(&s).pred;
@@ -207,6 +215,31 @@ mod tests {
         for i in 0..4 {
             assert_eq!(p.decide_nth(&s, i).mode, Mode::Coop, "occurrence {i}");
         }
+    }
+
+    #[test]
+    fn competing_modes_take_turns_until_each_has_two_samples() {
+        let mut p = Planner::new(synthetic::amx_like(), ModeSetting::Auto);
+        let s = prefill();
+        let graph: Vec<Mode> = (0..12).map(|i| p.decide_nth(&s, i).mode).collect();
+        let count = |m: Mode, upto: usize| graph[..upto].iter().filter(|&&g| g == m).count();
+        // Matrix (predicted best) and coop (within reach) alternate for the first samples.
+        assert_eq!(&graph[..2], &[Mode::Matrix, Mode::Coop], "{graph:?}");
+        assert!(count(Mode::Coop, 6) >= 2 && count(Mode::Matrix, 6) >= 2, "{graph:?}");
+        assert!(graph[6..].iter().all(|&m| m == Mode::Matrix), "{graph:?}");
+        // One coop sample far too slow, one right: the mean of the two, not the first, counts.
+        let tm = p.entry(&s).pred[1].unwrap().secs;
+        for m in &graph[..6] {
+            let secs = match m {
+                Mode::Coop if p.entry(&s).samples[2] == 0 => tm * 1.6,
+                Mode::Coop => tm * 0.2,
+                _ => tm,
+            };
+            p.record(&s, *m, secs);
+        }
+        assert_eq!(p.decide_nth(&s, 0).mode, Mode::Coop);
+        // Enough samples everywhere: no more turns.
+        assert!((0..12).all(|i| p.decide_nth(&s, i).mode == Mode::Coop));
     }
 
     #[test]

@@ -92,7 +92,16 @@ pub fn save(path: &std::path::Path, p: &MachineProfile) -> std::io::Result<()> {
 /// The process's profile: loaded from the cache or measured on first use (logged).
 pub fn shared_profile() -> &'static MachineProfile {
     static PROFILE: std::sync::OnceLock<MachineProfile> = std::sync::OnceLock::new();
-    PROFILE.get_or_init(|| load_or_measure(|msg| crate::smelog!(Warn, "{msg}")))
+    PROFILE.get_or_init(|| with_settings(load_or_measure(|msg| crate::smelog!(Warn, "{msg}"))))
+}
+
+/// The profile as the settings restrict it (SMEPILOT_MATRIX_UNITS); the cache keeps
+/// the machine's own figures.
+pub fn with_settings(p: MachineProfile) -> MachineProfile {
+    match crate::backend::config::get().ok().and_then(|c| c.matrix_units) {
+        Some(units) => p.with_matrix_units(units),
+        None => p,
+    }
 }
 
 /// Measures the profile now.

@@ -203,6 +203,18 @@ mod tests {
     }
 
     #[test]
+    fn one_shared_unit_on_the_amx_profile_turns_prefill_to_coop() {
+        // SMEPILOT_MATRIX_UNITS=1 on the 2-core AMX profile: matrix-only leaves a core idle,
+        // so the idle core's vector work adds to the unit's (the SME case on this machine).
+        let p = synthetic::amx_like().with_matrix_units(1);
+        assert_eq!(p.matrix.as_ref().unwrap().cores_per_unit, 2);
+        let (b, all) = best(&p, &shape(512, DType::BF16, 2));
+        assert_eq!(b.mode, Mode::Coop, "{all:?}");
+        assert_eq!((b.matrix_threads, all[Mode::Matrix.index()].unwrap().matrix_threads), (1, 1));
+        assert!(all[Mode::Vector.index()].unwrap().secs > b.secs);
+    }
+
+    #[test]
     fn no_matrix_profile_never_uses_the_matrix_unit() {
         let p = synthetic::no_matrix();
         for m in [1, 16, 512] {

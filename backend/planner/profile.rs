@@ -69,6 +69,16 @@ impl MachineProfile {
     pub fn matrix_drivers(&self, threads: usize) -> usize {
         self.matrix.as_ref().map_or(0, |m| threads.min(m.units))
     }
+
+    /// The profile restricted to at most `units` matrix units, the cores spread over
+    /// them (SMEPILOT_MATRIX_UNITS): each unit then counts as shared by its cores.
+    pub fn with_matrix_units(mut self, units: usize) -> MachineProfile {
+        if let Some(m) = self.matrix.as_mut() {
+            m.units = m.units.min(units.max(1));
+            m.cores_per_unit = self.cores.div_ceil(m.units);
+        }
+        self
+    }
 }
 
 /// Synthetic profiles for the planner's tests (and for reasoning about other machines).

@@ -462,3 +462,19 @@ fn tile_and_vector_overlap() {
     }
     unsafe { tile::release() };
 }
+
+/// Whether the cores have a tile unit each: the product rate on 1 and on all threads
+/// (about cores x the one-thread rate when units are private; about equal when shared).
+#[test]
+#[ignore]
+fn tile_units_private_or_shared() {
+    if !super::available() {
+        return;
+    }
+    let cores = crate::ffi::os::allowed_cpus().len();
+    for _ in 0..3 {
+        let one = crate::backend::roofs::amx_rate(1, true, 64).unwrap();
+        let all = crate::backend::roofs::amx_rate(cores, true, 64).unwrap();
+        eprintln!("bf16 products: 1 thread {:.2} TFLOPS, {cores} threads {:.2} TFLOPS ({:.2}x)", one / 1e12, all / 1e12, all / one);
+    }
+}
