@@ -272,11 +272,14 @@ impl Executor {
                 planner.record(&s, d.mode, secs);
             }
             if self.trace {
-                let (mode, predicted) = match decided {
-                    Some((_, d)) => (d.mode, d.predicted),
-                    None => (Mode::Vector, trace::predict_node(planner.profile(), node, nth)),
+                let (mode, predicted, estimate) = match decided {
+                    Some((_, d)) => (d.mode, d.predicted, d.estimate),
+                    None => {
+                        let p = trace::predict_node(planner.profile(), node, nth);
+                        (Mode::Vector, p, planner.observe_other(node.op.name(), p, secs))
+                    }
                 };
-                let r = OpRecord { node, mode, predicted, measured: secs };
+                let r = OpRecord { node, mode, predicted, estimate, measured: secs };
                 eprintln!("{}", trace::op_line(&r, decided.as_ref().map(|(s, _)| s)));
                 summary.add(&r);
                 ops_run += 1;

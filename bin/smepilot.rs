@@ -15,6 +15,21 @@ use ggml_smepilot::backend::planner::chart::{self, Point};
 use ggml_smepilot::backend::planner::model::{self, MatShape};
 use ggml_smepilot::backend::planner::{calibrate, Mode};
 
+/// Writes a line to stdout; a closed pipe (`smepilot calibrate | head -3`) ends the
+/// program quietly instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("smepilot: writing to stdout: {e}");
+            std::process::exit(2);
+        }
+    }};
+}
+
 const USAGE: &str = "usage: smepilot calibrate [--cached]\n       smepilot plan -m model.gguf [--batch 1,16,512] [--threads N] [--svg out.svg]";
 
 fn main() {
@@ -47,7 +62,7 @@ fn calibrate_cmd(args: &[String]) -> Result<(), String> {
         _ => {
             let t0 = std::time::Instant::now();
             let p = calibrate::measure();
-            println!("calibrated in {:.2} s", t0.elapsed().as_secs_f64());
+            outln!("calibrated in {:.2} s", t0.elapsed().as_secs_f64());
             if let Some(path) = &path {
                 calibrate::save(path, &p).map_err(|e| format!("{}: {e}", path.display()))?;
             }
@@ -55,9 +70,9 @@ fn calibrate_cmd(args: &[String]) -> Result<(), String> {
         }
     };
     if let Some(path) = &path {
-        println!("profile: {}", path.display());
+        outln!("profile: {}", path.display());
     }
-    print!("{}", calibrate::report(&profile));
+    outln!("{}", calibrate::report(&profile).trim_end());
     Ok(())
 }
 
@@ -122,8 +137,8 @@ fn plan_cmd(args: &[String]) -> Result<(), String> {
     }
     let profile = calibrate::with_settings(calibrate::load_or_measure(|msg| eprintln!("smepilot: {msg}")));
     let threads = threads.unwrap_or(profile.cores);
-    println!("plan for {model_path} on {} ({threads} threads); predicted us per call", profile.cpu);
-    println!("{:<28} {:>6} {:>7} {:>6} {:>3} {:>5} {:>11} {:>11} {:>11} {:>7} {:>9}", "weight", "K", "N", "type", "x", "M", "vector", "matrix", "coop", "choice", "flop/B");
+    outln!("plan for {model_path} on {} ({threads} threads); predicted us per call", profile.cpu);
+    outln!("{:<28} {:>6} {:>7} {:>6} {:>3} {:>5} {:>11} {:>11} {:>11} {:>7} {:>9}", "weight", "K", "N", "type", "x", "M", "vector", "matrix", "coop", "choice", "flop/B");
     let mut points = Vec::new();
     for &m in &batches {
         let mut total = 0.0;
@@ -132,18 +147,18 @@ fn plan_cmd(args: &[String]) -> Result<(), String> {
             let (best, all) = model::best(&profile, &s);
             let us = |i: usize| all[i].map_or("-".to_string(), |p| format!("{:.1}", p.secs * 1e6));
             let intensity = s.flops() / s.weight_bytes();
-            println!(
+            outln!(
                 "{:<28} {:>6} {:>7} {:>6} {:>3} {:>5} {:>11} {:>11} {:>11} {:>7} {:>9.2}",
                 w.name, w.k, w.n, w.ty.name(), w.count, m, us(0), us(1), us(2), best.mode.name(), intensity
             );
             total += best.secs * w.count as f64;
             points.push(Point { label: format!("{} {}x{} {} M={m}", w.name, w.k, w.n, w.ty.name()), intensity, perf: s.flops() / best.secs, mode: best.mode });
         }
-        println!("  M = {m}: matrix products {:.1} ms per batch, {:.1} tokens/s if nothing else ran", total * 1e3, m as f64 / total);
+        outln!("  M = {m}: matrix products {:.1} ms per batch, {:.1} tokens/s if nothing else ran", total * 1e3, m as f64 / total);
     }
     if let Some(path) = svg {
         std::fs::write(&path, chart::roofline_svg(&profile, threads, &points)).map_err(|e| format!("{path}: {e}"))?;
-        println!("chart: {path} ({} points; {})", points.len(), Mode::ALL.map(|m| format!("{} = {}", m.name(), chart::mode_colour(m))).join(", "));
+        outln!("chart: {path} ({} points; {})", points.len(), Mode::ALL.map(|m| format!("{} = {}", m.name(), chart::mode_colour(m))).join(", "));
     }
     Ok(())
 }

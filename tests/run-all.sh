@@ -101,7 +101,9 @@ t_planner() {
     SMEPILOT_TRACE=1 SMEPILOT_MODE=coop "$bin/llama-bench" --backend smepilot -m "$model" -p 64 -n 2 -r 1 >"$work/trace.out" 2>&1 || { tail -20 "$work/trace.out"; return 1; }
     grep -m3 "trace: MUL_MAT" "$work/trace.out"
     grep -m1 "trace: graph of" "$work/trace.out"
-    grep -qE "trace: MUL_MAT +m=64 .*mode=coop +pred= *[0-9.]+us meas= *[0-9.]+us" "$work/trace.out" || { echo "no coop MUL_MAT line in the trace"; return 1; }
+    grep -q "flash attention, one core" "$work/calib.out" || { echo "no attention cost in the calibration report"; return 1; }
+    grep -qE "trace: MUL_MAT +m=64 .*mode=coop +pred= *[0-9.]+us est= *[0-9.]+us meas= *[0-9.]+us" "$work/trace.out" || { echo "no coop MUL_MAT line in the trace"; return 1; }
+    python3 "$repo/bench-scripts/trace_accuracy.py" "$work/trace.out" || return 1
     grep -qE "trace: graph of [0-9]+ ops.*engines: vector" "$work/trace.out" || { echo "no graph summary"; return 1; }
 }
 # `smepilot plan` prints a plan row per weight shape and batch and writes a roofline SVG:
@@ -208,6 +210,10 @@ t_bad_settings() {
         echo "a bad SMEPILOT_MODE was accepted"; return 1
     fi
     grep -q 'SMEPILOT_MODE="fast"' "$work/bad.out" || { tail "$work/bad.out"; echo "message does not name SMEPILOT_MODE"; return 1; }
+    if SMEPILOT_MATRIX_UNITS=0 "$bin/smepilot" plan -m "$model" >"$work/bad.out" 2>&1; then
+        echo "SMEPILOT_MATRIX_UNITS=0 was accepted"; return 1
+    fi
+    grep -q 'SMEPILOT_MATRIX_UNITS="0"' "$work/bad.out" || { tail "$work/bad.out"; echo "message does not name SMEPILOT_MATRIX_UNITS"; return 1; }
     echo "bad settings rejected with clear messages"
 }
 

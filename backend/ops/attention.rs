@@ -113,6 +113,11 @@ fn blocked(node: &Node) -> Option<BlockedLayout> {
     (kv <= BLOCKED_KV_MAX_BYTES).then_some(BlockedLayout { n_kb, k_head, v_head, kv, per_thread })
 }
 
+/// Whether the node takes the blocked path (prefill) rather than the per-row one.
+pub fn takes_blocked_path(node: &Node) -> bool {
+    blocked(node).is_some()
+}
+
 pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
     match blocked(node) {
         Some(b) => b.kv + b.per_thread * nth,

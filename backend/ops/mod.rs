@@ -1,7 +1,7 @@
 //! The operators SMEPilot claims: their parameters, the rules for what is supported,
 //! the scratch each needs, and dispatch to the implementations.
 
-mod attention;
+pub(crate) mod attention;
 mod copy;
 mod elementwise;
 mod matmul;

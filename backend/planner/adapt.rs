@@ -44,6 +44,8 @@ pub struct Planner {
     shapes: HashMap<MatShape, Entry>,
     /// Per mode, the running geometric mean of measured / predicted.
     ratio: [f64; 3],
+    /// The same per op class of the other ops (for the trace's estimates only).
+    other_ratio: Vec<(&'static str, f64)>,
 }
 
 /// The plan of one node and what the planner expected of it.
@@ -59,7 +61,7 @@ pub struct Decision {
 
 impl Planner {
     pub fn new(profile: MachineProfile, setting: ModeSetting) -> Planner {
-        Planner { profile, setting, shapes: HashMap::new(), ratio: [1.0; 3] }
+        Planner { profile, setting, shapes: HashMap::new(), ratio: [1.0; 3], other_ratio: Vec::new() }
     }
 
     pub fn profile(&self) -> &MachineProfile {
@@ -149,6 +151,26 @@ impl Planner {
             let r = (secs / pred.secs).clamp(1e-3, 1e3);
             self.ratio[i] = (self.ratio[i].ln() + EMA * (r.ln() - self.ratio[i].ln())).exp();
         }
+    }
+
+    /// For an op that is not a planned product: its estimate from the model's prediction
+    /// and the op class's measured / predicted ratio so far, returned before `measured`
+    /// joins that ratio.
+    pub fn observe_other(&mut self, class: &'static str, predicted: f64, measured: f64) -> f64 {
+        let i = match self.other_ratio.iter().position(|c| c.0 == class) {
+            Some(i) => i,
+            None => {
+                self.other_ratio.push((class, 1.0));
+                self.other_ratio.len() - 1
+            }
+        };
+        let ratio = &mut self.other_ratio[i].1;
+        let estimate = predicted * *ratio;
+        if predicted > 0.0 && measured > 0.0 {
+            let r = (measured / predicted).clamp(1e-3, 1e3);
+            *ratio = (ratio.ln() + EMA * (r.ln() - ratio.ln())).exp();
+        }
+        estimate
     }
 
     /// Measured / predicted per mode over the shapes seen so far (for the trace).

@@ -21,7 +21,7 @@ use crate::backend::roofs;
 use crate::backend::tensor::TensorRef;
 
 /// Bump when a kernel changes what it costs: older cached profiles are then ignored.
-pub const KERNEL_REV: u32 = 3;
+pub const KERNEL_REV: u32 = 4;
 
 /// Weight types whose kernel costs are measured.
 pub const TYPES: [DType; 9] = [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::BF16, DType::F16, DType::Q4_1, DType::Q5_K, DType::F32];
@@ -121,7 +121,50 @@ pub fn measure() -> MachineProfile {
         dram_beside_matrix,
         kernels: kernels_measured.into_iter().map(|(c, _)| c).collect(),
         node_overhead: node_overhead(cores),
+        attn_row_ns: attention_ns(1, 1024),
+        attn_blocked_ns: attention_ns(64, 512),
     }
+}
+
+/// ns per query row x key x (dk + dv) of flash attention on one core: `n_q` query rows of
+/// 8 heads against `n_kv` keys of 2 KV heads, head size 128, F16 K/V, no key masked.
+fn attention_ns(n_q: usize, n_kv: usize) -> f64 {
+    let (d, heads, kv_heads) = (128usize, 8usize, 2usize);
+    let mut q = vec![0f32; d * n_q * heads];
+    q.iter_mut().enumerate().for_each(|(i, v)| *v = ((i % 7) as f32 - 3.0) * 0.1);
+    let f16 = |x: f32| half::f16::from_f32(x).to_bits();
+    let mut k: Vec<u16> = (0..d * n_kv * kv_heads).map(|i| f16(((i % 5) as f32 - 2.0) * 0.1)).collect();
+    let mut v: Vec<u16> = (0..d * n_kv * kv_heads).map(|i| f16(((i % 3) as f32 - 1.0) * 0.1)).collect();
+    let mut mask = vec![0u16; n_kv * n_q];
+    let mut out = vec![0f32; d * heads * n_q];
+    let node = Node {
+        op: Op::FlashAttn { scale: 1.0 / (d as f32).sqrt(), max_bias: 0.0, softcap: 0.0 },
+        dst: tensor(DType::F32, [d, heads, n_q, 1], out.as_mut_ptr() as *mut u8),
+        src: [
+            Some(tensor(DType::F32, [d, n_q, heads, 1], q.as_mut_ptr() as *mut u8)),
+            Some(tensor(DType::F16, [d, n_kv, kv_heads, 1], k.as_mut_ptr() as *mut u8)),
+            Some(tensor(DType::F16, [d, n_kv, kv_heads, 1], v.as_mut_ptr() as *mut u8)),
+            Some(tensor(DType::F16, [n_kv, n_q, 1, 1], mask.as_mut_ptr() as *mut u8)),
+            None,
+        ],
+    };
+    debug_assert!(crate::backend::ops::supports(&node).is_ok());
+    let mut exec = Executor::new(1);
+    let secs = time_plain(&mut exec, &node, 5);
+    secs * 1e9 / (n_q * heads * n_kv * 2 * d) as f64
+}
+
+/// Best seconds of `reps` runs of `node` on the executor's threads (after a warm-up run).
+fn time_plain(exec: &mut Executor, node: &Node, reps: usize) -> f64 {
+    let plan = [Plan::STATIC];
+    exec.compute_with_plans(std::slice::from_ref(node), &plan);
+    (0..reps)
+        .map(|_| {
+            let t0 = Instant::now();
+            exec.compute_with_plans(std::slice::from_ref(node), &plan);
+            t0.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// Seconds per node of a graph of tiny nodes on all cores: what dispatch and the barrier
@@ -148,7 +191,7 @@ fn node_overhead(cores: usize) -> f64 {
 fn dram_by_threads(cores: usize) -> Vec<f64> {
     let mut at: Vec<usize> = std::iter::successors(Some(1usize), |t| Some(t * 2)).take_while(|&t| t < cores).collect();
     at.push(cores);
-    let measured: Vec<(usize, f64)> = at.iter().map(|&t| (t, roofs::dram_read_bw_sized(t, (64 << 20).min((1 << 30) / t), 2))).collect();
+    let measured: Vec<(usize, f64)> = at.iter().map(|&t| (t, roofs::dram_read_bw_sized(t, (64 << 20).min((1 << 30) / t), 6))).collect();
     (1..=cores)
         .map(|t| {
             let hi = measured.iter().position(|&(m, _)| m >= t).unwrap_or(measured.len() - 1);
@@ -364,6 +407,7 @@ pub fn to_text(p: &MachineProfile) -> String {
     for c in &p.kernels {
         s += &format!("kernel {} {:e} {:e} {:e}\n", c.ty.name(), c.vec_m1_ns, c.vec_m4_ns, c.stage_ns);
     }
+    s += &format!("attention {:e} {:e}\n", p.attn_row_ns, p.attn_blocked_ns);
     s
 }
 
@@ -379,6 +423,8 @@ pub fn parse(text: &str) -> Option<MachineProfile> {
         dram_beside_matrix: 0.0,
         kernels: Vec::new(),
         node_overhead: 0.0,
+        attn_row_ns: f64::NAN,
+        attn_blocked_ns: f64::NAN,
     };
     for line in text.lines() {
         let (key, rest) = line.split_once(' ')?;
@@ -397,6 +443,11 @@ pub fn parse(text: &str) -> Option<MachineProfile> {
                 let v = nums()?;
                 let &[units, per, bf16_peak, int8_peak, bf16_kernel, act_ns] = v.as_slice() else { return None };
                 p.matrix = Some(MatrixUnits { units: units as usize, cores_per_unit: per as usize, bf16_peak, int8_peak, bf16_kernel, act_ns });
+            }
+            "attention" => {
+                let v = nums()?;
+                let &[row, blocked] = v.as_slice() else { return None };
+                (p.attn_row_ns, p.attn_blocked_ns) = (row, blocked);
             }
             "kernel" => {
                 let (name, vals) = rest.split_once(' ')?;
@@ -426,6 +477,8 @@ fn valid(p: &MachineProfile) -> bool {
         && p.node_overhead.is_finite()
         && p.node_overhead >= 0.0
         && matrix_ok
+        && pos(p.attn_row_ns)
+        && pos(p.attn_blocked_ns)
         && TYPES.iter().all(|&ty| p.kernel(ty).is_some_and(|c| pos(c.vec_m1_ns) && pos(c.vec_m4_ns) && (c.stage_ns > 0.0)))
 }
 
@@ -450,6 +503,10 @@ pub fn report(p: &MachineProfile) -> String {
     for c in &p.kernels {
         s += &format!("  {:6} {:10.3}  {:10.3}  {:14.3}\n", c.ty.name(), c.vec_m1_ns, c.vec_m4_ns, c.stage_ns);
     }
+    s += &format!(
+        "flash attention, one core (ns per query row x key x head element): per-row path {:.4}, blocked path {:.4}\n",
+        p.attn_row_ns, p.attn_blocked_ns
+    );
     s
 }
 
@@ -487,6 +544,7 @@ mod tests {
         assert!(secs < 10.0, "calibration took {secs:.1} s");
         assert!(p.dram_read.iter().all(|&b| b > 1e8 && b.is_finite()), "{p:?}");
         assert!(p.vec_fp32_peak > 1e9 && p.vec_int8_peak > 1e9);
+        assert!(p.attn_row_ns > 0.0 && p.attn_blocked_ns > 0.0 && p.attn_row_ns.is_finite() && p.attn_blocked_ns.is_finite(), "{p:?}");
         for c in &p.kernels {
             assert!(c.vec_m1_ns > 0.0 && c.vec_m4_ns > 0.0 && c.vec_m1_ns.is_finite(), "{c:?}");
             if p.matrix.is_some() && c.ty != DType::F32 {

@@ -52,6 +52,10 @@ pub struct MachineProfile {
     pub kernels: Vec<KernelCost>,
     /// Seconds every node costs beyond its work with all cores (dispatch and the barrier).
     pub node_overhead: f64,
+    /// Flash attention (F16 K/V, cache-resident), ns per query row x key x (dk + dv)
+    /// element on one core: the per-row path (decode) and the blocked path (prefill).
+    pub attn_row_ns: f64,
+    pub attn_blocked_ns: f64,
 }
 
 impl MachineProfile {
@@ -104,6 +108,8 @@ pub mod synthetic {
             dram_beside_matrix: 9e9,
             kernels: kernels(0.25),
             node_overhead: 2e-6,
+            attn_row_ns: 0.5,
+            attn_blocked_ns: 0.1,
         }
     }
 
@@ -119,6 +125,8 @@ pub mod synthetic {
             dram_beside_matrix: 60e9,
             kernels: kernels(0.15),
             node_overhead: 2e-6,
+            attn_row_ns: 0.5,
+            attn_blocked_ns: 0.1,
         }
     }
 
@@ -134,6 +142,8 @@ pub mod synthetic {
             dram_beside_matrix: 0.0,
             kernels: kernels(0.25),
             node_overhead: 2e-6,
+            attn_row_ns: 0.5,
+            attn_blocked_ns: 0.1,
         }
     }
 }

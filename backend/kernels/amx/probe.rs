@@ -478,3 +478,4 @@ fn tile_units_private_or_shared() {
         eprintln!("bf16 products: 1 thread {:.2} TFLOPS, {cores} threads {:.2} TFLOPS ({:.2}x)", one / 1e12, all / 1e12, all / one);
     }
 }
+
