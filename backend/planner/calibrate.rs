@@ -150,21 +150,8 @@ fn attention_ns(n_q: usize, n_kv: usize) -> f64 {
     };
     debug_assert!(crate::backend::ops::supports(&node).is_ok());
     let mut exec = Executor::new(1);
-    let secs = time_plain(&mut exec, &node, 5);
+    let secs = time_plan(&mut exec, &node, Plan::STATIC, 5);
     secs * 1e9 / (n_q * heads * n_kv * 2 * d) as f64
-}
-
-/// Best seconds of `reps` runs of `node` on the executor's threads (after a warm-up run).
-fn time_plain(exec: &mut Executor, node: &Node, reps: usize) -> f64 {
-    let plan = [Plan::STATIC];
-    exec.compute_with_plans(std::slice::from_ref(node), &plan);
-    (0..reps)
-        .map(|_| {
-            let t0 = Instant::now();
-            exec.compute_with_plans(std::slice::from_ref(node), &plan);
-            t0.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
 }
 
 /// Seconds per node of a graph of tiny nodes on all cores: what dispatch and the barrier
@@ -295,9 +282,9 @@ pub fn tensor(ty: DType, ne: [usize; 4], data: *mut u8) -> TensorRef {
     TensorRef { ty, ne, nb: [ty.block_bytes(), row, row * ne[1], row * ne[1] * ne[2]], data, packed: None }
 }
 
-/// Best seconds of `reps` runs of `node` in `mode` on one thread (after one warm-up run).
-fn time_mode(exec: &mut Executor, node: &Node, mode: Mode, reps: usize) -> f64 {
-    let plan = [Plan::forced(mode, 1)];
+/// Best seconds of `reps` runs of `node` with `plan` (after one warm-up run).
+fn time_plan(exec: &mut Executor, node: &Node, plan: Plan, reps: usize) -> f64 {
+    let plan = [plan];
     exec.compute_with_plans(std::slice::from_ref(node), &plan);
     (0..reps)
         .map(|_| {
@@ -306,6 +293,11 @@ fn time_mode(exec: &mut Executor, node: &Node, mode: Mode, reps: usize) -> f64 {
             t0.elapsed().as_secs_f64()
         })
         .fold(f64::INFINITY, f64::min)
+}
+
+/// Best seconds of `reps` runs of `node` in `mode` on one thread.
+fn time_mode(exec: &mut Executor, node: &Node, mode: Mode, reps: usize) -> f64 {
+    time_plan(exec, node, Plan::forced(mode, 1), reps)
 }
 
 /// Per type, the kernel costs on one core with cache-resident weights (2048 columns; 128
