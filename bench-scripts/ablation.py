@@ -88,7 +88,7 @@ def main() -> None:
         Path(a.out).write_text(table + "\n")
         # Every repetition's figure, in run order per mode, beside the table.
         raw = [{"model": m, "test": t, "mode": mode, "ts": v} for (m, t, mode), v in sorted(results.items())]
-        Path(a.out).with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
+        Path(a.out).with_suffix(".raw.json").write_text(json.dumps(raw, indent=1) + "\n")
 
 
 if __name__ == "__main__":

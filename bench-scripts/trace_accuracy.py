@@ -43,9 +43,11 @@ def main() -> None:
             n += 1
     if n == 0:
         sys.exit("no trace lines (run with SMEPILOT_TRACE=1)")
+    total = max(total, 1e-9)
     print(f"{n} op executions, {total / 1e6:.2f} s measured; within 30% for {100 * within['est'] / total:.1f}% of the time "
           f"as the planner estimated, {100 * within['pred'] / total:.1f}% as the model alone predicted")
     for op, c in sorted(per_class.items(), key=lambda kv: -kv[1]["meas"]):
+        c["meas"] = max(c["meas"], 1e-9)  # a class whose every run printed 0.0us
         print(f"  {op:16} {100 * c['meas'] / total:5.1f}% of time, within 30%: estimated {100 * c['ok_est'] / c['meas']:5.1f}%, "
               f"model {100 * c['ok_pred'] / c['meas']:5.1f}% (sum pred / sum meas {c['pred'] / c['meas']:.2f})")
 

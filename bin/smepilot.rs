@@ -62,10 +62,12 @@ fn calibrate_cmd(args: &[String]) -> Result<(), String> {
         _ => {
             let t0 = std::time::Instant::now();
             let p = calibrate::measure();
-            outln!("calibrated in {:.2} s", t0.elapsed().as_secs_f64());
+            let secs = t0.elapsed().as_secs_f64();
+            // Saved before anything is printed: a reader that has gone must not lose it.
             if let Some(path) = &path {
                 calibrate::save(path, &p).map_err(|e| format!("{}: {e}", path.display()))?;
             }
+            outln!("calibrated in {secs:.2} s");
             p
         }
     };

@@ -102,7 +102,8 @@ pub fn predict(p: &MachineProfile, s: &MatShape, mode: Mode) -> Option<Predictio
             if d == 0 || !w.is_finite() {
                 return None;
             }
-            Some(pred(w / d as f64 + act_secs(p, s, d), bytes / p.bandwidth(d), d, 1.0))
+            // Every thread converts activations, drivers or not (the others then idle).
+            Some(pred(w / d as f64 + act_secs(p, s, t), bytes / p.bandwidth(d), d, 1.0))
         }
         Mode::Coop => {
             let (wm, wv) = (matrix_work(p, s), vector_work(p, s));
