@@ -81,13 +81,15 @@ backend_ops() { # "OPS to require" [extra env assignments...]
 t_backend_ops() { backend_ops "GET_ROWS RMS_NORM MUL ADD ROPE MUL_MAT SOFT_MAX FLASH_ATTN_EXT SET_ROWS CPY CONT SWIGLU SILU SCALE"; }
 # The matrix unit only ever serves MUL_MAT, so the vector-path rerun covers that op.
 t_backend_ops_noamx() { backend_ops MUL_MAT SMEPILOT_DISABLE_AMX=1; }
-# The matrix and coop modes forced (vector is the no-AMX run's path): every MUL_MAT
+# The matrix and coop modes forced (vector is the no-AMX run's path), and matrix with one
+# shared unit (one tile thread, the other only converting activations): every MUL_MAT
 # case passes in each.
 t_backend_ops_modes() {
-    local mode
-    for mode in matrix coop; do
-        echo "== SMEPILOT_MODE=$mode"
-        backend_ops MUL_MAT SMEPILOT_MODE=$mode || return 1
+    local setting
+    for setting in "SMEPILOT_MODE=matrix" "SMEPILOT_MODE=coop" "SMEPILOT_MODE=matrix SMEPILOT_MATRIX_UNITS=1"; do
+        echo "== $setting"
+        # shellcheck disable=SC2086  # one word per assignment
+        backend_ops MUL_MAT $setting || return 1
     done
 }
 

@@ -30,6 +30,14 @@ const EXPLORE_SAMPLES: u32 = 2;
 const REVISIT_EVERY: u64 = 1024;
 const REVISIT_WITHIN: f64 = 1.5;
 
+/// Moves a running geometric mean of measured / predicted towards one more observation.
+fn blend_ratio(ratio: &mut f64, measured: f64, predicted: f64) {
+    if predicted > 0.0 && measured > 0.0 {
+        let r = (measured / predicted).clamp(1e-3, 1e3);
+        *ratio = (ratio.ln() + EMA * (r.ln() - ratio.ln())).exp();
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Entry {
     pred: [Option<Prediction>; 3],
@@ -110,12 +118,18 @@ impl Planner {
         };
         if self.setting == ModeSetting::Auto && occurrence > 0 {
             let best = self.estimate(&e, mode).unwrap_or(f64::INFINITY);
-            let mut turns = vec![mode];
-            turns.extend(Mode::ALL.into_iter().filter(|&m| {
-                m != mode && e.samples[m.index()] < EXPLORE_SAMPLES && self.estimate(&e, m).is_some_and(|t| t <= best * EXPLORE_WITHIN)
-            }));
-            if turns.len() > 1 && occurrence < turns.len() * EXPLORE_SAMPLES as usize {
-                mode = turns[occurrence % turns.len()];
+            // The chosen mode, then the modes still short of samples (on the stack: this
+            // runs for every node of every graph).
+            let mut turns = [mode; 3];
+            let mut n = 1;
+            for m in Mode::ALL {
+                if m != mode && e.samples[m.index()] < EXPLORE_SAMPLES && self.estimate(&e, m).is_some_and(|t| t <= best * EXPLORE_WITHIN) {
+                    turns[n] = m;
+                    n += 1;
+                }
+            }
+            if n > 1 && occurrence < n * EXPLORE_SAMPLES as usize {
+                mode = turns[occurrence % n];
             }
         }
         if self.setting == ModeSetting::Auto && e.decisions.is_multiple_of(REVISIT_EVERY) {
@@ -129,7 +143,7 @@ impl Planner {
                 mode = m;
             }
         }
-        let p = e.pred[mode.index()].or(e.pred[0]).unwrap_or(model::best(&self.profile, s).0);
+        let p = e.pred[mode.index()].or(e.pred[0]).unwrap_or_else(|| model::best(&self.profile, s).0);
         Decision {
             plan: Plan::forced(mode, p.matrix_threads),
             mode,
@@ -147,9 +161,8 @@ impl Planner {
         e.samples[i] = e.samples[i].saturating_add(1);
         let w = EMA.max(1.0 / e.samples[i] as f64);
         e.measured[i] = Some(e.measured[i].map_or(secs, |m| m + w * (secs - m)));
-        if first && pred.secs > 0.0 {
-            let r = (secs / pred.secs).clamp(1e-3, 1e3);
-            self.ratio[i] = (self.ratio[i].ln() + EMA * (r.ln() - self.ratio[i].ln())).exp();
+        if first {
+            blend_ratio(&mut self.ratio[i], secs, pred.secs);
         }
     }
 
@@ -166,10 +179,7 @@ impl Planner {
         };
         let ratio = &mut self.other_ratio[i].1;
         let estimate = predicted * *ratio;
-        if predicted > 0.0 && measured > 0.0 {
-            let r = (measured / predicted).clamp(1e-3, 1e3);
-            *ratio = (ratio.ln() + EMA * (r.ln() - ratio.ln())).exp();
-        }
+        blend_ratio(ratio, measured, predicted);
         estimate
     }
 

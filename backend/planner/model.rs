@@ -148,10 +148,10 @@ pub fn best(p: &MachineProfile, s: &MatShape) -> (Prediction, [Option<Prediction
     (best, all)
 }
 
-/// Prediction of a non-matmul op from its bytes moved and flops (vector units only).
-pub fn predict_other(p: &MachineProfile, bytes: f64, flops: f64, threads: usize) -> f64 {
-    let t = threads.max(1);
-    (bytes / p.bandwidth(t)).max(flops / (p.vec_fp32_peak * t as f64)) + p.node_overhead
+/// Prediction of a non-matmul op from its bytes moved and its compute seconds (already
+/// spread over `threads`): the larger of the two, plus the per-node overhead.
+pub fn predict_other(p: &MachineProfile, bytes: f64, compute_secs: f64, threads: usize) -> f64 {
+    (bytes / p.bandwidth(threads.max(1))).max(compute_secs) + p.node_overhead
 }
 
 /// Bytes of a tensor of `ty` with `nelements`, for the op model.

@@ -23,8 +23,10 @@ pub struct OpRecord<'a> {
 }
 
 /// The model's prediction for a node that is not a planned matrix product: bytes moved
-/// against DRAM, flops against the vector peak.
+/// against DRAM, and its work on the vector units (flash attention at its calibrated
+/// cost, other ops as flops at the vector peak).
 pub fn predict_node(p: &MachineProfile, node: &Node, threads: usize) -> f64 {
+    let t = threads.max(1) as f64;
     let bytes_of = |t: &crate::backend::tensor::TensorRef| model::tensor_bytes(t.ty, t.nelements());
     let bytes: f64 = match node.op {
         // Only the rows fetched or stored move, not the whole table or cache.
@@ -32,29 +34,29 @@ pub fn predict_node(p: &MachineProfile, node: &Node, threads: usize) -> f64 {
         Op::SetRows => 2.0 * bytes_of(node.src(0)),
         _ => bytes_of(&node.dst) + node.src.iter().flatten().map(bytes_of).sum::<f64>(),
     };
-    let flops = match node.op {
+    let at_peak = |flops: f64| flops / (p.vec_fp32_peak * t);
+    let compute_secs = match node.op {
         Op::FlashAttn { .. } => {
             let (q, k, v) = (node.src(0), node.src(1), node.src(2));
             let (n_q, n_kv) = (q.ne[1], k.ne[1]);
             let units = (n_q * q.ne[2] * q.ne[3] * n_kv * (k.ne[0] + v.ne[0])) as f64;
-            let secs = if crate::backend::ops::attention::takes_blocked_path(node) {
+            let ns = if crate::backend::ops::attention::takes_blocked_path(node) {
                 // The blocked path skips key blocks the causal mask hides: query i of a
                 // batch of n_q sees the keys up to its own, about n_kv - n_q / 2 on average.
                 let seen = if node.src[3].is_some() && n_q <= n_kv { (n_kv as f64 - n_q as f64 / 2.0) / n_kv as f64 } else { 1.0 };
                 units * seen * p.attn_blocked_ns
             } else {
                 units * p.attn_row_ns
-            } * 1e-9 / threads.max(1) as f64;
-            // As flops at the fp32 peak, so the memory roof still applies.
-            secs * p.vec_fp32_peak * threads.max(1) as f64
+            };
+            ns * 1e-9 / t
         }
         Op::MulMat => {
             let (w, x) = (node.src(0), node.src(1));
-            2.0 * (w.ne[0] * w.ne[1]) as f64 * x.nrows() as f64
+            at_peak(2.0 * (w.ne[0] * w.ne[1]) as f64 * x.nrows() as f64)
         }
-        _ => 4.0 * node.dst.nelements() as f64,
+        _ => at_peak(4.0 * node.dst.nelements() as f64),
     };
-    model::predict_other(p, bytes, flops, threads)
+    model::predict_other(p, bytes, compute_secs, threads)
 }
 
 pub fn shape_text(node: &Node, shape: Option<&MatShape>) -> String {
