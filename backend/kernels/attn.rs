@@ -2,6 +2,10 @@
 //! transposed per 16-key block (`kt[(kb * dk + d) * 16 + j]` = key 16 kb + j, channel d) and V
 //! in f32 rows. Each has a scalar reference here; the AVX-512 tier keeps one key block (or
 //! one 16-wide V column chunk) in registers for all 16 queries.
+//!
+//! Every result is computed in ggml-cpu's order (its tiled flash attention: each dot product
+//! one fused multiply-add chain over the channels, each output one chain over the keys), so
+//! the two tiers and ggml-cpu agree bit for bit.
 
 /// Queries (and keys) per block.
 pub const BLOCK: usize = 16;
@@ -12,47 +16,69 @@ pub fn scores_block_scalar(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOC
     assert!(q.len() >= BLOCK * dk && kt.len() >= dk * BLOCK);
     for (i, row) in s.iter_mut().enumerate() {
         for (j, out) in row.iter_mut().enumerate() {
-            *out = (0..dk).map(|d| q[i * dk + d] * kt[d * BLOCK + j]).sum();
+            *out = (0..dk).fold(0.0, |acc: f32, d| {
+                q[i * dk + d].mul_add(kt[d * BLOCK + j], acc)
+            });
         }
     }
 }
 
-/// `o[i][c] = sum over keys of p[i * p_stride + key] * v[key * dv + c]`, for 16 query rows
-/// and keys `0 .. n_keys`. Scalar reference.
-pub fn pv_block_scalar(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]) {
-    assert!(p.len() >= (BLOCK - 1) * p_stride + n_keys && v.len() >= n_keys * dv && o.len() >= BLOCK * dv);
+/// `o[i][c] += sum over keys of p[i * p_stride + key] * v[key * dv + c]`, for 16 query rows
+/// and keys `0 .. n_keys` in order, one fused multiply-add per key. Scalar reference.
+pub fn pv_block_scalar(
+    p: &[f32],
+    p_stride: usize,
+    n_keys: usize,
+    v: &[f32],
+    dv: usize,
+    o: &mut [f32],
+) {
+    assert!(
+        p.len() >= (BLOCK - 1) * p_stride + n_keys
+            && v.len() >= n_keys * dv
+            && o.len() >= BLOCK * dv
+    );
     for i in 0..BLOCK {
         for c in 0..dv {
-            o[i * dv + c] = (0..n_keys).map(|key| p[i * p_stride + key] * v[key * dv + c]).sum();
+            o[i * dv + c] = (0..n_keys).fold(o[i * dv + c], |acc, key| {
+                p[i * p_stride + key].mul_add(v[key * dv + c], acc)
+            });
         }
     }
 }
 
-/// `x[i] = exp(x[i] - max)`, 0 where x is -inf; returns the sum. Scalar reference.
-pub fn exp_sub_sum_scalar(x: &mut [f32], max: f32) -> f32 {
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = if *v == f32::NEG_INFINITY { 0.0 } else { (*v - max).exp() };
-        sum += *v;
-    }
-    sum
-}
-
-/// `out[j] = s[j] * scale + slope * mask[j]` for j < n (-inf where the f16 mask is -inf;
-/// no mask: 0), -inf for j in n .. 16. Scalar reference.
-pub fn finish_scores_scalar(s: &[f32; BLOCK], scale: f32, slope: f32, mask: Option<&[u16]>, n: usize, out: &mut [f32]) {
+/// `out[j] = s[j] * scale + slope * mask[j]` for j < n, each product rounded (no mask: the
+/// scaled score), -inf for j in n .. 16. Scalar reference.
+pub fn finish_scores_scalar(
+    s: &[f32; BLOCK],
+    scale: f32,
+    slope: f32,
+    mask: Option<&[u16]>,
+    n: usize,
+    out: &mut [f32],
+) {
     for (j, o) in out[..BLOCK].iter_mut().enumerate() {
         *o = if j >= n {
             f32::NEG_INFINITY
         } else {
-            let m = mask.map_or(0.0, |m| half::f16::from_bits(m[j]).to_f32());
-            if m == f32::NEG_INFINITY { m } else { s[j] * scale + slope * m }
+            let x = s[j] * scale;
+            match mask {
+                Some(m) => x + slope * half::f16::from_bits(m[j]).to_f32(),
+                None => x,
+            }
         };
     }
 }
 
 /// [`finish_scores_scalar`] on the fastest tier.
-pub fn finish_scores(s: &[f32; BLOCK], scale: f32, slope: f32, mask: Option<&[u16]>, n: usize, out: &mut [f32]) {
+pub fn finish_scores(
+    s: &[f32; BLOCK],
+    scale: f32,
+    slope: f32,
+    mask: Option<&[u16]>,
+    n: usize,
+    out: &mut [f32],
+) {
     assert!(n <= BLOCK && out.len() >= BLOCK && mask.is_none_or(|m| m.len() >= n));
     #[cfg(target_arch = "x86_64")]
     if fast() {
@@ -66,7 +92,8 @@ pub fn finish_scores(s: &[f32; BLOCK], scale: f32, slope: f32, mask: Option<&[u1
 pub fn fast() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        crate::backend::kernels::quant::avx512::detected() && !crate::backend::kernels::quant::force_scalar()
+        crate::backend::kernels::quant::avx512::detected()
+            && !crate::backend::kernels::quant::force_scalar()
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
@@ -85,7 +112,11 @@ pub fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLO
 
 /// [`pv_block_scalar`] on the fastest tier (AVX-512 needs dv a multiple of 16).
 pub fn pv_block(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]) {
-    assert!(p.len() >= (BLOCK - 1) * p_stride + n_keys && v.len() >= n_keys * dv && o.len() >= BLOCK * dv);
+    assert!(
+        p.len() >= (BLOCK - 1) * p_stride + n_keys
+            && v.len() >= n_keys * dv
+            && o.len() >= BLOCK * dv
+    );
     #[cfg(target_arch = "x86_64")]
     if fast() && dv.is_multiple_of(16) {
         // SAFETY: lengths checked; AVX-512F detected; dv is whole vectors.
@@ -94,20 +125,9 @@ pub fn pv_block(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize,
     pv_block_scalar(p, p_stride, n_keys, v, dv, o)
 }
 
-/// [`exp_sub_sum_scalar`] on the fastest tier (AVX-512: Cephes' polynomial, about 1 ulp).
-pub fn exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if fast() {
-        // SAFETY: AVX-512F detected; the kernel stays within x.
-        return unsafe { avx512::exp_sub_sum(x, max) };
-    }
-    exp_sub_sum_scalar(x, max)
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::BLOCK;
-    use crate::backend::kernels::vmath::exp_ps;
     use std::arch::x86_64::*;
 
     /// Callers checked: q holds 16 rows of dk, kt dk * 16 floats.
@@ -131,10 +151,18 @@ mod avx512 {
 
     /// Callers checked the lengths; dv is a multiple of 16.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn pv_block(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]) {
+    pub unsafe fn pv_block(
+        p: &[f32],
+        p_stride: usize,
+        n_keys: usize,
+        v: &[f32],
+        dv: usize,
+        o: &mut [f32],
+    ) {
         let (pp, vp, op) = (p.as_ptr(), v.as_ptr(), o.as_mut_ptr());
         for c in (0..dv).step_by(16) {
-            let mut acc = [_mm512_setzero_ps(); BLOCK];
+            let mut acc: [__m512; BLOCK] =
+                std::array::from_fn(|i| _mm512_loadu_ps(op.add(i * dv + c)));
             for key in 0..n_keys {
                 let vv = _mm512_loadu_ps(vp.add(key * dv + c));
                 for (i, a) in acc.iter_mut().enumerate() {
@@ -148,7 +176,14 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
-    pub unsafe fn finish_scores(s: &[f32; BLOCK], scale: f32, slope: f32, mask: Option<&[u16]>, n: usize, out: &mut [f32]) {
+    pub unsafe fn finish_scores(
+        s: &[f32; BLOCK],
+        scale: f32,
+        slope: f32,
+        mask: Option<&[u16]>,
+        n: usize,
+        out: &mut [f32],
+    ) {
         let valid: __mmask16 = if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
         let x = _mm512_mul_ps(_mm512_loadu_ps(s.as_ptr()), _mm512_set1_ps(scale));
         let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
@@ -156,30 +191,10 @@ mod avx512 {
             None => x,
             Some(m) => {
                 let mv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(valid, m.as_ptr() as *const i16));
-                let hidden = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(mv, ninf);
-                _mm512_mask_mov_ps(_mm512_fmadd_ps(mv, _mm512_set1_ps(slope), x), hidden, ninf)
+                _mm512_add_ps(x, _mm512_mul_ps(mv, _mm512_set1_ps(slope)))
             }
         };
         _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mask_mov_ps(ninf, valid, r));
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
-        let m = _mm512_set1_ps(max);
-        let mut sum = _mm512_setzero_ps();
-        let n = x.len();
-        let xp = x.as_mut_ptr();
-        let mut i = 0;
-        while i < n {
-            let k: __mmask16 = if n - i >= 16 { 0xFFFF } else { (1u16 << (n - i)) - 1 };
-            let v = _mm512_maskz_loadu_ps(k, xp.add(i));
-            // -inf - max stays -inf, which exp_ps maps to 0.
-            let e = _mm512_maskz_mov_ps(k, exp_ps(_mm512_sub_ps(v, m)));
-            _mm512_mask_storeu_ps(xp.add(i), k, e);
-            sum = _mm512_add_ps(sum, e);
-            i += 16;
-        }
-        _mm512_reduce_add_ps(sum)
     }
 }
 
@@ -191,7 +206,12 @@ mod tests {
     #[test]
     fn blocked_kernels_match_their_references() {
         let mut rng = StdRng::seed_from_u64(9);
-        for &(dk, dv, n_keys, p_stride) in &[(128, 128, 16, 16), (40, 48, 13, 29), (64, 16, 1, 7), (7, 32, 37, 40)] {
+        for &(dk, dv, n_keys, p_stride) in &[
+            (128, 128, 16, 16),
+            (40, 48, 13, 29),
+            (64, 16, 1, 7),
+            (7, 32, 37, 40),
+        ] {
             let q: Vec<f32> = (0..BLOCK * dk).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let kt: Vec<f32> = (0..BLOCK * dk).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let (mut a, mut b) = ([[0f32; BLOCK]; BLOCK], [[0f32; BLOCK]; BLOCK]);
@@ -199,16 +219,44 @@ mod tests {
             scores_block_scalar(&q, dk, &kt, &mut b);
             for i in 0..BLOCK {
                 for j in 0..BLOCK {
-                    assert!((a[i][j] - b[i][j]).abs() <= 1e-5 * dk as f32, "scores dk={dk} ({i},{j})");
+                    assert_eq!(
+                        a[i][j].to_bits(),
+                        b[i][j].to_bits(),
+                        "scores dk={dk} ({i},{j})"
+                    );
+                    let direct: f64 = (0..dk)
+                        .map(|d| q[i * dk + d] as f64 * kt[d * BLOCK + j] as f64)
+                        .sum();
+                    assert!(
+                        (a[i][j] as f64 - direct).abs() <= 1e-5 * dk as f64,
+                        "scores dk={dk} ({i},{j})"
+                    );
                 }
             }
-            let p: Vec<f32> = (0..BLOCK * p_stride).map(|_| rng.gen_range(0.0..1.0)).collect();
+            let p: Vec<f32> = (0..BLOCK * p_stride)
+                .map(|_| rng.gen_range(0.0..1.0))
+                .collect();
             let v: Vec<f32> = (0..n_keys * dv).map(|_| rng.gen_range(-1.0..1.0)).collect();
-            let (mut o1, mut o2) = (vec![0f32; BLOCK * dv], vec![0f32; BLOCK * dv]);
+            // Accumulates onto what the output held.
+            let o0: Vec<f32> = (0..BLOCK * dv).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let (mut o1, mut o2) = (o0.clone(), o0.clone());
             pv_block(&p, p_stride, n_keys, &v, dv, &mut o1);
             pv_block_scalar(&p, p_stride, n_keys, &v, dv, &mut o2);
             for (i, (x, y)) in o1.iter().zip(&o2).enumerate() {
-                assert!((x - y).abs() <= 1e-5 * n_keys as f32, "pv dv={dv} keys={n_keys} at {i}: {x} vs {y}");
+                assert_eq!(
+                    x.to_bits(),
+                    y.to_bits(),
+                    "pv dv={dv} keys={n_keys} at {i}: {x} vs {y}"
+                );
+                let (r, c) = (i / dv, i % dv);
+                let direct = o0[i] as f64
+                    + (0..n_keys)
+                        .map(|k| p[r * p_stride + k] as f64 * v[k * dv + c] as f64)
+                        .sum::<f64>();
+                assert!(
+                    (*x as f64 - direct).abs() <= 1e-5 * n_keys as f64,
+                    "pv at {i}: {x} vs {direct}"
+                );
             }
         }
     }
@@ -218,33 +266,28 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(4);
         for n in [16, 9, 1, 0] {
             let s: [f32; BLOCK] = std::array::from_fn(|_| rng.gen_range(-4.0..4.0));
-            let mask: Vec<u16> = (0..n).map(|j| if j % 3 == 0 { 0xFC00 } else { half::f16::from_f32(rng.gen_range(-2.0..0.0)).to_bits() }).collect();
+            let mask: Vec<u16> = (0..n)
+                .map(|j| {
+                    if j % 3 == 0 {
+                        0xFC00
+                    } else {
+                        half::f16::from_f32(rng.gen_range(-2.0..0.0)).to_bits()
+                    }
+                })
+                .collect();
             for m in [None, Some(&mask[..])] {
                 let (mut a, mut b) = ([0f32; BLOCK], [0f32; BLOCK]);
                 finish_scores(&s, 0.3, 0.7, m, n, &mut a);
                 finish_scores_scalar(&s, 0.3, 0.7, m, n, &mut b);
                 for j in 0..BLOCK {
-                    assert!(a[j] == b[j] || (a[j] - b[j]).abs() <= 1e-6 * b[j].abs(), "n={n} j={j}: {} vs {}", a[j], b[j]);
+                    assert_eq!(
+                        a[j].to_bits(),
+                        b[j].to_bits(),
+                        "n={n} j={j}: {} vs {}",
+                        a[j],
+                        b[j]
+                    );
                 }
-            }
-        }
-    }
-
-    #[test]
-    fn exp_matches_libm_within_a_few_ulp_and_maps_minus_infinity_to_zero() {
-        let mut xs: Vec<f32> = (0..2000).map(|i| -(i as f32) * 0.05).collect();
-        xs.extend([f32::NEG_INFINITY, -87.0, -87.5, -100.0, 0.0, -1e-7, 3.0]);
-        for n in [xs.len(), 17, 5] {
-            let (mut a, mut b) = (xs[..n].to_vec(), xs[..n].to_vec());
-            let sa = exp_sub_sum(&mut a, 1.5);
-            let sb = exp_sub_sum_scalar(&mut b, 1.5);
-            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-                let tol = 4.0 * f32::EPSILON * y.abs() + if *y < 1.2e-38 { 1.2e-38 } else { 0.0 };
-                assert!((x - y).abs() <= tol, "exp({} - 1.5): {x} vs {y}", xs[i]);
-            }
-            assert!((sa - sb).abs() <= 1e-5 * sb, "{sa} vs {sb}");
-            if n == xs.len() {
-                assert_eq!(a[2000], 0.0, "exp(-inf) is 0");
             }
         }
     }

@@ -1,73 +1,232 @@
-//! Vector math shared by the ops: exp and the SiLU gate, each with its scalar reference.
+//! Vector math shared by the ops: exp, the SiLU gate and softmax, computed exactly as
+//! x86 ggml-cpu computes them (its AVX-512 `ggml_v_expf` for whole 16-lane chunks, libm's
+//! `expf` for the tail, the same operation order), so SMEPilot's results are bit-identical
+//! to the CPU backend's. That matters more than it seems: a one-ulp difference here flips
+//! int8 activation roundings later, and those grow through the layers (README, numerics).
+//!
+//! Each function has a portable scalar tier that mirrors the vector one operation by
+//! operation (fused multiply-adds included), so the tiers agree bit for bit.
 
-/// `out[i] = silu(x[i]) * g[i]`, silu(x) = x / (1 + exp(-x)). Scalar reference.
-pub fn silu_mul_scalar(x: &[f32], g: &[f32], out: &mut [f32]) {
-    for ((o, &xv), &gv) in out.iter_mut().zip(x).zip(g) {
-        *o = xv / (1.0 + (-xv).exp()) * gv;
+/// Lanes of ggml's x86 vector loops (AVX-512).
+pub const LANES: usize = 16;
+
+// ggml_v_expf's constants (ggml-cpu/vec.h), by their bits so no decimal rounding intervenes.
+const EXP_SHIFT: f32 = f32::from_bits(0x4b40_0000); // 0x1.8p23
+const EXP_LOG2E: f32 = f32::from_bits(0x3fb8_aa3b); // 0x1.715476p+0
+const EXP_LN2_HI: f32 = f32::from_bits(0x3f31_7200); // 0x1.62e4p-1
+const EXP_LN2_LO: f32 = f32::from_bits(0x35bf_be8e); // 0x1.7f7d1cp-20
+const EXP_C: [f32; 5] = [
+    f32::from_bits(0x3f7f_fff6), // 0x1.ffffecp-1
+    f32::from_bits(0x3eff_fedb), // 0x1.fffdb6p-2
+    f32::from_bits(0x3e2a_af33), // 0x1.555e66p-3
+    f32::from_bits(0x3d2b_9f17), // 0x1.573e2ep-5
+    f32::from_bits(0x3c07_2010), // 0x1.0e4020p-7
+];
+
+/// ggml_v_expf on one lane: exp(x) by range reduction to b = x - n ln 2 and a degree-5
+/// polynomial, scaled by 2^n; |n| > 192 gives 0 or +inf.
+pub fn expf_ggml(x: f32) -> f32 {
+    let z = x.mul_add(EXP_LOG2E, EXP_SHIFT);
+    let n = z - EXP_SHIFT;
+    let b = (-n).mul_add(EXP_LN2_LO, (-n).mul_add(EXP_LN2_HI, x));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    let u = b * b;
+    let j = EXP_C[4]
+        .mul_add(b, EXP_C[3])
+        .mul_add(u, EXP_C[2].mul_add(b, EXP_C[1]))
+        .mul_add(u, EXP_C[0].mul_add(b, 1.0));
+    // vscalefps: j * 2^n rounded once (exact in f64, then one rounding to f32).
+    (j as f64 * 2f64.powi(n as i32)) as f32
+}
+
+/// silu(x) = x / (1 + exp(-x)) as ggml_v_silu computes one lane.
+fn silu_lane(x: f32) -> f32 {
+    x / (1.0 + expf_ggml(0.0 - x))
+}
+
+/// silu(x) as ggml's scalar tail computes it (libm expf).
+fn silu_libm(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Sum of 16 lanes in the order x86's `_mm512_reduce_add_ps` takes: halves added
+/// lane-wise (8, then 4, 2, 1 lanes apart).
+fn reduce16(v: &[f32; LANES]) -> f32 {
+    let mut a = *v;
+    for h in [8, 4, 2, 1] {
+        for i in 0..h {
+            a[i] += a[i + h];
+        }
+    }
+    a[0]
+}
+
+/// `out[i] = silu(x[i]) * g[i]` (`g` = None: silu alone), as ggml_vec_swiglu_f32 /
+/// ggml_vec_silu_f32. Scalar tier.
+pub fn silu_mul_scalar(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
+    let n = out.len();
+    let whole = n - n % LANES;
+    for i in 0..n {
+        let s = if i < whole {
+            silu_lane(x[i])
+        } else {
+            silu_libm(x[i])
+        };
+        out[i] = match g {
+            Some(g) => s * g[i],
+            None => s,
+        };
     }
 }
 
-/// [`silu_mul_scalar`] on the fastest tier (`g` = None: silu alone).
+/// [`silu_mul_scalar`] on the fastest tier.
 pub fn silu_mul(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
     let n = out.len();
     assert!(x.len() >= n && g.is_none_or(|g| g.len() >= n));
     #[cfg(target_arch = "x86_64")]
-    if crate::backend::kernels::quant::avx512::detected() && !crate::backend::kernels::quant::force_scalar() {
+    if crate::backend::kernels::quant::avx512::detected()
+        && !crate::backend::kernels::quant::force_scalar()
+    {
         // SAFETY: lengths checked; AVX-512F detected.
         return unsafe { avx512::silu_mul(x, g, out) };
     }
-    match g {
-        Some(g) => silu_mul_scalar(x, g, out),
-        None => {
-            for (o, &xv) in out.iter_mut().zip(x) {
-                *o = xv / (1.0 + (-xv).exp());
-            }
+    silu_mul_scalar(x, g, out)
+}
+
+/// `y[i] = exp(y[i] - max)` in place; returns the sum in f64, as ggml_vec_soft_max_f32
+/// (each 16-lane chunk reduced in f32, then added in f64; the tail with libm expf).
+/// Scalar tier.
+pub fn soft_max_scalar(y: &mut [f32], max: f32) -> f64 {
+    let n = y.len();
+    let whole = n - n % LANES;
+    let mut sum = 0f64;
+    for c in y[..whole].chunks_exact_mut(LANES) {
+        let mut e = [0f32; LANES];
+        for (o, v) in e.iter_mut().zip(c.iter_mut()) {
+            *o = expf_ggml(*v - max);
+            *v = *o;
         }
+        sum += reduce16(&e) as f64;
     }
+    for v in &mut y[whole..] {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    sum
+}
+
+/// [`soft_max_scalar`] on the fastest tier.
+pub fn soft_max(y: &mut [f32], max: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::backend::kernels::quant::avx512::detected()
+        && !crate::backend::kernels::quant::force_scalar()
+    {
+        // SAFETY: AVX-512F detected; the kernel stays within y.
+        return unsafe { avx512::soft_max(y, max) };
+    }
+    soft_max_scalar(y, max)
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use avx512::exp_ps;
-
-#[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::*;
     use std::arch::x86_64::*;
 
-    /// exp(x) (Cephes expf: range reduction by ln 2, degree-6 polynomial, about 1 ulp);
-    /// 0 below -87.3 (where expf is subnormal) and for -inf; inputs above 88.3 clamp there.
+    /// ggml_v_expf (AVX-512), instruction for instruction.
     #[inline(always)]
-    pub unsafe fn exp_ps(x: __m512) -> __m512 {
-        let lo = _mm512_set1_ps(-87.336_55);
-        let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lo);
-        let x = _mm512_min_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(88.376_26));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    pub(super) unsafe fn exp_ps(x: __m512) -> __m512 {
+        let r = _mm512_set1_ps(EXP_SHIFT);
+        let z = _mm512_fmadd_ps(x, _mm512_set1_ps(EXP_LOG2E), r);
+        let n = _mm512_sub_ps(z, r);
+        let b = _mm512_fnmadd_ps(
+            n,
+            _mm512_set1_ps(EXP_LN2_LO),
+            _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_HI), x),
+        );
+        let d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+        let u = _mm512_mul_ps(b, b);
+        let j = _mm512_fmadd_ps(
+            _mm512_fmadd_ps(
+                _mm512_fmadd_ps(_mm512_set1_ps(EXP_C[4]), b, _mm512_set1_ps(EXP_C[3])),
+                u,
+                _mm512_fmadd_ps(_mm512_set1_ps(EXP_C[2]), b, _mm512_set1_ps(EXP_C[1])),
+            ),
+            u,
+            _mm512_fmadd_ps(_mm512_set1_ps(EXP_C[0]), b, _mm512_set1_ps(1.0)),
+        );
+        let res = _mm512_scalef_ps(j, n);
+        if d == 0 {
+            return res;
         }
-        let p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0)));
-        _mm512_maskz_mov_ps(!under, _mm512_scalef_ps(p, n))
+        let alt = _mm512_mask_blend_ps(
+            _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps()),
+            _mm512_set1_ps(f32::INFINITY),
+            _mm512_setzero_ps(),
+        );
+        _mm512_mask_blend_ps(d, res, alt)
+    }
+
+    /// ggml_v_silu.
+    #[inline(always)]
+    unsafe fn silu_ps(x: __m512) -> __m512 {
+        let e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+    }
+
+    /// x86's `_mm512_reduce_add_ps` order, spelled out (see `reduce16`).
+    #[inline(always)]
+    pub unsafe fn reduce_add(v: __m512) -> f32 {
+        let a = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0b00_00_11_10>(v, v));
+        let a = _mm512_add_ps(a, _mm512_shuffle_f32x4::<0b00_00_00_01>(a, a));
+        let a = _mm512_add_ps(a, _mm512_permute_ps::<0b00_00_11_10>(a));
+        let a = _mm512_add_ps(a, _mm512_permute_ps::<0b00_00_00_01>(a));
+        _mm512_cvtss_f32(a)
     }
 
     /// Callers checked: x (and g) hold out.len() floats.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn silu_mul(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
         let n = out.len();
-        let one = _mm512_set1_ps(1.0);
+        let whole = n - n % LANES;
         let mut i = 0;
-        while i < n {
-            let k: __mmask16 = if n - i >= 16 { 0xFFFF } else { (1u16 << (n - i)) - 1 };
-            let xv = _mm512_maskz_loadu_ps(k, x.as_ptr().add(i));
-            let e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), xv));
-            let mut s = _mm512_div_ps(xv, _mm512_add_ps(one, e));
+        while i < whole {
+            let mut s = silu_ps(_mm512_loadu_ps(x.as_ptr().add(i)));
             if let Some(g) = g {
-                s = _mm512_mul_ps(s, _mm512_maskz_loadu_ps(k, g.as_ptr().add(i)));
+                s = _mm512_mul_ps(s, _mm512_loadu_ps(g.as_ptr().add(i)));
             }
-            _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), k, s);
-            i += 16;
+            _mm512_storeu_ps(out.as_mut_ptr().add(i), s);
+            i += LANES;
         }
+        for i in whole..n {
+            let s = silu_libm(x[i]);
+            out[i] = match g {
+                Some(g) => s * g[i],
+                None => s,
+            };
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn soft_max(y: &mut [f32], max: f32) -> f64 {
+        let n = y.len();
+        let whole = n - n % LANES;
+        let m = _mm512_set1_ps(max);
+        let p = y.as_mut_ptr();
+        let mut sum = 0f64;
+        let mut i = 0;
+        while i < whole {
+            let e = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), m));
+            _mm512_storeu_ps(p.add(i), e);
+            sum += reduce_add(e) as f64;
+            i += LANES;
+        }
+        for v in &mut y[whole..] {
+            *v = (*v - max).exp();
+            sum += *v as f64;
+        }
+        sum
     }
 }
 
@@ -75,21 +234,105 @@ mod avx512 {
 mod tests {
     use super::*;
 
+    fn inputs() -> Vec<f32> {
+        let mut x: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) * 0.05).collect();
+        x.extend([
+            -200.0,
+            200.0,
+            0.0,
+            -1e-30,
+            -87.5,
+            -103.0,
+            88.5,
+            89.0,
+            f32::NEG_INFINITY,
+            1e-3,
+            -1e-3,
+        ]);
+        x
+    }
+
     #[test]
-    fn silu_mul_matches_its_reference_over_the_whole_range() {
-        let x: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) * 0.05).chain([-200.0, 200.0, 0.0, -1e-30]).collect();
-        let g: Vec<f32> = (0..x.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
-        for n in [x.len(), 33, 1] {
-            let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
-            silu_mul(&x[..n], Some(&g[..n]), &mut a);
-            silu_mul_scalar(&x[..n], &g[..n], &mut b);
-            for i in 0..n {
-                assert!((a[i] - b[i]).abs() <= 4.0 * f32::EPSILON * b[i].abs() + 1e-30, "silu({}) * {}: {} vs {}", x[i], g[i], a[i], b[i]);
-            }
-            silu_mul(&x[..n], None, &mut a);
-            for i in 0..n {
-                assert!((a[i] - b[i] / g[i]).abs() <= 4.0 * f32::EPSILON * a[i].abs() + 1e-30, "silu({})", x[i]);
+    fn exp_is_close_to_libm_and_its_tiers_agree_bit_for_bit() {
+        for &x in &inputs() {
+            let (a, b) = (expf_ggml(x), x.exp());
+            let tol = 2.0 * f32::EPSILON * b.abs() + 1.5e-45 * 4.0;
+            assert!(
+                a == b || (a - b).abs() <= tol || (b.is_infinite() && a.is_infinite()),
+                "exp({x}): {a} vs libm {b}"
+            );
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::backend::kernels::quant::avx512::detected() {
+            let xs = inputs();
+            for c in xs.chunks(LANES).filter(|c| c.len() == LANES) {
+                let mut out = [0f32; LANES];
+                // SAFETY: AVX-512F detected; 16 floats in and out.
+                unsafe {
+                    use std::arch::x86_64::*;
+                    _mm512_storeu_ps(
+                        out.as_mut_ptr(),
+                        avx512::exp_ps(_mm512_loadu_ps(c.as_ptr())),
+                    );
+                }
+                for (x, e) in c.iter().zip(out) {
+                    assert_eq!(e.to_bits(), expf_ggml(*x).to_bits(), "exp({x})");
+                }
             }
         }
+    }
+
+    #[test]
+    fn silu_mul_tiers_agree_bit_for_bit_and_match_the_formula() {
+        let x = inputs();
+        let g: Vec<f32> = (0..x.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
+        for n in [x.len(), 33, 16, 1] {
+            let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+            for gg in [Some(&g[..n]), None] {
+                silu_mul(&x[..n], gg, &mut a);
+                silu_mul_scalar(&x[..n], gg, &mut b);
+                for i in 0..n {
+                    assert_eq!(a[i].to_bits(), b[i].to_bits(), "n={n} silu({}) tiers", x[i]);
+                    if !x[i].is_finite() {
+                        continue; // silu(-inf) is NaN here as in ggml
+                    }
+                    let want = (x[i] as f64 / (1.0 + (-x[i] as f64).exp()))
+                        * gg.map_or(1.0, |g| g[i] as f64);
+                    assert!(
+                        (a[i] as f64 - want).abs() <= 1e-6 * want.abs() + 1e-30,
+                        "silu({}): {} vs {want}",
+                        x[i],
+                        a[i]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn soft_max_tiers_agree_bit_for_bit_and_sum_right() {
+        let xs = inputs();
+        for n in [64, 37, 16, 5] {
+            let mut a: Vec<f32> = xs
+                .iter()
+                .step_by(61)
+                .take(n)
+                .map(|v| v.clamp(-60.0, 4.0))
+                .collect();
+            let mut b = a.clone();
+            let max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let (sa, sb) = (soft_max(&mut a, max), soft_max_scalar(&mut b, max));
+            assert_eq!(sa.to_bits(), sb.to_bits(), "n={n} sums");
+            for i in 0..n {
+                assert_eq!(a[i].to_bits(), b[i].to_bits(), "n={n} lane {i}");
+            }
+            let direct: f64 = a.iter().map(|&v| v as f64).sum();
+            assert!(
+                (sa - direct).abs() <= 1e-6 * direct,
+                "n={n}: {sa} vs {direct}"
+            );
+        }
+        let mut z = [f32::NEG_INFINITY; 16];
+        assert_eq!(soft_max(&mut z, 0.0), 0.0, "exp(-inf) is 0");
     }
 }

@@ -1,13 +1,15 @@
 //! FLASH_ATTN_EXT: softmax(scale * Q K^T + mask) V, with ALiBi, logit soft-capping and
-//! attention sinks. K and V are the f16 KV cache; Q is rounded to f16 as ggml-cpu does;
-//! V accumulates in f32.
+//! attention sinks. K and V are the f16 KV cache.
 //!
 //! Two paths:
 //! * blocked (prefill: 16 or more queries, on the fast kernel tier): K and V of every head
 //!   converted once per call to f32 (K transposed per 16-key block), then 16-query blocks
-//!   taken from the node's work queue: scores block by block (key blocks the mask hides from
-//!   every query of the block are skipped), exact softmax, then P V;
-//! * per query row (decode, and the portable reference): two passes over the keys.
+//!   taken from the node's work queue. Each block runs ggml-cpu's tiled algorithm in its
+//!   exact operation order, so results are bit-identical to the CPU backend's: f32 Q, keys in
+//!   tiles of 64 (a tile the mask hides from every query of the block is skipped), online
+//!   softmax across tiles (ggml's exp, per-tile sums in f64), P V accumulated per tile;
+//! * per query row (decode, and the portable reference): Q rounded to f16 as ggml-cpu does,
+//!   two passes over the keys, V accumulated in f32.
 
 use super::{alibi_slope, need, slice, slice_mut, split_range, Node, Unsupported};
 use crate::backend::dtype::DType;
@@ -15,6 +17,7 @@ use crate::backend::exec::ThreadCtx;
 use crate::backend::kernels::attn::{self, BLOCK};
 use crate::backend::kernels::f16::axpy_f16;
 use crate::backend::kernels::quant::kernels;
+use crate::backend::kernels::vmath;
 
 pub fn supports(node: &Node) -> Result<(), Unsupported> {
     let q = node.src[0].as_ref().ok_or("missing q")?;
@@ -99,18 +102,30 @@ struct BlockedLayout {
     per_thread: usize,
 }
 
+/// Keys per tile of the online softmax: ggml-cpu's GGML_FA_TILE_KV, which fixes where the
+/// running maximum may change and so the results.
+const KV_TILE: usize = 64;
+const BLOCKS_PER_TILE: usize = KV_TILE / BLOCK;
+
 fn blocked(node: &Node) -> Option<BlockedLayout> {
     let (q, k, v) = (node.src(0), node.src(1), node.src(2));
     let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
     if q.ne[1] < BLOCK || !attn::fast() || !dv.is_multiple_of(16) {
         return None;
     }
-    let n_kb = n_kv.div_ceil(BLOCK);
+    // Whole tiles: the last one's missing keys are zeros, as in ggml.
+    let n_kb = n_kv.div_ceil(KV_TILE) * BLOCKS_PER_TILE;
     let (k_head, v_head) = (n_kb * BLOCK * dk * 4, n_kb * BLOCK * dv * 4);
     let kv = k_head * k.ne[2] * k.ne[3] + v_head * v.ne[2] * v.ne[3];
-    // Q block, scores / weights of 16 rows, output block.
-    let per_thread = (BLOCK * dk + BLOCK * n_kb * BLOCK + BLOCK * dv) * 4;
-    (kv <= BLOCKED_KV_MAX_BYTES).then_some(BlockedLayout { n_kb, k_head, v_head, kv, per_thread })
+    // Q block, one tile's scores / weights of 16 rows, output block.
+    let per_thread = (BLOCK * dk + BLOCK * KV_TILE + BLOCK * dv) * 4;
+    (kv <= BLOCKED_KV_MAX_BYTES).then_some(BlockedLayout {
+        n_kb,
+        k_head,
+        v_head,
+        kv,
+        per_thread,
+    })
 }
 
 /// Whether the node takes the blocked path (prefill) rather than the per-row one.
@@ -223,7 +238,14 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
 const F16_NEG_INF: u16 = 0xFC00;
 
 /// The blocked path (see the module comment).
-fn flash_attn_blocked(node: &Node, ctx: &ThreadCtx, b: &BlockedLayout, scale: f32, max_bias: f32, softcap: f32) {
+fn flash_attn_blocked(
+    node: &Node,
+    ctx: &ThreadCtx,
+    b: &BlockedLayout,
+    scale: f32,
+    max_bias: f32,
+    softcap: f32,
+) {
     let (q, k, v, d) = (node.src(0), node.src(1), node.src(2), &node.dst);
     let mask = node.src[3].as_ref();
     let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
@@ -231,9 +253,15 @@ fn flash_attn_blocked(node: &Node, ctx: &ThreadCtx, b: &BlockedLayout, scale: f3
     let n_kb = b.n_kb;
     let f16_to_f32 = kernels(DType::F16).unwrap().to_f32;
     let kw = n_kb * BLOCK; // keys, padded
-    let scale = if softcap != 0.0 { scale / softcap } else { scale };
+    let scale = if softcap != 0.0 {
+        scale / softcap
+    } else {
+        scale
+    };
     // SAFETY: sinks hold n_head f32 (supports).
-    let sinks = node.src[4].as_ref().map(|s| unsafe { slice::<f32>(s.data, n_head) });
+    let sinks = node.src[4]
+        .as_ref()
+        .map(|s| unsafe { slice::<f32>(s.data, n_head) });
     let (scratch, _) = ctx.scratch();
     let (n_kh, n_vh) = (k.ne[2] * k.ne[3], v.ne[2] * v.ne[3]);
     let k_at = |hk: usize| scratch.wrapping_add(hk * b.k_head) as *mut f32;
@@ -252,7 +280,12 @@ fn flash_attn_blocked(node: &Node, ctx: &ThreadCtx, b: &BlockedLayout, scale: f3
                 for d0 in (0..dk).step_by(BLOCK) {
                     let nd = (dk - d0).min(BLOCK);
                     // SAFETY: K rows hold dk f16 (supports).
-                    f16_to_f32(unsafe { slice::<u8>(k.row_ptr(ic, t % k.ne[2], t / k.ne[2]).add(2 * d0), 2 * nd) }, &mut row[..nd]);
+                    f16_to_f32(
+                        unsafe {
+                            slice::<u8>(k.row_ptr(ic, t % k.ne[2], t / k.ne[2]).add(2 * d0), 2 * nd)
+                        },
+                        &mut row[..nd],
+                    );
                     for (dd, &x) in row[..nd].iter().enumerate() {
                         kt[(kb * dk + d0 + dd) * BLOCK + j] = x;
                     }
@@ -265,7 +298,10 @@ fn flash_attn_blocked(node: &Node, ctx: &ThreadCtx, b: &BlockedLayout, scale: f3
             vf[n_kv * dv..].fill(0.0);
             for ic in 0..n_kv {
                 // SAFETY: V rows hold dv f16 (supports).
-                f16_to_f32(unsafe { slice::<u8>(v.row_ptr(ic, hv % v.ne[2], hv / v.ne[2]), 2 * dv) }, &mut vf[ic * dv..(ic + 1) * dv]);
+                f16_to_f32(
+                    unsafe { slice::<u8>(v.row_ptr(ic, hv % v.ne[2], hv / v.ne[2]), 2 * dv) },
+                    &mut vf[ic * dv..(ic + 1) * dv],
+                );
             }
         }
     }
@@ -276,10 +312,11 @@ fn flash_attn_blocked(node: &Node, ctx: &ThreadCtx, b: &BlockedLayout, scale: f3
         let base = scratch.add(b.kv + ctx.ith * b.per_thread) as *mut f32;
         (
             std::slice::from_raw_parts_mut(base, BLOCK * dk),
-            std::slice::from_raw_parts_mut(base.add(BLOCK * dk), BLOCK * kw),
-            std::slice::from_raw_parts_mut(base.add(BLOCK * dk + BLOCK * kw), BLOCK * dv),
+            std::slice::from_raw_parts_mut(base.add(BLOCK * dk), BLOCK * KV_TILE),
+            std::slice::from_raw_parts_mut(base.add(BLOCK * dk + BLOCK * KV_TILE), BLOCK * dv),
         )
     };
+    let n_tiles = n_kb / BLOCKS_PER_TILE;
     let n_qb = n_q.div_ceil(BLOCK);
     let tasks = n_qb * n_head * q.ne[3];
     loop {
@@ -295,79 +332,104 @@ fn flash_attn_blocked(node: &Node, ctx: &ThreadCtx, b: &BlockedLayout, scale: f3
         // SAFETY: written in phase 1, read-only now.
         let kt = unsafe { std::slice::from_raw_parts(k_at(ik3 * k.ne[2] + ik2), kw * dk) };
         let vf = unsafe { std::slice::from_raw_parts(v_at(iv3 * v.ne[2] + iv2), kw * dv) };
-        // Q rows rounded to f16 (as ggml-cpu's K-type dot), padding rows zero.
+        // Q rows in f32 (ggml's tiled path does not round them), padding rows zero.
         qb.fill(0.0);
         for i in 0..rows {
             // SAFETY: q rows hold dk f32 (supports).
-            let src = unsafe { slice::<f32>(q.row_ptr(i0 + i, iq2, iq3), dk) };
-            for (o, &x) in qb[i * dk..(i + 1) * dk].iter_mut().zip(src) {
-                *o = half::f16::from_f32(x).to_f32();
-            }
+            qb[i * dk..(i + 1) * dk]
+                .copy_from_slice(unsafe { slice::<f32>(q.row_ptr(i0 + i, iq2, iq3), dk) });
         }
         let mrows: [Option<*const u16>; BLOCK] = std::array::from_fn(|i| {
-            (i < rows).then(|| mask.map(|m| m.row_ptr(i0 + i, iq2 % m.ne[2], iq3 % m.ne[3]) as *const u16)).flatten()
+            (i < rows)
+                .then(|| {
+                    mask.map(|m| m.row_ptr(i0 + i, iq2 % m.ne[2], iq3 % m.ne[3]) as *const u16)
+                })
+                .flatten()
         });
-        // Scores, key block by key block; a block every row's mask hides is skipped.
-        let mut live_end = 0;
+        // Online softmax state per row: running maximum, sum, and the output in `ob`.
+        let mut m_run = [f32::NEG_INFINITY; BLOCK];
+        let mut s_run = [0f32; BLOCK];
+        ob.fill(0.0);
         let mut s = [[0f32; BLOCK]; BLOCK];
-        for kb in 0..n_kb {
-            let keys = kb * BLOCK..((kb + 1) * BLOCK).min(n_kv);
+        for t in 0..n_tiles {
+            let keys = t * KV_TILE..((t + 1) * KV_TILE).min(n_kv);
             let hidden = mask.is_some()
                 && (0..rows).all(|i| {
                     // SAFETY: mask rows hold at least n_kv f16 (supports).
                     let m = mrows[i].unwrap();
-                    keys.clone().all(|ic| unsafe { m.add(ic).read_unaligned() } == F16_NEG_INF)
+                    keys.clone()
+                        .all(|ic| unsafe { m.add(ic).read_unaligned() } == F16_NEG_INF)
                 });
             if hidden {
-                for i in 0..BLOCK {
-                    sp[i * kw + kb * BLOCK..][..BLOCK].fill(f32::NEG_INFINITY);
-                }
                 continue;
             }
-            live_end = kb + 1;
-            attn::scores_block(qb, dk, &kt[kb * BLOCK * dk..(kb + 1) * BLOCK * dk], &mut s);
-            let (k0, nk) = (kb * BLOCK, keys.len());
+            for bt in 0..BLOCKS_PER_TILE {
+                let kb = t * BLOCKS_PER_TILE + bt;
+                let (k0, nk) = (kb * BLOCK, n_kv.saturating_sub(kb * BLOCK).min(BLOCK));
+                if nk > 0 {
+                    attn::scores_block(qb, dk, &kt[kb * BLOCK * dk..(kb + 1) * BLOCK * dk], &mut s);
+                }
+                for i in 0..rows {
+                    let out = &mut sp[i * KV_TILE + bt * BLOCK..][..BLOCK];
+                    if nk == 0 {
+                        out.fill(f32::NEG_INFINITY);
+                        continue;
+                    }
+                    let mut si = s[i];
+                    let sc = if softcap != 0.0 {
+                        si.iter_mut()
+                            .for_each(|x| *x = (*x * scale).tanh() * softcap);
+                        1.0
+                    } else {
+                        scale
+                    };
+                    // SAFETY: mask rows hold at least n_kv f16 (supports); k0 + nk <= n_kv.
+                    let m = mrows[i].map(|m| unsafe { std::slice::from_raw_parts(m.add(k0), nk) });
+                    attn::finish_scores(&si, sc, slope, m, nk, out);
+                }
+            }
             for i in 0..BLOCK {
-                let out = &mut sp[i * kw + k0..][..BLOCK];
-                if i >= rows {
-                    out.fill(f32::NEG_INFINITY);
+                let row = &mut sp[i * KV_TILE..(i + 1) * KV_TILE];
+                let tile_max = if i < rows {
+                    row.iter()
+                        .copied()
+                        .fold(f32::NEG_INFINITY, |m, x| if m > x { m } else { x })
+                } else {
+                    f32::NEG_INFINITY
+                };
+                if tile_max == f32::NEG_INFINITY {
+                    row.fill(0.0); // nothing of this tile reaches the row
                     continue;
                 }
-                let mut si = s[i];
-                let sc = if softcap != 0.0 {
-                    si.iter_mut().for_each(|x| *x = softcap * (*x * scale).tanh());
-                    1.0
+                let m_new = m_run[i].max(tile_max);
+                if m_new > m_run[i] {
+                    let ms = (m_run[i] - m_new).exp();
+                    ob[i * dv..(i + 1) * dv].iter_mut().for_each(|o| *o *= ms);
+                    s_run[i] *= ms;
+                }
+                m_run[i] = m_new;
+                s_run[i] = (s_run[i] as f64 + vmath::soft_max(row, m_new)) as f32;
+            }
+            let live = n_kv.saturating_sub(t * KV_TILE).min(KV_TILE);
+            attn::pv_block(sp, KV_TILE, live, &vf[t * KV_TILE * dv..], dv, ob);
+        }
+        for i in 0..rows {
+            if let Some(sk) = sinks.map(|sk| sk[iq2]) {
+                let (mut ms, mut vs) = (1.0f32, 1.0f32);
+                if sk > m_run[i] {
+                    ms = (m_run[i] - sk).exp();
+                    ob[i * dv..(i + 1) * dv].iter_mut().for_each(|o| *o *= ms);
                 } else {
-                    scale
-                };
-                // SAFETY: mask rows hold at least n_kv f16 (supports); k0 + nk <= n_kv.
-                let m = mrows[i].map(|m| unsafe { std::slice::from_raw_parts(m.add(k0), nk) });
-                attn::finish_scores(&si, sc, slope, m, nk, out);
+                    vs = (sk - m_run[i]).exp();
+                }
+                s_run[i] = s_run[i].mul_add(ms, vs); // fused, as ggml's compiler emits it
             }
-        }
-        // Exact softmax per row over the live keys, then P V.
-        let live = live_end * BLOCK;
-        let mut inv = [0f32; BLOCK];
-        for i in 0..rows {
-            let row = &mut sp[i * kw..i * kw + live];
-            let sink = sinks.map(|sk| sk[iq2]);
-            let m_max = row.iter().copied().fold(sink.unwrap_or(f32::NEG_INFINITY), f32::max);
-            let mut sum = if m_max == f32::NEG_INFINITY { row.fill(0.0); 0.0 } else { attn::exp_sub_sum(row, m_max) };
-            if let Some(sk) = sink {
-                sum += (sk - m_max).exp();
-            }
-            inv[i] = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-        }
-        for i in rows..BLOCK {
-            sp[i * kw..i * kw + live].fill(0.0);
-        }
-        attn::pv_block(sp, kw, live, vf, dv, ob);
-        for i in 0..rows {
+            let inv = if s_run[i] == 0.0 { 0.0 } else { 1.0 / s_run[i] };
             // Output is [dv, n_head, n_q, ne3]: row (iq2, i0 + i, iq3).
             // SAFETY: dst is contiguous f32 of that shape; this task owns these rows.
             let out = unsafe { slice_mut::<f32>(d.row_ptr(iq2, i0 + i, iq3), dv) };
             for (o, &a) in out.iter_mut().zip(&ob[i * dv..(i + 1) * dv]) {
-                *o = a * inv[i];
+                *o = a * inv;
             }
         }
     }

@@ -105,9 +105,26 @@ pub fn unary(node: &Node, ctx: &ThreadCtx, f: impl Fn(f32) -> f32) {
     }
 }
 
-#[inline(always)]
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+/// SILU, as ggml_vec_silu_f32 computes it (`kernels::vmath`).
+pub fn silu(node: &Node, ctx: &ThreadCtx) {
+    const CHUNK: usize = 256; // a multiple of vmath::LANES: chunks keep ggml's vector/tail split
+    let (a, d) = (node.src(0), &node.dst);
+    let (r0, r1) = split_range(d.nrows(), ctx.ith, ctx.nth);
+    let n = d.ne[0];
+    let mut buf = [0f32; CHUNK];
+    for r in r0..r1 {
+        let (i1, i2, i3) = d.unflatten_row(r);
+        let (pa, pd) = (a.row_ptr(i1, i2, i3) as *const f32, d.row_ptr(i1, i2, i3));
+        for s in (0..n).step_by(CHUNK) {
+            let len = (n - s).min(CHUNK);
+            // SAFETY: rows of n f32; this thread owns dst row r. dst may be src's memory
+            // (in-place allocation): the chunk is copied out before dst is written.
+            unsafe {
+                std::ptr::copy_nonoverlapping(pa.add(s), buf.as_mut_ptr(), len);
+                crate::backend::kernels::vmath::silu_mul(&buf[..len], None, slice_mut::<f32>(pd.add(4 * s), len));
+            }
+        }
+    }
 }
 
 /// SWIGLU: silu(a) * b, with a and b the two halves of src0 or src0 and src1.

@@ -11,7 +11,9 @@
 use super::{split_range, Node};
 use crate::backend::dtype::DType;
 use crate::backend::exec::ThreadCtx;
-use crate::backend::kernels::amx::gemm::{self, ActI8, Block32, WeightsI8, BF16_BTILE, BF16_KSTEP, I8_BTILE, I8_KBLOCK};
+use crate::backend::kernels::amx::gemm::{
+    self, ActI8, Block32, WeightsI8, BF16_BTILE, BF16_KSTEP, I8_BTILE, I8_KBLOCK,
+};
 use crate::backend::kernels::amx::{self, rows};
 use crate::backend::kernels::packed;
 use crate::backend::kernels::quant::kernels;
@@ -32,8 +34,8 @@ fn kind(node: &Node) -> Option<Kind> {
     if !two_d || !feasible_type(w.ty, w.ne[0]) {
         return None;
     }
-    // The int8 engine reads ggml's layout; packed weights go to the bf16 engine.
-    let int8 = w.packed.is_none() && match test_engine::get() {
+    // The int8 engine takes ggml's layout, or packed groups put back into it per tile.
+    let int8 = match test_engine::get() {
         Some(int8) => int8,
         None => crate::backend::config::get().is_ok_and(|c| c.amx_int8),
     };
@@ -64,7 +66,9 @@ pub mod test_engine {
 
 /// Whether the tile path can run 2-D products of `ty` weights with `k` columns.
 pub fn feasible_type(ty: DType, k: usize) -> bool {
-    amx::available() && k.is_multiple_of(32) && (rows::bf16_weight(ty) || rows::i8_weight(ty).is_some())
+    amx::available()
+        && k.is_multiple_of(32)
+        && (rows::bf16_weight(ty) || rows::i8_weight(ty).is_some())
 }
 
 /// Whether the tile path can run this node (decided from shapes and types only).
@@ -90,26 +94,30 @@ struct I8Layout {
     thread_off: usize,
     thread_bytes: usize,
     row_tmp: usize,
+    /// Packed weights: one 16-row group back in ggml's layout.
+    ggml_rows: usize,
     /// Per weight row tile: unpacked values (16 rows of k), then scales, then minimums.
     wtile_bytes: usize,
 }
 
 impl I8Layout {
-    fn new(k: usize, m: usize) -> I8Layout {
+    fn new(ty: DType, k: usize, m: usize) -> I8Layout {
         let nb = k / I8_KBLOCK;
         let mt = m_tiles(m);
         let d_off = mt * nb * I8_BTILE;
         let s_off = d_off + align64(mt * nb * 16 * 4);
         let thread_off = s_off + align64(mt * nb * 16 * 4);
         let row_tmp = align64(DType::Q8_1.row_bytes(k));
+        let ggml_rows = align64(16 * ty.row_bytes(k));
         let wtile_bytes = align64(16 * k) + 2 * align64(nb * 16 * 4);
         I8Layout {
             nb,
             d_off,
             s_off,
             thread_off,
-            thread_bytes: row_tmp + GROUP_TILES * wtile_bytes,
+            thread_bytes: row_tmp + ggml_rows + GROUP_TILES * wtile_bytes,
             row_tmp,
+            ggml_rows,
             wtile_bytes,
         }
     }
@@ -141,7 +149,7 @@ pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
     let (k, m) = (node.src(0).ne[0], node.src(1).ne[1]);
     match kind(node) {
         Some(Kind::I8 { .. }) => {
-            let l = I8Layout::new(k, m);
+            let l = I8Layout::new(node.src(0).ty, k, m);
             l.thread_off + nth * l.thread_bytes
         }
         Some(Kind::Bf16) => {
@@ -188,14 +196,18 @@ fn weight_rows(w: &TensorRef, r0: usize) -> ([&'static [u8]; 16], usize) {
 fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
     let (w, x, dst) = (node.src(0), node.src(1), &node.dst);
     let (k, n, m) = (w.ne[0], w.ne[1], x.ne[1]);
-    let l = I8Layout::new(k, m);
+    let l = I8Layout::new(w.ty, k, m);
     let nb = l.nb;
     let (scratch, _) = ctx.scratch();
     let act_ty = if has_min { DType::Q8_1 } else { DType::Q8_0 };
     let quantize = kernels(act_ty).unwrap().from_f32.unwrap();
     let my = scratch.wrapping_add(l.thread_off + ctx.ith * l.thread_bytes);
     let bs = act_ty.block_bytes();
-    let (act_q, act_d, act_s) = (scratch, scratch.wrapping_add(l.d_off) as *mut f32, scratch.wrapping_add(l.s_off) as *mut f32);
+    let (act_q, act_d, act_s) = (
+        scratch,
+        scratch.wrapping_add(l.d_off) as *mut f32,
+        scratch.wrapping_add(l.s_off) as *mut f32,
+    );
 
     // Phase 1: activation row tiles, quantized as ggml-cpu does, into B-tile order.
     let (t0, t1) = split_range(m_tiles(m), ctx.ith, ctx.nth);
@@ -207,7 +219,10 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
         unsafe {
             let blocks = std::slice::from_raw_parts_mut(my, act_ty.row_bytes(k));
             if r < m {
-                quantize(std::slice::from_raw_parts(x.row_ptr(r, 0, 0) as *const f32, k), blocks);
+                quantize(
+                    std::slice::from_raw_parts(x.row_ptr(r, 0, 0) as *const f32, k),
+                    blocks,
+                );
             }
             for b in 0..nb {
                 let at = (mt * nb + b) * 16 + i;
@@ -221,12 +236,19 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
                     continue;
                 }
                 let blk = &blocks[b * bs..(b + 1) * bs];
-                let h = |o: usize| half::f16::from_bits(u16::from_le_bytes([blk[o], blk[o + 1]])).to_f32();
+                let h = |o: usize| {
+                    half::f16::from_bits(u16::from_le_bytes([blk[o], blk[o + 1]])).to_f32()
+                };
                 *act_d.add(at) = h(0);
                 *act_s.add(at) = if has_min { h(2) } else { 0.0 };
                 let qs = &blk[bs - I8_KBLOCK..];
                 for k4 in 0..I8_KBLOCK / 4 {
-                    let v = u32::from_le_bytes([qs[k4 * 4], qs[k4 * 4 + 1], qs[k4 * 4 + 2], qs[k4 * 4 + 3]]);
+                    let v = u32::from_le_bytes([
+                        qs[k4 * 4],
+                        qs[k4 * 4 + 1],
+                        qs[k4 * 4 + 2],
+                        qs[k4 * 4 + 3],
+                    ]);
                     std::ptr::write_unaligned(tile.add(k4 * 64 + i * 4) as *mut u32, v);
                 }
             }
@@ -238,7 +260,12 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
     if !drives_tiles(ctx) {
         return;
     }
-    let act = ActI8 { q: act_q, d: act_d, s: act_s, nb };
+    let act = ActI8 {
+        q: act_q,
+        d: act_d,
+        s: act_s,
+        nb,
+    };
     let n_tiles = n.div_ceil(16);
     let groups = n_tiles.div_ceil(GROUP_TILES);
     let in_place = rows::i8_in_place(w.ty);
@@ -255,25 +282,79 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
         }
         let tile0 = g * GROUP_TILES;
         let used = (n_tiles - tile0).min(GROUP_TILES);
-        let mut wt = [WeightsI8 { q: std::ptr::null(), stride: 0, block_step: 0, d: std::ptr::null(), m: std::ptr::null() }; GROUP_TILES];
+        let mut wt = [WeightsI8 {
+            q: std::ptr::null(),
+            stride: 0,
+            block_step: 0,
+            d: std::ptr::null(),
+            m: std::ptr::null(),
+        }; GROUP_TILES];
         for (j, t) in wt.iter_mut().enumerate().take(used) {
             let r0 = (tile0 + j) * 16;
-            let (rs, nrows) = weight_rows(w, r0);
-            let base = my.wrapping_add(l.row_tmp + j * l.wtile_bytes);
+            let (mut rs, nrows) = weight_rows(w, r0);
+            if let Some(p) = &w.packed {
+                // Packed groups are whole 16-row tiles (Layout::for_weights): put this one back
+                // into ggml's layout in this thread's scratch, and take its rows from there.
+                let rb = w.ty.row_bytes(k);
+                let gb = p.layout.group_bytes(k);
+                // SAFETY: the packed copy holds n / 16 groups of gb bytes; the ggml_rows area
+                // (16 rows of rb) is this thread's and not otherwise in use here.
+                unsafe {
+                    let buf = std::slice::from_raw_parts_mut(my.add(l.row_tmp), 16 * rb);
+                    packed::unpack(
+                        p.layout,
+                        std::slice::from_raw_parts(p.data.add(r0 / 16 * gb), gb),
+                        buf,
+                        16,
+                        k,
+                    );
+                    for (i, r) in rs.iter_mut().enumerate() {
+                        *r = std::slice::from_raw_parts(my.add(l.row_tmp + i * rb), rb);
+                    }
+                }
+            }
+            let in_place = if w.packed.is_some() { None } else { in_place };
+            let base = my.wrapping_add(l.row_tmp + l.ggml_rows + j * l.wtile_bytes);
             let (qb, db) = (base, base.wrapping_add(align64(16 * k)));
             let mb = db.wrapping_add(align64(nb * 16 * 4));
             // SAFETY: this thread's staging for tile j (scratch_bytes reserves GROUP_TILES).
             unsafe {
                 let d = std::slice::from_raw_parts_mut(db as *mut f32, nb * 16);
-                let mm = std::slice::from_raw_parts_mut(mb as *mut f32, if has_min { nb * 16 } else { 0 });
+                let mm = std::slice::from_raw_parts_mut(
+                    mb as *mut f32,
+                    if has_min { nb * 16 } else { 0 },
+                );
                 *t = match in_place {
                     Some(off) if nrows == 16 => {
                         rows::i8_scales(w.ty, &rs[..nrows], nb, d, mm);
-                        WeightsI8 { q: w.row_ptr(r0, 0, 0).add(off), stride: w.nb[1], block_step: w.ty.block_bytes(), d: db as *const f32, m: std::ptr::null() }
+                        WeightsI8 {
+                            q: w.row_ptr(r0, 0, 0).add(off),
+                            stride: w.nb[1],
+                            block_step: w.ty.block_bytes(),
+                            d: db as *const f32,
+                            m: std::ptr::null(),
+                        }
                     }
                     _ => {
-                        rows::i8_rows(w.ty, &rs[..nrows], nb, std::slice::from_raw_parts_mut(qb, 16 * k), d, mm);
-                        WeightsI8 { q: qb, stride: I8_KBLOCK, block_step: 16 * I8_KBLOCK, d: db as *const f32, m: if has_min { mb as *const f32 } else { std::ptr::null() } }
+                        rows::i8_rows(
+                            w.ty,
+                            &rs[..nrows],
+                            nb,
+                            std::slice::from_raw_parts_mut(qb, 16 * k),
+                            d,
+                            mm,
+                        );
+                        WeightsI8 {
+                            q: qb,
+                            stride: I8_KBLOCK,
+                            block_step: 16 * I8_KBLOCK,
+                            d: db as *const f32,
+                            m: if has_min {
+                                mb as *const f32
+                            } else {
+                                std::ptr::null()
+                            },
+                        }
                     }
                 };
             }
@@ -288,7 +369,12 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
                 // floats and n0 + rows_n <= n.
                 unsafe {
                     gemm::i8_block(&act, mt, [&wt[tp], &wt[(tp + 1).min(used - 1)]], &mut acc);
-                    acc.store_transposed((dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0), ldd, rows_m, rows_n);
+                    acc.store_transposed(
+                        (dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0),
+                        ldd,
+                        rows_m,
+                        rows_n,
+                    );
                 }
             }
         }
@@ -368,7 +454,10 @@ fn bf16_acts(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &Bf16Layout) {
         unsafe {
             let row = std::slice::from_raw_parts_mut(my, 2 * k);
             if r < m {
-                to_bf16(std::slice::from_raw_parts(x.row_ptr(r, 0, 0) as *const f32, k), row);
+                to_bf16(
+                    std::slice::from_raw_parts(x.row_ptr(r, 0, 0) as *const f32, k),
+                    row,
+                );
             } else {
                 row.fill(0);
             }
@@ -387,7 +476,14 @@ fn bf16_acts(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &Bf16Layout) {
 /// Weight group `g` (GROUP_TILES row tiles of 16) staged into bf16 A tiles in this
 /// thread's scratch, then multiplied by every activation row tile. The caller holds a bf16
 /// tile session and has passed the barrier after `bf16_acts`.
-fn bf16_group(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &Bf16Layout, g: usize, acc: &mut Block32) {
+fn bf16_group(
+    node: &Node,
+    ctx: &ThreadCtx,
+    scratch: *mut u8,
+    l: &Bf16Layout,
+    g: usize,
+    acc: &mut Block32,
+) {
     let (w, x, dst) = (node.src(0), node.src(1), &node.dst);
     let (k, n, m) = (w.ne[0], w.ne[1], x.ne[1]);
     let ksteps = k / BF16_KSTEP;
@@ -408,7 +504,9 @@ fn bf16_group(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &Bf16Layout, g:
             let row = std::slice::from_raw_parts_mut(my.add(align64(4 * k)), 2 * k);
             let out = std::slice::from_raw_parts_mut(base, l.wtile_bytes);
             match &w.packed {
-                Some(p) => rows::bf16_rows_from(nrows, k, out, tmp, row, |i, t| packed::row_to_f32(p, k, r0 + i, t)),
+                Some(p) => rows::bf16_rows_from(nrows, k, out, tmp, row, |i, t| {
+                    packed::row_to_f32(p, k, r0 + i, t)
+                }),
                 None => rows::bf16_rows(w.ty, &rs[..nrows], k, out, tmp, row),
             }
         }
@@ -427,7 +525,12 @@ fn bf16_group(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &Bf16Layout, g:
             // mt*16 .. + rows_m have ldd >= n floats and n0 + rows_n <= n.
             unsafe {
                 gemm::bf16_block(w0, w1, b0, b1, ksteps, acc);
-                acc.store_transposed((dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0), ldd, rows_m, rows_n);
+                acc.store_transposed(
+                    (dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0),
+                    ldd,
+                    rows_m,
+                    rows_n,
+                );
             }
         }
     }

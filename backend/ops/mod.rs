@@ -162,7 +162,7 @@ pub fn run(node: &Node, ctx: &ThreadCtx) {
         Op::Add => elementwise::binary(node, ctx, |a, b| a + b),
         Op::Mul => elementwise::binary(node, ctx, |a, b| a * b),
         Op::Scale { scale, bias } => elementwise::unary(node, ctx, move |x| x * scale + bias),
-        Op::Silu => elementwise::unary(node, ctx, elementwise::silu),
+        Op::Silu => elementwise::silu(node, ctx),
         Op::SwiGlu { swapped } => elementwise::swiglu(node, ctx, swapped),
         Op::RmsNorm { eps } => norm::rms_norm(node, ctx, eps),
         Op::Rope(p) => rope::rope(node, ctx, &p),

@@ -145,19 +145,72 @@ pub fn rope(node: &Node, ctx: &ThreadCtx, p: &RopeParams) {
             for i in (0..ne0).filter(|&i| i < off || i >= off + nd) {
                 *y.add(i) = *x.add(i);
             }
-            let mut i0 = 0;
-            while i0 < nd {
-                let (c, s) = (cache[i0], cache[i0 + 1]);
-                let (j0, j1) = if p.mode == MODE_NEOX {
-                    (off + i0 / 2, off + i0 / 2 + nd / 2)
-                } else {
-                    (off + i0, off + i0 + 1)
-                };
-                let (x0, x1) = (*x.add(j0), *x.add(j1));
-                *y.add(j0) = x0 * c - x1 * s;
-                *y.add(j1) = x0 * s + x1 * c;
-                i0 += 2;
-            }
+            rotate_pairs(x, y, cache, nd, off, p.mode == MODE_NEOX);
         }
+    }
+}
+
+/// Rotates the `nd` channels from `off` of one row (`x` to `y`, which may be the same
+/// memory): pairs (i, i + 1), or (i, i + nd / 2) for NeoX.
+///
+/// # Safety
+/// `x` and `y` hold `off + nd` floats; `cache` holds `nd` (cos, sin) values.
+unsafe fn rotate_pairs(
+    x: *const f32,
+    y: *mut f32,
+    cache: &[f32],
+    nd: usize,
+    off: usize,
+    neox: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("fma") {
+        // SAFETY: FMA detected; the caller's contract.
+        return unsafe { rotate_pairs_fma(x, y, cache, nd, off, neox) };
+    }
+    // SAFETY: the caller's contract.
+    unsafe { rotate_pairs_impl(x, y, cache, nd, off, neox) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn rotate_pairs_fma(
+    x: *const f32,
+    y: *mut f32,
+    cache: &[f32],
+    nd: usize,
+    off: usize,
+    neox: bool,
+) {
+    // SAFETY: the caller's contract (rotate_pairs).
+    unsafe { rotate_pairs_impl(x, y, cache, nd, off, neox) }
+}
+
+/// ggml-cpu's rotate_pairs as its compiler evaluates it (clang fuses the x0 products:
+/// `x0*c - x1*s` becomes fma(x0, c, -(x1*s))), so results are bit-identical.
+#[inline(always)]
+unsafe fn rotate_pairs_impl(
+    x: *const f32,
+    y: *mut f32,
+    cache: &[f32],
+    nd: usize,
+    off: usize,
+    neox: bool,
+) {
+    let mut i0 = 0;
+    while i0 < nd {
+        let (c, s) = (cache[i0], cache[i0 + 1]);
+        let (j0, j1) = if neox {
+            (off + i0 / 2, off + i0 / 2 + nd / 2)
+        } else {
+            (off + i0, off + i0 + 1)
+        };
+        // SAFETY: j0, j1 < off + nd (the caller's contract); each pair is read before written.
+        unsafe {
+            let (x0, x1) = (*x.add(j0), *x.add(j1));
+            *y.add(j0) = x0.mul_add(c, -(x1 * s));
+            *y.add(j1) = x0.mul_add(s, x1 * c);
+        }
+        i0 += 2;
     }
 }

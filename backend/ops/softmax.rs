@@ -1,10 +1,12 @@
-//! SOFT_MAX with scale, optional mask (f16/f32, broadcast over heads), ALiBi and sinks.
+//! SOFT_MAX with scale, optional mask (f16/f32, broadcast over heads), ALiBi and sinks, in
+//! ggml-cpu's operation order (bit-identical results; see `kernels::vmath`).
 
 use half::f16;
 
 use super::{alibi_slope, need, slice, slice_mut, split_range, Node, Unsupported};
 use crate::backend::dtype::DType;
 use crate::backend::exec::ThreadCtx;
+use crate::backend::kernels::vmath;
 
 pub fn supports(node: &Node) -> Result<(), Unsupported> {
     let a = node.src[0].as_ref().ok_or("missing src")?;
@@ -62,6 +64,15 @@ pub fn soft_max(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32) {
             }
             slice_mut::<f32>(py, n)
         };
+        // ggml adds `slope * mask` with one rounding (its compiler fuses the multiply-add);
+        // with slope 1, the common case, that is a plain add.
+        let add = |o: &mut f32, mv: f32| {
+            *o = if slope == 1.0 {
+                *o + mv
+            } else {
+                slope.mul_add(mv, *o)
+            }
+        };
         if let Some(m) = &node.src[1] {
             let p = m.row_ptr(i1, i2 % m.ne[2], i3 % m.ne[3]);
             // SAFETY: mask rows hold n elements of its type (supports).
@@ -70,24 +81,22 @@ pub fn soft_max(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32) {
                     let mr = unsafe { slice::<f16>(p, n) };
                     y.iter_mut()
                         .zip(mr)
-                        .for_each(|(o, &mv)| *o += slope * mv.to_f32());
+                        .for_each(|(o, &mv)| add(o, mv.to_f32()));
                 }
                 _ => {
                     let mr = unsafe { slice::<f32>(p, n) };
-                    y.iter_mut().zip(mr).for_each(|(o, &mv)| *o += slope * mv);
+                    y.iter_mut().zip(mr).for_each(|(o, &mv)| add(o, mv));
                 }
             }
         }
-        let mut max = y.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut max = y
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, |m, v| if m > v { m } else { v });
         if let Some(s) = sinks {
             max = max.max(s[i2]);
         }
-        let mut sum = 0f64;
-        for o in y.iter_mut() {
-            let e = (*o - max).exp();
-            sum += e as f64;
-            *o = e;
-        }
+        let mut sum = vmath::soft_max(y, max);
         if let Some(s) = sinks {
             sum += ((s[i2] - max).exp()) as f64;
         }

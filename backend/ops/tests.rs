@@ -718,7 +718,7 @@ fn mul_mat_every_mode_packed_and_plain_weights() {
         let nd = node(Op::MulMat, d, &[w, x]);
         // Every mode that can run this product: the vector kernels, the tile path, and both
         // at once (each output column then matches one of the two references).
-        // With the int8 tile engine selected (Q4_1, Q4_0, Q8_0 in ggml's layout), matrix runs
+        // With the int8 tile engine selected (Q4_1, Q4_0, Q8_0, packed or not), matrix runs
         // take it while coop's tile side stays on bf16, with a scratch layout of its own.
         #[cfg(target_arch = "x86_64")]
         let engines = [None, Some(true)];
@@ -735,7 +735,7 @@ fn mul_mat_every_mode_packed_and_plain_weights() {
                 for drivers in if mode == Mode::Matrix { 1..=2 } else { 1..=1 } {
                     db.bytes().fill(0);
                     Executor::new(2).compute_with_plans(&[nd], &[Plan::forced(mode, drivers)]);
-                    let int8 = engine.is_some() && mode == Mode::Matrix && w.packed.is_none() && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
+                    let int8 = engine.is_some() && mode == Mode::Matrix && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
                     // The int8 engine quantizes activations as the vector kernels do.
                     check_packed_product(ty, m, n, k, &raw, &xs, db.f32s(), if int8 { Mode::Vector } else { mode });
                 }

@@ -122,9 +122,10 @@ unsafe fn scale_block(acc: &mut [[f32; 16]; 16], c: *const i32, act: &ActI8, mt:
         let mw = w.m.add(b * 16);
         for (r, a) in acc.iter_mut().enumerate() {
             let v = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(r * 16) as *const _));
-            let t = _mm512_fmadd_ps(sa, _mm512_set1_ps(*mw.add(r)), _mm512_loadu_ps(a.as_ptr()));
+            // ggml-cpu's order (its AMX kernel): the product term first, then the minimum's.
             let s = _mm512_mul_ps(da, _mm512_set1_ps(*dw.add(r)));
-            _mm512_storeu_ps(a.as_mut_ptr(), _mm512_fmadd_ps(v, s, t));
+            let t = _mm512_fmadd_ps(v, s, _mm512_loadu_ps(a.as_ptr()));
+            _mm512_storeu_ps(a.as_mut_ptr(), _mm512_fmadd_ps(sa, _mm512_set1_ps(*mw.add(r)), t));
         }
     }
 }
