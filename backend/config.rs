@@ -19,10 +19,9 @@ pub struct Config {
     pub log: LogLevel,
     /// SMEPILOT_DISABLE_AMX=1: behave as on a CPU without a matrix unit.
     pub disable_amx: bool,
-    /// SMEPILOT_AMX_INT8=1: Q4_1, Q8_0 and Q4_0 weights still in ggml's layout (not packed)
-    /// on the int8 tile kernel (activations quantized per 32-block as ggml-cpu does: the same
-    /// numbers as stock, slower here) instead of the default, unpacking them to bf16 for the
-    /// bf16 tile kernel.
+    /// SMEPILOT_AMX_INT8 (default 1): Q4_0, Q4_1 and Q8_0 products on the int8 tile kernel,
+    /// activations quantized per 32-block and block scales applied in ggml-cpu's order (the
+    /// same numbers as stock's AMX kernel); 0 unpacks them to bf16 for the bf16 tile kernel.
     pub amx_int8: bool,
     /// SMEPILOT_THREADS: default thread count before llama.cpp sets one.
     pub threads: Option<usize>,
@@ -132,7 +131,7 @@ impl Config {
             trace: flag(&var, "SMEPILOT_TRACE")?,
             log,
             disable_amx: flag(&var, "SMEPILOT_DISABLE_AMX")?,
-            amx_int8: flag(&var, "SMEPILOT_AMX_INT8")?,
+            amx_int8: var("SMEPILOT_AMX_INT8").is_none() || flag(&var, "SMEPILOT_AMX_INT8")?,
             threads,
             decline_ops,
         })

@@ -160,11 +160,10 @@ pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
     }
 }
 
-/// Scratch of the tile side of a coop run, which always takes the bf16 engine (whatever
-/// `kind` picks for matrix-only runs); its vector side's activations follow, 64-byte aligned.
+/// Scratch of the tile side of a coop run (the engine `kind` picks, as for matrix-only runs);
+/// its vector side's activations follow, 64-byte aligned.
 pub fn coop_tile_bytes(node: &Node, nth: usize) -> usize {
-    let l = Bf16Layout::new(node.src(0).ne[0], node.src(1).ne[1]);
-    (l.thread_off + nth * l.thread_bytes).next_multiple_of(64)
+    scratch_bytes(node, nth).next_multiple_of(64)
 }
 
 /// Whether this thread drives the tile unit in a matrix-only run: all threads, or the
@@ -194,21 +193,40 @@ fn weight_rows(w: &TensorRef, r0: usize) -> ([&'static [u8]; 16], usize) {
 }
 
 fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
-    let (w, x, dst) = (node.src(0), node.src(1), &node.dst);
-    let (k, n, m) = (w.ne[0], w.ne[1], x.ne[1]);
-    let l = I8Layout::new(w.ty, k, m);
-    let nb = l.nb;
+    let (w, x) = (node.src(0), node.src(1));
+    let l = I8Layout::new(w.ty, w.ne[0], x.ne[1]);
     let (scratch, _) = ctx.scratch();
+    i8_acts(node, ctx, scratch, &l, has_min);
+    ctx.barrier();
+    if !drives_tiles(ctx) {
+        return;
+    }
+    let groups = w.ne[1].div_ceil(16).div_ceil(GROUP_TILES);
+    let mut acc = Block32::new();
+    // SAFETY: amx::available() (kind) holds. The session restores the thread's previous tile
+    // configuration when this function returns.
+    let _tiles = unsafe { gemm::i8_session() };
+    // Groups from the node's work queue: threads finish together even when one is slowed.
+    loop {
+        let g = ctx.next_chunk();
+        if g >= groups {
+            break;
+        }
+        i8_group(node, ctx, scratch, &l, has_min, g, &mut acc);
+    }
+}
+
+/// Phase 1 of the int8 path: this thread's activation row tiles, quantized as ggml-cpu does
+/// (Q8_0, or Q8_1 for weights with a minimum), into B-tile order with their scales and sums.
+fn i8_acts(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &I8Layout, has_min: bool) {
+    let (w, x) = (node.src(0), node.src(1));
+    let (k, m) = (w.ne[0], x.ne[1]);
+    let nb = l.nb;
     let act_ty = if has_min { DType::Q8_1 } else { DType::Q8_0 };
     let quantize = kernels(act_ty).unwrap().from_f32.unwrap();
     let my = scratch.wrapping_add(l.thread_off + ctx.ith * l.thread_bytes);
     let bs = act_ty.block_bytes();
-    let (act_q, act_d, act_s) = (
-        scratch,
-        scratch.wrapping_add(l.d_off) as *mut f32,
-        scratch.wrapping_add(l.s_off) as *mut f32,
-    );
-
+    let (act_q, act_d, act_s) = (scratch, scratch.wrapping_add(l.d_off) as *mut f32, scratch.wrapping_add(l.s_off) as *mut f32);
     // Phase 1: activation row tiles, quantized as ggml-cpu does, into B-tile order.
     let (t0, t1) = split_range(m_tiles(m), ctx.ith, ctx.nth);
     for r in t0 * 16..t1 * 16 {
@@ -254,128 +272,115 @@ fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
             }
         }
     }
-    ctx.barrier();
+}
 
-    // Phase 2: groups of GROUP_TILES weight row tiles, taken from the work queue.
-    if !drives_tiles(ctx) {
-        return;
-    }
-    let act = ActI8 {
-        q: act_q,
-        d: act_d,
-        s: act_s,
-        nb,
-    };
+/// Weight group `g` (GROUP_TILES row tiles of 16) unpacked to int8 A tiles (loaded in place
+/// where the type allows) and multiplied by every activation row tile. The caller holds an
+/// int8 tile session and has passed the barrier after `i8_acts`.
+fn i8_group(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &I8Layout, has_min: bool, g: usize, acc: &mut Block32) {
+    let (w, x, dst) = (node.src(0), node.src(1), &node.dst);
+    let (k, n, m) = (w.ne[0], w.ne[1], x.ne[1]);
+    let nb = l.nb;
+    let my = scratch.wrapping_add(l.thread_off + ctx.ith * l.thread_bytes);
+    let act = ActI8 { q: scratch, d: scratch.wrapping_add(l.d_off) as *const f32, s: scratch.wrapping_add(l.s_off) as *const f32, nb };
     let n_tiles = n.div_ceil(16);
-    let groups = n_tiles.div_ceil(GROUP_TILES);
     let in_place = rows::i8_in_place(w.ty);
     let ldd = dst.nb[1] / 4;
-    let mut acc = Block32::new();
-    // SAFETY: amx::available() (kind) holds. The session restores the thread's previous tile
-    // configuration when this function returns.
-    let _tiles = unsafe { gemm::i8_session() };
-    // Groups from the node's work queue: threads finish together even when one is slowed.
-    loop {
-        let g = ctx.next_chunk();
-        if g >= groups {
-            break;
-        }
-        let tile0 = g * GROUP_TILES;
-        let used = (n_tiles - tile0).min(GROUP_TILES);
-        let mut wt = [WeightsI8 {
-            q: std::ptr::null(),
-            stride: 0,
-            block_step: 0,
-            d: std::ptr::null(),
-            m: std::ptr::null(),
-        }; GROUP_TILES];
-        for (j, t) in wt.iter_mut().enumerate().take(used) {
-            let r0 = (tile0 + j) * 16;
-            let (mut rs, nrows) = weight_rows(w, r0);
-            if let Some(p) = &w.packed {
-                // Packed groups are whole 16-row tiles (Layout::for_weights): put this one back
-                // into ggml's layout in this thread's scratch, and take its rows from there.
-                let rb = w.ty.row_bytes(k);
-                let gb = p.layout.group_bytes(k);
-                // SAFETY: the packed copy holds n / 16 groups of gb bytes; the ggml_rows area
-                // (16 rows of rb) is this thread's and not otherwise in use here.
-                unsafe {
-                    let buf = std::slice::from_raw_parts_mut(my.add(l.row_tmp), 16 * rb);
-                    packed::unpack(
-                        p.layout,
-                        std::slice::from_raw_parts(p.data.add(r0 / 16 * gb), gb),
-                        buf,
-                        16,
-                        k,
-                    );
-                    for (i, r) in rs.iter_mut().enumerate() {
-                        *r = std::slice::from_raw_parts(my.add(l.row_tmp + i * rb), rb);
-                    }
-                }
-            }
-            let in_place = if w.packed.is_some() { None } else { in_place };
-            let base = my.wrapping_add(l.row_tmp + l.ggml_rows + j * l.wtile_bytes);
-            let (qb, db) = (base, base.wrapping_add(align64(16 * k)));
-            let mb = db.wrapping_add(align64(nb * 16 * 4));
-            // SAFETY: this thread's staging for tile j (scratch_bytes reserves GROUP_TILES).
+    let tile0 = g * GROUP_TILES;
+    let used = (n_tiles - tile0).min(GROUP_TILES);
+    let mut wt = [WeightsI8 {
+        q: std::ptr::null(),
+        stride: 0,
+        block_step: 0,
+        d: std::ptr::null(),
+        m: std::ptr::null(),
+    }; GROUP_TILES];
+    for (j, t) in wt.iter_mut().enumerate().take(used) {
+        let r0 = (tile0 + j) * 16;
+        let (mut rs, nrows) = weight_rows(w, r0);
+        if let Some(p) = &w.packed {
+            // Packed groups are whole 16-row tiles (Layout::for_weights): put this one back
+            // into ggml's layout in this thread's scratch, and take its rows from there.
+            let rb = w.ty.row_bytes(k);
+            let gb = p.layout.group_bytes(k);
+            // SAFETY: the packed copy holds n / 16 groups of gb bytes; the ggml_rows area
+            // (16 rows of rb) is this thread's and not otherwise in use here.
             unsafe {
-                let d = std::slice::from_raw_parts_mut(db as *mut f32, nb * 16);
-                let mm = std::slice::from_raw_parts_mut(
-                    mb as *mut f32,
-                    if has_min { nb * 16 } else { 0 },
+                let buf = std::slice::from_raw_parts_mut(my.add(l.row_tmp), 16 * rb);
+                packed::unpack(
+                    p.layout,
+                    std::slice::from_raw_parts(p.data.add(r0 / 16 * gb), gb),
+                    buf,
+                    16,
+                    k,
                 );
-                *t = match in_place {
-                    Some(off) if nrows == 16 => {
-                        rows::i8_scales(w.ty, &rs[..nrows], nb, d, mm);
-                        WeightsI8 {
-                            q: w.row_ptr(r0, 0, 0).add(off),
-                            stride: w.nb[1],
-                            block_step: w.ty.block_bytes(),
-                            d: db as *const f32,
-                            m: std::ptr::null(),
-                        }
-                    }
-                    _ => {
-                        rows::i8_rows(
-                            w.ty,
-                            &rs[..nrows],
-                            nb,
-                            std::slice::from_raw_parts_mut(qb, 16 * k),
-                            d,
-                            mm,
-                        );
-                        WeightsI8 {
-                            q: qb,
-                            stride: I8_KBLOCK,
-                            block_step: 16 * I8_KBLOCK,
-                            d: db as *const f32,
-                            m: if has_min {
-                                mb as *const f32
-                            } else {
-                                std::ptr::null()
-                            },
-                        }
-                    }
-                };
+                for (i, r) in rs.iter_mut().enumerate() {
+                    *r = std::slice::from_raw_parts(my.add(l.row_tmp + i * rb), rb);
+                }
             }
         }
-        for mt in (0..m.div_ceil(16)).step_by(2) {
-            let rows_m = (m - mt * 16).min(32);
-            for tp in (0..used).step_by(2) {
-                let n0 = (tile0 + tp) * 16;
-                let rows_n = (n - n0).min(if tp + 1 < used { 32 } else { 16 });
-                // SAFETY: config loaded; act holds row tiles mt, mt + 1 (m_tiles is even);
-                // the weight tiles hold nb blocks; output rows mt*16 .. + rows_m have ldd >= n
-                // floats and n0 + rows_n <= n.
-                unsafe {
-                    gemm::i8_block(&act, mt, [&wt[tp], &wt[(tp + 1).min(used - 1)]], &mut acc);
-                    acc.store_transposed(
-                        (dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0),
-                        ldd,
-                        rows_m,
-                        rows_n,
-                    );
+        let in_place = if w.packed.is_some() { None } else { in_place };
+        let base = my.wrapping_add(l.row_tmp + l.ggml_rows + j * l.wtile_bytes);
+        let (qb, db) = (base, base.wrapping_add(align64(16 * k)));
+        let mb = db.wrapping_add(align64(nb * 16 * 4));
+        // SAFETY: this thread's staging for tile j (scratch_bytes reserves GROUP_TILES).
+        unsafe {
+            let d = std::slice::from_raw_parts_mut(db as *mut f32, nb * 16);
+            let mm = std::slice::from_raw_parts_mut(
+                mb as *mut f32,
+                if has_min { nb * 16 } else { 0 },
+            );
+            *t = match in_place {
+                Some(off) if nrows == 16 => {
+                    rows::i8_scales(w.ty, &rs[..nrows], nb, d, mm);
+                    WeightsI8 {
+                        q: w.row_ptr(r0, 0, 0).add(off),
+                        stride: w.nb[1],
+                        block_step: w.ty.block_bytes(),
+                        d: db as *const f32,
+                        m: std::ptr::null(),
+                    }
                 }
+                _ => {
+                    rows::i8_rows(
+                        w.ty,
+                        &rs[..nrows],
+                        nb,
+                        std::slice::from_raw_parts_mut(qb, 16 * k),
+                        d,
+                        mm,
+                    );
+                    WeightsI8 {
+                        q: qb,
+                        stride: I8_KBLOCK,
+                        block_step: 16 * I8_KBLOCK,
+                        d: db as *const f32,
+                        m: if has_min {
+                            mb as *const f32
+                        } else {
+                            std::ptr::null()
+                        },
+                    }
+                }
+            };
+        }
+    }
+    for mt in (0..m.div_ceil(16)).step_by(2) {
+        let rows_m = (m - mt * 16).min(32);
+        for tp in (0..used).step_by(2) {
+            let n0 = (tile0 + tp) * 16;
+            let rows_n = (n - n0).min(if tp + 1 < used { 32 } else { 16 });
+            // SAFETY: config loaded; act holds row tiles mt, mt + 1 (m_tiles is even);
+            // the weight tiles hold nb blocks; output rows mt*16 .. + rows_m have ldd >= n
+            // floats and n0 + rows_n <= n.
+            unsafe {
+                gemm::i8_block(&act, mt, [&wt[tp], &wt[(tp + 1).min(used - 1)]], acc);
+                acc.store_transposed(
+                    (dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0),
+                    ldd,
+                    rows_m,
+                    rows_n,
+                );
             }
         }
     }
@@ -412,29 +417,53 @@ fn mul_mat_bf16(node: &Node, ctx: &ThreadCtx) {
 /// the two sides meet depends on how fast each runs, not on a fixed ratio.
 pub fn mul_mat_coop(node: &Node, ctx: &ThreadCtx) {
     let (w, x) = (node.src(0), node.src(1));
-    if !rows::bf16_weight(w.ty) {
-        return mul_mat(node, ctx);
-    }
-    let l = Bf16Layout::new(w.ne[0], x.ne[1]);
     let (scratch, _) = ctx.scratch();
     let vbase = scratch.wrapping_add(coop_tile_bytes(node, ctx.nth));
-    bf16_acts(node, ctx, scratch, &l);
-    let acts = super::matmul::prepare_vector_acts(node, ctx, vbase);
-    ctx.barrier();
     let n = w.ne[1];
     let groups = n.div_ceil(16).div_ceil(GROUP_TILES);
-    if ctx.ith < ctx.plan.matrix_threads {
-        let mut acc = Block32::new();
-        // SAFETY: amx::available() (kind) holds; the session restores the previous config.
-        let _tiles = unsafe { gemm::bf16_session() };
-        while let Some(g) = ctx.take(groups, false) {
-            bf16_group(node, ctx, scratch, &l, g, &mut acc);
+    let tile_side = ctx.ith < ctx.plan.matrix_threads;
+    let mut acc = Block32::new();
+    match kind(node) {
+        Some(Kind::I8 { has_min }) => {
+            let l = I8Layout::new(w.ty, w.ne[0], x.ne[1]);
+            i8_acts(node, ctx, scratch, &l, has_min);
+            let acts = super::matmul::prepare_vector_acts(node, ctx, vbase);
+            ctx.barrier();
+            if tile_side {
+                // SAFETY: amx::available() (kind) holds; the session restores the previous config.
+                let _tiles = unsafe { gemm::i8_session() };
+                while let Some(g) = ctx.take(groups, false) {
+                    i8_group(node, ctx, scratch, &l, has_min, g, &mut acc);
+                }
+            } else {
+                coop_vector_side(node, ctx, &acts, groups);
+            }
         }
-    } else {
-        while let Some(g) = ctx.take(groups, true) {
-            let r0 = g * GROUP_TILES * 16;
-            super::matmul::vector_rows(node, &acts, r0, (r0 + GROUP_TILES * 16).min(n));
+        Some(Kind::Bf16) => {
+            let l = Bf16Layout::new(w.ne[0], x.ne[1]);
+            bf16_acts(node, ctx, scratch, &l);
+            let acts = super::matmul::prepare_vector_acts(node, ctx, vbase);
+            ctx.barrier();
+            if tile_side {
+                // SAFETY: as above.
+                let _tiles = unsafe { gemm::bf16_session() };
+                while let Some(g) = ctx.take(groups, false) {
+                    bf16_group(node, ctx, scratch, &l, g, &mut acc);
+                }
+            } else {
+                coop_vector_side(node, ctx, &acts, groups);
+            }
         }
+        None => unreachable!("matmul_amx::mul_mat_coop without feasible()"),
+    }
+}
+
+/// The vector side of a coop run: groups from the back of the node's queue.
+fn coop_vector_side(node: &Node, ctx: &ThreadCtx, acts: &super::matmul::VectorActs, groups: usize) {
+    let n = node.src(0).ne[1];
+    while let Some(g) = ctx.take(groups, true) {
+        let r0 = g * GROUP_TILES * 16;
+        super::matmul::vector_rows(node, acts, r0, (r0 + GROUP_TILES * 16).min(n));
     }
 }
 

@@ -718,10 +718,10 @@ fn mul_mat_every_mode_packed_and_plain_weights() {
         let nd = node(Op::MulMat, d, &[w, x]);
         // Every mode that can run this product: the vector kernels, the tile path, and both
         // at once (each output column then matches one of the two references).
-        // With the int8 tile engine selected (Q4_1, Q4_0, Q8_0, packed or not), matrix runs
-        // take it while coop's tile side stays on bf16, with a scratch layout of its own.
+        // Both tile engines: bf16, and int8 (Q4_1, Q4_0, Q8_0, packed or not), which matrix
+        // runs and coop's tile side take, each with a scratch layout of its own.
         #[cfg(target_arch = "x86_64")]
-        let engines = [None, Some(true)];
+        let engines = [Some(false), Some(true)];
         #[cfg(not(target_arch = "x86_64"))]
         let engines = [None];
         for engine in engines {
@@ -735,7 +735,7 @@ fn mul_mat_every_mode_packed_and_plain_weights() {
                 for drivers in if mode == Mode::Matrix { 1..=2 } else { 1..=1 } {
                     db.bytes().fill(0);
                     Executor::new(2).compute_with_plans(&[nd], &[Plan::forced(mode, drivers)]);
-                    let int8 = engine.is_some() && mode == Mode::Matrix && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
+                    let int8 = engine == Some(true) && mode != Mode::Vector && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
                     // The int8 engine quantizes activations as the vector kernels do.
                     check_packed_product(ty, m, n, k, &raw, &xs, db.f32s(), if int8 { Mode::Vector } else { mode });
                 }
@@ -773,6 +773,89 @@ fn check_packed_product(ty: DType, m: usize, n: usize, k: usize, raw: &[u8], xs:
                 Mode::Coop => ok(tile) || ok(vector),
             };
             assert!(pass, "{ty:?} {m}x{n}x{k} {mode:?} ({r},{c}): got {got}, tile {tile:?}, vector {vector:?}");
+        }
+    }
+}
+
+/// ggml-cpu's AMX and VNNI kernels compute Q4_0 / Q4_1 / Q8_0 products as, per output and
+/// block b in order: f = fma(isum_b, d_w * d_a, f), then (types with a minimum) f =
+/// fma(m_w, s_a, f), on activations quantized per block as its quantizer does. Every mode
+/// (vector kernels on packed weights, the int8 tile engine, both at once) must give exactly
+/// those bits, on packed and unpacked weights and odd shapes.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn int8_products_are_bit_identical_to_ggml_order_in_every_mode() {
+    use crate::backend::kernels::packed::{self, Layout, PackedRef};
+    let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = StdRng::seed_from_u64(23);
+    let h = |b: &[u8], o: usize| f16::from_bits(u16::from_le_bytes([b[o], b[o + 1]])).to_f32();
+    for ty in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+        let act_ty = if ty == DType::Q4_1 { DType::Q8_1 } else { DType::Q8_0 };
+        for &(m, n, nb) in &[(2, 16, 3), (17, 48, 5), (33, 80, 2), (40, 256, 7)] {
+            let k = nb * 32;
+            let raw = random_weights(&mut rng, ty, n, k);
+            let xs = random_f32(&mut rng, m * k, 1.0);
+            // The reference, from ggml's blocks.
+            let (bw, ba) = (ty.block_bytes(), act_ty.block_bytes());
+            let mut want = vec![0f32; m * n];
+            let mut qa = vec![0u8; act_ty.row_bytes(k)];
+            for r in 0..m {
+                (crate::backend::kernels::quant::kernels(act_ty).unwrap().from_f32.unwrap())(&xs[r * k..(r + 1) * k], &mut qa);
+                for c in 0..n {
+                    let mut f = 0f32;
+                    for b in 0..nb {
+                        let (wb, ab) = (&raw[c * nb * bw + b * bw..][..bw], &qa[b * ba..][..ba]);
+                        let aq = |j: usize| ab[ba - 32 + j] as i8 as i32;
+                        let isum: i32 = (0..32)
+                            .map(|j| {
+                                let wq = match ty {
+                                    DType::Q8_0 => wb[2 + j] as i8 as i32,
+                                    DType::Q4_0 => ((wb[2 + j % 16] >> (4 * (j / 16))) & 15) as i32 - 8,
+                                    _ => ((wb[4 + j % 16] >> (4 * (j / 16))) & 15) as i32,
+                                };
+                                wq * aq(j)
+                            })
+                            .sum();
+                        f = (isum as f32).mul_add(h(wb, 0) * h(ab, 0), f);
+                        if ty == DType::Q4_1 {
+                            f = h(wb, 2).mul_add(h(ab, 2), f);
+                        }
+                    }
+                    want[r * n + c] = f;
+                }
+            }
+            let mut packed_mem = vec![0u8; raw.len()];
+            let layout = Layout::for_weights(ty, k, n).expect("these shapes pack");
+            packed::pack(layout, ty, &raw, &mut packed_mem, n, k);
+            for is_packed in [false, true] {
+                let mut wb = Buf::zeroed(raw.len());
+                if !is_packed {
+                    wb.bytes()[..raw.len()].copy_from_slice(&raw);
+                }
+                let mut w = contiguous(ty, [k, n, 1, 1], &mut wb);
+                w.packed = is_packed.then(|| PackedRef { layout, data: packed_mem.as_ptr() });
+                let mut xb = Buf::zeroed(xs.len() * 4);
+                xb.f32s()[..xs.len()].copy_from_slice(&xs);
+                let x = contiguous(DType::F32, [k, m, 1, 1], &mut xb);
+                let mut db = Buf::zeroed(m * n * 4);
+                let d = contiguous(DType::F32, [n, m, 1, 1], &mut db);
+                let nd = node(Op::MulMat, d, &[w, x]);
+                super::matmul_amx::test_engine::set(Some(true));
+                for mode in Mode::ALL {
+                    if mode != Mode::Vector && !super::matmul::matrix_feasible(&nd) {
+                        continue;
+                    }
+                    if mode != Mode::Matrix && !is_packed {
+                        continue; // vector dots of unpacked weights follow ggml's vec_dot instead
+                    }
+                    db.bytes().fill(0);
+                    Executor::new(2).compute_with_plans(&[nd], &[Plan::forced(mode, 1)]);
+                    for (i, (g, w)) in db.f32s()[..m * n].iter().zip(&want).enumerate() {
+                        assert_eq!(g.to_bits(), w.to_bits(), "{ty:?} {m}x{n}x{k} packed={is_packed} {mode:?} at ({}, {}): {g} vs {w}", i / n, i % n);
+                    }
+                }
+                super::matmul_amx::test_engine::set(None);
+            }
         }
     }
 }

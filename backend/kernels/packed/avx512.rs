@@ -28,6 +28,7 @@ pub fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]],
         ($m:literal, $g:expr, $gs:expr, $a:expr, $s:expr, $o:expr) => {
             match layout {
                 Layout::Q4_0x16 => q4_0x16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $s.try_into().unwrap(), $o),
+                Layout::Q4_1x16 => q4_1x16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
                 Layout::Q8_0x16 => q8_0x16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $s.try_into().unwrap(), $o),
                 Layout::Q4_Kx16 => q4_kx16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
                 Layout::Q6_Kx16 => q6_kx16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
@@ -335,6 +336,49 @@ unsafe fn q4_0x16_row_f32_body(group: &[u8], nb: usize, r: usize, out: &mut [f32
         _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), d));
         _mm512_storeu_ps(o.add(16), _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), d));
     }
+}
+
+/// As [`q4_0x16_pass`] for `Q4_1x16` against Q8_1 activations: the nibbles are the values
+/// (no offset), and each block adds its minimum times the activations' scaled sum. Per
+/// block, in the order of ggml-cpu's AMX and VNNI kernels (so results are bit-identical):
+/// f = fma(isum, d_w * d_a, f), then f = fma(m_w, s_a, f).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn q4_1x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
+    let bq8 = DType::Q8_1.block_bytes();
+    let m4 = _mm512_set1_epi8(0x0F);
+    let mut f = [[_mm512_setzero_ps(); M]; G];
+    const GROUP_BLOCK: usize = Layout::Q4_1x16.group_block();
+    for b in 0..nb {
+        for (gi, g) in groups.iter().enumerate() {
+            let base = g.as_ptr().add(b * GROUP_BLOCK);
+            let ahead = base.wrapping_add(PREFETCH_AHEAD) as *const i8;
+            for l in 0..GROUP_BLOCK.div_ceil(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l * 64));
+            }
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base as *const __m256i));
+            let mw = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(32) as *const __m256i));
+            let mut lo = [_mm512_setzero_si512(); 4];
+            let mut hi = [_mm512_setzero_si512(); 4];
+            for i in 0..4 {
+                let v = _mm512_loadu_si512(base.add(64 + 64 * i) as *const _);
+                lo[i] = _mm512_and_si512(v, m4);
+                hi[i] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+            }
+            for (j, a) in acts.iter().enumerate() {
+                let ab = a.as_ptr().add(b * bq8);
+                let q = ab.add(4) as *const i32;
+                let mut s = _mm512_setzero_si512();
+                for i in 0..4 {
+                    s = _mm512_dpbusd_epi32(s, lo[i], _mm512_set1_epi32(q.add(i).read_unaligned()));
+                    s = _mm512_dpbusd_epi32(s, hi[i], _mm512_set1_epi32(q.add(4 + i).read_unaligned()));
+                }
+                let (da, sa) = (f16_at(ab), f16_at(ab.add(2)));
+                f[gi][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(da)), f[gi][j]);
+                f[gi][j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(sa), f[gi][j]);
+            }
+        }
+    }
+    store_groups(&f, out);
 }
 
 /// As [`q4_0x16_pass`] for `Q8_0x16`: eight weight vectors per block, already unsigned

@@ -5,6 +5,8 @@
 //! * `Q4_0x16`: per 32-k block, 288 bytes: the 16 rows' fp16 scales, then four vectors; in
 //!   vector i, lane r holds row r's `qs` bytes `4i .. 4i + 4` (low nibbles: k = 4i .. 4i + 4,
 //!   high nibbles: k = 16 + 4i ..).
+//! * `Q4_1x16`: per 32-k block, 320 bytes: the 16 rows' fp16 scales, then their fp16
+//!   minimums, then four vectors as in `Q4_0x16` (nibbles unsigned, no offset).
 //! * `Q8_0x16`: per 32-k block, 544 bytes: scales, then eight vectors of quants stored as
 //!   q + 128 (VNNI's unsigned operand; the GEMV subtracts 128 * sum(a)).
 //! * `Q4_Kx16`: per 256-k super-block, 2304 bytes: d, dmin, then 3 vectors of the packed
@@ -29,12 +31,14 @@ use lanes::BlockShape;
 #[allow(non_camel_case_types)] // named as ggml names the types
 pub enum Layout {
     Q4_0x16,
+    Q4_1x16,
     Q8_0x16,
     Q4_Kx16,
     Q6_Kx16,
 }
 
 const Q4_0X16: BlockShape = BlockShape { row_block: 18, heads: &[0], lanes_at: 2, vectors: 4, flip: 0 };
+const Q4_1X16: BlockShape = BlockShape { row_block: 20, heads: &[0, 2], lanes_at: 4, vectors: 4, flip: 0 };
 const Q8_0X16: BlockShape = BlockShape { row_block: 34, heads: &[0], lanes_at: 2, vectors: 8, flip: 0x80 };
 const Q4_KX16: BlockShape = BlockShape { row_block: 144, heads: &[0, 2], lanes_at: 4, vectors: 35, flip: 0 };
 const Q6_KX16: BlockShape = BlockShape { row_block: 210, heads: &[208], lanes_at: 0, vectors: 52, flip: 0 };
@@ -44,6 +48,7 @@ impl Layout {
     pub fn for_weights(ty: DType, k: usize, n: usize) -> Option<Layout> {
         let layout = match ty {
             DType::Q4_0 => Layout::Q4_0x16,
+            DType::Q4_1 => Layout::Q4_1x16,
             DType::Q8_0 => Layout::Q8_0x16,
             DType::Q4_K => Layout::Q4_Kx16,
             DType::Q6_K => Layout::Q6_Kx16,
@@ -56,6 +61,7 @@ impl Layout {
     pub const fn ty(self) -> DType {
         match self {
             Layout::Q4_0x16 => DType::Q4_0,
+            Layout::Q4_1x16 => DType::Q4_1,
             Layout::Q8_0x16 => DType::Q8_0,
             Layout::Q4_Kx16 => DType::Q4_K,
             Layout::Q6_Kx16 => DType::Q6_K,
@@ -65,6 +71,7 @@ impl Layout {
     const fn shape(self) -> &'static BlockShape {
         match self {
             Layout::Q4_0x16 => &Q4_0X16,
+            Layout::Q4_1x16 => &Q4_1X16,
             Layout::Q8_0x16 => &Q8_0X16,
             Layout::Q4_Kx16 => &Q4_KX16,
             Layout::Q6_Kx16 => &Q6_KX16,
@@ -75,6 +82,7 @@ impl Layout {
     pub const fn act_type(self) -> DType {
         match self {
             Layout::Q4_0x16 | Layout::Q8_0x16 => DType::Q8_0,
+            Layout::Q4_1x16 => DType::Q8_1,
             Layout::Q4_Kx16 | Layout::Q6_Kx16 => DType::Q8_K,
         }
     }

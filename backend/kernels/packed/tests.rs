@@ -6,7 +6,7 @@ use crate::backend::dtype::DType;
 use crate::backend::kernels::quant::scalar_kernels;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-const LAYOUTS: [Layout; 4] = [Layout::Q4_0x16, Layout::Q8_0x16, Layout::Q4_Kx16, Layout::Q6_Kx16];
+const LAYOUTS: [Layout; 5] = [Layout::Q4_0x16, Layout::Q4_1x16, Layout::Q8_0x16, Layout::Q4_Kx16, Layout::Q6_Kx16];
 
 /// `n` random rows: quantized from random floats where the type has a quantizer; else (the
 /// K types) random bytes, so every scale and minimum bit pattern occurs, with small fp16
