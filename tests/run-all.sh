@@ -149,8 +149,8 @@ t_splits_qwen3_4b() { local m; m=$(shape_model qwen3-4b q4_0) && one_split "$m" 
 # Base: stock (--backend cpu). Besides SMEPilot, a second *stock* configuration with
 # other matmul kernels (--no-repack -ub 32) is compared to the same base: its KLD is
 # the noise floor of this model (int8 activation rounding flips amplify any
-# non-bit-identical accumulation). Pass: the issue's bound (mean KLD <= 0.001, same top
-# token >= 99%), or, where stock's own floor exceeds it, SMEPilot within that floor.
+# non-bit-identical accumulation), printed for scale. Pass: the issue's bound (mean KLD
+# <= 0.001, same top token >= 99%).
 kld() { # model [extra env...]
     local m=$1; shift
     local base="$work/kld-base-$(basename "$m").bin"
@@ -167,12 +167,10 @@ def stats(path):
 kld, top = stats(sys.argv[1])
 fkld, ftop = stats(sys.argv[2])
 strict = kld <= 0.001 and top >= 99.0
-within_floor = kld <= max(0.001, 1.25 * fkld) and top >= min(99.0, ftop - 1.5)
 print(f"SMEPilot vs stock:         mean KLD {kld:.6f}, same top token {top:.3f}%")
 print(f"stock alt path vs stock:   mean KLD {fkld:.6f}, same top token {ftop:.3f}%  (noise floor)")
 print("strict bound (KLD <= 0.001, top >= 99%):", "met" if strict else "NOT met")
-print("within stock's noise floor (KLD <= 1.25 x floor, top >= floor - 1.5%):", "yes" if within_floor else "NO")
-sys.exit(0 if strict or within_floor else 1)
+sys.exit(0 if strict else 1)
 PY
 }
 t_kld_q4_1() { kld "$model"; }
