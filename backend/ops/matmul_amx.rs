@@ -94,30 +94,26 @@ struct I8Layout {
     thread_off: usize,
     thread_bytes: usize,
     row_tmp: usize,
-    /// Packed weights: one 16-row group back in ggml's layout.
-    ggml_rows: usize,
     /// Per weight row tile: unpacked values (16 rows of k), then scales, then minimums.
     wtile_bytes: usize,
 }
 
 impl I8Layout {
-    fn new(ty: DType, k: usize, m: usize) -> I8Layout {
+    fn new(k: usize, m: usize) -> I8Layout {
         let nb = k / I8_KBLOCK;
         let mt = m_tiles(m);
         let d_off = mt * nb * I8_BTILE;
         let s_off = d_off + align64(mt * nb * 16 * 4);
         let thread_off = s_off + align64(mt * nb * 16 * 4);
         let row_tmp = align64(DType::Q8_1.row_bytes(k));
-        let ggml_rows = align64(16 * ty.row_bytes(k));
         let wtile_bytes = align64(16 * k) + 2 * align64(nb * 16 * 4);
         I8Layout {
             nb,
             d_off,
             s_off,
             thread_off,
-            thread_bytes: row_tmp + ggml_rows + GROUP_TILES * wtile_bytes,
+            thread_bytes: row_tmp + GROUP_TILES * wtile_bytes,
             row_tmp,
-            ggml_rows,
             wtile_bytes,
         }
     }
@@ -149,7 +145,7 @@ pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
     let (k, m) = (node.src(0).ne[0], node.src(1).ne[1]);
     match kind(node) {
         Some(Kind::I8 { .. }) => {
-            let l = I8Layout::new(node.src(0).ty, k, m);
+            let l = I8Layout::new(k, m);
             l.thread_off + nth * l.thread_bytes
         }
         Some(Kind::Bf16) => {
@@ -194,7 +190,7 @@ fn weight_rows(w: &TensorRef, r0: usize) -> ([&'static [u8]; 16], usize) {
 
 fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
     let (w, x) = (node.src(0), node.src(1));
-    let l = I8Layout::new(w.ty, w.ne[0], x.ne[1]);
+    let l = I8Layout::new(w.ne[0], x.ne[1]);
     let (scratch, _) = ctx.scratch();
     i8_acts(node, ctx, scratch, &l, has_min);
     ctx.barrier();
@@ -297,30 +293,8 @@ fn i8_group(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &I8Layout, has_mi
     }; GROUP_TILES];
     for (j, t) in wt.iter_mut().enumerate().take(used) {
         let r0 = (tile0 + j) * 16;
-        let (mut rs, nrows) = weight_rows(w, r0);
-        if let Some(p) = &w.packed {
-            // Packed groups are whole 16-row tiles (Layout::for_weights): put this one back
-            // into ggml's layout in this thread's scratch, and take its rows from there.
-            let rb = w.ty.row_bytes(k);
-            let gb = p.layout.group_bytes(k);
-            // SAFETY: the packed copy holds n / 16 groups of gb bytes; the ggml_rows area
-            // (16 rows of rb) is this thread's and not otherwise in use here.
-            unsafe {
-                let buf = std::slice::from_raw_parts_mut(my.add(l.row_tmp), 16 * rb);
-                packed::unpack(
-                    p.layout,
-                    std::slice::from_raw_parts(p.data.add(r0 / 16 * gb), gb),
-                    buf,
-                    16,
-                    k,
-                );
-                for (i, r) in rs.iter_mut().enumerate() {
-                    *r = std::slice::from_raw_parts(my.add(l.row_tmp + i * rb), rb);
-                }
-            }
-        }
-        let in_place = if w.packed.is_some() { None } else { in_place };
-        let base = my.wrapping_add(l.row_tmp + l.ggml_rows + j * l.wtile_bytes);
+        let (rs, nrows) = weight_rows(w, r0);
+        let base = my.wrapping_add(l.row_tmp + j * l.wtile_bytes);
         let (qb, db) = (base, base.wrapping_add(align64(16 * k)));
         let mb = db.wrapping_add(align64(nb * 16 * 4));
         // SAFETY: this thread's staging for tile j (scratch_bytes reserves GROUP_TILES).
@@ -330,8 +304,24 @@ fn i8_group(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &I8Layout, has_mi
                 mb as *mut f32,
                 if has_min { nb * 16 } else { 0 },
             );
-            *t = match in_place {
-                Some(off) if nrows == 16 => {
+            let packed_group = w.packed.as_ref().map(|p| {
+                // Packed groups are whole 16-row tiles (Layout::for_weights).
+                let gb = p.layout.group_bytes(k);
+                (p.layout, std::slice::from_raw_parts(p.data.add(r0 / 16 * gb), gb))
+            });
+            *t = match (packed_group, in_place) {
+                (Some((layout, group)), _) => {
+                    rows::i8_rows_packed(layout, group, nb, std::slice::from_raw_parts_mut(qb, 16 * k), d, mm)
+                        .expect("kind() sends only int8 layouts here");
+                    WeightsI8 {
+                        q: qb,
+                        stride: I8_KBLOCK,
+                        block_step: 16 * I8_KBLOCK,
+                        d: db as *const f32,
+                        m: if has_min { mb as *const f32 } else { std::ptr::null() },
+                    }
+                }
+                (None, Some(off)) if nrows == 16 => {
                     rows::i8_scales(w.ty, &rs[..nrows], nb, d, mm);
                     WeightsI8 {
                         q: w.row_ptr(r0, 0, 0).add(off),
@@ -341,7 +331,7 @@ fn i8_group(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &I8Layout, has_mi
                         m: std::ptr::null(),
                     }
                 }
-                _ => {
+                (None, _) => {
                     rows::i8_rows(
                         w.ty,
                         &rs[..nrows],
@@ -425,7 +415,7 @@ pub fn mul_mat_coop(node: &Node, ctx: &ThreadCtx) {
     let mut acc = Block32::new();
     match kind(node) {
         Some(Kind::I8 { has_min }) => {
-            let l = I8Layout::new(w.ty, w.ne[0], x.ne[1]);
+            let l = I8Layout::new(w.ne[0], x.ne[1]);
             i8_acts(node, ctx, scratch, &l, has_min);
             let acts = super::matmul::prepare_vector_acts(node, ctx, vbase);
             ctx.barrier();

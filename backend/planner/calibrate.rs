@@ -21,7 +21,7 @@ use crate::backend::roofs;
 use crate::backend::tensor::TensorRef;
 
 /// Bump when a kernel changes what it costs: older cached profiles are then ignored.
-pub const KERNEL_REV: u32 = 4;
+pub const KERNEL_REV: u32 = 5;
 
 /// Weight types whose kernel costs are measured.
 pub const TYPES: [DType; 9] = [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::BF16, DType::F16, DType::Q4_1, DType::Q5_K, DType::F32];
@@ -56,9 +56,11 @@ pub fn cache_path() -> Option<PathBuf> {
     let matrix = crate::backend::kernels::amx::available();
     #[cfg(not(target_arch = "x86_64"))]
     let matrix = false;
-    // The matrix unit's availability is part of the key: a profile measured with
-    // SMEPILOT_DISABLE_AMX=1 must not hide the unit from later runs.
-    let key = format!("{}|{cores}|{KERNEL_REV}|{}|{matrix}", cpu_model(), env!("CARGO_PKG_VERSION"));
+    // The matrix unit's availability and the tile engine of the int8 types are part of the
+    // key: a profile measured with SMEPILOT_DISABLE_AMX=1 must not hide the unit from later
+    // runs, nor the bf16 engine's staging costs stand for the int8 engine's.
+    let int8 = crate::backend::config::get().map_or(true, |c| c.amx_int8);
+    let key = format!("{}|{cores}|{KERNEL_REV}|{}|{matrix}|{int8}", cpu_model(), env!("CARGO_PKG_VERSION"));
     Some(base.join("smepilot").join(format!("profile-{:016x}.txt", fnv(&key))))
 }
 

@@ -7,6 +7,7 @@
 
 use super::gemm::I8_KBLOCK;
 use crate::backend::dtype::DType;
+use crate::backend::kernels::packed::Layout;
 use crate::backend::kernels::quant::kernels;
 use half::f16;
 
@@ -142,4 +143,52 @@ pub fn bf16_rows(ty: DType, rows: &[&[u8]], k: usize, out: &mut [u8], tmp: &mut 
     }
     let to_f32 = kernels(ty).unwrap().to_f32;
     bf16_rows_from(rows.len(), k, out, tmp, row, |r, t| to_f32(rows[r], t));
+}
+
+/// [`i8_rows`] straight from one 16-row group of a packed layout (`Q4_0x16`, `Q4_1x16`,
+/// `Q8_0x16`; `None` for others): the 4-byte lanes are split into nibbles (or unflipped)
+/// four values at a time into the A tiles, without going back through ggml's layout.
+pub fn i8_rows_packed(layout: Layout, group: &[u8], nb: usize, q: &mut [u8], d: &mut [f32], m: &mut [f32]) -> Option<()> {
+    let (heads, vectors) = match layout {
+        Layout::Q4_0x16 => (1, 4),
+        Layout::Q4_1x16 => (2, 4),
+        Layout::Q8_0x16 => (1, 8),
+        _ => return None,
+    };
+    let gblock = layout.group_block();
+    assert!(group.len() >= nb * gblock && q.len() >= nb * 16 * I8_KBLOCK && d.len() >= nb * 16 && (heads == 1 || m.len() >= nb * 16));
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    for b in 0..nb {
+        let gb = &group[b * gblock..(b + 1) * gblock];
+        for r in 0..16 {
+            d[b * 16 + r] = h(gb, 2 * r);
+            if heads == 2 {
+                m[b * 16 + r] = h(gb, 32 + 2 * r);
+            }
+        }
+        let vec0 = 32 * heads;
+        let tile = &mut q[b * 16 * I8_KBLOCK..(b + 1) * 16 * I8_KBLOCK];
+        for r in 0..16 {
+            let row = &mut tile[r * I8_KBLOCK..(r + 1) * I8_KBLOCK];
+            for i in 0..vectors {
+                let v = u32_at(gb, vec0 + 64 * i + 4 * r);
+                let (at_lo, at_hi, lo, hi) = match layout {
+                    // k = 4i.. from the low nibbles, 16 + 4i.. from the high ones; Q4_0's
+                    // q - 8 bytewise without borrows: ((x | 0x80) - 8) ^ 0x80.
+                    Layout::Q4_0x16 => {
+                        let sub8 = |x: u32| ((x | 0x8080_8080) - 0x0808_0808) ^ 0x8080_8080;
+                        (4 * i, 16 + 4 * i, sub8(v & 0x0F0F_0F0F), sub8((v >> 4) & 0x0F0F_0F0F))
+                    }
+                    Layout::Q4_1x16 => (4 * i, 16 + 4 * i, v & 0x0F0F_0F0F, (v >> 4) & 0x0F0F_0F0F),
+                    _ => {
+                        row[4 * i..4 * i + 4].copy_from_slice(&(v ^ 0x8080_8080).to_le_bytes());
+                        continue;
+                    }
+                };
+                row[at_lo..at_lo + 4].copy_from_slice(&lo.to_le_bytes());
+                row[at_hi..at_hi + 4].copy_from_slice(&hi.to_le_bytes());
+            }
+        }
+    }
+    Some(())
 }
