@@ -143,24 +143,20 @@ pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
 /// Two passes per query row: scores (QK^T, scale, soft-cap, mask) and their maximum,
 /// then exp-weighted V accumulation with f16 V converted in registers.
 pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softcap: f32) {
+    let n_head = node.src(0).ne[2];
+    // Soft-capping divides the scale first (tanh(x * scale / cap) * cap), as ggml-cpu.
+    let scale = if softcap != 0.0 { scale / softcap } else { scale };
+    // SAFETY: sinks hold n_head f32 (supports).
+    let sinks = node.src[4].as_ref().map(|s| unsafe { slice::<f32>(s.data, n_head) });
     if let Some(b) = blocked(node) {
-        return flash_attn_blocked(node, ctx, &b, scale, max_bias, softcap);
+        return flash_attn_blocked(node, ctx, &b, scale, max_bias, softcap, sinks);
     }
     let (q, k, v, d) = (node.src(0), node.src(1), node.src(2), &node.dst);
     let mask = node.src[3].as_ref();
     let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
-    let (n_q, n_head) = (q.ne[1], q.ne[2]);
+    let n_q = q.ne[1];
     let f16k = kernels(DType::F16).unwrap();
     let (q_to_f16, kq_dot) = (f16k.from_f32.unwrap(), f16k.vec_dot.unwrap());
-    let scale = if softcap != 0.0 {
-        scale / softcap
-    } else {
-        scale
-    };
-    // SAFETY: sinks hold n_head f32 (supports).
-    let sinks = node.src[4]
-        .as_ref()
-        .map(|s| unsafe { slice::<f32>(s.data, n_head) });
 
     let (q16_bytes, acc_bytes, per) = per_thread(node);
     let (scratch, _) = ctx.scratch();
@@ -238,6 +234,7 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
 const F16_NEG_INF: u16 = 0xFC00;
 
 /// The blocked path (see the module comment).
+/// `scale` is already divided by `softcap` (when soft-capping); `sinks` per head.
 fn flash_attn_blocked(
     node: &Node,
     ctx: &ThreadCtx,
@@ -245,6 +242,7 @@ fn flash_attn_blocked(
     scale: f32,
     max_bias: f32,
     softcap: f32,
+    sinks: Option<&[f32]>,
 ) {
     let (q, k, v, d) = (node.src(0), node.src(1), node.src(2), &node.dst);
     let mask = node.src[3].as_ref();
@@ -253,15 +251,6 @@ fn flash_attn_blocked(
     let n_kb = b.n_kb;
     let f16_to_f32 = kernels(DType::F16).unwrap().to_f32;
     let kw = n_kb * BLOCK; // keys, padded
-    let scale = if softcap != 0.0 {
-        scale / softcap
-    } else {
-        scale
-    };
-    // SAFETY: sinks hold n_head f32 (supports).
-    let sinks = node.src[4]
-        .as_ref()
-        .map(|s| unsafe { slice::<f32>(s.data, n_head) });
     let (scratch, _) = ctx.scratch();
     let (n_kh, n_vh) = (k.ne[2] * k.ne[3], v.ne[2] * v.ne[3]);
     let k_at = |hk: usize| scratch.wrapping_add(hk * b.k_head) as *mut f32;

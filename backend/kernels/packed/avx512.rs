@@ -258,12 +258,37 @@ unsafe fn q6_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
     store_groups(&f, out);
 }
 
+/// The four 64-byte nibble vectors of a `Q4_0x16` / `Q4_1x16` group block at `at`, split
+/// into low (k = 4i ..) and high (k = 16 + 4i ..) nibbles, unsigned.
+#[inline(always)]
+unsafe fn nibble_vectors(at: *const u8) -> ([__m512i; 4], [__m512i; 4]) {
+    let m4 = _mm512_set1_epi8(0x0F);
+    let mut lo = [_mm512_setzero_si512(); 4];
+    let mut hi = [_mm512_setzero_si512(); 4];
+    for i in 0..4 {
+        let v = _mm512_loadu_si512(at.add(64 * i) as *const _);
+        lo[i] = _mm512_and_si512(v, m4);
+        hi[i] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+    }
+    (lo, hi)
+}
+
+/// 16 rows' int32 dots of unsigned nibbles with one block's 32 activation quants at `q`.
+#[inline(always)]
+unsafe fn nibble_dots(lo: &[__m512i; 4], hi: &[__m512i; 4], q: *const i32) -> __m512i {
+    let mut s = _mm512_setzero_si512();
+    for i in 0..4 {
+        s = _mm512_dpbusd_epi32(s, lo[i], _mm512_set1_epi32(q.add(i).read_unaligned()));
+        s = _mm512_dpbusd_epi32(s, hi[i], _mm512_set1_epi32(q.add(4 + i).read_unaligned()));
+    }
+    s
+}
+
 /// Up to M_PASS activation rows against one 16-row group: per block, the four weight vectors
 /// are split into low and high nibbles once and dotted with each row's broadcast quants.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 unsafe fn q4_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], sums: &[&[i32]; M], out: &mut [[f32; 16]]) {
     let bq8 = DType::Q8_0.block_bytes();
-    let m4 = _mm512_set1_epi8(0x0F);
     let mut f = [[_mm512_setzero_ps(); M]; G];
     const GROUP_BLOCK: usize = Layout::Q4_0x16.group_block();
     for b in 0..nb {
@@ -275,21 +300,10 @@ unsafe fn q4_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l * 64));
             }
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base as *const __m256i));
-            let mut lo = [_mm512_setzero_si512(); 4];
-            let mut hi = [_mm512_setzero_si512(); 4];
-            for i in 0..4 {
-                let v = _mm512_loadu_si512(base.add(32 + 64 * i) as *const _);
-                lo[i] = _mm512_and_si512(v, m4);
-                hi[i] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
-            }
+            let (lo, hi) = nibble_vectors(base.add(32));
             for (j, a) in acts.iter().enumerate() {
                 let ab = a.as_ptr().add(b * bq8);
-                let q = ab.add(2) as *const i32;
-                let mut s = _mm512_setzero_si512();
-                for i in 0..4 {
-                    s = _mm512_dpbusd_epi32(s, lo[i], _mm512_set1_epi32(q.add(i).read_unaligned()));
-                    s = _mm512_dpbusd_epi32(s, hi[i], _mm512_set1_epi32(q.add(4 + i).read_unaligned()));
-                }
+                let mut s = nibble_dots(&lo, &hi, ab.add(2) as *const i32);
                 // The nibbles went in unsigned: subtract 8 * sum(a) for q - 8.
                 s = _mm512_sub_epi32(s, _mm512_set1_epi32(8 * *sums[j].get_unchecked(b)));
                 let da = f16_at(ab);
@@ -345,7 +359,6 @@ unsafe fn q4_0x16_row_f32_body(group: &[u8], nb: usize, r: usize, out: &mut [f32
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 unsafe fn q4_1x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
     let bq8 = DType::Q8_1.block_bytes();
-    let m4 = _mm512_set1_epi8(0x0F);
     let mut f = [[_mm512_setzero_ps(); M]; G];
     const GROUP_BLOCK: usize = Layout::Q4_1x16.group_block();
     for b in 0..nb {
@@ -357,21 +370,10 @@ unsafe fn q4_1x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
             }
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base as *const __m256i));
             let mw = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(32) as *const __m256i));
-            let mut lo = [_mm512_setzero_si512(); 4];
-            let mut hi = [_mm512_setzero_si512(); 4];
-            for i in 0..4 {
-                let v = _mm512_loadu_si512(base.add(64 + 64 * i) as *const _);
-                lo[i] = _mm512_and_si512(v, m4);
-                hi[i] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
-            }
+            let (lo, hi) = nibble_vectors(base.add(64));
             for (j, a) in acts.iter().enumerate() {
                 let ab = a.as_ptr().add(b * bq8);
-                let q = ab.add(4) as *const i32;
-                let mut s = _mm512_setzero_si512();
-                for i in 0..4 {
-                    s = _mm512_dpbusd_epi32(s, lo[i], _mm512_set1_epi32(q.add(i).read_unaligned()));
-                    s = _mm512_dpbusd_epi32(s, hi[i], _mm512_set1_epi32(q.add(4 + i).read_unaligned()));
-                }
+                let s = nibble_dots(&lo, &hi, ab.add(4) as *const i32);
                 let (da, sa) = (f16_at(ab), f16_at(ab.add(2)));
                 f[gi][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(da)), f[gi][j]);
                 f[gi][j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(sa), f[gi][j]);
