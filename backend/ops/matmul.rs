@@ -307,6 +307,31 @@ pub(super) fn vector_rows(node: &Node, acts: &VectorActs, r0: usize, r1: usize) 
     }
     let vec_dot = kernels(w.ty).and_then(|t| t.vec_dot).expect("supports() checked the dot");
     let w_bytes = w.row_bytes();
+    let mut r0 = r0;
+    // BF16: four weight rows at a time (four DRAM streams in decode), the same bits as
+    // four single dots.
+    #[cfg(target_arch = "x86_64")]
+    while w.ty == DType::BF16 && r0 + 4 <= r1 && !crate::backend::kernels::quant::force_scalar() {
+        // SAFETY: as below, for rows r0 .. r0 + 4.
+        let rows: [&[u8]; 4] = std::array::from_fn(|i| unsafe { slice::<u8>(w.row_ptr(r0 + i, 0, 0), w_bytes) });
+        let mut done = true;
+        for m in 0..acts.m {
+            // SAFETY: as below.
+            let (a, _) = unsafe { acts.row(m) };
+            let Some(v) = crate::backend::kernels::quant::avx512::dot_bf16_x4(k, rows, a) else {
+                done = false;
+                break;
+            };
+            for (i, x) in v.into_iter().enumerate() {
+                // SAFETY: as below.
+                unsafe { *(d.row_ptr(m, 0, 0) as *mut f32).add(r0 + i) = x };
+            }
+        }
+        if !done {
+            break;
+        }
+        r0 += 4;
+    }
     for n in r0..r1 {
         // SAFETY: weight rows are packed rows of w_bytes (supports); activation rows were
         // filled before the caller's barrier; output column n of every row is this caller's.

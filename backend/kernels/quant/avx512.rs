@@ -532,6 +532,48 @@ fn dot_bf16_dp_impl(n: usize, w: &[u8], a: &[u8]) -> f32 {
     _mm512_reduce_add_ps(s)
 }
 
+/// Four BF16 rows against one activation row, each with exactly [`dot_bf16_dp_impl`]'s
+/// accumulation (so the same bits as four single dots): four weight streams in flight at
+/// once keep more DRAM reads outstanding in decode than one. `None` without AVX512-BF16.
+pub fn dot_bf16_x4(n: usize, w: [&[u8]; 4], a: &[u8]) -> Option<[f32; 4]> {
+    if !has_bf16() || w.iter().any(|r| r.len() < 2 * n) || a.len() < 2 * n {
+        return None;
+    }
+    // SAFETY: AVX-512 F/BW/VL/VNNI/BF16 detected; lengths checked.
+    Some(unsafe { dot_bf16_x4_impl(n, w, a) })
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c,avx512bf16")]
+fn dot_bf16_x4_impl(n: usize, w: [&[u8]; 4], a: &[u8]) -> [f32; 4] {
+    let chunks = 2 * n / 64;
+    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    let full = chunks / 4 * 4;
+    for c in (0..full).step_by(4) {
+        for k in 0..4 {
+            let y = as_bh(ld512(a[(c + k) * 64..].first_chunk::<64>().unwrap()));
+            for (r, row) in w.iter().enumerate() {
+                acc[r][k] = _mm512_dpbf16_ps(acc[r][k], as_bh(ld512(row[(c + k) * 64..].first_chunk::<64>().unwrap())), y);
+            }
+        }
+    }
+    for c in full..chunks {
+        let y = as_bh(ld512(a[c * 64..].first_chunk::<64>().unwrap()));
+        for (r, row) in w.iter().enumerate() {
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], as_bh(ld512(row[c * 64..].first_chunk::<64>().unwrap())), y);
+        }
+    }
+    let tail = chunks * 64..2 * n;
+    let mut out = [0f32; 4];
+    for (r, row) in w.iter().enumerate() {
+        if !tail.is_empty() {
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], as_bh(ld512_epi16_tail(&row[tail.clone()])), as_bh(ld512_epi16_tail(&a[tail.clone()])));
+        }
+        let s = _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3]));
+        out[r] = _mm512_reduce_add_ps(s);
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // Activation quantizers (bit-identical to the scalar tier)
 // ---------------------------------------------------------------------------------------------

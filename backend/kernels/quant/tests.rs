@@ -1077,3 +1077,25 @@ fn bad_lengths_panic_in_every_tier() {
     }
     std::panic::set_hook(prev);
 }
+
+/// The four-row BF16 dot gives the bits of four single dots, on odd lengths (whole
+/// 4-chunk steps, leftover chunks, a partial tail).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn bf16_four_row_dot_matches_single_dots_bit_for_bit() {
+    if !avx512::has_bf16() {
+        eprintln!("no AVX512-BF16: four-row dot not exercised");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(31);
+    let dot = kernels(DType::BF16).unwrap().vec_dot.unwrap();
+    for n in [3072, 32, 1, 17, 200, 131, 512 + 48] {
+        let bytes = |rng: &mut StdRng| -> Vec<u8> { (0..n).flat_map(|_| half::bf16::from_f32(rng.gen_range(-2.0..2.0)).to_bits().to_le_bytes()).collect() };
+        let rows: Vec<Vec<u8>> = (0..4).map(|_| bytes(&mut rng)).collect();
+        let a = bytes(&mut rng);
+        let got = avx512::dot_bf16_x4(n, std::array::from_fn(|i| &rows[i][..]), &a).unwrap();
+        for i in 0..4 {
+            assert_eq!(got[i].to_bits(), dot(n, &rows[i], &a).to_bits(), "n={n} row {i}");
+        }
+    }
+}
