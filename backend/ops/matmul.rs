@@ -307,31 +307,8 @@ pub(super) fn vector_rows(node: &Node, acts: &VectorActs, r0: usize, r1: usize) 
     }
     let vec_dot = kernels(w.ty).and_then(|t| t.vec_dot).expect("supports() checked the dot");
     let w_bytes = w.row_bytes();
-    let mut r0 = r0;
-    // BF16: four weight rows at a time (four DRAM streams in decode), the same bits as
-    // four single dots.
     #[cfg(target_arch = "x86_64")]
-    while w.ty == DType::BF16 && r0 + 4 <= r1 && !crate::backend::kernels::quant::force_scalar() {
-        // SAFETY: as below, for rows r0 .. r0 + 4.
-        let rows: [&[u8]; 4] = std::array::from_fn(|i| unsafe { slice::<u8>(w.row_ptr(r0 + i, 0, 0), w_bytes) });
-        let mut done = true;
-        for m in 0..acts.m {
-            // SAFETY: as below.
-            let (a, _) = unsafe { acts.row(m) };
-            let Some(v) = crate::backend::kernels::quant::avx512::dot_bf16_x4(k, rows, a) else {
-                done = false;
-                break;
-            };
-            for (i, x) in v.into_iter().enumerate() {
-                // SAFETY: as below.
-                unsafe { *(d.row_ptr(m, 0, 0) as *mut f32).add(r0 + i) = x };
-            }
-        }
-        if !done {
-            break;
-        }
-        r0 += 4;
-    }
+    let r0 = bf16_rows_in_fours(node, acts, r0, r1);
     for n in r0..r1 {
         // SAFETY: weight rows are packed rows of w_bytes (supports); activation rows were
         // filled before the caller's barrier; output column n of every row is this caller's.
@@ -343,6 +320,34 @@ pub(super) fn vector_rows(node: &Node, acts: &VectorActs, r0: usize, r1: usize) 
             }
         }
     }
+}
+
+/// BF16 weight rows `r0 ..` four at a time while four remain (four DRAM streams in decode),
+/// with the same bits as four single dots; returns the first row left to the caller.
+#[cfg(target_arch = "x86_64")]
+fn bf16_rows_in_fours(node: &Node, acts: &VectorActs, mut r0: usize, r1: usize) -> usize {
+    use crate::backend::kernels::quant::{avx512, force_scalar};
+    let (w, d) = (node.src(0), &node.dst);
+    if w.ty != DType::BF16 || !avx512::has_bf16() || force_scalar() {
+        return r0;
+    }
+    let (k, w_bytes) = (w.ne[0], w.row_bytes());
+    while r0 + 4 <= r1 {
+        // SAFETY: weight rows are packed rows of w_bytes (supports); activation rows were
+        // filled before the caller's barrier; output columns r0 .. r1 are the caller's.
+        let rows: [&[u8]; 4] = std::array::from_fn(|i| unsafe { slice::<u8>(w.row_ptr(r0 + i, 0, 0), w_bytes) });
+        for m in 0..acts.m {
+            // SAFETY: as above.
+            let (a, _) = unsafe { acts.row(m) };
+            let v = avx512::dot_bf16_x4(k, rows, a).expect("AVX512-BF16 checked; rows hold k values");
+            for (i, x) in v.into_iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { *(d.row_ptr(m, 0, 0) as *mut f32).add(r0 + i) = x };
+            }
+        }
+        r0 += 4;
+    }
+    r0
 }
 
 /// A 2-D product with packed weights on the vector kernels: activations converted once,

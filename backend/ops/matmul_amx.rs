@@ -34,7 +34,7 @@ fn kind(node: &Node) -> Option<Kind> {
     if !two_d || !feasible_type(w.ty, w.ne[0]) {
         return None;
     }
-    // The int8 engine takes ggml's layout, or packed groups put back into it per tile.
+    // The int8 engine takes ggml's layout or the packed one (groups staged per tile).
     let int8 = match test_engine::get() {
         Some(int8) => int8,
         None => crate::backend::config::get().is_ok_and(|c| c.amx_int8),
@@ -304,23 +304,7 @@ fn i8_group(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &I8Layout, has_mi
                 mb as *mut f32,
                 if has_min { nb * 16 } else { 0 },
             );
-            let packed_group = w.packed.as_ref().map(|p| {
-                // Packed groups are whole 16-row tiles (Layout::for_weights).
-                let gb = p.layout.group_bytes(k);
-                (p.layout, std::slice::from_raw_parts(p.data.add(r0 / 16 * gb), gb))
-            });
-            *t = match (packed_group, in_place) {
-                (Some((layout, group)), _) => {
-                    rows::i8_rows_packed(layout, group, nb, std::slice::from_raw_parts_mut(qb, 16 * k), d, mm)
-                        .expect("kind() sends only int8 layouts here");
-                    WeightsI8 {
-                        q: qb,
-                        stride: I8_KBLOCK,
-                        block_step: 16 * I8_KBLOCK,
-                        d: db as *const f32,
-                        m: if has_min { mb as *const f32 } else { std::ptr::null() },
-                    }
-                }
+            *t = match (&w.packed, in_place) {
                 (None, Some(off)) if nrows == 16 => {
                     rows::i8_scales(w.ty, &rs[..nrows], nb, d, mm);
                     WeightsI8 {
@@ -331,25 +315,23 @@ fn i8_group(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &I8Layout, has_mi
                         m: std::ptr::null(),
                     }
                 }
-                (None, _) => {
-                    rows::i8_rows(
-                        w.ty,
-                        &rs[..nrows],
-                        nb,
-                        std::slice::from_raw_parts_mut(qb, 16 * k),
-                        d,
-                        mm,
-                    );
+                (packed, _) => {
+                    let q = std::slice::from_raw_parts_mut(qb, 16 * k);
+                    match packed {
+                        // Packed groups are whole 16-row tiles (Layout::for_weights).
+                        Some(p) => {
+                            let gb = p.layout.group_bytes(k);
+                            let group = std::slice::from_raw_parts(p.data.add(r0 / 16 * gb), gb);
+                            rows::i8_rows_packed(p.layout, group, nb, q, d, mm).expect("kind() sends only int8 layouts here");
+                        }
+                        None => rows::i8_rows(w.ty, &rs[..nrows], nb, q, d, mm),
+                    }
                     WeightsI8 {
                         q: qb,
                         stride: I8_KBLOCK,
                         block_step: 16 * I8_KBLOCK,
                         d: db as *const f32,
-                        m: if has_min {
-                            mb as *const f32
-                        } else {
-                            std::ptr::null()
-                        },
+                        m: if has_min { mb as *const f32 } else { std::ptr::null() },
                     }
                 }
             };
@@ -403,7 +385,8 @@ fn mul_mat_bf16(node: &Node, ctx: &ThreadCtx) {
 /// Cooperative execution: the first `plan.matrix_threads` threads run 64-row weight groups
 /// on the tile unit, taking them from the front of the node's queue; the others run the
 /// vector kernels on groups from the back. Both sides' activations are prepared first
-/// (bf16 B tiles, and the weight type's vector format after them in the scratch); where
+/// (the tile engine's B tiles, and the weight type's vector format after them in the
+/// scratch); where
 /// the two sides meet depends on how fast each runs, not on a fixed ratio.
 pub fn mul_mat_coop(node: &Node, ctx: &ThreadCtx) {
     let (w, x) = (node.src(0), node.src(1));

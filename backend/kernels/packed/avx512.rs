@@ -61,14 +61,20 @@ pub fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]],
     }
 }
 
-/// Prefetches one group block ahead of `base` (the hardware prefetcher alone leaves DRAM
-/// idle between blocks when one row group streams per pass).
+/// Prefetches the `bytes` from `at` (the hardware prefetcher alone leaves DRAM idle between
+/// blocks when one row group streams per pass).
+#[inline(always)]
+unsafe fn prefetch(at: *const u8, bytes: usize) {
+    let at = at as *const i8;
+    for l in 0..bytes.div_ceil(64) {
+        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(l * 64));
+    }
+}
+
+/// Prefetches one group block ahead of `base`.
 #[inline(always)]
 unsafe fn prefetch_next(base: *const u8, gb: usize) {
-    let ahead = base.wrapping_add(gb) as *const i8;
-    for l in 0..gb.div_ceil(64) {
-        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l * 64));
-    }
+    prefetch(base.wrapping_add(gb), gb)
 }
 
 /// The passes' accumulators out: group gi against activation row j to `out[gi * M + j]`.
@@ -295,10 +301,7 @@ unsafe fn q4_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
         for (gi, g) in groups.iter().enumerate() {
             let base = g.as_ptr().add(b * GROUP_BLOCK);
             // Stream ahead of the hardware prefetcher (DRAM-bound with one row group per pass).
-            let ahead = base.wrapping_add(PREFETCH_AHEAD) as *const i8;
-            for l in 0..GROUP_BLOCK.div_ceil(64) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l * 64));
-            }
+            prefetch(base.wrapping_add(PREFETCH_AHEAD), GROUP_BLOCK);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base as *const __m256i));
             let (lo, hi) = nibble_vectors(base.add(32));
             for (j, a) in acts.iter().enumerate() {
@@ -364,10 +367,7 @@ unsafe fn q4_1x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
     for b in 0..nb {
         for (gi, g) in groups.iter().enumerate() {
             let base = g.as_ptr().add(b * GROUP_BLOCK);
-            let ahead = base.wrapping_add(PREFETCH_AHEAD) as *const i8;
-            for l in 0..GROUP_BLOCK.div_ceil(64) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l * 64));
-            }
+            prefetch(base.wrapping_add(PREFETCH_AHEAD), GROUP_BLOCK);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base as *const __m256i));
             let mw = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(32) as *const __m256i));
             let (lo, hi) = nibble_vectors(base.add(64));
