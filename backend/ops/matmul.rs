@@ -103,6 +103,17 @@ pub fn matrix_feasible_type(ty: DType, k: usize) -> bool {
     }
 }
 
+/// Whether the matrix unit runs products of `ty` on its int8 engine (else bf16).
+pub fn tile_int8_type(ty: DType) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::matmul_amx::int8_engine(ty);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = ty;
+        false
+    }
+}
+
 /// The mode the node runs in: the plan's where it can run (coop needs at least one thread
 /// on each side), else the vector path; without a plan, the matrix unit from 16 rows up.
 pub fn effective_mode(node: &Node, plan: &Plan, nth: usize) -> Mode {

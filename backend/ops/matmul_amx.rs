@@ -35,14 +35,22 @@ fn kind(node: &Node) -> Option<Kind> {
         return None;
     }
     // The int8 engine takes ggml's layout or the packed one (groups staged per tile).
-    let int8 = match test_engine::get() {
-        Some(int8) => int8,
-        None => crate::backend::config::get().is_ok_and(|c| c.amx_int8),
-    };
-    if let (true, Some(has_min)) = (int8, rows::i8_weight(w.ty)) {
+    if let (true, Some(has_min)) = (int8_engine_on(), rows::i8_weight(w.ty)) {
         return Some(Kind::I8 { has_min });
     }
     rows::bf16_weight(w.ty).then_some(Kind::Bf16)
+}
+
+fn int8_engine_on() -> bool {
+    match test_engine::get() {
+        Some(int8) => int8,
+        None => crate::backend::config::get().is_ok_and(|c| c.amx_int8),
+    }
+}
+
+/// Whether 2-D products of `ty` weights run on the int8 tile engine (else the bf16 one).
+pub fn int8_engine(ty: DType) -> bool {
+    int8_engine_on() && rows::i8_weight(ty).is_some()
 }
 
 /// Tests pick the engine per run instead of per process (SMEPILOT_AMX_INT8 is read once).

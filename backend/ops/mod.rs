@@ -15,7 +15,7 @@ use super::dtype::DType;
 use super::exec::ThreadCtx;
 use super::tensor::TensorRef;
 
-pub use matmul::matrix_feasible_type;
+pub use matmul::{matrix_feasible_type, tile_int8_type};
 pub use rope::RopeParams;
 
 /// One graph operator with its decoded parameters.

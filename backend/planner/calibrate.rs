@@ -21,7 +21,7 @@ use crate::backend::roofs;
 use crate::backend::tensor::TensorRef;
 
 /// Bump when a kernel changes what it costs: older cached profiles are then ignored.
-pub const KERNEL_REV: u32 = 5;
+pub const KERNEL_REV: u32 = 6;
 
 /// Weight types whose kernel costs are measured.
 pub const TYPES: [DType; 9] = [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::BF16, DType::F16, DType::Q4_1, DType::Q5_K, DType::F32];
@@ -110,8 +110,8 @@ pub fn with_settings(p: MachineProfile) -> MachineProfile {
 pub fn measure() -> MachineProfile {
     let cores = crate::ffi::os::allowed_cpus().len().max(1);
     let dram_read = dram_by_threads(cores);
-    let kernels_measured = kernel_costs();
-    let (matrix, dram_beside_matrix) = matrix_units(cores, &kernels_measured);
+    let (kernels, fits) = kernel_costs();
+    let (matrix, dram_beside_matrix) = matrix_units(cores, fits);
     let (vec_fp32_peak, vec_int8_peak) = vector_peaks();
     MachineProfile {
         cpu: cpu_model(),
@@ -121,7 +121,7 @@ pub fn measure() -> MachineProfile {
         vec_int8_peak,
         dram_read,
         dram_beside_matrix,
-        kernels: kernels_measured.into_iter().map(|(c, _)| c).collect(),
+        kernels,
         node_overhead: node_overhead(cores),
         attn_row_ns: attention_ns(1, 1024),
         attn_blocked_ns: attention_ns(64, 512),
@@ -195,11 +195,11 @@ fn dram_by_threads(cores: usize) -> Vec<f64> {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn matrix_units(cores: usize, k: &[(KernelCost, Option<(f64, f64)>)]) -> (Option<MatrixUnits>, f64) {
-    let fit = k.iter().find(|(c, _)| c.ty == DType::BF16).and_then(|(_, r)| *r);
-    match (roofs::amx_rate(1, true, 64), roofs::amx_rate(1, false, 64), fit) {
-        (Some(bf16_peak), Some(int8_peak), Some((bf16_kernel, act_ns))) => (
-            Some(MatrixUnits { units: cores, cores_per_unit: 1, bf16_peak, int8_peak, bf16_kernel, act_ns }),
+fn matrix_units(cores: usize, fits: TileFits) -> (Option<MatrixUnits>, f64) {
+    let (int8_kernel, act_i8_ns) = fits.int8.map_or((0.0, 0.0), |f| (1.0 / f.flop, f.act * 1e9));
+    match (roofs::amx_rate(1, true, 64), roofs::amx_rate(1, false, 64), fits.bf16) {
+        (Some(bf16_peak), Some(int8_peak), Some(f)) => (
+            Some(MatrixUnits { units: cores, cores_per_unit: 1, bf16_peak, int8_peak, bf16_kernel: 1.0 / f.flop, act_ns: f.act * 1e9, int8_kernel, act_i8_ns }),
             roofs::dram_beside_tiles(cores, (64 << 20).min((1 << 30) / cores)).unwrap_or(0.0),
         ),
         _ => (None, 0.0),
@@ -207,7 +207,7 @@ fn matrix_units(cores: usize, k: &[(KernelCost, Option<(f64, f64)>)]) -> (Option
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn matrix_units(_: usize, _: &[(KernelCost, Option<(f64, f64)>)]) -> (Option<MatrixUnits>, f64) {
+fn matrix_units(_: usize, _: TileFits) -> (Option<MatrixUnits>, f64) {
     (None, 0.0)
 }
 
@@ -302,20 +302,38 @@ fn time_mode(exec: &mut Executor, node: &Node, mode: Mode, reps: usize) -> f64 {
     time_plan(exec, node, Plan::forced(mode, 1), reps)
 }
 
+/// A tile kernel's fitted costs: seconds per activation element (converting activations
+/// into its B tiles) and seconds per flop of its products.
+#[derive(Clone, Copy, Debug)]
+struct TileFit {
+    act: f64,
+    flop: f64,
+}
+
+/// The fits of the two tile kernels (None where the kernel does not run here).
+#[derive(Clone, Copy, Debug, Default)]
+struct TileFits {
+    bf16: Option<TileFit>,
+    int8: Option<TileFit>,
+}
+
 /// Per type, the kernel costs on one core with cache-resident weights (2048 columns; 128
-/// rows for the vector path, 512 for the matrix path), and for BF16 the tile kernel's rate
-/// (ops/s) and activation conversion cost (ns per element). The matrix path's time is fitted as staging per weight element, plus converting
-/// the activations per activation element, plus the tile products: BF16 at three shapes
-/// gives all three; the other types' staging follows from one shape.
-fn kernel_costs() -> Vec<(KernelCost, Option<(f64, f64)>)> {
+/// rows for the vector path, 512 for the matrix path), and the fits of the tile kernels.
+/// A matrix-path time is modelled as staging per weight element, plus converting the
+/// activations per activation element, plus the tile products. One type per tile kernel
+/// (BF16 for bf16, Q8_0 for int8) is timed at three shapes, which gives all three terms;
+/// the other types of that kernel take its activation and product terms, and their
+/// staging follows from one shape.
+fn kernel_costs() -> (Vec<KernelCost>, TileFits) {
     const K: usize = 2048;
     let mut exec = Executor::new(1);
     let mut x: Vec<f32> = (0..K * 128).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
     let mut d = vec![0f32; 512 * 128];
-    // (seconds per activation element, seconds per flop) from the BF16 fit.
-    let mut act_and_flop: Option<(f64, f64)> = None;
+    let mut fits = TileFits::default();
     let mut out = Vec::new();
-    for ty in [DType::BF16].into_iter().chain(TYPES.into_iter().filter(|&t| t != DType::BF16)) {
+    let fitted_first = [DType::BF16, DType::Q8_0];
+    for ty in fitted_first.into_iter().chain(TYPES.into_iter().filter(|t| !fitted_first.contains(t))) {
+        let tile_int8 = crate::backend::ops::tile_int8_type(ty);
         let mut w = random_weights(ty, 512, K, 1);
         let mut packed_copy = vec![0u8; w.len()];
         let mut time = |m: usize, n: usize, mode: Mode| -> Option<f64> {
@@ -345,10 +363,11 @@ fn kernel_costs() -> Vec<(KernelCost, Option<(f64, f64)>)> {
         };
         let (Some(v1), Some(v4)) = (time(1, 128, Mode::Vector), time(4, 128, Mode::Vector)) else { continue };
         let (elems, k) = ((128 * K) as f64, K as f64);
-        let mut rate = None;
         let mut stage_ns = f64::INFINITY;
         if let Some(t32) = time(32, 512, Mode::Matrix) {
-            if ty == DType::BF16 {
+            let fit = if tile_int8 { &mut fits.int8 } else { &mut fits.bf16 };
+            let fits_here = ty == if tile_int8 { DType::Q8_0 } else { DType::BF16 };
+            if fits_here {
                 if let (Some(t128), Some(t128s)) = (time(128, 512, Mode::Matrix), time(128, 128, Mode::Matrix)) {
                     // t(m, n) / k = n stage + m act + 2 m n flop at (32, 512), (128, 512)
                     // and (128, 128), solved by Cramer's rule.
@@ -357,18 +376,17 @@ fn kernel_costs() -> Vec<(KernelCost, Option<(f64, f64)>)> {
                     let f = if f > 0.0 { f } else { (t128 - t32) / (2.0 * 96.0 * 512.0 * k) };
                     // Noise can push a term below zero; staging costs at least a copy.
                     let (stage, act) = (stage.max(0.05 * t32 / (512.0 * k)), act.max(0.0));
-                    act_and_flop = Some((act, f));
-                    rate = Some((1.0 / f, act * 1e9));
+                    *fit = Some(TileFit { act, flop: f });
                     stage_ns = stage * 1e9;
                 }
-            } else if let Some((act, f)) = act_and_flop {
-                let rest = t32 - 32.0 * k * act - 2.0 * 32.0 * 512.0 * k * f;
+            } else if let Some(f) = *fit {
+                let rest = t32 - 32.0 * k * f.act - 2.0 * 32.0 * 512.0 * k * f.flop;
                 stage_ns = (rest.max(t32 * 0.05) / (512.0 * k)) * 1e9;
             }
         }
-        out.push((KernelCost { ty, vec_m1_ns: v1 / elems * 1e9, vec_m4_ns: v4 / elems * 1e9, stage_ns }, rate));
+        out.push(KernelCost { ty, vec_m1_ns: v1 / elems * 1e9, vec_m4_ns: v4 / elems * 1e9, stage_ns, tile_int8 });
     }
-    out
+    (out, fits)
 }
 
 /// Solves the 3 x 3 system `rows[i][..3] . x = rows[i][3]` (Cramer's rule).
@@ -396,10 +414,13 @@ pub fn to_text(p: &MachineProfile) -> String {
     s += &format!("dram_beside_matrix {:e}\n", p.dram_beside_matrix);
     s += &format!("vector {:e} {:e}\n", p.vec_fp32_peak, p.vec_int8_peak);
     if let Some(m) = &p.matrix {
-        s += &format!("matrix {} {} {:e} {:e} {:e} {:e}\n", m.units, m.cores_per_unit, m.bf16_peak, m.int8_peak, m.bf16_kernel, m.act_ns);
+        s += &format!(
+            "matrix {} {} {:e} {:e} {:e} {:e} {:e} {:e}\n",
+            m.units, m.cores_per_unit, m.bf16_peak, m.int8_peak, m.bf16_kernel, m.act_ns, m.int8_kernel, m.act_i8_ns
+        );
     }
     for c in &p.kernels {
-        s += &format!("kernel {} {:e} {:e} {:e}\n", c.ty.name(), c.vec_m1_ns, c.vec_m4_ns, c.stage_ns);
+        s += &format!("kernel {} {:e} {:e} {:e} {}\n", c.ty.name(), c.vec_m1_ns, c.vec_m4_ns, c.stage_ns, if c.tile_int8 { "int8" } else { "bf16" });
     }
     s += &format!("attention {:e} {:e}\n", p.attn_row_ns, p.attn_blocked_ns);
     s
@@ -435,8 +456,8 @@ pub fn parse(text: &str) -> Option<MachineProfile> {
             }
             "matrix" => {
                 let v = nums()?;
-                let &[units, per, bf16_peak, int8_peak, bf16_kernel, act_ns] = v.as_slice() else { return None };
-                p.matrix = Some(MatrixUnits { units: units as usize, cores_per_unit: per as usize, bf16_peak, int8_peak, bf16_kernel, act_ns });
+                let &[units, per, bf16_peak, int8_peak, bf16_kernel, act_ns, int8_kernel, act_i8_ns] = v.as_slice() else { return None };
+                p.matrix = Some(MatrixUnits { units: units as usize, cores_per_unit: per as usize, bf16_peak, int8_peak, bf16_kernel, act_ns, int8_kernel, act_i8_ns });
             }
             "attention" => {
                 let v = nums()?;
@@ -446,9 +467,15 @@ pub fn parse(text: &str) -> Option<MachineProfile> {
             "kernel" => {
                 let (name, vals) = rest.split_once(' ')?;
                 let ty = TYPES.into_iter().find(|t| t.name() == name)?;
+                let (vals, engine) = vals.rsplit_once(' ')?;
+                let tile_int8 = match engine {
+                    "int8" => true,
+                    "bf16" => false,
+                    _ => return None,
+                };
                 let v: Vec<f64> = vals.split_whitespace().map(|v| v.parse().ok()).collect::<Option<_>>()?;
                 let &[vec_m1_ns, vec_m4_ns, stage_ns] = v.as_slice() else { return None };
-                p.kernels.push(KernelCost { ty, vec_m1_ns, vec_m4_ns, stage_ns });
+                p.kernels.push(KernelCost { ty, vec_m1_ns, vec_m4_ns, stage_ns, tile_int8 });
             }
             _ => return None,
         }
@@ -460,7 +487,8 @@ pub fn parse(text: &str) -> Option<MachineProfile> {
 /// its kernel costs (a damaged or partial cache is measured again, not trusted).
 fn valid(p: &MachineProfile) -> bool {
     let pos = |v: f64| v.is_finite() && v > 0.0;
-    let matrix_ok = p.matrix.as_ref().is_none_or(|m| m.units > 0 && pos(m.bf16_peak) && pos(m.int8_peak) && pos(m.bf16_kernel) && m.act_ns.is_finite() && m.act_ns >= 0.0);
+    let matrix_ok = p.matrix.as_ref().is_none_or(|m| m.units > 0 && pos(m.bf16_peak) && pos(m.int8_peak) && pos(m.bf16_kernel) && m.act_ns.is_finite() && m.act_ns >= 0.0
+        && m.int8_kernel.is_finite() && m.int8_kernel >= 0.0 && m.act_i8_ns.is_finite() && m.act_i8_ns >= 0.0);
     p.cores > 0
         && p.dram_read.len() == p.cores
         && p.dram_read.iter().all(|&b| pos(b))
@@ -485,17 +513,23 @@ pub fn report(p: &MachineProfile) -> String {
     match &p.matrix {
         Some(m) => {
             s += &format!(
-                "matrix units: {} ({} core(s) each); per unit: bf16 peak {:.0} GFLOP/s, int8 peak {:.0} GOPS, SMEPilot's bf16 tile kernel {:.0} GFLOP/s, activations into tiles {:.2} ns per element\n",
-                m.units, m.cores_per_unit, m.bf16_peak / 1e9, m.int8_peak / 1e9, m.bf16_kernel / 1e9, m.act_ns
+                "matrix units: {} ({} core(s) each); per unit: bf16 peak {:.0} GFLOP/s, int8 peak {:.0} GOPS\n",
+                m.units, m.cores_per_unit, m.bf16_peak / 1e9, m.int8_peak / 1e9
             );
+            s += &format!("SMEPilot's tile kernels, one unit: bf16 {:.0} GFLOP/s (activations into tiles {:.2} ns per element)", m.bf16_kernel / 1e9, m.act_ns);
+            s += &if m.int8_kernel > 0.0 {
+                format!(", int8 with per-block scales {:.0} GOPS (activations quantized into tiles {:.2} ns per element)\n", m.int8_kernel / 1e9, m.act_i8_ns)
+            } else {
+                ", no int8 kernel\n".to_string()
+            };
             s += &format!("DRAM read left to the vector cores while a matrix unit streams: {:.1} GB/s\n", p.dram_beside_matrix / 1e9);
         }
         None => s += "matrix units: none\n",
     }
     s += &format!("vector peaks per core: fp32 {:.0} GFLOP/s, int8 {:.0} GOPS\n", p.vec_fp32_peak / 1e9, p.vec_int8_peak / 1e9);
-    s += "kernel costs, one core, cache-resident (ns per weight element):\n  type   vector M=1  vector M=4  matrix staging\n";
+    s += "kernel costs, one core, cache-resident (ns per weight element):\n  type   vector M=1  vector M=4  matrix staging  tile kernel\n";
     for c in &p.kernels {
-        s += &format!("  {:6} {:10.3}  {:10.3}  {:14.3}\n", c.ty.name(), c.vec_m1_ns, c.vec_m4_ns, c.stage_ns);
+        s += &format!("  {:6} {:10.3}  {:10.3}  {:14.3}  {}\n", c.ty.name(), c.vec_m1_ns, c.vec_m4_ns, c.stage_ns, if c.tile_int8 { "int8" } else { "bf16" });
     }
     s += &format!(
         "flash attention, one core (ns per query row x key x head element): per-row path {:.4}, blocked path {:.4}\n",

@@ -74,12 +74,17 @@ fn matrix_work(p: &MachineProfile, s: &MatShape) -> f64 {
         _ => return f64::INFINITY,
     };
     let padded = 2.0 * (s.m.next_multiple_of(32) * s.n.next_multiple_of(32) * s.k) as f64;
-    s.elems() * c.stage_ns * 1e-9 + padded / mu.bf16_kernel
+    s.elems() * c.stage_ns * 1e-9 + padded / mu.kernel_for(&c).0
 }
 
-/// Converting the activations into B tiles, split over `threads`.
+/// Converting the activations into the B tiles of the type's tile kernel, split over
+/// `threads`.
 fn act_secs(p: &MachineProfile, s: &MatShape, threads: usize) -> f64 {
-    let ns = p.matrix.as_ref().map_or(0.0, |m| m.act_ns);
+    let ns = match (&p.matrix, p.kernel(s.ty)) {
+        (Some(mu), Some(c)) => mu.kernel_for(c).1,
+        (Some(mu), None) => mu.act_ns,
+        (None, _) => 0.0,
+    };
     (s.m * s.k) as f64 * ns * 1e-9 / threads.max(1) as f64
 }
 

@@ -20,6 +20,23 @@ pub struct MatrixUnits {
     pub bf16_kernel: f64,
     /// ns per activation element to convert activations into B tiles, once per call.
     pub act_ns: f64,
+    /// The int8 tile kernel (per-block scaled, as the quantized types run it): its rate,
+    /// ops/s, and ns per activation element to quantize activations into its B tiles.
+    /// Zero rate: no int8 tile engine, those types run on the bf16 kernel.
+    pub int8_kernel: f64,
+    pub act_i8_ns: f64,
+}
+
+impl MatrixUnits {
+    /// Rate of the tile kernel `c`'s type runs on, ops/s, and its activation cost, ns per
+    /// element.
+    pub fn kernel_for(&self, c: &KernelCost) -> (f64, f64) {
+        if c.tile_int8 && self.int8_kernel > 0.0 {
+            (self.int8_kernel, self.act_i8_ns)
+        } else {
+            (self.bf16_kernel, self.act_ns)
+        }
+    }
 }
 
 /// Costs of SMEPilot's kernels for one weight type, per weight element, one core, with
@@ -32,8 +49,10 @@ pub struct KernelCost {
     pub vec_m1_ns: f64,
     pub vec_m4_ns: f64,
     /// Matrix path: ns per weight element to stage weights into tiles (dequantize to bf16,
-    /// tile order), once per call.
+    /// or split into int8 tiles, in tile order), once per call.
     pub stage_ns: f64,
+    /// Whether the type's tile products run on the int8 kernel (else the bf16 one).
+    pub tile_int8: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -92,7 +111,7 @@ pub mod synthetic {
     fn kernels(stage_ns: f64) -> Vec<KernelCost> {
         [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::BF16, DType::F16, DType::Q4_1, DType::Q5_K, DType::F32]
             .iter()
-            .map(|&ty| KernelCost { ty, vec_m1_ns: 0.06, vec_m4_ns: 0.12, stage_ns })
+            .map(|&ty| KernelCost { ty, vec_m1_ns: 0.06, vec_m4_ns: 0.12, stage_ns, tile_int8: matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1) })
             .collect()
     }
 
@@ -101,7 +120,7 @@ pub mod synthetic {
         MachineProfile {
             cpu: "synthetic AMX, 2 cores".into(),
             cores: 2,
-            matrix: Some(MatrixUnits { units: 2, cores_per_unit: 1, bf16_peak: 2.2e12, int8_peak: 4.4e12, bf16_kernel: 0.6e12, act_ns: 0.5 }),
+            matrix: Some(MatrixUnits { units: 2, cores_per_unit: 1, bf16_peak: 2.2e12, int8_peak: 4.4e12, bf16_kernel: 0.6e12, act_ns: 0.5, int8_kernel: 0.8e12, act_i8_ns: 0.6 }),
             vec_fp32_peak: 270e9,
             vec_int8_peak: 240e9,
             dram_read: vec![16e9, 25e9],
@@ -118,7 +137,7 @@ pub mod synthetic {
         MachineProfile {
             cpu: "synthetic SME, 4 cores sharing one unit".into(),
             cores: 4,
-            matrix: Some(MatrixUnits { units: 1, cores_per_unit: 4, bf16_peak: 2.0e12, int8_peak: 4.0e12, bf16_kernel: 1.2e12, act_ns: 0.5 }),
+            matrix: Some(MatrixUnits { units: 1, cores_per_unit: 4, bf16_peak: 2.0e12, int8_peak: 4.0e12, bf16_kernel: 1.2e12, act_ns: 0.5, int8_kernel: 2.0e12, act_i8_ns: 0.6 }),
             vec_fp32_peak: 100e9,
             vec_int8_peak: 200e9,
             dram_read: vec![60e9, 90e9, 110e9, 120e9],
