@@ -162,6 +162,9 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
     if let Some(p) = packed_2d(node) {
         return mul_mat_packed(node, ctx, p);
     }
+    if two_d(node) && node.src(1).ne[1] <= ROWS_PATH_MAX_M && act_layout(node).is_some() {
+        return mul_mat_rows(node, ctx);
+    }
     let (w, x, d) = (node.src(0), node.src(1), &node.dst);
     let wk = kernels(w.ty).unwrap();
     let vec_dot = wk.vec_dot.unwrap();
@@ -359,6 +362,29 @@ fn bf16_rows_in_fours(node: &Node, acts: &VectorActs, mut r0: usize, r1: usize) 
         r0 += 4;
     }
     r0
+}
+
+/// Most activation rows for which unpacked 2-D products take [`mul_mat_rows`]: each weight
+/// row is read once for all of them, so decode streams the weights once; larger batches
+/// take the tiled loop, which keeps its activation tile in L2.
+const ROWS_PATH_MAX_M: usize = 8;
+
+/// A 2-D product with unpacked weights (BF16, F16, the types without a packed layout) and
+/// few activation rows: activations converted once, then 64-row chunks of weight rows from
+/// the node's work queue through [`vector_rows`] (BF16 four rows at a time: four DRAM
+/// streams in flight).
+fn mul_mat_rows(node: &Node, ctx: &ThreadCtx) {
+    let (scratch, _) = ctx.scratch();
+    let acts = prepare_vector_acts(node, ctx, scratch);
+    ctx.barrier();
+    let (n, chunk) = (node.src(0).ne[1], GEMV_CHUNK_GROUPS * 16);
+    loop {
+        let r0 = ctx.next_chunk() * chunk;
+        if r0 >= n {
+            break;
+        }
+        vector_rows(node, &acts, r0, (r0 + chunk).min(n));
+    }
 }
 
 /// A 2-D product with packed weights on the vector kernels: activations converted once,
