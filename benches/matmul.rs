@@ -1,11 +1,12 @@
 //! Criterion benchmarks of MUL_MAT over the Llama-3.2-3B and Qwen3-4B projection shapes
 //! (K x N) at M = 1, 4, 16, 64, 512, run through the engine's executor on all allowed cores
 //! (or SMEPILOT_THREADS). Each case also prints one line placing it against this machine's
-//! roof: for M >= 16, the AMX peak of the tile engine that runs it (bf16 for every type by
-//! default), measured again next to the case since this host's tile throughput drifts; for
+//! roof: for M >= 16, the AMX peak of the tile engine that runs it (int8 for Q8_0, Q4_0 and
+//! Q4_1, bf16 for the rest), measured again next to the case since this host's tile
+//! throughput drifts; for
 //! M < 16, the DRAM read bandwidth measured at start (GB/s of weights; the weights rotate
 //! through copies larger than the last-level cache so they really come from DRAM). Weights
-//! with a packed layout (Q4_0) run from it, as in the plugin.
+//! with a packed layout (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) run from it, as in the plugin.
 //!
 //! Filters: SMEPILOT_BENCH_TYPES=q4_0,bf16, SMEPILOT_BENCH_M=1,512 and
 //! SMEPILOT_BENCH_SHAPES=3072x3072 (K x N) narrow the grid.
@@ -147,9 +148,9 @@ fn bench(c: &mut Criterion) {
                     format!("{:.1} GB/s = {:.0}% of DRAM read", gbs, 100.0 * gbs * 1e9 / r.dram)
                 } else {
                     // This host's tile throughput drifts (shared machine): measure the roof
-                    // again right next to the case. The bf16 engine serves every type unless
-                    // SMEPILOT_AMX_INT8=1 sends the int8 types to the int8 tile kernel.
-                    let int8 = std::env::var("SMEPILOT_AMX_INT8").is_ok_and(|v| v == "1") && matches!(ty, DType::Q8_0 | DType::Q4_0 | DType::Q4_1);
+                    // again right next to the case, for the tile engine that runs the type
+                    // (int8 for Q8_0, Q4_0, Q4_1 unless SMEPILOT_AMX_INT8=0; bf16 otherwise).
+                    let int8 = ggml_smepilot::backend::ops::tile_int8_type(ty);
                     #[cfg(target_arch = "x86_64")]
                     let peak = roofs::amx_peak(r.threads, !int8).or(if int8 { r.int8 } else { r.bf16 });
                     #[cfg(not(target_arch = "x86_64"))]

@@ -71,10 +71,13 @@ unsafe fn prefetch(at: *const u8, bytes: usize) {
     }
 }
 
-/// Prefetches one group block ahead of `base`.
+/// Prefetches quarter `q` (0..4) of the group block after the one at `base`. The large
+/// K-quant blocks prefetch a quarter per quarter of their compute: one burst per block (36
+/// to 53 lines) fills the core's line-fill buffers and stalls the compute behind it
+/// (measured: Q4_K 15-18 GB/s with bursts, 17-20 spread; Q6_K 13-14 and 16-21).
 #[inline(always)]
-unsafe fn prefetch_next(base: *const u8, gb: usize) {
-    prefetch(base.wrapping_add(gb), gb)
+unsafe fn prefetch_next_quarter(base: *const u8, gb: usize, q: usize) {
+    prefetch(base.wrapping_add(gb + q * gb / 4), gb / 4)
 }
 
 /// The passes' accumulators out: group gi against activation row j to `out[gi * M + j]`.
@@ -143,7 +146,6 @@ unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
     for b in 0..nb {
         for (gi, g) in groups.iter().enumerate() {
             let base = g.as_ptr().add(b * GB);
-            prefetch_next(base, GB);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base as *const __m256i));
             let dm = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(32) as *const __m256i));
             let w0 = _mm512_loadu_si512(base.add(64) as *const _);
@@ -162,6 +164,7 @@ unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
             ];
             let mut isum = [_mm512_setzero_si512(); M];
             for c in 0..4 {
+                prefetch_next_quarter(base, GB, c);
                 let (s_lo, s_hi) = (lane_u8(sc[c / 2], 2 * (c % 2)), lane_u8(sc[c / 2], 2 * (c % 2) + 1));
                 // Two accumulators per sub-block halve the VNNI dependency chains; the nibbles
                 // are split as they are loaded (no arrays: they would live on the stack).
@@ -220,12 +223,12 @@ unsafe fn q6_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
     for b in 0..nb {
         for (gi, g) in groups.iter().enumerate() {
             let base = g.as_ptr().add(b * GB);
-            prefetch_next(base, GB);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base as *const __m256i));
             let ld = |at: usize| _mm512_loadu_si512(base.add(at) as *const _);
             let mut isum = [_mm512_setzero_si512(); M];
             for h in 0..2 {
                 for is in 0..2 {
+                    prefetch_next_quarter(base, GB, 2 * h + is);
                     // Quarter t of half h: elements 128 h + 32 t + l, l in 16 is .. 16 is + 16.
                     for t in 0..4 {
                         let mut acc = [_mm512_setzero_si512(); M];
@@ -393,7 +396,7 @@ unsafe fn q8_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
     for b in 0..nb {
         for (gi, g) in groups.iter().enumerate() {
             let base = g.as_ptr().add(b * GROUP_BLOCK);
-            prefetch_next(base.wrapping_add(7 * GROUP_BLOCK), GROUP_BLOCK);
+            prefetch(base.wrapping_add(8 * GROUP_BLOCK), GROUP_BLOCK);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base as *const __m256i));
             let mut v = [_mm512_setzero_si512(); 8];
             for (i, vi) in v.iter_mut().enumerate() {
