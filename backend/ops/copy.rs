@@ -57,6 +57,15 @@ pub fn get_rows(node: &Node, ctx: &ThreadCtx) {
             "SMEPilot get_rows: row id {row} out of range 0..{}",
             a.ne[1]
         );
+        // A packed weight (a tied embedding that is also the output layer) is read from its
+        // packed copy: ggml's layout was handed back to the kernel after packing, and
+        // touching it would fault its pages back in from the model file, one token at a time.
+        if let Some(p) = a.packed.filter(|_| a.ne[2] == 1 && a.ne[3] == 1) {
+            // SAFETY: this thread owns dst row r, n floats.
+            let dst = unsafe { slice_mut::<f32>(d.row_ptr(i1, i2, i3), n) };
+            crate::backend::kernels::packed::row_to_f32(&p, n, row as usize, dst);
+            continue;
+        }
         // SAFETY: source rows hold n elements of a.ty; this thread owns dst row r.
         let (src, dst) = unsafe {
             (

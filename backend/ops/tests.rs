@@ -486,6 +486,41 @@ fn flash_attn_case(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usize, hkv
     }
 }
 
+/// GET_ROWS of a packed weight (a tied embedding) reads the packed copy: same bits as from
+/// ggml's layout, which is left zeroed here so a read of it would show.
+#[test]
+fn get_rows_of_packed_weights_reads_the_packed_copy() {
+    use crate::backend::kernels::packed::{self, Layout, PackedRef};
+    use crate::backend::kernels::quant::kernels;
+    let mut rng = StdRng::seed_from_u64(23);
+    for ty in [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
+        let (n, k) = (48, 3 * 256);
+        let raw = random_weights(&mut rng, ty, n, k);
+        let layout = Layout::for_weights(ty, k, n).expect("packed layout");
+        let mut packed_mem = vec![0u8; raw.len()];
+        packed::pack(layout, ty, &raw, &mut packed_mem, n, k);
+        let mut wb = Buf::zeroed(raw.len());
+        let mut w = contiguous(ty, [k, n, 1, 1], &mut wb);
+        w.packed = Some(PackedRef { layout, data: packed_mem.as_ptr() });
+        let ids: Vec<i32> = vec![47, 0, 17, 31, 17];
+        let mut ib = Buf::zeroed(4 * ids.len());
+        for (i, v) in ids.iter().enumerate() {
+            ib.bytes()[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        let ti = contiguous(DType::I32, [ids.len(), 1, 1, 1], &mut ib);
+        let mut db = Buf::zeroed(4 * k * ids.len());
+        let td = contiguous(DType::F32, [k, ids.len(), 1, 1], &mut db);
+        run(&[node(Op::GetRows, td, &[w, ti])], 2);
+        let rb = ty.row_bytes(k);
+        for (i, &row) in ids.iter().enumerate() {
+            let mut want = vec![0f32; k];
+            (kernels(ty).unwrap().to_f32)(&raw[row as usize * rb..(row as usize + 1) * rb], &mut want);
+            let got = &db.f32s()[i * k..(i + 1) * k];
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{ty:?} row {row}");
+        }
+    }
+}
+
 #[test]
 fn get_rows_set_rows_and_transposed_copy() {
     let mut rng = StdRng::seed_from_u64(6);
