@@ -820,10 +820,12 @@ fn check_packed_product(ty: DType, m: usize, n: usize, k: usize, raw: &[u8], xs:
         let mut a = vec![0u8; sk.vec_dot_type.row_bytes(k)];
         quantize_act(xrow, &mut a);
         // The K-quants' int8 tile side: activations as Q8_1, dequantized.
+        let xa: Vec<f64> = if !k_int8 { Vec::new() } else {
         let mut a1 = vec![0u8; DType::Q8_1.row_bytes(k)];
         q8_1(xrow, &mut a1);
         let bs = DType::Q8_1.block_bytes();
-        let xa: Vec<f64> = (0..k).map(|i| f16::from_bits(u16::from_le_bytes([a1[i / 32 * bs], a1[i / 32 * bs + 1]])).to_f64() * (a1[i / 32 * bs + 4 + i % 32] as i8) as f64).collect();
+        (0..k).map(|i| f16::from_bits(u16::from_le_bytes([a1[i / 32 * bs], a1[i / 32 * bs + 1]])).to_f64() * (a1[i / 32 * bs + 4 + i % 32] as i8) as f64).collect()
+        };
         for c in 0..n {
             let wrow = &raw[c * rb..(c + 1) * rb];
             let mut wf = vec![0f32; k];
