@@ -104,10 +104,13 @@ struct I8Layout {
     row_tmp: usize,
     /// Per weight row tile: unpacked values (16 rows of k), then scales, then minimums.
     wtile_bytes: usize,
+    /// A packed group back in ggml's layout (16 rows), for the packed layouts the int8
+    /// stager does not read directly (the K-quants).
+    gather: usize,
 }
 
 impl I8Layout {
-    fn new(k: usize, m: usize) -> I8Layout {
+    fn new(ty: DType, k: usize, m: usize) -> I8Layout {
         let nb = k / I8_KBLOCK;
         let mt = m_tiles(m);
         let d_off = mt * nb * I8_BTILE;
@@ -115,14 +118,16 @@ impl I8Layout {
         let thread_off = s_off + align64(mt * nb * 16 * 4);
         let row_tmp = align64(DType::Q8_1.row_bytes(k));
         let wtile_bytes = align64(16 * k) + 2 * align64(nb * 16 * 4);
+        let gather = align64(16 * ty.row_bytes(k));
         I8Layout {
             nb,
             d_off,
             s_off,
             thread_off,
-            thread_bytes: row_tmp + GROUP_TILES * wtile_bytes,
+            thread_bytes: row_tmp + GROUP_TILES * wtile_bytes + gather,
             row_tmp,
             wtile_bytes,
+            gather,
         }
     }
 }
@@ -153,7 +158,7 @@ pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
     let (k, m) = (node.src(0).ne[0], node.src(1).ne[1]);
     match kind(node) {
         Some(Kind::I8 { .. }) => {
-            let l = I8Layout::new(k, m);
+            let l = I8Layout::new(node.src(0).ty, k, m);
             l.thread_off + nth * l.thread_bytes
         }
         Some(Kind::Bf16) => {
@@ -198,7 +203,7 @@ fn weight_rows(w: &TensorRef, r0: usize) -> ([&'static [u8]; 16], usize) {
 
 fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
     let (w, x) = (node.src(0), node.src(1));
-    let l = I8Layout::new(w.ne[0], x.ne[1]);
+    let l = I8Layout::new(w.ty, w.ne[0], x.ne[1]);
     let (scratch, _) = ctx.scratch();
     i8_acts(node, ctx, scratch, &l, has_min);
     ctx.barrier();
@@ -330,7 +335,15 @@ fn i8_group(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &I8Layout, has_mi
                         Some(p) => {
                             let gb = p.layout.group_bytes(k);
                             let group = std::slice::from_raw_parts(p.data.add(r0 / 16 * gb), gb);
-                            rows::i8_rows_packed(p.layout, group, nb, q, d, mm).expect("kind() sends only int8 layouts here");
+                            if rows::i8_rows_packed(p.layout, group, nb, q, d, mm).is_none() {
+                                // The group back in ggml's layout (this thread's gather
+                                // area, after its weight tiles), then staged as such.
+                                let rb = w.ty.row_bytes(k);
+                                let g = std::slice::from_raw_parts_mut(my.add(l.row_tmp + GROUP_TILES * l.wtile_bytes), 16 * rb);
+                                packed::unpack(p.layout, group, g, 16, k);
+                                let rows16: [&[u8]; 16] = std::array::from_fn(|i| &g[i * rb..(i + 1) * rb]);
+                                rows::i8_rows(w.ty, &rows16, nb, q, d, mm);
+                            }
                         }
                         None => rows::i8_rows(w.ty, &rs[..nrows], nb, q, d, mm),
                     }
@@ -406,7 +419,7 @@ pub fn mul_mat_coop(node: &Node, ctx: &ThreadCtx) {
     let mut acc = Block32::new();
     match kind(node) {
         Some(Kind::I8 { has_min }) => {
-            let l = I8Layout::new(w.ne[0], x.ne[1]);
+            let l = I8Layout::new(w.ty, w.ne[0], x.ne[1]);
             i8_acts(node, ctx, scratch, &l, has_min);
             let acts = super::matmul::prepare_vector_acts(node, ctx, vbase);
             ctx.barrier();

@@ -608,7 +608,7 @@ fn mul_mat_tile_path_matches_scalar_references_on_odd_shapes() {
     let mut rng = StdRng::seed_from_u64(11);
     let shapes = [(16, 1, 32), (17, 15, 96), (33, 17, 160), (50, 70, 64), (64, 130, 352), (31, 64, 128), (40, 33, 32), (20, 81, 256), (47, 40, 512)];
     let cases = [
-        (DType::Q8_0, true), (DType::Q4_0, true), (DType::Q4_1, true),
+        (DType::Q8_0, true), (DType::Q4_0, true), (DType::Q4_1, true), (DType::Q4_K, true), (DType::Q5_K, true),
         (DType::Q8_0, false), (DType::Q4_0, false), (DType::Q4_1, false), (DType::Q4_K, false),
         (DType::Q5_K, false), (DType::Q6_K, false), (DType::BF16, false), (DType::F16, false),
     ];
@@ -646,7 +646,22 @@ fn mul_mat_tile_path_matches_scalar_references_on_odd_shapes() {
             let sk = scalar_kernels(ty).unwrap();
             for r in 0..m {
                 let xrow = &xs[r * xs_stride..][..k];
-                let act_q = int8.then(|| {
+                // K-quants on the int8 engine: activations quantized per 32 as Q8_1 (not
+                // ggml's Q8_K), so the reference is the f64 sum of the dequantized weights
+                // times the dequantized Q8_1 activations.
+                let k_int8 = int8 && ty.block_size() == 256;
+                let a_q8_1: Vec<f64> = if k_int8 {
+                    let mut a = vec![0u8; DType::Q8_1.row_bytes(k)];
+                    (scalar_kernels(DType::Q8_1).unwrap().from_f32.unwrap())(xrow, &mut a);
+                    let bs = DType::Q8_1.block_bytes();
+                    (0..k).map(|i| {
+                        let blk = &a[i / 32 * bs..];
+                        f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f64() * (blk[4 + i % 32] as i8) as f64
+                    }).collect()
+                } else {
+                    Vec::new()
+                };
+                let act_q = (int8 && !k_int8).then(|| {
                     let vdt = sk.vec_dot_type;
                     let mut a = vec![0u8; vdt.row_bytes(k)];
                     (scalar_kernels(vdt).unwrap().from_f32.unwrap())(xrow, &mut a);
@@ -655,6 +670,14 @@ fn mul_mat_tile_path_matches_scalar_references_on_odd_shapes() {
                 for c in 0..n {
                     let wrow = &w_bytes[c * rb..(c + 1) * rb];
                     let (want, mag) = match &act_q {
+                        _ if k_int8 => {
+                            let mut wf = vec![0f32; k];
+                            (sk.to_f32)(wrow, &mut wf);
+                            let s = wf.iter().zip(&a_q8_1).fold((0f64, 0f64), |s, (&w, &a)| (s.0 + w as f64 * a, s.1 + (w as f64 * a).abs()));
+                            // The minimum's term meets fp16 s = d * sum(q) (ggml's Q8_1): 1e-3
+                            // of the magnitude; a wrong nibble or scale moves it by percents.
+                            (s.0, s.1 * 100.0)
+                        }
                         Some(a) => ((sk.vec_dot.unwrap())(k, wrow, a) as f64, k as f64 * 0.05),
                         None => {
                             let mut wf = vec![0f32; k];
@@ -771,8 +794,10 @@ fn mul_mat_every_mode_packed_and_plain_weights() {
                     db.bytes().fill(0);
                     Executor::new(2).compute_with_plans(&[nd], &[Plan::forced(mode, drivers)]);
                     let int8 = engine == Some(true) && mode != Mode::Vector && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
+                    // The K-quants' int8 tile products quantize activations per 32 (Q8_1).
+                    let k_int8 = engine == Some(true) && matches!(ty, DType::Q4_K | DType::Q5_K);
                     // The int8 engine quantizes activations as the vector kernels do.
-                    check_packed_product(ty, m, n, k, &raw, &xs, db.f32s(), if int8 { Mode::Vector } else { mode });
+                    check_packed_product(ty, m, n, k, &raw, &xs, db.f32s(), if int8 { Mode::Vector } else { mode }, k_int8);
                 }
             }
         }
@@ -784,8 +809,9 @@ fn mul_mat_every_mode_packed_and_plain_weights() {
 /// Checks `got` (m x n) against the references of `mode`: bf16 operands with f32
 /// accumulation for the tile path, the weight type's quantized activations for the vector
 /// kernels, either for coop.
-fn check_packed_product(ty: DType, m: usize, n: usize, k: usize, raw: &[u8], xs: &[f32], got: &[f32], mode: Mode) {
+fn check_packed_product(ty: DType, m: usize, n: usize, k: usize, raw: &[u8], xs: &[f32], got: &[f32], mode: Mode, k_int8: bool) {
     use half::bf16;
+    let q8_1 = scalar_kernels(DType::Q8_1).unwrap().from_f32.unwrap();
     let sk = scalar_kernels(ty).unwrap();
     let quantize_act = scalar_kernels(sk.vec_dot_type).unwrap().from_f32.unwrap();
     let rb = ty.row_bytes(k);
@@ -793,12 +819,25 @@ fn check_packed_product(ty: DType, m: usize, n: usize, k: usize, raw: &[u8], xs:
         let xrow = &xs[r * k..(r + 1) * k];
         let mut a = vec![0u8; sk.vec_dot_type.row_bytes(k)];
         quantize_act(xrow, &mut a);
+        // The K-quants' int8 tile side: activations as Q8_1, dequantized.
+        let xa: Vec<f64> = if !k_int8 { Vec::new() } else {
+        let mut a1 = vec![0u8; DType::Q8_1.row_bytes(k)];
+        q8_1(xrow, &mut a1);
+        let bs = DType::Q8_1.block_bytes();
+        (0..k).map(|i| f16::from_bits(u16::from_le_bytes([a1[i / 32 * bs], a1[i / 32 * bs + 1]])).to_f64() * (a1[i / 32 * bs + 4 + i % 32] as i8) as f64).collect()
+        };
         for c in 0..n {
             let wrow = &raw[c * rb..(c + 1) * rb];
             let mut wf = vec![0f32; k];
             (sk.to_f32)(wrow, &mut wf);
-            let p: Vec<f64> = wf.iter().zip(xrow).map(|(&a, &b)| bf16::from_f32(a).to_f64() * bf16::from_f32(b).to_f64()).collect();
-            let tile = (p.iter().sum::<f64>(), 1e-5 * p.iter().map(|v| v.abs()).sum::<f64>());
+            let tile = if k_int8 {
+                // fp16 s = d * sum(q) in the minimum's term: 1e-3 of the magnitude.
+                let p: Vec<f64> = wf.iter().zip(&xa).map(|(&w, &a)| w as f64 * a).collect();
+                (p.iter().sum::<f64>(), 1e-3 * p.iter().map(|v| v.abs()).sum::<f64>())
+            } else {
+                let p: Vec<f64> = wf.iter().zip(xrow).map(|(&a, &b)| bf16::from_f32(a).to_f64() * bf16::from_f32(b).to_f64()).collect();
+                (p.iter().sum::<f64>(), 1e-5 * p.iter().map(|v| v.abs()).sum::<f64>())
+            };
             let vector = ((sk.vec_dot.unwrap())(k, wrow, &a) as f64, 1e-4 * k as f64);
             let got = got[r * n + c] as f64;
             let ok = |(want, tol): (f64, f64)| (got - want).abs() <= tol.max(1e-5 * want.abs());

@@ -12,11 +12,42 @@ use crate::backend::kernels::quant::kernels;
 use half::f16;
 
 /// The weight types with an int8 unpacker, and whether they carry a per-block minimum.
+/// Q4_K and Q5_K fit the Q4_1 form per 32-element sub-block: x = (d sc) q - (dmin m), so
+/// their scale is d sc and their minimum -(dmin m) (Q6_K's scales cover 16 elements, half
+/// an int8 block, and stay on the bf16 engine).
 pub fn i8_weight(ty: DType) -> Option<bool> {
     match ty {
         DType::Q8_0 | DType::Q4_0 => Some(false),
-        DType::Q4_1 => Some(true),
+        DType::Q4_1 | DType::Q4_K | DType::Q5_K => Some(true),
         _ => None,
+    }
+}
+
+/// Sub-block `j` (0..8) of a K-quant super-block's 12 packed bytes: its 6-bit scale and
+/// minimum (ggml's `get_scale_min_k4`).
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+/// Scale and minimum of int8 block `b` (32 elements) of a row of `ty`: for the K-quants
+/// (sub-block b % 8 of super-block b / 8) the minimum comes negated, so that every type
+/// reads x = d q + m.
+fn block_scale_min(ty: DType, row: &[u8], b: usize) -> (f32, f32) {
+    match ty {
+        DType::Q4_K | DType::Q5_K => {
+            let blk = &row[b / 8 * ty.block_bytes()..];
+            let (sc, m) = scale_min_k4(b % 8, &blk[4..16]);
+            (h(blk, 0) * sc as f32, -(h(blk, 2) * m as f32))
+        }
+        DType::Q4_1 => {
+            let blk = &row[b * ty.block_bytes()..];
+            (h(blk, 0), h(blk, 2))
+        }
+        _ => (h(&row[b * ty.block_bytes()..], 0), 0.0),
     }
 }
 
@@ -42,15 +73,11 @@ fn h(b: &[u8], at: usize) -> f32 {
 pub fn i8_scales(ty: DType, rows: &[&[u8]], nb: usize, d: &mut [f32], m: &mut [f32]) {
     let has_min = i8_weight(ty).expect("i8_scales: type without an int8 unpacker");
     assert!(rows.len() <= 16 && d.len() >= nb * 16 && (!has_min || m.len() >= nb * 16));
-    let bs = ty.block_bytes();
     for r in 0..16 {
         for b in 0..nb {
             let (scale, min) = match rows.get(r) {
                 None => (0.0, 0.0),
-                Some(row) => {
-                    let blk = &row[b * bs..(b + 1) * bs];
-                    (h(blk, 0), if has_min { h(blk, 2) } else { 0.0 })
-                }
+                Some(row) => block_scale_min(ty, row, b),
             };
             d[b * 16 + r] = scale;
             if has_min {
@@ -74,6 +101,10 @@ pub fn i8_rows(ty: DType, rows: &[&[u8]], nb: usize, q: &mut [u8], d: &mut [f32]
                 o.fill(0);
                 continue;
             };
+            if matches!(ty, DType::Q4_K | DType::Q5_K) {
+                k_quant_block(ty, row, b, o);
+                continue;
+            }
             let blk = &row[b * bs..(b + 1) * bs];
             match ty {
                 DType::Q8_0 => o.copy_from_slice(&blk[2..34]),
@@ -92,6 +123,22 @@ pub fn i8_rows(ty: DType, rows: &[&[u8]], nb: usize, q: &mut [u8], d: &mut [f32]
                 _ => unreachable!(),
             }
         }
+    }
+}
+
+/// The 32 unsigned values of int8 block `b` of a Q4_K or Q5_K row: sub-block j = b % 8 of
+/// super-block b / 8 is the low (j even) or high (j odd) nibbles of the 32 `qs` bytes of
+/// pair j / 2, plus for Q5_K 16 times bit j of each `qh` byte (ggml's dequantizers).
+fn k_quant_block(ty: DType, row: &[u8], b: usize, o: &mut [u8]) {
+    let blk = &row[b / 8 * ty.block_bytes()..][..ty.block_bytes()];
+    let j = b % 8;
+    let (qh, qs) = match ty {
+        DType::Q5_K => (Some(&blk[16..48]), &blk[48 + 32 * (j / 2)..][..32]),
+        _ => (None, &blk[16 + 32 * (j / 2)..][..32]),
+    };
+    for l in 0..32 {
+        let nib = if j % 2 == 0 { qs[l] & 15 } else { qs[l] >> 4 };
+        o[l] = nib + qh.map_or(0, |h| ((h[l] >> j) & 1) << 4);
     }
 }
 
