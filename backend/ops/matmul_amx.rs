@@ -104,9 +104,6 @@ struct I8Layout {
     row_tmp: usize,
     /// Per weight row tile: unpacked values (16 rows of k), then scales, then minimums.
     wtile_bytes: usize,
-    /// A packed group back in ggml's layout (16 rows), for the packed layouts the int8
-    /// stager does not read directly (the K-quants).
-    gather: usize,
 }
 
 impl I8Layout {
@@ -118,6 +115,8 @@ impl I8Layout {
         let thread_off = s_off + align64(mt * nb * 16 * 4);
         let row_tmp = align64(DType::Q8_1.row_bytes(k));
         let wtile_bytes = align64(16 * k) + 2 * align64(nb * 16 * 4);
+        // After the weight tiles: a packed group back in ggml's layout (16 rows), for the
+        // packed layouts the int8 stager does not read directly (the K-quants).
         let gather = align64(16 * ty.row_bytes(k));
         I8Layout {
             nb,
@@ -127,7 +126,6 @@ impl I8Layout {
             thread_bytes: row_tmp + GROUP_TILES * wtile_bytes + gather,
             row_tmp,
             wtile_bytes,
-            gather,
         }
     }
 }
