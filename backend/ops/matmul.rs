@@ -159,10 +159,7 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
         Mode::Coop => return super::matmul_amx::mul_mat_coop(node, ctx),
         _ => {}
     }
-    if let Some(p) = packed_2d(node) {
-        return mul_mat_packed(node, ctx, p);
-    }
-    if two_d(node) && node.src(1).ne[1] <= ROWS_PATH_MAX_M && act_layout(node).is_some() {
+    if packed_2d(node).is_some() || (two_d(node) && node.src(1).ne[1] <= ROWS_PATH_MAX_M && act_layout(node).is_some()) {
         return mul_mat_rows(node, ctx);
     }
     let (w, x, d) = (node.src(0), node.src(1), &node.dst);
@@ -369,13 +366,15 @@ fn bf16_rows_in_fours(node: &Node, acts: &VectorActs, mut r0: usize, r1: usize) 
 /// take the tiled loop, which keeps its activation tile in L2.
 const ROWS_PATH_MAX_M: usize = 8;
 
-/// A 2-D product with unpacked weights (BF16, F16, the types without a packed layout) and
-/// few activation rows: activations converted once, then 64-row chunks of weight rows from
-/// the node's work queue through [`vector_rows`] (BF16 four rows at a time: four DRAM
-/// streams in flight).
+/// A 2-D product on the vector kernels, for packed weights (any M) and for unpacked ones
+/// with few activation rows: activations converted once, then 64-row chunks of weight rows
+/// (four 16-row groups) from the node's work queue through [`vector_rows`], each chunk read
+/// once from memory for all activation rows (packed groups four side by side, BF16 rows
+/// four at a time: several DRAM streams in flight).
 fn mul_mat_rows(node: &Node, ctx: &ThreadCtx) {
     let (scratch, _) = ctx.scratch();
     let acts = prepare_vector_acts(node, ctx, scratch);
+    debug_assert!(packed_2d(node).is_none_or(|p| act_layout(node).is_some_and(|(vdt, _, _)| vdt == p.layout.act_type())));
     ctx.barrier();
     let (n, chunk) = (node.src(0).ne[1], GEMV_CHUNK_GROUPS * 16);
     loop {
@@ -387,21 +386,3 @@ fn mul_mat_rows(node: &Node, ctx: &ThreadCtx) {
     }
 }
 
-/// A 2-D product with packed weights on the vector kernels: activations converted once,
-/// then chunks of 16-row weight groups taken from the node's work queue, each group read
-/// once from memory for all activation rows (decode streams four groups side by side).
-fn mul_mat_packed(node: &Node, ctx: &ThreadCtx, p: PackedRef) {
-    let (scratch, _) = ctx.scratch();
-    let acts = prepare_vector_acts(node, ctx, scratch);
-    debug_assert!(act_layout(node).is_some_and(|(vdt, _, _)| vdt == p.layout.act_type()));
-    ctx.barrier();
-    let groups = node.src(0).ne[1] / 16;
-    loop {
-        let g0 = ctx.next_chunk() * GEMV_CHUNK_GROUPS;
-        if g0 >= groups {
-            break;
-        }
-        let g1 = (g0 + GEMV_CHUNK_GROUPS).min(groups);
-        vector_rows(node, &acts, g0 * 16, g1 * 16);
-    }
-}

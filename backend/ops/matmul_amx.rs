@@ -104,6 +104,9 @@ struct I8Layout {
     row_tmp: usize,
     /// Per weight row tile: unpacked values (16 rows of k), then scales, then minimums.
     wtile_bytes: usize,
+    /// Offset in a thread's area of a packed group put back into ggml's layout (16 rows),
+    /// for the packed layouts the int8 stager does not read directly (the K-quants).
+    gather_off: usize,
 }
 
 impl I8Layout {
@@ -115,17 +118,16 @@ impl I8Layout {
         let thread_off = s_off + align64(mt * nb * 16 * 4);
         let row_tmp = align64(DType::Q8_1.row_bytes(k));
         let wtile_bytes = align64(16 * k) + 2 * align64(nb * 16 * 4);
-        // After the weight tiles: a packed group back in ggml's layout (16 rows), for the
-        // packed layouts the int8 stager does not read directly (the K-quants).
-        let gather = align64(16 * ty.row_bytes(k));
+        let gather_off = row_tmp + GROUP_TILES * wtile_bytes;
         I8Layout {
             nb,
             d_off,
             s_off,
             thread_off,
-            thread_bytes: row_tmp + GROUP_TILES * wtile_bytes + gather,
+            thread_bytes: gather_off + align64(16 * ty.row_bytes(k)),
             row_tmp,
             wtile_bytes,
+            gather_off,
         }
     }
 }
@@ -337,7 +339,7 @@ fn i8_group(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &I8Layout, has_mi
                                 // The group back in ggml's layout (this thread's gather
                                 // area, after its weight tiles), then staged as such.
                                 let rb = w.ty.row_bytes(k);
-                                let g = std::slice::from_raw_parts_mut(my.add(l.row_tmp + GROUP_TILES * l.wtile_bytes), 16 * rb);
+                                let g = std::slice::from_raw_parts_mut(my.add(l.gather_off), 16 * rb);
                                 packed::unpack(p.layout, group, g, 16, k);
                                 let rows16: [&[u8]; 16] = std::array::from_fn(|i| &g[i * rb..(i + 1) * rb]);
                                 rows::i8_rows(w.ty, &rows16, nb, q, d, mm);
