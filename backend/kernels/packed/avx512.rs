@@ -129,7 +129,7 @@ unsafe fn bcast4(p: *const u8) -> __m512i {
 const Q8K_QS: usize = 4;
 const Q8K_BSUMS: usize = 260;
 
-/// Up to M_PASS Q8_K activation rows against `G` `Q4_Kx16` groups. Per super-block: the
+/// Up to M_PASS Q8_K activation rows against one `Q4_Kx16` group. Per super-block: the
 /// 6-bit scales and minimums of the 16 rows are decoded in-lane (ggml's `utmp` shuffle, one
 /// row per lane); per 32-k sub-block, a VNNI dot of the unsigned nibbles gives each row's
 /// int32 sum, times its scale; the minimums meet the activations' sub-block sums in a
@@ -139,25 +139,11 @@ unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
     const GB: usize = Layout::Q4_Kx16.group_block();
     const QS: usize = 64 + 3 * 64;
     let bq8 = DType::Q8_K.block_bytes();
+    let m4 = _mm512_set1_epi8(0x0F);
     let (k1, k2, k3) = (_mm512_set1_epi32(0x3f3f3f3f), _mm512_set1_epi32(0x0f0f0f0f), _mm512_set1_epi32(0x03030303));
     let even = _mm512_set1_epi32(0x00FF00FF);
     let mut f = [[_mm512_setzero_ps(); M]; G];
     for b in 0..nb {
-        // Per activation row, shared by the groups: its scale and its sub-block sums as
-        // int16 pairs (s0, s2), (s1, s3), (s4, s6), (s5, s7), the minimums' order below.
-        let mut da = [_mm512_setzero_ps(); M];
-        let mut sums = [[_mm512_setzero_si512(); 4]; M];
-        let mut q = [std::ptr::null::<u8>(); M];
-        for (j, a) in acts.iter().enumerate() {
-            let ab = a.as_ptr().add(b * bq8);
-            let bs = ab.add(Q8K_BSUMS) as *const i16;
-            // Sub-block s sums 32 quants: two of ggml's 16-quant sums (|sum| <= 4096, int16).
-            let s = |i: usize| (bs.add(2 * i).read_unaligned() as i32 + bs.add(2 * i + 1).read_unaligned() as i32) as u16 as u32;
-            let pair = |x: usize, y: usize| _mm512_set1_epi32((s(x) | (s(y) << 16)) as i32);
-            sums[j] = [pair(0, 2), pair(1, 3), pair(4, 6), pair(5, 7)];
-            da[j] = _mm512_set1_ps((ab as *const f32).read_unaligned());
-            q[j] = ab.add(Q8K_QS);
-        }
         for (gi, g) in groups.iter().enumerate() {
             let base = g.as_ptr().add(b * GB);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base as *const __m256i));
@@ -177,58 +163,45 @@ unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
                 _mm512_and_si512(_mm512_srli_epi32::<8>(mn[1]), even),
             ];
             let mut isum = [_mm512_setzero_si512(); M];
-            // Quarters written out (not a loop): each takes its scale bytes by constant index
-            // and its accumulators stay in registers.
-            prefetch_next_quarter(base, GB, 0);
-            q4_k_quarter(base.add(QS), &q, 0, lane_u8(sc[0], 0), lane_u8(sc[0], 1), &mut isum);
-            prefetch_next_quarter(base, GB, 1);
-            q4_k_quarter(base.add(QS + 512), &q, 64, lane_u8(sc[0], 2), lane_u8(sc[0], 3), &mut isum);
-            prefetch_next_quarter(base, GB, 2);
-            q4_k_quarter(base.add(QS + 1024), &q, 128, lane_u8(sc[1], 0), lane_u8(sc[1], 1), &mut isum);
-            prefetch_next_quarter(base, GB, 3);
-            q4_k_quarter(base.add(QS + 1536), &q, 192, lane_u8(sc[1], 2), lane_u8(sc[1], 3), &mut isum);
-            for j in 0..M {
-                let sj = &sums[j];
+            for c in 0..4 {
+                prefetch_next_quarter(base, GB, c);
+                let (s_lo, s_hi) = (lane_u8(sc[c / 2], 2 * (c % 2)), lane_u8(sc[c / 2], 2 * (c % 2) + 1));
+                // Two accumulators per sub-block halve the VNNI dependency chains; the nibbles
+                // are split as they are loaded (no arrays: they would live on the stack).
+                let mut al = [[_mm512_setzero_si512(); 2]; M];
+                let mut ah = [[_mm512_setzero_si512(); 2]; M];
+                for i in 0..8 {
+                    let v = _mm512_loadu_si512(base.add(QS + 64 * (8 * c + i)) as *const _);
+                    let lo = _mm512_and_si512(v, m4);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+                    for (j, a) in acts.iter().enumerate() {
+                        let q = a.as_ptr().add(b * bq8 + Q8K_QS + 64 * c);
+                        al[j][i % 2] = _mm512_dpbusd_epi32(al[j][i % 2], lo, bcast4(q.add(4 * i)));
+                        ah[j][i % 2] = _mm512_dpbusd_epi32(ah[j][i % 2], hi, bcast4(q.add(32 + 4 * i)));
+                    }
+                }
+                for j in 0..M {
+                    let (l, h) = (_mm512_add_epi32(al[j][0], al[j][1]), _mm512_add_epi32(ah[j][0], ah[j][1]));
+                    isum[j] = _mm512_add_epi32(isum[j], _mm512_add_epi32(_mm512_mullo_epi32(l, s_lo), _mm512_mullo_epi32(h, s_hi)));
+                }
+            }
+            for (j, a) in acts.iter().enumerate() {
+                let ab = a.as_ptr().add(b * bq8);
+                let bs = ab.add(Q8K_BSUMS) as *const i16;
+                // Sub-block s sums 32 quants: two of ggml's 16-quant sums (|sum| <= 4096, int16).
+                let s = |i: usize| (bs.add(2 * i).read_unaligned() as i32 + bs.add(2 * i + 1).read_unaligned() as i32) as u16 as u32;
+                let pair = |x: usize, y: usize| _mm512_set1_epi32((s(x) | (s(y) << 16)) as i32);
                 let msum = _mm512_add_epi32(
-                    _mm512_add_epi32(_mm512_madd_epi16(mp[0], sj[0]), _mm512_madd_epi16(mp[1], sj[1])),
-                    _mm512_add_epi32(_mm512_madd_epi16(mp[2], sj[2]), _mm512_madd_epi16(mp[3], sj[3])),
+                    _mm512_add_epi32(_mm512_madd_epi16(mp[0], pair(0, 2)), _mm512_madd_epi16(mp[1], pair(1, 3))),
+                    _mm512_add_epi32(_mm512_madd_epi16(mp[2], pair(4, 6)), _mm512_madd_epi16(mp[3], pair(5, 7))),
                 );
-                f[gi][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[j]), _mm512_mul_ps(dw, da[j]), f[gi][j]);
-                f[gi][j] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dm, da[j]), f[gi][j]);
+                let da = _mm512_set1_ps((ab as *const f32).read_unaligned());
+                f[gi][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[j]), _mm512_mul_ps(dw, da), f[gi][j]);
+                f[gi][j] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dm, da), f[gi][j]);
             }
         }
     }
     store_groups(&f, out);
-}
-
-/// One quarter (two 32-k sub-blocks) of a `Q4_Kx16` super-block: the eight nibble vectors
-/// at `w` (low nibbles: the first sub-block, high: the second) against each activation row's
-/// quants at `q[j] + at`, each sub-block's int32 dot times its scale into `isum`. Two
-/// accumulators per sub-block halve the VNNI dependency chains; written without arrays
-/// indexed by the loop counter, which kept them on the stack.
-#[inline(always)]
-unsafe fn q4_k_quarter<const M: usize>(w: *const u8, q: &[*const u8; M], at: usize, s_lo: __m512i, s_hi: __m512i, isum: &mut [__m512i; M]) {
-    let m4 = _mm512_set1_epi8(0x0F);
-    let z = _mm512_setzero_si512();
-    let (mut l0, mut l1, mut h0, mut h1) = ([z; M], [z; M], [z; M], [z; M]);
-    for p in 0..4 {
-        let (i, k) = (2 * p, 2 * p + 1);
-        let v0 = _mm512_loadu_si512(w.add(64 * i) as *const _);
-        let v1 = _mm512_loadu_si512(w.add(64 * k) as *const _);
-        let (lo0, hi0) = (_mm512_and_si512(v0, m4), _mm512_and_si512(_mm512_srli_epi16::<4>(v0), m4));
-        let (lo1, hi1) = (_mm512_and_si512(v1, m4), _mm512_and_si512(_mm512_srli_epi16::<4>(v1), m4));
-        for j in 0..M {
-            let a = q[j].add(at);
-            l0[j] = _mm512_dpbusd_epi32(l0[j], lo0, bcast4(a.add(4 * i)));
-            l1[j] = _mm512_dpbusd_epi32(l1[j], lo1, bcast4(a.add(4 * k)));
-            h0[j] = _mm512_dpbusd_epi32(h0[j], hi0, bcast4(a.add(32 + 4 * i)));
-            h1[j] = _mm512_dpbusd_epi32(h1[j], hi1, bcast4(a.add(32 + 4 * k)));
-        }
-    }
-    for j in 0..M {
-        let (l, h) = (_mm512_add_epi32(l0[j], l1[j]), _mm512_add_epi32(h0[j], h1[j]));
-        isum[j] = _mm512_add_epi32(isum[j], _mm512_add_epi32(_mm512_mullo_epi32(l, s_lo), _mm512_mullo_epi32(h, s_hi)));
-    }
 }
 
 /// Up to M_PASS Q8_K activation rows against one `Q6_Kx16` group. Per 16-k sub-block and

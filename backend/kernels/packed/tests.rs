@@ -138,8 +138,14 @@ fn gemv_cache_resident_speed() {
     for layout in LAYOUTS {
         let bk = layout.ty().block_size();
         let (n, nb) = (1024usize, 3072 / bk);
-        let packed = vec![0x5au8; n / 16 * layout.group_bytes(nb * bk)];
-        let act = vec![1u8; nb * layout.act_type().block_bytes()];
+        // Real rows and activations: constant bytes make tiny float scales, whose denormal
+        // products would time microcode assists instead of the kernel.
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut packed = vec![0u8; n / 16 * layout.group_bytes(nb * bk)];
+        super::pack(layout, layout.ty(), &rows(&mut rng, layout.ty(), n, nb * bk), &mut packed, n, nb * bk);
+        let x: Vec<f32> = (0..nb * bk).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let mut act = vec![0u8; nb * bk / layout.act_type().block_size() * layout.act_type().block_bytes()];
+        (scalar_kernels(layout.act_type()).unwrap().from_f32.unwrap())(&x, &mut act);
         let sums = vec![3i32; nb];
         let gb = layout.group_bytes(nb * bk);
         let mut out = [[0f32; 16]; 4];
