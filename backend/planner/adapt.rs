@@ -24,6 +24,11 @@ const EMA: f64 = 0.3;
 /// samples keep one lucky or unlucky call from deciding.
 const EXPLORE_WITHIN: f64 = 3.0;
 const EXPLORE_SAMPLES: u32 = 2;
+/// A mode already measured gets its further samples only while its measurement is within
+/// this factor of the best: one call is enough to rule out a mode 2.5x slower (such as the
+/// vector path of a BF16 product at M = 16), while a mode that is close, or measured in an
+/// unlucky moment, is sampled again.
+const RESAMPLE_WITHIN: f64 = 2.0;
 /// Every this many decisions of a shape, the runner-up mode runs once if its estimate is
 /// within `REVISIT_WITHIN` of the chosen one's, so a measurement taken in a bad moment
 /// (a cold first graph, a slow phase of the host) does not rule a mode out for good.
@@ -123,7 +128,8 @@ impl Planner {
             let mut turns = [mode; 3];
             let mut n = 1;
             for m in Mode::ALL {
-                if m != mode && e.samples[m.index()] < EXPLORE_SAMPLES && self.estimate(&e, m).is_some_and(|t| t <= best * EXPLORE_WITHIN) {
+                let reach = if e.samples[m.index()] == 0 { EXPLORE_WITHIN } else { RESAMPLE_WITHIN };
+                if m != mode && e.samples[m.index()] < EXPLORE_SAMPLES && self.estimate(&e, m).is_some_and(|t| t <= best * reach) {
                     turns[n] = m;
                     n += 1;
                 }
@@ -272,6 +278,24 @@ mod tests {
         assert_eq!(p.decide_nth(&s, 0).mode, Mode::Coop);
         // Enough samples everywhere: no more turns.
         assert!((0..12).all(|i| p.decide_nth(&s, i).mode == Mode::Coop));
+    }
+
+    #[test]
+    fn a_mode_measured_far_slower_is_not_sampled_again() {
+        let mut p = Planner::new(synthetic::amx_like(), ModeSetting::Auto);
+        let s = prefill();
+        let tm = p.entry(&s).pred[1].unwrap().secs;
+        // Matrix measured as predicted; coop's first sample 2.5x slower.
+        p.record(&s, Mode::Matrix, tm);
+        p.record(&s, Mode::Matrix, tm);
+        p.record(&s, Mode::Coop, tm * 2.5);
+        assert!((0..12).all(|i| p.decide_nth(&s, i).mode == Mode::Matrix));
+        // At 1.8x it still gets its second sample.
+        let mut p = Planner::new(synthetic::amx_like(), ModeSetting::Auto);
+        p.record(&s, Mode::Matrix, tm);
+        p.record(&s, Mode::Matrix, tm);
+        p.record(&s, Mode::Coop, tm * 1.8);
+        assert!((0..12).any(|i| p.decide_nth(&s, i).mode == Mode::Coop));
     }
 
     #[test]
