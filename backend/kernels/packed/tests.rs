@@ -144,7 +144,7 @@ fn gemv_cache_resident_speed() {
         let mut packed = vec![0u8; n / 16 * layout.group_bytes(nb * bk)];
         super::pack(layout, layout.ty(), &rows(&mut rng, layout.ty(), n, nb * bk), &mut packed, n, nb * bk);
         let x: Vec<f32> = (0..nb * bk).map(|_| rng.gen_range(-1.0..1.0)).collect();
-        let mut act = vec![0u8; nb * bk / layout.act_type().block_size() * layout.act_type().block_bytes()];
+        let mut act = vec![0u8; layout.act_type().row_bytes(nb * bk)];
         (scalar_kernels(layout.act_type()).unwrap().from_f32.unwrap())(&x, &mut act);
         let sums = vec![3i32; nb];
         let gb = layout.group_bytes(nb * bk);
