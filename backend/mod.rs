@@ -5,7 +5,6 @@ pub mod cpu;
 pub mod dtype;
 pub mod exec;
 pub mod kernels;
-pub mod roofs;
 pub mod ops;
 pub mod planner;
 pub mod tensor;

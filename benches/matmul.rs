@@ -17,7 +17,7 @@ use ggml_smepilot::backend::exec::Executor;
 use ggml_smepilot::backend::kernels::packed::{self, Layout, PackedRef};
 use ggml_smepilot::backend::planner::calibrate::{random_weights, tensor};
 use ggml_smepilot::backend::ops::{Node, Op};
-use ggml_smepilot::backend::roofs;
+use ggml_smepilot::backend::kernels::roofs;
 use ggml_smepilot::backend::tensor::TensorRef;
 use std::time::{Duration, Instant};
 

@@ -7,4 +7,5 @@ pub mod f16;
 pub mod packed;
 pub mod peak;
 pub mod quant;
+pub mod roofs;
 pub mod vmath;

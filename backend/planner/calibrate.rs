@@ -17,7 +17,7 @@ use crate::backend::exec::Executor;
 use crate::backend::kernels::packed::{self, Layout, PackedRef};
 use crate::backend::kernels::quant::kernels;
 use crate::backend::ops::{Node, Op};
-use crate::backend::roofs;
+use crate::backend::kernels::roofs;
 use crate::backend::tensor::TensorRef;
 
 /// Bump when a kernel changes what it costs: older cached profiles are then ignored.

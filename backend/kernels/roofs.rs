@@ -1,6 +1,6 @@
 //! Measured roofs of this machine: the tile unit's peak per type and the DRAM read
 //! bandwidth, each run on `threads` threads at once (one per core, pinned).
-//! Used by the benchmarks to place a kernel against the roof (and by the planner later).
+//! Used by the benchmarks to place a kernel against the roof and by the calibration.
 
 use std::time::Instant;
 
