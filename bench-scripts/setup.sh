@@ -7,9 +7,10 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 
 # 1. System packages (Debian): clang-19 builds llama.cpp (GCC 12 miscompiles ggml's AMX
 #    code), libclang for bindgen, cmake/ninja/ccache for the build, curl for tests,
-#    rsvg-convert to render the planner's chart in the tests.
+#    rsvg-convert to render the planner's chart in the tests, the aarch64 GCC (its libc
+#    headers, found by clang through it) for bindgen in the aarch64 build check.
 need_pkgs=()
-for p in clang-19 cmake ninja-build libclang-dev ccache curl unzip python3-venv librsvg2-bin; do
+for p in clang-19 cmake ninja-build libclang-dev ccache curl unzip python3-venv librsvg2-bin gcc-aarch64-linux-gnu; do
     dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -44,3 +44,47 @@ burst!(
     /// The CPU has AVX-512F and AVX512-VNNI.
     vnni_burst, "vpxord", "vpdpbusd"
 );
+
+/// Defines `$name(iters)`: `iters` x 8 independent `$op ymmX, ymm0, ymm0` (AVX2 machines).
+macro_rules! burst256 {
+    ($(#[$doc:meta])* $name:ident, $zero:literal, $op:literal) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        pub unsafe fn $name(iters: usize) {
+            std::arch::asm!(
+                concat!($zero, " ymm0, ymm0, ymm0"),
+                "2:",
+                concat!($op, " ymm8, ymm0, ymm0"),
+                concat!($op, " ymm9, ymm0, ymm0"),
+                concat!($op, " ymm10, ymm0, ymm0"),
+                concat!($op, " ymm11, ymm0, ymm0"),
+                concat!($op, " ymm12, ymm0, ymm0"),
+                concat!($op, " ymm13, ymm0, ymm0"),
+                concat!($op, " ymm14, ymm0, ymm0"),
+                concat!($op, " ymm15, ymm0, ymm0"),
+                "dec {n}",
+                "jnz 2b",
+                n = inout(reg) iters.max(1) => _,
+                out("ymm0") _, out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+                out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+                options(nostack, nomem),
+            );
+        }
+    };
+}
+
+burst256!(
+    /// `iters` x 8 `vfmadd231ps ymm` (8 lanes, 2 flops each).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    fma256_burst, "vxorps", "vfmadd231ps"
+);
+
+burst256!(
+    /// `iters` x 8 `vpmaddubsw ymm` (16 lanes, 2 multiply-adds each: the AVX2 kernels' dot).
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    maddubs256_burst, "vpxor", "vpmaddubsw"
+);

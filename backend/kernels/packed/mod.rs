@@ -17,6 +17,8 @@
 mod lanes;
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 
 #[cfg(test)]
@@ -168,12 +170,17 @@ pub(crate) fn row_to_f32_portable(k: &TypeKernels, layout: Layout, group: &[u8],
 /// Dots of `ng` consecutive 16-row groups of packed weights (`groups`) with `m` activation
 /// rows `acts[i]` (in the weight type's activation format: Q8_0 or Q8_K; for Q8_0 also
 /// `sums[i][b]` = the sum of block b's quants, which the other formats carry inside):
-/// `out[gi * m + i][r]` for row r of group gi. The fastest tier this CPU runs; the portable
+/// `out[gi * m + i][r]` for row r of group gi. The fastest tier this CPU runs (AVX-512 VNNI,
+/// else AVX2); the portable
 /// path gathers each row back into ggml's layout and uses the kernel table's dot.
 pub fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
     #[cfg(target_arch = "x86_64")]
     if crate::backend::kernels::quant::avx512::detected() && !crate::backend::kernels::quant::force_scalar() {
         return avx512::gemv(layout, nb, groups, ng, acts, sums, out);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2::detected() && !crate::backend::kernels::quant::force_scalar() {
+        return avx2::gemv(layout, nb, groups, ng, acts, sums, out);
     }
     let _ = sums;
     let (m, gbytes) = (acts.len(), nb * layout.group_block());

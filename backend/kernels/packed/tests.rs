@@ -107,6 +107,15 @@ fn gemv_tiers_match_the_scalar_block_dot() {
                 let mut portable = vec![[0f32; 16]; m];
                 super::gemv(layout, nb, group, 1, &a_refs, &s_refs, &mut fast);
                 let fused = (g < 4 && n >= 64).then(|| &four[g * m..(g + 1) * m]);
+                // The AVX2 tier too where the CPU has it, whichever tier `gemv` picked.
+                #[cfg(target_arch = "x86_64")]
+                let avx2 = super::avx2::detected().then(|| {
+                    let mut o = vec![[0f32; 16]; m];
+                    super::avx2::gemv(layout, nb, group, 1, &a_refs, &s_refs, &mut o);
+                    o
+                });
+                #[cfg(not(target_arch = "x86_64"))]
+                let avx2: Option<Vec<[f32; 16]>> = None;
                 super::gemv_portable(sk, layout, nb, group, &a_refs, &mut portable);
                 for i in 0..m {
                     for r in 0..16 {
@@ -121,6 +130,9 @@ fn gemv_tiers_match_the_scalar_block_dot() {
                         let tol = 1e-5 * mag + 1e-6;
                         assert!((portable[i][r] - want).abs() <= tol, "{layout:?} portable n={n} nb={nb} ({i},{r}): {} vs {want}", portable[i][r]);
                         assert!((fast[i][r] - want).abs() <= tol, "{layout:?} fast n={n} nb={nb} ({i},{r}): {} vs {want} (tol {tol})", fast[i][r]);
+                        if let Some(o) = &avx2 {
+                            assert!((o[i][r] - want).abs() <= tol, "{layout:?} avx2 n={n} nb={nb} ({i},{r}): {} vs {want}", o[i][r]);
+                        }
                         if let Some(f) = fused {
                             assert!((f[i][r] - want).abs() <= tol, "{layout:?} four groups n={n} nb={nb} g={g} ({i},{r}): {} vs {want}", f[i][r]);
                         }

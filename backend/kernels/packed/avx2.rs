@@ -1,0 +1,392 @@
+//! AVX2 GEMV kernels on the packed layouts, for x86-64 CPUs without AVX-512 (AMD Zen 2/3,
+//! older Intel): the same layouts as the AVX-512 tier, each 64-byte vector of 16 rows taken
+//! as two 32-byte halves of 8 rows. VNNI's 4-byte dot is `vpmaddubsw` (unsigned weights
+//! times signed activations, int16 pairs) then `vpmaddwd` by ones (int32 per row), with the
+//! int16 sums kept below 2^15 by how many products each one collects (noted per kernel).
+
+use super::{Layout, DECODE_GROUPS};
+use crate::backend::dtype::DType;
+use std::arch::x86_64::*;
+
+/// Activation rows per pass (each keeps two accumulator vectors, one per half).
+const M_PASS: usize = 4;
+/// Bytes ahead of the current block to prefetch.
+const PREFETCH_AHEAD: usize = 2304;
+
+/// Whether this CPU runs the tier (AVX2, FMA and F16C; read from CPUID once by std).
+pub fn detected() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+}
+
+/// Checked entry, as the AVX-512 tier's: lengths first, then the SIMD body. `groups` holds
+/// `ng` consecutive row groups; `out[gi * m + j]` receives group gi against activation row j.
+/// Panics if the CPU lacks the tier (see [`detected`]).
+pub fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
+    assert!(detected(), "AVX2 GEMV on a CPU without AVX2, FMA and F16C");
+    let (ab, m) = (layout.act_type().block_bytes(), acts.len());
+    let gbytes = nb * layout.group_block();
+    assert!(groups.len() >= ng * gbytes && out.len() >= ng * m);
+    let with_sums = layout == Layout::Q4_0x16;
+    assert!(!with_sums || sums.len() >= m);
+    for (i, a) in acts.iter().enumerate() {
+        assert!(a.len() >= nb * ab && (!with_sums || sums[i].len() >= nb));
+    }
+    let group = |gi: usize| &groups[gi * gbytes..(gi + 1) * gbytes];
+    let s_all = if with_sums { sums } else { &[][..] };
+    macro_rules! pass {
+        ($m:literal, $g:expr, $gs:expr, $a:expr, $s:expr, $o:expr) => {
+            match layout {
+                Layout::Q4_0x16 => q4_0x16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $s.try_into().unwrap(), $o),
+                Layout::Q4_1x16 => q4_1x16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
+                Layout::Q8_0x16 => q8_0x16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
+                Layout::Q4_Kx16 => q4_kx16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
+                Layout::Q6_Kx16 => q6_kx16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
+            }
+        };
+    }
+    // SAFETY (every pass below): lengths checked above; AVX2, FMA and F16C detected above.
+    if m == 1 && ng == DECODE_GROUPS {
+        let gs: [&[u8]; DECODE_GROUPS] = std::array::from_fn(group);
+        let s1: &[&[i32]] = if with_sums { &s_all[..1] } else { &[&[]] };
+        unsafe { pass!(1, DECODE_GROUPS, gs, acts, s1, out) };
+        return;
+    }
+    for gi in 0..ng {
+        let g = [group(gi)];
+        for c in (0..m).step_by(M_PASS) {
+            let e = (c + M_PASS).min(m);
+            let (a, o) = (&acts[c..e], &mut out[gi * m + c..gi * m + e]);
+            let s = if with_sums { &s_all[c..e] } else { &[&[][..]; M_PASS][..e - c] };
+            unsafe {
+                match e - c {
+                    1 => pass!(1, 1, g, a, s, o),
+                    2 => pass!(2, 1, g, a, s, o),
+                    3 => pass!(3, 1, g, a, s, o),
+                    _ => pass!(4, 1, g, a, s, o),
+                }
+            }
+        }
+    }
+}
+
+/// Prefetches the `bytes` from `at` (prefetches never fault, so `at` may lie past the end).
+#[inline(always)]
+unsafe fn prefetch(at: *const u8, bytes: usize) {
+    let at = at as *const i8;
+    for l in 0..bytes.div_ceil(64) {
+        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(l * 64));
+    }
+}
+
+/// The accumulators out: half h of group gi against activation row j to rows 8h .. 8h + 8
+/// of `out[gi * M + j]`.
+#[inline(always)]
+unsafe fn store_groups<const M: usize, const G: usize>(f: &[[[__m256; 2]; M]; G], out: &mut [[f32; 16]]) {
+    for (gi, fg) in f.iter().enumerate() {
+        for (j, v) in fg.iter().enumerate() {
+            _mm256_storeu_ps(out[gi * M + j].as_mut_ptr(), v[0]);
+            _mm256_storeu_ps(out[gi * M + j].as_mut_ptr().add(8), v[1]);
+        }
+    }
+}
+
+/// The fp16 at `p` as f32.
+#[inline(always)]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((p as *const u16).read_unaligned() as i32)))
+}
+
+/// Eight fp16 at `p` as f32.
+#[inline(always)]
+unsafe fn f16x8(p: *const u8) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+/// 32 bytes at `p`.
+#[inline(always)]
+unsafe fn ld(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+/// Four activation bytes at `p` in every lane.
+#[inline(always)]
+unsafe fn bcast4(p: *const u8) -> __m256i {
+    _mm256_set1_epi32((p as *const i32).read_unaligned())
+}
+
+/// Per lane, the int16 pair sums of unsigned `w` bytes times signed `a` bytes.
+#[inline(always)]
+unsafe fn dot16(w: __m256i, a: __m256i) -> __m256i {
+    _mm256_maddubs_epi16(w, a)
+}
+
+/// Per lane, the int32 sum of its two int16 halves.
+#[inline(always)]
+unsafe fn widen(s16: __m256i) -> __m256i {
+    _mm256_madd_epi16(s16, _mm256_set1_epi16(1))
+}
+
+/// Byte `i` (0..4) of every 32-bit lane, zero-extended.
+#[inline(always)]
+unsafe fn lane_u8(v: __m256i, i: usize) -> __m256i {
+    let m = _mm256_set1_epi32(0xFF);
+    match i {
+        0 => _mm256_and_si256(v, m),
+        1 => _mm256_and_si256(_mm256_srli_epi32::<8>(v), m),
+        2 => _mm256_and_si256(_mm256_srli_epi32::<16>(v), m),
+        _ => _mm256_srli_epi32::<24>(v),
+    }
+}
+
+/// Byte `i` (0..4) of every 32-bit lane, sign-extended.
+#[inline(always)]
+unsafe fn lane_i8(v: __m256i, i: usize) -> __m256i {
+    match i {
+        0 => _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(v)),
+        1 => _mm256_srai_epi32::<24>(_mm256_slli_epi32::<16>(v)),
+        2 => _mm256_srai_epi32::<24>(_mm256_slli_epi32::<8>(v)),
+        _ => _mm256_srai_epi32::<24>(v),
+    }
+}
+
+/// 8 rows' int32 dots of one 32-k block of unsigned nibbles (the four 32-byte halves at
+/// `at`, 64 bytes apart: low nibbles k = 4i .., high k = 16 + 4i ..) with the 32 activation
+/// quants at `q`. Each int16 collects 16 products of at most 15 x 128: below 2^15.
+#[inline(always)]
+unsafe fn nibble_block_dot(at: *const u8, q: *const u8) -> __m256i {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut s = _mm256_setzero_si256();
+    for i in 0..4 {
+        let v = ld(at.add(64 * i));
+        s = _mm256_add_epi16(s, dot16(_mm256_and_si256(v, m4), bcast4(q.add(4 * i))));
+        s = _mm256_add_epi16(s, dot16(_mm256_and_si256(_mm256_srli_epi16::<4>(v), m4), bcast4(q.add(16 + 4 * i))));
+    }
+    widen(s)
+}
+
+/// Offsets in a Q8_K block: f32 scale, 256 quants, 16 int16 sums of 16 quants.
+const Q8K_QS: usize = 4;
+const Q8K_BSUMS: usize = 260;
+
+/// Up to M_PASS Q8_0 activation rows against `Q4_0x16` groups: unsigned nibbles dotted, then
+/// 8 * sum(a) subtracted for q - 8; x = d * (q - 8) as ggml.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], sums: &[&[i32]; M], out: &mut [[f32; 16]]) {
+    const GB: usize = Layout::Q4_0x16.group_block();
+    let bq8 = DType::Q8_0.block_bytes();
+    let mut f = [[[_mm256_setzero_ps(); 2]; M]; G];
+    for b in 0..nb {
+        for (gi, g) in groups.iter().enumerate() {
+            let base = g.as_ptr().add(b * GB);
+            prefetch(base.wrapping_add(PREFETCH_AHEAD), GB);
+            for h in 0..2 {
+                let dw = f16x8(base.add(16 * h));
+                for (j, a) in acts.iter().enumerate() {
+                    let ab = a.as_ptr().add(b * bq8);
+                    let s = _mm256_sub_epi32(nibble_block_dot(base.add(32 + 32 * h), ab.add(2)), _mm256_set1_epi32(8 * *sums[j].get_unchecked(b)));
+                    f[gi][j][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(f16_at(ab))), f[gi][j][h]);
+                }
+            }
+        }
+    }
+    store_groups(&f, out);
+}
+
+/// As [`q4_0x16_pass`] for `Q4_1x16` against Q8_1: the nibbles are the values, and each
+/// block adds its minimum times the activations' scaled sum (the order of the AVX-512 tier).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
+    const GB: usize = Layout::Q4_1x16.group_block();
+    let bq8 = DType::Q8_1.block_bytes();
+    let mut f = [[[_mm256_setzero_ps(); 2]; M]; G];
+    for b in 0..nb {
+        for (gi, g) in groups.iter().enumerate() {
+            let base = g.as_ptr().add(b * GB);
+            prefetch(base.wrapping_add(PREFETCH_AHEAD), GB);
+            for h in 0..2 {
+                let (dw, mw) = (f16x8(base.add(16 * h)), f16x8(base.add(32 + 16 * h)));
+                for (j, a) in acts.iter().enumerate() {
+                    let ab = a.as_ptr().add(b * bq8);
+                    let s = nibble_block_dot(base.add(64 + 32 * h), ab.add(4));
+                    let (da, sa) = (f16_at(ab), f16_at(ab.add(2)));
+                    f[gi][j][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(da)), f[gi][j][h]);
+                    f[gi][j][h] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sa), f[gi][j][h]);
+                }
+            }
+        }
+    }
+    store_groups(&f, out);
+}
+
+/// As [`q4_0x16_pass`] for `Q8_0x16` (quants stored q + 128): the weights go back to signed
+/// and `vpmaddubsw` takes |q| against the activations with q's sign, so each int16 pair sum
+/// stays within 2 x 128 x 127; widened to int32 per vector.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
+    const GB: usize = Layout::Q8_0x16.group_block();
+    let bq8 = DType::Q8_0.block_bytes();
+    let flip = _mm256_set1_epi8(-128);
+    let mut f = [[[_mm256_setzero_ps(); 2]; M]; G];
+    for b in 0..nb {
+        for (gi, g) in groups.iter().enumerate() {
+            let base = g.as_ptr().add(b * GB);
+            prefetch(base.wrapping_add(4 * GB), GB);
+            for h in 0..2 {
+                let dw = f16x8(base.add(16 * h));
+                let mut s = [_mm256_setzero_si256(); M];
+                for i in 0..8 {
+                    let w = _mm256_xor_si256(ld(base.add(32 + 64 * i + 32 * h)), flip);
+                    let aw = _mm256_sign_epi8(w, w);
+                    for (j, a) in acts.iter().enumerate() {
+                        let q = bcast4(a.as_ptr().add(b * bq8 + 2 + 4 * i));
+                        s[j] = _mm256_add_epi32(s[j], widen(dot16(aw, _mm256_sign_epi8(q, w))));
+                    }
+                }
+                for (j, a) in acts.iter().enumerate() {
+                    let da = f16_at(a.as_ptr().add(b * bq8));
+                    f[gi][j][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[j]), _mm256_mul_ps(dw, _mm256_set1_ps(da)), f[gi][j][h]);
+                }
+            }
+        }
+    }
+    store_groups(&f, out);
+}
+
+/// Up to M_PASS Q8_K activation rows against `Q4_Kx16` groups, as the AVX-512 tier: the
+/// 6-bit scales and minimums decoded in-lane; per 32-k sub-block the unsigned nibbles dotted
+/// (each int16 collects 16 products of at most 15 x 128) and multiplied by the row's scale in
+/// the widening `vpmaddwd`; the minimums meet the activations' sub-block sums in a 16-bit
+/// multiply-add. x = d * sc * q - dmin * m, as ggml.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
+    const GB: usize = Layout::Q4_Kx16.group_block();
+    const QS: usize = 64 + 3 * 64;
+    let bq8 = DType::Q8_K.block_bytes();
+    let m4 = _mm256_set1_epi8(0x0F);
+    let (k1, k2, k3) = (_mm256_set1_epi32(0x3f3f3f3f), _mm256_set1_epi32(0x0f0f0f0f), _mm256_set1_epi32(0x03030303));
+    let even = _mm256_set1_epi32(0x00FF00FF);
+    let mut f = [[[_mm256_setzero_ps(); 2]; M]; G];
+    for b in 0..nb {
+        for (gi, g) in groups.iter().enumerate() {
+            let base = g.as_ptr().add(b * GB);
+            for h in 0..2 {
+                prefetch(base.wrapping_add(GB + h * GB / 2), GB / 2);
+                let dw = f16x8(base.add(16 * h));
+                let dm = f16x8(base.add(32 + 16 * h));
+                let (w0, w1, w2) = (ld(base.add(64 + 32 * h)), ld(base.add(128 + 32 * h)), ld(base.add(192 + 32 * h)));
+                let high2 = |w: __m256i| _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srli_epi32::<6>(w), k3));
+                // Bytes of each lane: scales 0..4, 4..8; minimums 0..4, 4..8.
+                let sc = [_mm256_and_si256(w0, k1), _mm256_or_si256(_mm256_and_si256(w2, k2), high2(w0))];
+                let mn = [_mm256_and_si256(w1, k1), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32::<4>(w2), k2), high2(w1))];
+                // Minimums as int16 pairs: (m0, m2), (m1, m3), (m4, m6), (m5, m7).
+                let mp = [
+                    _mm256_and_si256(mn[0], even),
+                    _mm256_and_si256(_mm256_srli_epi32::<8>(mn[0]), even),
+                    _mm256_and_si256(mn[1], even),
+                    _mm256_and_si256(_mm256_srli_epi32::<8>(mn[1]), even),
+                ];
+                let mut isum = [_mm256_setzero_si256(); M];
+                for c in 0..4 {
+                    // The sub-blocks' scales in both int16 halves of each lane.
+                    let pair16 = |s: __m256i| _mm256_or_si256(s, _mm256_slli_epi32::<16>(s));
+                    let (s_lo, s_hi) = (pair16(lane_u8(sc[c / 2], 2 * (c % 2))), pair16(lane_u8(sc[c / 2], 2 * (c % 2) + 1)));
+                    let mut al = [_mm256_setzero_si256(); M];
+                    let mut ah = [_mm256_setzero_si256(); M];
+                    for i in 0..8 {
+                        let v = ld(base.add(QS + 64 * (8 * c + i) + 32 * h));
+                        let lo = _mm256_and_si256(v, m4);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                        for (j, a) in acts.iter().enumerate() {
+                            let q = a.as_ptr().add(b * bq8 + Q8K_QS + 64 * c);
+                            al[j] = _mm256_add_epi16(al[j], dot16(lo, bcast4(q.add(4 * i))));
+                            ah[j] = _mm256_add_epi16(ah[j], dot16(hi, bcast4(q.add(32 + 4 * i))));
+                        }
+                    }
+                    for j in 0..M {
+                        isum[j] = _mm256_add_epi32(isum[j], _mm256_add_epi32(_mm256_madd_epi16(al[j], s_lo), _mm256_madd_epi16(ah[j], s_hi)));
+                    }
+                }
+                for (j, a) in acts.iter().enumerate() {
+                    let ab = a.as_ptr().add(b * bq8);
+                    let bs = ab.add(Q8K_BSUMS) as *const i16;
+                    // Sub-block s sums 32 quants: two of ggml's 16-quant sums (|sum| <= 4096, int16).
+                    let s = |i: usize| (bs.add(2 * i).read_unaligned() as i32 + bs.add(2 * i + 1).read_unaligned() as i32) as u16 as u32;
+                    let pair = |x: usize, y: usize| _mm256_set1_epi32((s(x) | (s(y) << 16)) as i32);
+                    let msum = _mm256_add_epi32(
+                        _mm256_add_epi32(_mm256_madd_epi16(mp[0], pair(0, 2)), _mm256_madd_epi16(mp[1], pair(1, 3))),
+                        _mm256_add_epi32(_mm256_madd_epi16(mp[2], pair(4, 6)), _mm256_madd_epi16(mp[3], pair(5, 7))),
+                    );
+                    let da = _mm256_set1_ps((ab as *const f32).read_unaligned());
+                    f[gi][j][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(dw, da), f[gi][j][h]);
+                    f[gi][j][h] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dm, da), f[gi][j][h]);
+                }
+            }
+        }
+    }
+    store_groups(&f, out);
+}
+
+/// Up to M_PASS Q8_K activation rows against `Q6_Kx16` groups, as the AVX-512 tier: per 16-k
+/// sub-block and output quarter the 6-bit quants are rebuilt from `ql` nibbles and `qh` pairs
+/// (unsigned, q + 32), dotted (two steps per int16: 4 products of at most 63 x 128), corrected
+/// by 32 * the activations' sub-block sum and multiplied by the row's signed scale;
+/// x = d * sc * (q - 32), as ggml.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
+    const GB: usize = Layout::Q6_Kx16.group_block();
+    const QL: usize = 32;
+    const QH: usize = 32 + 32 * 64;
+    const SC: usize = 32 + 48 * 64;
+    let bq8 = DType::Q8_K.block_bytes();
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m33 = _mm256_set1_epi8(0x33);
+    let mut f = [[[_mm256_setzero_ps(); 2]; M]; G];
+    for b in 0..nb {
+        for (gi, g) in groups.iter().enumerate() {
+            let base = g.as_ptr().add(b * GB);
+            for hv in 0..2 {
+                let dw = f16x8(base.add(16 * hv));
+                let ldh = |at: usize| ld(base.add(at + 32 * hv));
+                let mut isum = [_mm256_setzero_si256(); M];
+                for h in 0..2 {
+                    for is in 0..2 {
+                        prefetch(base.wrapping_add(GB + (2 * h + is) * GB / 8 + hv * GB / 2), GB / 8);
+                        // Quarter t of half h: elements 128 h + 32 t + l, l in 16 is .. 16 is + 16.
+                        for t in 0..4 {
+                            let mut acc = [[_mm256_setzero_si256(); 2]; M];
+                            for step in 0..4 {
+                                let ls = 4 * is + step;
+                                let l4 = ldh(QL + 64 * (16 * h + 8 * (t % 2) + ls));
+                                let hb = ldh(QH + 64 * (8 * h + ls));
+                                // ql low nibbles for t < 2, high for t >= 2; qh bits 2t, 2t + 1.
+                                let pair = if t % 2 == 0 { _mm256_and_si256(hb, m33) } else { _mm256_and_si256(_mm256_srli_epi16::<2>(hb), m33) };
+                                let q = if t < 2 {
+                                    _mm256_or_si256(_mm256_and_si256(l4, m4), _mm256_andnot_si256(m4, _mm256_slli_epi16::<4>(pair)))
+                                } else {
+                                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l4), m4), _mm256_andnot_si256(m4, pair))
+                                };
+                                for (j, a) in acts.iter().enumerate() {
+                                    let qa = a.as_ptr().add(b * bq8 + Q8K_QS + 128 * h + 32 * t + 4 * ls);
+                                    acc[j][step / 2] = _mm256_add_epi16(acc[j][step / 2], dot16(q, bcast4(qa)));
+                                }
+                            }
+                            let sub = 8 * h + 2 * t + is;
+                            let scale = lane_i8(ldh(SC + 64 * (sub / 4)), sub % 4);
+                            for (j, a) in acts.iter().enumerate() {
+                                let bsum = (a.as_ptr().add(b * bq8 + Q8K_BSUMS + 2 * sub) as *const i16).read_unaligned() as i32;
+                                let dot = _mm256_add_epi32(widen(acc[j][0]), widen(acc[j][1]));
+                                let centred = _mm256_sub_epi32(dot, _mm256_set1_epi32(32 * bsum));
+                                isum[j] = _mm256_add_epi32(isum[j], _mm256_mullo_epi32(centred, scale));
+                            }
+                        }
+                    }
+                }
+                for (j, a) in acts.iter().enumerate() {
+                    let da = _mm256_set1_ps((a.as_ptr().add(b * bq8) as *const f32).read_unaligned());
+                    f[gi][j][hv] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(dw, da), f[gi][j][hv]);
+                }
+            }
+        }
+    }
+    store_groups(&f, out);
+}
