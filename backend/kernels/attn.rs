@@ -80,34 +80,56 @@ pub fn finish_scores(
     out: &mut [f32],
 ) {
     assert!(n <= BLOCK && out.len() >= BLOCK && mask.is_none_or(|m| m.len() >= n));
-    #[cfg(target_arch = "x86_64")]
-    if fast() {
+    match tier() {
         // SAFETY: lengths checked; AVX-512F/BW/VL detected (the quant tier's detection).
-        return unsafe { avx512::finish_scores(s, scale, slope, mask, n, out) };
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512 => unsafe { avx512::finish_scores(s, scale, slope, mask, n, out) },
+        // SAFETY: lengths checked; AVX2, FMA and F16C detected.
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 => unsafe { avx2::finish_scores(s, scale, slope, mask, n, out) },
+        _ => finish_scores_scalar(s, scale, slope, mask, n, out),
     }
-    finish_scores_scalar(s, scale, slope, mask, n, out)
 }
 
-/// Whether the AVX-512 tier runs here.
-pub fn fast() -> bool {
+/// The SIMD tier the blocked kernels run on here, if any.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    Avx512,
+    Avx2,
+    Scalar,
+}
+
+fn tier() -> Tier {
     #[cfg(target_arch = "x86_64")]
-    {
-        crate::backend::kernels::quant::avx512::detected()
-            && !crate::backend::kernels::quant::force_scalar()
+    if !crate::backend::kernels::quant::force_scalar() {
+        if crate::backend::kernels::quant::avx512::detected() {
+            return Tier::Avx512;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+            return Tier::Avx2;
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    Tier::Scalar
+}
+
+/// Whether a SIMD tier (AVX-512, or AVX2 + FMA + F16C) runs here: the blocked path is
+/// only worth its K / V conversion with one.
+pub fn fast() -> bool {
+    tier() != Tier::Scalar
 }
 
 /// [`scores_block_scalar`] on the fastest tier.
 pub fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
     assert!(q.len() >= BLOCK * dk && kt.len() >= dk * BLOCK);
-    #[cfg(target_arch = "x86_64")]
-    if fast() {
+    match tier() {
         // SAFETY: lengths checked; AVX-512F detected.
-        return unsafe { avx512::scores_block(q, dk, kt, s) };
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512 => unsafe { avx512::scores_block(q, dk, kt, s) },
+        // SAFETY: lengths checked; AVX2 and FMA detected.
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 => unsafe { avx2::scores_block(q, dk, kt, s) },
+        _ => scores_block_scalar(q, dk, kt, s),
     }
-    scores_block_scalar(q, dk, kt, s)
 }
 
 /// [`pv_block_scalar`] on the fastest tier (AVX-512 needs dv a multiple of 16).
@@ -117,12 +139,15 @@ pub fn pv_block(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize,
             && v.len() >= n_keys * dv
             && o.len() >= BLOCK * dv
     );
-    #[cfg(target_arch = "x86_64")]
-    if fast() && dv.is_multiple_of(16) {
+    match tier() {
         // SAFETY: lengths checked; AVX-512F detected; dv is whole vectors.
-        return unsafe { avx512::pv_block(p, p_stride, n_keys, v, dv, o) };
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512 if dv.is_multiple_of(16) => unsafe { avx512::pv_block(p, p_stride, n_keys, v, dv, o) },
+        // SAFETY: lengths checked; AVX2 and FMA detected; dv is whole vectors.
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 if dv.is_multiple_of(8) => unsafe { avx2::pv_block(p, p_stride, n_keys, v, dv, o) },
+        _ => pv_block_scalar(p, p_stride, n_keys, v, dv, o),
     }
-    pv_block_scalar(p, p_stride, n_keys, v, dv, o)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -195,6 +220,82 @@ mod avx512 {
             }
         };
         _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mask_mov_ps(ninf, valid, r));
+    }
+}
+
+/// The AVX2 tier: 8-lane halves of the AVX-512 tier's 16-wide vectors, each result the same
+/// fused multiply-add chain, so the tiers agree bit for bit.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::BLOCK;
+    use std::arch::x86_64::*;
+
+    /// Callers checked: q holds 16 rows of dk, kt dk * 16 floats. Four query rows at a time
+    /// (eight accumulators: 4 rows x 2 key halves).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
+        let (qp, kp) = (q.as_ptr(), kt.as_ptr());
+        for quad in 0..BLOCK / 4 {
+            let q0 = qp.add(quad * 4 * dk);
+            let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+            for d in 0..dk {
+                let (k0, k1) = (_mm256_loadu_ps(kp.add(d * BLOCK)), _mm256_loadu_ps(kp.add(d * BLOCK + 8)));
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let qv = _mm256_set1_ps(*q0.add(i * dk + d));
+                    a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
+                    a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(s[quad * 4 + i].as_mut_ptr(), a[0]);
+                _mm256_storeu_ps(s[quad * 4 + i].as_mut_ptr().add(8), a[1]);
+            }
+        }
+    }
+
+    /// Callers checked the lengths; dv is a multiple of 8. Eight query rows per pass over
+    /// each 8-wide V column chunk.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn pv_block(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]) {
+        let (pp, vp, op) = (p.as_ptr(), v.as_ptr(), o.as_mut_ptr());
+        for half in 0..BLOCK / 8 {
+            let r0 = half * 8;
+            for c in (0..dv).step_by(8) {
+                let mut acc: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(op.add((r0 + i) * dv + c)));
+                for key in 0..n_keys {
+                    let vv = _mm256_loadu_ps(vp.add(key * dv + c));
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_set1_ps(*pp.add((r0 + i) * p_stride + key)), vv, *a);
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(op.add((r0 + i) * dv + c), *a);
+                }
+            }
+        }
+    }
+
+    /// As the AVX-512 tier's, in two halves; the mask is read only below `n`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn finish_scores(s: &[f32; BLOCK], scale: f32, slope: f32, mask: Option<&[u16]>, n: usize, out: &mut [f32]) {
+        let mut m16 = [0u16; BLOCK];
+        if let Some(m) = mask {
+            m16[..n].copy_from_slice(&m[..n]);
+        }
+        for h in 0..2 {
+            let x = _mm256_mul_ps(_mm256_loadu_ps(s.as_ptr().add(8 * h)), _mm256_set1_ps(scale));
+            let r = match mask {
+                None => x,
+                Some(_) => {
+                    let mv = _mm256_cvtph_ps(_mm_loadu_si128(m16.as_ptr().add(8 * h) as *const __m128i));
+                    _mm256_add_ps(x, _mm256_mul_ps(mv, _mm256_set1_ps(slope)))
+                }
+            };
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * h), r);
+        }
+        for o in &mut out[n..BLOCK] {
+            *o = f32::NEG_INFINITY;
+        }
     }
 }
 

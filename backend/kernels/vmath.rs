@@ -5,7 +5,9 @@
 //! int8 activation roundings later, and those grow through the layers (README, numerics).
 //!
 //! Each function has a portable scalar tier that mirrors the vector one operation by
-//! operation (fused multiply-adds included), so the tiers agree bit for bit.
+//! operation (fused multiply-adds included), so the tiers agree bit for bit. CPUs without
+//! AVX-512 run ggml's AVX2 loops instead (8 lanes, a different exp), mirrored by their own
+//! scalar references (`*_avx2`), since that is what ggml-cpu runs there.
 
 /// Lanes of ggml's x86 vector loops (AVX-512).
 pub const LANES: usize = 16;
@@ -41,9 +43,41 @@ pub fn expf_ggml(x: f32) -> f32 {
     (j as f64 * 2f64.powi(n as i32)) as f32
 }
 
+/// Lanes of ggml's AVX2 loops (x86 CPUs without AVX-512).
+pub const LANES_AVX2: usize = 8;
+
+/// ggml_v_expf's AVX2 + FMA version on one lane: the same range reduction, but the
+/// polynomial gives exp(b) - 1, scaled by 2^n as k + j k with k built from the exponent
+/// bits, and |n| > 126 takes a split scaling (s1, s2) so 2^n does not overflow on the way.
+pub fn expf_ggml_avx2(x: f32) -> f32 {
+    let z = x.mul_add(EXP_LOG2E, EXP_SHIFT);
+    let n = z - EXP_SHIFT;
+    let b = (-n).mul_add(EXP_LN2_LO, (-n).mul_add(EXP_LN2_HI, x));
+    let e = z.to_bits() << 23;
+    let k = f32::from_bits(e.wrapping_add(1f32.to_bits()));
+    let u = b * b;
+    let j = EXP_C[4].mul_add(b, EXP_C[3]).mul_add(u, EXP_C[2].mul_add(b, EXP_C[1])).mul_add(u, EXP_C[0] * b);
+    if n.abs() <= 126.0 || n.is_nan() {
+        return j.mul_add(k, k);
+    }
+    let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+    let s1 = f32::from_bits(g.wrapping_add(0x7f00_0000));
+    let s2 = f32::from_bits(e.wrapping_sub(g));
+    if n.abs() > 192.0 {
+        s1 * s1
+    } else {
+        s2.mul_add(j, s2) * s1
+    }
+}
+
 /// silu(x) = x / (1 + exp(-x)) as ggml_v_silu computes one lane.
 fn silu_lane(x: f32) -> f32 {
     x / (1.0 + expf_ggml(0.0 - x))
+}
+
+/// As [`silu_lane`] with the AVX2 exp.
+fn silu_lane_avx2(x: f32) -> f32 {
+    x / (1.0 + expf_ggml_avx2(0.0 - x))
 }
 
 /// silu(x) as ggml's scalar tail computes it (libm expf).
@@ -81,18 +115,58 @@ pub fn silu_mul_scalar(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
     }
 }
 
+/// As [`silu_mul_scalar`] in the order of ggml's AVX2 loop (8 lanes, its exp): the
+/// reference of the AVX2 tier.
+pub fn silu_mul_scalar_avx2(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
+    let n = out.len();
+    let whole = n - n % LANES_AVX2;
+    for i in 0..n {
+        let s = if i < whole { silu_lane_avx2(x[i]) } else { silu_libm(x[i]) };
+        out[i] = match g {
+            Some(g) => s * g[i],
+            None => s,
+        };
+    }
+}
+
+/// Which of ggml's x86 vector loops the fast tiers mirror on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// AVX-512 (and the portable path, which follows it operation by operation).
+    Avx512,
+    /// AVX2 + FMA without AVX-512.
+    Avx2,
+    /// Neither: the scalar tier.
+    Portable,
+}
+
+/// The tier this CPU runs (`SMEPILOT_FORCE_SCALAR` selects the portable one).
+pub fn tier() -> Tier {
+    #[cfg(target_arch = "x86_64")]
+    if !crate::backend::kernels::quant::force_scalar() {
+        if crate::backend::kernels::quant::avx512::detected() {
+            return Tier::Avx512;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Tier::Avx2;
+        }
+    }
+    Tier::Portable
+}
+
 /// [`silu_mul_scalar`] on the fastest tier.
 pub fn silu_mul(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
     let n = out.len();
     assert!(x.len() >= n && g.is_none_or(|g| g.len() >= n));
-    #[cfg(target_arch = "x86_64")]
-    if crate::backend::kernels::quant::avx512::detected()
-        && !crate::backend::kernels::quant::force_scalar()
-    {
+    match tier() {
         // SAFETY: lengths checked; AVX-512F detected.
-        return unsafe { avx512::silu_mul(x, g, out) };
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512 => unsafe { avx512::silu_mul(x, g, out) },
+        // SAFETY: lengths checked; AVX2 and FMA detected.
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 => unsafe { avx2::silu_mul(x, g, out) },
+        _ => silu_mul_scalar(x, g, out),
     }
-    silu_mul_scalar(x, g, out)
 }
 
 /// `y[i] = exp(y[i] - max)` in place; returns the sum in f64, as ggml_vec_soft_max_f32
@@ -117,16 +191,138 @@ pub fn soft_max_scalar(y: &mut [f32], max: f32) -> f64 {
     sum
 }
 
+/// As [`soft_max_scalar`] in the order of ggml's AVX2 loop: 8-lane chunks with its exp,
+/// each reduced as (hi + lo) 4 lanes, then 2, then 1 (`movehl`, `movehdup`), added in f64.
+/// The reference of the AVX2 tier.
+pub fn soft_max_scalar_avx2(y: &mut [f32], max: f32) -> f64 {
+    let n = y.len();
+    let whole = n - n % LANES_AVX2;
+    let mut sum = 0f64;
+    for c in y[..whole].chunks_exact_mut(LANES_AVX2) {
+        for v in c.iter_mut() {
+            *v = expf_ggml_avx2(*v - max);
+        }
+        let q: [f32; 4] = std::array::from_fn(|i| c[i + 4] + c[i]);
+        let (a0, a1) = (q[0] + q[2], q[1] + q[3]);
+        sum += (a0 + a1) as f64;
+    }
+    for v in &mut y[whole..] {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    sum
+}
+
 /// [`soft_max_scalar`] on the fastest tier.
 pub fn soft_max(y: &mut [f32], max: f32) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if crate::backend::kernels::quant::avx512::detected()
-        && !crate::backend::kernels::quant::force_scalar()
-    {
+    match tier() {
         // SAFETY: AVX-512F detected; the kernel stays within y.
-        return unsafe { avx512::soft_max(y, max) };
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512 => unsafe { avx512::soft_max(y, max) },
+        // SAFETY: AVX2 and FMA detected; the kernel stays within y.
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 => unsafe { avx2::soft_max(y, max) },
+        _ => soft_max_scalar(y, max),
     }
-    soft_max_scalar(y, max)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// ggml_v_expf (AVX2 + FMA), instruction for instruction.
+    #[inline(always)]
+    pub(super) unsafe fn exp_ps(x: __m256) -> __m256 {
+        let r = _mm256_set1_ps(EXP_SHIFT);
+        let z = _mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), r);
+        let n = _mm256_sub_ps(z, r);
+        let b = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x));
+        let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
+        let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0))));
+        let absn = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+        let c = _mm256_cmp_ps::<_CMP_GT_OQ>(absn, _mm256_set1_ps(126.0));
+        let u = _mm256_mul_ps(b, b);
+        let j = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(
+                _mm256_fmadd_ps(_mm256_set1_ps(EXP_C[4]), b, _mm256_set1_ps(EXP_C[3])),
+                u,
+                _mm256_fmadd_ps(_mm256_set1_ps(EXP_C[2]), b, _mm256_set1_ps(EXP_C[1])),
+            ),
+            u,
+            _mm256_mul_ps(_mm256_set1_ps(EXP_C[0]), b),
+        );
+        if _mm256_movemask_ps(c) == 0 {
+            return _mm256_fmadd_ps(j, k, k);
+        }
+        let g = _mm256_and_si256(
+            _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps())),
+            _mm256_set1_epi32(0x8200_0000u32 as i32),
+        );
+        let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
+        let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+        let d = _mm256_cmp_ps::<_CMP_GT_OQ>(absn, _mm256_set1_ps(192.0));
+        _mm256_or_ps(
+            _mm256_and_ps(d, _mm256_mul_ps(s1, s1)),
+            _mm256_andnot_ps(
+                d,
+                _mm256_or_ps(
+                    _mm256_and_ps(c, _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
+                    _mm256_andnot_ps(c, _mm256_fmadd_ps(k, j, k)),
+                ),
+            ),
+        )
+    }
+
+    /// Callers checked: x (and g) hold out.len() floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_mul(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
+        let n = out.len();
+        let whole = n - n % LANES_AVX2;
+        let mut i = 0;
+        while i < whole {
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            let e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), v));
+            let mut s = _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+            if let Some(g) = g {
+                s = _mm256_mul_ps(s, _mm256_loadu_ps(g.as_ptr().add(i)));
+            }
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), s);
+            i += LANES_AVX2;
+        }
+        for i in whole..n {
+            let s = silu_libm(x[i]);
+            out[i] = match g {
+                Some(g) => s * g[i],
+                None => s,
+            };
+        }
+    }
+
+    /// ggml_vec_soft_max_f32's AVX2 loop.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn soft_max(y: &mut [f32], max: f32) -> f64 {
+        let n = y.len();
+        let whole = n - n % LANES_AVX2;
+        let m = _mm256_set1_ps(max);
+        let p = y.as_mut_ptr();
+        let mut sum = 0f64;
+        let mut i = 0;
+        while i < whole {
+            let e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+            _mm256_storeu_ps(p.add(i), e);
+            let v2 = _mm_add_ps(_mm256_extractf128_ps::<1>(e), _mm256_castps256_ps128(e));
+            let v2 = _mm_add_ps(v2, _mm_movehl_ps(v2, v2));
+            let v2 = _mm_add_ss(v2, _mm_movehdup_ps(v2));
+            sum += _mm_cvtss_f32(v2) as f64;
+            i += LANES_AVX2;
+        }
+        for v in &mut y[whole..] {
+            *v = (*v - max).exp();
+            sum += *v as f64;
+        }
+        sum
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -255,6 +451,29 @@ mod tests {
     #[test]
     fn exp_is_close_to_libm_and_its_tiers_agree_bit_for_bit() {
         for &x in &inputs() {
+            let (a, b) = (expf_ggml_avx2(x), x.exp());
+            let tol = 2.0 * f32::EPSILON * b.abs() + 1.5e-45 * 4.0;
+            assert!(
+                a == b || (a - b).abs() <= tol || (b.is_infinite() && a.is_infinite()),
+                "avx2 exp({x}): {a} vs libm {b}"
+            );
+        }
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            let xs = inputs();
+            for c in xs.chunks(LANES_AVX2).filter(|c| c.len() == LANES_AVX2) {
+                let mut out = [0f32; LANES_AVX2];
+                // SAFETY: AVX2 and FMA detected; 8 floats in and out.
+                unsafe {
+                    use std::arch::x86_64::*;
+                    _mm256_storeu_ps(out.as_mut_ptr(), avx2::exp_ps(_mm256_loadu_ps(c.as_ptr())));
+                }
+                for (x, e) in c.iter().zip(out) {
+                    assert_eq!(e.to_bits(), expf_ggml_avx2(*x).to_bits(), "avx2 exp({x})");
+                }
+            }
+        }
+        for &x in &inputs() {
             let (a, b) = (expf_ggml(x), x.exp());
             let tol = 2.0 * f32::EPSILON * b.abs() + 1.5e-45 * 4.0;
             assert!(
@@ -290,7 +509,11 @@ mod tests {
             let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
             for gg in [Some(&g[..n]), None] {
                 silu_mul(&x[..n], gg, &mut a);
-                silu_mul_scalar(&x[..n], gg, &mut b);
+                if tier() == Tier::Avx2 {
+                    silu_mul_scalar_avx2(&x[..n], gg, &mut b);
+                } else {
+                    silu_mul_scalar(&x[..n], gg, &mut b);
+                }
                 for i in 0..n {
                     assert_eq!(a[i].to_bits(), b[i].to_bits(), "n={n} silu({}) tiers", x[i]);
                     if !x[i].is_finite() {
@@ -321,7 +544,8 @@ mod tests {
                 .collect();
             let mut b = a.clone();
             let max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let (sa, sb) = (soft_max(&mut a, max), soft_max_scalar(&mut b, max));
+            let sb = if tier() == Tier::Avx2 { soft_max_scalar_avx2(&mut b, max) } else { soft_max_scalar(&mut b, max) };
+            let sa = soft_max(&mut a, max);
             assert_eq!(sa.to_bits(), sb.to_bits(), "n={n} sums");
             for i in 0..n {
                 assert_eq!(a[i].to_bits(), b[i].to_bits(), "n={n} lane {i}");
