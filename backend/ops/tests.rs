@@ -853,7 +853,8 @@ fn check_packed_product(ty: DType, m: usize, n: usize, k: usize, raw: &[u8], xs:
 
 /// ggml-cpu's AMX and VNNI kernels compute Q4_0 / Q4_1 / Q8_0 products as, per output and
 /// block b in order: f = fma(isum_b, d_w * d_a, f), then (types with a minimum) f =
-/// fma(m_w, s_a, f), on activations quantized per block as its quantizer does. Every mode
+/// fma(m_w, s_a, f), on activations quantized per block as its quantizer does; its AVX2 dot
+/// (CPUs without AVX-512) keeps eight lanes of four elements instead. Every mode
 /// (vector kernels on packed weights, the int8 tile engine, both at once) must give exactly
 /// those bits, on packed and unpacked weights and odd shapes.
 #[cfg(target_arch = "x86_64")]
@@ -872,30 +873,39 @@ fn int8_products_are_bit_identical_to_ggml_order_in_every_mode() {
             // The reference, from ggml's blocks.
             let (bw, ba) = (ty.block_bytes(), act_ty.block_bytes());
             let mut want = vec![0f32; m * n];
+            let mut want_avx2 = vec![0f32; m * n];
             let mut qa = vec![0u8; act_ty.row_bytes(k)];
             for r in 0..m {
                 (crate::backend::kernels::quant::kernels(act_ty).unwrap().from_f32.unwrap())(&xs[r * k..(r + 1) * k], &mut qa);
                 for c in 0..n {
                     let mut f = 0f32;
+                    // ggml's AVX2 order: eight lanes of four elements, summed at the end.
+                    let (mut lanes, mut summs) = ([0f32; 8], 0f32);
                     for b in 0..nb {
                         let (wb, ab) = (&raw[c * nb * bw + b * bw..][..bw], &qa[b * ba..][..ba]);
                         let aq = |j: usize| ab[ba - 32 + j] as i8 as i32;
-                        let isum: i32 = (0..32)
-                            .map(|j| {
-                                let wq = match ty {
-                                    DType::Q8_0 => wb[2 + j] as i8 as i32,
-                                    DType::Q4_0 => ((wb[2 + j % 16] >> (4 * (j / 16))) & 15) as i32 - 8,
-                                    _ => ((wb[4 + j % 16] >> (4 * (j / 16))) & 15) as i32,
-                                };
-                                wq * aq(j)
-                            })
-                            .sum();
+                        let prod = |j: usize| {
+                            let wq = match ty {
+                                DType::Q8_0 => wb[2 + j] as i8 as i32,
+                                DType::Q4_0 => ((wb[2 + j % 16] >> (4 * (j / 16))) & 15) as i32 - 8,
+                                _ => ((wb[4 + j % 16] >> (4 * (j / 16))) & 15) as i32,
+                            };
+                            wq * aq(j)
+                        };
+                        let isum: i32 = (0..32).map(prod).sum();
                         f = (isum as f32).mul_add(h(wb, 0) * h(ab, 0), f);
+                        for (l, lane) in lanes.iter_mut().enumerate() {
+                            let lsum: i32 = (4 * l..4 * l + 4).map(prod).sum();
+                            *lane = (lsum as f32).mul_add(h(wb, 0) * h(ab, 0), *lane);
+                        }
                         if ty == DType::Q4_1 {
                             f = h(wb, 2).mul_add(h(ab, 2), f);
+                            summs = h(wb, 2).mul_add(h(ab, 2), summs);
                         }
                     }
                     want[r * n + c] = f;
+                    let t: [f32; 4] = std::array::from_fn(|i| lanes[4 + i] + lanes[i]);
+                    want_avx2[r * n + c] = ((t[0] + t[2]) + (t[1] + t[3])) + summs;
                 }
             }
             let mut packed_mem = vec![0u8; raw.len()];
@@ -924,7 +934,10 @@ fn int8_products_are_bit_identical_to_ggml_order_in_every_mode() {
                     }
                     db.bytes().fill(0);
                     Executor::new(2).compute_with_plans(&[nd], &[Plan::forced(mode, 1)]);
-                    for (i, (g, w)) in db.f32s()[..m * n].iter().zip(&want).enumerate() {
+                    // The vector kernels follow ggml-cpu's order on the same CPU: its AVX2 dot
+                    // where the AVX2 tier runs, else its VNNI / AMX order.
+                    let want = if mode == Mode::Vector && packed::gemv_tier() == "avx2" { &want_avx2 } else { &want };
+                    for (i, (g, w)) in db.f32s()[..m * n].iter().zip(want).enumerate() {
                         assert_eq!(g.to_bits(), w.to_bits(), "{ty:?} {m}x{n}x{k} packed={is_packed} {mode:?} at ({}, {}): {g} vs {w}", i / n, i % n);
                     }
                 }

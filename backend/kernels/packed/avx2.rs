@@ -26,19 +26,20 @@ pub fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]],
     let (ab, m) = (layout.act_type().block_bytes(), acts.len());
     let gbytes = nb * layout.group_block();
     assert!(groups.len() >= ng * gbytes && out.len() >= ng * m);
-    let with_sums = layout == Layout::Q4_0x16;
-    assert!(!with_sums || sums.len() >= m);
-    for (i, a) in acts.iter().enumerate() {
-        assert!(a.len() >= nb * ab && (!with_sums || sums[i].len() >= nb));
+    // The block sums the AVX-512 tier takes are not needed here (ggml's AVX2 order offsets
+    // Q4_0's nibbles per 4-element lane).
+    let with_sums = false;
+    for a in acts {
+        assert!(a.len() >= nb * ab);
     }
     let group = |gi: usize| &groups[gi * gbytes..(gi + 1) * gbytes];
     let s_all = if with_sums { sums } else { &[][..] };
     macro_rules! pass {
         ($m:literal, $g:expr, $gs:expr, $a:expr, $s:expr, $o:expr) => {
             match layout {
-                Layout::Q4_0x16 => q4_0x16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $s.try_into().unwrap(), $o),
-                Layout::Q4_1x16 => q4_1x16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
-                Layout::Q8_0x16 => q8_0x16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
+                Layout::Q4_0x16 => legacy_pass::<$m, $g>(Legacy::Q4_0, nb, &$gs, $a.try_into().unwrap(), $s, $o),
+                Layout::Q4_1x16 => legacy_pass::<$m, $g>(Legacy::Q4_1, nb, &$gs, $a.try_into().unwrap(), $s, $o),
+                Layout::Q8_0x16 => legacy_pass::<$m, $g>(Legacy::Q8_0, nb, &$gs, $a.try_into().unwrap(), $s, $o),
                 Layout::Q4_Kx16 => q4_kx16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
                 Layout::Q6_Kx16 => q6_kx16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
             }
@@ -149,107 +150,91 @@ unsafe fn lane_i8(v: __m256i, i: usize) -> __m256i {
     }
 }
 
-/// 8 rows' int32 dots of one 32-k block of unsigned nibbles (the four 32-byte halves at
-/// `at`, 64 bytes apart: low nibbles k = 4i .., high k = 16 + 4i ..) with the 32 activation
-/// quants at `q`. Each int16 collects 16 products of at most 15 x 128: below 2^15.
-#[inline(always)]
-unsafe fn nibble_block_dot(at: *const u8, q: *const u8) -> __m256i {
-    let m4 = _mm256_set1_epi8(0x0F);
-    let mut s = _mm256_setzero_si256();
-    for i in 0..4 {
-        let v = ld(at.add(64 * i));
-        s = _mm256_add_epi16(s, dot16(_mm256_and_si256(v, m4), bcast4(q.add(4 * i))));
-        s = _mm256_add_epi16(s, dot16(_mm256_and_si256(_mm256_srli_epi16::<4>(v), m4), bcast4(q.add(16 + 4 * i))));
-    }
-    widen(s)
-}
-
 /// Offsets in a Q8_K block: f32 scale, 256 quants, 16 int16 sums of 16 quants.
 const Q8K_QS: usize = 4;
 const Q8K_BSUMS: usize = 260;
 
-/// Up to M_PASS Q8_0 activation rows against `Q4_0x16` groups: unsigned nibbles dotted, then
-/// 8 * sum(a) subtracted for q - 8; x = d * (q - 8) as ggml.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], sums: &[&[i32]; M], out: &mut [[f32; 16]]) {
-    const GB: usize = Layout::Q4_0x16.group_block();
-    let bq8 = DType::Q8_0.block_bytes();
-    let mut f = [[[_mm256_setzero_ps(); 2]; M]; G];
-    for b in 0..nb {
-        for (gi, g) in groups.iter().enumerate() {
-            let base = g.as_ptr().add(b * GB);
-            prefetch(base.wrapping_add(PREFETCH_AHEAD), GB);
-            for h in 0..2 {
-                let dw = f16x8(base.add(16 * h));
-                for (j, a) in acts.iter().enumerate() {
-                    let ab = a.as_ptr().add(b * bq8);
-                    let s = _mm256_sub_epi32(nibble_block_dot(base.add(32 + 32 * h), ab.add(2)), _mm256_set1_epi32(8 * *sums[j].get_unchecked(b)));
-                    f[gi][j][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(f16_at(ab))), f[gi][j][h]);
-                }
-            }
-        }
-    }
-    store_groups(&f, out);
+/// The 32-element block types, in ggml's AVX2 order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Legacy {
+    Q4_0,
+    Q4_1,
+    Q8_0,
 }
 
-/// As [`q4_0x16_pass`] for `Q4_1x16` against Q8_1: the nibbles are the values, and each
-/// block adds its minimum times the activations' scaled sum (the order of the AVX-512 tier).
+/// Up to M_PASS activation rows against `Q4_0x16`, `Q4_1x16` or `Q8_0x16` groups, in the
+/// order of ggml-cpu's AVX2 dot (`ggml_vec_dot_q4_0_q8_0` / `q4_1_q8_1` / `q8_0_q8_0`, and
+/// tinyBLAS's Q8_0 GEMM), so results are bit-identical to stock on AVX2 CPUs: per output row
+/// an 8-lane accumulator whose lane l takes, per block, the exact int sum of elements
+/// 4l .. 4l + 4 as f32 in a fused multiply-add with d_w * d_a; at the end the lanes are
+/// summed as `hsum_float_8` does ((4 + 0) + (6 + 2)) + ((5 + 1) + (7 + 3)), plus, for Q4_1,
+/// the minimums' terms summed on their own (fma(m_w, s_a, summs) per block).
+///
+/// Here lanes are rows, so lane l of ggml's accumulator is the vector `acc[l]` over 8 rows.
+/// Each 64-byte weight vector i holds elements 4i .. 4i + 4 of 16 rows (Q4: low nibbles;
+/// the high nibbles are elements 16 + 4i ..): exactly one of ggml's lanes. A group's two
+/// 8-row halves take turns over all its blocks (the second finds them in cache).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
-    const GB: usize = Layout::Q4_1x16.group_block();
-    let bq8 = DType::Q8_1.block_bytes();
-    let mut f = [[[_mm256_setzero_ps(); 2]; M]; G];
-    for b in 0..nb {
-        for (gi, g) in groups.iter().enumerate() {
-            let base = g.as_ptr().add(b * GB);
-            prefetch(base.wrapping_add(PREFETCH_AHEAD), GB);
-            for h in 0..2 {
-                let (dw, mw) = (f16x8(base.add(16 * h)), f16x8(base.add(32 + 16 * h)));
-                for (j, a) in acts.iter().enumerate() {
-                    let ab = a.as_ptr().add(b * bq8);
-                    let s = nibble_block_dot(base.add(64 + 32 * h), ab.add(4));
-                    let (da, sa) = (f16_at(ab), f16_at(ab.add(2)));
-                    f[gi][j][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(da)), f[gi][j][h]);
-                    f[gi][j][h] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sa), f[gi][j][h]);
-                }
-            }
-        }
-    }
-    store_groups(&f, out);
-}
-
-/// As [`q4_0x16_pass`] for `Q8_0x16` (quants stored q + 128): the weights go back to signed
-/// and `vpmaddubsw` takes |q| against the activations with q's sign, so each int16 pair sum
-/// stays within 2 x 128 x 127; widened to int32 per vector.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
-    const GB: usize = Layout::Q8_0x16.group_block();
-    let bq8 = DType::Q8_0.block_bytes();
+unsafe fn legacy_pass<const M: usize, const G: usize>(kind: Legacy, nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], sums: &[&[i32]], out: &mut [[f32; 16]]) {
+    let _ = sums;
+    let (gb, bq8, qw, qa) = match kind {
+        Legacy::Q4_0 => (Layout::Q4_0x16.group_block(), DType::Q8_0.block_bytes(), 32, 2),
+        Legacy::Q4_1 => (Layout::Q4_1x16.group_block(), DType::Q8_1.block_bytes(), 64, 4),
+        Legacy::Q8_0 => (Layout::Q8_0x16.group_block(), DType::Q8_0.block_bytes(), 32, 2),
+    };
+    let m4 = _mm256_set1_epi8(0x0F);
+    let eights = _mm256_set1_epi8(8);
     let flip = _mm256_set1_epi8(-128);
-    let mut f = [[[_mm256_setzero_ps(); 2]; M]; G];
-    for b in 0..nb {
-        for (gi, g) in groups.iter().enumerate() {
-            let base = g.as_ptr().add(b * GB);
-            prefetch(base.wrapping_add(4 * GB), GB);
-            for h in 0..2 {
+    for (gi, g) in groups.iter().enumerate() {
+        for h in 0..2 {
+            let mut acc = [[_mm256_setzero_ps(); 8]; M];
+            let mut summs = [_mm256_setzero_ps(); M];
+            for b in 0..nb {
+                let base = g.as_ptr().add(b * gb);
+                if h == 0 {
+                    prefetch(base.wrapping_add(PREFETCH_AHEAD), gb);
+                }
                 let dw = f16x8(base.add(16 * h));
-                let mut s = [_mm256_setzero_si256(); M];
-                for i in 0..8 {
-                    let w = _mm256_xor_si256(ld(base.add(32 + 64 * i + 32 * h)), flip);
-                    let aw = _mm256_sign_epi8(w, w);
-                    for (j, a) in acts.iter().enumerate() {
-                        let q = bcast4(a.as_ptr().add(b * bq8 + 2 + 4 * i));
-                        s[j] = _mm256_add_epi32(s[j], widen(dot16(aw, _mm256_sign_epi8(q, w))));
+                // Lane l's weights for every row, and whether they are nibbles (Q4) or q + 128.
+                let w = |l: usize| -> __m256i {
+                    match kind {
+                        Legacy::Q8_0 => _mm256_xor_si256(ld(base.add(qw + 64 * l + 32 * h)), flip),
+                        _ => {
+                            let v = ld(base.add(qw + 64 * (l % 4) + 32 * h));
+                            if l < 4 { _mm256_and_si256(v, m4) } else { _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4) }
+                        }
+                    }
+                };
+                for (j, a) in acts.iter().enumerate() {
+                    let ab = a.as_ptr().add(b * bq8);
+                    let d = _mm256_mul_ps(dw, _mm256_set1_ps(f16_at(ab)));
+                    for (l, acc_l) in acc[j].iter_mut().enumerate() {
+                        let q = bcast4(ab.add(qa + 4 * l));
+                        let wl = w(l);
+                        // Exact int sums of the lane's 4 products (no int16 step saturates:
+                        // nibbles x int8 pairs, |q - 8| x |a|, |q| x |a| <= 2 x 128 x 127).
+                        let s16 = match kind {
+                            Legacy::Q4_0 => _mm256_sub_epi16(dot16(wl, q), dot16(eights, q)),
+                            Legacy::Q4_1 => dot16(wl, q),
+                            Legacy::Q8_0 => dot16(_mm256_sign_epi8(wl, wl), _mm256_sign_epi8(q, wl)),
+                        };
+                        *acc_l = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(widen(s16)), *acc_l);
+                    }
+                    if kind == Legacy::Q4_1 {
+                        let mw = f16x8(base.add(32 + 16 * h));
+                        summs[j] = _mm256_fmadd_ps(mw, _mm256_set1_ps(f16_at(ab.add(2))), summs[j]);
                     }
                 }
-                for (j, a) in acts.iter().enumerate() {
-                    let da = f16_at(a.as_ptr().add(b * bq8));
-                    f[gi][j][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[j]), _mm256_mul_ps(dw, _mm256_set1_ps(da)), f[gi][j][h]);
-                }
+            }
+            for j in 0..M {
+                let a = &acc[j];
+                let t: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(a[4 + i], a[i]));
+                let total = _mm256_add_ps(_mm256_add_ps(t[0], t[2]), _mm256_add_ps(t[1], t[3]));
+                let total = if kind == Legacy::Q4_1 { _mm256_add_ps(total, summs[j]) } else { total };
+                _mm256_storeu_ps(out[gi * M + j].as_mut_ptr().add(8 * h), total);
             }
         }
     }
-    store_groups(&f, out);
 }
 
 /// Up to M_PASS Q8_K activation rows against `Q4_Kx16` groups, as the AVX-512 tier: the

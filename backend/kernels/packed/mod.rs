@@ -190,6 +190,20 @@ pub fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]],
     }
 }
 
+/// The tier [`gemv`] runs here: "avx512", "avx2" or "portable".
+pub fn gemv_tier() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if !crate::backend::kernels::quant::force_scalar() {
+        if crate::backend::kernels::quant::avx512::detected() {
+            return "avx512";
+        }
+        if avx2::detected() {
+            return "avx2";
+        }
+    }
+    "portable"
+}
+
 /// Consecutive groups [`gemv`] streams side by side for one activation row (decode): several
 /// independent streams keep more DRAM reads in flight than one.
 pub const DECODE_GROUPS: usize = 4;
