@@ -11,7 +11,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 bin="$repo/build/bin"
 work="$repo/build/test-work"
 logs="$repo/build/test-logs"
-mkdir -p "$work" "$logs"
+mkdir -p "$work" "$work/models" "$logs"
 only=("$@")
 
 "$repo/bench-scripts/setup.sh" || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }

@@ -2,10 +2,11 @@
 //! for each element type, how to convert a row to / from f32 and how to dot a weight row with
 //! an activation row of its `vec_dot_type`.
 //!
-//! Two tiers:
+//! Tiers:
 //! * [`scalar_kernels`]: the scalar reference ([`scalar`]), always present, on every target;
 //! * [`kernels`]: the fastest tier this CPU runs, chosen once at first use by runtime feature
-//!   detection (AVX-512 + VNNI on x86-64, see [`avx512`]); entries without a SIMD version fall
+//!   detection (AVX-512 + VNNI on x86-64, see [`avx512`]; else AVX2 + FMA + F16C for the float
+//!   types, see [`avx2`]); entries without a SIMD version fall
 //!   back to the scalar function. `SMEPILOT_FORCE_SCALAR=1` (read once) selects the scalar
 //!   tier everywhere.
 //!
@@ -20,6 +21,8 @@
 pub mod blocks;
 pub mod scalar;
 
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 
@@ -108,6 +111,10 @@ fn active() -> &'static Active {
         if let Some((table, name)) = avx512::table() {
             return Active { table, name };
         }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(table) = avx2::table() {
+            return Active { table, name: "avx2" };
+        }
         scalar
     })
 }
@@ -132,7 +139,7 @@ pub fn scalar_kernels(ty: DType) -> Option<&'static TypeKernels> {
     slot(ty).map(|i| &scalar::TABLE[i])
 }
 
-/// Name of the tier [`kernels`] returns: "scalar", "avx512" or "avx512+bf16".
+/// Name of the tier [`kernels`] returns: "scalar", "avx2", "avx512" or "avx512+bf16".
 pub fn active_tier() -> &'static str {
     active().name
 }

@@ -228,7 +228,7 @@ fn table_matches_ggml_type_traits() {
 
 #[test]
 #[cfg(target_arch = "x86_64")]
-fn avx512_tier_is_active_when_detected() {
+fn fastest_detected_tier_is_active() {
     if force_scalar() {
         assert_eq!(active_tier(), "scalar");
     } else if avx512::detected() {
@@ -238,6 +238,8 @@ fn avx512_tier_is_active_when_detected() {
             active_tier()
         );
         assert_eq!(active_tier() == "avx512+bf16", avx512::has_bf16());
+    } else if super::avx2::detected() {
+        assert_eq!(active_tier(), "avx2");
     } else {
         assert_eq!(active_tier(), "scalar");
     }

@@ -1,0 +1,190 @@
+//! AVX2 tier (x86-64 CPUs without AVX-512, such as AMD Zen 2/3): AVX2 + FMA + F16C kernels
+//! for the float types, F32 / F16 / BF16 conversions and dots (the K / V cache and the float
+//! weights); every other entry is the scalar tier's (the quantized weights run on the packed
+//! GEMVs, `packed::avx2`, and activation rows are quantized once per product).
+//!
+//! Safety structure as in the AVX-512 tier: each SIMD body is a `#[target_feature]` function
+//! reading and writing through checked slices; the plain wrappers that call it are private
+//! and reachable only through the table built after [`detected`] confirmed the features.
+//!
+//! Numerics versus the scalar tier: the conversions are bit-identical (F16C rounds to nearest
+//! even, as ggml-cpu's x86 conversion); the float dots accumulate in four 8-lane f32 chains
+//! with fused multiply-adds (the scalar tier sums in f64), so they agree to rounding.
+
+use core::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use super::{check_from_f32, check_to_f32, check_vec_dot, scalar, Table, TypeKernels};
+use crate::backend::dtype::DType;
+
+/// Whether the CPU has every feature the kernels of this tier are compiled with.
+pub fn detected() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+}
+
+/// The tier's table, or `None` when the CPU lacks the features. Built once.
+pub(super) fn table() -> Option<&'static Table> {
+    static TABLE: OnceLock<Option<Table>> = OnceLock::new();
+    TABLE.get_or_init(build).as_ref()
+}
+
+fn build() -> Option<Table> {
+    if !detected() {
+        return None;
+    }
+    let s = &scalar::TABLE;
+    let entry = |i: usize, to_f32: super::ToF32Fn, from_f32: Option<super::FromF32Fn>, vec_dot: Option<super::VecDotFn>| TypeKernels {
+        ty: s[i].ty,
+        vec_dot_type: s[i].vec_dot_type,
+        to_f32,
+        from_f32,
+        vec_dot,
+    };
+    let same = |i: usize| entry(i, s[i].to_f32, s[i].from_f32, s[i].vec_dot);
+    Some([
+        entry(0, s[0].to_f32, s[0].from_f32, Some(dot_f32)),
+        entry(1, f16_to_f32, Some(f16_from_f32), Some(dot_f16)),
+        entry(2, bf16_to_f32, s[2].from_f32, Some(dot_bf16)),
+        same(3),
+        same(4),
+        same(5),
+        same(6),
+        same(7),
+        same(8),
+        same(9),
+        same(10),
+    ])
+}
+
+macro_rules! wrap {
+    ($name:ident => $body:ident, to_f32 $ty:expr) => {
+        fn $name(src: &[u8], dst: &mut [f32]) {
+            check_to_f32($ty, src.len(), dst.len());
+            debug_assert!(detected());
+            // SAFETY: private, stored only in the table `build` makes after `detected()`
+            // confirmed AVX2, FMA and F16C at run time.
+            unsafe { $body(src, dst) }
+        }
+    };
+    ($name:ident => $body:ident, from_f32 $ty:expr) => {
+        fn $name(src: &[f32], dst: &mut [u8]) {
+            check_from_f32($ty, src.len(), dst.len());
+            debug_assert!(detected());
+            // SAFETY: as above.
+            unsafe { $body(src, dst) }
+        }
+    };
+    ($name:ident => $body:ident, vec_dot $ty:expr) => {
+        fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            check_vec_dot($ty, $ty, n, w.len(), a.len());
+            debug_assert!(detected());
+            // SAFETY: as above.
+            unsafe { $body(n, w, a) }
+        }
+    };
+}
+
+wrap!(f16_to_f32 => f16_to_f32_impl, to_f32 DType::F16);
+wrap!(f16_from_f32 => f16_from_f32_impl, from_f32 DType::F16);
+wrap!(bf16_to_f32 => bf16_to_f32_impl, to_f32 DType::BF16);
+wrap!(dot_f32 => dot_f32_impl, vec_dot DType::F32);
+wrap!(dot_f16 => dot_f16_impl, vec_dot DType::F16);
+wrap!(dot_bf16 => dot_bf16_impl, vec_dot DType::BF16);
+
+/// 8 f16 as f32 from a 16-byte chunk.
+#[inline(always)]
+fn f16x8(c: &[u8; 16]) -> __m256 {
+    // SAFETY: reads exactly the 16 bytes of `c`; F16C enabled by the callers.
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(c.as_ptr() as *const __m128i)) }
+}
+
+/// 8 bf16 as f32 from a 16-byte chunk (bf16 is the top half of an f32).
+#[inline(always)]
+fn bf16x8(c: &[u8; 16]) -> __m256 {
+    // SAFETY: reads exactly the 16 bytes of `c`; AVX2 enabled by the callers.
+    unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(c.as_ptr() as *const __m128i)))) }
+}
+
+/// 8 f32 from a 32-byte chunk.
+#[inline(always)]
+fn f32x8(c: &[u8; 32]) -> __m256 {
+    // SAFETY: reads exactly the 32 bytes of `c`.
+    unsafe { _mm256_loadu_ps(c.as_ptr() as *const f32) }
+}
+
+/// Stores 8 f32 into `d`.
+#[inline(always)]
+fn store8(d: &mut [f32; 8], v: __m256) {
+    // SAFETY: writes exactly the 8 floats of `d`.
+    unsafe { _mm256_storeu_ps(d.as_mut_ptr(), v) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_to_f32_impl(src: &[u8], dst: &mut [f32]) {
+    let n = dst.len();
+    let (sc, st) = src[..2 * n].as_chunks::<16>();
+    let (dc, dt) = dst.as_chunks_mut::<8>();
+    for (s, d) in sc.iter().zip(dc) {
+        store8(d, f16x8(s));
+    }
+    scalar::f16_to_f32(st, dt);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_from_f32_impl(src: &[f32], dst: &mut [u8]) {
+    let n = src.len();
+    let (sc, st) = src.as_chunks::<8>();
+    let (dc, dt) = dst[..2 * n].as_chunks_mut::<16>();
+    for (s, d) in sc.iter().zip(dc) {
+        // SAFETY: reads the 8 floats of `s`, writes the 16 bytes of `d`.
+        unsafe {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(s.as_ptr()));
+            _mm_storeu_si128(d.as_mut_ptr() as *mut __m128i, h);
+        }
+    }
+    scalar::f16_from_f32(st, dt);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bf16_to_f32_impl(src: &[u8], dst: &mut [f32]) {
+    let n = dst.len();
+    let (sc, st) = src[..2 * n].as_chunks::<16>();
+    let (dc, dt) = dst.as_chunks_mut::<8>();
+    for (s, d) in sc.iter().zip(dc) {
+        store8(d, bf16x8(s));
+    }
+    scalar::bf16_to_f32(st, dt);
+}
+
+/// Four 8-lane chains summed ((0 + 2) + (1 + 3)), then across lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn finish(acc: [__m256; 4]) -> f32 {
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+    let mut lanes = [0f32; 8];
+    store8(&mut lanes, v);
+    let q: [f32; 4] = std::array::from_fn(|i| lanes[i] + lanes[i + 4]);
+    (q[0] + q[2]) + (q[1] + q[3])
+}
+
+/// `n` elements of `esize` bytes each, in 32-element steps through `load8` on 8-element
+/// chunks, the tail by `tail` (the scalar dot of the rest).
+macro_rules! float_dot {
+    ($name:ident, $esize:literal, $chunk:literal, $load:ident, $scalar:path) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            let whole = n - n % 32;
+            let (wc, _) = w[..$esize * whole].as_chunks::<$chunk>();
+            let (ac, _) = a[..$esize * whole].as_chunks::<$chunk>();
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (i, (x, y)) in wc.iter().zip(ac).enumerate() {
+                acc[i % 4] = _mm256_fmadd_ps($load(x), $load(y), acc[i % 4]);
+            }
+            let tail = if whole < n { $scalar(n - whole, &w[$esize * whole..], &a[$esize * whole..]) } else { 0.0 };
+            finish(acc) + tail
+        }
+    };
+}
+
+float_dot!(dot_f32_impl, 4, 32, f32x8, scalar::dot_f32);
+float_dot!(dot_f16_impl, 2, 16, f16x8, scalar::dot_f16);
+float_dot!(dot_bf16_impl, 2, 16, bf16x8, scalar::dot_bf16);
