@@ -197,6 +197,18 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
         let b = t / (m_tiles * n_tiles);
         let (i12, i13) = (b % d.ne[2], b / d.ne[2]);
         let (i02, i03) = (i12 / r2, i13 / r3);
+        #[cfg(target_arch = "x86_64")]
+        if w.ty == DType::BF16 && layout.is_some() && crate::backend::kernels::quant::active_tier() == "avx2" {
+            let (n_range, m_range) = (nt * TILE_N..((nt + 1) * TILE_N).min(n_all), mt * TILE_M..((mt + 1) * TILE_M).min(m_all));
+            // SAFETY: as below: weight rows hold w_bytes, activation rows act_bytes; the
+            // outputs (n, m) of this tile are this thread's.
+            unsafe {
+                bf16_tile_blocked(kdim, n_range, m_range, |n| slice::<u8>(w.row_ptr(n, i02, i03), w_bytes), |m| slice::<u8>(act_row(m, i12, i13), act_bytes), |n, m, v| {
+                    *(d.row_ptr(m, i12, i13) as *mut f32).add(n) = v
+                });
+            }
+            continue;
+        }
         for n in nt * TILE_N..((nt + 1) * TILE_N).min(n_all) {
             // SAFETY: weight rows are packed rows of w_bytes (supports).
             let wrow = unsafe { slice::<u8>(w.row_ptr(n, i02, i03), w_bytes) };
@@ -208,6 +220,38 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
                     *(d.row_ptr(m, i12, i13) as *mut f32).add(n) = vec_dot(kdim, wrow, a);
                 }
             }
+        }
+    }
+}
+
+/// One output tile of a BF16 product on the AVX2 tier: 4 weight rows x 3 activation rows
+/// per [`dot_bf16_block`](crate::backend::kernels::quant::avx2::dot_bf16_block) call, the
+/// edges by the table's single dot.
+#[cfg(target_arch = "x86_64")]
+fn bf16_tile_blocked<'a>(k: usize, ns: std::ops::Range<usize>, ms: std::ops::Range<usize>, wrow: impl Fn(usize) -> &'a [u8], arow: impl Fn(usize) -> &'a [u8], mut put: impl FnMut(usize, usize, f32)) {
+    use crate::backend::kernels::quant::avx2::{dot_bf16_block, BF16_BLOCK_A as BA, BF16_BLOCK_W as BW};
+    let dot = kernels(DType::BF16).and_then(|t| t.vec_dot).expect("BF16 has a dot");
+    let (n_full, m_full) = (ns.start + (ns.len() / BW) * BW, ms.start + (ms.len() / BA) * BA);
+    for n in (ns.start..n_full).step_by(BW) {
+        let w: [&[u8]; BW] = std::array::from_fn(|i| wrow(n + i));
+        for m in (ms.start..m_full).step_by(BA) {
+            let a: [&[u8]; BA] = std::array::from_fn(|j| arow(m + j));
+            let v = dot_bf16_block(k, w, a).expect("AVX2 tier active; rows hold k values");
+            for (i, vi) in v.iter().enumerate() {
+                for (j, &x) in vi.iter().enumerate() {
+                    put(n + i, m + j, x);
+                }
+            }
+        }
+        for m in m_full..ms.end {
+            for (i, wi) in w.iter().enumerate() {
+                put(n + i, m, dot(k, wi, arow(m)));
+            }
+        }
+    }
+    for n in n_full..ns.end {
+        for m in ms.clone() {
+            put(n, m, dot(k, wrow(n), arow(m)));
         }
     }
 }

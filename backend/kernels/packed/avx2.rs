@@ -191,8 +191,13 @@ unsafe fn legacy_pass<const M: usize, const G: usize>(kind: Legacy, nb: usize, g
             let mut summs = [_mm256_setzero_ps(); M];
             for b in 0..nb {
                 let base = g.as_ptr().add(b * gb);
+                // The first half streams the group from memory; the second finds it in
+                // cache, so meanwhile the next group (the next in memory: groups are
+                // consecutive) is fetched, keeping DRAM busy through both halves.
                 if h == 0 {
                     prefetch(base.wrapping_add(PREFETCH_AHEAD), gb);
+                } else {
+                    prefetch(base.wrapping_add(nb * gb), gb);
                 }
                 let dw = f16x8(base.add(16 * h));
                 // Lane l's weights for every row, and whether they are nibbles (Q4) or q + 128.

@@ -1101,3 +1101,37 @@ fn bf16_four_row_dot_matches_single_dots_bit_for_bit() {
         }
     }
 }
+
+/// The AVX2 tier's blocked BF16 dots against the scalar dot, on lengths with and without a
+/// tail (scalar sums in f64: agreement to f32 rounding of the chains).
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn avx2_bf16_block_matches_scalar_dots() {
+    use super::avx2::{dot_bf16_block, BF16_BLOCK_A, BF16_BLOCK_W};
+    if !super::avx2::detected() {
+        return;
+    }
+    let mut state = 7u64;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    for n in [8usize, 13, 64, 200, 3072] {
+        let mut row = |_| {
+            let x: Vec<f32> = (0..n).map(|_| next()).collect();
+            let mut b = vec![0u8; 2 * n];
+            (scalar_kernels(DType::BF16).unwrap().from_f32.unwrap())(&x, &mut b);
+            b
+        };
+        let w: Vec<Vec<u8>> = (0..BF16_BLOCK_W).map(&mut row).collect();
+        let a: Vec<Vec<u8>> = (0..BF16_BLOCK_A).map(&mut row).collect();
+        let got = dot_bf16_block(n, std::array::from_fn(|i| &w[i][..]), std::array::from_fn(|j| &a[j][..])).unwrap();
+        for i in 0..BF16_BLOCK_W {
+            for j in 0..BF16_BLOCK_A {
+                let want = (scalar_kernels(DType::BF16).unwrap().vec_dot.unwrap())(n, &w[i], &a[j]);
+                assert!((got[i][j] - want).abs() <= 1e-5 * n as f32, "n={n} ({i},{j}): {} vs {want}", got[i][j]);
+            }
+        }
+    }
+    assert!(dot_bf16_block(16, [&[0u8; 30][..]; 4], [&[0u8; 32][..]; 3]).is_none(), "short row");
+}
