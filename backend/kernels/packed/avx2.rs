@@ -26,18 +26,18 @@ pub fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]],
     let (ab, m) = (layout.act_type().block_bytes(), acts.len());
     let gbytes = nb * layout.group_block();
     assert!(groups.len() >= ng * gbytes && out.len() >= ng * m);
-    // The block sums the AVX-512 tier takes are not needed here (ggml's AVX2 order offsets
-    // Q4_0's nibbles per 4-element lane).
-    let with_sums = false;
-    for a in acts {
-        assert!(a.len() >= nb * ab);
+    // Q4_0 takes the activations' per-block quant sums (for the nibbles' offset of 8).
+    let with_sums = layout == Layout::Q4_0x16;
+    assert!(!with_sums || sums.len() >= m);
+    for (i, a) in acts.iter().enumerate() {
+        assert!(a.len() >= nb * ab && (!with_sums || sums[i].len() >= nb));
     }
     let group = |gi: usize| &groups[gi * gbytes..(gi + 1) * gbytes];
     let s_all = if with_sums { sums } else { &[][..] };
     macro_rules! pass {
         ($m:literal, $g:expr, $gs:expr, $a:expr, $s:expr, $o:expr) => {
             match layout {
-                Layout::Q4_0x16 => legacy_pass::<$m, $g>(Legacy::Q4_0, nb, &$gs, $a.try_into().unwrap(), $s, $o),
+                Layout::Q4_0x16 => q4_0x16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $s.try_into().unwrap(), $o),
                 Layout::Q4_1x16 => legacy_pass::<$m, $g>(Legacy::Q4_1, nb, &$gs, $a.try_into().unwrap(), $s, $o),
                 Layout::Q8_0x16 => legacy_pass::<$m, $g>(Legacy::Q8_0, nb, &$gs, $a.try_into().unwrap(), $s, $o),
                 Layout::Q4_Kx16 => q4_kx16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
@@ -154,17 +154,58 @@ unsafe fn lane_i8(v: __m256i, i: usize) -> __m256i {
 const Q8K_QS: usize = 4;
 const Q8K_BSUMS: usize = 260;
 
-/// The 32-element block types, in ggml's AVX2 order.
+/// 8 rows' int32 dots of one 32-k block of unsigned nibbles (the four 32-byte halves at
+/// `at`, 64 bytes apart: low nibbles k = 4i .., high k = 16 + 4i ..) with the 32 activation
+/// quants at `q`. Each int16 collects 16 products of at most 15 x 128: below 2^15.
+#[inline(always)]
+unsafe fn nibble_block_dot(at: *const u8, q: *const u8) -> __m256i {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut s = _mm256_setzero_si256();
+    for i in 0..4 {
+        let v = ld(at.add(64 * i));
+        s = _mm256_add_epi16(s, dot16(_mm256_and_si256(v, m4), bcast4(q.add(4 * i))));
+        s = _mm256_add_epi16(s, dot16(_mm256_and_si256(_mm256_srli_epi16::<4>(v), m4), bcast4(q.add(16 + 4 * i))));
+    }
+    widen(s)
+}
+
+/// Up to M_PASS Q8_0 activation rows against `Q4_0x16` groups in the AVX-512 tier's order
+/// (one int32 sum per block, f = fma(isum, d_w * d_a, f)): unsigned nibbles dotted, then 8 *
+/// sum(a) subtracted for q - 8. Stock repacks Q4_0 on AVX2 CPUs (its 8x8 interleave, yet
+/// another order), so ggml's per-row lane order would buy no bit-identity here, only cost:
+/// one scaling per block instead of eight.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], sums: &[&[i32]; M], out: &mut [[f32; 16]]) {
+    const GB: usize = Layout::Q4_0x16.group_block();
+    let bq8 = DType::Q8_0.block_bytes();
+    let mut f = [[[_mm256_setzero_ps(); 2]; M]; G];
+    for b in 0..nb {
+        for (gi, g) in groups.iter().enumerate() {
+            let base = g.as_ptr().add(b * GB);
+            prefetch(base.wrapping_add(PREFETCH_AHEAD), GB);
+            for h in 0..2 {
+                let dw = f16x8(base.add(16 * h));
+                for (j, a) in acts.iter().enumerate() {
+                    let ab = a.as_ptr().add(b * bq8);
+                    let s = _mm256_sub_epi32(nibble_block_dot(base.add(32 + 32 * h), ab.add(2)), _mm256_set1_epi32(8 * *sums[j].get_unchecked(b)));
+                    f[gi][j][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(f16_at(ab))), f[gi][j][h]);
+                }
+            }
+        }
+    }
+    store_groups(&f, out);
+}
+
+/// The 32-element block types that follow ggml's AVX2 order.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Legacy {
-    Q4_0,
     Q4_1,
     Q8_0,
 }
 
-/// Up to M_PASS activation rows against `Q4_0x16`, `Q4_1x16` or `Q8_0x16` groups, in the
-/// order of ggml-cpu's AVX2 dot (`ggml_vec_dot_q4_0_q8_0` / `q4_1_q8_1` / `q8_0_q8_0`, and
-/// tinyBLAS's Q8_0 GEMM), so results are bit-identical to stock on AVX2 CPUs: per output row
+/// Up to M_PASS activation rows against `Q4_1x16` or `Q8_0x16` groups, in the order of
+/// ggml-cpu's AVX2 dot (`ggml_vec_dot_q4_1_q8_1` / `q8_0_q8_0`, and tinyBLAS's Q8_0 GEMM), so
+/// results are bit-identical to stock on AVX2 CPUs: per output row
 /// an 8-lane accumulator whose lane l takes, per block, the exact int sum of elements
 /// 4l .. 4l + 4 as f32 in a fused multiply-add with d_w * d_a; at the end the lanes are
 /// summed as `hsum_float_8` does ((4 + 0) + (6 + 2)) + ((5 + 1) + (7 + 3)), plus, for Q4_1,
@@ -178,12 +219,10 @@ enum Legacy {
 unsafe fn legacy_pass<const M: usize, const G: usize>(kind: Legacy, nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], sums: &[&[i32]], out: &mut [[f32; 16]]) {
     let _ = sums;
     let (gb, bq8, qw, qa) = match kind {
-        Legacy::Q4_0 => (Layout::Q4_0x16.group_block(), DType::Q8_0.block_bytes(), 32, 2),
         Legacy::Q4_1 => (Layout::Q4_1x16.group_block(), DType::Q8_1.block_bytes(), 64, 4),
         Legacy::Q8_0 => (Layout::Q8_0x16.group_block(), DType::Q8_0.block_bytes(), 32, 2),
     };
     let m4 = _mm256_set1_epi8(0x0F);
-    let eights = _mm256_set1_epi8(8);
     let flip = _mm256_set1_epi8(-128);
     for (gi, g) in groups.iter().enumerate() {
         for h in 0..2 {
@@ -217,9 +256,8 @@ unsafe fn legacy_pass<const M: usize, const G: usize>(kind: Legacy, nb: usize, g
                         let q = bcast4(ab.add(qa + 4 * l));
                         let wl = w(l);
                         // Exact int sums of the lane's 4 products (no int16 step saturates:
-                        // nibbles x int8 pairs, |q - 8| x |a|, |q| x |a| <= 2 x 128 x 127).
+                        // nibbles x int8 pairs, |q| x |a| <= 2 x 128 x 127).
                         let s16 = match kind {
-                            Legacy::Q4_0 => _mm256_sub_epi16(dot16(wl, q), dot16(eights, q)),
                             Legacy::Q4_1 => dot16(wl, q),
                             Legacy::Q8_0 => dot16(_mm256_sign_epi8(wl, wl), _mm256_sign_epi8(q, wl)),
                         };
