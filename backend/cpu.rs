@@ -6,6 +6,8 @@ pub struct CpuFeatures {
     pub avx512_vnni: bool,
     pub avx512_bf16: bool,
     pub avx512_fp16: bool,
+    /// AVX2 with FMA and F16C: the kernels' second tier, for CPUs without AVX-512.
+    pub avx2_fma_f16c: bool,
     pub amx_tile: bool,
     pub amx_int8: bool,
     pub amx_bf16: bool,
@@ -27,6 +29,7 @@ impl CpuFeatures {
             f.avx512_vnni = is_x86_feature_detected!("avx512vnni");
             f.avx512_bf16 = is_x86_feature_detected!("avx512bf16");
             f.avx512_fp16 = is_x86_feature_detected!("avx512fp16");
+            f.avx2_fma_f16c = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
             let amx = amx_cpuid();
             f.amx_tile = amx.0;
             f.amx_int8 = amx.1;
@@ -89,6 +92,9 @@ impl CpuFeatures {
             } else {
                 format!("AVX-512 ({})", t.join(", "))
             });
+        }
+        if !self.avx512f && self.avx2_fma_f16c {
+            parts.push("AVX2".into());
         }
         if parts.is_empty() {
             parts.push("portable vector path".into());
