@@ -29,7 +29,7 @@ impl CpuFeatures {
             f.avx512_vnni = is_x86_feature_detected!("avx512vnni");
             f.avx512_bf16 = is_x86_feature_detected!("avx512bf16");
             f.avx512_fp16 = is_x86_feature_detected!("avx512fp16");
-            f.avx2_fma_f16c = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+            f.avx2_fma_f16c = crate::backend::kernels::quant::avx2::detected();
             let amx = amx_cpuid();
             f.amx_tile = amx.0;
             f.amx_int8 = amx.1;

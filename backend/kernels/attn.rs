@@ -91,31 +91,13 @@ pub fn finish_scores(
     }
 }
 
-/// The SIMD tier the blocked kernels run on here, if any.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Tier {
-    Avx512,
-    Avx2,
-    Scalar,
-}
-
-fn tier() -> Tier {
-    #[cfg(target_arch = "x86_64")]
-    if !crate::backend::kernels::quant::force_scalar() {
-        if crate::backend::kernels::quant::avx512::detected() {
-            return Tier::Avx512;
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-            return Tier::Avx2;
-        }
-    }
-    Tier::Scalar
-}
+/// The blocked kernels follow the vector-math tier (one choice for the whole process).
+use crate::backend::kernels::vmath::{tier, Tier};
 
 /// Whether a SIMD tier (AVX-512, or AVX2 + FMA + F16C) runs here: the blocked path is
 /// only worth its K / V conversion with one.
 pub fn fast() -> bool {
-    tier() != Tier::Scalar
+    tier() != Tier::Portable
 }
 
 /// [`scores_block_scalar`] on the fastest tier.

@@ -42,7 +42,7 @@ pub fn axpy_f16(acc: &mut [f32], v: &[u8], s: f32) {
 
 #[cfg(target_arch = "x86_64")]
 fn avx2_ok() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+    super::quant::avx2::detected()
 }
 
 /// As [`axpy_f16_avx512`] in 8-lane steps (CPUs without AVX-512).

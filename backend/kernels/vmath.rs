@@ -134,7 +134,7 @@ pub fn silu_mul_scalar_avx2(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
 pub enum Tier {
     /// AVX-512 (and the portable path, which follows it operation by operation).
     Avx512,
-    /// AVX2 + FMA without AVX-512.
+    /// AVX2 + FMA + F16C without AVX-512.
     Avx2,
     /// Neither: the scalar tier.
     Portable,
@@ -147,7 +147,7 @@ pub fn tier() -> Tier {
         if crate::backend::kernels::quant::avx512::detected() {
             return Tier::Avx512;
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if crate::backend::kernels::quant::avx2::detected() {
             return Tier::Avx2;
         }
     }

@@ -13,10 +13,8 @@ const M_PASS: usize = 4;
 /// Bytes ahead of the current block to prefetch.
 const PREFETCH_AHEAD: usize = 2304;
 
-/// Whether this CPU runs the tier (AVX2, FMA and F16C; read from CPUID once by std).
-pub fn detected() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
-}
+/// Whether this CPU runs the tier: the kernel table's AVX2 detection (AVX2, FMA, F16C).
+pub use crate::backend::kernels::quant::avx2::detected;
 
 /// Checked entry, as the AVX-512 tier's: lengths first, then the SIMD body. `groups` holds
 /// `ng` consecutive row groups; `out[gi * m + j]` receives group gi against activation row j.
