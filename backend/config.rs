@@ -155,7 +155,7 @@ pub fn log_enabled(level: LogLevel) -> bool {
 #[macro_export]
 macro_rules! smelog {
     ($lvl:ident, $($arg:tt)*) => {
-        if $crate::backend::config::log_enabled($crate::backend::config::LogLevel::$lvl) {
+        if $crate::config::log_enabled($crate::config::LogLevel::$lvl) {
             eprintln!("smepilot: {}", format!($($arg)*));
         }
     };

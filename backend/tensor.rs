@@ -13,7 +13,7 @@ pub struct TensorRef {
     pub data: *mut u8,
     /// The packed copy of a weight tensor, when SMEPilot made one (ggml's layout at `data`
     /// stays valid).
-    pub packed: Option<crate::backend::kernels::packed::PackedRef>,
+    pub packed: Option<crate::kernels::packed::PackedRef>,
 }
 
 // SAFETY: a TensorRef is a plain description; the executor guarantees that threads

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use crate::ffi::os as sys;
+use crate::platform::os as sys;
 
 /// The job as the workers see it. Its lifetime is erased: `run` does not return
 /// until every worker has finished calling it.

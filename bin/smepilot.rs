@@ -9,11 +9,11 @@
 
 use std::collections::BTreeMap;
 
-use ggml_smepilot::backend::dtype::DType;
-use ggml_smepilot::backend::ops::matrix_feasible_type;
-use ggml_smepilot::backend::planner::chart::{self, Point};
-use ggml_smepilot::backend::planner::model::{self, MatShape};
-use ggml_smepilot::backend::planner::{calibrate, Mode};
+use smepilot_engine::dtype::DType;
+use smepilot_engine::ops::matrix_feasible_type;
+use smepilot_engine::planner::chart::{self, Point};
+use smepilot_engine::planner::model::{self, MatShape};
+use smepilot_engine::planner::{calibrate, Mode};
 
 /// Writes a line to stdout; a closed pipe (`smepilot calibrate | head -3`) ends the
 /// program quietly instead of panicking.
@@ -35,7 +35,7 @@ const USAGE: &str = "usage: smepilot calibrate [--cached]\n       smepilot plan 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // A malformed SMEPILOT_* setting is named here, as the plugin would.
-    if let Err(e) = ggml_smepilot::backend::config::get() {
+    if let Err(e) = smepilot_engine::config::get() {
         eprintln!("smepilot: {e}");
         std::process::exit(2);
     }

@@ -14,8 +14,8 @@ use std::os::raw::c_char;
 use super::sys::{
     self, ggml_backend_buffer_i, ggml_backend_buffer_t, ggml_backend_buffer_type_t, ggml_tensor,
 };
-use crate::backend::dtype::DType;
-use crate::backend::kernels::packed::{self, Layout, PackedRef};
+use smepilot_engine::dtype::DType;
+use smepilot_engine::kernels::packed::{self, Layout, PackedRef};
 
 pub const ALIGNMENT: usize = 64;
 
@@ -57,7 +57,7 @@ pub unsafe extern "C" fn buft_alloc_buffer(
     let mut ptr: *mut c_void = std::ptr::null_mut();
     // SAFETY: posix_memalign writes ptr on success; ALIGNMENT is a power of two ≥ sizeof(void*).
     if libc::posix_memalign(&mut ptr, ALIGNMENT, size.max(ALIGNMENT)) != 0 {
-        crate::smelog!(Error, "cannot allocate a buffer of {} MiB", size >> 20);
+        smepilot_engine::smelog!(Error, "cannot allocate a buffer of {} MiB", size >> 20);
         return std::ptr::null_mut();
     }
     let ctx = Box::new(BufferCtx {
@@ -152,7 +152,7 @@ pub unsafe fn ensure_packed(t: *mut ggml_tensor) {
     const HUGE: usize = 2 << 20;
     // SAFETY: posix_memalign writes mem on success.
     if libc::posix_memalign(&mut mem, HUGE, bytes.max(ALIGNMENT)) != 0 {
-        crate::smelog!(Warn, "cannot allocate {} MiB to pack a weight; using ggml's layout", bytes >> 20);
+        smepilot_engine::smelog!(Warn, "cannot allocate {} MiB to pack a weight; using ggml's layout", bytes >> 20);
         return;
     }
     #[cfg(target_os = "linux")]

@@ -1,9 +1,9 @@
 //! ggml tensors and nodes to the engine's `TensorRef` and `Node`.
 
 use super::sys::{self, ggml_glu_op, ggml_op, ggml_tensor, ggml_unary_op};
-use crate::backend::dtype::DType;
-use crate::backend::ops::{Node, Op, RopeParams, Unsupported};
-use crate::backend::tensor::TensorRef;
+use smepilot_engine::dtype::DType;
+use smepilot_engine::ops::{Node, Op, RopeParams, Unsupported};
+use smepilot_engine::tensor::TensorRef;
 
 /// # Safety
 /// `t` points to a live ggml tensor.

@@ -15,6 +15,5 @@ pub mod sys {
 
 mod buffer;
 mod convert;
-pub mod os;
 mod registry;
 mod stream;

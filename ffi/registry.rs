@@ -16,8 +16,8 @@ use super::sys::{
     ggml_backend_reg_i, ggml_backend_reg_t, ggml_backend_t, ggml_tensor,
 };
 use super::{buffer, convert, stream, sys};
-use crate::backend::cpu::CpuFeatures;
-use crate::backend::{config, ops};
+use smepilot_engine::platform::CpuFeatures;
+use smepilot_engine::{config, ops};
 
 pub struct Registry {
     reg: ggml_backend_reg,
@@ -48,8 +48,8 @@ fn build() -> Option<Box<Registry>> {
     };
     let features = CpuFeatures::detect();
     #[cfg(target_arch = "x86_64")]
-    if features.has_matrix_unit(cfg.disable_amx) && !super::os::request_amx_permission() {
-        crate::smelog!(
+    if features.has_matrix_unit(cfg.disable_amx) && !smepilot_engine::platform::os::request_amx_permission() {
+        smepilot_engine::smelog!(
             Warn,
             "Linux refused AMX tile permission; using the vector path"
         );
@@ -82,7 +82,7 @@ fn build() -> Option<Box<Registry>> {
     // Link the three structs to each other; the Box keeps their addresses fixed.
     r.dev.reg = &mut r.reg;
     r.buft.device = &mut r.dev;
-    crate::smelog!(Info, "SMEPILOT device: {}", r.description.to_string_lossy());
+    smepilot_engine::smelog!(Info, "SMEPILOT device: {}", r.description.to_string_lossy());
     Some(r)
 }
 
@@ -221,7 +221,7 @@ unsafe extern "C" fn dev_supports_op(_: ggml_backend_dev_t, op: *const ggml_tens
         convert::node(op).and_then(|n| ops::supports(&n))
     };
     if let Err(why) = verdict {
-        crate::smelog!(
+        smepilot_engine::smelog!(
             Debug,
             "declining {} ({}): {why}",
             convert::op_name(op),

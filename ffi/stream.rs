@@ -9,9 +9,9 @@ use super::sys::{
     self, ggml_backend, ggml_backend_dev_t, ggml_backend_i, ggml_backend_t, ggml_cgraph, ggml_guid,
     ggml_status,
 };
-use crate::backend::config;
-use crate::backend::exec::Executor;
-use crate::backend::ops::{self, Node};
+use smepilot_engine::config;
+use smepilot_engine::exec::Executor;
+use smepilot_engine::ops::{self, Node};
 
 static GUID: ggml_guid = *b"SMEPilot-backend";
 
@@ -28,9 +28,9 @@ pub unsafe fn new_backend(device: ggml_backend_dev_t) -> ggml_backend_t {
     };
     let threads = cfg
         .threads
-        .unwrap_or_else(|| super::os::allowed_cpus().len());
-    let profile = crate::backend::planner::calibrate::shared_profile();
-    let planner = crate::backend::planner::adapt::Planner::new(profile.clone(), cfg.mode);
+        .unwrap_or_else(|| smepilot_engine::platform::os::allowed_cpus().len());
+    let profile = smepilot_engine::planner::calibrate::shared_profile();
+    let planner = smepilot_engine::planner::adapt::Planner::new(profile.clone(), cfg.mode);
     let ctx = Box::new(StreamCtx {
         exec: Executor::with_planner(threads, planner, cfg.trace),
         nodes: Vec::new(),
@@ -66,7 +66,7 @@ unsafe extern "C" fn free(backend: ggml_backend_t) {
     let ctx = Box::from_raw((*backend).context as *mut StreamCtx);
     let s = ctx.exec.stats;
     if s.graphs > 0 {
-        crate::smelog!(
+        smepilot_engine::smelog!(
             Info,
             "ran {} graph(s): {} nodes computed by SMEPilot, {} view nodes, with {} threads",
             s.graphs,
@@ -96,7 +96,7 @@ unsafe extern "C" fn graph_compute(
             Err(why) => {
                 // The scheduler only hands us nodes we accepted in supports_op; anything
                 // else is a bug on our side, reported rather than computed wrongly.
-                crate::smelog!(
+                smepilot_engine::smelog!(
                     Error,
                     "graph node {} ({}) cannot run here: {why}",
                     i,
@@ -111,7 +111,7 @@ unsafe extern "C" fn graph_compute(
             sys::ggml_graph_node(cgraph, 0),
             sys::ggml_graph_node(cgraph, n - 1),
         );
-        crate::smelog!(
+        smepilot_engine::smelog!(
             Debug,
             "graph_compute: {n} nodes, from {} ({}) to {} ({})",
             super::registry::tensor_name(first),

@@ -92,7 +92,7 @@ pub fn finish_scores(
 }
 
 /// The blocked kernels follow the vector-math tier (one choice for the whole process).
-use crate::backend::kernels::vmath::{tier, Tier};
+use crate::kernels::vmath::{tier, Tier};
 
 /// Whether a SIMD tier (AVX-512, or AVX2 + FMA + F16C) runs here: the blocked path is
 /// only worth its K / V conversion with one.

@@ -7,7 +7,7 @@ use std::time::Instant;
 /// Runs `f(thread index)` on `threads` pinned threads at once; returns the wall time of the
 /// slowest together with the sum of their results.
 fn on_threads(threads: usize, f: impl Fn(usize) -> f64 + Sync) -> (f64, f64) {
-    let cpus = crate::ffi::os::allowed_cpus();
+    let cpus = crate::platform::os::allowed_cpus();
     let barrier = std::sync::Barrier::new(threads);
     let t0 = std::sync::Mutex::new(None::<Instant>);
     let total = std::thread::scope(|s| {
@@ -15,7 +15,7 @@ fn on_threads(threads: usize, f: impl Fn(usize) -> f64 + Sync) -> (f64, f64) {
             .map(|i| {
                 let (f, barrier, t0, cpus) = (&f, &barrier, &t0, &cpus);
                 s.spawn(move || {
-                    crate::ffi::os::pin_current_thread(cpus[i % cpus.len()]);
+                    crate::platform::os::pin_current_thread(cpus[i % cpus.len()]);
                     if barrier.wait().is_leader() {
                         *t0.lock().unwrap() = Some(Instant::now());
                     }
@@ -94,7 +94,7 @@ pub fn dram_read_bw_sized(threads: usize, bytes: usize, passes: usize) -> f64 {
 /// with fewer than 2 threads.
 #[cfg(target_arch = "x86_64")]
 pub fn dram_beside_tiles(threads: usize, bytes: usize) -> Option<f64> {
-    use crate::backend::kernels::amx::{self, tile};
+    use crate::kernels::amx::{self, tile};
     if !amx::available() || threads < 2 {
         return None;
     }
@@ -135,7 +135,7 @@ pub fn amx_peak(threads: usize, bf16: bool) -> Option<f64> {
 /// bf16) and B tiles of kbytes / 4 rows: what shorter products cost on this tile unit.
 #[cfg(target_arch = "x86_64")]
 pub fn amx_rate(threads: usize, bf16: bool, kbytes: usize) -> Option<f64> {
-    use crate::backend::kernels::amx::{self, tile};
+    use crate::kernels::amx::{self, tile};
     assert!(kbytes.is_multiple_of(4) && (4..=64).contains(&kbytes));
     if !amx::available() {
         return None;

@@ -143,11 +143,11 @@ pub enum Tier {
 /// The tier this CPU runs (`SMEPILOT_FORCE_SCALAR` selects the portable one).
 pub fn tier() -> Tier {
     #[cfg(target_arch = "x86_64")]
-    if !crate::backend::kernels::quant::force_scalar() {
-        if crate::backend::kernels::quant::avx512::detected() {
+    if !crate::kernels::quant::force_scalar() {
+        if crate::kernels::quant::avx512::detected() {
             return Tier::Avx512;
         }
-        if crate::backend::kernels::quant::avx2::detected() {
+        if crate::kernels::quant::avx2::detected() {
             return Tier::Avx2;
         }
     }
@@ -482,7 +482,7 @@ mod tests {
             );
         }
         #[cfg(target_arch = "x86_64")]
-        if crate::backend::kernels::quant::avx512::detected() {
+        if crate::kernels::quant::avx512::detected() {
             let xs = inputs();
             for c in xs.chunks(LANES).filter(|c| c.len() == LANES) {
                 let mut out = [0f32; LANES];

@@ -12,12 +12,12 @@
 //!   two passes over the keys, V accumulated in f32.
 
 use super::{alibi_slope, need, slice, slice_mut, split_range, Node, Unsupported};
-use crate::backend::dtype::DType;
-use crate::backend::exec::ThreadCtx;
-use crate::backend::kernels::attn::{self, BLOCK};
-use crate::backend::kernels::f16::axpy_f16;
-use crate::backend::kernels::quant::kernels;
-use crate::backend::kernels::vmath;
+use crate::dtype::DType;
+use crate::exec::ThreadCtx;
+use crate::kernels::attn::{self, BLOCK};
+use crate::kernels::f16::axpy_f16;
+use crate::kernels::quant::kernels;
+use crate::kernels::vmath;
 
 pub fn supports(node: &Node) -> Result<(), Unsupported> {
     let q = node.src[0].as_ref().ok_or("missing q")?;

@@ -4,10 +4,10 @@
 use half::{bf16, f16};
 
 use super::{is_float, need, slice, slice_mut, split_range, Node, Unsupported};
-use crate::backend::dtype::DType;
-use crate::backend::exec::ThreadCtx;
-use crate::backend::kernels::quant::kernels;
-use crate::backend::tensor::TensorRef;
+use crate::dtype::DType;
+use crate::exec::ThreadCtx;
+use crate::kernels::quant::kernels;
+use crate::tensor::TensorRef;
 
 fn has_to_f32(ty: DType) -> bool {
     kernels(ty).is_some()
@@ -63,7 +63,7 @@ pub fn get_rows(node: &Node, ctx: &ThreadCtx) {
         if let Some(p) = a.packed.filter(|_| a.ne[2] == 1 && a.ne[3] == 1) {
             // SAFETY: this thread owns dst row r, n floats.
             let dst = unsafe { slice_mut::<f32>(d.row_ptr(i1, i2, i3), n) };
-            crate::backend::kernels::packed::row_to_f32(&p, n, row as usize, dst);
+            crate::kernels::packed::row_to_f32(&p, n, row as usize, dst);
             continue;
         }
         // SAFETY: source rows hold n elements of a.ty; this thread owns dst row r.

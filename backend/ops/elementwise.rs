@@ -1,10 +1,10 @@
 //! ADD, MUL (with ggml's broadcasting of the second operand), SCALE, SILU, SWIGLU.
 
 use super::{need, slice, slice_mut, split_range, Node, Unsupported};
-use crate::backend::dtype::DType;
-use crate::backend::exec::ThreadCtx;
+use crate::dtype::DType;
+use crate::exec::ThreadCtx;
 
-fn all_f32_rows(ts: &[&crate::backend::tensor::TensorRef]) -> bool {
+fn all_f32_rows(ts: &[&crate::tensor::TensorRef]) -> bool {
     ts.iter().all(|t| t.ty == DType::F32 && t.nb[0] == 4)
 }
 
@@ -121,7 +121,7 @@ pub fn silu(node: &Node, ctx: &ThreadCtx) {
             // (in-place allocation): the chunk is copied out before dst is written.
             unsafe {
                 std::ptr::copy_nonoverlapping(pa.add(s), buf.as_mut_ptr(), len);
-                crate::backend::kernels::vmath::silu_mul(&buf[..len], None, slice_mut::<f32>(pd.add(4 * s), len));
+                crate::kernels::vmath::silu_mul(&buf[..len], None, slice_mut::<f32>(pd.add(4 * s), len));
             }
         }
     }
@@ -156,6 +156,6 @@ pub fn swiglu(node: &Node, ctx: &ThreadCtx, swapped: bool) {
         if swapped {
             std::mem::swap(&mut x, &mut g);
         }
-        crate::backend::kernels::vmath::silu_mul(x, Some(g), rd);
+        crate::kernels::vmath::silu_mul(x, Some(g), rd);
     }
 }

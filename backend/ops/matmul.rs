@@ -7,11 +7,11 @@
 //! thread streams its own slice of the weights.
 
 use super::{need, slice, slice_mut, split_range, Node, Unsupported};
-use crate::backend::dtype::DType;
-use crate::backend::exec::ThreadCtx;
-use crate::backend::kernels::packed::{self, PackedRef};
-use crate::backend::kernels::quant::kernels;
-use crate::backend::planner::{Mode, Plan};
+use crate::dtype::DType;
+use crate::exec::ThreadCtx;
+use crate::kernels::packed::{self, PackedRef};
+use crate::kernels::quant::kernels;
+use crate::planner::{Mode, Plan};
 
 /// Weight rows per tile (kept in L1 while the tile's activation rows stream by).
 const TILE_N: usize = 16;
@@ -198,7 +198,7 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
         let (i12, i13) = (b % d.ne[2], b / d.ne[2]);
         let (i02, i03) = (i12 / r2, i13 / r3);
         #[cfg(target_arch = "x86_64")]
-        if w.ty == DType::BF16 && layout.is_some() && crate::backend::kernels::quant::active_tier() == "avx2" {
+        if w.ty == DType::BF16 && layout.is_some() && crate::kernels::quant::active_tier() == "avx2" {
             let (n_range, m_range) = (nt * TILE_N..((nt + 1) * TILE_N).min(n_all), mt * TILE_M..((mt + 1) * TILE_M).min(m_all));
             // SAFETY: as below: weight rows hold w_bytes, activation rows act_bytes; the
             // outputs (n, m) of this tile are this thread's.
@@ -225,11 +225,11 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
 }
 
 /// One output tile of a BF16 product on the AVX2 tier: 4 weight rows x 3 activation rows
-/// per [`dot_bf16_block`](crate::backend::kernels::quant::avx2::dot_bf16_block) call, the
+/// per [`dot_bf16_block`](crate::kernels::quant::avx2::dot_bf16_block) call, the
 /// edges by the table's single dot.
 #[cfg(target_arch = "x86_64")]
 fn bf16_tile_blocked<'a>(k: usize, ns: std::ops::Range<usize>, ms: std::ops::Range<usize>, wrow: impl Fn(usize) -> &'a [u8], arow: impl Fn(usize) -> &'a [u8], mut put: impl FnMut(usize, usize, f32)) {
-    use crate::backend::kernels::quant::avx2::{dot_bf16_block, BF16_BLOCK_A as BA, BF16_BLOCK_W as BW};
+    use crate::kernels::quant::avx2::{dot_bf16_block, BF16_BLOCK_A as BA, BF16_BLOCK_W as BW};
     let dot = kernels(DType::BF16).and_then(|t| t.vec_dot).expect("BF16 has a dot");
     let (n_full, m_full) = (ns.start + (ns.len() / BW) * BW, ms.start + (ms.len() / BA) * BA);
     for n in (ns.start..n_full).step_by(BW) {
@@ -381,7 +381,7 @@ pub(super) fn vector_rows(node: &Node, acts: &VectorActs, r0: usize, r1: usize) 
 /// with the same bits as four single dots; returns the first row left to the caller.
 #[cfg(target_arch = "x86_64")]
 fn bf16_rows_in_fours(node: &Node, acts: &VectorActs, mut r0: usize, r1: usize) -> usize {
-    use crate::backend::kernels::quant::{avx512, force_scalar};
+    use crate::kernels::quant::{avx512, force_scalar};
     let (w, d) = (node.src(0), &node.dst);
     if w.ty != DType::BF16 || !avx512::has_bf16() || force_scalar() {
         return r0;

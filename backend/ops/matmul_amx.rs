@@ -9,15 +9,15 @@
 //! row tile against them.
 
 use super::{split_range, Node};
-use crate::backend::dtype::DType;
-use crate::backend::exec::ThreadCtx;
-use crate::backend::kernels::amx::gemm::{
+use crate::dtype::DType;
+use crate::exec::ThreadCtx;
+use crate::kernels::amx::gemm::{
     self, ActI8, Block32, WeightsI8, BF16_BTILE, BF16_KSTEP, I8_BTILE, I8_KBLOCK,
 };
-use crate::backend::kernels::amx::{self, rows};
-use crate::backend::kernels::packed;
-use crate::backend::kernels::quant::kernels;
-use crate::backend::tensor::TensorRef;
+use crate::kernels::amx::{self, rows};
+use crate::kernels::packed;
+use crate::kernels::quant::kernels;
+use crate::tensor::TensorRef;
 
 /// Weight row tiles (of 16 rows) a thread takes at a time: the group stays in L2 while
 /// every activation row tile streams past it.
@@ -44,7 +44,7 @@ fn kind(node: &Node) -> Option<Kind> {
 fn int8_engine_on() -> bool {
     match test_engine::get() {
         Some(int8) => int8,
-        None => crate::backend::config::get().is_ok_and(|c| c.amx_int8),
+        None => crate::config::get().is_ok_and(|c| c.amx_int8),
     }
 }
 

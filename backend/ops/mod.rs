@@ -137,12 +137,12 @@ pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
 
 /// The planner's view of a 2-D matrix product (weights and activations both 2-D), None for
 /// every other node.
-pub fn mat_shape(node: &Node, threads: usize) -> Option<crate::backend::planner::model::MatShape> {
+pub fn mat_shape(node: &Node, threads: usize) -> Option<crate::planner::model::MatShape> {
     if !matches!(node.op, Op::MulMat) {
         return None;
     }
     let (w, x) = (node.src(0), node.src(1));
-    matmul::two_d(node).then(|| crate::backend::planner::model::MatShape {
+    matmul::two_d(node).then(|| crate::planner::model::MatShape {
         m: x.ne[1],
         n: w.ne[1],
         k: w.ne[0],

@@ -1,8 +1,8 @@
 //! RMS_NORM: x / sqrt(mean(x^2) + eps) per row.
 
 use super::{need, slice, split_range, Node, Unsupported};
-use crate::backend::dtype::DType;
-use crate::backend::exec::ThreadCtx;
+use crate::dtype::DType;
+use crate::exec::ThreadCtx;
 
 pub fn supports(node: &Node) -> Result<(), Unsupported> {
     let a = node.src[0].as_ref().ok_or("missing src")?;

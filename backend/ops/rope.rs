@@ -2,8 +2,8 @@
 //! following ggml's rope_yarn so results match the CPU backend.
 
 use super::{need, slice, slice_mut, split_range, Node, Unsupported};
-use crate::backend::dtype::DType;
-use crate::backend::exec::ThreadCtx;
+use crate::dtype::DType;
+use crate::exec::ThreadCtx;
 
 pub const MODE_NORMAL: i32 = 0;
 pub const MODE_NEOX: i32 = 2;

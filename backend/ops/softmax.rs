@@ -4,9 +4,9 @@
 use half::f16;
 
 use super::{alibi_slope, need, slice, slice_mut, split_range, Node, Unsupported};
-use crate::backend::dtype::DType;
-use crate::backend::exec::ThreadCtx;
-use crate::backend::kernels::vmath;
+use crate::dtype::DType;
+use crate::exec::ThreadCtx;
+use crate::kernels::vmath;
 
 pub fn supports(node: &Node) -> Result<(), Unsupported> {
     let a = node.src[0].as_ref().ok_or("missing src")?;

@@ -5,11 +5,11 @@ use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::{Node, Op, RopeParams};
-use crate::backend::dtype::DType;
-use crate::backend::exec::Executor;
-use crate::backend::kernels::quant::scalar_kernels;
-use crate::backend::tensor::TensorRef;
-use crate::backend::planner::{Mode, Plan};
+use crate::dtype::DType;
+use crate::exec::Executor;
+use crate::kernels::quant::scalar_kernels;
+use crate::tensor::TensorRef;
+use crate::planner::{Mode, Plan};
 
 /// Owned, 64-byte aligned tensor storage.
 struct Buf {
@@ -490,8 +490,8 @@ fn flash_attn_case(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usize, hkv
 /// ggml's layout, which is left zeroed here so a read of it would show.
 #[test]
 fn get_rows_of_packed_weights_reads_the_packed_copy() {
-    use crate::backend::kernels::packed::{self, Layout, PackedRef};
-    use crate::backend::kernels::quant::kernels;
+    use crate::kernels::packed::{self, Layout, PackedRef};
+    use crate::kernels::quant::kernels;
     let mut rng = StdRng::seed_from_u64(23);
     for ty in [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
         let (n, k) = (48, 3 * 256);
@@ -599,7 +599,7 @@ static MUL_MAT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn mul_mat_tile_path_matches_scalar_references_on_odd_shapes() {
     use super::matmul_amx::{feasible as applies, test_engine};
-    use crate::backend::kernels::amx;
+    use crate::kernels::amx;
     let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if !amx::available() {
         eprintln!("no usable AMX on this machine: tile path not exercised");
@@ -710,7 +710,7 @@ fn mul_mat_tile_path_matches_scalar_references_on_odd_shapes() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn mul_mat_tile_path_restores_the_callers_tile_configuration() {
-    use crate::backend::kernels::amx::{self, tile};
+    use crate::kernels::amx::{self, tile};
     let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if !amx::available() {
         return;
@@ -748,7 +748,7 @@ fn mul_mat_tile_path_restores_the_callers_tile_configuration() {
 /// zeroed, so a kernel that read it instead would fail.
 #[test]
 fn mul_mat_every_mode_packed_and_plain_weights() {
-    use crate::backend::kernels::packed::{self, Layout, PackedRef};
+    use crate::kernels::packed::{self, Layout, PackedRef};
     let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = StdRng::seed_from_u64(19);
     // 256 rows: four 64-row groups, so both sides of a coop run take some.
@@ -860,7 +860,7 @@ fn check_packed_product(ty: DType, m: usize, n: usize, k: usize, raw: &[u8], xs:
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn int8_products_are_bit_identical_to_ggml_order_in_every_mode() {
-    use crate::backend::kernels::packed::{self, Layout, PackedRef};
+    use crate::kernels::packed::{self, Layout, PackedRef};
     let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = StdRng::seed_from_u64(23);
     let h = |b: &[u8], o: usize| f16::from_bits(u16::from_le_bytes([b[o], b[o + 1]])).to_f32();
@@ -876,7 +876,7 @@ fn int8_products_are_bit_identical_to_ggml_order_in_every_mode() {
             let mut want_avx2 = vec![0f32; m * n];
             let mut qa = vec![0u8; act_ty.row_bytes(k)];
             for r in 0..m {
-                (crate::backend::kernels::quant::kernels(act_ty).unwrap().from_f32.unwrap())(&xs[r * k..(r + 1) * k], &mut qa);
+                (crate::kernels::quant::kernels(act_ty).unwrap().from_f32.unwrap())(&xs[r * k..(r + 1) * k], &mut qa);
                 for c in 0..n {
                     let mut f = 0f32;
                     // ggml's AVX2 order: eight lanes of four elements, summed at the end.

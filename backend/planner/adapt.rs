@@ -199,7 +199,7 @@ impl Planner {
 mod tests {
     use super::super::profile::synthetic;
     use super::*;
-    use crate::backend::dtype::DType;
+    use crate::dtype::DType;
 
     fn prefill() -> MatShape {
         MatShape { m: 512, n: 3072, k: 3072, ty: DType::Q4_0, threads: 2, matrix_ok: true }

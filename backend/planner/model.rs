@@ -14,7 +14,7 @@
 
 use super::profile::MachineProfile;
 use super::Mode;
-use crate::backend::dtype::DType;
+use crate::dtype::DType;
 
 /// A 2-D matrix product as the planner sees it: `m` activation rows, `n` weight rows of
 /// `k` elements of `ty`, on `threads` threads.

@@ -4,7 +4,7 @@
 //! One description serves AMX (one matrix unit per core) and SME (one unit shared by a
 //! cluster of cores, as on Apple M4): `MatrixUnits::cores_per_unit` says which.
 
-use crate::backend::dtype::DType;
+use crate::dtype::DType;
 
 /// The matrix units of the machine.
 #[derive(Clone, Debug, PartialEq)]

@@ -15,8 +15,8 @@ use std::sync::OnceLock;
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
-        let f = crate::backend::cpu::CpuFeatures::detect();
-        let disabled = crate::backend::config::get().is_ok_and(|c| c.disable_amx);
-        f.amx_tile && f.amx_int8 && f.amx_bf16 && !disabled && crate::ffi::os::request_amx_permission()
+        let f = crate::platform::CpuFeatures::detect();
+        let disabled = crate::config::get().is_ok_and(|c| c.disable_amx);
+        f.amx_tile && f.amx_int8 && f.amx_bf16 && !disabled && crate::platform::os::request_amx_permission()
     })
 }

@@ -14,7 +14,7 @@ fn amx_throughput() {
     }
     for bf16 in [false, true] {
         for kbytes in [64, 32, 16] {
-            let p = crate::backend::kernels::roofs::amx_rate(1, bf16, kbytes).unwrap();
+            let p = crate::kernels::roofs::amx_rate(1, bf16, kbytes).unwrap();
             eprintln!("{} with {kbytes}-byte rows: {:.2} T(FL)OPS per core", if bf16 { "tdpbf16ps" } else { "tdpbssd" }, p / 1e12);
         }
     }
@@ -471,10 +471,10 @@ fn tile_units_private_or_shared() {
     if !super::available() {
         return;
     }
-    let cores = crate::ffi::os::allowed_cpus().len();
+    let cores = crate::platform::os::allowed_cpus().len();
     for _ in 0..3 {
-        let one = crate::backend::kernels::roofs::amx_rate(1, true, 64).unwrap();
-        let all = crate::backend::kernels::roofs::amx_rate(cores, true, 64).unwrap();
+        let one = crate::kernels::roofs::amx_rate(1, true, 64).unwrap();
+        let all = crate::kernels::roofs::amx_rate(cores, true, 64).unwrap();
         eprintln!("bf16 products: 1 thread {:.2} TFLOPS, {cores} threads {:.2} TFLOPS ({:.2}x)", one / 1e12, all / 1e12, all / one);
     }
 }

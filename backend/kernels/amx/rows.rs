@@ -6,9 +6,9 @@
 //! Rows beyond the ones given (a partial last tile) come out as zeros.
 
 use super::gemm::I8_KBLOCK;
-use crate::backend::dtype::DType;
-use crate::backend::kernels::packed::Layout;
-use crate::backend::kernels::quant::kernels;
+use crate::dtype::DType;
+use crate::kernels::packed::Layout;
+use crate::kernels::quant::kernels;
 use half::f16;
 
 /// The weight types with an int8 unpacker, and whether they carry a per-block minimum.

@@ -49,7 +49,7 @@ impl TileConfig {
     ///
     /// # Safety
     /// The CPU has AMX and the process holds the XTILEDATA permission
-    /// (`crate::ffi::os::request_amx_permission` via [`super::available`]).
+    /// (`crate::platform::os::request_amx_permission` via [`super::available`]).
     #[inline]
     pub unsafe fn load(&self) {
         // SAFETY (caller): AMX present and permitted; `self` is a valid 64-byte palette.

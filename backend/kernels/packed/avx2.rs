@@ -5,7 +5,7 @@
 //! int16 sums kept below 2^15 by how many products each one collects (noted per kernel).
 
 use super::{Layout, DECODE_GROUPS};
-use crate::backend::dtype::DType;
+use crate::dtype::DType;
 use std::arch::x86_64::*;
 
 /// Activation rows per pass (each keeps two accumulator vectors, one per half).
@@ -14,7 +14,7 @@ const M_PASS: usize = 4;
 const PREFETCH_AHEAD: usize = 2304;
 
 /// Whether this CPU runs the tier: the kernel table's AVX2 detection (AVX2, FMA, F16C).
-pub use crate::backend::kernels::quant::avx2::detected;
+pub use crate::kernels::quant::avx2::detected;
 
 /// Checked entry, as the AVX-512 tier's: lengths first, then the SIMD body. `groups` holds
 /// `ng` consecutive row groups; `out[gi * m + j]` receives group gi against activation row j.

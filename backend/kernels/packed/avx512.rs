@@ -1,7 +1,7 @@
 //! AVX-512 VNNI GEMV kernels on the packed layouts.
 
 use super::{Layout, DECODE_GROUPS};
-use crate::backend::dtype::DType;
+use crate::dtype::DType;
 use std::arch::x86_64::*;
 
 /// Activation rows per pass (each keeps one accumulator vector).

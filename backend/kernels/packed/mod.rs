@@ -24,8 +24,8 @@ mod avx512;
 #[cfg(test)]
 mod tests;
 
-use crate::backend::dtype::DType;
-use crate::backend::kernels::quant::{kernels, TypeKernels};
+use crate::dtype::DType;
+use crate::kernels::quant::{kernels, TypeKernels};
 use lanes::BlockShape;
 
 /// A packed layout of a weight matrix.
@@ -150,7 +150,7 @@ pub fn row_to_f32(p: &PackedRef, k: usize, row: usize, out: &mut [f32]) {
     // SAFETY: the packed copy holds every group of the tensor; row < n (caller).
     let group = unsafe { std::slice::from_raw_parts(p.data.add((row / 16) * gb), gb) };
     #[cfg(target_arch = "x86_64")]
-    if matches!(p.layout, Layout::Q4_0x16 | Layout::Q8_0x16) && crate::backend::kernels::quant::avx512::detected() && !crate::backend::kernels::quant::force_scalar() {
+    if matches!(p.layout, Layout::Q4_0x16 | Layout::Q8_0x16) && crate::kernels::quant::avx512::detected() && !crate::kernels::quant::force_scalar() {
         return avx512::row_to_f32(p.layout, group, nb, row % 16, out);
     }
     row_to_f32_portable(kernels(ty).expect("packed type in the table"), p.layout, group, nb, row % 16, out)
@@ -175,11 +175,11 @@ pub(crate) fn row_to_f32_portable(k: &TypeKernels, layout: Layout, group: &[u8],
 /// path gathers each row back into ggml's layout and uses the kernel table's dot.
 pub fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::backend::kernels::quant::avx512::detected() && !crate::backend::kernels::quant::force_scalar() {
+    if crate::kernels::quant::avx512::detected() && !crate::kernels::quant::force_scalar() {
         return avx512::gemv(layout, nb, groups, ng, acts, sums, out);
     }
     #[cfg(target_arch = "x86_64")]
-    if avx2::detected() && !crate::backend::kernels::quant::force_scalar() {
+    if avx2::detected() && !crate::kernels::quant::force_scalar() {
         return avx2::gemv(layout, nb, groups, ng, acts, sums, out);
     }
     let _ = sums;
@@ -193,8 +193,8 @@ pub fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]],
 /// The tier [`gemv`] runs here: "avx512", "avx2" or "portable".
 pub fn gemv_tier() -> &'static str {
     #[cfg(target_arch = "x86_64")]
-    if !crate::backend::kernels::quant::force_scalar() {
-        if crate::backend::kernels::quant::avx512::detected() {
+    if !crate::kernels::quant::force_scalar() {
+        if crate::kernels::quant::avx512::detected() {
             return "avx512";
         }
         if avx2::detected() {

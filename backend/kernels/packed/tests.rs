@@ -2,8 +2,8 @@
 //! ggml's scalar block dot on the unpacked rows.
 
 use super::{Layout, PackedRef};
-use crate::backend::dtype::DType;
-use crate::backend::kernels::quant::scalar_kernels;
+use crate::dtype::DType;
+use crate::kernels::quant::scalar_kernels;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 const LAYOUTS: [Layout; 5] = [Layout::Q4_0x16, Layout::Q4_1x16, Layout::Q8_0x16, Layout::Q4_Kx16, Layout::Q6_Kx16];

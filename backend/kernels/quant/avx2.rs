@@ -15,7 +15,7 @@ use core::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::{check_from_f32, check_to_f32, check_vec_dot, scalar, Table, TypeKernels};
-use crate::backend::dtype::DType;
+use crate::dtype::DType;
 
 /// Whether the CPU has every feature the kernels of this tier are compiled with.
 pub fn detected() -> bool {

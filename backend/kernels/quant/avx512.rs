@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 
 use super::blocks::*;
 use super::{check_from_f32, check_to_f32, check_vec_dot, scalar, Table, TypeKernels};
-use crate::backend::dtype::DType;
+use crate::dtype::DType;
 
 /// Whether the CPU has every feature the kernels of this tier are compiled with
 /// (`avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c`).

@@ -4,7 +4,7 @@
 //! alignment promise, so blocks are never referenced in place: [`Block::read`] copies one out
 //! with an unaligned read and [`Block::write`] copies one back.
 
-use crate::backend::dtype::DType;
+use crate::dtype::DType;
 use core::mem::size_of;
 
 /// Elements per block of Q4_0.

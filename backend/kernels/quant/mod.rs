@@ -29,7 +29,7 @@ pub mod avx512;
 #[cfg(test)]
 mod tests;
 
-use crate::backend::dtype::DType;
+use crate::dtype::DType;
 use std::sync::OnceLock;
 
 /// Converts `dst.len()` elements (a multiple of the block size) from a row of this type to f32.

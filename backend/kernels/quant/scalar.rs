@@ -8,7 +8,7 @@
 
 use super::blocks::*;
 use super::{check_from_f32, check_to_f32, check_vec_dot, TypeKernels, N_TYPES};
-use crate::backend::dtype::DType;
+use crate::dtype::DType;
 
 // ---------------------------------------------------------------------------------------------
 // Plain types: F32, F16, BF16

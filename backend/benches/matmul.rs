@@ -12,13 +12,13 @@
 //! SMEPILOT_BENCH_SHAPES=3072x3072 (K x N) narrow the grid.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ggml_smepilot::backend::dtype::DType;
-use ggml_smepilot::backend::exec::Executor;
-use ggml_smepilot::backend::kernels::packed::{self, Layout, PackedRef};
-use ggml_smepilot::backend::planner::calibrate::{random_weights, tensor};
-use ggml_smepilot::backend::ops::{Node, Op};
-use ggml_smepilot::backend::kernels::roofs;
-use ggml_smepilot::backend::tensor::TensorRef;
+use smepilot_engine::dtype::DType;
+use smepilot_engine::exec::Executor;
+use smepilot_engine::kernels::packed::{self, Layout, PackedRef};
+use smepilot_engine::planner::calibrate::{random_weights, tensor};
+use smepilot_engine::ops::{Node, Op};
+use smepilot_engine::kernels::roofs;
+use smepilot_engine::tensor::TensorRef;
 use std::time::{Duration, Instant};
 
 /// (model, projection, K, N)
@@ -123,7 +123,7 @@ fn bench(c: &mut Criterion) {
                         ],
                     })
                     .collect();
-                if let Err(e) = ggml_smepilot::backend::ops::supports(&nodes[0]) {
+                if let Err(e) = smepilot_engine::ops::supports(&nodes[0]) {
                     eprintln!("skip {} M={m}: {e}", ty.name());
                     continue;
                 }
@@ -150,7 +150,7 @@ fn bench(c: &mut Criterion) {
                     // This host's tile throughput drifts (shared machine): measure the roof
                     // again right next to the case, for the tile engine that runs the type
                     // (int8 for Q8_0, Q4_0, Q4_1 unless SMEPILOT_AMX_INT8=0; bf16 otherwise).
-                    let int8 = ggml_smepilot::backend::ops::tile_int8_type(ty);
+                    let int8 = smepilot_engine::ops::tile_int8_type(ty);
                     #[cfg(target_arch = "x86_64")]
                     let peak = roofs::amx_peak(r.threads, !int8).or(if int8 { r.int8 } else { r.bf16 });
                     #[cfg(not(target_arch = "x86_64"))]

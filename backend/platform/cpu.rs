@@ -20,7 +20,7 @@ pub struct CpuFeatures {
 impl CpuFeatures {
     pub fn detect() -> CpuFeatures {
         let mut f = CpuFeatures {
-            cores: crate::ffi::os::allowed_cpus().len(),
+            cores: crate::platform::os::allowed_cpus().len(),
             ..Default::default()
         };
         #[cfg(target_arch = "x86_64")]
@@ -29,7 +29,7 @@ impl CpuFeatures {
             f.avx512_vnni = is_x86_feature_detected!("avx512vnni");
             f.avx512_bf16 = is_x86_feature_detected!("avx512bf16");
             f.avx512_fp16 = is_x86_feature_detected!("avx512fp16");
-            f.avx2_fma_f16c = crate::backend::kernels::quant::avx2::detected();
+            f.avx2_fma_f16c = crate::kernels::quant::avx2::detected();
             let amx = amx_cpuid();
             f.amx_tile = amx.0;
             f.amx_int8 = amx.1;

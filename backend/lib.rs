@@ -1,0 +1,13 @@
+//! The SMEPilot engine: element types, tensor views, operators, kernels, the planner,
+//! the executor and its thread pool. It knows nothing of ggml's C types and builds and
+//! tests on its own; the plugin crate above it translates ggml's graphs into its nodes.
+
+pub mod config;
+pub mod dtype;
+pub mod exec;
+pub mod kernels;
+pub mod ops;
+pub mod planner;
+pub mod platform;
+pub mod tensor;
+pub mod threadpool;

@@ -1,0 +1,7 @@
+//! The machine under the engine: CPU features and the operating-system calls the
+//! engine needs (affinity, the AMX tile permission). Nothing here speaks ggml.
+
+pub mod cpu;
+pub mod os;
+
+pub use cpu::CpuFeatures;
