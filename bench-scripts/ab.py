@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import json
 import os
 import re
@@ -109,6 +110,46 @@ def run_bench(cmd: list[str], env: dict) -> list[dict]:
     if not isinstance(data, list):
         die("unexpected llama-bench JSON (not a list)", 1)
     return data
+
+
+# --------------------------------------------------------------------------------------
+# which llama.cpp
+# --------------------------------------------------------------------------------------
+
+def patch_hash() -> str:
+    """The hash setup-llama.sh keys its cached tree by: sha256 of llama-patches/*.patch."""
+    h = hashlib.sha256()
+    for p in sorted((REPO_DIR / "llama-patches").glob("*.patch")):
+        h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def llama_source(bin_dir: Path | None, r0: dict) -> str | None:
+    """What llama.cpp the binaries were built from, as far as it can be known.
+
+    The pinned tree comes from a PyPI sdist without git metadata, so llama-bench reports
+    build_commit "unknown" and build_number 0. The tree's path says what it is instead:
+    setup-llama.sh builds <cache>/llama.cpp/<llama-cpp-python version>-<patch hash>/ and
+    links build/llama.cpp to its src/.
+    """
+    commit = str(r0.get("build_commit") or "")
+    if commit and commit != "unknown":
+        return f"{commit} ({r0.get('build_number')})"
+    if bin_dir is None:
+        return None
+    for link in (bin_dir.parent / "llama.cpp", bin_dir.parent.parent / "src"):
+        if not link.exists():
+            continue
+        tree = link.resolve()
+        m = re.fullmatch(r"(\d+\.\d+\.\d+)-([0-9a-f]{12})", tree.parent.name)
+        if tree.name == "src" and m:
+            version, tree_hash = m.groups()
+            now = patch_hash()
+            state = "as in llama-patches/" if tree_hash == now else \
+                f"llama-patches/ is now {now}: rerun bench-scripts/setup.sh"
+            return (f"vendor/llama.cpp of llama-cpp-python=={version} (PyPI sdist), "
+                    f"patch hash {tree_hash} ({state}); tree `{tree}`")
+    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -218,6 +259,7 @@ def main() -> int:
 
     meta: list[str] = []
     fallback_label = "cpu"
+    bin_dir: Path | None = None
     if args.from_json:
         try:
             results = json.loads(args.from_json.read_text())
@@ -284,8 +326,9 @@ def main() -> int:
         die("llama-bench returned no results", 1)
     r0 = results[0]
     info = [f"date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}"]
-    if r0.get("build_commit"):
-        info.append(f"llama.cpp: {r0.get('build_commit')} ({r0.get('build_number')})")
+    src = llama_source(bin_dir, r0)
+    if src:
+        info.append(f"llama.cpp: {src}")
     if r0.get("cpu_info"):
         info.append(f"cpu: {r0.get('cpu_info')}")
     info.append(f"threads: {r0.get('n_threads')}, reps: {len(r0.get('samples_ts', [])) or '?'}")

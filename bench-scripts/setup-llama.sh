@@ -50,8 +50,9 @@ if [ ! -f "$tree/.built" ]; then
         -DGGML_CCACHE=$ccache_flag >"$tree/cmake.log" 2>&1 || {
         tail -30 "$tree/cmake.log"; say "cmake failed (log: $tree/cmake.log)"; exit 1; }
     say "building llama.cpp with clang-19 (about 6 minutes on 2 cores without ccache)"
-    # ninja prints [done/total] per step; keep one line per 25 steps as progress.
-    ninja -C "$tree/build" 2>&1 | tee "$tree/build.log" | awk '/^\[[0-9]+\/[0-9]+\]/ { s = $1; gsub(/[][]/, "", s); split(s, a, "/"); if (a[1] % 25 == 0 || a[1] == a[2]) { printf "[setup-llama] build %s/%s\n", a[1], a[2]; fflush() } }'
+    # ninja prints [done/total] per step; keep one line per 25 steps as progress, on stderr
+    # like every other message (stdout is the tree path alone, for callers to capture).
+    ninja -C "$tree/build" 2>&1 | tee "$tree/build.log" | awk '/^\[[0-9]+\/[0-9]+\]/ { s = $1; gsub(/[][]/, "", s); split(s, a, "/"); if (a[1] % 25 == 0 || a[1] == a[2]) { printf "[setup-llama] build %s/%s\n", a[1], a[2] > "/dev/stderr"; fflush("/dev/stderr") } }'
     [ "${PIPESTATUS[0]}" -eq 0 ] || { tail -40 "$tree/build.log"; say "build failed (log: $tree/build.log)"; exit 1; }
     touch "$tree/.built"
     # Trees of earlier patch sets are not needed any more (ccache keeps rebuilds cheap).

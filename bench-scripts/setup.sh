@@ -23,8 +23,11 @@ command -v cargo >/dev/null || { say "cargo not found: install Rust (rustup) fir
 # numpy for the model generator (gguf-py comes from the pinned llama.cpp tree).
 python3 -c 'import numpy, yaml' 2>/dev/null || { say "installing numpy, pyyaml"; python3 -m pip install --quiet numpy pyyaml; }
 
-# 2. Pinned llama.cpp, patched and built with clang-19.
-"$repo/bench-scripts/setup-llama.sh" >/dev/null
+# 2. Pinned llama.cpp, patched and built with clang-19. setup-llama.sh reports progress
+#    (the 10-minute first build included) on stderr, which stays on the terminal, and
+#    prints only the tree's path on stdout.
+llama_tree=$("$repo/bench-scripts/setup-llama.sh")
+say "llama.cpp tree: $llama_tree"
 
 # 3. The plugin.
 say "building libggml-smepilot.so (cargo build --release)"
