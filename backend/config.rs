@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use super::kernels::registry::Tier;
 use super::planner::ModeSetting;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -38,6 +39,10 @@ pub struct Config {
     /// work). Leaves cores free of tile work (AMX lowers the clock of the cores that use
     /// it), and reproduces a shared-unit machine (Apple M4: one SME unit per cluster).
     pub matrix_units: Option<usize>,
+    /// SMEPILOT_TIER=scalar|avx2|avx512: the kernel tier to run instead of the fastest
+    /// this CPU offers (SMEPILOT_FORCE_SCALAR=1 is SMEPILOT_TIER=scalar). A tier the CPU
+    /// lacks is refused when the plugin registers.
+    pub tier: Option<Tier>,
 }
 
 /// ggml op names SMEPilot may claim, i.e. what SMEPILOT_DECLINE_OPS may name.
@@ -125,7 +130,27 @@ impl Config {
                 _ => return Err(format!("SMEPILOT_MATRIX_UNITS={v:?} is not a positive integer")),
             },
         };
+        let tier = match var("SMEPILOT_TIER") {
+            None => None,
+            Some(v) => Some(Tier::parse(&v.to_lowercase()).ok_or_else(|| {
+                format!(
+                    "SMEPILOT_TIER={v:?} is not one of {}",
+                    Tier::ALL.map(|t| t.name()).join(", ")
+                )
+            })?),
+        };
+        let tier = match (flag(&var, "SMEPILOT_FORCE_SCALAR")?, tier) {
+            (false, t) => t,
+            (true, None | Some(Tier::Scalar)) => Some(Tier::Scalar),
+            (true, Some(t)) => {
+                return Err(format!(
+                    "SMEPILOT_FORCE_SCALAR=1 contradicts SMEPILOT_TIER={:?}",
+                    t.name()
+                ))
+            }
+        };
         Ok(Config {
+            tier,
             mode,
             matrix_units,
             trace: flag(&var, "SMEPILOT_TRACE")?,
@@ -180,6 +205,7 @@ mod tests {
         assert_eq!(c.log, LogLevel::Warn);
         assert!(!c.disable_amx && c.threads.is_none() && c.decline_ops.is_empty());
         assert!(c.mode == ModeSetting::Auto && !c.trace && c.matrix_units.is_none());
+        assert!(c.tier.is_none());
     }
 
     #[test]
@@ -193,6 +219,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.matrix_units, Some(1));
+        assert_eq!(parse(&[("SMEPILOT_TIER", "AVX2")]).unwrap().tier, Some(Tier::Avx2));
+        assert_eq!(parse(&[("SMEPILOT_FORCE_SCALAR", "1")]).unwrap().tier, Some(Tier::Scalar));
+        let e = parse(&[("SMEPILOT_FORCE_SCALAR", "1"), ("SMEPILOT_TIER", "avx2")]).unwrap_err();
+        assert!(e.contains("SMEPILOT_FORCE_SCALAR") && e.contains("avx2"), "{e}");
         assert_eq!(c.log, LogLevel::Info);
         assert!(c.disable_amx);
         assert_eq!(c.threads, Some(3));
@@ -213,6 +243,8 @@ mod tests {
             ("SMEPILOT_TRACE", "verbose"),
             ("SMEPILOT_MATRIX_UNITS", "0"),
             ("SMEPILOT_MATRIX_UNITS", "all"),
+            ("SMEPILOT_TIER", "sse2"),
+            ("SMEPILOT_FORCE_SCALAR", "yes please"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err();
             assert!(e.contains(k) && e.contains(v), "{e}");

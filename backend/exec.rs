@@ -5,12 +5,13 @@ use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use super::kernels::registry::{self, KernelSet};
 use super::ops::{self, Node, Op};
 use super::planner::adapt::{Decision, Planner};
 use super::planner::model::MatShape;
 use super::planner::trace::{self, GraphSummary, OpRecord};
 use super::planner::{Mode, Plan};
-use super::threadpool::{SpinBarrier, ThreadPool};
+use super::threadpool::{Released, SpinBarrier, ThreadPool};
 
 /// A node's shared work queue. `next_chunk` counts up without bound (the op checks the
 /// end); `take` hands out indices below a limit from either end, so two kinds of worker
@@ -40,6 +41,8 @@ pub struct ThreadCtx<'a> {
     queue: &'a WorkQueue,
     /// How this node runs (the planner's choice for matrix products).
     pub plan: Plan,
+    /// The kernels every op of this graph runs on.
+    pub kernels: &'static KernelSet,
 }
 
 impl ThreadCtx<'_> {
@@ -66,9 +69,13 @@ impl ThreadCtx<'_> {
         })
     }
 
-    /// Waits until every thread of the pool has reached the same point.
+    /// Waits until every thread of the pool has reached the same point. If another
+    /// thread panicked instead, unwinds out of the op (the pool catches that and reports
+    /// the panic): the threads are no longer in step, so the op must not go on.
     pub fn barrier(&self) {
-        self.barrier.wait();
+        if !self.barrier.wait() {
+            std::panic::resume_unwind(Box::new(Released));
+        }
     }
 
     /// The node's scratch area (size from `ops::scratch_bytes`), shared by all
@@ -88,6 +95,7 @@ pub struct Stats {
 
 pub struct Executor {
     pool: ThreadPool,
+    kernels: &'static KernelSet,
     scratch: *mut u8,
     scratch_cap: usize,
     pub stats: Stats,
@@ -110,9 +118,16 @@ unsafe impl Send for Executor {}
 const SCRATCH_ALIGN: usize = 64;
 
 impl Executor {
+    /// An executor on the process's kernel set ([`registry::active`]).
     pub fn new(n_threads: usize) -> Executor {
+        Executor::with_kernels(n_threads, registry::active())
+    }
+
+    /// An executor whose ops run on `kernels` (tests run each tier this way).
+    pub fn with_kernels(n_threads: usize, kernels: &'static KernelSet) -> Executor {
         Executor {
             pool: ThreadPool::new(n_threads),
+            kernels,
             scratch: std::ptr::null_mut(),
             scratch_cap: 0,
             stats: Stats::default(),
@@ -174,8 +189,10 @@ impl Executor {
         self.scratch_cap = cap;
     }
 
-    /// Runs the nodes in order. Every node must have passed `ops::supports`.
-    pub fn compute(&mut self, nodes: &[Node]) {
+    /// Runs the nodes in order. Every node must have passed `ops::supports`. Err carries
+    /// the message of a panic on one of the threads; the nodes after it did not run, and
+    /// the executor is ready for the next graph.
+    pub fn compute(&mut self, nodes: &[Node]) -> Result<(), String> {
         let nth = self.pool.n_threads();
         self.plans.clear();
         self.decisions.clear();
@@ -192,23 +209,26 @@ impl Executor {
             self.decisions.push(planned);
         }
         let plans = std::mem::take(&mut self.plans);
-        self.run(nodes, &plans);
+        let ran = self.run(nodes, &plans);
         self.plans = plans;
+        // A failed graph's times are partial: the planner does not learn from them.
+        ran?;
         self.feed_back(nodes);
+        Ok(())
     }
 
     /// Runs the nodes with the given plans (one per node), bypassing the planner: for
     /// calibration and for tests of each mode.
-    pub fn compute_with_plans(&mut self, nodes: &[Node], plans: &[Plan]) {
+    pub fn compute_with_plans(&mut self, nodes: &[Node], plans: &[Plan]) -> Result<(), String> {
         assert_eq!(nodes.len(), plans.len());
-        self.run(nodes, plans);
+        self.run(nodes, plans)
     }
 
-    fn run(&mut self, nodes: &[Node], plans: &[Plan]) {
+    fn run(&mut self, nodes: &[Node], plans: &[Plan]) -> Result<(), String> {
         let nth = self.pool.n_threads();
         let need = nodes
             .iter()
-            .map(|n| ops::scratch_bytes(n, nth))
+            .map(|n| ops::scratch_bytes(n, nth, self.kernels))
             .max()
             .unwrap_or(0);
         self.reserve_scratch(need.max(SCRATCH_ALIGN));
@@ -221,7 +241,7 @@ impl Executor {
         }
 
         let (scratch, scratch_len) = (self.scratch as usize, self.scratch_cap);
-        let (pool, times) = (&self.pool, &self.times);
+        let (pool, times, kernels) = (&self.pool, &self.times, self.kernels);
         // Work queues of alternate nodes: thread 0 resets the next node's queue while the
         // current node runs, after every thread has left the previous one (its barrier).
         let queues = [WorkQueue::default(), WorkQueue::default()];
@@ -234,6 +254,7 @@ impl Executor {
                 scratch_len,
                 queue: &queues[0],
                 plan: Plan::STATIC,
+                kernels,
             };
             let mut q = 0;
             for (i, node) in nodes.iter().enumerate() {
@@ -247,13 +268,15 @@ impl Executor {
                     queues[(q + 1) % 2].reset();
                 }
                 ops::run(node, &ctx);
-                ctx.barrier();
+                if !ctx.barrier.wait() {
+                    return; // a thread panicked (the pool reports it): stop the graph here
+                }
                 if let Some(t0) = t0 {
                     times[i].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 }
                 q += 1;
             }
-        });
+        })
     }
 
     /// Measured times back to the planner, and the trace.
@@ -302,5 +325,107 @@ impl Drop for Executor {
                 )
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::DType;
+    use crate::tensor::TensorRef;
+
+    /// 64-byte aligned f32 / i32 storage.
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy)]
+    struct Line([u32; 16]);
+
+    fn storage(words: usize) -> Vec<Line> {
+        vec![Line([0; 16]); words.div_ceil(16)]
+    }
+
+    fn tensor(ty: DType, ne0: usize, ne1: usize, mem: &mut [Line]) -> TensorRef {
+        let row = ty.row_bytes(ne0);
+        TensorRef {
+            ty,
+            ne: [ne0, ne1, 1, 1],
+            nb: [ty.block_bytes(), row, row * ne1, row * ne1],
+            data: mem.as_mut_ptr() as *mut u8,
+            packed: None,
+        }
+    }
+
+    fn words(mem: &[Line], n: usize) -> Vec<u32> {
+        mem.iter().flat_map(|l| l.0).take(n).collect()
+    }
+
+    /// GET_ROWS asserts that its row ids are in range: an id out of range panics on the
+    /// thread whose share of rows holds it. That panic must come back as an error (not
+    /// hang the other threads at the node's barrier), the next node must not run, and
+    /// the executor must run the next graph correctly.
+    #[test]
+    fn a_panicking_op_fails_the_graph_and_the_next_graph_runs() {
+        crate::threadpool::within(120, || {
+            for nth in [2, 3] {
+                // 2 rows per thread: row r is handled by thread r / 2.
+                let (cols, rows, table_rows) = (8, 2 * nth, 5);
+                for culprit in (0..nth).rev() {
+                    let mut table = storage(cols * table_rows);
+                    let mut ids = storage(rows);
+                    let mut got = storage(cols * rows);
+                    let mut x = storage(cols * rows);
+                    let mut scaled = storage(cols * rows);
+                    for i in 0..cols * table_rows {
+                        table[i / 16].0[i % 16] = (i as f32).to_bits();
+                    }
+                    for i in 0..cols * rows {
+                        x[i / 16].0[i % 16] = (i as f32 + 0.5).to_bits();
+                    }
+                    for r in 0..rows {
+                        ids[0].0[r] = (r % table_rows) as u32;
+                    }
+                    ids[0].0[2 * culprit + 1] = 1000; // out of range
+                    let t_table = tensor(DType::F32, cols, table_rows, &mut table);
+                    let t_ids = tensor(DType::I32, rows, 1, &mut ids);
+                    let t_got = tensor(DType::F32, cols, rows, &mut got);
+                    let t_x = tensor(DType::F32, cols, rows, &mut x);
+                    let t_scaled = tensor(DType::F32, cols, rows, &mut scaled);
+                    let mut src = [None; 5];
+                    src[0] = Some(t_table);
+                    src[1] = Some(t_ids);
+                    let get = Node { op: Op::GetRows, dst: t_got, src };
+                    let mut src = [None; 5];
+                    src[0] = Some(t_x);
+                    let scale = Node { op: Op::Scale { scale: 2.0, bias: 0.0 }, dst: t_scaled, src };
+                    let graph = [get, scale];
+                    for n in &graph {
+                        ops::supports(n).unwrap();
+                    }
+
+                    let mut exec = Executor::new(nth);
+                    let e = exec.compute(&graph).expect_err("an out-of-range row id must fail");
+                    assert!(
+                        e.contains("out of range") && e.contains(&format!("thread {culprit}")),
+                        "nth={nth}: {e}"
+                    );
+                    assert!(
+                        words(&scaled, cols * rows).iter().all(|&w| w == 0),
+                        "nth={nth}, culprit {culprit}: the node after the failed one ran"
+                    );
+
+                    ids[0].0[2 * culprit + 1] = 0;
+                    exec.compute(&graph).unwrap();
+                    let got = words(&got, cols * rows);
+                    for r in 0..rows {
+                        let want = if r == 2 * culprit + 1 { 0 } else { r % table_rows };
+                        for c in 0..cols {
+                            assert_eq!(f32::from_bits(got[r * cols + c]), (want * cols + c) as f32);
+                        }
+                    }
+                    for (i, w) in words(&scaled, cols * rows).into_iter().enumerate() {
+                        assert_eq!(f32::from_bits(w), 2.0 * (i as f32 + 0.5));
+                    }
+                }
+            }
+        });
     }
 }

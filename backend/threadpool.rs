@@ -3,8 +3,14 @@
 //! `run(f)` calls `f(ith)` once on each of `n` threads: the caller is thread 0, the
 //! workers are 1..n. Between jobs workers block on a condition variable, so an idle
 //! pool costs no CPU; within a job, threads meet at a spinning barrier.
+//!
+//! A panic in `f` on any thread is caught there: the barrier is aborted so that the
+//! other threads stop waiting for a thread that will never arrive, and `run` returns the
+//! panic's message. The host process (llama.cpp) keeps running and the pool stays usable.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -22,18 +28,51 @@ struct State {
     job: Option<JobPtr>,
     pending: usize,
     quit: bool,
+    /// The first panic of the current job, as `run` reports it.
+    failure: Option<String>,
 }
 
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
     done: Condvar,
+    barrier: SpinBarrier,
+}
+
+/// The unwind payload of a thread leaving a job because another thread panicked (see
+/// `ThreadCtx::barrier`): not a failure of its own, so `run` does not report it.
+pub struct Released;
+
+impl Shared {
+    /// Calls `f(ith)`, catching a panic: the other threads are released from the
+    /// barrier at once, and the panic's message is kept for `run` to return.
+    fn call(&self, f: &(dyn Fn(usize) + Sync), ith: usize) {
+        let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| f(ith))) else {
+            return;
+        };
+        self.barrier.abort();
+        if payload.is::<Released>() {
+            return;
+        }
+        let msg = format!("SMEPilot thread {ith} panicked: {}", panic_message(&*payload));
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.failure.get_or_insert(msg);
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "(a panic without a message)"
+    }
 }
 
 pub struct ThreadPool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
-    barrier: Arc<SpinBarrier>,
 }
 
 impl ThreadPool {
@@ -47,9 +86,11 @@ impl ThreadPool {
                 job: None,
                 pending: 0,
                 quit: false,
+                failure: None,
             }),
             wake: Condvar::new(),
             done: Condvar::new(),
+            barrier: SpinBarrier::new(n),
         });
         let cpus = sys::allowed_cpus();
         let workers = (1..n)
@@ -62,11 +103,7 @@ impl ThreadPool {
                     .expect("spawning a SMEPilot worker thread")
             })
             .collect();
-        ThreadPool {
-            shared,
-            workers,
-            barrier: Arc::new(SpinBarrier::new(n)),
-        }
+        ThreadPool { shared, workers }
     }
 
     pub fn n_threads(&self) -> usize {
@@ -74,17 +111,20 @@ impl ThreadPool {
     }
 
     pub fn barrier(&self) -> &SpinBarrier {
-        &self.barrier
+        &self.shared.barrier
     }
 
-    /// Calls `f(ith)` for every thread index and returns when all calls returned.
-    pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+    /// Calls `f(ith)` for every thread index and returns when all calls returned (or
+    /// unwound). Err carries the message of the first panic, after which the threads
+    /// still waiting at the barrier were released (`SpinBarrier::wait` returned false).
+    pub fn run(&self, f: &(dyn Fn(usize) + Sync)) -> Result<(), String> {
         if self.workers.is_empty() {
-            f(0);
-            return;
+            self.shared.call(f, 0);
+            return self.finish();
         }
         // SAFETY: erases the borrow's lifetime; this function waits below until
-        // `pending` is 0, i.e. no worker holds or uses the pointer any more.
+        // `pending` is 0, i.e. no worker holds or uses the pointer any more. A panic in
+        // `f` cannot skip that wait: every call of `f` is inside catch_unwind.
         let job = JobPtr(unsafe {
             std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync)>(
                 f,
@@ -97,12 +137,24 @@ impl ThreadPool {
             st.generation += 1;
         }
         self.shared.wake.notify_all();
-        f(0);
+        self.shared.call(f, 0);
         let mut st = self.shared.state.lock().unwrap();
         while st.pending > 0 {
             st = self.shared.done.wait(st).unwrap();
         }
         st.job = None;
+        drop(st);
+        self.finish()
+    }
+
+    /// After every thread has left the job: readies the barrier for the next job and
+    /// reports this one's panic, if any.
+    fn finish(&self) -> Result<(), String> {
+        self.shared.barrier.reset();
+        match self.shared.state.lock().unwrap().failure.take() {
+            None => Ok(()),
+            Some(msg) => Err(msg),
+        }
     }
 }
 
@@ -135,7 +187,7 @@ fn worker(shared: Arc<Shared>, ith: usize, cpu: Option<usize>) {
         };
         // SAFETY: `run` keeps the closure alive until this worker decrements `pending`.
         let f = unsafe { &*job.0 };
-        f(ith);
+        shared.call(f, ith);
         let mut st = shared.state.lock().unwrap();
         st.pending -= 1;
         if st.pending == 0 {
@@ -145,10 +197,13 @@ fn worker(shared: Arc<Shared>, ith: usize, cpu: Option<usize>) {
 }
 
 /// A sense-reversing barrier for the threads of one job: spins briefly, then yields.
+/// Once aborted (a thread of the job panicked), every wait returns false at once, until
+/// `reset` after the job.
 pub struct SpinBarrier {
     n: usize,
     arrived: AtomicUsize,
     phase: AtomicUsize,
+    aborted: AtomicBool,
 }
 
 impl SpinBarrier {
@@ -157,27 +212,71 @@ impl SpinBarrier {
             n,
             arrived: AtomicUsize::new(0),
             phase: AtomicUsize::new(0),
+            aborted: AtomicBool::new(false),
         }
     }
 
-    pub fn wait(&self) {
+    /// Waits for all `n` threads; false if the barrier was aborted instead, and then the
+    /// caller must leave the job (the threads are no longer in step).
+    #[must_use]
+    pub fn wait(&self) -> bool {
+        if self.aborted.load(Ordering::Acquire) {
+            return false;
+        }
         if self.n == 1 {
-            return;
+            return true;
         }
         let phase = self.phase.load(Ordering::Acquire);
         if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
             self.arrived.store(0, Ordering::Relaxed);
             self.phase.store(phase.wrapping_add(1), Ordering::Release);
-            return;
+            return true;
         }
         let mut spins = 0u32;
         while self.phase.load(Ordering::Acquire) == phase {
+            if self.aborted.load(Ordering::Acquire) {
+                return false;
+            }
             if spins < 20_000 {
                 std::hint::spin_loop();
                 spins += 1;
             } else {
                 std::thread::yield_now();
             }
+        }
+        true
+    }
+
+    /// Releases every thread waiting now or later (until `reset`).
+    fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+    }
+
+    /// Back to the state of a fresh barrier; only while no thread is inside `wait` (an
+    /// aborted job leaves `arrived` counting threads that gave up).
+    fn reset(&self) {
+        self.arrived.store(0, Ordering::Relaxed);
+        self.aborted.store(false, Ordering::Release);
+    }
+}
+
+/// Runs `f` on another thread and fails if it has not returned within `secs`: a pool
+/// stuck at its barrier fails the test instead of hanging the test run.
+#[cfg(test)]
+pub(crate) fn within(secs: u64, f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(()) => t.join().unwrap(),
+        // The sender was dropped without sending: `f` panicked; pass its panic on.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(t.join().unwrap_err())
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("still running after {secs} s (threads stuck at the barrier?)")
         }
     }
 }
@@ -195,13 +294,82 @@ mod tests {
             hits.store(0, Ordering::SeqCst);
             pool.run(&|_ith| {
                 hits.fetch_add(1, Ordering::SeqCst);
-                pool.barrier().wait();
+                assert!(pool.barrier().wait());
                 // After the barrier every thread must see all three increments.
                 phase2_seen.fetch_add(hits.load(Ordering::SeqCst), Ordering::SeqCst);
-                pool.barrier().wait();
-            });
+                assert!(pool.barrier().wait());
+            })
+            .unwrap();
             assert_eq!(hits.load(Ordering::SeqCst), 3);
         }
         assert_eq!(phase2_seen.load(Ordering::SeqCst), 200 * 3 * 3);
+    }
+
+    #[test]
+    fn a_panic_releases_the_barrier_and_the_pool_runs_the_next_job() {
+        within(60, || {
+            for (n, culprit) in [(1, 0), (2, 1), (2, 0), (3, 2), (3, 1), (3, 0)] {
+                let pool = ThreadPool::new(n);
+                for round in 0..20 {
+                    let released = AtomicUsize::new(0);
+                    let after = AtomicUsize::new(0);
+                    let r = pool.run(&|ith| {
+                        assert!(pool.barrier().wait());
+                        if ith == culprit {
+                            panic!("injected failure on thread {ith}");
+                        }
+                        // The culprit never arrives: everyone else must be let go.
+                        if !pool.barrier().wait() {
+                            released.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        after.fetch_add(1, Ordering::SeqCst);
+                    });
+                    let e = r.expect_err("the panic must be reported");
+                    assert!(
+                        e.contains(&format!("injected failure on thread {culprit}")),
+                        "n={n} round {round}: {e}"
+                    );
+                    assert_eq!(released.load(Ordering::SeqCst), n - 1, "n={n}");
+                    assert_eq!(after.load(Ordering::SeqCst), 0, "n={n}");
+
+                    // The next job runs normally, through several barrier phases.
+                    let hits = AtomicUsize::new(0);
+                    let seen = AtomicUsize::new(0);
+                    pool.run(&|_| {
+                        for _ in 0..3 {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            assert!(pool.barrier().wait());
+                            seen.fetch_add(hits.load(Ordering::SeqCst), Ordering::SeqCst);
+                            assert!(pool.barrier().wait());
+                        }
+                    })
+                    .unwrap_or_else(|e| panic!("n={n}: job after a panic failed: {e}"));
+                    assert_eq!(hits.load(Ordering::SeqCst), 3 * n);
+                    // Phase k sees k * n increments on each of the n threads.
+                    assert_eq!(seen.load(Ordering::SeqCst), n * n * (1 + 2 + 3), "n={n}");
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn a_thread_released_by_unwinding_is_not_reported_as_the_cause() {
+        within(60, || {
+            let pool = ThreadPool::new(3);
+            let e = pool
+                .run(&|ith| {
+                    if ith == 1 {
+                        panic!("the real cause");
+                    }
+                    if !pool.barrier().wait() {
+                        // How ThreadCtx::barrier leaves an op.
+                        std::panic::resume_unwind(Box::new(Released));
+                    }
+                })
+                .unwrap_err();
+            assert!(e.contains("thread 1") && e.contains("the real cause"), "{e}");
+            pool.run(&|_| assert!(pool.barrier().wait())).unwrap();
+        });
     }
 }

@@ -132,7 +132,7 @@ fn bench(c: &mut Criterion) {
                 let mut rot = 0usize;
                 g.bench_function(format!("{}/M={m}", ty.name()), |b| {
                     b.iter(|| {
-                        exec.compute(std::slice::from_ref(&nodes[rot % nodes.len()]));
+                        exec.compute(std::slice::from_ref(&nodes[rot % nodes.len()])).expect("graph failed");
                         rot += 1;
                     })
                 });
@@ -140,7 +140,7 @@ fn bench(c: &mut Criterion) {
                 let reps = (2e9 / flops as f64).clamp(3.0, 200.0) as usize;
                 let t0 = Instant::now();
                 for i in 0..reps {
-                    exec.compute(std::slice::from_ref(&nodes[i % nodes.len()]));
+                    exec.compute(std::slice::from_ref(&nodes[i % nodes.len()])).expect("graph failed");
                 }
                 let secs = t0.elapsed().as_secs_f64() / reps as f64;
                 let line = if m < 16 {

@@ -70,66 +70,98 @@ pub fn finish_scores_scalar(
     }
 }
 
-/// [`finish_scores_scalar`] on the fastest tier.
-pub fn finish_scores(
-    s: &[f32; BLOCK],
-    scale: f32,
-    slope: f32,
-    mask: Option<&[u16]>,
-    n: usize,
-    out: &mut [f32],
-) {
-    assert!(n <= BLOCK && out.len() >= BLOCK && mask.is_none_or(|m| m.len() >= n));
-    match tier() {
-        // SAFETY: lengths checked; AVX-512F/BW/VL detected (the quant tier's detection).
-        #[cfg(target_arch = "x86_64")]
-        Tier::Avx512 => unsafe { avx512::finish_scores(s, scale, slope, mask, n, out) },
-        // SAFETY: lengths checked; AVX2, FMA and F16C detected.
-        #[cfg(target_arch = "x86_64")]
-        Tier::Avx2 => unsafe { avx2::finish_scores(s, scale, slope, mask, n, out) },
-        _ => finish_scores_scalar(s, scale, slope, mask, n, out),
-    }
+/// `s[i][j] = dot(q row i, key j)` for a 16-query block against one 16-key block.
+pub type ScoresBlockFn = fn(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]);
+/// `o[i][c] += sum over keys of p[i * p_stride + key] * v[key * dv + c]`.
+pub type PvBlockFn = fn(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]);
+/// Scaled, masked scores of one key block (-inf past `n`).
+pub type FinishScoresFn = fn(s: &[f32; BLOCK], scale: f32, slope: f32, mask: Option<&[u16]>, n: usize, out: &mut [f32]);
+/// `acc[i] += s * v[i]`, v given as little-endian f16 bytes (decode's V accumulation).
+pub type AxpyF16Fn = fn(acc: &mut [f32], v: &[u8], s: f32);
+
+/// One tier's attention kernels. Every tier gives the scalar references' bits.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    /// Whether prefill takes the blocked path: only worth its K / V conversion with SIMD.
+    pub blocked: bool,
+    pub scores_block: ScoresBlockFn,
+    pub pv_block: PvBlockFn,
+    pub finish_scores: FinishScoresFn,
+    pub axpy_f16: AxpyF16Fn,
 }
 
-/// The blocked kernels follow the vector-math tier (one choice for the whole process).
-use crate::kernels::vmath::{tier, Tier};
+/// The portable tier (and the reference of the others).
+pub const SCALAR: Kernels = Kernels {
+    blocked: false,
+    scores_block: scores_block_scalar,
+    pv_block: pv_block_scalar,
+    finish_scores: finish_scores_scalar,
+    axpy_f16: super::f16::axpy_f16_scalar,
+};
 
-/// Whether a SIMD tier (AVX-512, or AVX2 + FMA + F16C) runs here: the blocked path is
-/// only worth its K / V conversion with one.
-pub fn fast() -> bool {
-    tier() != Tier::Portable
+fn check_scores(q: &[f32], dk: usize, kt: &[f32]) {
+    assert!(q.len() >= BLOCK * dk && kt.len() >= dk * BLOCK, "scores_block: q or kt too short");
 }
 
-/// [`scores_block_scalar`] on the fastest tier.
-pub fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
-    assert!(q.len() >= BLOCK * dk && kt.len() >= dk * BLOCK);
-    match tier() {
-        // SAFETY: lengths checked; AVX-512F detected.
-        #[cfg(target_arch = "x86_64")]
-        Tier::Avx512 => unsafe { avx512::scores_block(q, dk, kt, s) },
-        // SAFETY: lengths checked; AVX2 and FMA detected.
-        #[cfg(target_arch = "x86_64")]
-        Tier::Avx2 => unsafe { avx2::scores_block(q, dk, kt, s) },
-        _ => scores_block_scalar(q, dk, kt, s),
-    }
-}
-
-/// [`pv_block_scalar`] on the fastest tier (AVX-512 needs dv a multiple of 16).
-pub fn pv_block(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]) {
+fn check_pv(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]) {
     assert!(
-        p.len() >= (BLOCK - 1) * p_stride + n_keys
-            && v.len() >= n_keys * dv
-            && o.len() >= BLOCK * dv
+        p.len() >= (BLOCK - 1) * p_stride + n_keys && v.len() >= n_keys * dv && o.len() >= BLOCK * dv,
+        "pv_block: p, v or o too short"
     );
-    match tier() {
-        // SAFETY: lengths checked; AVX-512F detected; dv is whole vectors.
-        #[cfg(target_arch = "x86_64")]
-        Tier::Avx512 if dv.is_multiple_of(16) => unsafe { avx512::pv_block(p, p_stride, n_keys, v, dv, o) },
-        // SAFETY: lengths checked; AVX2 and FMA detected; dv is whole vectors.
-        #[cfg(target_arch = "x86_64")]
-        Tier::Avx2 if dv.is_multiple_of(8) => unsafe { avx2::pv_block(p, p_stride, n_keys, v, dv, o) },
-        _ => pv_block_scalar(p, p_stride, n_keys, v, dv, o),
+}
+
+fn check_finish(n: usize, mask: Option<&[u16]>, out: &[f32]) {
+    assert!(n <= BLOCK && out.len() >= BLOCK && mask.is_none_or(|m| m.len() >= n), "finish_scores: lengths");
+}
+
+/// The AVX2 + FMA + F16C tier, when this CPU runs it.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_kernels() -> Option<Kernels> {
+    fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
+        check_scores(q, dk, kt);
+        // SAFETY: lengths checked; reachable only through avx2_kernels() (features checked).
+        unsafe { avx2::scores_block(q, dk, kt, s) }
     }
+    fn pv_block(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]) {
+        check_pv(p, p_stride, n_keys, v, dv, o);
+        if !dv.is_multiple_of(8) {
+            return pv_block_scalar(p, p_stride, n_keys, v, dv, o);
+        }
+        // SAFETY: lengths checked, dv whole vectors; features checked as above.
+        unsafe { avx2::pv_block(p, p_stride, n_keys, v, dv, o) }
+    }
+    fn finish_scores(s: &[f32; BLOCK], scale: f32, slope: f32, mask: Option<&[u16]>, n: usize, out: &mut [f32]) {
+        check_finish(n, mask, out);
+        // SAFETY: lengths checked; features checked as above.
+        unsafe { avx2::finish_scores(s, scale, slope, mask, n, out) }
+    }
+    let ok = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+    Some(Kernels { blocked: true, scores_block, pv_block, finish_scores, axpy_f16: super::f16::avx2_axpy()? }).filter(|_| ok)
+}
+
+/// The AVX-512 tier, when this CPU runs it.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_kernels() -> Option<Kernels> {
+    fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
+        check_scores(q, dk, kt);
+        // SAFETY: lengths checked; reachable only through avx512_kernels() (features checked).
+        unsafe { avx512::scores_block(q, dk, kt, s) }
+    }
+    fn pv_block(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]) {
+        check_pv(p, p_stride, n_keys, v, dv, o);
+        if !dv.is_multiple_of(16) {
+            return pv_block_scalar(p, p_stride, n_keys, v, dv, o);
+        }
+        // SAFETY: lengths checked, dv whole vectors; features checked as above.
+        unsafe { avx512::pv_block(p, p_stride, n_keys, v, dv, o) }
+    }
+    fn finish_scores(s: &[f32; BLOCK], scale: f32, slope: f32, mask: Option<&[u16]>, n: usize, out: &mut [f32]) {
+        check_finish(n, mask, out);
+        // SAFETY: lengths checked; features checked as above.
+        unsafe { avx512::finish_scores(s, scale, slope, mask, n, out) }
+    }
+    let ok = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("f16c");
+    Some(Kernels { blocked: true, scores_block, pv_block, finish_scores, axpy_f16: super::f16::avx512_axpy()? }).filter(|_| ok)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -284,10 +316,20 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::registry::log_tiers_run;
+    use crate::kernels::KernelSet;
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     #[test]
     fn blocked_kernels_match_their_references() {
+        for ks in KernelSet::available() {
+            blocked_kernels_match(&ks.attn, ks.name);
+        }
+        log_tiers_run("attn blocked", KernelSet::available().iter().map(|s| s.name));
+    }
+
+    fn blocked_kernels_match(k: &Kernels, tier: &str) {
+        let (scores_block, pv_block) = (k.scores_block, k.pv_block);
         let mut rng = StdRng::seed_from_u64(9);
         for &(dk, dv, n_keys, p_stride) in &[
             (128, 128, 16, 16),
@@ -305,7 +347,7 @@ mod tests {
                     assert_eq!(
                         a[i][j].to_bits(),
                         b[i][j].to_bits(),
-                        "scores dk={dk} ({i},{j})"
+                        "{tier} scores dk={dk} ({i},{j})"
                     );
                     let direct: f64 = (0..dk)
                         .map(|d| q[i * dk + d] as f64 * kt[d * BLOCK + j] as f64)
@@ -329,7 +371,7 @@ mod tests {
                 assert_eq!(
                     x.to_bits(),
                     y.to_bits(),
-                    "pv dv={dv} keys={n_keys} at {i}: {x} vs {y}"
+                    "{tier} pv dv={dv} keys={n_keys} at {i}: {x} vs {y}"
                 );
                 let (r, c) = (i / dv, i % dv);
                 let direct = o0[i] as f64
@@ -346,6 +388,8 @@ mod tests {
 
     #[test]
     fn finish_scores_matches_its_reference() {
+        for ks in KernelSet::available() {
+        let finish_scores = ks.attn.finish_scores;
         let mut rng = StdRng::seed_from_u64(4);
         for n in [16, 9, 1, 0] {
             let s: [f32; BLOCK] = std::array::from_fn(|_| rng.gen_range(-4.0..4.0));
@@ -366,12 +410,15 @@ mod tests {
                     assert_eq!(
                         a[j].to_bits(),
                         b[j].to_bits(),
-                        "n={n} j={j}: {} vs {}",
+                        "{} n={n} j={j}: {} vs {}",
+                        ks.name,
                         a[j],
                         b[j]
                     );
                 }
             }
         }
+        }
+        log_tiers_run("attn finish_scores", KernelSet::available().iter().map(|s| s.name));
     }
 }

@@ -1,48 +1,43 @@
 //! f16 vector helpers for attention: `acc += s * v` with v in f16, fused so the V row
-//! is converted in registers rather than through a temporary buffer.
+//! is converted in registers rather than through a temporary buffer (a member of each
+//! tier's attention kernels, `attn::Kernels::axpy_f16`).
 
 use half::f16;
 
 /// Scalar reference: acc[i] += s * v[i], v given as little-endian f16 bytes.
 pub fn axpy_f16_scalar(acc: &mut [f32], v: &[u8], s: f32) {
-    assert!(
-        v.len() >= acc.len() * 2,
-        "axpy_f16: v holds {} bytes, need {}",
-        v.len(),
-        acc.len() * 2
-    );
+    check_axpy(acc, v);
     for (i, a) in acc.iter_mut().enumerate() {
         *a += s * f16::from_le_bytes([v[2 * i], v[2 * i + 1]]).to_f32();
     }
 }
 
-/// acc[i] += s * v[i] on the fastest path this CPU has.
-pub fn axpy_f16(acc: &mut [f32], v: &[u8], s: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if avx512_ok() && !super::quant::force_scalar() {
-        assert!(
-            v.len() >= acc.len() * 2,
-            "axpy_f16: v holds {} bytes, need {}",
-            v.len(),
-            acc.len() * 2
-        );
-        // SAFETY: AVX-512F and F16C were detected; lengths checked above.
-        unsafe { axpy_f16_avx512(acc, v, s) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2_ok() && !super::quant::force_scalar() {
-        assert!(v.len() >= acc.len() * 2, "axpy_f16: v holds {} bytes, need {}", v.len(), acc.len() * 2);
-        // SAFETY: AVX2, FMA and F16C were detected; lengths checked above.
-        unsafe { axpy_f16_avx2(acc, v, s) };
-        return;
-    }
-    axpy_f16_scalar(acc, v, s)
+fn check_axpy(acc: &[f32], v: &[u8]) {
+    assert!(v.len() >= acc.len() * 2, "axpy_f16: v holds {} bytes, need {}", v.len(), acc.len() * 2);
 }
 
+/// The AVX2 + FMA + F16C axpy, when this CPU runs it.
 #[cfg(target_arch = "x86_64")]
-fn avx2_ok() -> bool {
-    super::quant::avx2::detected()
+pub(crate) fn avx2_axpy() -> Option<super::attn::AxpyF16Fn> {
+    fn axpy(acc: &mut [f32], v: &[u8], s: f32) {
+        check_axpy(acc, v);
+        // SAFETY: lengths checked; reachable only through avx2_axpy(), which checked the
+        // features.
+        unsafe { axpy_f16_avx2(acc, v, s) }
+    }
+    (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")).then_some(axpy as super::attn::AxpyF16Fn)
+}
+
+/// The AVX-512 axpy, when this CPU runs it.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_axpy() -> Option<super::attn::AxpyF16Fn> {
+    fn axpy(acc: &mut [f32], v: &[u8], s: f32) {
+        check_axpy(acc, v);
+        // SAFETY: lengths checked; reachable only through avx512_axpy(), which checked the
+        // features.
+        unsafe { axpy_f16_avx512(acc, v, s) }
+    }
+    (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("f16c")).then_some(axpy as super::attn::AxpyF16Fn)
 }
 
 /// As [`axpy_f16_avx512`] in 8-lane steps (CPUs without AVX-512).
@@ -64,13 +59,6 @@ unsafe fn axpy_f16_avx2(acc: &mut [f32], v: &[u8], s: f32) {
         *pa.add(i) += s * f16::from_le_bytes([*pv.add(2 * i), *pv.add(2 * i + 1)]).to_f32();
         i += 1;
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn avx512_ok() -> bool {
-    use std::sync::OnceLock;
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("f16c"))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -98,10 +86,14 @@ unsafe fn axpy_f16_avx512(acc: &mut [f32], v: &[u8], s: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::registry::log_tiers_run;
+    use crate::kernels::KernelSet;
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     #[test]
     fn fast_axpy_matches_scalar_on_odd_lengths_and_offsets() {
+        for ks in KernelSet::available() {
+        let axpy_f16 = ks.attn.axpy_f16;
         let mut rng = StdRng::seed_from_u64(9);
         for n in [1usize, 15, 16, 17, 40, 128, 131] {
             for off in [0usize, 2, 6] {
@@ -124,12 +116,17 @@ mod tests {
                 assert!((b[0] - want).abs() < 1e-6);
             }
         }
+        }
+        log_tiers_run("attn axpy_f16", KernelSet::available().iter().map(|s| s.name));
     }
 
     #[test]
-    #[should_panic(expected = "axpy_f16")]
-    fn short_v_panics() {
-        let mut a = vec![0f32; 8];
-        axpy_f16(&mut a, &[0u8; 15], 1.0);
+    fn short_v_panics_on_every_tier() {
+        for ks in KernelSet::available() {
+            let r = std::panic::catch_unwind(|| (ks.attn.axpy_f16)(&mut [0f32; 8], &[0u8; 15], 1.0));
+            let msg = r.expect_err("a short v is refused");
+            let msg = msg.downcast_ref::<String>().map(String::as_str).unwrap_or("");
+            assert!(msg.contains("axpy_f16"), "{}: {msg}", ks.name);
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Kernels: per-type tables (quant) and helpers, each with a scalar reference tier.
+//! Kernels, by family, each with a scalar reference tier; [`registry`] gathers one
+//! [`KernelSet`] per tier the CPU runs.
 
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
@@ -7,5 +8,9 @@ pub mod f16;
 pub mod packed;
 pub mod peak;
 pub mod quant;
+pub mod registry;
+pub mod rope;
 pub mod roofs;
 pub mod vmath;
+
+pub use registry::{KernelSet, Tier};

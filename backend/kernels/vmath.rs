@@ -129,44 +129,75 @@ pub fn silu_mul_scalar_avx2(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
     }
 }
 
-/// Which of ggml's x86 vector loops the fast tiers mirror on this CPU.
+/// Which of ggml's x86 vector loops a tier reproduces (operation order and exp).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tier {
-    /// AVX-512 (and the portable path, which follows it operation by operation).
-    Avx512,
-    /// AVX2 + FMA + F16C without AVX-512.
-    Avx2,
-    /// Neither: the scalar tier.
-    Portable,
+pub enum Order {
+    /// ggml's AVX-512 loops: 16 lanes (the scalar tier follows it too).
+    Lanes16,
+    /// ggml's AVX2 loops: 8 lanes, its own exp.
+    Lanes8,
 }
 
-/// The tier this CPU runs (`SMEPILOT_FORCE_SCALAR` selects the portable one).
-pub fn tier() -> Tier {
-    #[cfg(target_arch = "x86_64")]
-    if !crate::kernels::quant::force_scalar() {
-        if crate::kernels::quant::avx512::detected() {
-            return Tier::Avx512;
-        }
-        if crate::kernels::quant::avx2::detected() {
-            return Tier::Avx2;
-        }
-    }
-    Tier::Portable
+/// SiLU (times a gate when given): `out[i] = silu(x[i]) * g[i]`; x and g hold out.len().
+pub type SiluMulFn = fn(x: &[f32], g: Option<&[f32]>, out: &mut [f32]);
+/// `y[i] = exp(y[i] - max)` in place; returns the sum in f64.
+pub type SoftMaxFn = fn(y: &mut [f32], max: f32) -> f64;
+
+/// One tier's vector math.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    pub order: Order,
+    pub silu_mul: SiluMulFn,
+    pub soft_max: SoftMaxFn,
 }
 
-/// [`silu_mul_scalar`] on the fastest tier.
-pub fn silu_mul(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
-    let n = out.len();
-    assert!(x.len() >= n && g.is_none_or(|g| g.len() >= n));
-    match tier() {
-        // SAFETY: lengths checked; AVX-512F detected.
-        #[cfg(target_arch = "x86_64")]
-        Tier::Avx512 => unsafe { avx512::silu_mul(x, g, out) },
-        // SAFETY: lengths checked; AVX2 and FMA detected.
-        #[cfg(target_arch = "x86_64")]
-        Tier::Avx2 => unsafe { avx2::silu_mul(x, g, out) },
-        _ => silu_mul_scalar(x, g, out),
+impl Kernels {
+    /// The scalar kernels this tier agrees with bit for bit.
+    pub fn reference(&self) -> Kernels {
+        match self.order {
+            Order::Lanes16 => SCALAR,
+            Order::Lanes8 => SCALAR_LANES8,
+        }
     }
+}
+
+/// The portable tier, in the order of ggml's AVX-512 loops.
+pub const SCALAR: Kernels = Kernels { order: Order::Lanes16, silu_mul: silu_mul_scalar, soft_max: soft_max_scalar };
+/// Scalar mirrors of ggml's AVX2 loops: the reference of the AVX2 tier.
+pub const SCALAR_LANES8: Kernels = Kernels { order: Order::Lanes8, silu_mul: silu_mul_scalar_avx2, soft_max: soft_max_scalar_avx2 };
+
+/// The AVX2 + FMA tier, when this CPU runs it.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_kernels() -> Option<Kernels> {
+    fn silu_mul(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
+        let n = out.len();
+        assert!(x.len() >= n && g.is_none_or(|g| g.len() >= n), "silu_mul: inputs shorter than the output");
+        // SAFETY: lengths checked; reachable only through avx2_kernels(), which checked AVX2
+        // and FMA.
+        unsafe { avx2::silu_mul(x, g, out) }
+    }
+    fn soft_max(y: &mut [f32], max: f32) -> f64 {
+        // SAFETY: as above; the kernel stays within y.
+        unsafe { avx2::soft_max(y, max) }
+    }
+    (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")).then_some(Kernels { order: Order::Lanes8, silu_mul, soft_max })
+}
+
+/// The AVX-512 tier, when this CPU runs it.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_kernels() -> Option<Kernels> {
+    fn silu_mul(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
+        let n = out.len();
+        assert!(x.len() >= n && g.is_none_or(|g| g.len() >= n), "silu_mul: inputs shorter than the output");
+        // SAFETY: lengths checked; reachable only through avx512_kernels(), which checked
+        // AVX-512F.
+        unsafe { avx512::silu_mul(x, g, out) }
+    }
+    fn soft_max(y: &mut [f32], max: f32) -> f64 {
+        // SAFETY: as above; the kernel stays within y.
+        unsafe { avx512::soft_max(y, max) }
+    }
+    is_x86_feature_detected!("avx512f").then_some(Kernels { order: Order::Lanes16, silu_mul, soft_max })
 }
 
 /// `y[i] = exp(y[i] - max)` in place; returns the sum in f64, as ggml_vec_soft_max_f32
@@ -211,19 +242,6 @@ pub fn soft_max_scalar_avx2(y: &mut [f32], max: f32) -> f64 {
         sum += *v as f64;
     }
     sum
-}
-
-/// [`soft_max_scalar`] on the fastest tier.
-pub fn soft_max(y: &mut [f32], max: f32) -> f64 {
-    match tier() {
-        // SAFETY: AVX-512F detected; the kernel stays within y.
-        #[cfg(target_arch = "x86_64")]
-        Tier::Avx512 => unsafe { avx512::soft_max(y, max) },
-        // SAFETY: AVX2 and FMA detected; the kernel stays within y.
-        #[cfg(target_arch = "x86_64")]
-        Tier::Avx2 => unsafe { avx2::soft_max(y, max) },
-        _ => soft_max_scalar(y, max),
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -429,6 +447,8 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::registry::log_tiers_run;
+    use crate::kernels::KernelSet;
 
     fn inputs() -> Vec<f32> {
         let mut x: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) * 0.05).collect();
@@ -482,7 +502,7 @@ mod tests {
             );
         }
         #[cfg(target_arch = "x86_64")]
-        if crate::kernels::quant::avx512::detected() {
+        if is_x86_feature_detected!("avx512f") {
             let xs = inputs();
             for c in xs.chunks(LANES).filter(|c| c.len() == LANES) {
                 let mut out = [0f32; LANES];
@@ -505,15 +525,13 @@ mod tests {
     fn silu_mul_tiers_agree_bit_for_bit_and_match_the_formula() {
         let x = inputs();
         let g: Vec<f32> = (0..x.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
+        for ks in KernelSet::available() {
+        let (silu_mul, reference) = (ks.vmath.silu_mul, ks.vmath.reference().silu_mul);
         for n in [x.len(), 33, 16, 1] {
             let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
             for gg in [Some(&g[..n]), None] {
                 silu_mul(&x[..n], gg, &mut a);
-                if tier() == Tier::Avx2 {
-                    silu_mul_scalar_avx2(&x[..n], gg, &mut b);
-                } else {
-                    silu_mul_scalar(&x[..n], gg, &mut b);
-                }
+                reference(&x[..n], gg, &mut b);
                 for i in 0..n {
                     assert_eq!(a[i].to_bits(), b[i].to_bits(), "n={n} silu({}) tiers", x[i]);
                     if !x[i].is_finite() {
@@ -523,18 +541,23 @@ mod tests {
                         * gg.map_or(1.0, |g| g[i] as f64);
                     assert!(
                         (a[i] as f64 - want).abs() <= 1e-6 * want.abs() + 1e-30,
-                        "silu({}): {} vs {want}",
+                        "{} silu({}): {} vs {want}",
+                        ks.name,
                         x[i],
                         a[i]
                     );
                 }
             }
         }
+        }
+        log_tiers_run("vmath silu", KernelSet::available().iter().map(|s| s.name));
     }
 
     #[test]
     fn soft_max_tiers_agree_bit_for_bit_and_sum_right() {
         let xs = inputs();
+        for ks in KernelSet::available() {
+        let (soft_max, reference) = (ks.vmath.soft_max, ks.vmath.reference().soft_max);
         for n in [64, 37, 16, 5] {
             let mut a: Vec<f32> = xs
                 .iter()
@@ -544,7 +567,7 @@ mod tests {
                 .collect();
             let mut b = a.clone();
             let max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sb = if tier() == Tier::Avx2 { soft_max_scalar_avx2(&mut b, max) } else { soft_max_scalar(&mut b, max) };
+            let sb = reference(&mut b, max);
             let sa = soft_max(&mut a, max);
             assert_eq!(sa.to_bits(), sb.to_bits(), "n={n} sums");
             for i in 0..n {
@@ -558,5 +581,7 @@ mod tests {
         }
         let mut z = [f32::NEG_INFINITY; 16];
         assert_eq!(soft_max(&mut z, 0.0), 0.0, "exp(-inf) is 0");
+        }
+        log_tiers_run("vmath soft_max", KernelSet::available().iter().map(|s| s.name));
     }
 }

@@ -14,10 +14,8 @@
 use super::{alibi_slope, need, slice, slice_mut, split_range, Node, Unsupported};
 use crate::dtype::DType;
 use crate::exec::ThreadCtx;
-use crate::kernels::attn::{self, BLOCK};
-use crate::kernels::f16::axpy_f16;
-use crate::kernels::quant::kernels;
-use crate::kernels::vmath;
+use crate::kernels::attn::BLOCK;
+use crate::kernels::KernelSet;
 
 pub fn supports(node: &Node) -> Result<(), Unsupported> {
     let q = node.src[0].as_ref().ok_or("missing q")?;
@@ -107,10 +105,10 @@ struct BlockedLayout {
 const KV_TILE: usize = 64;
 const BLOCKS_PER_TILE: usize = KV_TILE / BLOCK;
 
-fn blocked(node: &Node) -> Option<BlockedLayout> {
+fn blocked(node: &Node, ks: &KernelSet) -> Option<BlockedLayout> {
     let (q, k, v) = (node.src(0), node.src(1), node.src(2));
     let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
-    if q.ne[1] < BLOCK || !attn::fast() || !dv.is_multiple_of(16) {
+    if q.ne[1] < BLOCK || !ks.attn.blocked || !dv.is_multiple_of(16) {
         return None;
     }
     // Whole tiles: the last one's missing keys are zeros, as in ggml.
@@ -129,12 +127,12 @@ fn blocked(node: &Node) -> Option<BlockedLayout> {
 }
 
 /// Whether the node takes the blocked path (prefill) rather than the per-row one.
-pub fn takes_blocked_path(node: &Node) -> bool {
-    blocked(node).is_some()
+pub fn takes_blocked_path(node: &Node, ks: &KernelSet) -> bool {
+    blocked(node, ks).is_some()
 }
 
-pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
-    match blocked(node) {
+pub fn scratch_bytes(node: &Node, nth: usize, ks: &KernelSet) -> usize {
+    match blocked(node, ks) {
         Some(b) => b.kv + b.per_thread * nth,
         None => per_thread(node).2 * nth,
     }
@@ -148,14 +146,15 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
     let scale = if softcap != 0.0 { scale / softcap } else { scale };
     // SAFETY: sinks hold n_head f32 (supports).
     let sinks = node.src[4].as_ref().map(|s| unsafe { slice::<f32>(s.data, n_head) });
-    if let Some(b) = blocked(node) {
+    if let Some(b) = blocked(node, ctx.kernels) {
         return flash_attn_blocked(node, ctx, &b, scale, max_bias, softcap, sinks);
     }
     let (q, k, v, d) = (node.src(0), node.src(1), node.src(2), &node.dst);
     let mask = node.src[3].as_ref();
     let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
     let n_q = q.ne[1];
-    let f16k = kernels(DType::F16).unwrap();
+    let f16k = ctx.kernels.kernels(DType::F16).unwrap();
+    let axpy_f16 = ctx.kernels.attn.axpy_f16;
     let (q_to_f16, kq_dot) = (f16k.from_f32.unwrap(), f16k.vec_dot.unwrap());
 
     let (q16_bytes, acc_bytes, per) = per_thread(node);
@@ -249,7 +248,8 @@ fn flash_attn_blocked(
     let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
     let (n_q, n_head) = (q.ne[1], q.ne[2]);
     let n_kb = b.n_kb;
-    let f16_to_f32 = kernels(DType::F16).unwrap().to_f32;
+    let f16_to_f32 = ctx.kernels.kernels(DType::F16).unwrap().to_f32;
+    let attn = &ctx.kernels.attn;
     let kw = n_kb * BLOCK; // keys, padded
     let (scratch, _) = ctx.scratch();
     let (n_kh, n_vh) = (k.ne[2] * k.ne[3], v.ne[2] * v.ne[3]);
@@ -356,7 +356,7 @@ fn flash_attn_blocked(
                 let kb = t * BLOCKS_PER_TILE + bt;
                 let (k0, nk) = (kb * BLOCK, n_kv.saturating_sub(kb * BLOCK).min(BLOCK));
                 if nk > 0 {
-                    attn::scores_block(qb, dk, &kt[kb * BLOCK * dk..(kb + 1) * BLOCK * dk], &mut s);
+                    (attn.scores_block)(qb, dk, &kt[kb * BLOCK * dk..(kb + 1) * BLOCK * dk], &mut s);
                 }
                 for i in 0..rows {
                     let out = &mut sp[i * KV_TILE + bt * BLOCK..][..BLOCK];
@@ -374,7 +374,7 @@ fn flash_attn_blocked(
                     };
                     // SAFETY: mask rows hold at least n_kv f16 (supports); k0 + nk <= n_kv.
                     let m = mrows[i].map(|m| unsafe { std::slice::from_raw_parts(m.add(k0), nk) });
-                    attn::finish_scores(&si, sc, slope, m, nk, out);
+                    (attn.finish_scores)(&si, sc, slope, m, nk, out);
                 }
             }
             for i in 0..BLOCK {
@@ -397,10 +397,10 @@ fn flash_attn_blocked(
                     s_run[i] *= ms;
                 }
                 m_run[i] = m_new;
-                s_run[i] = (s_run[i] as f64 + vmath::soft_max(row, m_new)) as f32;
+                s_run[i] = (s_run[i] as f64 + (ctx.kernels.vmath.soft_max)(row, m_new)) as f32;
             }
             let live = n_kv.saturating_sub(t * KV_TILE).min(KV_TILE);
-            attn::pv_block(sp, KV_TILE, live, &vf[t * KV_TILE * dv..], dv, ob);
+            (attn.pv_block)(sp, KV_TILE, live, &vf[t * KV_TILE * dv..], dv, ob);
         }
         for i in 0..rows {
             if let Some(sk) = sinks.map(|sk| sk[iq2]) {

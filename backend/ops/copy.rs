@@ -6,15 +6,17 @@ use half::{bf16, f16};
 use super::{is_float, need, slice, slice_mut, split_range, Node, Unsupported};
 use crate::dtype::DType;
 use crate::exec::ThreadCtx;
-use crate::kernels::quant::kernels;
+use crate::kernels::quant::scalar_kernels;
 use crate::tensor::TensorRef;
 
+// Every tier's table covers the same types (kernels::registry's tests), so the scalar one
+// answers what is supported.
 fn has_to_f32(ty: DType) -> bool {
-    kernels(ty).is_some()
+    scalar_kernels(ty).is_some()
 }
 
 fn has_from_f32(ty: DType) -> bool {
-    kernels(ty).is_some_and(|k| k.from_f32.is_some())
+    scalar_kernels(ty).is_some_and(|k| k.from_f32.is_some())
 }
 
 pub fn supports_get_rows(node: &Node) -> Result<(), Unsupported> {
@@ -41,7 +43,7 @@ pub fn supports_get_rows(node: &Node) -> Result<(), Unsupported> {
 
 pub fn get_rows(node: &Node, ctx: &ThreadCtx) {
     let (a, ids, d) = (node.src(0), node.src(1), &node.dst);
-    let to_f32 = kernels(a.ty).unwrap().to_f32;
+    let to_f32 = ctx.kernels.kernels(a.ty).unwrap().to_f32;
     let n = d.ne[0];
     let (r0, r1) = split_range(d.nrows(), ctx.ith, ctx.nth);
     for r in r0..r1 {
@@ -63,7 +65,7 @@ pub fn get_rows(node: &Node, ctx: &ThreadCtx) {
         if let Some(p) = a.packed.filter(|_| a.ne[2] == 1 && a.ne[3] == 1) {
             // SAFETY: this thread owns dst row r, n floats.
             let dst = unsafe { slice_mut::<f32>(d.row_ptr(i1, i2, i3), n) };
-            crate::kernels::packed::row_to_f32(&p, n, row as usize, dst);
+            crate::kernels::packed::row_to_f32(&ctx.kernels.packed, &p, n, row as usize, dst);
             continue;
         }
         // SAFETY: source rows hold n elements of a.ty; this thread owns dst row r.
@@ -108,7 +110,7 @@ pub fn supports_set_rows(node: &Node) -> Result<(), Unsupported> {
 
 pub fn set_rows(node: &Node, ctx: &ThreadCtx) {
     let (a, ids, d) = (node.src(0), node.src(1), &node.dst);
-    let from_f32 = kernels(d.ty).unwrap().from_f32.unwrap();
+    let from_f32 = ctx.kernels.kernels(d.ty).unwrap().from_f32.unwrap();
     let n = a.ne[0];
     let (r0, r1) = split_range(a.nrows(), ctx.ith, ctx.nth);
     for r in r0..r1 {
@@ -176,12 +178,12 @@ pub fn copy(node: &Node, ctx: &ThreadCtx) {
                 if a.ty == d.ty {
                     std::ptr::copy(ps, pd, d.row_bytes());
                 } else if a.ty == DType::F32 {
-                    (kernels(d.ty).unwrap().from_f32.unwrap())(
+                    (ctx.kernels.kernels(d.ty).unwrap().from_f32.unwrap())(
                         slice::<f32>(ps, n),
                         slice_mut::<u8>(pd, d.row_bytes()),
                     );
                 } else if d.ty == DType::F32 {
-                    (kernels(a.ty).unwrap().to_f32)(
+                    (ctx.kernels.kernels(a.ty).unwrap().to_f32)(
                         slice::<u8>(ps, a.row_bytes()),
                         slice_mut::<f32>(pd, n),
                     );

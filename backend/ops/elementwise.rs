@@ -121,7 +121,7 @@ pub fn silu(node: &Node, ctx: &ThreadCtx) {
             // (in-place allocation): the chunk is copied out before dst is written.
             unsafe {
                 std::ptr::copy_nonoverlapping(pa.add(s), buf.as_mut_ptr(), len);
-                crate::kernels::vmath::silu_mul(&buf[..len], None, slice_mut::<f32>(pd.add(4 * s), len));
+                (ctx.kernels.vmath.silu_mul)(&buf[..len], None, slice_mut::<f32>(pd.add(4 * s), len));
             }
         }
     }
@@ -156,6 +156,6 @@ pub fn swiglu(node: &Node, ctx: &ThreadCtx, swapped: bool) {
         if swapped {
             std::mem::swap(&mut x, &mut g);
         }
-        crate::kernels::vmath::silu_mul(x, Some(g), rd);
+        (ctx.kernels.vmath.silu_mul)(x, Some(g), rd);
     }
 }

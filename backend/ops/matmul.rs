@@ -10,7 +10,8 @@ use super::{need, slice, slice_mut, split_range, Node, Unsupported};
 use crate::dtype::DType;
 use crate::exec::ThreadCtx;
 use crate::kernels::packed::{self, PackedRef};
-use crate::kernels::quant::kernels;
+use crate::kernels::quant::scalar_kernels;
+use crate::kernels::KernelSet;
 use crate::planner::{Mode, Plan};
 
 /// Weight rows per tile (kept in L1 while the tile's activation rows stream by).
@@ -24,13 +25,14 @@ pub fn supports(node: &Node) -> Result<(), Unsupported> {
         node.src[1].as_ref().ok_or("missing")?,
         &node.dst,
     );
-    let k = kernels(w.ty).ok_or("mul_mat: weight type not handled")?;
+    // Every tier's table covers the same types (kernels::registry's tests).
+    let k = scalar_kernels(w.ty).ok_or("mul_mat: weight type not handled")?;
     need(
         k.vec_dot.is_some(),
         "mul_mat: weight type has no dot kernel",
     )?;
     need(
-        kernels(k.vec_dot_type).is_some_and(|a| a.from_f32.is_some()),
+        scalar_kernels(k.vec_dot_type).is_some_and(|a| a.from_f32.is_some()),
         "mul_mat: activation format",
     )?;
     need(w.rows_contiguous(), "mul_mat: weight rows must be packed")?;
@@ -57,7 +59,7 @@ pub fn supports(node: &Node) -> Result<(), Unsupported> {
 /// Converted activations: one row per activation row, 64-byte aligned rows.
 fn act_layout(node: &Node) -> Option<(DType, usize, usize)> {
     let (w, x) = (node.src(0), node.src(1));
-    let vdt = kernels(w.ty)?.vec_dot_type;
+    let vdt = scalar_kernels(w.ty)?.vec_dot_type;
     if vdt == DType::F32 {
         return None; // dotted with the f32 rows in place
     }
@@ -163,7 +165,7 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
         return mul_mat_rows(node, ctx);
     }
     let (w, x, d) = (node.src(0), node.src(1), &node.dst);
-    let wk = kernels(w.ty).unwrap();
+    let wk = ctx.kernels.kernels(w.ty).unwrap();
     let vec_dot = wk.vec_dot.unwrap();
     let kdim = w.ne[0];
     let (scratch, _) = ctx.scratch();
@@ -197,13 +199,12 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
         let b = t / (m_tiles * n_tiles);
         let (i12, i13) = (b % d.ne[2], b / d.ne[2]);
         let (i02, i03) = (i12 / r2, i13 / r3);
-        #[cfg(target_arch = "x86_64")]
-        if w.ty == DType::BF16 && layout.is_some() && crate::kernels::quant::active_tier() == "avx2" {
+        if let Some(block) = ctx.kernels.dense.bf16_block_4x3.filter(|_| w.ty == DType::BF16 && layout.is_some()) {
             let (n_range, m_range) = (nt * TILE_N..((nt + 1) * TILE_N).min(n_all), mt * TILE_M..((mt + 1) * TILE_M).min(m_all));
             // SAFETY: as below: weight rows hold w_bytes, activation rows act_bytes; the
             // outputs (n, m) of this tile are this thread's.
             unsafe {
-                bf16_tile_blocked(kdim, n_range, m_range, |n| slice::<u8>(w.row_ptr(n, i02, i03), w_bytes), |m| slice::<u8>(act_row(m, i12, i13), act_bytes), |n, m, v| {
+                bf16_tile_blocked(block, vec_dot, kdim, n_range, m_range, |n| slice::<u8>(w.row_ptr(n, i02, i03), w_bytes), |m| slice::<u8>(act_row(m, i12, i13), act_bytes), |n, m, v| {
                     *(d.row_ptr(m, i12, i13) as *mut f32).add(n) = v
                 });
             }
@@ -224,19 +225,17 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
     }
 }
 
-/// One output tile of a BF16 product on the AVX2 tier: 4 weight rows x 3 activation rows
-/// per [`dot_bf16_block`](crate::kernels::quant::avx2::dot_bf16_block) call, the
-/// edges by the table's single dot.
-#[cfg(target_arch = "x86_64")]
-fn bf16_tile_blocked<'a>(k: usize, ns: std::ops::Range<usize>, ms: std::ops::Range<usize>, wrow: impl Fn(usize) -> &'a [u8], arow: impl Fn(usize) -> &'a [u8], mut put: impl FnMut(usize, usize, f32)) {
-    use crate::kernels::quant::avx2::{dot_bf16_block, BF16_BLOCK_A as BA, BF16_BLOCK_W as BW};
-    let dot = kernels(DType::BF16).and_then(|t| t.vec_dot).expect("BF16 has a dot");
+/// One output tile of a BF16 product on a tier with a 4 x 3 block dot: 4 weight rows x 3
+/// activation rows per `block` call, the edges by the table's single `dot`.
+fn bf16_tile_blocked<'a>(block: crate::kernels::quant::Bf16Block4x3Fn, dot: crate::kernels::quant::VecDotFn, k: usize, ns: std::ops::Range<usize>, ms: std::ops::Range<usize>, wrow: impl Fn(usize) -> &'a [u8], arow: impl Fn(usize) -> &'a [u8], mut put: impl FnMut(usize, usize, f32)) {
+    const BW: usize = 4;
+    const BA: usize = 3;
     let (n_full, m_full) = (ns.start + (ns.len() / BW) * BW, ms.start + (ms.len() / BA) * BA);
     for n in (ns.start..n_full).step_by(BW) {
         let w: [&[u8]; BW] = std::array::from_fn(|i| wrow(n + i));
         for m in (ms.start..m_full).step_by(BA) {
             let a: [&[u8]; BA] = std::array::from_fn(|j| arow(m + j));
-            let v = dot_bf16_block(k, w, a).expect("AVX2 tier active; rows hold k values");
+            let v = block(k, w, a).expect("rows hold k values");
             for (i, vi) in v.iter().enumerate() {
                 for (j, &x) in vi.iter().enumerate() {
                     put(n + i, m + j, x);
@@ -312,7 +311,7 @@ pub(super) fn prepare_vector_acts(node: &Node, ctx: &ThreadCtx, base: *mut u8) -
         unsafe {
             let src = slice::<f32>(x.row_ptr(i1, i2, i3), k);
             let a = slice_mut::<u8>(base.add(r * stride), acts.bytes);
-            kernels(vdt).and_then(|t| t.from_f32).expect("activation format has a converter")(src, a);
+            ctx.kernels.kernels(vdt).and_then(|t| t.from_f32).expect("activation format has a converter")(src, a);
             if acts.with_sums {
                 for b in 0..acts.nb {
                     *acts.sums_at().add(r * acts.nb + b) = a[b * bq + 2..(b + 1) * bq].iter().map(|&v| v as i8 as i32).sum();
@@ -326,7 +325,7 @@ pub(super) fn prepare_vector_acts(node: &Node, ctx: &ThreadCtx, base: *mut u8) -
 /// Output columns `r0 .. r1` (weight rows; multiples of 16 for packed weights) for every
 /// activation row, on the vector kernels: packed weights 16 rows at a time with up to 16
 /// activation rows per pass, other types one dot per (row, activation row).
-pub(super) fn vector_rows(node: &Node, acts: &VectorActs, r0: usize, r1: usize) {
+pub(super) fn vector_rows(node: &Node, ks: &KernelSet, acts: &VectorActs, r0: usize, r1: usize) {
     let (w, d) = (node.src(0), &node.dst);
     let k = w.ne[0];
     if let Some(p) = packed_2d(node) {
@@ -345,7 +344,7 @@ pub(super) fn vector_rows(node: &Node, acts: &VectorActs, r0: usize, r1: usize) 
                     // SAFETY: rows filled before the caller's barrier (prepare_vector_acts).
                     (rows[i], sums[i]) = unsafe { acts.row(a0 + i) };
                 }
-                packed::gemv(p.layout, acts.nb, chunk, gn, &rows[..am], &sums[..am], &mut out[..gn * am]);
+                (ks.packed.gemv)(p.layout, acts.nb, chunk, gn, &rows[..am], &sums[..am], &mut out[..gn * am]);
                 for gi in 0..gn {
                     for (i, o) in out[gi * am..(gi + 1) * am].iter().enumerate() {
                         // SAFETY: output row a0 + i holds n floats; columns r0 .. r1 are this
@@ -360,10 +359,12 @@ pub(super) fn vector_rows(node: &Node, acts: &VectorActs, r0: usize, r1: usize) 
         }
         return;
     }
-    let vec_dot = kernels(w.ty).and_then(|t| t.vec_dot).expect("supports() checked the dot");
+    let vec_dot = ks.kernels(w.ty).and_then(|t| t.vec_dot).expect("supports() checked the dot");
     let w_bytes = w.row_bytes();
-    #[cfg(target_arch = "x86_64")]
-    let r0 = bf16_rows_in_fours(node, acts, r0, r1);
+    let r0 = match ks.dense.bf16_rows_4 {
+        Some(rows4) if w.ty == DType::BF16 => bf16_rows_in_fours(rows4, node, acts, r0, r1),
+        _ => r0,
+    };
     for n in r0..r1 {
         // SAFETY: weight rows are packed rows of w_bytes (supports); activation rows were
         // filled before the caller's barrier; output column n of every row is this caller's.
@@ -379,13 +380,8 @@ pub(super) fn vector_rows(node: &Node, acts: &VectorActs, r0: usize, r1: usize) 
 
 /// BF16 weight rows `r0 ..` four at a time while four remain (four DRAM streams in decode),
 /// with the same bits as four single dots; returns the first row left to the caller.
-#[cfg(target_arch = "x86_64")]
-fn bf16_rows_in_fours(node: &Node, acts: &VectorActs, mut r0: usize, r1: usize) -> usize {
-    use crate::kernels::quant::{avx512, force_scalar};
+fn bf16_rows_in_fours(rows4: crate::kernels::quant::Bf16Rows4Fn, node: &Node, acts: &VectorActs, mut r0: usize, r1: usize) -> usize {
     let (w, d) = (node.src(0), &node.dst);
-    if w.ty != DType::BF16 || !avx512::has_bf16() || force_scalar() {
-        return r0;
-    }
     let (k, w_bytes) = (w.ne[0], w.row_bytes());
     while r0 + 4 <= r1 {
         // SAFETY: weight rows are packed rows of w_bytes (supports); activation rows were
@@ -394,7 +390,7 @@ fn bf16_rows_in_fours(node: &Node, acts: &VectorActs, mut r0: usize, r1: usize) 
         for m in 0..acts.m {
             // SAFETY: as above.
             let (a, _) = unsafe { acts.row(m) };
-            let v = avx512::dot_bf16_x4(k, rows, a).expect("AVX512-BF16 checked; rows hold k values");
+            let v = rows4(k, rows, a).expect("rows hold k values");
             for (i, x) in v.into_iter().enumerate() {
                 // SAFETY: as above.
                 unsafe { *(d.row_ptr(m, 0, 0) as *mut f32).add(r0 + i) = x };
@@ -426,7 +422,7 @@ fn mul_mat_rows(node: &Node, ctx: &ThreadCtx) {
         if r0 >= n {
             break;
         }
-        vector_rows(node, &acts, r0, (r0 + chunk).min(n));
+        vector_rows(node, ctx.kernels, &acts, r0, (r0 + chunk).min(n));
     }
 }
 

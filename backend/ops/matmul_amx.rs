@@ -16,7 +16,6 @@ use crate::kernels::amx::gemm::{
 };
 use crate::kernels::amx::{self, rows};
 use crate::kernels::packed;
-use crate::kernels::quant::kernels;
 use crate::tensor::TensorRef;
 
 /// Weight row tiles (of 16 rows) a thread takes at a time: the group stays in L2 while
@@ -232,7 +231,7 @@ fn i8_acts(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &I8Layout, has_min
     let (k, m) = (w.ne[0], x.ne[1]);
     let nb = l.nb;
     let act_ty = if has_min { DType::Q8_1 } else { DType::Q8_0 };
-    let quantize = kernels(act_ty).unwrap().from_f32.unwrap();
+    let quantize = ctx.kernels.kernels(act_ty).unwrap().from_f32.unwrap();
     let my = scratch.wrapping_add(l.thread_off + ctx.ith * l.thread_bytes);
     let bs = act_ty.block_bytes();
     let (act_q, act_d, act_s) = (scratch, scratch.wrapping_add(l.d_off) as *mut f32, scratch.wrapping_add(l.s_off) as *mut f32);
@@ -457,7 +456,7 @@ fn coop_vector_side(node: &Node, ctx: &ThreadCtx, acts: &super::matmul::VectorAc
     let n = node.src(0).ne[1];
     while let Some(g) = ctx.take(groups, true) {
         let r0 = g * GROUP_TILES * 16;
-        super::matmul::vector_rows(node, acts, r0, (r0 + GROUP_TILES * 16).min(n));
+        super::matmul::vector_rows(node, ctx.kernels, acts, r0, (r0 + GROUP_TILES * 16).min(n));
     }
 }
 
@@ -467,7 +466,7 @@ fn bf16_acts(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &Bf16Layout) {
     let (w, x) = (node.src(0), node.src(1));
     let (k, m) = (w.ne[0], x.ne[1]);
     let ksteps = k / BF16_KSTEP;
-    let to_bf16 = kernels(DType::BF16).unwrap().from_f32.unwrap();
+    let to_bf16 = ctx.kernels.kernels(DType::BF16).unwrap().from_f32.unwrap();
     let my = scratch.wrapping_add(l.thread_off + ctx.ith * l.thread_bytes);
     let (t0, t1) = split_range(m_tiles(m), ctx.ith, ctx.nth);
     for r in t0 * 16..t1 * 16 {
@@ -528,7 +527,7 @@ fn bf16_group(
             let out = std::slice::from_raw_parts_mut(base, l.wtile_bytes);
             match &w.packed {
                 Some(p) => rows::bf16_rows_from(nrows, k, out, tmp, row, |i, t| {
-                    packed::row_to_f32(p, k, r0 + i, t)
+                    packed::row_to_f32(&ctx.kernels.packed, p, k, r0 + i, t)
                 }),
                 None => rows::bf16_rows(w.ty, &rs[..nrows], k, out, tmp, row),
             }

@@ -125,11 +125,12 @@ pub fn supports(node: &Node) -> Result<(), Unsupported> {
     }
 }
 
-/// Scratch bytes the node needs with `nth` threads (shared part plus per-thread parts).
-pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
+/// Scratch bytes the node needs with `nth` threads on the kernels `ks` (shared part plus
+/// per-thread parts).
+pub fn scratch_bytes(node: &Node, nth: usize, ks: &crate::kernels::KernelSet) -> usize {
     match node.op {
         Op::MulMat => matmul::scratch_bytes(node, nth),
-        Op::FlashAttn { .. } => attention::scratch_bytes(node, nth),
+        Op::FlashAttn { .. } => attention::scratch_bytes(node, nth, ks),
         Op::Rope(_) => rope::scratch_bytes(node, nth),
         _ => 0,
     }

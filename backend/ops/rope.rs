@@ -134,83 +134,17 @@ pub fn rope(node: &Node, ctx: &ThreadCtx, p: &RopeParams) {
             fill_cache(p, pos[i2] as f32, ff, corr, cache);
             last_i2 = i2;
         }
-        let (x, y) = (
-            a.row_ptr(i1, i2, i3) as *const f32,
-            d.row_ptr(i1, i2, i3) as *mut f32,
-        );
-        // SAFETY: rows of ne0 f32 (supports); this thread owns dst row r. dst may be
-        // src's memory (in-place allocation): raw pointers, and each pair is read
-        // before it is written.
-        unsafe {
-            for i in (0..ne0).filter(|&i| i < off || i >= off + nd) {
-                *y.add(i) = *x.add(i);
+        let (x, y) = (a.row_ptr(i1, i2, i3) as *const f32, d.row_ptr(i1, i2, i3) as *mut f32);
+        // SAFETY: rows of ne0 f32 (supports); this thread owns dst row r. dst is either
+        // src's memory (in-place allocation) or a separate tensor: copy first unless they
+        // are the same row, then rotate dst's row in place.
+        let row = unsafe {
+            if x != y as *const f32 {
+                std::ptr::copy(x, y, ne0);
             }
-            rotate_pairs(x, y, cache, nd, off, p.mode == MODE_NEOX);
-        }
-    }
-}
-
-/// Rotates the `nd` channels from `off` of one row (`x` to `y`, which may be the same
-/// memory): pairs (i, i + 1), or (i, i + nd / 2) for NeoX.
-///
-/// # Safety
-/// `x` and `y` hold `off + nd` floats; `cache` holds `nd` (cos, sin) values.
-unsafe fn rotate_pairs(
-    x: *const f32,
-    y: *mut f32,
-    cache: &[f32],
-    nd: usize,
-    off: usize,
-    neox: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("fma") {
-        // SAFETY: FMA detected; the caller's contract.
-        return unsafe { rotate_pairs_fma(x, y, cache, nd, off, neox) };
-    }
-    // SAFETY: the caller's contract.
-    unsafe { rotate_pairs_impl(x, y, cache, nd, off, neox) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma")]
-unsafe fn rotate_pairs_fma(
-    x: *const f32,
-    y: *mut f32,
-    cache: &[f32],
-    nd: usize,
-    off: usize,
-    neox: bool,
-) {
-    // SAFETY: the caller's contract (rotate_pairs).
-    unsafe { rotate_pairs_impl(x, y, cache, nd, off, neox) }
-}
-
-/// ggml-cpu's rotate_pairs as its compiler evaluates it (clang fuses the x0 products:
-/// `x0*c - x1*s` becomes fma(x0, c, -(x1*s))), so results are bit-identical.
-#[inline(always)]
-unsafe fn rotate_pairs_impl(
-    x: *const f32,
-    y: *mut f32,
-    cache: &[f32],
-    nd: usize,
-    off: usize,
-    neox: bool,
-) {
-    let mut i0 = 0;
-    while i0 < nd {
-        let (c, s) = (cache[i0], cache[i0 + 1]);
-        let (j0, j1) = if neox {
-            (off + i0 / 2, off + i0 / 2 + nd / 2)
-        } else {
-            (off + i0, off + i0 + 1)
+            slice_mut::<f32>(y as *mut u8, ne0)
         };
-        // SAFETY: j0, j1 < off + nd (the caller's contract); each pair is read before written.
-        unsafe {
-            let (x0, x1) = (*x.add(j0), *x.add(j1));
-            *y.add(j0) = x0.mul_add(c, -(x1 * s));
-            *y.add(j1) = x0.mul_add(s, x1 * c);
-        }
-        i0 += 2;
+        (ctx.kernels.rope.rotate_pairs)(row, cache, nd, off, p.mode == MODE_NEOX);
     }
 }
+

@@ -6,7 +6,6 @@ use half::f16;
 use super::{alibi_slope, need, slice, slice_mut, split_range, Node, Unsupported};
 use crate::dtype::DType;
 use crate::exec::ThreadCtx;
-use crate::kernels::vmath;
 
 pub fn supports(node: &Node) -> Result<(), Unsupported> {
     let a = node.src[0].as_ref().ok_or("missing src")?;
@@ -96,7 +95,7 @@ pub fn soft_max(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32) {
         if let Some(s) = sinks {
             max = max.max(s[i2]);
         }
-        let mut sum = vmath::soft_max(y, max);
+        let mut sum = (ctx.kernels.vmath.soft_max)(y, max);
         if let Some(s) = sinks {
             sum += ((s[i2] - max).exp()) as f64;
         }

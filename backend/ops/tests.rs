@@ -8,6 +8,8 @@ use super::{Node, Op, RopeParams};
 use crate::dtype::DType;
 use crate::exec::Executor;
 use crate::kernels::quant::scalar_kernels;
+use crate::kernels::registry::{self, log_tiers_run};
+use crate::kernels::KernelSet;
 use crate::tensor::TensorRef;
 use crate::planner::{Mode, Plan};
 
@@ -60,8 +62,32 @@ fn node(op: Op, dst: TensorRef, src: &[TensorRef]) -> Node {
     n
 }
 
+thread_local! {
+    /// The kernel tier this test thread's executors run (see [`each_tier`]).
+    static TIER: std::cell::Cell<Option<&'static KernelSet>> = const { std::cell::Cell::new(None) };
+}
+
+/// An executor on the tier [`each_tier`] is running (the process's set outside it).
+fn executor(threads: usize) -> Executor {
+    Executor::with_kernels(threads, TIER.get().unwrap_or(registry::active()))
+}
+
+/// Runs `body` once on every kernel tier this CPU runs, and logs the tiers for `family`.
+fn each_tier(family: &str, body: impl Fn()) {
+    for ks in KernelSet::available() {
+        TIER.set(Some(ks));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&body));
+        TIER.set(None);
+        if let Err(e) = r {
+            eprintln!("failed on the {} tier", ks.name);
+            std::panic::resume_unwind(e);
+        }
+    }
+    log_tiers_run(family, KernelSet::available().iter().map(|s| s.name));
+}
+
 fn run(nodes: &[Node], threads: usize) {
-    Executor::new(threads).compute(nodes);
+    executor(threads).compute(nodes).expect("graph failed");
 }
 
 fn nmse(got: &[f32], want: &[f64]) -> f64 {
@@ -115,284 +141,296 @@ fn random_weights(rng: &mut StdRng, ty: DType, rows: usize, k: usize) -> Vec<u8>
 
 #[test]
 fn mul_mat_all_weight_types_odd_shapes_broadcast_and_strided_activations() {
-    let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let mut rng = StdRng::seed_from_u64(7);
-    for ty in [
-        DType::F32,
-        DType::F16,
-        DType::BF16,
-        DType::Q8_0,
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q4_K,
-        DType::Q5_K,
-        DType::Q6_K,
-    ] {
-        let k = if ty.block_size() == 256 {
-            768
-        } else {
-            ty.block_size().max(32) * 7
-        };
-        let (n, m, ne02, ne12) = (19, 70, 2, 4); // m > TILE_M, broadcast 2 -> 4
-        let w_bytes = random_weights(&mut rng, ty, n * ne02, k);
-        let mut wb = Buf::zeroed(w_bytes.len());
-        wb.bytes()[..w_bytes.len()].copy_from_slice(&w_bytes);
-        let w = contiguous(ty, [k, n, ne02, 1], &mut wb);
+    each_tier("ops::mul_mat_all_weight_types_odd_shapes_broadcast_and_strided_activations", || {
+        let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rng = StdRng::seed_from_u64(7);
+        for ty in [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q4_K,
+            DType::Q5_K,
+            DType::Q6_K,
+        ] {
+            let k = if ty.block_size() == 256 {
+                768
+            } else {
+                ty.block_size().max(32) * 7
+            };
+            let (n, m, ne02, ne12) = (19, 70, 2, 4); // m > TILE_M, broadcast 2 -> 4
+            let w_bytes = random_weights(&mut rng, ty, n * ne02, k);
+            let mut wb = Buf::zeroed(w_bytes.len());
+            wb.bytes()[..w_bytes.len()].copy_from_slice(&w_bytes);
+            let w = contiguous(ty, [k, n, ne02, 1], &mut wb);
 
-        // Activations as a strided view: rows 8 floats apart beyond k.
-        let row_stride = (k + 8) * 4;
-        let mut xb = Buf::zeroed(row_stride * m * ne12);
-        let xs = random_f32(&mut rng, (k + 8) * m * ne12, 1.0);
-        xb.f32s()[..xs.len()].copy_from_slice(&xs);
-        let x = TensorRef {
-            ty: DType::F32,
-            ne: [k, m, ne12, 1],
-            nb: [4, row_stride, row_stride * m, row_stride * m * ne12],
-            data: xb.ptr(),
-            packed: None,
-        };
+            // Activations as a strided view: rows 8 floats apart beyond k.
+            let row_stride = (k + 8) * 4;
+            let mut xb = Buf::zeroed(row_stride * m * ne12);
+            let xs = random_f32(&mut rng, (k + 8) * m * ne12, 1.0);
+            xb.f32s()[..xs.len()].copy_from_slice(&xs);
+            let x = TensorRef {
+                ty: DType::F32,
+                ne: [k, m, ne12, 1],
+                nb: [4, row_stride, row_stride * m, row_stride * m * ne12],
+                data: xb.ptr(),
+                packed: None,
+            };
 
-        let mut db = Buf::zeroed(n * m * ne12 * 4);
-        let d = contiguous(DType::F32, [n, m, ne12, 1], &mut db);
-        run(&[node(Op::MulMat, d, &[w, x])], 3);
+            let mut db = Buf::zeroed(n * m * ne12 * 4);
+            let d = contiguous(DType::F32, [n, m, ne12, 1], &mut db);
+            run(&[node(Op::MulMat, d, &[w, x])], 3);
 
-        let to_f32 = scalar_kernels(ty).unwrap().to_f32;
-        let mut wf = vec![0f32; k];
-        let mut want = vec![0f64; n * m * ne12];
-        for i12 in 0..ne12 {
-            for r in 0..n {
-                let wrow = (i12 / (ne12 / ne02)) * n + r;
-                to_f32(
-                    &w_bytes[wrow * ty.row_bytes(k)..(wrow + 1) * ty.row_bytes(k)],
-                    &mut wf,
-                );
-                for c in 0..m {
-                    let xrow = &xs[(i12 * m + c) * (k + 8)..][..k];
-                    want[(i12 * m + c) * n + r] = wf
-                        .iter()
-                        .zip(xrow)
-                        .map(|(&a, &b)| a as f64 * b as f64)
-                        .sum();
+            let to_f32 = scalar_kernels(ty).unwrap().to_f32;
+            let mut wf = vec![0f32; k];
+            let mut want = vec![0f64; n * m * ne12];
+            for i12 in 0..ne12 {
+                for r in 0..n {
+                    let wrow = (i12 / (ne12 / ne02)) * n + r;
+                    to_f32(
+                        &w_bytes[wrow * ty.row_bytes(k)..(wrow + 1) * ty.row_bytes(k)],
+                        &mut wf,
+                    );
+                    for c in 0..m {
+                        let xrow = &xs[(i12 * m + c) * (k + 8)..][..k];
+                        want[(i12 * m + c) * n + r] = wf
+                            .iter()
+                            .zip(xrow)
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum();
+                    }
                 }
             }
+            let e = nmse(&db.f32s()[..want.len()], &want);
+            assert!(e < 5e-4, "{ty:?}: nmse {e}");
         }
-        let e = nmse(&db.f32s()[..want.len()], &want);
-        assert!(e < 5e-4, "{ty:?}: nmse {e}");
-    }
+    });
 }
 
 #[test]
 fn rms_norm_in_place_and_scale() {
-    let mut rng = StdRng::seed_from_u64(1);
-    let (n, rows) = (37, 11);
-    let xs = random_f32(&mut rng, n * rows, 3.0);
-    let mut b = Buf::zeroed(n * rows * 4);
-    b.f32s()[..xs.len()].copy_from_slice(&xs);
-    let t = contiguous(DType::F32, [n, rows, 1, 1], &mut b);
-    // In place, as ggml-alloc arranges it.
-    run(
-        &[
-            node(Op::RmsNorm { eps: 1e-6 }, t, &[t]),
-            node(
-                Op::Scale {
-                    scale: 2.0,
-                    bias: 0.5,
-                },
-                t,
-                &[t],
-            ),
-        ],
-        2,
-    );
-    for r in 0..rows {
-        let x = &xs[r * n..(r + 1) * n];
-        let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64;
-        for i in 0..n {
-            let want = x[i] as f64 / (ms + 1e-6).sqrt() * 2.0 + 0.5;
-            assert!(
-                (b.f32s()[r * n + i] as f64 - want).abs() < 1e-4,
-                "row {r} col {i}"
-            );
+    each_tier("ops::rms_norm_in_place_and_scale", || {
+        let mut rng = StdRng::seed_from_u64(1);
+        let (n, rows) = (37, 11);
+        let xs = random_f32(&mut rng, n * rows, 3.0);
+        let mut b = Buf::zeroed(n * rows * 4);
+        b.f32s()[..xs.len()].copy_from_slice(&xs);
+        let t = contiguous(DType::F32, [n, rows, 1, 1], &mut b);
+        // In place, as ggml-alloc arranges it.
+        run(
+            &[
+                node(Op::RmsNorm { eps: 1e-6 }, t, &[t]),
+                node(
+                    Op::Scale {
+                        scale: 2.0,
+                        bias: 0.5,
+                    },
+                    t,
+                    &[t],
+                ),
+            ],
+            2,
+        );
+        for r in 0..rows {
+            let x = &xs[r * n..(r + 1) * n];
+            let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64;
+            for i in 0..n {
+                let want = x[i] as f64 / (ms + 1e-6).sqrt() * 2.0 + 0.5;
+                assert!(
+                    (b.f32s()[r * n + i] as f64 - want).abs() < 1e-4,
+                    "row {r} col {i}"
+                );
+            }
         }
-    }
+    });
 }
 
 #[test]
 fn add_mul_broadcast_silu_swiglu() {
-    let mut rng = StdRng::seed_from_u64(2);
-    let (n, rows) = (24, 9);
-    let a = random_f32(&mut rng, n * rows, 2.0);
-    let b = random_f32(&mut rng, n, 2.0); // broadcast over rows
-    let (mut ab, mut bb, mut ob, mut sb, mut gb) = (
-        Buf::zeroed(n * rows * 4),
-        Buf::zeroed(n * 4),
-        Buf::zeroed(n * rows * 4),
-        Buf::zeroed(n * rows * 4),
-        Buf::zeroed(n / 2 * rows * 4),
-    );
-    ab.f32s()[..a.len()].copy_from_slice(&a);
-    bb.f32s()[..n].copy_from_slice(&b);
-    let (ta, tb, to) = (
-        contiguous(DType::F32, [n, rows, 1, 1], &mut ab),
-        contiguous(DType::F32, [n, 1, 1, 1], &mut bb),
-        contiguous(DType::F32, [n, rows, 1, 1], &mut ob),
-    );
-    let ts = contiguous(DType::F32, [n, rows, 1, 1], &mut sb);
-    let tg = contiguous(DType::F32, [n / 2, rows, 1, 1], &mut gb);
-    run(
-        &[
-            node(Op::Add, to, &[ta, tb]),
-            node(Op::Mul, to, &[to, tb]),
-            node(Op::Silu, ts, &[to]),
-            node(Op::SwiGlu { swapped: false }, tg, &[to]),
-        ],
-        2,
-    );
-    let silu = |x: f64| x / (1.0 + (-x).exp());
-    for r in 0..rows {
-        for i in 0..n {
-            let v = (a[r * n + i] as f64 + b[i] as f64) * b[i] as f64;
-            assert!((ob.f32s()[r * n + i] as f64 - v).abs() < 1e-5);
-            assert!((sb.f32s()[r * n + i] as f64 - silu(v)).abs() < 1e-5);
+    each_tier("ops::add_mul_broadcast_silu_swiglu", || {
+        let mut rng = StdRng::seed_from_u64(2);
+        let (n, rows) = (24, 9);
+        let a = random_f32(&mut rng, n * rows, 2.0);
+        let b = random_f32(&mut rng, n, 2.0); // broadcast over rows
+        let (mut ab, mut bb, mut ob, mut sb, mut gb) = (
+            Buf::zeroed(n * rows * 4),
+            Buf::zeroed(n * 4),
+            Buf::zeroed(n * rows * 4),
+            Buf::zeroed(n * rows * 4),
+            Buf::zeroed(n / 2 * rows * 4),
+        );
+        ab.f32s()[..a.len()].copy_from_slice(&a);
+        bb.f32s()[..n].copy_from_slice(&b);
+        let (ta, tb, to) = (
+            contiguous(DType::F32, [n, rows, 1, 1], &mut ab),
+            contiguous(DType::F32, [n, 1, 1, 1], &mut bb),
+            contiguous(DType::F32, [n, rows, 1, 1], &mut ob),
+        );
+        let ts = contiguous(DType::F32, [n, rows, 1, 1], &mut sb);
+        let tg = contiguous(DType::F32, [n / 2, rows, 1, 1], &mut gb);
+        run(
+            &[
+                node(Op::Add, to, &[ta, tb]),
+                node(Op::Mul, to, &[to, tb]),
+                node(Op::Silu, ts, &[to]),
+                node(Op::SwiGlu { swapped: false }, tg, &[to]),
+            ],
+            2,
+        );
+        let silu = |x: f64| x / (1.0 + (-x).exp());
+        for r in 0..rows {
+            for i in 0..n {
+                let v = (a[r * n + i] as f64 + b[i] as f64) * b[i] as f64;
+                assert!((ob.f32s()[r * n + i] as f64 - v).abs() < 1e-5);
+                assert!((sb.f32s()[r * n + i] as f64 - silu(v)).abs() < 1e-5);
+            }
+            for i in 0..n / 2 {
+                let (x, g) = (
+                    (a[r * n + i] as f64 + b[i] as f64) * b[i] as f64,
+                    (a[r * n + i + n / 2] as f64 + b[i + n / 2] as f64) * b[i + n / 2] as f64,
+                );
+                assert!((gb.f32s()[r * (n / 2) + i] as f64 - silu(x) * g).abs() < 1e-5);
+            }
         }
-        for i in 0..n / 2 {
-            let (x, g) = (
-                (a[r * n + i] as f64 + b[i] as f64) * b[i] as f64,
-                (a[r * n + i + n / 2] as f64 + b[i + n / 2] as f64) * b[i + n / 2] as f64,
-            );
-            assert!((gb.f32s()[r * (n / 2) + i] as f64 - silu(x) * g).abs() < 1e-5);
-        }
-    }
+    });
 }
 
 #[test]
 fn soft_max_with_f16_mask_broadcast_and_alibi() {
-    let mut rng = StdRng::seed_from_u64(3);
-    let (n, rows, heads) = (33, 5, 4);
-    let x = random_f32(&mut rng, n * rows * heads, 4.0);
-    let mask: Vec<f16> = (0..n * rows)
-        .map(|i| {
-            if i % 7 == 3 {
-                f16::NEG_INFINITY
-            } else {
-                f16::from_f32(rng.gen_range(-1.0..0.0))
-            }
-        })
-        .collect();
-    let (mut xb, mut mb, mut ob) = (
-        Buf::zeroed(x.len() * 4),
-        Buf::zeroed(mask.len() * 2),
-        Buf::zeroed(x.len() * 4),
-    );
-    xb.f32s()[..x.len()].copy_from_slice(&x);
-    for (i, m) in mask.iter().enumerate() {
-        mb.bytes()[2 * i..2 * i + 2].copy_from_slice(&m.to_bits().to_le_bytes());
-    }
-    let tx = contiguous(DType::F32, [n, rows, heads, 1], &mut xb);
-    let tm = contiguous(DType::F16, [n, rows, 1, 1], &mut mb);
-    let to = contiguous(DType::F32, [n, rows, heads, 1], &mut ob);
-    run(
-        &[node(
-            Op::SoftMax {
-                scale: 0.7,
-                max_bias: 8.0,
-            },
-            to,
-            &[tx, tm],
-        )],
-        2,
-    );
-    for h in 0..heads {
-        let slope = super::alibi_slope(8.0, heads, h) as f64;
-        for r in 0..rows {
-            let w: Vec<f64> = (0..n)
-                .map(|i| x[(h * rows + r) * n + i] as f64 * 0.7 + slope * mask[r * n + i].to_f64())
-                .collect();
-            let mx = w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let s: f64 = w.iter().map(|v| (v - mx).exp()).sum();
-            for i in 0..n {
-                let want = (w[i] - mx).exp() / s;
-                assert!((ob.f32s()[(h * rows + r) * n + i] as f64 - want).abs() < 1e-5);
+    each_tier("ops::soft_max_with_f16_mask_broadcast_and_alibi", || {
+        let mut rng = StdRng::seed_from_u64(3);
+        let (n, rows, heads) = (33, 5, 4);
+        let x = random_f32(&mut rng, n * rows * heads, 4.0);
+        let mask: Vec<f16> = (0..n * rows)
+            .map(|i| {
+                if i % 7 == 3 {
+                    f16::NEG_INFINITY
+                } else {
+                    f16::from_f32(rng.gen_range(-1.0..0.0))
+                }
+            })
+            .collect();
+        let (mut xb, mut mb, mut ob) = (
+            Buf::zeroed(x.len() * 4),
+            Buf::zeroed(mask.len() * 2),
+            Buf::zeroed(x.len() * 4),
+        );
+        xb.f32s()[..x.len()].copy_from_slice(&x);
+        for (i, m) in mask.iter().enumerate() {
+            mb.bytes()[2 * i..2 * i + 2].copy_from_slice(&m.to_bits().to_le_bytes());
+        }
+        let tx = contiguous(DType::F32, [n, rows, heads, 1], &mut xb);
+        let tm = contiguous(DType::F16, [n, rows, 1, 1], &mut mb);
+        let to = contiguous(DType::F32, [n, rows, heads, 1], &mut ob);
+        run(
+            &[node(
+                Op::SoftMax {
+                    scale: 0.7,
+                    max_bias: 8.0,
+                },
+                to,
+                &[tx, tm],
+            )],
+            2,
+        );
+        for h in 0..heads {
+            let slope = super::alibi_slope(8.0, heads, h) as f64;
+            for r in 0..rows {
+                let w: Vec<f64> = (0..n)
+                    .map(|i| x[(h * rows + r) * n + i] as f64 * 0.7 + slope * mask[r * n + i].to_f64())
+                    .collect();
+                let mx = w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let s: f64 = w.iter().map(|v| (v - mx).exp()).sum();
+                for i in 0..n {
+                    let want = (w[i] - mx).exp() / s;
+                    assert!((ob.f32s()[(h * rows + r) * n + i] as f64 - want).abs() < 1e-5);
+                }
             }
         }
-    }
+    });
 }
 
 #[test]
 fn rope_normal_and_neox_match_the_rotation_formula() {
-    let mut rng = StdRng::seed_from_u64(4);
-    let (d, heads, toks) = (16, 3, 5);
-    for mode in [super::rope::MODE_NORMAL, super::rope::MODE_NEOX] {
-        let x = random_f32(&mut rng, d * heads * toks, 1.0);
-        let pos: Vec<i32> = vec![0, 3, 7, 100, 2047];
-        let ff: Vec<f32> = (0..d / 2).map(|i| 1.0 + i as f32 * 0.5).collect();
-        let (mut xb, mut pb, mut fb, mut ob) = (
-            Buf::zeroed(x.len() * 4),
-            Buf::zeroed(20),
-            Buf::zeroed(ff.len() * 4),
-            Buf::zeroed(x.len() * 4),
-        );
-        xb.f32s()[..x.len()].copy_from_slice(&x);
-        for (i, p) in pos.iter().enumerate() {
-            pb.bytes()[4 * i..4 * i + 4].copy_from_slice(&p.to_le_bytes());
-        }
-        fb.f32s()[..ff.len()].copy_from_slice(&ff);
-        let p = RopeParams {
-            n_dims: 12,
-            mode,
-            n_ctx_orig: 4096,
-            freq_base: 10000.0,
-            freq_scale: 1.0,
-            ext_factor: 0.0,
-            attn_factor: 1.0,
-            beta_fast: 32.0,
-            beta_slow: 1.0,
-            n_offs: 0,
-            backward: false,
-        };
-        let tx = contiguous(DType::F32, [d, heads, toks, 1], &mut xb);
-        let tp = contiguous(DType::I32, [toks, 1, 1, 1], &mut pb);
-        let tf = contiguous(DType::F32, [d / 2, 1, 1, 1], &mut fb);
-        let to = contiguous(DType::F32, [d, heads, toks, 1], &mut ob);
-        run(&[node(Op::Rope(p), to, &[tx, tp, tf])], 2);
-        for t in 0..toks {
-            for h in 0..heads {
-                let row = &x[(t * heads + h) * d..][..d];
-                let got = &ob.f32s()[(t * heads + h) * d..][..d];
-                for i in 0..6 {
-                    let theta =
-                        pos[t] as f64 * 10000f64.powf(-2.0 * i as f64 / 12.0) / ff[i] as f64;
-                    let (j0, j1) = if mode == super::rope::MODE_NEOX {
-                        (i, i + 6)
-                    } else {
-                        (2 * i, 2 * i + 1)
-                    };
-                    let (a, b) = (row[j0] as f64, row[j1] as f64);
-                    assert!(
-                        (got[j0] as f64 - (a * theta.cos() - b * theta.sin())).abs() < 2e-4,
-                        "mode {mode} t {t} i {i}"
-                    );
-                    assert!((got[j1] as f64 - (a * theta.sin() + b * theta.cos())).abs() < 2e-4);
+    each_tier("ops::rope_normal_and_neox_match_the_rotation_formula", || {
+        let mut rng = StdRng::seed_from_u64(4);
+        let (d, heads, toks) = (16, 3, 5);
+        for mode in [super::rope::MODE_NORMAL, super::rope::MODE_NEOX] {
+            let x = random_f32(&mut rng, d * heads * toks, 1.0);
+            let pos: Vec<i32> = vec![0, 3, 7, 100, 2047];
+            let ff: Vec<f32> = (0..d / 2).map(|i| 1.0 + i as f32 * 0.5).collect();
+            let (mut xb, mut pb, mut fb, mut ob) = (
+                Buf::zeroed(x.len() * 4),
+                Buf::zeroed(20),
+                Buf::zeroed(ff.len() * 4),
+                Buf::zeroed(x.len() * 4),
+            );
+            xb.f32s()[..x.len()].copy_from_slice(&x);
+            for (i, p) in pos.iter().enumerate() {
+                pb.bytes()[4 * i..4 * i + 4].copy_from_slice(&p.to_le_bytes());
+            }
+            fb.f32s()[..ff.len()].copy_from_slice(&ff);
+            let p = RopeParams {
+                n_dims: 12,
+                mode,
+                n_ctx_orig: 4096,
+                freq_base: 10000.0,
+                freq_scale: 1.0,
+                ext_factor: 0.0,
+                attn_factor: 1.0,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                n_offs: 0,
+                backward: false,
+            };
+            let tx = contiguous(DType::F32, [d, heads, toks, 1], &mut xb);
+            let tp = contiguous(DType::I32, [toks, 1, 1, 1], &mut pb);
+            let tf = contiguous(DType::F32, [d / 2, 1, 1, 1], &mut fb);
+            let to = contiguous(DType::F32, [d, heads, toks, 1], &mut ob);
+            run(&[node(Op::Rope(p), to, &[tx, tp, tf])], 2);
+            for t in 0..toks {
+                for h in 0..heads {
+                    let row = &x[(t * heads + h) * d..][..d];
+                    let got = &ob.f32s()[(t * heads + h) * d..][..d];
+                    for i in 0..6 {
+                        let theta =
+                            pos[t] as f64 * 10000f64.powf(-2.0 * i as f64 / 12.0) / ff[i] as f64;
+                        let (j0, j1) = if mode == super::rope::MODE_NEOX {
+                            (i, i + 6)
+                        } else {
+                            (2 * i, 2 * i + 1)
+                        };
+                        let (a, b) = (row[j0] as f64, row[j1] as f64);
+                        assert!(
+                            (got[j0] as f64 - (a * theta.cos() - b * theta.sin())).abs() < 2e-4,
+                            "mode {mode} t {t} i {i}"
+                        );
+                        assert!((got[j1] as f64 - (a * theta.sin() + b * theta.cos())).abs() < 2e-4);
+                    }
+                    assert_eq!(&got[12..], &row[12..], "channels past n_dims pass through");
                 }
-                assert_eq!(&got[12..], &row[12..], "channels past n_dims pass through");
             }
         }
-    }
+    });
 }
 
 /// Both paths: per query row (few queries, or dv not whole vectors) and blocked (16 or more
 /// queries: partial query and key blocks, key blocks hidden by the causal mask, soft-capping).
 #[test]
 fn flash_attn_matches_softmax_attention_with_gqa_mask_and_sinks() {
-    for &(dk, dv, n_q, n_kv, hq, hkv, softcap) in &[
-        (40, 24, 3, 13, 4, 2, 0.0f32),
-        (40, 24, 20, 13, 4, 2, 0.0),
-        (64, 48, 37, 75, 4, 2, 0.0),
-        (64, 32, 16, 16, 2, 1, 0.0),
-        (32, 16, 33, 70, 2, 2, 5.0),
-    ] {
-        flash_attn_case(dk, dv, n_q, n_kv, hq, hkv, softcap);
-    }
+    each_tier("ops::flash_attn_matches_softmax_attention_with_gqa_mask_and_sinks", || {
+        for &(dk, dv, n_q, n_kv, hq, hkv, softcap) in &[
+            (40, 24, 3, 13, 4, 2, 0.0f32),
+            (40, 24, 20, 13, 4, 2, 0.0),
+            (64, 48, 37, 75, 4, 2, 0.0),
+            (64, 32, 16, 16, 2, 1, 0.0),
+            (32, 16, 33, 70, 2, 2, 5.0),
+        ] {
+            flash_attn_case(dk, dv, n_q, n_kv, hq, hkv, softcap);
+        }
+    });
 }
 
 fn flash_attn_case(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usize, hkv: usize, softcap: f32) {
@@ -490,101 +528,104 @@ fn flash_attn_case(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usize, hkv
 /// ggml's layout, which is left zeroed here so a read of it would show.
 #[test]
 fn get_rows_of_packed_weights_reads_the_packed_copy() {
-    use crate::kernels::packed::{self, Layout, PackedRef};
-    use crate::kernels::quant::kernels;
-    let mut rng = StdRng::seed_from_u64(23);
-    for ty in [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
-        let (n, k) = (48, 3 * 256);
-        let raw = random_weights(&mut rng, ty, n, k);
-        let layout = Layout::for_weights(ty, k, n).expect("packed layout");
-        let mut packed_mem = vec![0u8; raw.len()];
-        packed::pack(layout, ty, &raw, &mut packed_mem, n, k);
-        let mut wb = Buf::zeroed(raw.len());
-        let mut w = contiguous(ty, [k, n, 1, 1], &mut wb);
-        w.packed = Some(PackedRef { layout, data: packed_mem.as_ptr() });
-        let ids: Vec<i32> = vec![47, 0, 17, 31, 17];
-        let mut ib = Buf::zeroed(4 * ids.len());
-        for (i, v) in ids.iter().enumerate() {
-            ib.bytes()[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+    each_tier("ops::get_rows_of_packed_weights_reads_the_packed_copy", || {
+        use crate::kernels::packed::{self, Layout, PackedRef};
+            let mut rng = StdRng::seed_from_u64(23);
+        for ty in [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
+            let (n, k) = (48, 3 * 256);
+            let raw = random_weights(&mut rng, ty, n, k);
+            let layout = Layout::for_weights(ty, k, n).expect("packed layout");
+            let mut packed_mem = vec![0u8; raw.len()];
+            packed::pack(layout, ty, &raw, &mut packed_mem, n, k);
+            let mut wb = Buf::zeroed(raw.len());
+            let mut w = contiguous(ty, [k, n, 1, 1], &mut wb);
+            w.packed = Some(PackedRef { layout, data: packed_mem.as_ptr() });
+            let ids: Vec<i32> = vec![47, 0, 17, 31, 17];
+            let mut ib = Buf::zeroed(4 * ids.len());
+            for (i, v) in ids.iter().enumerate() {
+                ib.bytes()[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            let ti = contiguous(DType::I32, [ids.len(), 1, 1, 1], &mut ib);
+            let mut db = Buf::zeroed(4 * k * ids.len());
+            let td = contiguous(DType::F32, [k, ids.len(), 1, 1], &mut db);
+            run(&[node(Op::GetRows, td, &[w, ti])], 2);
+            let rb = ty.row_bytes(k);
+            for (i, &row) in ids.iter().enumerate() {
+                let mut want = vec![0f32; k];
+                (scalar_kernels(ty).unwrap().to_f32)(&raw[row as usize * rb..(row as usize + 1) * rb], &mut want);
+                let got = &db.f32s()[i * k..(i + 1) * k];
+                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{ty:?} row {row}");
+            }
         }
-        let ti = contiguous(DType::I32, [ids.len(), 1, 1, 1], &mut ib);
-        let mut db = Buf::zeroed(4 * k * ids.len());
-        let td = contiguous(DType::F32, [k, ids.len(), 1, 1], &mut db);
-        run(&[node(Op::GetRows, td, &[w, ti])], 2);
-        let rb = ty.row_bytes(k);
-        for (i, &row) in ids.iter().enumerate() {
-            let mut want = vec![0f32; k];
-            (kernels(ty).unwrap().to_f32)(&raw[row as usize * rb..(row as usize + 1) * rb], &mut want);
-            let got = &db.f32s()[i * k..(i + 1) * k];
-            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{ty:?} row {row}");
-        }
-    }
+    });
 }
 
 #[test]
 fn get_rows_set_rows_and_transposed_copy() {
-    let mut rng = StdRng::seed_from_u64(6);
-    let (n, rows) = (64, 10);
-    let src = random_f32(&mut rng, n * rows, 1.0);
-    // f32 -> f16 rows at scattered indices (SET_ROWS), then back (GET_ROWS).
-    let idx: Vec<i64> = vec![7, 2, 9, 0];
-    let (mut sb, mut ib, mut kb, mut gb, mut gi) = (
-        Buf::zeroed(src.len() * 4),
-        Buf::zeroed(32),
-        Buf::zeroed(n * rows * 2),
-        Buf::zeroed(n * 4 * 4),
-        Buf::zeroed(16),
-    );
-    sb.f32s()[..src.len()].copy_from_slice(&src);
-    for (i, v) in idx.iter().enumerate() {
-        ib.bytes()[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes());
-    }
-    let gids: Vec<i32> = vec![9, 7, 0, 2];
-    for (i, v) in gids.iter().enumerate() {
-        gi.bytes()[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
-    }
-    let ts = contiguous(DType::F32, [n, 4, 1, 1], &mut sb);
-    let ti = contiguous(DType::I64, [4, 1, 1, 1], &mut ib);
-    let tk = contiguous(DType::F16, [n, rows, 1, 1], &mut kb);
-    let tgi = contiguous(DType::I32, [4, 1, 1, 1], &mut gi);
-    let tg = contiguous(DType::F32, [n, 4, 1, 1], &mut gb);
-    run(
-        &[
-            node(Op::SetRows, tk, &[ts, ti]),
-            node(Op::GetRows, tg, &[tk, tgi]),
-        ],
-        2,
-    );
-    for (gr, &row) in gids.iter().enumerate() {
-        let srow = idx.iter().position(|&i| i == row as i64).unwrap();
-        for c in 0..n {
-            let want = f16::from_f32(src[srow * n + c]).to_f32();
-            assert_eq!(gb.f32s()[gr * n + c], want);
+    each_tier("ops::get_rows_set_rows_and_transposed_copy", || {
+        let mut rng = StdRng::seed_from_u64(6);
+        let (n, rows) = (64, 10);
+        let src = random_f32(&mut rng, n * rows, 1.0);
+        // f32 -> f16 rows at scattered indices (SET_ROWS), then back (GET_ROWS).
+        let idx: Vec<i64> = vec![7, 2, 9, 0];
+        let (mut sb, mut ib, mut kb, mut gb, mut gi) = (
+            Buf::zeroed(src.len() * 4),
+            Buf::zeroed(32),
+            Buf::zeroed(n * rows * 2),
+            Buf::zeroed(n * 4 * 4),
+            Buf::zeroed(16),
+        );
+        sb.f32s()[..src.len()].copy_from_slice(&src);
+        for (i, v) in idx.iter().enumerate() {
+            ib.bytes()[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes());
         }
-    }
-    // A transposed view (nb0 != element size) copied into a contiguous f16 tensor.
-    let (r, c) = (5, 7);
-    let m = random_f32(&mut rng, r * c, 1.0);
-    let (mut mb, mut tb) = (Buf::zeroed(m.len() * 4), Buf::zeroed(m.len() * 2));
-    mb.f32s()[..m.len()].copy_from_slice(&m);
-    let mt = TensorRef {
-        ty: DType::F32,
-        ne: [r, c, 1, 1],
-        nb: [c * 4, 4, r * c * 4, r * c * 4],
-        data: mb.ptr(),
-        packed: None,
-    };
-    let out = contiguous(DType::F16, [r, c, 1, 1], &mut tb);
-    run(&[node(Op::Copy, out, &[mt])], 2);
-    for i in 0..r {
-        for j in 0..c {
-            let got = f16::from_bits(u16::from_le_bytes([
-                tb.bytes()[2 * (j * r + i)],
-                tb.bytes()[2 * (j * r + i) + 1],
-            ]));
-            assert_eq!(got, f16::from_f32(m[i * c + j]));
+        let gids: Vec<i32> = vec![9, 7, 0, 2];
+        for (i, v) in gids.iter().enumerate() {
+            gi.bytes()[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
         }
-    }
+        let ts = contiguous(DType::F32, [n, 4, 1, 1], &mut sb);
+        let ti = contiguous(DType::I64, [4, 1, 1, 1], &mut ib);
+        let tk = contiguous(DType::F16, [n, rows, 1, 1], &mut kb);
+        let tgi = contiguous(DType::I32, [4, 1, 1, 1], &mut gi);
+        let tg = contiguous(DType::F32, [n, 4, 1, 1], &mut gb);
+        run(
+            &[
+                node(Op::SetRows, tk, &[ts, ti]),
+                node(Op::GetRows, tg, &[tk, tgi]),
+            ],
+            2,
+        );
+        for (gr, &row) in gids.iter().enumerate() {
+            let srow = idx.iter().position(|&i| i == row as i64).unwrap();
+            for c in 0..n {
+                let want = f16::from_f32(src[srow * n + c]).to_f32();
+                assert_eq!(gb.f32s()[gr * n + c], want);
+            }
+        }
+        // A transposed view (nb0 != element size) copied into a contiguous f16 tensor.
+        let (r, c) = (5, 7);
+        let m = random_f32(&mut rng, r * c, 1.0);
+        let (mut mb, mut tb) = (Buf::zeroed(m.len() * 4), Buf::zeroed(m.len() * 2));
+        mb.f32s()[..m.len()].copy_from_slice(&m);
+        let mt = TensorRef {
+            ty: DType::F32,
+            ne: [r, c, 1, 1],
+            nb: [c * 4, 4, r * c * 4, r * c * 4],
+            data: mb.ptr(),
+            packed: None,
+        };
+        let out = contiguous(DType::F16, [r, c, 1, 1], &mut tb);
+        run(&[node(Op::Copy, out, &[mt])], 2);
+        for i in 0..r {
+            for j in 0..c {
+                let got = f16::from_bits(u16::from_le_bytes([
+                    tb.bytes()[2 * (j * r + i)],
+                    tb.bytes()[2 * (j * r + i) + 1],
+                ]));
+                assert_eq!(got, f16::from_f32(m[i * c + j]));
+            }
+        }
+    });
 }
 
 /// Serializes the tests that run MUL_MAT, since the tile-engine choice is process-wide.
@@ -733,11 +774,11 @@ fn mul_mat_tile_path_restores_the_callers_tile_configuration() {
     // SAFETY: amx::available() holds.
     unsafe {
         foreign.load();
-        exec.compute(std::slice::from_ref(&nd));
+        exec.compute(std::slice::from_ref(&nd)).expect("graph failed");
         let after = tile::current();
         assert_eq!(format!("{after:?}"), format!("{foreign:?}"), "foreign configuration not restored");
         tile::release();
-        exec.compute(std::slice::from_ref(&nd));
+        exec.compute(std::slice::from_ref(&nd)).expect("graph failed");
         assert_eq!(format!("{:?}", tile::current()), format!("{:?}", tile::TileConfig::default()), "tiles left configured");
     }
 }
@@ -748,62 +789,64 @@ fn mul_mat_tile_path_restores_the_callers_tile_configuration() {
 /// zeroed, so a kernel that read it instead would fail.
 #[test]
 fn mul_mat_every_mode_packed_and_plain_weights() {
-    use crate::kernels::packed::{self, Layout, PackedRef};
-    let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let mut rng = StdRng::seed_from_u64(19);
-    // 256 rows: four 64-row groups, so both sides of a coop run take some.
-    let shapes = [(1, 16, 1), (3, 48, 5), (15, 32, 3), (1, 64, 32), (16, 32, 2), (33, 48, 3), (5, 256, 2), (33, 256, 1)];
-    let types = [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::BF16, DType::F16, DType::Q4_1, DType::Q5_K];
-    for (ty, &(m, n, blocks)) in types.into_iter().flat_map(|t| shapes.iter().map(move |s| (t, s))) {
-        let k = blocks * ty.block_size();
-        let raw = random_weights(&mut rng, ty, n, k);
-        let mut packed_mem = vec![0u8; raw.len()];
-        let layout = Layout::for_weights(ty, k, n);
-        let mut wb = Buf::zeroed(raw.len());
-        if let Some(l) = layout {
-            packed::pack(l, ty, &raw, &mut packed_mem, n, k); // ggml's layout left zero on purpose
-        } else {
-            wb.bytes()[..raw.len()].copy_from_slice(&raw);
-        }
-        let mut w = contiguous(ty, [k, n, 1, 1], &mut wb);
-        w.packed = layout.map(|l| PackedRef { layout: l, data: packed_mem.as_ptr() });
-        let xs = random_f32(&mut rng, m * k, 1.0);
-        let mut xb = Buf::zeroed(xs.len() * 4);
-        xb.f32s()[..xs.len()].copy_from_slice(&xs);
-        let x = contiguous(DType::F32, [k, m, 1, 1], &mut xb);
-        let mut db = Buf::zeroed(m * n * 4);
-        let d = contiguous(DType::F32, [n, m, 1, 1], &mut db);
-        let nd = node(Op::MulMat, d, &[w, x]);
-        // Every mode that can run this product: the vector kernels, the tile path, and both
-        // at once (each output column then matches one of the two references).
-        // Both tile engines: bf16, and int8 (Q4_1, Q4_0, Q8_0, packed or not), which matrix
-        // runs and coop's tile side take, each with a scratch layout of its own.
-        #[cfg(target_arch = "x86_64")]
-        let engines = [Some(false), Some(true)];
-        #[cfg(not(target_arch = "x86_64"))]
-        let engines = [None];
-        for engine in engines {
+    each_tier("ops::mul_mat_every_mode_packed_and_plain_weights", || {
+        use crate::kernels::packed::{self, Layout, PackedRef};
+        let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rng = StdRng::seed_from_u64(19);
+        // 256 rows: four 64-row groups, so both sides of a coop run take some.
+        let shapes = [(1, 16, 1), (3, 48, 5), (15, 32, 3), (1, 64, 32), (16, 32, 2), (33, 48, 3), (5, 256, 2), (33, 256, 1)];
+        let types = [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::BF16, DType::F16, DType::Q4_1, DType::Q5_K];
+        for (ty, &(m, n, blocks)) in types.into_iter().flat_map(|t| shapes.iter().map(move |s| (t, s))) {
+            let k = blocks * ty.block_size();
+            let raw = random_weights(&mut rng, ty, n, k);
+            let mut packed_mem = vec![0u8; raw.len()];
+            let layout = Layout::for_weights(ty, k, n);
+            let mut wb = Buf::zeroed(raw.len());
+            if let Some(l) = layout {
+                packed::pack(l, ty, &raw, &mut packed_mem, n, k); // ggml's layout left zero on purpose
+            } else {
+                wb.bytes()[..raw.len()].copy_from_slice(&raw);
+            }
+            let mut w = contiguous(ty, [k, n, 1, 1], &mut wb);
+            w.packed = layout.map(|l| PackedRef { layout: l, data: packed_mem.as_ptr() });
+            let xs = random_f32(&mut rng, m * k, 1.0);
+            let mut xb = Buf::zeroed(xs.len() * 4);
+            xb.f32s()[..xs.len()].copy_from_slice(&xs);
+            let x = contiguous(DType::F32, [k, m, 1, 1], &mut xb);
+            let mut db = Buf::zeroed(m * n * 4);
+            let d = contiguous(DType::F32, [n, m, 1, 1], &mut db);
+            let nd = node(Op::MulMat, d, &[w, x]);
+            // Every mode that can run this product: the vector kernels, the tile path, and both
+            // at once (each output column then matches one of the two references).
+            // Both tile engines: bf16, and int8 (Q4_1, Q4_0, Q8_0, packed or not), which matrix
+            // runs and coop's tile side take, each with a scratch layout of its own.
             #[cfg(target_arch = "x86_64")]
-            super::matmul_amx::test_engine::set(engine);
-            for mode in Mode::ALL {
-                if mode != Mode::Vector && !super::matmul::matrix_feasible(&nd) {
-                    continue;
-                }
-                // Matrix runs with one tile driver (a shared unit) and with both.
-                for drivers in if mode == Mode::Matrix { 1..=2 } else { 1..=1 } {
-                    db.bytes().fill(0);
-                    Executor::new(2).compute_with_plans(&[nd], &[Plan::forced(mode, drivers)]);
-                    let int8 = engine == Some(true) && mode != Mode::Vector && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
-                    // The K-quants' int8 tile products quantize activations per 32 (Q8_1).
-                    let k_int8 = engine == Some(true) && matches!(ty, DType::Q4_K | DType::Q5_K);
-                    // The int8 engine quantizes activations as the vector kernels do.
-                    check_packed_product(ty, m, n, k, &raw, &xs, db.f32s(), if int8 { Mode::Vector } else { mode }, k_int8);
+            let engines = [Some(false), Some(true)];
+            #[cfg(not(target_arch = "x86_64"))]
+            let engines = [None];
+            for engine in engines {
+                #[cfg(target_arch = "x86_64")]
+                super::matmul_amx::test_engine::set(engine);
+                for mode in Mode::ALL {
+                    if mode != Mode::Vector && !super::matmul::matrix_feasible(&nd) {
+                        continue;
+                    }
+                    // Matrix runs with one tile driver (a shared unit) and with both.
+                    for drivers in if mode == Mode::Matrix { 1..=2 } else { 1..=1 } {
+                        db.bytes().fill(0);
+                        executor(2).compute_with_plans(&[nd], &[Plan::forced(mode, drivers)]).expect("graph failed");
+                        let int8 = engine == Some(true) && mode != Mode::Vector && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
+                        // The K-quants' int8 tile products quantize activations per 32 (Q8_1).
+                        let k_int8 = engine == Some(true) && matches!(ty, DType::Q4_K | DType::Q5_K);
+                        // The int8 engine quantizes activations as the vector kernels do.
+                        check_packed_product(ty, m, n, k, &raw, &xs, db.f32s(), if int8 { Mode::Vector } else { mode }, k_int8);
+                    }
                 }
             }
+            #[cfg(target_arch = "x86_64")]
+            super::matmul_amx::test_engine::set(None);
         }
-        #[cfg(target_arch = "x86_64")]
-        super::matmul_amx::test_engine::set(None);
-    }
+    });
 }
 
 /// Checks `got` (m x n) against the references of `mode`: bf16 operands with f32
@@ -861,6 +904,7 @@ fn check_packed_product(ty: DType, m: usize, n: usize, k: usize, raw: &[u8], xs:
 #[test]
 fn int8_products_are_bit_identical_to_ggml_order_in_every_mode() {
     use crate::kernels::packed::{self, Layout, PackedRef};
+    log_tiers_run("ops int8 order", KernelSet::available()[1..].iter().map(|s| s.name));
     let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = StdRng::seed_from_u64(23);
     let h = |b: &[u8], o: usize| f16::from_bits(u16::from_le_bytes([b[o], b[o + 1]])).to_f32();
@@ -876,7 +920,7 @@ fn int8_products_are_bit_identical_to_ggml_order_in_every_mode() {
             let mut want_avx2 = vec![0f32; m * n];
             let mut qa = vec![0u8; act_ty.row_bytes(k)];
             for r in 0..m {
-                (crate::kernels::quant::kernels(act_ty).unwrap().from_f32.unwrap())(&xs[r * k..(r + 1) * k], &mut qa);
+                (scalar_kernels(act_ty).unwrap().from_f32.unwrap())(&xs[r * k..(r + 1) * k], &mut qa);
                 for c in 0..n {
                     let mut f = 0f32;
                     // ggml's AVX2 order: eight lanes of four elements, summed at the end.
@@ -932,14 +976,18 @@ fn int8_products_are_bit_identical_to_ggml_order_in_every_mode() {
                     if mode != Mode::Matrix && !is_packed {
                         continue; // vector dots of unpacked weights follow ggml's vec_dot instead
                     }
-                    db.bytes().fill(0);
-                    Executor::new(2).compute_with_plans(&[nd], &[Plan::forced(mode, 1)]);
-                    // The vector kernels follow ggml-cpu's order on the same CPU: its AVX2 dot
-                    // where the AVX2 tier runs, else its VNNI / AMX order.
-                    // (Q4_0 keeps the block order: stock repacks it on AVX2, see packed::avx2.)
-                    let want = if mode == Mode::Vector && packed::gemv_tier() == "avx2" && ty != DType::Q4_0 { &want_avx2 } else { &want };
-                    for (i, (g, w)) in db.f32s()[..m * n].iter().zip(want).enumerate() {
-                        assert_eq!(g.to_bits(), w.to_bits(), "{ty:?} {m}x{n}x{k} packed={is_packed} {mode:?} at ({}, {}): {g} vs {w}", i / n, i % n);
+                    // The vector mode on every SIMD tier, the tile modes beside the process's.
+                    let sets: Vec<&KernelSet> = if mode == Mode::Vector { KernelSet::available()[1..].iter().collect() } else { vec![registry::active()] };
+                    for ks in sets {
+                        db.bytes().fill(0);
+                        Executor::with_kernels(2, ks).compute_with_plans(&[nd], &[Plan::forced(mode, 1)]).expect("graph failed");
+                        // The vector kernels follow ggml-cpu's order on the same CPU: its AVX2
+                        // dot on the AVX2 tier, else its VNNI / AMX order. (Q4_0 keeps the
+                        // block order: stock repacks it on AVX2, see packed::avx2.)
+                        let want = if mode == Mode::Vector && ks.tier == crate::kernels::Tier::Avx2 && ty != DType::Q4_0 { &want_avx2 } else { &want };
+                        for (i, (g, w)) in db.f32s()[..m * n].iter().zip(want).enumerate() {
+                            assert_eq!(g.to_bits(), w.to_bits(), "{ty:?} {m}x{n}x{k} packed={is_packed} {mode:?} {} at ({}, {}): {g} vs {w}", ks.name, i / n, i % n);
+                        }
                     }
                 }
                 super::matmul_amx::test_engine::set(None);

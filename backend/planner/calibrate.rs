@@ -15,7 +15,8 @@ use super::{Mode, Plan};
 use crate::dtype::DType;
 use crate::exec::Executor;
 use crate::kernels::packed::{self, Layout, PackedRef};
-use crate::kernels::quant::kernels;
+use crate::kernels::quant::TypeKernels;
+use crate::kernels::registry::{self, Tier};
 use crate::ops::{Node, Op};
 use crate::kernels::roofs;
 use crate::tensor::TensorRef;
@@ -165,11 +166,11 @@ fn node_overhead(cores: usize) -> f64 {
     let nodes = vec![node; 500];
     let plans = vec![Plan::STATIC; nodes.len()];
     let mut exec = Executor::new(cores);
-    exec.compute_with_plans(&nodes, &plans);
+    exec.compute_with_plans(&nodes, &plans).expect("calibration graph failed");
     (0..5)
         .map(|_| {
             let t0 = Instant::now();
-            exec.compute_with_plans(&nodes, &plans);
+            exec.compute_with_plans(&nodes, &plans).expect("calibration graph failed");
             t0.elapsed().as_secs_f64() / nodes.len() as f64
         })
         .fold(f64::INFINITY, f64::min)
@@ -211,36 +212,45 @@ fn matrix_units(_: usize, _: TileFits) -> (Option<MatrixUnits>, f64) {
     (None, 0.0)
 }
 
-/// fp32 FMA and int8 dot peaks of one core, ops/s.
+/// The process's table entry of `ty`: calibration measures the kernels the process runs.
+fn kernels(ty: DType) -> Option<&'static TypeKernels> {
+    registry::active().kernels(ty)
+}
+
+/// fp32 FMA and int8 dot peaks of one core on the process's tier, ops/s.
 fn vector_peaks() -> (f64, f64) {
+    let tier = registry::active().tier;
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni") {
+    if tier == Tier::Avx512 {
         const ITERS: usize = 2_000_000;
         let time = |f: &dyn Fn()| {
             let t0 = Instant::now();
             f();
             t0.elapsed().as_secs_f64()
         };
-        // SAFETY: AVX-512 F and VNNI were detected; the loops touch registers only.
+        // SAFETY: the AVX-512 tier runs only where AVX-512 F and VNNI were detected; the
+        // loops touch registers only.
         let fma = time(&|| unsafe { crate::kernels::peak::fma_burst(ITERS) });
         let dot = time(&|| unsafe { crate::kernels::peak::vnni_burst(ITERS) });
         // 8 instructions per iteration, 16 lanes: FMA 2 flops per lane, VNNI 4 x 2 ops per lane.
         return ((ITERS * 8 * 16 * 2) as f64 / fma, (ITERS * 8 * 16 * 8) as f64 / dot);
     }
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+    if tier == Tier::Avx2 {
         const ITERS: usize = 2_000_000;
         let time = |f: &dyn Fn()| {
             let t0 = Instant::now();
             f();
             t0.elapsed().as_secs_f64()
         };
-        // SAFETY: AVX2 and FMA were detected; the loops touch registers only.
+        // SAFETY: the AVX2 tier runs only where AVX2 and FMA were detected; the loops
+        // touch registers only.
         let fma = time(&|| unsafe { crate::kernels::peak::fma256_burst(ITERS) });
         let dot = time(&|| unsafe { crate::kernels::peak::maddubs256_burst(ITERS) });
         // 8 instructions per iteration: FMA 8 lanes x 2 flops; vpmaddubsw 32 products, 2 ops each.
         return ((ITERS * 8 * 8 * 2) as f64 / fma, (ITERS * 8 * 32 * 2) as f64 / dot);
     }
+    let _ = tier;
     // Portable estimate: a plain multiply-add loop the compiler vectorizes for the baseline.
     let mut acc = [1f32; 64];
     let n = 4_000_000;
@@ -302,11 +312,11 @@ pub fn tensor(ty: DType, ne: [usize; 4], data: *mut u8) -> TensorRef {
 /// Best seconds of `reps` runs of `node` with `plan` (after one warm-up run).
 fn time_plan(exec: &mut Executor, node: &Node, plan: Plan, reps: usize) -> f64 {
     let plan = [plan];
-    exec.compute_with_plans(std::slice::from_ref(node), &plan);
+    exec.compute_with_plans(std::slice::from_ref(node), &plan).expect("calibration graph failed");
     (0..reps)
         .map(|_| {
             let t0 = Instant::now();
-            exec.compute_with_plans(std::slice::from_ref(node), &plan);
+            exec.compute_with_plans(std::slice::from_ref(node), &plan).expect("calibration graph failed");
             t0.elapsed().as_secs_f64()
         })
         .fold(f64::INFINITY, f64::min)

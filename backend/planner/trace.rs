@@ -40,7 +40,7 @@ pub fn predict_node(p: &MachineProfile, node: &Node, threads: usize) -> f64 {
             let (q, k, v) = (node.src(0), node.src(1), node.src(2));
             let (n_q, n_kv) = (q.ne[1], k.ne[1]);
             let units = (n_q * q.ne[2] * q.ne[3] * n_kv * (k.ne[0] + v.ne[0])) as f64;
-            let ns = if crate::ops::attention::takes_blocked_path(node) {
+            let ns = if crate::ops::attention::takes_blocked_path(node, crate::kernels::registry::active()) {
                 // The blocked path skips key blocks the causal mask hides: query i of a
                 // batch of n_q sees the keys up to its own, about n_kv - n_q / 2 on average.
                 let seen = if node.src[3].is_some() && n_q <= n_kv { (n_kv as f64 - n_q as f64 / 2.0) / n_kv as f64 } else { 1.0 };

@@ -3,6 +3,8 @@
 #[derive(Clone, Debug, Default)]
 pub struct CpuFeatures {
     pub avx512f: bool,
+    pub avx512bw: bool,
+    pub avx512vl: bool,
     pub avx512_vnni: bool,
     pub avx512_bf16: bool,
     pub avx512_fp16: bool,
@@ -26,10 +28,14 @@ impl CpuFeatures {
         #[cfg(target_arch = "x86_64")]
         {
             f.avx512f = is_x86_feature_detected!("avx512f");
+            f.avx512bw = is_x86_feature_detected!("avx512bw");
+            f.avx512vl = is_x86_feature_detected!("avx512vl");
             f.avx512_vnni = is_x86_feature_detected!("avx512vnni");
             f.avx512_bf16 = is_x86_feature_detected!("avx512bf16");
             f.avx512_fp16 = is_x86_feature_detected!("avx512fp16");
-            f.avx2_fma_f16c = crate::kernels::quant::avx2::detected();
+            f.avx2_fma_f16c = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
             let amx = amx_cpuid();
             f.amx_tile = amx.0;
             f.amx_int8 = amx.1;
@@ -45,6 +51,12 @@ impl CpuFeatures {
             f.sme2 = hwcap2 & (1 << 37) != 0;
         }
         f
+    }
+
+    /// Everything the AVX-512 tier is compiled with: F, BW, VL and VNNI, plus AVX2, FMA
+    /// and F16C.
+    pub fn avx512_tier(&self) -> bool {
+        self.avx512f && self.avx512bw && self.avx512vl && self.avx512_vnni && self.avx2_fma_f16c
     }
 
     /// The matrix unit is usable (and not disabled by configuration).

@@ -8,7 +8,12 @@
 use super::gemm::I8_KBLOCK;
 use crate::dtype::DType;
 use crate::kernels::packed::Layout;
-use crate::kernels::quant::kernels;
+use crate::kernels::quant::TypeKernels;
+
+/// The process's table entry of `ty` (the tile kernels run beside the process's tier).
+fn kernels(ty: DType) -> Option<&'static TypeKernels> {
+    crate::kernels::registry::active().kernels(ty)
+}
 use half::f16;
 
 /// The weight types with an int8 unpacker, and whether they carry a per-block minimum.

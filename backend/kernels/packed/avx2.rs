@@ -19,7 +19,7 @@ pub use crate::kernels::quant::avx2::detected;
 /// Checked entry, as the AVX-512 tier's: lengths first, then the SIMD body. `groups` holds
 /// `ng` consecutive row groups; `out[gi * m + j]` receives group gi against activation row j.
 /// Panics if the CPU lacks the tier (see [`detected`]).
-pub fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
+pub(super) fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
     assert!(detected(), "AVX2 GEMV on a CPU without AVX2, FMA and F16C");
     let (ab, m) = (layout.act_type().block_bytes(), acts.len());
     let gbytes = nb * layout.group_block();

@@ -11,7 +11,7 @@ const PREFETCH_AHEAD: usize = 2304;
 
 /// Checked entry: lengths first, then the SIMD body. `groups` holds `ng` consecutive row
 /// groups; `out[gi * m + j]` receives group gi against activation row j.
-pub fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
+pub(super) fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
     let (ab, m) = (layout.act_type().block_bytes(), acts.len());
     let gbytes = nb * layout.group_block();
     assert!(groups.len() >= ng * gbytes && out.len() >= ng * m);
@@ -320,8 +320,12 @@ unsafe fn q4_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
     store_groups(&f, out);
 }
 
-/// Checked entry of the row dequantizers.
-pub fn row_to_f32(layout: Layout, group: &[u8], nb: usize, r: usize, out: &mut [f32]) {
+/// Checked entry of the row dequantizers (Q4_0 and Q8_0; the other layouts take the portable
+/// reader, which gives the same bits).
+pub(super) fn row_to_f32(layout: Layout, group: &[u8], nb: usize, r: usize, out: &mut [f32]) {
+    if !matches!(layout, Layout::Q4_0x16 | Layout::Q8_0x16) {
+        return super::row_to_f32_scalar(layout, group, nb, r, out);
+    }
     assert!(r < 16 && group.len() >= nb * layout.group_block() && out.len() >= nb * 32);
     // SAFETY: lengths checked; reached only after runtime detection of AVX-512 F/BW (mod.rs).
     unsafe {

@@ -25,7 +25,7 @@ mod avx512;
 mod tests;
 
 use crate::dtype::DType;
-use crate::kernels::quant::{kernels, TypeKernels};
+use crate::kernels::quant::{scalar_kernels, TypeKernels};
 use lanes::BlockShape;
 
 /// A packed layout of a weight matrix.
@@ -143,22 +143,50 @@ fn for_row_chunks(layout: Layout, group: &[u8], nb: usize, r: usize, mut f: impl
     }
 }
 
-/// Row `row` of a packed tensor with `k` columns, dequantized to f32.
-pub fn row_to_f32(p: &PackedRef, k: usize, row: usize, out: &mut [f32]) {
-    let (ty, bk) = (p.layout.ty(), p.layout.ty().block_size());
-    let (nb, gb) = (k / bk, p.layout.group_bytes(k));
-    // SAFETY: the packed copy holds every group of the tensor; row < n (caller).
-    let group = unsafe { std::slice::from_raw_parts(p.data.add((row / 16) * gb), gb) };
-    #[cfg(target_arch = "x86_64")]
-    if matches!(p.layout, Layout::Q4_0x16 | Layout::Q8_0x16) && crate::kernels::quant::avx512::detected() && !crate::kernels::quant::force_scalar() {
-        return avx512::row_to_f32(p.layout, group, nb, row % 16, out);
-    }
-    row_to_f32_portable(kernels(ty).expect("packed type in the table"), p.layout, group, nb, row % 16, out)
+/// Dots of `ng` consecutive 16-row groups of packed weights (`groups`) with `m` activation
+/// rows `acts[i]` (in the weight type's activation format: Q8_0, Q8_1 or Q8_K; for Q8_0 also
+/// `sums[i][b]` = the sum of block b's quants, which the other formats carry inside):
+/// `out[gi * m + i][r]` for row r of group gi.
+pub type GemvFn = fn(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]);
+/// Row `r` (below 16) of one packed group of `nb` blocks, dequantized to f32.
+pub type RowToF32Fn = fn(layout: Layout, group: &[u8], nb: usize, r: usize, out: &mut [f32]);
+
+/// One tier's packed-weight kernels.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    /// The packed layout the tier's GEMV reads for weights of a type and shape, if any.
+    pub layout_for: fn(ty: DType, k: usize, n: usize) -> Option<Layout>,
+    pub gemv: GemvFn,
+    pub row_to_f32: RowToF32Fn,
 }
 
-/// Row `r` of one group back in ggml's layout, chunk by chunk, through the table's
-/// dequantizer `k` (the portable path, and the reference of the others).
-pub(crate) fn row_to_f32_portable(k: &TypeKernels, layout: Layout, group: &[u8], nb: usize, r: usize, out: &mut [f32]) {
+/// The portable tier: each row gathered back into ggml's layout, through the scalar table.
+pub const SCALAR: Kernels = Kernels { layout_for: Layout::for_weights, gemv: gemv_scalar, row_to_f32: row_to_f32_scalar };
+
+/// The AVX2 tier, when this CPU runs it.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_kernels() -> Option<Kernels> {
+    avx2::detected().then_some(Kernels { layout_for: Layout::for_weights, gemv: avx2::gemv, row_to_f32: row_to_f32_scalar })
+}
+
+/// The AVX-512 VNNI tier, when this CPU runs it.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_kernels() -> Option<Kernels> {
+    crate::kernels::quant::avx512::detected().then_some(Kernels { layout_for: Layout::for_weights, gemv: avx512::gemv, row_to_f32: avx512::row_to_f32 })
+}
+
+/// Row `row` of a packed tensor with `k` columns, dequantized to f32 by `kern`.
+pub fn row_to_f32(kern: &Kernels, p: &PackedRef, k: usize, row: usize, out: &mut [f32]) {
+    let (nb, gb) = (k / p.layout.ty().block_size(), p.layout.group_bytes(k));
+    // SAFETY: the packed copy holds every group of the tensor; row < n (caller).
+    let group = unsafe { std::slice::from_raw_parts(p.data.add((row / 16) * gb), gb) };
+    (kern.row_to_f32)(p.layout, group, nb, row % 16, out)
+}
+
+/// Row `r` of one group back in ggml's layout, chunk by chunk, through the scalar table's
+/// dequantizer (the portable tier, and the reference of the others).
+pub(crate) fn row_to_f32_scalar(layout: Layout, group: &[u8], nb: usize, r: usize, out: &mut [f32]) {
+    let k = scalar_kernels(layout.ty()).expect("packed type in the table");
     let bk = layout.ty().block_size();
     assert!(r < 16 && out.len() >= nb * bk);
     for_row_chunks(layout, group, nb, r, |b0, blocks| {
@@ -167,41 +195,14 @@ pub(crate) fn row_to_f32_portable(k: &TypeKernels, layout: Layout, group: &[u8],
     });
 }
 
-/// Dots of `ng` consecutive 16-row groups of packed weights (`groups`) with `m` activation
-/// rows `acts[i]` (in the weight type's activation format: Q8_0 or Q8_K; for Q8_0 also
-/// `sums[i][b]` = the sum of block b's quants, which the other formats carry inside):
-/// `out[gi * m + i][r]` for row r of group gi. The fastest tier this CPU runs (AVX-512 VNNI,
-/// else AVX2); the portable
-/// path gathers each row back into ggml's layout and uses the kernel table's dot.
-pub fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::kernels::quant::avx512::detected() && !crate::kernels::quant::force_scalar() {
-        return avx512::gemv(layout, nb, groups, ng, acts, sums, out);
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2::detected() && !crate::kernels::quant::force_scalar() {
-        return avx2::gemv(layout, nb, groups, ng, acts, sums, out);
-    }
-    let _ = sums;
+/// The portable GEMV: each row of each group gathered back into ggml's layout and dotted by
+/// the scalar table (the reference of the SIMD tiers).
+pub(crate) fn gemv_scalar(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], _sums: &[&[i32]], out: &mut [[f32; 16]]) {
     let (m, gbytes) = (acts.len(), nb * layout.group_block());
-    let k = kernels(layout.ty()).expect("packed type in the table");
+    let k = scalar_kernels(layout.ty()).expect("packed type in the table");
     for gi in 0..ng {
         gemv_portable(k, layout, nb, &groups[gi * gbytes..(gi + 1) * gbytes], acts, &mut out[gi * m..(gi + 1) * m]);
     }
-}
-
-/// The tier [`gemv`] runs here: "avx512", "avx2" or "portable".
-pub fn gemv_tier() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if !crate::kernels::quant::force_scalar() {
-        if crate::kernels::quant::avx512::detected() {
-            return "avx512";
-        }
-        if avx2::detected() {
-            return "avx2";
-        }
-    }
-    "portable"
 }
 
 /// Consecutive groups [`gemv`] streams side by side for one activation row (decode): several

@@ -3,6 +3,8 @@
 
 use super::{Layout, PackedRef};
 use crate::dtype::DType;
+use crate::kernels::registry::{active, log_tiers_run};
+use crate::kernels::KernelSet;
 use crate::kernels::quant::scalar_kernels;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -57,13 +59,17 @@ fn pack_unpack_round_trip_and_rows_match_ggml() {
             for r in 0..n {
                 (sk.to_f32)(&raw[r * rb..(r + 1) * rb], &mut want);
                 let p = PackedRef { layout, data: packed.as_ptr() };
-                super::row_to_f32(&p, k, r, &mut got);
-                assert_eq!(got, want, "{layout:?} row {r}");
-                super::row_to_f32_portable(sk, layout, &packed[(r / 16) * gb..(r / 16 + 1) * gb], nb, r % 16, &mut got);
+                for ks in KernelSet::available() {
+                    got.fill(f32::NAN);
+                    super::row_to_f32(&ks.packed, &p, k, r, &mut got);
+                    assert_eq!(got, want, "{layout:?} {} row {r}", ks.name);
+                }
+                super::row_to_f32_scalar(layout, &packed[(r / 16) * gb..(r / 16 + 1) * gb], nb, r % 16, &mut got);
                 assert_eq!(got, want, "{layout:?} portable row {r}");
             }
         }
     }
+    log_tiers_run("packed row_to_f32", KernelSet::available().iter().map(|s| s.name));
 }
 
 #[test]
@@ -96,51 +102,44 @@ fn gemv_tiers_match_the_scalar_block_dot() {
             let s_refs: Vec<&[i32]> = sums.iter().map(|s| s.as_slice()).collect();
             let gb = layout.group_bytes(k);
             let rb = ty.row_bytes(k);
-            // Four groups at once: the decode path streams them side by side.
-            let mut four = vec![[0f32; 16]; 4 * m];
-            if n >= 64 {
-                super::gemv(layout, nb, &packed[..4 * gb], 4, &a_refs, &s_refs, &mut four);
-            }
-            for g in 0..n / 16 {
-                let group = &packed[g * gb..(g + 1) * gb];
-                let mut fast = vec![[0f32; 16]; m];
-                let mut portable = vec![[0f32; 16]; m];
-                super::gemv(layout, nb, group, 1, &a_refs, &s_refs, &mut fast);
-                let fused = (g < 4 && n >= 64).then(|| &four[g * m..(g + 1) * m]);
-                // The AVX2 tier too where the CPU has it, whichever tier `gemv` picked.
-                #[cfg(target_arch = "x86_64")]
-                let avx2 = super::avx2::detected().then(|| {
-                    let mut o = vec![[0f32; 16]; m];
-                    super::avx2::gemv(layout, nb, group, 1, &a_refs, &s_refs, &mut o);
-                    o
-                });
-                #[cfg(not(target_arch = "x86_64"))]
-                let avx2: Option<Vec<[f32; 16]>> = None;
-                super::gemv_portable(sk, layout, nb, group, &a_refs, &mut portable);
-                for i in 0..m {
-                    for r in 0..16 {
-                        let row = &raw[(g * 16 + r) * rb..][..rb];
-                        let want = (sk.vec_dot.unwrap())(k, row, &acts[i]);
-                        // Bound: float rounding of the per-block partial sums, relative to the
-                        // sum of their magnitudes (estimated from the dequantized rows).
-                        let (mut wf, mut af) = (vec![0f32; k], vec![0f32; k]);
-                        (sk.to_f32)(row, &mut wf);
-                        (scalar_kernels(at).unwrap().to_f32)(&acts[i], &mut af);
-                        let mag: f32 = wf.iter().zip(&af).map(|(a, b)| (a * b).abs()).sum();
-                        let tol = 1e-5 * mag + 1e-6;
-                        assert!((portable[i][r] - want).abs() <= tol, "{layout:?} portable n={n} nb={nb} ({i},{r}): {} vs {want}", portable[i][r]);
-                        assert!((fast[i][r] - want).abs() <= tol, "{layout:?} fast n={n} nb={nb} ({i},{r}): {} vs {want} (tol {tol})", fast[i][r]);
-                        if let Some(o) = &avx2 {
-                            assert!((o[i][r] - want).abs() <= tol, "{layout:?} avx2 n={n} nb={nb} ({i},{r}): {} vs {want}", o[i][r]);
-                        }
-                        if let Some(f) = fused {
-                            assert!((f[i][r] - want).abs() <= tol, "{layout:?} four groups n={n} nb={nb} g={g} ({i},{r}): {} vs {want}", f[i][r]);
+            for ks in KernelSet::available() {
+                let gemv = ks.packed.gemv;
+                // Four groups at once: the decode path streams them side by side.
+                let mut four = vec![[0f32; 16]; 4 * m];
+                if n >= 64 {
+                    gemv(layout, nb, &packed[..4 * gb], 4, &a_refs, &s_refs, &mut four);
+                }
+                for g in 0..n / 16 {
+                    let group = &packed[g * gb..(g + 1) * gb];
+                    let mut fast = vec![[f32::NAN; 16]; m];
+                    let mut portable = vec![[0f32; 16]; m];
+                    gemv(layout, nb, group, 1, &a_refs, &s_refs, &mut fast);
+                    let fused = (g < 4 && n >= 64).then(|| &four[g * m..(g + 1) * m]);
+                    super::gemv_portable(sk, layout, nb, group, &a_refs, &mut portable);
+                    for i in 0..m {
+                        for r in 0..16 {
+                            let row = &raw[(g * 16 + r) * rb..][..rb];
+                            let want = (sk.vec_dot.unwrap())(k, row, &acts[i]);
+                            // Bound: float rounding of the per-block partial sums, relative to
+                            // the sum of their magnitudes (estimated from the dequantized rows).
+                            let (mut wf, mut af) = (vec![0f32; k], vec![0f32; k]);
+                            (sk.to_f32)(row, &mut wf);
+                            (scalar_kernels(at).unwrap().to_f32)(&acts[i], &mut af);
+                            let mag: f32 = wf.iter().zip(&af).map(|(a, b)| (a * b).abs()).sum();
+                            let tol = 1e-5 * mag + 1e-6;
+                            let tier = ks.name;
+                            assert!((portable[i][r] - want).abs() <= tol, "{layout:?} portable n={n} nb={nb} ({i},{r}): {} vs {want}", portable[i][r]);
+                            assert!((fast[i][r] - want).abs() <= tol, "{layout:?} {tier} n={n} nb={nb} ({i},{r}): {} vs {want} (tol {tol})", fast[i][r]);
+                            if let Some(f) = fused {
+                                assert!((f[i][r] - want).abs() <= tol, "{layout:?} {tier} four groups n={n} nb={nb} g={g} ({i},{r}): {} vs {want}", f[i][r]);
+                            }
                         }
                     }
                 }
             }
         }
     }
+    log_tiers_run("packed gemv", KernelSet::available().iter().map(|s| s.name));
 }
 
 /// Throughput of the packed GEMVs on cache-resident weights (ignored; by hand).
@@ -166,7 +165,7 @@ fn gemv_cache_resident_speed() {
             let t0 = std::time::Instant::now();
             for _ in 0..reps {
                 for g in (0..n / 16).step_by(ng) {
-                    super::gemv(layout, nb, &packed[g * gb..(g + ng) * gb], ng, &[&act], &[&sums], &mut out);
+                    (active().packed.gemv)(layout, nb, &packed[g * gb..(g + ng) * gb], ng, &[&act], &[&sums], &mut out);
                 }
             }
             let dt = t0.elapsed().as_secs_f64();

@@ -23,9 +23,14 @@ pub fn detected() -> bool {
 }
 
 /// The tier's table, or `None` when the CPU lacks the features. Built once.
-pub(super) fn table() -> Option<&'static Table> {
+pub(crate) fn table() -> Option<&'static Table> {
     static TABLE: OnceLock<Option<Table>> = OnceLock::new();
     TABLE.get_or_init(build).as_ref()
+}
+
+/// The tier's register-blocked dots (the BF16 prefill tile).
+pub(crate) fn dense_kernels() -> super::DenseKernels {
+    super::DenseKernels { bf16_block_4x3: detected().then_some(dot_bf16_block as super::Bf16Block4x3Fn), bf16_rows_4: None }
 }
 
 fn build() -> Option<Table> {

@@ -39,7 +39,7 @@ pub fn has_bf16() -> bool {
 }
 
 /// The tier's table and its name, or `None` when the CPU lacks the features. Built once.
-pub(super) fn table() -> Option<(&'static Table, &'static str)> {
+pub(crate) fn table() -> Option<(&'static Table, &'static str)> {
     static TABLE: OnceLock<Option<(Table, &'static str)>> = OnceLock::new();
     TABLE
         .get_or_init(|| {
@@ -48,6 +48,11 @@ pub(super) fn table() -> Option<(&'static Table, &'static str)> {
         })
         .as_ref()
         .map(|(t, name)| (t, *name))
+}
+
+/// The tier's register-blocked dots (BF16 rows four at a time with AVX512-BF16).
+pub(crate) fn dense_kernels() -> super::DenseKernels {
+    super::DenseKernels { bf16_block_4x3: None, bf16_rows_4: has_bf16().then_some(dot_bf16_x4 as super::Bf16Rows4Fn) }
 }
 
 /// Builds the tier's table, with (`bf16 = true`) or without `vdpbf16ps` for the BF16 dot.

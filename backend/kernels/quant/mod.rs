@@ -2,13 +2,10 @@
 //! for each element type, how to convert a row to / from f32 and how to dot a weight row with
 //! an activation row of its `vec_dot_type`.
 //!
-//! Tiers:
-//! * [`scalar_kernels`]: the scalar reference ([`scalar`]), always present, on every target;
-//! * [`kernels`]: the fastest tier this CPU runs, chosen once at first use by runtime feature
-//!   detection (AVX-512 + VNNI on x86-64, see [`avx512`]; else AVX2 + FMA + F16C for the float
-//!   types, see [`avx2`]); entries without a SIMD version fall
-//!   back to the scalar function. `SMEPILOT_FORCE_SCALAR=1` (read once) selects the scalar
-//!   tier everywhere.
+//! Tiers: the scalar reference ([`scalar`], [`scalar_kernels`]) on every target; AVX-512 +
+//! VNNI ([`avx512`]) and AVX2 + FMA + F16C ([`avx2`]) on x86-64, whose entries without a SIMD
+//! version are the scalar function. The registry (`kernels::registry`) decides which table
+//! runs.
 //!
 //! Numerics follow ggml's CPU backend: activations are quantized as ggml-cpu does on the same
 //! architecture, quantized dots sum int32 per block and scale in f32, float dots accumulate in
@@ -30,7 +27,6 @@ pub mod avx512;
 mod tests;
 
 use crate::dtype::DType;
-use std::sync::OnceLock;
 
 /// Converts `dst.len()` elements (a multiple of the block size) from a row of this type to f32.
 pub type ToF32Fn = fn(src: &[u8], dst: &mut [f32]);
@@ -73,7 +69,7 @@ pub const TYPES: [DType; N_TYPES] = [
 ];
 
 /// Index of `ty` in [`TYPES`].
-const fn slot(ty: DType) -> Option<usize> {
+pub(crate) const fn slot(ty: DType) -> Option<usize> {
     Some(match ty {
         DType::F32 => 0,
         DType::F16 => 1,
@@ -90,58 +86,31 @@ const fn slot(ty: DType) -> Option<usize> {
     })
 }
 
-type Table = [TypeKernels; N_TYPES];
+pub type Table = [TypeKernels; N_TYPES];
 
-struct Active {
-    table: &'static Table,
-    name: &'static str,
+/// The BF16 dots of 4 weight rows with 3 activation rows, `out[i][j]` = row i · act j (`None`
+/// when a row holds fewer than n values).
+pub type Bf16Block4x3Fn = fn(n: usize, w: [&[u8]; 4], a: [&[u8]; 3]) -> Option<[[f32; 3]; 4]>;
+/// The BF16 dots of 4 weight rows with one activation row (`None` as above).
+pub type Bf16Rows4Fn = fn(n: usize, w: [&[u8]; 4], a: &[u8]) -> Option<[f32; 4]>;
+
+/// Register-blocked dots a tier has beside its table's single dots; each gives the bits of
+/// the table's dot on every output it computes.
+#[derive(Clone, Copy)]
+pub struct DenseKernels {
+    /// BF16 prefill tile: each converted chunk serves 3 or 4 products instead of one.
+    pub bf16_block_4x3: Option<Bf16Block4x3Fn>,
+    /// BF16 decode: four weight rows (four DRAM streams) per activation row.
+    pub bf16_rows_4: Option<Bf16Rows4Fn>,
 }
 
-fn active() -> &'static Active {
-    static ACTIVE: OnceLock<Active> = OnceLock::new();
-    ACTIVE.get_or_init(|| {
-        let scalar = Active {
-            table: &scalar::TABLE,
-            name: "scalar",
-        };
-        if force_scalar() {
-            return scalar;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if let Some((table, name)) = avx512::table() {
-            return Active { table, name };
-        }
-        #[cfg(target_arch = "x86_64")]
-        if let Some(table) = avx2::table() {
-            return Active { table, name: "avx2" };
-        }
-        scalar
-    })
-}
-
-/// Whether `SMEPILOT_FORCE_SCALAR` asks for the scalar tier (set, non-empty and not "0").
-/// Read once.
-pub fn force_scalar() -> bool {
-    static FORCE: OnceLock<bool> = OnceLock::new();
-    *FORCE.get_or_init(|| {
-        std::env::var_os("SMEPILOT_FORCE_SCALAR").is_some_and(|v| !v.is_empty() && v != "0")
-    })
-}
-
-/// The fastest kernels for `ty` on this CPU (scalar if `SMEPILOT_FORCE_SCALAR=1`);
-/// `None` for a type not in the table.
-pub fn kernels(ty: DType) -> Option<&'static TypeKernels> {
-    slot(ty).map(|i| &active().table[i])
+impl DenseKernels {
+    pub const NONE: DenseKernels = DenseKernels { bf16_block_4x3: None, bf16_rows_4: None };
 }
 
 /// The scalar reference kernels for `ty`, always available.
 pub fn scalar_kernels(ty: DType) -> Option<&'static TypeKernels> {
     slot(ty).map(|i| &scalar::TABLE[i])
-}
-
-/// Name of the tier [`kernels`] returns: "scalar", "avx2", "avx512" or "avx512+bf16".
-pub fn active_tier() -> &'static str {
-    active().name
 }
 
 // ---------------------------------------------------------------------------------------------

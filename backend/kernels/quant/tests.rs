@@ -13,20 +13,24 @@ mod ggml_xcheck;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Every tier to check against the scalar one: the active tier, and on x86 each AVX-512
-/// variant this CPU runs (with and without `vdpbf16ps`).
+/// Every tier to check against the scalar one: each registered tier this CPU runs, and on
+/// x86 each AVX-512 variant (with and without `vdpbf16ps`).
 fn fast_tiers() -> Vec<(&'static str, &'static Table)> {
-    let mut v: Vec<(&'static str, &'static Table)> = vec![("active", active().table)];
+    let mut v: Vec<(&'static str, &'static Table)> =
+        crate::kernels::KernelSet::available()[1..].iter().map(|s| (s.name, s.quant)).collect();
     #[cfg(target_arch = "x86_64")]
     {
         if let Some(t) = avx512::table_with(false) {
-            v.push(("avx512", Box::leak(Box::new(t))));
-        }
-        if let Some(t) = avx512::table_with(true) {
-            v.push(("avx512+bf16", Box::leak(Box::new(t))));
+            v.push(("avx512 without bf16", Box::leak(Box::new(t))));
         }
     }
+    crate::kernels::registry::log_tiers_run("quant", v.iter().map(|(n, _)| *n));
     v
+}
+
+/// The process's table entry of `ty`.
+fn kernels(ty: DType) -> Option<&'static TypeKernels> {
+    crate::kernels::registry::active().kernels(ty)
 }
 
 fn entry(table: &'static Table, ty: DType) -> &'static TypeKernels {
@@ -226,30 +230,11 @@ fn table_matches_ggml_type_traits() {
     }
 }
 
-#[test]
-#[cfg(target_arch = "x86_64")]
-fn fastest_detected_tier_is_active() {
-    if force_scalar() {
-        assert_eq!(active_tier(), "scalar");
-    } else if avx512::detected() {
-        assert!(
-            active_tier().starts_with("avx512"),
-            "tier {}",
-            active_tier()
-        );
-        assert_eq!(active_tier() == "avx512+bf16", avx512::has_bf16());
-    } else if super::avx2::detected() {
-        assert_eq!(active_tier(), "avx2");
-    } else {
-        assert_eq!(active_tier(), "scalar");
-    }
-}
-
 /// Run in a child process by `force_scalar_env_selects_scalar`; prints the tier.
 #[test]
 #[ignore]
 fn report_tier() {
-    println!("SMEPILOT_TIER={}", active_tier());
+    println!("SMEPILOT_TIER={}", crate::kernels::registry::active().name);
 }
 
 #[test]
@@ -1090,7 +1075,7 @@ fn bf16_four_row_dot_matches_single_dots_bit_for_bit() {
         return;
     }
     let mut rng = StdRng::seed_from_u64(31);
-    let dot = kernels(DType::BF16).unwrap().vec_dot.unwrap();
+    let dot = crate::kernels::KernelSet::get(crate::kernels::Tier::Avx512).unwrap().kernels(DType::BF16).unwrap().vec_dot.unwrap();
     for n in [3072, 32, 1, 17, 200, 131, 512 + 48] {
         let bytes = |rng: &mut StdRng| -> Vec<u8> { (0..n).flat_map(|_| half::bf16::from_f32(rng.gen_range(-2.0..2.0)).to_bits().to_le_bytes()).collect() };
         let rows: Vec<Vec<u8>> = (0..4).map(|_| bytes(&mut rng)).collect();
