@@ -17,6 +17,7 @@ use super::sys::{
 };
 use super::{buffer, convert, stream, sys};
 use smepilot_engine::platform::CpuFeatures;
+use smepilot_engine::kernels::registry;
 use smepilot_engine::{config, ops};
 
 pub struct Registry {
@@ -24,7 +25,6 @@ pub struct Registry {
     dev: ggml_backend_device,
     buft: ggml_backend_buffer_type,
     description: CString,
-    pub features: CpuFeatures,
 }
 
 // SAFETY: after initialisation the registry is only read; its raw pointers point into
@@ -46,15 +46,13 @@ fn build() -> Option<Box<Registry>> {
             return None;
         }
     };
-    let features = CpuFeatures::detect();
-    #[cfg(target_arch = "x86_64")]
-    if features.has_matrix_unit(cfg.disable_amx) && !smepilot_engine::platform::os::request_amx_permission() {
-        smepilot_engine::smelog!(
-            Warn,
-            "Linux refused AMX tile permission; using the vector path"
-        );
+    // A tier the CPU lacks (SMEPILOT_TIER) is refused here, named, before anything runs.
+    if let Err(e) = registry::select(cfg) {
+        eprintln!("smepilot: not registering the SMEPILOT backend: {e}");
+        return None;
     }
-    let description = CString::new(features.describe(cfg.disable_amx)).unwrap();
+    let features = CpuFeatures::detect();
+    let description = CString::new(registry::active().describe(&features)).unwrap();
     let mut r = Box::new(Registry {
         reg: ggml_backend_reg {
             api_version: 2,
@@ -77,7 +75,6 @@ fn build() -> Option<Box<Registry>> {
             context: std::ptr::null_mut(),
         },
         description,
-        features,
     });
     // Link the three structs to each other; the Box keeps their addresses fixed.
     r.dev.reg = &mut r.reg;
@@ -116,7 +113,8 @@ pub extern "C" fn ggml_backend_init() -> ggml_backend_reg_t {
 pub extern "C" fn ggml_backend_score() -> c_int {
     match registry() {
         None => 0,
-        Some(r) if r.features.has_matrix_unit(false) => 100,
+        // Preferred where it drives a matrix unit the stock CPU backend runs beside.
+        Some(_) if registry::active().matrix.is_some() => 100,
         Some(_) => 10,
     }
 }

@@ -97,6 +97,16 @@ impl KernelSet {
         KernelSet::available().iter().find(|s| s.tier == tier)
     }
 
+    /// What runs, for the device description: the tier, the matrix unit, the cores, e.g.
+    /// "avx512+bf16 kernels, AMX tiles (int8, bf16), 2 cores".
+    pub fn describe(&self, f: &CpuFeatures) -> String {
+        let unit = match self.matrix {
+            Some(MatrixUnit::Amx) => "AMX tiles (int8, bf16)",
+            None => "no matrix unit",
+        };
+        format!("{} kernels, {unit}, {} cores", self.name, f.cores)
+    }
+
     /// The scalar reference set, present on every target.
     pub fn scalar() -> &'static KernelSet {
         &KernelSet::available()[0]

@@ -58,62 +58,6 @@ impl CpuFeatures {
     pub fn avx512_tier(&self) -> bool {
         self.avx512f && self.avx512bw && self.avx512vl && self.avx512_vnni && self.avx2_fma_f16c
     }
-
-    /// The matrix unit is usable (and not disabled by configuration).
-    pub fn has_matrix_unit(&self, disabled: bool) -> bool {
-        !disabled && ((self.amx_tile && (self.amx_int8 || self.amx_bf16)) || self.sme)
-    }
-
-    /// A short description such as "AMX int8+bf16, AVX-512 (VNNI, BF16, FP16), 2 cores".
-    pub fn describe(&self, amx_disabled: bool) -> String {
-        let mut parts = Vec::new();
-        if self.amx_tile {
-            let mut t = Vec::new();
-            if self.amx_int8 {
-                t.push("int8");
-            }
-            if self.amx_bf16 {
-                t.push("bf16");
-            }
-            parts.push(format!(
-                "AMX {}{}",
-                t.join("+"),
-                if amx_disabled { " (disabled)" } else { "" }
-            ));
-        }
-        if self.sme {
-            parts.push(if self.sme2 {
-                "SME2".into()
-            } else {
-                "SME".into()
-            });
-        }
-        if self.avx512f {
-            let mut t = Vec::new();
-            if self.avx512_vnni {
-                t.push("VNNI");
-            }
-            if self.avx512_bf16 {
-                t.push("BF16");
-            }
-            if self.avx512_fp16 {
-                t.push("FP16");
-            }
-            parts.push(if t.is_empty() {
-                "AVX-512".into()
-            } else {
-                format!("AVX-512 ({})", t.join(", "))
-            });
-        }
-        if !self.avx512f && self.avx2_fma_f16c {
-            parts.push("AVX2".into());
-        }
-        if parts.is_empty() {
-            parts.push("portable vector path".into());
-        }
-        parts.push(format!("{} cores", self.cores));
-        parts.join(", ")
-    }
 }
 
 /// (amx-tile, amx-int8, amx-bf16) from CPUID leaf 7 and the OS-enabled XCR0 tile state.
