@@ -7,6 +7,8 @@
 //!   its choice per shape and batch size, and draws the roofline chart with each shape on
 //!   it.
 
+mod gguf;
+
 use std::collections::BTreeMap;
 
 use smepilot_engine::dtype::DType;
@@ -89,13 +91,11 @@ struct Weight {
 }
 
 fn model_weights(path: &str) -> Result<Vec<Weight>, String> {
-    let mut container = gguf_rs::get_gguf_container(path).map_err(|e| format!("{path}: {e}"))?;
-    let model = container.decode().map_err(|e| format!("{path}: {e}"))?;
-    let tensors = model.tensors();
+    let tensors = gguf::read_tensor_infos(path)?;
     let tied = !tensors.iter().any(|t| t.name == "output.weight");
     let mut groups: BTreeMap<(String, usize, usize, u32), usize> = BTreeMap::new();
-    for t in tensors {
-        let two_d = t.shape.len() >= 2 && t.shape[2..].iter().all(|&d| d == 1);
+    for t in &tensors {
+        let two_d = t.dims.len() >= 2 && t.dims[2..].iter().all(|&d| d == 1);
         let matmul = t.name.ends_with(".weight") && !t.name.contains("norm") && (t.name != "token_embd.weight" || tied);
         if !two_d || !matmul {
             continue;
@@ -105,7 +105,7 @@ fn model_weights(path: &str) -> Result<Vec<Weight>, String> {
         if t.name == "token_embd.weight" {
             name = "output (tied to token_embd)".into();
         }
-        *groups.entry((name, t.shape[0] as usize, t.shape[1] as usize, t.kind)).or_default() += 1;
+        *groups.entry((name, t.dims[0] as usize, t.dims[1] as usize, t.ggml_type)).or_default() += 1;
     }
     groups
         .into_iter()
