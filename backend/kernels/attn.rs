@@ -173,17 +173,23 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub unsafe fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
         let (qp, kp) = (q.as_ptr(), kt.as_ptr());
-        for half in 0..2 {
-            let q0 = qp.add(half * 8 * dk);
-            let mut acc = [_mm512_setzero_ps(); 8];
-            for d in 0..dk {
-                let k = _mm512_loadu_ps(kp.add(d * BLOCK));
-                for (i, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*q0.add(i * dk + d)), k, *a);
+        // SAFETY: the only callers are the wrappers in `avx512_kernels()`, handed out once it
+        // checked this fn's features (AVX-512F); they checked q holds 16 rows of dk floats and
+        // kt dk * 16, so every load stays within q and kt and every store within the 16 x 16
+        // `s`.
+        unsafe {
+            for half in 0..2 {
+                let q0 = qp.add(half * 8 * dk);
+                let mut acc = [_mm512_setzero_ps(); 8];
+                for d in 0..dk {
+                    let k = _mm512_loadu_ps(kp.add(d * BLOCK));
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*q0.add(i * dk + d)), k, *a);
+                    }
                 }
-            }
-            for (i, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(s[half * 8 + i].as_mut_ptr(), *a);
+                for (i, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(s[half * 8 + i].as_mut_ptr(), *a);
+                }
             }
         }
     }
@@ -199,17 +205,22 @@ mod avx512 {
         o: &mut [f32],
     ) {
         let (pp, vp, op) = (p.as_ptr(), v.as_ptr(), o.as_mut_ptr());
-        for c in (0..dv).step_by(16) {
-            let mut acc: [__m512; BLOCK] =
-                std::array::from_fn(|i| _mm512_loadu_ps(op.add(i * dv + c)));
-            for key in 0..n_keys {
-                let vv = _mm512_loadu_ps(vp.add(key * dv + c));
-                for (i, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*pp.add(i * p_stride + key)), vv, *a);
+        // SAFETY: the only callers are the wrappers in `avx512_kernels()`, handed out once it
+        // checked this fn's features (AVX-512F); they checked the lengths of p, v and o and
+        // that dv is a multiple of 16, so every 16-float load and store stays in bounds.
+        unsafe {
+            for c in (0..dv).step_by(16) {
+                let mut acc: [__m512; BLOCK] =
+                    std::array::from_fn(|i| _mm512_loadu_ps(op.add(i * dv + c)));
+                for key in 0..n_keys {
+                    let vv = _mm512_loadu_ps(vp.add(key * dv + c));
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*pp.add(i * p_stride + key)), vv, *a);
+                    }
                 }
-            }
-            for (i, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(op.add(i * dv + c), *a);
+                for (i, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(op.add(i * dv + c), *a);
+                }
             }
         }
     }
@@ -224,16 +235,21 @@ mod avx512 {
         out: &mut [f32],
     ) {
         let valid: __mmask16 = if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
-        let x = _mm512_mul_ps(_mm512_loadu_ps(s.as_ptr()), _mm512_set1_ps(scale));
-        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
-        let r = match mask {
-            None => x,
-            Some(m) => {
-                let mv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(valid, m.as_ptr() as *const i16));
-                _mm512_add_ps(x, _mm512_mul_ps(mv, _mm512_set1_ps(slope)))
-            }
-        };
-        _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mask_mov_ps(ninf, valid, r));
+        // SAFETY: the only callers are the wrappers in `avx512_kernels()`, handed out once it
+        // checked this fn's features (AVX-512F, BW, VL, F16C); they checked out holds 16 floats
+        // and the mask n values, and the masked load reads only the n lanes of `valid`.
+        unsafe {
+            let x = _mm512_mul_ps(_mm512_loadu_ps(s.as_ptr()), _mm512_set1_ps(scale));
+            let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+            let r = match mask {
+                None => x,
+                Some(m) => {
+                    let mv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(valid, m.as_ptr() as *const i16));
+                    _mm512_add_ps(x, _mm512_mul_ps(mv, _mm512_set1_ps(slope)))
+                }
+            };
+            _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mask_mov_ps(ninf, valid, r));
+        }
     }
 }
 
@@ -249,20 +265,26 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
         let (qp, kp) = (q.as_ptr(), kt.as_ptr());
-        for quad in 0..BLOCK / 4 {
-            let q0 = qp.add(quad * 4 * dk);
-            let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-            for d in 0..dk {
-                let (k0, k1) = (_mm256_loadu_ps(kp.add(d * BLOCK)), _mm256_loadu_ps(kp.add(d * BLOCK + 8)));
-                for (i, a) in acc.iter_mut().enumerate() {
-                    let qv = _mm256_set1_ps(*q0.add(i * dk + d));
-                    a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
-                    a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
+        // SAFETY: the only callers are the wrappers in `avx2_kernels()`, handed out once it
+        // checked this fn's features (AVX2, FMA); they checked q holds 16 rows of dk floats and
+        // kt dk * 16, so every load stays within q and kt and every store within the 16 x 16
+        // `s`.
+        unsafe {
+            for quad in 0..BLOCK / 4 {
+                let q0 = qp.add(quad * 4 * dk);
+                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                for d in 0..dk {
+                    let (k0, k1) = (_mm256_loadu_ps(kp.add(d * BLOCK)), _mm256_loadu_ps(kp.add(d * BLOCK + 8)));
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let qv = _mm256_set1_ps(*q0.add(i * dk + d));
+                        a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
+                        a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
+                    }
                 }
-            }
-            for (i, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(s[quad * 4 + i].as_mut_ptr(), a[0]);
-                _mm256_storeu_ps(s[quad * 4 + i].as_mut_ptr().add(8), a[1]);
+                for (i, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(s[quad * 4 + i].as_mut_ptr(), a[0]);
+                    _mm256_storeu_ps(s[quad * 4 + i].as_mut_ptr().add(8), a[1]);
+                }
             }
         }
     }
@@ -272,18 +294,23 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn pv_block(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]) {
         let (pp, vp, op) = (p.as_ptr(), v.as_ptr(), o.as_mut_ptr());
-        for half in 0..BLOCK / 8 {
-            let r0 = half * 8;
-            for c in (0..dv).step_by(8) {
-                let mut acc: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(op.add((r0 + i) * dv + c)));
-                for key in 0..n_keys {
-                    let vv = _mm256_loadu_ps(vp.add(key * dv + c));
-                    for (i, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(_mm256_set1_ps(*pp.add((r0 + i) * p_stride + key)), vv, *a);
+        // SAFETY: the only callers are the wrappers in `avx2_kernels()`, handed out once it
+        // checked this fn's features (AVX2, FMA); they checked the lengths of p, v and o and
+        // that dv is a multiple of 8, so every 8-float load and store stays in bounds.
+        unsafe {
+            for half in 0..BLOCK / 8 {
+                let r0 = half * 8;
+                for c in (0..dv).step_by(8) {
+                    let mut acc: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(op.add((r0 + i) * dv + c)));
+                    for key in 0..n_keys {
+                        let vv = _mm256_loadu_ps(vp.add(key * dv + c));
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            *a = _mm256_fmadd_ps(_mm256_set1_ps(*pp.add((r0 + i) * p_stride + key)), vv, *a);
+                        }
                     }
-                }
-                for (i, a) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(op.add((r0 + i) * dv + c), *a);
+                    for (i, a) in acc.iter().enumerate() {
+                        _mm256_storeu_ps(op.add((r0 + i) * dv + c), *a);
+                    }
                 }
             }
         }
@@ -296,16 +323,21 @@ mod avx2 {
         if let Some(m) = mask {
             m16[..n].copy_from_slice(&m[..n]);
         }
-        for h in 0..2 {
-            let x = _mm256_mul_ps(_mm256_loadu_ps(s.as_ptr().add(8 * h)), _mm256_set1_ps(scale));
-            let r = match mask {
-                None => x,
-                Some(_) => {
-                    let mv = _mm256_cvtph_ps(_mm_loadu_si128(m16.as_ptr().add(8 * h) as *const __m128i));
-                    _mm256_add_ps(x, _mm256_mul_ps(mv, _mm256_set1_ps(slope)))
-                }
-            };
-            _mm256_storeu_ps(out.as_mut_ptr().add(8 * h), r);
+        // SAFETY: the only callers are the wrappers in `avx2_kernels()`, handed out once it
+        // checked this fn's features (AVX2, FMA, F16C); they checked out holds 16 floats; s and
+        // m16 are 16 values, so each 8-lane half stays in bounds.
+        unsafe {
+            for h in 0..2 {
+                let x = _mm256_mul_ps(_mm256_loadu_ps(s.as_ptr().add(8 * h)), _mm256_set1_ps(scale));
+                let r = match mask {
+                    None => x,
+                    Some(_) => {
+                        let mv = _mm256_cvtph_ps(_mm_loadu_si128(m16.as_ptr().add(8 * h) as *const __m128i));
+                        _mm256_add_ps(x, _mm256_mul_ps(mv, _mm256_set1_ps(slope)))
+                    }
+                };
+                _mm256_storeu_ps(out.as_mut_ptr().add(8 * h), r);
+            }
         }
         for o in &mut out[n..BLOCK] {
             *o = f32::NEG_INFINITY;

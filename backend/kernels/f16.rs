@@ -49,15 +49,20 @@ unsafe fn axpy_f16_avx2(acc: &mut [f32], v: &[u8], s: f32) {
     let vs = _mm256_set1_ps(s);
     let (pa, pv) = (acc.as_mut_ptr(), v.as_ptr());
     let mut i = 0;
-    while i + 8 <= n {
-        // SAFETY (caller): 8 f32 at pa+i and 8 f16 at pv+2i are in bounds.
-        let x = _mm256_cvtph_ps(_mm_loadu_si128(pv.add(2 * i) as *const __m128i));
-        _mm256_storeu_ps(pa.add(i), _mm256_fmadd_ps(x, vs, _mm256_loadu_ps(pa.add(i))));
-        i += 8;
-    }
-    while i < n {
-        *pa.add(i) += s * f16::from_le_bytes([*pv.add(2 * i), *pv.add(2 * i + 1)]).to_f32();
-        i += 1;
+    // SAFETY: the only caller is the `axpy` that `avx2_axpy()` hands out once it has checked
+    // this CPU has AVX2, FMA and F16C; it checked `v` holds 2 bytes per `acc` element, so every
+    // pointer below stays within `acc` and `v`.
+    unsafe {
+        while i + 8 <= n {
+            // SAFETY (caller): 8 f32 at pa+i and 8 f16 at pv+2i are in bounds.
+            let x = _mm256_cvtph_ps(_mm_loadu_si128(pv.add(2 * i) as *const __m128i));
+            _mm256_storeu_ps(pa.add(i), _mm256_fmadd_ps(x, vs, _mm256_loadu_ps(pa.add(i))));
+            i += 8;
+        }
+        while i < n {
+            *pa.add(i) += s * f16::from_le_bytes([*pv.add(2 * i), *pv.add(2 * i + 1)]).to_f32();
+            i += 1;
+        }
     }
 }
 
@@ -69,17 +74,22 @@ unsafe fn axpy_f16_avx512(acc: &mut [f32], v: &[u8], s: f32) {
     let vs = _mm512_set1_ps(s);
     let (pa, pv) = (acc.as_mut_ptr(), v.as_ptr());
     let mut i = 0;
-    while i + 16 <= n {
-        // SAFETY (caller): 16 f32 at pa+i and 16 f16 at pv+2i are in bounds.
-        let h = _mm256_loadu_si256(pv.add(2 * i) as *const __m256i);
-        let x = _mm512_cvtph_ps(h);
-        let a = _mm512_loadu_ps(pa.add(i));
-        _mm512_storeu_ps(pa.add(i), _mm512_fmadd_ps(x, vs, a));
-        i += 16;
-    }
-    while i < n {
-        *pa.add(i) += s * f16::from_le_bytes([*pv.add(2 * i), *pv.add(2 * i + 1)]).to_f32();
-        i += 1;
+    // SAFETY: the only caller is the `axpy` that `avx512_axpy()` hands out once it has checked
+    // this CPU has AVX-512F and F16C; it checked `v` holds 2 bytes per `acc` element, so every
+    // pointer below stays within `acc` and `v`.
+    unsafe {
+        while i + 16 <= n {
+            // SAFETY (caller): 16 f32 at pa+i and 16 f16 at pv+2i are in bounds.
+            let h = _mm256_loadu_si256(pv.add(2 * i) as *const __m256i);
+            let x = _mm512_cvtph_ps(h);
+            let a = _mm512_loadu_ps(pa.add(i));
+            _mm512_storeu_ps(pa.add(i), _mm512_fmadd_ps(x, vs, a));
+            i += 16;
+        }
+        while i < n {
+            *pa.add(i) += s * f16::from_le_bytes([*pv.add(2 * i), *pv.add(2 * i + 1)]).to_f32();
+            i += 1;
+        }
     }
 }
 

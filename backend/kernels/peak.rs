@@ -7,24 +7,29 @@ macro_rules! burst {
         $(#[$doc])*
         #[cfg(target_arch = "x86_64")]
         pub unsafe fn $name(iters: usize) {
-            std::arch::asm!(
-                concat!($zero, " zmm0, zmm0, zmm0"),
-                "2:",
-                concat!($op, " zmm16, zmm0, zmm0"),
-                concat!($op, " zmm17, zmm0, zmm0"),
-                concat!($op, " zmm18, zmm0, zmm0"),
-                concat!($op, " zmm19, zmm0, zmm0"),
-                concat!($op, " zmm20, zmm0, zmm0"),
-                concat!($op, " zmm21, zmm0, zmm0"),
-                concat!($op, " zmm22, zmm0, zmm0"),
-                concat!($op, " zmm23, zmm0, zmm0"),
-                "dec {n}",
-                "jnz 2b",
-                n = inout(reg) iters.max(1) => _,
-                out("zmm0") _, out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
-                out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _,
-                options(nostack, nomem),
-            );
+            // SAFETY: this function's `# Safety` contract: the CPU has AVX-512F (and VNNI for
+            // `vpdpbusd`), which the caller checked; the asm touches no memory, only the
+            // registers it declares clobbered.
+            unsafe {
+                std::arch::asm!(
+                    concat!($zero, " zmm0, zmm0, zmm0"),
+                    "2:",
+                    concat!($op, " zmm16, zmm0, zmm0"),
+                    concat!($op, " zmm17, zmm0, zmm0"),
+                    concat!($op, " zmm18, zmm0, zmm0"),
+                    concat!($op, " zmm19, zmm0, zmm0"),
+                    concat!($op, " zmm20, zmm0, zmm0"),
+                    concat!($op, " zmm21, zmm0, zmm0"),
+                    concat!($op, " zmm22, zmm0, zmm0"),
+                    concat!($op, " zmm23, zmm0, zmm0"),
+                    "dec {n}",
+                    "jnz 2b",
+                    n = inout(reg) iters.max(1) => _,
+                    out("zmm0") _, out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
+                    out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _,
+                    options(nostack, nomem),
+                );
+            }
         }
     };
 }
@@ -51,24 +56,29 @@ macro_rules! burst256 {
         $(#[$doc])*
         #[cfg(target_arch = "x86_64")]
         pub unsafe fn $name(iters: usize) {
-            std::arch::asm!(
-                concat!($zero, " ymm0, ymm0, ymm0"),
-                "2:",
-                concat!($op, " ymm8, ymm0, ymm0"),
-                concat!($op, " ymm9, ymm0, ymm0"),
-                concat!($op, " ymm10, ymm0, ymm0"),
-                concat!($op, " ymm11, ymm0, ymm0"),
-                concat!($op, " ymm12, ymm0, ymm0"),
-                concat!($op, " ymm13, ymm0, ymm0"),
-                concat!($op, " ymm14, ymm0, ymm0"),
-                concat!($op, " ymm15, ymm0, ymm0"),
-                "dec {n}",
-                "jnz 2b",
-                n = inout(reg) iters.max(1) => _,
-                out("ymm0") _, out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
-                out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
-                options(nostack, nomem),
-            );
+            // SAFETY: this function's `# Safety` contract: the CPU has AVX2 (and FMA for
+            // `vfmadd231ps`), which the caller checked; the asm touches no memory, only the
+            // registers it declares clobbered.
+            unsafe {
+                std::arch::asm!(
+                    concat!($zero, " ymm0, ymm0, ymm0"),
+                    "2:",
+                    concat!($op, " ymm8, ymm0, ymm0"),
+                    concat!($op, " ymm9, ymm0, ymm0"),
+                    concat!($op, " ymm10, ymm0, ymm0"),
+                    concat!($op, " ymm11, ymm0, ymm0"),
+                    concat!($op, " ymm12, ymm0, ymm0"),
+                    concat!($op, " ymm13, ymm0, ymm0"),
+                    concat!($op, " ymm14, ymm0, ymm0"),
+                    concat!($op, " ymm15, ymm0, ymm0"),
+                    "dec {n}",
+                    "jnz 2b",
+                    n = inout(reg) iters.max(1) => _,
+                    out("ymm0") _, out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+                    out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+                    options(nostack, nomem),
+                );
+            }
         }
     };
 }

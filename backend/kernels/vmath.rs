@@ -252,44 +252,49 @@ mod avx2 {
     /// ggml_v_expf (AVX2 + FMA), instruction for instruction.
     #[inline(always)]
     pub(super) unsafe fn exp_ps(x: __m256) -> __m256 {
-        let r = _mm256_set1_ps(EXP_SHIFT);
-        let z = _mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), r);
-        let n = _mm256_sub_ps(z, r);
-        let b = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x));
-        let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
-        let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0))));
-        let absn = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
-        let c = _mm256_cmp_ps::<_CMP_GT_OQ>(absn, _mm256_set1_ps(126.0));
-        let u = _mm256_mul_ps(b, b);
-        let j = _mm256_fmadd_ps(
-            _mm256_fmadd_ps(
-                _mm256_fmadd_ps(_mm256_set1_ps(EXP_C[4]), b, _mm256_set1_ps(EXP_C[3])),
-                u,
-                _mm256_fmadd_ps(_mm256_set1_ps(EXP_C[2]), b, _mm256_set1_ps(EXP_C[1])),
-            ),
-            u,
-            _mm256_mul_ps(_mm256_set1_ps(EXP_C[0]), b),
-        );
-        if _mm256_movemask_ps(c) == 0 {
-            return _mm256_fmadd_ps(j, k, k);
-        }
-        let g = _mm256_and_si256(
-            _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps())),
-            _mm256_set1_epi32(0x8200_0000u32 as i32),
-        );
-        let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
-        let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
-        let d = _mm256_cmp_ps::<_CMP_GT_OQ>(absn, _mm256_set1_ps(192.0));
-        _mm256_or_ps(
-            _mm256_and_ps(d, _mm256_mul_ps(s1, s1)),
-            _mm256_andnot_ps(
-                d,
-                _mm256_or_ps(
-                    _mm256_and_ps(c, _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
-                    _mm256_andnot_ps(c, _mm256_fmadd_ps(k, j, k)),
+        // SAFETY: callers run on a CPU with AVX2 and FMA (`silu_mul` and `soft_max` below
+        // enable them, reachable only through `avx2_kernels()`, which checked them; the test
+        // detects them); the intrinsics only compute on registers.
+        unsafe {
+            let r = _mm256_set1_ps(EXP_SHIFT);
+            let z = _mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), r);
+            let n = _mm256_sub_ps(z, r);
+            let b = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x));
+            let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
+            let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0))));
+            let absn = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+            let c = _mm256_cmp_ps::<_CMP_GT_OQ>(absn, _mm256_set1_ps(126.0));
+            let u = _mm256_mul_ps(b, b);
+            let j = _mm256_fmadd_ps(
+                _mm256_fmadd_ps(
+                    _mm256_fmadd_ps(_mm256_set1_ps(EXP_C[4]), b, _mm256_set1_ps(EXP_C[3])),
+                    u,
+                    _mm256_fmadd_ps(_mm256_set1_ps(EXP_C[2]), b, _mm256_set1_ps(EXP_C[1])),
                 ),
-            ),
-        )
+                u,
+                _mm256_mul_ps(_mm256_set1_ps(EXP_C[0]), b),
+            );
+            if _mm256_movemask_ps(c) == 0 {
+                return _mm256_fmadd_ps(j, k, k);
+            }
+            let g = _mm256_and_si256(
+                _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps())),
+                _mm256_set1_epi32(0x8200_0000u32 as i32),
+            );
+            let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
+            let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+            let d = _mm256_cmp_ps::<_CMP_GT_OQ>(absn, _mm256_set1_ps(192.0));
+            _mm256_or_ps(
+                _mm256_and_ps(d, _mm256_mul_ps(s1, s1)),
+                _mm256_andnot_ps(
+                    d,
+                    _mm256_or_ps(
+                        _mm256_and_ps(c, _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
+                        _mm256_andnot_ps(c, _mm256_fmadd_ps(k, j, k)),
+                    ),
+                ),
+            )
+        }
     }
 
     /// Callers checked: x (and g) hold out.len() floats.
@@ -298,15 +303,20 @@ mod avx2 {
         let n = out.len();
         let whole = n - n % LANES_AVX2;
         let mut i = 0;
-        while i < whole {
-            let v = _mm256_loadu_ps(x.as_ptr().add(i));
-            let e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), v));
-            let mut s = _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0), e));
-            if let Some(g) = g {
-                s = _mm256_mul_ps(s, _mm256_loadu_ps(g.as_ptr().add(i)));
+        // SAFETY: this fn's target features (AVX2, FMA) were checked by `avx2_kernels()`, its
+        // only way in; callers checked x (and g) hold out.len() floats, so the 8-float loads
+        // and stores at i < whole stay in bounds.
+        unsafe {
+            while i < whole {
+                let v = _mm256_loadu_ps(x.as_ptr().add(i));
+                let e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), v));
+                let mut s = _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+                if let Some(g) = g {
+                    s = _mm256_mul_ps(s, _mm256_loadu_ps(g.as_ptr().add(i)));
+                }
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), s);
+                i += LANES_AVX2;
             }
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), s);
-            i += LANES_AVX2;
         }
         for i in whole..n {
             let s = silu_libm(x[i]);
@@ -326,14 +336,18 @@ mod avx2 {
         let p = y.as_mut_ptr();
         let mut sum = 0f64;
         let mut i = 0;
-        while i < whole {
-            let e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
-            _mm256_storeu_ps(p.add(i), e);
-            let v2 = _mm_add_ps(_mm256_extractf128_ps::<1>(e), _mm256_castps256_ps128(e));
-            let v2 = _mm_add_ps(v2, _mm_movehl_ps(v2, v2));
-            let v2 = _mm_add_ss(v2, _mm_movehdup_ps(v2));
-            sum += _mm_cvtss_f32(v2) as f64;
-            i += LANES_AVX2;
+        // SAFETY: this fn's target features (AVX2, FMA) were checked by `avx2_kernels()`, its
+        // only way in; the 8-float loads and stores at i < whole stay within y.
+        unsafe {
+            while i < whole {
+                let e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+                _mm256_storeu_ps(p.add(i), e);
+                let v2 = _mm_add_ps(_mm256_extractf128_ps::<1>(e), _mm256_castps256_ps128(e));
+                let v2 = _mm_add_ps(v2, _mm_movehl_ps(v2, v2));
+                let v2 = _mm_add_ss(v2, _mm_movehdup_ps(v2));
+                sum += _mm_cvtss_f32(v2) as f64;
+                i += LANES_AVX2;
+            }
         }
         for v in &mut y[whole..] {
             *v = (*v - max).exp();
@@ -351,52 +365,65 @@ mod avx512 {
     /// ggml_v_expf (AVX-512), instruction for instruction.
     #[inline(always)]
     pub(super) unsafe fn exp_ps(x: __m512) -> __m512 {
-        let r = _mm512_set1_ps(EXP_SHIFT);
-        let z = _mm512_fmadd_ps(x, _mm512_set1_ps(EXP_LOG2E), r);
-        let n = _mm512_sub_ps(z, r);
-        let b = _mm512_fnmadd_ps(
-            n,
-            _mm512_set1_ps(EXP_LN2_LO),
-            _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_HI), x),
-        );
-        let d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
-        let u = _mm512_mul_ps(b, b);
-        let j = _mm512_fmadd_ps(
-            _mm512_fmadd_ps(
-                _mm512_fmadd_ps(_mm512_set1_ps(EXP_C[4]), b, _mm512_set1_ps(EXP_C[3])),
+        // SAFETY: callers run on a CPU with AVX-512F (`silu_mul` and `soft_max` below enable
+        // it, reachable only through `avx512_kernels()`, which checked it; the test detects
+        // it); the intrinsics only compute on registers.
+        unsafe {
+            let r = _mm512_set1_ps(EXP_SHIFT);
+            let z = _mm512_fmadd_ps(x, _mm512_set1_ps(EXP_LOG2E), r);
+            let n = _mm512_sub_ps(z, r);
+            let b = _mm512_fnmadd_ps(
+                n,
+                _mm512_set1_ps(EXP_LN2_LO),
+                _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_HI), x),
+            );
+            let d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+            let u = _mm512_mul_ps(b, b);
+            let j = _mm512_fmadd_ps(
+                _mm512_fmadd_ps(
+                    _mm512_fmadd_ps(_mm512_set1_ps(EXP_C[4]), b, _mm512_set1_ps(EXP_C[3])),
+                    u,
+                    _mm512_fmadd_ps(_mm512_set1_ps(EXP_C[2]), b, _mm512_set1_ps(EXP_C[1])),
+                ),
                 u,
-                _mm512_fmadd_ps(_mm512_set1_ps(EXP_C[2]), b, _mm512_set1_ps(EXP_C[1])),
-            ),
-            u,
-            _mm512_fmadd_ps(_mm512_set1_ps(EXP_C[0]), b, _mm512_set1_ps(1.0)),
-        );
-        let res = _mm512_scalef_ps(j, n);
-        if d == 0 {
-            return res;
+                _mm512_fmadd_ps(_mm512_set1_ps(EXP_C[0]), b, _mm512_set1_ps(1.0)),
+            );
+            let res = _mm512_scalef_ps(j, n);
+            if d == 0 {
+                return res;
+            }
+            let alt = _mm512_mask_blend_ps(
+                _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps()),
+                _mm512_set1_ps(f32::INFINITY),
+                _mm512_setzero_ps(),
+            );
+            _mm512_mask_blend_ps(d, res, alt)
         }
-        let alt = _mm512_mask_blend_ps(
-            _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps()),
-            _mm512_set1_ps(f32::INFINITY),
-            _mm512_setzero_ps(),
-        );
-        _mm512_mask_blend_ps(d, res, alt)
     }
 
     /// ggml_v_silu.
     #[inline(always)]
     unsafe fn silu_ps(x: __m512) -> __m512 {
-        let e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x));
-        _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+        // SAFETY: as `exp_ps`: callers run with AVX-512F enabled and checked; register-only
+        // intrinsics.
+        unsafe {
+            let e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x));
+            _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+        }
     }
 
     /// x86's `_mm512_reduce_add_ps` order, spelled out (see `reduce16`).
     #[inline(always)]
     pub unsafe fn reduce_add(v: __m512) -> f32 {
-        let a = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0b00_00_11_10>(v, v));
-        let a = _mm512_add_ps(a, _mm512_shuffle_f32x4::<0b00_00_00_01>(a, a));
-        let a = _mm512_add_ps(a, _mm512_permute_ps::<0b00_00_11_10>(a));
-        let a = _mm512_add_ps(a, _mm512_permute_ps::<0b00_00_00_01>(a));
-        _mm512_cvtss_f32(a)
+        // SAFETY: as `exp_ps`: callers run with AVX-512F enabled and checked; register-only
+        // intrinsics.
+        unsafe {
+            let a = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0b00_00_11_10>(v, v));
+            let a = _mm512_add_ps(a, _mm512_shuffle_f32x4::<0b00_00_00_01>(a, a));
+            let a = _mm512_add_ps(a, _mm512_permute_ps::<0b00_00_11_10>(a));
+            let a = _mm512_add_ps(a, _mm512_permute_ps::<0b00_00_00_01>(a));
+            _mm512_cvtss_f32(a)
+        }
     }
 
     /// Callers checked: x (and g) hold out.len() floats.
@@ -405,13 +432,18 @@ mod avx512 {
         let n = out.len();
         let whole = n - n % LANES;
         let mut i = 0;
-        while i < whole {
-            let mut s = silu_ps(_mm512_loadu_ps(x.as_ptr().add(i)));
-            if let Some(g) = g {
-                s = _mm512_mul_ps(s, _mm512_loadu_ps(g.as_ptr().add(i)));
+        // SAFETY: this fn's target feature (AVX-512F) was checked by `avx512_kernels()`, its
+        // only way in; callers checked x (and g) hold out.len() floats, so the 16-float loads
+        // and stores at i < whole stay in bounds.
+        unsafe {
+            while i < whole {
+                let mut s = silu_ps(_mm512_loadu_ps(x.as_ptr().add(i)));
+                if let Some(g) = g {
+                    s = _mm512_mul_ps(s, _mm512_loadu_ps(g.as_ptr().add(i)));
+                }
+                _mm512_storeu_ps(out.as_mut_ptr().add(i), s);
+                i += LANES;
             }
-            _mm512_storeu_ps(out.as_mut_ptr().add(i), s);
-            i += LANES;
         }
         for i in whole..n {
             let s = silu_libm(x[i]);
@@ -430,11 +462,15 @@ mod avx512 {
         let p = y.as_mut_ptr();
         let mut sum = 0f64;
         let mut i = 0;
-        while i < whole {
-            let e = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), m));
-            _mm512_storeu_ps(p.add(i), e);
-            sum += reduce_add(e) as f64;
-            i += LANES;
+        // SAFETY: this fn's target feature (AVX-512F) was checked by `avx512_kernels()`, its
+        // only way in; the 16-float loads and stores at i < whole stay within y.
+        unsafe {
+            while i < whole {
+                let e = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), m));
+                _mm512_storeu_ps(p.add(i), e);
+                sum += reduce_add(e) as f64;
+                i += LANES;
+            }
         }
         for v in &mut y[whole..] {
             *v = (*v - max).exp();

@@ -220,21 +220,29 @@ pub fn copy(node: &Node, ctx: &ThreadCtx) {
 /// # Safety
 /// `p` points to one element of the plain type `ty`.
 unsafe fn load_f32(ty: DType, p: *const u8) -> f32 {
-    match ty {
-        DType::F32 => (p as *const f32).read_unaligned(),
-        DType::F16 => (p as *const f16).read_unaligned().to_f32(),
-        DType::BF16 => (p as *const bf16).read_unaligned().to_f32(),
-        _ => unreachable!("non-float type in element copy"),
+    // SAFETY: this function's contract: `p` points to one element of the plain type `ty`
+    // (unaligned reads, so no alignment is assumed).
+    unsafe {
+        match ty {
+            DType::F32 => (p as *const f32).read_unaligned(),
+            DType::F16 => (p as *const f16).read_unaligned().to_f32(),
+            DType::BF16 => (p as *const bf16).read_unaligned().to_f32(),
+            _ => unreachable!("non-float type in element copy"),
+        }
     }
 }
 
 /// # Safety
 /// `p` points to one writable element of the plain type `ty`.
 unsafe fn store_f32(ty: DType, p: *mut u8, v: f32) {
-    match ty {
-        DType::F32 => (p as *mut f32).write_unaligned(v),
-        DType::F16 => (p as *mut f16).write_unaligned(f16::from_f32(v)),
-        DType::BF16 => (p as *mut bf16).write_unaligned(bf16::from_f32(v)),
-        _ => unreachable!("non-float type in element copy"),
+    // SAFETY: this function's contract: `p` points to one writable element of the plain
+    // type `ty` (unaligned writes, so no alignment is assumed).
+    unsafe {
+        match ty {
+            DType::F32 => (p as *mut f32).write_unaligned(v),
+            DType::F16 => (p as *mut f16).write_unaligned(f16::from_f32(v)),
+            DType::BF16 => (p as *mut bf16).write_unaligned(bf16::from_f32(v)),
+            _ => unreachable!("non-float type in element copy"),
+        }
     }
 }

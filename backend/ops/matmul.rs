@@ -280,8 +280,13 @@ impl VectorActs {
     /// # Safety
     /// `prepare_vector_acts` has filled row r and every thread has passed a barrier since.
     unsafe fn row(&self, r: usize) -> (&[u8], &[i32]) {
-        let sums = if self.with_sums { std::slice::from_raw_parts(self.sums_at().add(r * self.nb), self.nb) } else { &[] };
-        (slice::<u8>(self.base.add(r * self.stride), self.bytes), sums)
+        // SAFETY: this method's contract: `prepare_vector_acts` has filled row r (its bytes
+        // and, with sums, its `nb` block sums) and every thread has passed a barrier since,
+        // so nothing writes them while the slices live.
+        unsafe {
+            let sums = if self.with_sums { std::slice::from_raw_parts(self.sums_at().add(r * self.nb), self.nb) } else { &[] };
+            (slice::<u8>(self.base.add(r * self.stride), self.bytes), sums)
+        }
     }
 }
 

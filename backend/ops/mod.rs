@@ -212,7 +212,9 @@ pub(crate) fn is_float(ty: DType) -> bool {
 /// slice lives (ggml tensors of a node's inputs, or a range owned by this thread).
 #[inline(always)]
 pub(crate) unsafe fn slice<'a, T>(p: *const u8, n: usize) -> &'a [T] {
-    std::slice::from_raw_parts(p as *const T, n)
+    // SAFETY: this function's contract: `p` points to `n` valid, initialised `T`s that no
+    // thread writes while the slice lives.
+    unsafe { std::slice::from_raw_parts(p as *const T, n) }
 }
 
 /// Mutable counterpart of [`slice`].
@@ -222,7 +224,9 @@ pub(crate) unsafe fn slice<'a, T>(p: *const u8, n: usize) -> &'a [T] {
 /// (the executor gives each thread disjoint output rows).
 #[inline(always)]
 pub(crate) unsafe fn slice_mut<'a, T>(p: *mut u8, n: usize) -> &'a mut [T] {
-    std::slice::from_raw_parts_mut(p as *mut T, n)
+    // SAFETY: this function's contract: as for `slice`, and no other thread reads or
+    // writes the range while it lives.
+    unsafe { std::slice::from_raw_parts_mut(p as *mut T, n) }
 }
 
 #[cfg(test)]

@@ -101,31 +101,41 @@ const I8_CONFIG: TileConfig = TileConfig::new()
 /// # Safety
 /// AMX is available and permitted ([`super::available`]).
 pub unsafe fn i8_session() -> tile::TileSession {
-    tile::TileSession::begin(&I8_CONFIG)
+    // SAFETY: this fn's `# Safety` contract: AMX is available and permitted, as
+    // `TileSession::begin` requires.
+    unsafe {
+        tile::TileSession::begin(&I8_CONFIG)
+    }
 }
 
 /// acc[r] += c[r] * (dw[r] * da) (+ mw[r] * sa): one block's int32 results (`c`, 16 weight
 /// rows x 16 activation rows) scaled into the accumulators.
 #[inline(always)]
 unsafe fn scale_block(acc: &mut [[f32; 16]; 16], c: *const i32, act: &ActI8, mt: usize, w: &WeightsI8, b: usize) {
-    let at = (mt * act.nb + b) * 16;
-    let da = _mm512_loadu_ps(act.d.add(at));
-    let dw = w.d.add(b * 16);
-    if w.m.is_null() {
-        for (r, a) in acc.iter_mut().enumerate() {
-            let v = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(r * 16) as *const _));
-            let s = _mm512_mul_ps(da, _mm512_set1_ps(*dw.add(r)));
-            _mm512_storeu_ps(a.as_mut_ptr(), _mm512_fmadd_ps(v, s, _mm512_loadu_ps(a.as_ptr())));
-        }
-    } else {
-        let sa = _mm512_loadu_ps(act.s.add(at));
-        let mw = w.m.add(b * 16);
-        for (r, a) in acc.iter_mut().enumerate() {
-            let v = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(r * 16) as *const _));
-            // ggml-cpu's order (its AMX kernel): the product term first, then the minimum's.
-            let s = _mm512_mul_ps(da, _mm512_set1_ps(*dw.add(r)));
-            let t = _mm512_fmadd_ps(v, s, _mm512_loadu_ps(a.as_ptr()));
-            _mm512_storeu_ps(a.as_mut_ptr(), _mm512_fmadd_ps(sa, _mm512_set1_ps(*mw.add(r)), t));
+    // SAFETY: the only caller is `i8_block`, which enables AVX-512F and, by its `# Safety`
+    // contract, passes `act` holding row tile `mt` (16 scales and sums per block at `at`) and
+    // `w` holding 16 scales (and minimums) for block b; `c` is one 64-byte aligned 16 x 16
+    // int32 tile of its `TileBuf`.
+    unsafe {
+        let at = (mt * act.nb + b) * 16;
+        let da = _mm512_loadu_ps(act.d.add(at));
+        let dw = w.d.add(b * 16);
+        if w.m.is_null() {
+            for (r, a) in acc.iter_mut().enumerate() {
+                let v = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(r * 16) as *const _));
+                let s = _mm512_mul_ps(da, _mm512_set1_ps(*dw.add(r)));
+                _mm512_storeu_ps(a.as_mut_ptr(), _mm512_fmadd_ps(v, s, _mm512_loadu_ps(a.as_ptr())));
+            }
+        } else {
+            let sa = _mm512_loadu_ps(act.s.add(at));
+            let mw = w.m.add(b * 16);
+            for (r, a) in acc.iter_mut().enumerate() {
+                let v = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(r * 16) as *const _));
+                // ggml-cpu's order (its AMX kernel): the product term first, then the minimum's.
+                let s = _mm512_mul_ps(da, _mm512_set1_ps(*dw.add(r)));
+                let t = _mm512_fmadd_ps(v, s, _mm512_loadu_ps(a.as_ptr()));
+                _mm512_storeu_ps(a.as_mut_ptr(), _mm512_fmadd_ps(sa, _mm512_set1_ps(*mw.add(r)), t));
+            }
         }
     }
 }
@@ -147,37 +157,44 @@ pub unsafe fn i8_block(act: &ActI8, mt: usize, w: [&WeightsI8; 2], acc: &mut Blo
     let nb = act.nb;
     *acc = Block32::new();
     let mut cbuf = TileBuf([[[0; 256]; 4]; 2]);
-    let b0 = act.q.add(mt * nb * I8_BTILE);
-    let b1 = act.q.add((mt + 1) * nb * I8_BTILE);
-    for b in 0..=nb {
-        if b < nb {
-            tile::zero::<0>();
-            tile::zero::<1>();
-            tile::zero::<2>();
-            tile::zero::<3>();
-            tile::load::<4>(w[0].q.add(b * w[0].block_step), w[0].stride);
-            tile::load::<6>(b0.add(b * I8_BTILE), 64);
-            tile::dpbssd::<0, 4, 6>();
-            tile::load::<7>(b1.add(b * I8_BTILE), 64);
-            tile::dpbssd::<1, 4, 7>();
-            tile::load::<5>(w[1].q.add(b * w[1].block_step), w[1].stride);
-            tile::dpbssd::<2, 5, 6>();
-            tile::dpbssd::<3, 5, 7>();
-        }
-        if b > 0 {
-            let pb = b - 1;
-            let c = &cbuf.0[pb & 1];
-            scale_block(&mut acc.0[0], c[0].as_ptr(), act, mt, w[0], pb);
-            scale_block(&mut acc.0[1], c[1].as_ptr(), act, mt + 1, w[0], pb);
-            scale_block(&mut acc.0[2], c[2].as_ptr(), act, mt, w[1], pb);
-            scale_block(&mut acc.0[3], c[3].as_ptr(), act, mt + 1, w[1], pb);
-        }
-        if b < nb {
-            let c = cbuf.0[b & 1].as_mut_ptr() as *mut u8;
-            tile::store::<0>(c, 64);
-            tile::store::<1>(c.add(1024), 64);
-            tile::store::<2>(c.add(2048), 64);
-            tile::store::<3>(c.add(3072), 64);
+    // SAFETY: this fn's `# Safety` contract: an `i8_session` is open on this thread (AMX
+    // usable, I8_CONFIG loaded); `act` holds row tiles `mt` and `mt + 1` and both weight tiles
+    // hold `act.nb` readable blocks of 16 rows with their scales (and minimums), so every tile
+    // load and `scale_block` read stays within them; the tile stores fill `cbuf`'s 1 KB tiles.
+    // AVX-512F is this fn's target feature.
+    unsafe {
+        let b0 = act.q.add(mt * nb * I8_BTILE);
+        let b1 = act.q.add((mt + 1) * nb * I8_BTILE);
+        for b in 0..=nb {
+            if b < nb {
+                tile::zero::<0>();
+                tile::zero::<1>();
+                tile::zero::<2>();
+                tile::zero::<3>();
+                tile::load::<4>(w[0].q.add(b * w[0].block_step), w[0].stride);
+                tile::load::<6>(b0.add(b * I8_BTILE), 64);
+                tile::dpbssd::<0, 4, 6>();
+                tile::load::<7>(b1.add(b * I8_BTILE), 64);
+                tile::dpbssd::<1, 4, 7>();
+                tile::load::<5>(w[1].q.add(b * w[1].block_step), w[1].stride);
+                tile::dpbssd::<2, 5, 6>();
+                tile::dpbssd::<3, 5, 7>();
+            }
+            if b > 0 {
+                let pb = b - 1;
+                let c = &cbuf.0[pb & 1];
+                scale_block(&mut acc.0[0], c[0].as_ptr(), act, mt, w[0], pb);
+                scale_block(&mut acc.0[1], c[1].as_ptr(), act, mt + 1, w[0], pb);
+                scale_block(&mut acc.0[2], c[2].as_ptr(), act, mt, w[1], pb);
+                scale_block(&mut acc.0[3], c[3].as_ptr(), act, mt + 1, w[1], pb);
+            }
+            if b < nb {
+                let c = cbuf.0[b & 1].as_mut_ptr() as *mut u8;
+                tile::store::<0>(c, 64);
+                tile::store::<1>(c.add(1024), 64);
+                tile::store::<2>(c.add(2048), 64);
+                tile::store::<3>(c.add(3072), 64);
+            }
         }
     }
 }
@@ -197,7 +214,11 @@ const BF16_CONFIG: TileConfig = TileConfig::new()
 /// # Safety
 /// As [`i8_session`].
 pub unsafe fn bf16_session() -> tile::TileSession {
-    tile::TileSession::begin(&BF16_CONFIG)
+    // SAFETY: this fn's `# Safety` contract: AMX is available and permitted, as
+    // `TileSession::begin` requires.
+    unsafe {
+        tile::TileSession::begin(&BF16_CONFIG)
+    }
 }
 
 /// A 32 x 32 block: bf16 weight row tiles `w0`, `w1` (16 rows each, in tile order: `ksteps`
@@ -207,22 +228,27 @@ pub unsafe fn bf16_session() -> tile::TileSession {
 /// # Safety
 /// a [`bf16_session`] is open on this thread; the operands hold `ksteps` steps of 32 k.
 pub unsafe fn bf16_block(w0: *const u8, w1: *const u8, b0: *const u8, b1: *const u8, ksteps: usize, acc: &mut Block32) {
-    tile::zero::<0>();
-    tile::zero::<1>();
-    tile::zero::<2>();
-    tile::zero::<3>();
-    for ks in 0..ksteps {
-        tile::load::<4>(w0.add(ks * BF16_ATILE), 64);
-        tile::load::<6>(b0.add(ks * BF16_BTILE), 64);
-        tile::dpbf16ps::<0, 4, 6>();
-        tile::load::<7>(b1.add(ks * BF16_BTILE), 64);
-        tile::dpbf16ps::<1, 4, 7>();
-        tile::load::<5>(w1.add(ks * BF16_ATILE), 64);
-        tile::dpbf16ps::<2, 5, 6>();
-        tile::dpbf16ps::<3, 5, 7>();
+    // SAFETY: this fn's `# Safety` contract: a `bf16_session` is open on this thread (AMX
+    // usable, BF16_CONFIG loaded) and the operands hold `ksteps` 1 KB tiles each, so every tile
+    // load stays within them; the tile stores fill the four 1 KB tiles of `acc`.
+    unsafe {
+        tile::zero::<0>();
+        tile::zero::<1>();
+        tile::zero::<2>();
+        tile::zero::<3>();
+        for ks in 0..ksteps {
+            tile::load::<4>(w0.add(ks * BF16_ATILE), 64);
+            tile::load::<6>(b0.add(ks * BF16_BTILE), 64);
+            tile::dpbf16ps::<0, 4, 6>();
+            tile::load::<7>(b1.add(ks * BF16_BTILE), 64);
+            tile::dpbf16ps::<1, 4, 7>();
+            tile::load::<5>(w1.add(ks * BF16_ATILE), 64);
+            tile::dpbf16ps::<2, 5, 6>();
+            tile::dpbf16ps::<3, 5, 7>();
+        }
+        tile::store::<0>(acc.0[0].as_mut_ptr() as *mut u8, 64);
+        tile::store::<1>(acc.0[1].as_mut_ptr() as *mut u8, 64);
+        tile::store::<2>(acc.0[2].as_mut_ptr() as *mut u8, 64);
+        tile::store::<3>(acc.0[3].as_mut_ptr() as *mut u8, 64);
     }
-    tile::store::<0>(acc.0[0].as_mut_ptr() as *mut u8, 64);
-    tile::store::<1>(acc.0[1].as_mut_ptr() as *mut u8, 64);
-    tile::store::<2>(acc.0[2].as_mut_ptr() as *mut u8, 64);
-    tile::store::<3>(acc.0[3].as_mut_ptr() as *mut u8, 64);
 }

@@ -55,30 +55,36 @@ fn i8_kernel_speed() {
 }
 
 unsafe fn variant(v: u32, a: *const u8, st: usize, bq: *const u8, c: *mut u8, nb: usize) {
-    for b in (0..nb).step_by(4) {
-        if v & 1 != 0 {
-            tile::zero::<0>();
-            tile::zero::<1>();
-            tile::zero::<2>();
-            tile::zero::<3>();
-        }
-        tile::load::<4>(a.add(b * 32), st);
-        tile::load::<6>(bq.add(b * 512), 64);
-        tile::dpbssd::<0, 4, 6>();
-        tile::load::<5>(a.add((b + 1) * 32), st);
-        tile::load::<7>(bq.add((b + 1) * 512), 64);
-        tile::dpbssd::<1, 5, 7>();
-        tile::load::<4>(a.add((b + 2) * 32), st);
-        tile::load::<6>(bq.add((b + 2) * 512), 64);
-        tile::dpbssd::<2, 4, 6>();
-        tile::load::<5>(a.add((b + 3) * 32), st);
-        tile::load::<7>(bq.add((b + 3) * 512), 64);
-        tile::dpbssd::<3, 5, 7>();
-        if v & 2 != 0 {
-            tile::store::<0>(c, 64);
-            tile::store::<1>(c.add(1024), 64);
-            tile::store::<2>(c.add(2048), 64);
-            tile::store::<3>(c.add(3072), 64);
+    // SAFETY: the only caller, `i8_tile_op_variants`, loaded a configuration of 16 x 64 tiles
+    // 0..4, 16 x 32 A tiles 4, 5 and 8 x 64 B tiles 6, 7; `a` holds 16 rows `st` apart of nb
+    // 32-byte blocks, `bq` nb 512-byte B tiles and `c` 4 KB, so every tile load and store stays
+    // within them.
+    unsafe {
+        for b in (0..nb).step_by(4) {
+            if v & 1 != 0 {
+                tile::zero::<0>();
+                tile::zero::<1>();
+                tile::zero::<2>();
+                tile::zero::<3>();
+            }
+            tile::load::<4>(a.add(b * 32), st);
+            tile::load::<6>(bq.add(b * 512), 64);
+            tile::dpbssd::<0, 4, 6>();
+            tile::load::<5>(a.add((b + 1) * 32), st);
+            tile::load::<7>(bq.add((b + 1) * 512), 64);
+            tile::dpbssd::<1, 5, 7>();
+            tile::load::<4>(a.add((b + 2) * 32), st);
+            tile::load::<6>(bq.add((b + 2) * 512), 64);
+            tile::dpbssd::<2, 4, 6>();
+            tile::load::<5>(a.add((b + 3) * 32), st);
+            tile::load::<7>(bq.add((b + 3) * 512), 64);
+            tile::dpbssd::<3, 5, 7>();
+            if v & 2 != 0 {
+                tile::store::<0>(c, 64);
+                tile::store::<1>(c.add(1024), 64);
+                tile::store::<2>(c.add(2048), 64);
+                tile::store::<3>(c.add(3072), 64);
+            }
         }
     }
 }
@@ -321,14 +327,18 @@ fn tileload_throughput() {
 /// A configuration with 16 x 64 tiles 0..8 is loaded on this thread; `p` has 4 KB.
 #[inline(always)]
 unsafe fn bf16_2x2_step(p: *const u8) {
-    tile::load::<4>(p, 64);
-    tile::load::<6>(p.add(1024), 64);
-    tile::dpbf16ps::<0, 4, 6>();
-    tile::load::<7>(p.add(2048), 64);
-    tile::dpbf16ps::<1, 4, 7>();
-    tile::load::<5>(p.add(3072), 64);
-    tile::dpbf16ps::<2, 5, 6>();
-    tile::dpbf16ps::<3, 5, 7>();
+    // SAFETY: this fn's `# Safety` contract: a configuration with 16 x 64 tiles 0..8 is loaded
+    // on this thread and `p` has 4 KB, so each 1 KB tile load stays within it.
+    unsafe {
+        tile::load::<4>(p, 64);
+        tile::load::<6>(p.add(1024), 64);
+        tile::dpbf16ps::<0, 4, 6>();
+        tile::load::<7>(p.add(2048), 64);
+        tile::dpbf16ps::<1, 4, 7>();
+        tile::load::<5>(p.add(3072), 64);
+        tile::dpbf16ps::<2, 5, 6>();
+        tile::dpbf16ps::<3, 5, 7>();
+    }
 }
 
 /// Nanoseconds per call of `f`, over `iters` calls.
@@ -409,28 +419,33 @@ fn tileload_rotation_and_block_cost() {
 /// The CPU has AVX512-VNNI; `p` points to 1 KB readable bytes.
 #[inline(always)]
 unsafe fn vnni_burst(p: *const u8) {
-    std::arch::asm!(
-        "vpdpbusd zmm16, zmm31, [{p}]",
-        "vpdpbusd zmm17, zmm31, [{p} + 64]",
-        "vpdpbusd zmm18, zmm31, [{p} + 128]",
-        "vpdpbusd zmm19, zmm31, [{p} + 192]",
-        "vpdpbusd zmm20, zmm31, [{p} + 256]",
-        "vpdpbusd zmm21, zmm31, [{p} + 320]",
-        "vpdpbusd zmm22, zmm31, [{p} + 384]",
-        "vpdpbusd zmm23, zmm31, [{p} + 448]",
-        "vpdpbusd zmm16, zmm31, [{p} + 512]",
-        "vpdpbusd zmm17, zmm31, [{p} + 576]",
-        "vpdpbusd zmm18, zmm31, [{p} + 640]",
-        "vpdpbusd zmm19, zmm31, [{p} + 704]",
-        "vpdpbusd zmm20, zmm31, [{p} + 768]",
-        "vpdpbusd zmm21, zmm31, [{p} + 832]",
-        "vpdpbusd zmm22, zmm31, [{p} + 896]",
-        "vpdpbusd zmm23, zmm31, [{p} + 960]",
-        p = in(reg) p,
-        out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
-        out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _, out("zmm31") _,
-        options(nostack, readonly),
-    );
+    // SAFETY: this fn's `# Safety` contract: the CPU has AVX512-VNNI and `p` points to 1 KB
+    // readable bytes, all the asm reads; it writes only the zmm registers it declares
+    // clobbered.
+    unsafe {
+        std::arch::asm!(
+            "vpdpbusd zmm16, zmm31, [{p}]",
+            "vpdpbusd zmm17, zmm31, [{p} + 64]",
+            "vpdpbusd zmm18, zmm31, [{p} + 128]",
+            "vpdpbusd zmm19, zmm31, [{p} + 192]",
+            "vpdpbusd zmm20, zmm31, [{p} + 256]",
+            "vpdpbusd zmm21, zmm31, [{p} + 320]",
+            "vpdpbusd zmm22, zmm31, [{p} + 384]",
+            "vpdpbusd zmm23, zmm31, [{p} + 448]",
+            "vpdpbusd zmm16, zmm31, [{p} + 512]",
+            "vpdpbusd zmm17, zmm31, [{p} + 576]",
+            "vpdpbusd zmm18, zmm31, [{p} + 640]",
+            "vpdpbusd zmm19, zmm31, [{p} + 704]",
+            "vpdpbusd zmm20, zmm31, [{p} + 768]",
+            "vpdpbusd zmm21, zmm31, [{p} + 832]",
+            "vpdpbusd zmm22, zmm31, [{p} + 896]",
+            "vpdpbusd zmm23, zmm31, [{p} + 960]",
+            p = in(reg) p,
+            out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
+            out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _, out("zmm31") _,
+            options(nostack, readonly),
+        );
+    }
 }
 
 /// Whether the vector units run beside the tile unit on one core: a bf16 2x2 tile step (4

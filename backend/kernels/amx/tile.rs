@@ -53,7 +53,7 @@ impl TileConfig {
     #[inline]
     pub unsafe fn load(&self) {
         // SAFETY (caller): AMX present and permitted; `self` is a valid 64-byte palette.
-        std::arch::asm!("ldtilecfg [{}]", in(reg) self as *const TileConfig, options(nostack, preserves_flags));
+        unsafe { std::arch::asm!("ldtilecfg [{}]", in(reg) self as *const TileConfig, options(nostack, preserves_flags)) };
     }
 }
 
@@ -63,7 +63,8 @@ impl TileConfig {
 /// As [`TileConfig::load`].
 #[inline]
 pub unsafe fn release() {
-    std::arch::asm!("tilerelease", options(nostack, preserves_flags));
+    // SAFETY (caller): as `TileConfig::load`, AMX present and XTILEDATA permitted.
+    unsafe { std::arch::asm!("tilerelease", options(nostack, preserves_flags)) };
 }
 
 /// The calling thread's tile configuration (`sttilecfg`; palette 0 if none is loaded).
@@ -73,7 +74,9 @@ pub unsafe fn release() {
 #[inline]
 pub unsafe fn current() -> TileConfig {
     let mut c = TileConfig::default();
-    std::arch::asm!("sttilecfg [{}]", in(reg) &mut c as *mut TileConfig, options(nostack, preserves_flags));
+    // SAFETY (caller): as `TileConfig::load`, AMX present and XTILEDATA permitted; `c` is a
+    // writable, 64-byte aligned palette of 64 bytes.
+    unsafe { std::arch::asm!("sttilecfg [{}]", in(reg) &mut c as *mut TileConfig, options(nostack, preserves_flags)) };
     c
 }
 
@@ -93,8 +96,10 @@ impl TileSession {
     /// # Safety
     /// As [`TileConfig::load`].
     pub unsafe fn begin(cfg: &TileConfig) -> TileSession {
-        let previous = current();
-        cfg.load();
+        // SAFETY (caller): as `TileConfig::load`, AMX present and XTILEDATA permitted.
+        let previous = unsafe { current() };
+        // SAFETY (caller): as above; `cfg` is a valid palette.
+        unsafe { cfg.load() };
         TileSession { previous }
     }
 }
@@ -118,7 +123,8 @@ impl Drop for TileSession {
 /// A configuration is loaded on this thread.
 #[inline(always)]
 pub unsafe fn zero<const T: u8>() {
-    std::arch::asm!("tilezero tmm{t}", t = const T, options(nostack, preserves_flags));
+    // SAFETY (caller): a configuration is loaded on this thread.
+    unsafe { std::arch::asm!("tilezero tmm{t}", t = const T, options(nostack, preserves_flags)) };
 }
 
 /// `tileloadd tmm{T}, [ptr + stride]`: loads the configured rows of tile T, `stride` bytes apart.
@@ -128,11 +134,15 @@ pub unsafe fn zero<const T: u8>() {
 /// every configured row r.
 #[inline(always)]
 pub unsafe fn load<const T: u8>(ptr: *const u8, stride: usize) {
-    std::arch::asm!(
-        "tileloadd tmm{t}, [{p} + {s} * 1]",
-        t = const T, p = in(reg) ptr, s = in(reg) stride,
-        options(nostack, preserves_flags, readonly)
-    );
+    // SAFETY (caller): a configuration is loaded; `ptr + r * stride` is readable for the
+    // tile's row bytes, for every configured row r.
+    unsafe {
+        std::arch::asm!(
+            "tileloadd tmm{t}, [{p} + {s} * 1]",
+            t = const T, p = in(reg) ptr, s = in(reg) stride,
+            options(nostack, preserves_flags, readonly)
+        )
+    };
 }
 
 /// `tilestored [ptr + stride], tmm{T}`.
@@ -141,11 +151,15 @@ pub unsafe fn load<const T: u8>(ptr: *const u8, stride: usize) {
 /// A configuration is loaded; `ptr + r * stride` is writable for the tile's row bytes.
 #[inline(always)]
 pub unsafe fn store<const T: u8>(ptr: *mut u8, stride: usize) {
-    std::arch::asm!(
-        "tilestored [{p} + {s} * 1], tmm{t}",
-        t = const T, p = in(reg) ptr, s = in(reg) stride,
-        options(nostack, preserves_flags)
-    );
+    // SAFETY (caller): a configuration is loaded; `ptr + r * stride` is writable for the
+    // tile's row bytes, for every configured row r.
+    unsafe {
+        std::arch::asm!(
+            "tilestored [{p} + {s} * 1], tmm{t}",
+            t = const T, p = in(reg) ptr, s = in(reg) stride,
+            options(nostack, preserves_flags)
+        )
+    };
 }
 
 /// `tdpbssd tmm{C}, tmm{A}, tmm{B}`: C (i32) += A (i8, rows x 4k) . B (i8, k rows x 4n, VNNI).
@@ -154,11 +168,14 @@ pub unsafe fn store<const T: u8>(ptr: *mut u8, stride: usize) {
 /// A configuration is loaded whose shapes make the product valid.
 #[inline(always)]
 pub unsafe fn dpbssd<const C: u8, const A: u8, const B: u8>() {
-    std::arch::asm!(
-        "tdpbssd tmm{c}, tmm{a}, tmm{b}",
-        c = const C, a = const A, b = const B,
-        options(nostack, preserves_flags, nomem)
-    );
+    // SAFETY (caller): a configuration is loaded whose shapes make the product valid.
+    unsafe {
+        std::arch::asm!(
+            "tdpbssd tmm{c}, tmm{a}, tmm{b}",
+            c = const C, a = const A, b = const B,
+            options(nostack, preserves_flags, nomem)
+        )
+    };
 }
 
 /// `tdpbf16ps tmm{C}, tmm{A}, tmm{B}`: C (f32) += A (bf16 pairs) . B (bf16 pairs, VNNI).
@@ -167,9 +184,12 @@ pub unsafe fn dpbssd<const C: u8, const A: u8, const B: u8>() {
 /// As [`dpbssd`].
 #[inline(always)]
 pub unsafe fn dpbf16ps<const C: u8, const A: u8, const B: u8>() {
-    std::arch::asm!(
-        "tdpbf16ps tmm{c}, tmm{a}, tmm{b}",
-        c = const C, a = const A, b = const B,
-        options(nostack, preserves_flags, nomem)
-    );
+    // SAFETY (caller): a configuration is loaded whose shapes make the product valid.
+    unsafe {
+        std::arch::asm!(
+            "tdpbf16ps tmm{c}, tmm{a}, tmm{b}",
+            c = const C, a = const A, b = const B,
+            options(nostack, preserves_flags, nomem)
+        )
+    };
 }

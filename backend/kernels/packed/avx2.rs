@@ -72,8 +72,12 @@ pub(super) fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[
 #[inline(always)]
 unsafe fn prefetch(at: *const u8, bytes: usize) {
     let at = at as *const i8;
-    for l in 0..bytes.div_ceil(64) {
-        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(l * 64));
+    // SAFETY: `_mm_prefetch` is only a hint and never faults, whatever the address
+    // (`wrapping_add` keeps the arithmetic defined); SSE is baseline on x86_64.
+    unsafe {
+        for l in 0..bytes.div_ceil(64) {
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(l * 64));
+        }
     }
 }
 
@@ -81,10 +85,14 @@ unsafe fn prefetch(at: *const u8, bytes: usize) {
 /// of `out[gi * M + j]`.
 #[inline(always)]
 unsafe fn store_groups<const M: usize, const G: usize>(f: &[[[__m256; 2]; M]; G], out: &mut [[f32; 16]]) {
-    for (gi, fg) in f.iter().enumerate() {
-        for (j, v) in fg.iter().enumerate() {
-            _mm256_storeu_ps(out[gi * M + j].as_mut_ptr(), v[0]);
-            _mm256_storeu_ps(out[gi * M + j].as_mut_ptr().add(8), v[1]);
+    // SAFETY: the callers (the passes) enable AVX2; each store writes 8 floats into a half of
+    // the row `out[gi * M + j]`, an indexed, bounds-checked 16-float row.
+    unsafe {
+        for (gi, fg) in f.iter().enumerate() {
+            for (j, v) in fg.iter().enumerate() {
+                _mm256_storeu_ps(out[gi * M + j].as_mut_ptr(), v[0]);
+                _mm256_storeu_ps(out[gi * M + j].as_mut_ptr().add(8), v[1]);
+            }
         }
     }
 }
@@ -92,59 +100,87 @@ unsafe fn store_groups<const M: usize, const G: usize>(f: &[[[__m256; 2]; M]; G]
 /// The fp16 at `p` as f32.
 #[inline(always)]
 unsafe fn f16_at(p: *const u8) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((p as *const u16).read_unaligned() as i32)))
+    // SAFETY: the callers enable F16C and pass 2 readable bytes (an fp16 inside a checked
+    // block); the read is unaligned.
+    unsafe {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((p as *const u16).read_unaligned() as i32)))
+    }
 }
 
 /// Eight fp16 at `p` as f32.
 #[inline(always)]
 unsafe fn f16x8(p: *const u8) -> __m256 {
-    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    // SAFETY: the callers enable AVX2 and F16C and pass 16 readable bytes (8 fp16 inside a
+    // checked group block); the load is unaligned.
+    unsafe {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
 }
 
 /// 32 bytes at `p`.
 #[inline(always)]
 unsafe fn ld(p: *const u8) -> __m256i {
-    _mm256_loadu_si256(p as *const __m256i)
+    // SAFETY: the callers enable AVX2 and pass 32 readable bytes inside a checked group block;
+    // the load is unaligned.
+    unsafe {
+        _mm256_loadu_si256(p as *const __m256i)
+    }
 }
 
 /// Four activation bytes at `p` in every lane.
 #[inline(always)]
 unsafe fn bcast4(p: *const u8) -> __m256i {
-    _mm256_set1_epi32((p as *const i32).read_unaligned())
+    // SAFETY: the callers enable AVX2 and pass 4 readable bytes inside a checked activation
+    // block; the read is unaligned.
+    unsafe {
+        _mm256_set1_epi32((p as *const i32).read_unaligned())
+    }
 }
 
 /// Per lane, the int16 pair sums of unsigned `w` bytes times signed `a` bytes.
 #[inline(always)]
 unsafe fn dot16(w: __m256i, a: __m256i) -> __m256i {
-    _mm256_maddubs_epi16(w, a)
+    // SAFETY: the callers (the passes) enable AVX2; register-only intrinsic.
+    unsafe {
+        _mm256_maddubs_epi16(w, a)
+    }
 }
 
 /// Per lane, the int32 sum of its two int16 halves.
 #[inline(always)]
 unsafe fn widen(s16: __m256i) -> __m256i {
-    _mm256_madd_epi16(s16, _mm256_set1_epi16(1))
+    // SAFETY: the callers (the passes) enable AVX2; register-only intrinsics.
+    unsafe {
+        _mm256_madd_epi16(s16, _mm256_set1_epi16(1))
+    }
 }
 
 /// Byte `i` (0..4) of every 32-bit lane, zero-extended.
 #[inline(always)]
 unsafe fn lane_u8(v: __m256i, i: usize) -> __m256i {
-    let m = _mm256_set1_epi32(0xFF);
-    match i {
-        0 => _mm256_and_si256(v, m),
-        1 => _mm256_and_si256(_mm256_srli_epi32::<8>(v), m),
-        2 => _mm256_and_si256(_mm256_srli_epi32::<16>(v), m),
-        _ => _mm256_srli_epi32::<24>(v),
+    // SAFETY: the callers (the passes) enable AVX2; register-only intrinsics.
+    unsafe {
+        let m = _mm256_set1_epi32(0xFF);
+        match i {
+            0 => _mm256_and_si256(v, m),
+            1 => _mm256_and_si256(_mm256_srli_epi32::<8>(v), m),
+            2 => _mm256_and_si256(_mm256_srli_epi32::<16>(v), m),
+            _ => _mm256_srli_epi32::<24>(v),
+        }
     }
 }
 
 /// Byte `i` (0..4) of every 32-bit lane, sign-extended.
 #[inline(always)]
 unsafe fn lane_i8(v: __m256i, i: usize) -> __m256i {
-    match i {
-        0 => _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(v)),
-        1 => _mm256_srai_epi32::<24>(_mm256_slli_epi32::<16>(v)),
-        2 => _mm256_srai_epi32::<24>(_mm256_slli_epi32::<8>(v)),
-        _ => _mm256_srai_epi32::<24>(v),
+    // SAFETY: the callers (the passes) enable AVX2; register-only intrinsics.
+    unsafe {
+        match i {
+            0 => _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(v)),
+            1 => _mm256_srai_epi32::<24>(_mm256_slli_epi32::<16>(v)),
+            2 => _mm256_srai_epi32::<24>(_mm256_slli_epi32::<8>(v)),
+            _ => _mm256_srai_epi32::<24>(v),
+        }
     }
 }
 
@@ -157,14 +193,19 @@ const Q8K_BSUMS: usize = 260;
 /// quants at `q`. Each int16 collects 16 products of at most 15 x 128: below 2^15.
 #[inline(always)]
 unsafe fn nibble_block_dot(at: *const u8, q: *const u8) -> __m256i {
-    let m4 = _mm256_set1_epi8(0x0F);
-    let mut s = _mm256_setzero_si256();
-    for i in 0..4 {
-        let v = ld(at.add(64 * i));
-        s = _mm256_add_epi16(s, dot16(_mm256_and_si256(v, m4), bcast4(q.add(4 * i))));
-        s = _mm256_add_epi16(s, dot16(_mm256_and_si256(_mm256_srli_epi16::<4>(v), m4), bcast4(q.add(16 + 4 * i))));
+    // SAFETY: the callers (the passes) enable AVX2 and pass, at `at`, a group block's four
+    // 32-byte halves 64 bytes apart and, at `q`, one activation block's 32 quants; the loads
+    // are unaligned.
+    unsafe {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mut s = _mm256_setzero_si256();
+        for i in 0..4 {
+            let v = ld(at.add(64 * i));
+            s = _mm256_add_epi16(s, dot16(_mm256_and_si256(v, m4), bcast4(q.add(4 * i))));
+            s = _mm256_add_epi16(s, dot16(_mm256_and_si256(_mm256_srli_epi16::<4>(v), m4), bcast4(q.add(16 + 4 * i))));
+        }
+        widen(s)
     }
-    widen(s)
 }
 
 /// Up to M_PASS Q8_0 activation rows against `Q4_0x16` groups in the AVX-512 tier's order
@@ -177,21 +218,27 @@ unsafe fn q4_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
     const GB: usize = Layout::Q4_0x16.group_block();
     let bq8 = DType::Q8_0.block_bytes();
     let mut f = [[[_mm256_setzero_ps(); 2]; M]; G];
-    for b in 0..nb {
-        for (gi, g) in groups.iter().enumerate() {
-            let base = g.as_ptr().add(b * GB);
-            prefetch(base.wrapping_add(PREFETCH_AHEAD), GB);
-            for h in 0..2 {
-                let dw = f16x8(base.add(16 * h));
-                for (j, a) in acts.iter().enumerate() {
-                    let ab = a.as_ptr().add(b * bq8);
-                    let s = _mm256_sub_epi32(nibble_block_dot(base.add(32 + 32 * h), ab.add(2)), _mm256_set1_epi32(8 * *sums[j].get_unchecked(b)));
-                    f[gi][j][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(f16_at(ab))), f[gi][j][h]);
+    // SAFETY: reached only through `gemv` above, which asserts `detected()` (AVX2, FMA, F16C:
+    // this fn's features) and checked every group holds nb group blocks and every activation
+    // row nb blocks (for Q4_0 also nb sums), so each load stays within them; prefetches never
+    // fault.
+    unsafe {
+        for b in 0..nb {
+            for (gi, g) in groups.iter().enumerate() {
+                let base = g.as_ptr().add(b * GB);
+                prefetch(base.wrapping_add(PREFETCH_AHEAD), GB);
+                for h in 0..2 {
+                    let dw = f16x8(base.add(16 * h));
+                    for (j, a) in acts.iter().enumerate() {
+                        let ab = a.as_ptr().add(b * bq8);
+                        let s = _mm256_sub_epi32(nibble_block_dot(base.add(32 + 32 * h), ab.add(2)), _mm256_set1_epi32(8 * *sums[j].get_unchecked(b)));
+                        f[gi][j][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(f16_at(ab))), f[gi][j][h]);
+                    }
                 }
             }
         }
+        store_groups(&f, out);
     }
-    store_groups(&f, out);
 }
 
 /// The 32-element block types that follow ggml's AVX2 order.
@@ -222,57 +269,63 @@ unsafe fn legacy_pass<const M: usize, const G: usize>(kind: Legacy, nb: usize, g
     };
     let m4 = _mm256_set1_epi8(0x0F);
     let flip = _mm256_set1_epi8(-128);
-    for (gi, g) in groups.iter().enumerate() {
-        for h in 0..2 {
-            let mut acc = [[_mm256_setzero_ps(); 8]; M];
-            let mut summs = [_mm256_setzero_ps(); M];
-            for b in 0..nb {
-                let base = g.as_ptr().add(b * gb);
-                // The first half streams the group from memory; the second finds it in
-                // cache, so meanwhile the next group (the next in memory: groups are
-                // consecutive) is fetched, keeping DRAM busy through both halves.
-                if h == 0 {
-                    prefetch(base.wrapping_add(PREFETCH_AHEAD), gb);
-                } else {
-                    prefetch(base.wrapping_add(nb * gb), gb);
-                }
-                let dw = f16x8(base.add(16 * h));
-                // Lane l's weights for every row, and whether they are nibbles (Q4) or q + 128.
-                let w = |l: usize| -> __m256i {
-                    match kind {
-                        Legacy::Q8_0 => _mm256_xor_si256(ld(base.add(qw + 64 * l + 32 * h)), flip),
-                        _ => {
-                            let v = ld(base.add(qw + 64 * (l % 4) + 32 * h));
-                            if l < 4 { _mm256_and_si256(v, m4) } else { _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4) }
+    // SAFETY: reached only through `gemv` above, which asserts `detected()` (AVX2, FMA, F16C:
+    // this fn's features) and checked every group holds nb group blocks and every activation
+    // row nb blocks (for Q4_0 also nb sums), so each load stays within them; prefetches never
+    // fault.
+    unsafe {
+        for (gi, g) in groups.iter().enumerate() {
+            for h in 0..2 {
+                let mut acc = [[_mm256_setzero_ps(); 8]; M];
+                let mut summs = [_mm256_setzero_ps(); M];
+                for b in 0..nb {
+                    let base = g.as_ptr().add(b * gb);
+                    // The first half streams the group from memory; the second finds it in
+                    // cache, so meanwhile the next group (the next in memory: groups are
+                    // consecutive) is fetched, keeping DRAM busy through both halves.
+                    if h == 0 {
+                        prefetch(base.wrapping_add(PREFETCH_AHEAD), gb);
+                    } else {
+                        prefetch(base.wrapping_add(nb * gb), gb);
+                    }
+                    let dw = f16x8(base.add(16 * h));
+                    // Lane l's weights for every row, and whether they are nibbles (Q4) or q + 128.
+                    let w = |l: usize| -> __m256i {
+                        match kind {
+                            Legacy::Q8_0 => _mm256_xor_si256(ld(base.add(qw + 64 * l + 32 * h)), flip),
+                            _ => {
+                                let v = ld(base.add(qw + 64 * (l % 4) + 32 * h));
+                                if l < 4 { _mm256_and_si256(v, m4) } else { _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4) }
+                            }
+                        }
+                    };
+                    for (j, a) in acts.iter().enumerate() {
+                        let ab = a.as_ptr().add(b * bq8);
+                        let d = _mm256_mul_ps(dw, _mm256_set1_ps(f16_at(ab)));
+                        for (l, acc_l) in acc[j].iter_mut().enumerate() {
+                            let q = bcast4(ab.add(qa + 4 * l));
+                            let wl = w(l);
+                            // Exact int sums of the lane's 4 products (no int16 step saturates:
+                            // nibbles x int8 pairs, |q| x |a| <= 2 x 128 x 127).
+                            let s16 = match kind {
+                                Legacy::Q4_1 => dot16(wl, q),
+                                Legacy::Q8_0 => dot16(_mm256_sign_epi8(wl, wl), _mm256_sign_epi8(q, wl)),
+                            };
+                            *acc_l = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(widen(s16)), *acc_l);
+                        }
+                        if kind == Legacy::Q4_1 {
+                            let mw = f16x8(base.add(32 + 16 * h));
+                            summs[j] = _mm256_fmadd_ps(mw, _mm256_set1_ps(f16_at(ab.add(2))), summs[j]);
                         }
                     }
-                };
-                for (j, a) in acts.iter().enumerate() {
-                    let ab = a.as_ptr().add(b * bq8);
-                    let d = _mm256_mul_ps(dw, _mm256_set1_ps(f16_at(ab)));
-                    for (l, acc_l) in acc[j].iter_mut().enumerate() {
-                        let q = bcast4(ab.add(qa + 4 * l));
-                        let wl = w(l);
-                        // Exact int sums of the lane's 4 products (no int16 step saturates:
-                        // nibbles x int8 pairs, |q| x |a| <= 2 x 128 x 127).
-                        let s16 = match kind {
-                            Legacy::Q4_1 => dot16(wl, q),
-                            Legacy::Q8_0 => dot16(_mm256_sign_epi8(wl, wl), _mm256_sign_epi8(q, wl)),
-                        };
-                        *acc_l = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(widen(s16)), *acc_l);
-                    }
-                    if kind == Legacy::Q4_1 {
-                        let mw = f16x8(base.add(32 + 16 * h));
-                        summs[j] = _mm256_fmadd_ps(mw, _mm256_set1_ps(f16_at(ab.add(2))), summs[j]);
-                    }
                 }
-            }
-            for j in 0..M {
-                let a = &acc[j];
-                let t: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(a[4 + i], a[i]));
-                let total = _mm256_add_ps(_mm256_add_ps(t[0], t[2]), _mm256_add_ps(t[1], t[3]));
-                let total = if kind == Legacy::Q4_1 { _mm256_add_ps(total, summs[j]) } else { total };
-                _mm256_storeu_ps(out[gi * M + j].as_mut_ptr().add(8 * h), total);
+                for j in 0..M {
+                    let a = &acc[j];
+                    let t: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(a[4 + i], a[i]));
+                    let total = _mm256_add_ps(_mm256_add_ps(t[0], t[2]), _mm256_add_ps(t[1], t[3]));
+                    let total = if kind == Legacy::Q4_1 { _mm256_add_ps(total, summs[j]) } else { total };
+                    _mm256_storeu_ps(out[gi * M + j].as_mut_ptr().add(8 * h), total);
+                }
             }
         }
     }
@@ -292,64 +345,70 @@ unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
     let (k1, k2, k3) = (_mm256_set1_epi32(0x3f3f3f3f), _mm256_set1_epi32(0x0f0f0f0f), _mm256_set1_epi32(0x03030303));
     let even = _mm256_set1_epi32(0x00FF00FF);
     let mut f = [[[_mm256_setzero_ps(); 2]; M]; G];
-    for b in 0..nb {
-        for (gi, g) in groups.iter().enumerate() {
-            let base = g.as_ptr().add(b * GB);
-            for h in 0..2 {
-                prefetch(base.wrapping_add(GB + h * GB / 2), GB / 2);
-                let dw = f16x8(base.add(16 * h));
-                let dm = f16x8(base.add(32 + 16 * h));
-                let (w0, w1, w2) = (ld(base.add(64 + 32 * h)), ld(base.add(128 + 32 * h)), ld(base.add(192 + 32 * h)));
-                let high2 = |w: __m256i| _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srli_epi32::<6>(w), k3));
-                // Bytes of each lane: scales 0..4, 4..8; minimums 0..4, 4..8.
-                let sc = [_mm256_and_si256(w0, k1), _mm256_or_si256(_mm256_and_si256(w2, k2), high2(w0))];
-                let mn = [_mm256_and_si256(w1, k1), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32::<4>(w2), k2), high2(w1))];
-                // Minimums as int16 pairs: (m0, m2), (m1, m3), (m4, m6), (m5, m7).
-                let mp = [
-                    _mm256_and_si256(mn[0], even),
-                    _mm256_and_si256(_mm256_srli_epi32::<8>(mn[0]), even),
-                    _mm256_and_si256(mn[1], even),
-                    _mm256_and_si256(_mm256_srli_epi32::<8>(mn[1]), even),
-                ];
-                let mut isum = [_mm256_setzero_si256(); M];
-                for c in 0..4 {
-                    // The sub-blocks' scales in both int16 halves of each lane.
-                    let pair16 = |s: __m256i| _mm256_or_si256(s, _mm256_slli_epi32::<16>(s));
-                    let (s_lo, s_hi) = (pair16(lane_u8(sc[c / 2], 2 * (c % 2))), pair16(lane_u8(sc[c / 2], 2 * (c % 2) + 1)));
-                    let mut al = [_mm256_setzero_si256(); M];
-                    let mut ah = [_mm256_setzero_si256(); M];
-                    for i in 0..8 {
-                        let v = ld(base.add(QS + 64 * (8 * c + i) + 32 * h));
-                        let lo = _mm256_and_si256(v, m4);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
-                        for (j, a) in acts.iter().enumerate() {
-                            let q = a.as_ptr().add(b * bq8 + Q8K_QS + 64 * c);
-                            al[j] = _mm256_add_epi16(al[j], dot16(lo, bcast4(q.add(4 * i))));
-                            ah[j] = _mm256_add_epi16(ah[j], dot16(hi, bcast4(q.add(32 + 4 * i))));
+    // SAFETY: reached only through `gemv` above, which asserts `detected()` (AVX2, FMA, F16C:
+    // this fn's features) and checked every group holds nb group blocks and every activation
+    // row nb blocks (for Q4_0 also nb sums), so each load stays within them; prefetches never
+    // fault.
+    unsafe {
+        for b in 0..nb {
+            for (gi, g) in groups.iter().enumerate() {
+                let base = g.as_ptr().add(b * GB);
+                for h in 0..2 {
+                    prefetch(base.wrapping_add(GB + h * GB / 2), GB / 2);
+                    let dw = f16x8(base.add(16 * h));
+                    let dm = f16x8(base.add(32 + 16 * h));
+                    let (w0, w1, w2) = (ld(base.add(64 + 32 * h)), ld(base.add(128 + 32 * h)), ld(base.add(192 + 32 * h)));
+                    let high2 = |w: __m256i| _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srli_epi32::<6>(w), k3));
+                    // Bytes of each lane: scales 0..4, 4..8; minimums 0..4, 4..8.
+                    let sc = [_mm256_and_si256(w0, k1), _mm256_or_si256(_mm256_and_si256(w2, k2), high2(w0))];
+                    let mn = [_mm256_and_si256(w1, k1), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32::<4>(w2), k2), high2(w1))];
+                    // Minimums as int16 pairs: (m0, m2), (m1, m3), (m4, m6), (m5, m7).
+                    let mp = [
+                        _mm256_and_si256(mn[0], even),
+                        _mm256_and_si256(_mm256_srli_epi32::<8>(mn[0]), even),
+                        _mm256_and_si256(mn[1], even),
+                        _mm256_and_si256(_mm256_srli_epi32::<8>(mn[1]), even),
+                    ];
+                    let mut isum = [_mm256_setzero_si256(); M];
+                    for c in 0..4 {
+                        // The sub-blocks' scales in both int16 halves of each lane.
+                        let pair16 = |s: __m256i| _mm256_or_si256(s, _mm256_slli_epi32::<16>(s));
+                        let (s_lo, s_hi) = (pair16(lane_u8(sc[c / 2], 2 * (c % 2))), pair16(lane_u8(sc[c / 2], 2 * (c % 2) + 1)));
+                        let mut al = [_mm256_setzero_si256(); M];
+                        let mut ah = [_mm256_setzero_si256(); M];
+                        for i in 0..8 {
+                            let v = ld(base.add(QS + 64 * (8 * c + i) + 32 * h));
+                            let lo = _mm256_and_si256(v, m4);
+                            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                            for (j, a) in acts.iter().enumerate() {
+                                let q = a.as_ptr().add(b * bq8 + Q8K_QS + 64 * c);
+                                al[j] = _mm256_add_epi16(al[j], dot16(lo, bcast4(q.add(4 * i))));
+                                ah[j] = _mm256_add_epi16(ah[j], dot16(hi, bcast4(q.add(32 + 4 * i))));
+                            }
+                        }
+                        for j in 0..M {
+                            isum[j] = _mm256_add_epi32(isum[j], _mm256_add_epi32(_mm256_madd_epi16(al[j], s_lo), _mm256_madd_epi16(ah[j], s_hi)));
                         }
                     }
-                    for j in 0..M {
-                        isum[j] = _mm256_add_epi32(isum[j], _mm256_add_epi32(_mm256_madd_epi16(al[j], s_lo), _mm256_madd_epi16(ah[j], s_hi)));
+                    for (j, a) in acts.iter().enumerate() {
+                        let ab = a.as_ptr().add(b * bq8);
+                        let bs = ab.add(Q8K_BSUMS) as *const i16;
+                        // Sub-block s sums 32 quants: two of ggml's 16-quant sums (|sum| <= 4096, int16).
+                        let s = |i: usize| (bs.add(2 * i).read_unaligned() as i32 + bs.add(2 * i + 1).read_unaligned() as i32) as u16 as u32;
+                        let pair = |x: usize, y: usize| _mm256_set1_epi32((s(x) | (s(y) << 16)) as i32);
+                        let msum = _mm256_add_epi32(
+                            _mm256_add_epi32(_mm256_madd_epi16(mp[0], pair(0, 2)), _mm256_madd_epi16(mp[1], pair(1, 3))),
+                            _mm256_add_epi32(_mm256_madd_epi16(mp[2], pair(4, 6)), _mm256_madd_epi16(mp[3], pair(5, 7))),
+                        );
+                        let da = _mm256_set1_ps((ab as *const f32).read_unaligned());
+                        f[gi][j][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(dw, da), f[gi][j][h]);
+                        f[gi][j][h] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dm, da), f[gi][j][h]);
                     }
-                }
-                for (j, a) in acts.iter().enumerate() {
-                    let ab = a.as_ptr().add(b * bq8);
-                    let bs = ab.add(Q8K_BSUMS) as *const i16;
-                    // Sub-block s sums 32 quants: two of ggml's 16-quant sums (|sum| <= 4096, int16).
-                    let s = |i: usize| (bs.add(2 * i).read_unaligned() as i32 + bs.add(2 * i + 1).read_unaligned() as i32) as u16 as u32;
-                    let pair = |x: usize, y: usize| _mm256_set1_epi32((s(x) | (s(y) << 16)) as i32);
-                    let msum = _mm256_add_epi32(
-                        _mm256_add_epi32(_mm256_madd_epi16(mp[0], pair(0, 2)), _mm256_madd_epi16(mp[1], pair(1, 3))),
-                        _mm256_add_epi32(_mm256_madd_epi16(mp[2], pair(4, 6)), _mm256_madd_epi16(mp[3], pair(5, 7))),
-                    );
-                    let da = _mm256_set1_ps((ab as *const f32).read_unaligned());
-                    f[gi][j][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(dw, da), f[gi][j][h]);
-                    f[gi][j][h] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dm, da), f[gi][j][h]);
                 }
             }
         }
+        store_groups(&f, out);
     }
-    store_groups(&f, out);
 }
 
 /// Up to M_PASS Q8_K activation rows against `Q6_Kx16` groups, as the AVX-512 tier: per 16-k
@@ -367,52 +426,58 @@ unsafe fn q6_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
     let m4 = _mm256_set1_epi8(0x0F);
     let m33 = _mm256_set1_epi8(0x33);
     let mut f = [[[_mm256_setzero_ps(); 2]; M]; G];
-    for b in 0..nb {
-        for (gi, g) in groups.iter().enumerate() {
-            let base = g.as_ptr().add(b * GB);
-            for hv in 0..2 {
-                let dw = f16x8(base.add(16 * hv));
-                let ldh = |at: usize| ld(base.add(at + 32 * hv));
-                let mut isum = [_mm256_setzero_si256(); M];
-                for h in 0..2 {
-                    for is in 0..2 {
-                        prefetch(base.wrapping_add(GB + (2 * h + is) * GB / 8 + hv * GB / 2), GB / 8);
-                        // Quarter t of half h: elements 128 h + 32 t + l, l in 16 is .. 16 is + 16.
-                        for t in 0..4 {
-                            let mut acc = [[_mm256_setzero_si256(); 2]; M];
-                            for step in 0..4 {
-                                let ls = 4 * is + step;
-                                let l4 = ldh(QL + 64 * (16 * h + 8 * (t % 2) + ls));
-                                let hb = ldh(QH + 64 * (8 * h + ls));
-                                // ql low nibbles for t < 2, high for t >= 2; qh bits 2t, 2t + 1.
-                                let pair = if t % 2 == 0 { _mm256_and_si256(hb, m33) } else { _mm256_and_si256(_mm256_srli_epi16::<2>(hb), m33) };
-                                let q = if t < 2 {
-                                    _mm256_or_si256(_mm256_and_si256(l4, m4), _mm256_andnot_si256(m4, _mm256_slli_epi16::<4>(pair)))
-                                } else {
-                                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l4), m4), _mm256_andnot_si256(m4, pair))
-                                };
-                                for (j, a) in acts.iter().enumerate() {
-                                    let qa = a.as_ptr().add(b * bq8 + Q8K_QS + 128 * h + 32 * t + 4 * ls);
-                                    acc[j][step / 2] = _mm256_add_epi16(acc[j][step / 2], dot16(q, bcast4(qa)));
+    // SAFETY: reached only through `gemv` above, which asserts `detected()` (AVX2, FMA, F16C:
+    // this fn's features) and checked every group holds nb group blocks and every activation
+    // row nb blocks (for Q4_0 also nb sums), so each load stays within them; prefetches never
+    // fault.
+    unsafe {
+        for b in 0..nb {
+            for (gi, g) in groups.iter().enumerate() {
+                let base = g.as_ptr().add(b * GB);
+                for hv in 0..2 {
+                    let dw = f16x8(base.add(16 * hv));
+                    let ldh = |at: usize| ld(base.add(at + 32 * hv));
+                    let mut isum = [_mm256_setzero_si256(); M];
+                    for h in 0..2 {
+                        for is in 0..2 {
+                            prefetch(base.wrapping_add(GB + (2 * h + is) * GB / 8 + hv * GB / 2), GB / 8);
+                            // Quarter t of half h: elements 128 h + 32 t + l, l in 16 is .. 16 is + 16.
+                            for t in 0..4 {
+                                let mut acc = [[_mm256_setzero_si256(); 2]; M];
+                                for step in 0..4 {
+                                    let ls = 4 * is + step;
+                                    let l4 = ldh(QL + 64 * (16 * h + 8 * (t % 2) + ls));
+                                    let hb = ldh(QH + 64 * (8 * h + ls));
+                                    // ql low nibbles for t < 2, high for t >= 2; qh bits 2t, 2t + 1.
+                                    let pair = if t % 2 == 0 { _mm256_and_si256(hb, m33) } else { _mm256_and_si256(_mm256_srli_epi16::<2>(hb), m33) };
+                                    let q = if t < 2 {
+                                        _mm256_or_si256(_mm256_and_si256(l4, m4), _mm256_andnot_si256(m4, _mm256_slli_epi16::<4>(pair)))
+                                    } else {
+                                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l4), m4), _mm256_andnot_si256(m4, pair))
+                                    };
+                                    for (j, a) in acts.iter().enumerate() {
+                                        let qa = a.as_ptr().add(b * bq8 + Q8K_QS + 128 * h + 32 * t + 4 * ls);
+                                        acc[j][step / 2] = _mm256_add_epi16(acc[j][step / 2], dot16(q, bcast4(qa)));
+                                    }
                                 }
-                            }
-                            let sub = 8 * h + 2 * t + is;
-                            let scale = lane_i8(ldh(SC + 64 * (sub / 4)), sub % 4);
-                            for (j, a) in acts.iter().enumerate() {
-                                let bsum = (a.as_ptr().add(b * bq8 + Q8K_BSUMS + 2 * sub) as *const i16).read_unaligned() as i32;
-                                let dot = _mm256_add_epi32(widen(acc[j][0]), widen(acc[j][1]));
-                                let centred = _mm256_sub_epi32(dot, _mm256_set1_epi32(32 * bsum));
-                                isum[j] = _mm256_add_epi32(isum[j], _mm256_mullo_epi32(centred, scale));
+                                let sub = 8 * h + 2 * t + is;
+                                let scale = lane_i8(ldh(SC + 64 * (sub / 4)), sub % 4);
+                                for (j, a) in acts.iter().enumerate() {
+                                    let bsum = (a.as_ptr().add(b * bq8 + Q8K_BSUMS + 2 * sub) as *const i16).read_unaligned() as i32;
+                                    let dot = _mm256_add_epi32(widen(acc[j][0]), widen(acc[j][1]));
+                                    let centred = _mm256_sub_epi32(dot, _mm256_set1_epi32(32 * bsum));
+                                    isum[j] = _mm256_add_epi32(isum[j], _mm256_mullo_epi32(centred, scale));
+                                }
                             }
                         }
                     }
-                }
-                for (j, a) in acts.iter().enumerate() {
-                    let da = _mm256_set1_ps((a.as_ptr().add(b * bq8) as *const f32).read_unaligned());
-                    f[gi][j][hv] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(dw, da), f[gi][j][hv]);
+                    for (j, a) in acts.iter().enumerate() {
+                        let da = _mm256_set1_ps((a.as_ptr().add(b * bq8) as *const f32).read_unaligned());
+                        f[gi][j][hv] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(dw, da), f[gi][j][hv]);
+                    }
                 }
             }
         }
+        store_groups(&f, out);
     }
-    store_groups(&f, out);
 }
