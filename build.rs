@@ -22,6 +22,8 @@ fn main() {
 
     let include = src.join("ggml/include");
     let impl_header = src.join("ggml/src/ggml-backend-impl.h");
+    // ggml_log_internal, ggml's logging entry point (so llama_log_set sees our messages).
+    let log_header = src.join("ggml/src/ggml-impl.h");
     if !impl_header.exists() {
         panic!(
             "pinned llama.cpp tree not found at {} (run bench-scripts/setup-llama.sh, or set SMEPILOT_LLAMA_SRC)",
@@ -29,6 +31,7 @@ fn main() {
         );
     }
     println!("cargo:rerun-if-changed={}", impl_header.display());
+    println!("cargo:rerun-if-changed={}", log_header.display());
     println!(
         "cargo:rerun-if-changed={}",
         include.join("ggml.h").display()
@@ -53,6 +56,7 @@ fn main() {
 
     let bindings = bindgen::Builder::default()
         .header(impl_header.to_str().unwrap())
+        .header(log_header.to_str().unwrap())
         .clang_arg(format!("-I{}", include.display()))
         .allowlist_type("ggml_.*")
         .allowlist_function("ggml_.*")

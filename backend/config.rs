@@ -177,11 +177,31 @@ pub fn log_enabled(level: LogLevel) -> bool {
     get().map_or(level <= LogLevel::Warn, |c| level <= c.log)
 }
 
+/// Where `smelog!` messages go: the message without prefix or newline, and its level.
+pub type LogSink = fn(LogLevel, &str);
+
+static LOG_SINK: std::sync::RwLock<Option<LogSink>> = std::sync::RwLock::new(None);
+
+/// Sends every later `smelog!` message to `sink` (None: back to stderr). The plugin
+/// installs ggml's logger, so that the host's log callback (llama_log_set) sees them.
+pub fn set_log_sink(sink: Option<LogSink>) {
+    *LOG_SINK.write().unwrap_or_else(|e| e.into_inner()) = sink;
+}
+
+/// Writes one message to the sink: stderr as "smepilot: <message>" unless one was set.
+pub fn log(level: LogLevel, msg: &str) {
+    let sink = *LOG_SINK.read().unwrap_or_else(|e| e.into_inner());
+    match sink {
+        Some(sink) => sink(level, msg),
+        None => eprintln!("smepilot: {msg}"),
+    }
+}
+
 #[macro_export]
 macro_rules! smelog {
     ($lvl:ident, $($arg:tt)*) => {
         if $crate::config::log_enabled($crate::config::LogLevel::$lvl) {
-            eprintln!("smepilot: {}", format!($($arg)*));
+            $crate::config::log($crate::config::LogLevel::$lvl, &format!($($arg)*));
         }
     };
 }
@@ -249,5 +269,46 @@ mod tests {
             let e = parse(&[(k, v)]).unwrap_err();
             assert!(e.contains(k) && e.contains(v), "{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    static CAUGHT: Mutex<Vec<(LogLevel, String)>> = Mutex::new(Vec::new());
+
+    fn catch(level: LogLevel, msg: &str) {
+        CAUGHT.lock().unwrap().push((level, msg.to_string()));
+    }
+
+    #[test]
+    fn smelog_goes_to_the_sink_that_is_set() {
+        set_log_sink(Some(catch));
+        crate::smelog!(Error, "sink test {}", 42);
+        crate::smelog!(Warn, "sink test warn");
+        // Below the default level (warn; SMEPILOT_LOG is not set in tests): filtered out
+        // before it reaches the sink.
+        crate::smelog!(Debug, "sink test debug");
+        set_log_sink(None);
+        crate::smelog!(Error, "sink test after reset");
+        // Other tests may log meanwhile: look at this test's messages only.
+        let caught: Vec<_> = CAUGHT
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, m)| m.starts_with("sink test"))
+            .cloned()
+            .collect();
+        let want_debug = log_enabled(LogLevel::Debug);
+        let mut want = vec![
+            (LogLevel::Error, "sink test 42".to_string()),
+            (LogLevel::Warn, "sink test warn".to_string()),
+        ];
+        if want_debug {
+            want.push((LogLevel::Debug, "sink test debug".to_string()));
+        }
+        assert_eq!(caught, want);
     }
 }

@@ -2,11 +2,15 @@
 //! (64-byte aligned for AVX-512), owned or wrapping a host pointer (mmapped weights).
 //!
 //! Weight tensors whose type has a packed layout (`backend::kernels::packed`) get a packed
-//! copy the first time a graph uses them in a matrix product ([`ensure_packed`]): once per
-//! tensor, owned by the buffer, pointed to by the tensor's `extra`. ggml's own layout stays
-//! in place for the other readers (GET_ROWS on tied embeddings, CPU fallback); when it is a
-//! file mapping, its pages are handed back to the kernel after packing (MADV_PAGEOUT), so the
-//! model is not resident twice.
+//! copy the first time a graph uses them in a matrix product ([`ensure_packed`]): owned by
+//! the buffer and found by the weight's byte range in it (`PackedCopies`). ggml's own layout
+//! stays in place for the other readers (GET_ROWS on tied embeddings, CPU fallback); when it
+//! is a file mapping, its pages are handed back to the kernel after packing (MADV_PAGEOUT),
+//! so the model is not resident twice.
+//!
+//! Every write into a buffer (set_tensor, memset_tensor, cpy_tensor, clear) drops the packed
+//! copies of the bytes it overwrites, so the next graph packs the new values again (and until
+//! then reads ggml's layout). The tensor itself is not touched: it may be gone by then.
 
 use std::ffi::c_void;
 use std::os::raw::c_char;
@@ -14,8 +18,10 @@ use std::os::raw::c_char;
 use super::sys::{
     self, ggml_backend_buffer_i, ggml_backend_buffer_t, ggml_backend_buffer_type_t, ggml_tensor,
 };
+use super::guard;
 use smepilot_engine::dtype::DType;
 use smepilot_engine::kernels::packed::{self, Layout, PackedRef};
+use smepilot_engine::packed_copies::PackedCopies;
 
 pub const ALIGNMENT: usize = 64;
 
@@ -24,18 +30,49 @@ struct BufferCtx {
     size: usize,
     /// Allocated by us (freed on free_buffer) rather than borrowed from the host.
     owned: bool,
-    /// Packed copies of this buffer's weights (freed with the buffer).
-    packed: std::sync::Mutex<Vec<PackedAlloc>>,
+    /// Packed copies of this buffer's weights, by byte offset in the buffer (freed when
+    /// their bytes are written, or with the buffer).
+    packed: std::sync::Mutex<PackedCopies<PackedAlloc>>,
 }
 
-/// One packed copy: its allocation and the descriptor a tensor's `extra` points to (kept
-/// here only to own it).
+impl BufferCtx {
+    fn packed(&self) -> std::sync::MutexGuard<'_, PackedCopies<PackedAlloc>> {
+        self.packed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Byte offset of `p` in the buffer.
+    fn offset(&self, p: *const c_void) -> usize {
+        (p as usize).wrapping_sub(self.base as usize)
+    }
+
+    /// Drops the packed copies of the bytes `[start, start + len)` of the buffer, which are
+    /// being overwritten.
+    fn written(&self, start: usize, len: usize) {
+        let dropped = self.packed().invalidate(start..start.saturating_add(len));
+        if !dropped.is_empty() {
+            smepilot_engine::smelog!(Debug, "a write dropped {} packed weight copies", dropped.len());
+        }
+    }
+}
+
+/// One packed copy: its allocation (freed on drop) and what it was packed from.
 struct PackedAlloc {
     mem: *mut u8,
-    _desc: Box<PackedRef>,
+    packed: PackedRef,
+    /// The tensor's type and shape, so a different tensor at the same offset does not match.
+    shape: (DType, usize, usize),
 }
 
-// SAFETY: the allocation is owned by the buffer context and freed only in free_buffer.
+impl Drop for PackedAlloc {
+    fn drop(&mut self) {
+        // SAFETY: `mem` came from posix_memalign in ensure_packed and is owned by this
+        // value alone; graphs that read it do not run while a write or free drops it
+        // (ggml does not write a buffer while a graph that reads it computes).
+        unsafe { libc::free(self.mem as *mut c_void) };
+    }
+}
+
+// SAFETY: the allocation is owned by this value (see Drop).
 unsafe impl Send for PackedAlloc {}
 
 pub unsafe extern "C" fn buft_get_name(_: ggml_backend_buffer_type_t) -> *const c_char {
@@ -54,6 +91,10 @@ pub unsafe extern "C" fn buft_alloc_buffer(
     buft: ggml_backend_buffer_type_t,
     size: usize,
 ) -> ggml_backend_buffer_t {
+    guard("alloc_buffer", std::ptr::null_mut(), || alloc_buffer(buft, size))
+}
+
+unsafe fn alloc_buffer(buft: ggml_backend_buffer_type_t, size: usize) -> ggml_backend_buffer_t {
     let mut ptr: *mut c_void = std::ptr::null_mut();
     // SAFETY: posix_memalign writes ptr on success; ALIGNMENT is a power of two ≥ sizeof(void*).
     if libc::posix_memalign(&mut ptr, ALIGNMENT, size.max(ALIGNMENT)) != 0 {
@@ -91,13 +132,13 @@ unsafe fn ctx<'a>(buffer: ggml_backend_buffer_t) -> &'a BufferCtx {
 }
 
 unsafe extern "C" fn free_buffer(buffer: ggml_backend_buffer_t) {
-    let ctx = Box::from_raw((*buffer).context as *mut BufferCtx);
-    for p in ctx.packed.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-        libc::free(p.mem as *mut c_void);
-    }
-    if ctx.owned {
-        libc::free(ctx.base as *mut c_void);
-    }
+    guard("free_buffer", (), || {
+        let ctx = Box::from_raw((*buffer).context as *mut BufferCtx);
+        if ctx.owned {
+            libc::free(ctx.base as *mut c_void);
+        }
+        drop(ctx); // and the packed copies with it
+    })
 }
 
 /// Serializes packing (two contexts on one model may meet the same weight at once).
@@ -110,18 +151,34 @@ unsafe fn in_our_weights(t: &ggml_tensor) -> bool {
         && (*t.buffer).usage == sys::ggml_backend_buffer_usage::GGML_BACKEND_BUFFER_USAGE_WEIGHTS
 }
 
-/// The packed copy of weight tensor `t`, if it has one.
+/// The weight tensor `t` as a packed copy is made of it: type, k, n. None if it has no
+/// packed layout or is not a whole, contiguous 2-D weight of one of our weight buffers.
+unsafe fn packable(t: &ggml_tensor) -> Option<(DType, usize, usize, Layout)> {
+    if !in_our_weights(t) || !t.view_src.is_null() || t.data.is_null() {
+        return None;
+    }
+    let ty = DType::from_ggml(t.type_)?;
+    let (k, n) = (t.ne[0] as usize, t.ne[1] as usize);
+    if t.ne[2] != 1 || t.ne[3] != 1 || t.nb[1] != ty.row_bytes(k) {
+        return None;
+    }
+    Some((ty, k, n, Layout::for_weights(ty, k, n)?))
+}
+
+/// The packed copy of weight tensor `t`, if it has a current one.
 ///
 /// # Safety
 /// `t` points to a live tensor.
 pub unsafe fn packed_ref(t: *const ggml_tensor) -> Option<PackedRef> {
     let t = &*t;
-    if t.extra.is_null() || !in_our_weights(t) {
-        return None;
-    }
-    // SAFETY: in our weight buffers, `extra` is only ever set by ensure_packed, to a live
-    // PackedRef owned by the buffer.
-    Some(*(t.extra as *const PackedRef))
+    // Only weights ever get copies: anything else returns before taking the lock.
+    let (ty, k, n, _) = packable(t)?;
+    let c = ctx(t.buffer);
+    let packed = c.packed();
+    packed
+        .get(c.offset(t.data))
+        .filter(|a| a.shape == (ty, k, n))
+        .map(|a| a.packed)
 }
 
 /// Makes the packed copy of weight tensor `t` if its type has a packed layout and it has none
@@ -131,18 +188,15 @@ pub unsafe fn packed_ref(t: *const ggml_tensor) -> Option<PackedRef> {
 /// `t` points to a live tensor; no graph that reads `t` runs concurrently with the first
 /// call for `t` (graphs run after the scheduler's calls that reach here).
 pub unsafe fn ensure_packed(t: *mut ggml_tensor) {
-    let tr = &mut *t;
-    if !tr.extra.is_null() || !in_our_weights(tr) || !tr.view_src.is_null() || tr.data.is_null() {
+    let tr = &*t;
+    let Some((ty, k, n, layout)) = packable(tr) else { return };
+    let ctx = ctx(tr.buffer);
+    let start = ctx.offset(tr.data);
+    if ctx.packed().get(start).is_some() {
         return;
     }
-    let Some(ty) = DType::from_ggml(tr.type_) else { return };
-    let (k, n) = (tr.ne[0] as usize, tr.ne[1] as usize);
-    if tr.ne[2] != 1 || tr.ne[3] != 1 || tr.nb[1] != ty.row_bytes(k) {
-        return;
-    }
-    let Some(layout) = Layout::for_weights(ty, k, n) else { return };
     let _guard = PACK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    if !tr.extra.is_null() {
+    if ctx.packed().get(start).is_some() {
         return;
     }
     let bytes = ty.row_bytes(k) * n;
@@ -161,16 +215,22 @@ pub unsafe fn ensure_packed(t: *mut ggml_tensor) {
     // SAFETY: the tensor holds `bytes` bytes at data (contiguous rows, checked above); mem
     // was just allocated with that size.
     let src = std::slice::from_raw_parts(tr.data as *const u8, bytes);
+    let copy = PackedAlloc {
+        mem: mem as *mut u8,
+        packed: PackedRef { layout, data: mem as *const u8 },
+        shape: (ty, k, n),
+    };
     packed::pack(layout, ty, src, std::slice::from_raw_parts_mut(mem as *mut u8, bytes), n, k);
-    let ctx = &*((*tr.buffer).context as *const BufferCtx);
     if !ctx.owned {
         // The source is the host's memory (llama.cpp's file mapping): our kernels no longer
         // read it, so let the kernel reclaim its pages (re-read from the file if touched).
         page_out(tr.data as *const u8, bytes);
     }
-    let desc = Box::new(PackedRef { layout, data: mem as *const u8 });
-    tr.extra = &*desc as *const PackedRef as *mut c_void;
-    ctx.packed.lock().unwrap_or_else(|e| e.into_inner()).push(PackedAlloc { mem: mem as *mut u8, _desc: desc });
+    if ctx.packed().insert(start..start + bytes, copy).is_err() {
+        // Overlaps another packed tensor: not a layout ggml makes. The copy is freed and
+        // this tensor read in ggml's layout.
+        smepilot_engine::smelog!(Warn, "a weight overlaps another packed weight; not packing it");
+    }
 }
 
 /// Advises the kernel to reclaim the whole pages inside `[p, p + len)`. MADV_PAGEOUT keeps
@@ -192,29 +252,40 @@ unsafe fn page_out(p: *const u8, len: usize) {
 }
 
 unsafe extern "C" fn get_base(buffer: ggml_backend_buffer_t) -> *mut c_void {
-    ctx(buffer).base as *mut c_void
+    guard("get_base", std::ptr::null_mut(), || ctx(buffer).base as *mut c_void)
 }
 
+// The writes below take `buffer` to be the buffer holding the tensor's bytes (ggml passes
+// the view source's buffer for views), and drop the packed copies of those bytes.
+
 unsafe extern "C" fn memset_tensor(
-    _: ggml_backend_buffer_t,
+    buffer: ggml_backend_buffer_t,
     t: *mut ggml_tensor,
     value: u8,
     offset: usize,
     size: usize,
 ) {
-    // SAFETY: ggml checks offset + size against the tensor's size before calling.
-    std::ptr::write_bytes(((*t).data as *mut u8).add(offset), value, size);
+    guard("memset_tensor", (), || {
+        // SAFETY: ggml checks offset + size against the tensor's size before calling.
+        std::ptr::write_bytes(((*t).data as *mut u8).add(offset), value, size);
+        let c = ctx(buffer);
+        c.written(c.offset((*t).data) + offset, size);
+    })
 }
 
 unsafe extern "C" fn set_tensor(
-    _: ggml_backend_buffer_t,
+    buffer: ggml_backend_buffer_t,
     t: *mut ggml_tensor,
     data: *const c_void,
     offset: usize,
     size: usize,
 ) {
-    // SAFETY: as above; source and tensor memory never overlap (host staging data).
-    std::ptr::copy_nonoverlapping(data as *const u8, ((*t).data as *mut u8).add(offset), size);
+    guard("set_tensor", (), || {
+        // SAFETY: as above; source and tensor memory never overlap (host staging data).
+        std::ptr::copy_nonoverlapping(data as *const u8, ((*t).data as *mut u8).add(offset), size);
+        let c = ctx(buffer);
+        c.written(c.offset((*t).data) + offset, size);
+    })
 }
 
 unsafe extern "C" fn get_tensor(
@@ -224,31 +295,40 @@ unsafe extern "C" fn get_tensor(
     offset: usize,
     size: usize,
 ) {
-    // SAFETY: as above.
-    std::ptr::copy_nonoverlapping(((*t).data as *const u8).add(offset), data as *mut u8, size);
+    guard("get_tensor", (), || {
+        // SAFETY: as above.
+        std::ptr::copy_nonoverlapping(((*t).data as *const u8).add(offset), data as *mut u8, size);
+    })
 }
 
 unsafe extern "C" fn cpy_tensor(
-    _: ggml_backend_buffer_t,
+    buffer: ggml_backend_buffer_t,
     src: *const ggml_tensor,
     dst: *mut ggml_tensor,
 ) -> bool {
-    if (*src).buffer.is_null() || !sys::ggml_backend_buffer_is_host((*src).buffer) {
-        return false;
-    }
-    // SAFETY: both tensors are in host memory and ggml requires equal byte sizes.
-    std::ptr::copy(
-        (*src).data as *const u8,
-        (*dst).data as *mut u8,
-        sys::ggml_nbytes(src),
-    );
-    true
+    guard("cpy_tensor", false, || {
+        if (*src).buffer.is_null() || !sys::ggml_backend_buffer_is_host((*src).buffer) {
+            return false;
+        }
+        let size = sys::ggml_nbytes(src);
+        // SAFETY: both tensors are in host memory and ggml requires equal byte sizes.
+        std::ptr::copy((*src).data as *const u8, (*dst).data as *mut u8, size);
+        let c = ctx(buffer);
+        c.written(c.offset((*dst).data), size);
+        true
+    })
 }
 
 unsafe extern "C" fn clear(buffer: ggml_backend_buffer_t, value: u8) {
-    let c = ctx(buffer);
-    // SAFETY: the buffer spans `size` bytes from `base`.
-    std::ptr::write_bytes(c.base, value, c.size);
+    guard("clear", (), || {
+        let c = ctx(buffer);
+        // SAFETY: the buffer spans `size` bytes from `base`.
+        std::ptr::write_bytes(c.base, value, c.size);
+        let dropped = c.packed().invalidate_all();
+        if !dropped.is_empty() {
+            smepilot_engine::smelog!(Debug, "clear dropped {} packed weight copies", dropped.len());
+        }
+    })
 }
 
 const BUFFER_IFACE: ggml_backend_buffer_i = ggml_backend_buffer_i {

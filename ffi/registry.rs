@@ -15,7 +15,7 @@ use super::sys::{
     ggml_backend_dev_type, ggml_backend_device, ggml_backend_device_i, ggml_backend_reg,
     ggml_backend_reg_i, ggml_backend_reg_t, ggml_backend_t, ggml_tensor,
 };
-use super::{buffer, convert, stream, sys};
+use super::{buffer, convert, guard, stream, sys};
 use smepilot_engine::platform::CpuFeatures;
 use smepilot_engine::kernels::registry;
 use smepilot_engine::{config, ops};
@@ -39,16 +39,18 @@ pub fn registry() -> Option<&'static Registry> {
 }
 
 fn build() -> Option<Box<Registry>> {
+    // First, so that even the refusal below reaches the host's log callback.
+    super::install_log_sink();
     let cfg = match config::get() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("smepilot: not registering the SMEPILOT backend: {e}");
+            smepilot_engine::smelog!(Error, "not registering the SMEPILOT backend: {e}");
             return None;
         }
     };
     // A tier the CPU lacks (SMEPILOT_TIER) is refused here, named, before anything runs.
     if let Err(e) = registry::select(cfg) {
-        eprintln!("smepilot: not registering the SMEPILOT backend: {e}");
+        smepilot_engine::smelog!(Error, "not registering the SMEPILOT backend: {e}");
         return None;
     }
     let features = CpuFeatures::detect();
@@ -105,12 +107,16 @@ pub fn buft_ptr() -> ggml_backend_buffer_type_t {
 
 #[no_mangle]
 pub extern "C" fn ggml_backend_init() -> ggml_backend_reg_t {
-    reg_ptr()
+    guard("ggml_backend_init", std::ptr::null_mut(), reg_ptr)
 }
 
 /// Higher is preferred by ggml_backend_load_best; 0 would mean "cannot run here".
 #[no_mangle]
 pub extern "C" fn ggml_backend_score() -> c_int {
+    guard("ggml_backend_score", 0, score)
+}
+
+fn score() -> c_int {
     match registry() {
         None => 0,
         // Preferred where it drives a matrix unit the stock CPU backend runs beside.
@@ -130,21 +136,25 @@ unsafe extern "C" fn reg_get_device_count(_: ggml_backend_reg_t) -> usize {
 }
 
 unsafe extern "C" fn reg_get_device(_: ggml_backend_reg_t, index: usize) -> ggml_backend_dev_t {
-    if index == 0 {
-        dev_ptr()
-    } else {
-        std::ptr::null_mut()
-    }
+    guard("reg_get_device", std::ptr::null_mut(), || {
+        if index == 0 {
+            dev_ptr()
+        } else {
+            std::ptr::null_mut()
+        }
+    })
 }
 
 unsafe extern "C" fn reg_get_proc_address(
     _: ggml_backend_reg_t,
     name: *const c_char,
 ) -> *mut c_void {
-    match CStr::from_ptr(name).to_bytes() {
-        b"ggml_backend_set_n_threads" => stream::set_n_threads as *mut c_void,
-        _ => std::ptr::null_mut(),
-    }
+    guard("reg_get_proc_address", std::ptr::null_mut(), || {
+        match CStr::from_ptr(name).to_bytes() {
+            b"ggml_backend_set_n_threads" => stream::set_n_threads as *mut c_void,
+            _ => std::ptr::null_mut(),
+        }
+    })
 }
 
 // ---- device --------------------------------------------------------------------
@@ -154,10 +164,16 @@ unsafe extern "C" fn dev_get_name(_: ggml_backend_dev_t) -> *const c_char {
 }
 
 unsafe extern "C" fn dev_get_description(_: ggml_backend_dev_t) -> *const c_char {
-    registry().map_or(c"".as_ptr(), |r| r.description.as_ptr())
+    guard("dev_get_description", c"".as_ptr(), || {
+        registry().map_or(c"".as_ptr(), |r| r.description.as_ptr())
+    })
 }
 
 unsafe extern "C" fn dev_get_memory(_: ggml_backend_dev_t, free: *mut usize, total: *mut usize) {
+    guard("dev_get_memory", (), || get_memory(free, total))
+}
+
+unsafe fn get_memory(free: *mut usize, total: *mut usize) {
     let mut info: libc::sysinfo = std::mem::zeroed();
     // SAFETY: sysinfo fills the struct it is given.
     if libc::sysinfo(&mut info) == 0 {
@@ -175,6 +191,10 @@ unsafe extern "C" fn dev_get_type(_: ggml_backend_dev_t) -> ggml_backend_dev_typ
 }
 
 unsafe extern "C" fn dev_get_props(dev: ggml_backend_dev_t, props: *mut ggml_backend_dev_props) {
+    guard("dev_get_props", (), || get_props(dev, props))
+}
+
+unsafe fn get_props(dev: ggml_backend_dev_t, props: *mut ggml_backend_dev_props) {
     let p = &mut *props;
     p.name = dev_get_name(dev);
     p.description = dev_get_description(dev);
@@ -194,11 +214,11 @@ unsafe extern "C" fn dev_init_backend(
     _: ggml_backend_dev_t,
     _params: *const c_char,
 ) -> ggml_backend_t {
-    stream::new_backend(dev_ptr())
+    guard("init_backend", std::ptr::null_mut(), || stream::new_backend(dev_ptr()))
 }
 
 unsafe extern "C" fn dev_get_buffer_type(_: ggml_backend_dev_t) -> ggml_backend_buffer_type_t {
-    buft_ptr()
+    guard("dev_get_buffer_type", std::ptr::null_mut(), buft_ptr)
 }
 
 unsafe extern "C" fn dev_buffer_from_host_ptr(
@@ -207,10 +227,16 @@ unsafe extern "C" fn dev_buffer_from_host_ptr(
     size: usize,
     _max_tensor_size: usize,
 ) -> ggml_backend_buffer_t {
-    buffer::buffer_from_host_ptr(buft_ptr(), ptr, size)
+    guard("buffer_from_host_ptr", std::ptr::null_mut(), || {
+        buffer::buffer_from_host_ptr(buft_ptr(), ptr, size)
+    })
 }
 
 unsafe extern "C" fn dev_supports_op(_: ggml_backend_dev_t, op: *const ggml_tensor) -> bool {
+    guard("supports_op", false, || supports_op(op))
+}
+
+unsafe fn supports_op(op: *const ggml_tensor) -> bool {
     let declined = config::get()
         .is_ok_and(|c| !c.decline_ops.is_empty() && c.decline_ops.contains(&convert::op_name(op)));
     let verdict = if declined {
@@ -235,7 +261,9 @@ unsafe extern "C" fn dev_supports_buft(
 ) -> bool {
     // Our own buffers, and any host buffer in ggml's standard layout (the KV cache and
     // inputs llama.cpp keeps in CPU buffers).
-    buft == buft_ptr() || sys::ggml_backend_buft_is_host(buft)
+    guard("supports_buft", false, || {
+        buft == buft_ptr() || sys::ggml_backend_buft_is_host(buft)
+    })
 }
 
 pub fn tensor_name(t: *const ggml_tensor) -> String {

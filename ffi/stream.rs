@@ -4,7 +4,7 @@
 use std::ffi::c_void;
 use std::os::raw::{c_char, c_int};
 
-use super::convert;
+use super::{convert, guard};
 use super::sys::{
     self, ggml_backend, ggml_backend_dev_t, ggml_backend_i, ggml_backend_t, ggml_cgraph, ggml_guid,
     ggml_status,
@@ -21,6 +21,8 @@ struct StreamCtx {
     nodes: Vec<Node>,
 }
 
+/// # Safety
+/// `device` is SMEPilot's device. Called from `dev_init_backend`, which guards panics.
 pub unsafe fn new_backend(device: ggml_backend_dev_t) -> ggml_backend_t {
     let cfg = match config::get() {
         Ok(c) => c,
@@ -52,10 +54,12 @@ unsafe fn ctx<'a>(backend: ggml_backend_t) -> &'a mut StreamCtx {
 
 /// Exposed through get_proc_address("ggml_backend_set_n_threads"), so `-t` works.
 pub unsafe extern "C" fn set_n_threads(backend: ggml_backend_t, n_threads: c_int) {
-    if backend.is_null() || !std::ptr::eq((*backend).guid as *const ggml_guid, &GUID) {
-        return; // not one of ours
-    }
-    ctx(backend).exec.set_n_threads(n_threads.max(1) as usize);
+    guard("set_n_threads", (), || {
+        if backend.is_null() || !std::ptr::eq((*backend).guid as *const ggml_guid, &GUID) {
+            return; // not one of ours
+        }
+        ctx(backend).exec.set_n_threads(n_threads.max(1) as usize);
+    })
 }
 
 unsafe extern "C" fn get_name(_: ggml_backend_t) -> *const c_char {
@@ -63,6 +67,10 @@ unsafe extern "C" fn get_name(_: ggml_backend_t) -> *const c_char {
 }
 
 unsafe extern "C" fn free(backend: ggml_backend_t) {
+    guard("backend free", (), || free_backend(backend))
+}
+
+unsafe fn free_backend(backend: ggml_backend_t) {
     let ctx = Box::from_raw((*backend).context as *mut StreamCtx);
     let s = ctx.exec.stats;
     if s.graphs > 0 {
@@ -83,6 +91,12 @@ unsafe extern "C" fn graph_compute(
     backend: ggml_backend_t,
     cgraph: *mut ggml_cgraph,
 ) -> ggml_status {
+    guard("graph_compute", ggml_status::GGML_STATUS_FAILED, || {
+        compute_graph(backend, cgraph)
+    })
+}
+
+unsafe fn compute_graph(backend: ggml_backend_t, cgraph: *mut ggml_cgraph) -> ggml_status {
     let ctx = ctx(backend);
     ctx.nodes.clear();
     let n = sys::ggml_graph_n_nodes(cgraph);
@@ -120,8 +134,14 @@ unsafe extern "C" fn graph_compute(
             convert::op_name(last)
         );
     }
-    ctx.exec.compute(&ctx.nodes);
-    ggml_status::GGML_STATUS_SUCCESS
+    match ctx.exec.compute(&ctx.nodes) {
+        Ok(()) => ggml_status::GGML_STATUS_SUCCESS,
+        Err(e) => {
+            // The executor is ready for the next graph; this one's outputs are incomplete.
+            smepilot_engine::smelog!(Error, "graph_compute failed ({n} nodes): {e}");
+            ggml_status::GGML_STATUS_FAILED
+        }
+    }
 }
 
 const BACKEND_IFACE: ggml_backend_i = ggml_backend_i {
