@@ -193,14 +193,14 @@ impl Executor {
     /// the message of a panic on one of the threads; the nodes after it did not run, and
     /// the executor is ready for the next graph.
     pub fn compute(&mut self, nodes: &[Node]) -> Result<(), String> {
-        let nth = self.pool.n_threads();
+        let (nth, kernels) = (self.pool.n_threads(), self.kernels);
         self.plans.clear();
         self.decisions.clear();
         self.occurrences.clear();
         for node in nodes {
             let occurrences = &mut self.occurrences;
             let planned = self.planner.as_mut().and_then(|p| {
-                let s = ops::mat_shape(node, nth)?;
+                let s = ops::mat_shape(node, nth, kernels)?;
                 let seen = occurrences.entry(s).or_insert(0);
                 *seen += 1;
                 Some((s, p.decide_nth(&s, *seen - 1)))

@@ -2,6 +2,8 @@
 //! the executor and its thread pool. It knows nothing of ggml's C types and builds and
 //! tests on its own; the plugin crate above it translates ggml's graphs into its nodes.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod config;
 pub mod dtype;
 pub mod exec;

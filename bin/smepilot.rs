@@ -12,7 +12,7 @@ mod gguf;
 use std::collections::BTreeMap;
 
 use smepilot_engine::dtype::DType;
-use smepilot_engine::ops::matrix_feasible_type;
+use smepilot_engine::ops::matrix_block_for_type;
 use smepilot_engine::planner::chart::{self, Point};
 use smepilot_engine::planner::model::{self, MatShape};
 use smepilot_engine::planner::{calibrate, Mode};
@@ -145,7 +145,7 @@ fn plan_cmd(args: &[String]) -> Result<(), String> {
     for &m in &batches {
         let mut total = 0.0;
         for w in &weights {
-            let s = MatShape { m, n: w.n, k: w.k, ty: w.ty, threads, matrix_ok: matrix_feasible_type(w.ty, w.k) };
+            let s = MatShape { m, n: w.n, k: w.k, ty: w.ty, threads, matrix_block: matrix_block_for_type(w.ty, w.k) };
             let (best, all) = model::best(&profile, &s);
             let us = |i: usize| all[i].map_or("-".to_string(), |p| format!("{:.1}", p.secs * 1e6));
             let intensity = s.flops() / s.weight_bytes();

@@ -47,12 +47,36 @@ impl Tier {
 pub enum MatrixUnit {
     /// Intel AMX (int8 and bf16 tiles), permitted for this process.
     Amx,
+    /// The scalar reference engine: the matrix and coop drivers on any CPU (tests only).
+    #[cfg(test)]
+    Reference,
 }
 
 impl MatrixUnit {
     pub const fn name(self) -> &'static str {
         match self {
             MatrixUnit::Amx => "amx",
+            #[cfg(test)]
+            MatrixUnit::Reference => "reference",
+        }
+    }
+
+    /// The output block one kernel call computes (activation rows x weight rows): the
+    /// planner pads a product's shape to it.
+    pub const fn block(self) -> (usize, usize) {
+        match self {
+            MatrixUnit::Amx => (32, 32),
+            #[cfg(test)]
+            MatrixUnit::Reference => (16, 16),
+        }
+    }
+
+    /// Cores that share one unit: AMX has one per core.
+    pub const fn cores_per_unit(self) -> usize {
+        match self {
+            MatrixUnit::Amx => 1,
+            #[cfg(test)]
+            MatrixUnit::Reference => 1,
         }
     }
 }
@@ -102,6 +126,8 @@ impl KernelSet {
     pub fn describe(&self, f: &CpuFeatures) -> String {
         let unit = match self.matrix {
             Some(MatrixUnit::Amx) => "AMX tiles (int8, bf16)",
+            #[cfg(test)]
+            Some(MatrixUnit::Reference) => "the reference matrix engine",
             None => "no matrix unit",
         };
         format!("{} kernels, {unit}, {} cores", self.name, f.cores)
@@ -110,6 +136,14 @@ impl KernelSet {
     /// The scalar reference set, present on every target.
     pub fn scalar() -> &'static KernelSet {
         &KernelSet::available()[0]
+    }
+
+    /// Each available tier with the scalar reference matrix engine, for tests of the matrix
+    /// and coop drivers on any CPU.
+    #[cfg(test)]
+    pub fn with_reference_engine() -> &'static [KernelSet] {
+        static SETS: OnceLock<Vec<KernelSet>> = OnceLock::new();
+        SETS.get_or_init(|| KernelSet::available().iter().map(|s| KernelSet { matrix: Some(MatrixUnit::Reference), ..*s }).collect())
     }
 }
 
@@ -130,6 +164,7 @@ fn scalar_set() -> KernelSet {
 
 /// The tiers each architecture registers for the CPU `f`, ascending.
 fn registered(f: &CpuFeatures) -> Vec<KernelSet> {
+    #[allow(unused_mut)] // only x86-64 registers more tiers so far
     let mut sets = vec![scalar_set()];
     #[cfg(target_arch = "x86_64")]
     {

@@ -5,8 +5,6 @@ pub(crate) mod attention;
 mod copy;
 mod elementwise;
 mod matmul;
-#[cfg(target_arch = "x86_64")]
-mod matmul_amx;
 mod norm;
 mod rope;
 mod softmax;
@@ -15,7 +13,7 @@ use super::dtype::DType;
 use super::exec::ThreadCtx;
 use super::tensor::TensorRef;
 
-pub use matmul::{matrix_feasible_type, tile_int8_type};
+pub use matmul::{matrix_block_for_type, tile_int8_type};
 pub use rope::RopeParams;
 
 /// One graph operator with its decoded parameters.
@@ -129,7 +127,7 @@ pub fn supports(node: &Node) -> Result<(), Unsupported> {
 /// per-thread parts).
 pub fn scratch_bytes(node: &Node, nth: usize, ks: &crate::kernels::KernelSet) -> usize {
     match node.op {
-        Op::MulMat => matmul::scratch_bytes(node, nth),
+        Op::MulMat => matmul::scratch_bytes(node, nth, ks),
         Op::FlashAttn { .. } => attention::scratch_bytes(node, nth, ks),
         Op::Rope(_) => rope::scratch_bytes(node, nth),
         _ => 0,
@@ -138,7 +136,7 @@ pub fn scratch_bytes(node: &Node, nth: usize, ks: &crate::kernels::KernelSet) ->
 
 /// The planner's view of a 2-D matrix product (weights and activations both 2-D), None for
 /// every other node.
-pub fn mat_shape(node: &Node, threads: usize) -> Option<crate::planner::model::MatShape> {
+pub fn mat_shape(node: &Node, threads: usize, ks: &crate::kernels::KernelSet) -> Option<crate::planner::model::MatShape> {
     if !matches!(node.op, Op::MulMat) {
         return None;
     }
@@ -149,7 +147,7 @@ pub fn mat_shape(node: &Node, threads: usize) -> Option<crate::planner::model::M
         k: w.ne[0],
         ty: w.ty,
         threads,
-        matrix_ok: matmul::matrix_feasible(node),
+        matrix_block: ks.matrix.filter(|_| matmul::matrix_feasible(node, ks)).map(|u| u.block()),
     })
 }
 

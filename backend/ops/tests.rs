@@ -67,9 +67,26 @@ thread_local! {
     static TIER: std::cell::Cell<Option<&'static KernelSet>> = const { std::cell::Cell::new(None) };
 }
 
-/// An executor on the tier [`each_tier`] is running (the process's set outside it).
+/// The kernel set of the tier [`each_tier`] is running (the process's set outside it).
+fn tier_set() -> &'static KernelSet {
+    TIER.get().unwrap_or(registry::active())
+}
+
+/// An executor on the tier [`each_tier`] is running.
 fn executor(threads: usize) -> Executor {
-    Executor::with_kernels(threads, TIER.get().unwrap_or(registry::active()))
+    Executor::with_kernels(threads, tier_set())
+}
+
+/// The sets whose matrix engines the tests drive on the current tier: the reference engine,
+/// and the process's matrix unit where the process runs this tier.
+fn matrix_sets() -> Vec<&'static KernelSet> {
+    let tier = tier_set().tier;
+    let mut sets: Vec<&'static KernelSet> = KernelSet::with_reference_engine().iter().filter(|s| s.tier == tier).collect();
+    let active = registry::active();
+    if active.matrix.is_some() && active.tier == tier {
+        sets.push(active);
+    }
+    sets
 }
 
 /// Runs `body` once on every kernel tier this CPU runs, and logs the tiers for `family`.
@@ -639,7 +656,8 @@ static MUL_MAT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn mul_mat_tile_path_matches_scalar_references_on_odd_shapes() {
-    use super::matmul_amx::{feasible as applies, test_engine};
+    use super::matmul::amx::test_engine;
+    let applies = |nd: &Node| super::matmul::matrix_feasible(nd, registry::active());
     use crate::kernels::amx;
     let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if !amx::available() {
@@ -768,7 +786,7 @@ fn mul_mat_tile_path_restores_the_callers_tile_configuration() {
     let mut db = Buf::zeroed(m * n * 4);
     let d = contiguous(DType::F32, [n, m, 1, 1], &mut db);
     let nd = node(Op::MulMat, d, &[w, x]);
-    assert!(super::matmul_amx::feasible(&nd));
+    assert!(super::matmul::matrix_feasible(&nd, registry::active()));
     let mut exec = Executor::new(1); // thread 0 only: the test's own thread
     let foreign = tile::TileConfig::new().with(0, 8, 32).with(3, 16, 64);
     // SAFETY: amx::available() holds.
@@ -820,31 +838,38 @@ fn mul_mat_every_mode_packed_and_plain_weights() {
             // at once (each output column then matches one of the two references).
             // Both tile engines: bf16, and int8 (Q4_1, Q4_0, Q8_0, packed or not), which matrix
             // runs and coop's tile side take, each with a scratch layout of its own.
-            #[cfg(target_arch = "x86_64")]
-            let engines = [Some(false), Some(true)];
-            #[cfg(not(target_arch = "x86_64"))]
-            let engines = [None];
-            for engine in engines {
-                #[cfg(target_arch = "x86_64")]
-                super::matmul_amx::test_engine::set(engine);
-                for mode in Mode::ALL {
-                    if mode != Mode::Vector && !super::matmul::matrix_feasible(&nd) {
+            // The vector kernels once; the tile modes on each matrix engine (the reference
+            // engine on every tier; AMX, where present, with both its tile kernels).
+            db.bytes().fill(0);
+            executor(2).compute_with_plans(&[nd], &[Plan::forced(Mode::Vector, 1)]).expect("graph failed");
+            check_packed_product(ty, m, n, k, &raw, &xs, db.f32s(), Mode::Vector, false);
+            for ks in matrix_sets() {
+                let amx = ks.matrix == Some(crate::kernels::registry::MatrixUnit::Amx);
+                let engines: &[Option<bool>] = if amx { &[Some(false), Some(true)] } else { &[None] };
+                for &engine in engines {
+                    #[cfg(target_arch = "x86_64")]
+                    super::matmul::amx::test_engine::set(engine);
+                    if !super::matmul::matrix_feasible(&nd, ks) {
                         continue;
                     }
-                    // Matrix runs with one tile driver (a shared unit) and with both.
-                    for drivers in if mode == Mode::Matrix { 1..=2 } else { 1..=1 } {
-                        db.bytes().fill(0);
-                        executor(2).compute_with_plans(&[nd], &[Plan::forced(mode, drivers)]).expect("graph failed");
-                        let int8 = engine == Some(true) && mode != Mode::Vector && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
-                        // The K-quants' int8 tile products quantize activations per 32 (Q8_1).
-                        let k_int8 = engine == Some(true) && matches!(ty, DType::Q4_K | DType::Q5_K);
-                        // The int8 engine quantizes activations as the vector kernels do.
-                        check_packed_product(ty, m, n, k, &raw, &xs, db.f32s(), if int8 { Mode::Vector } else { mode }, k_int8);
+                    for mode in [Mode::Matrix, Mode::Coop] {
+                        // Matrix runs with one unit driver (a shared unit) and with both.
+                        for drivers in if mode == Mode::Matrix { 1..=2 } else { 1..=1 } {
+                            db.bytes().fill(f32::NAN.to_bits() as u8);
+                            Executor::with_kernels(2, ks).compute_with_plans(&[nd], &[Plan::forced(mode, drivers)]).expect("graph failed");
+                            let int8 = engine == Some(true) && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
+                            // The K-quants' int8 tile products quantize activations per 32 (Q8_1).
+                            let k_int8 = engine == Some(true) && matches!(ty, DType::Q4_K | DType::Q5_K);
+                            // The int8 engine and the reference engine quantize activations as the
+                            // vector kernels do.
+                            let want = if int8 || !amx { Mode::Vector } else { mode };
+                            check_packed_product(ty, m, n, k, &raw, &xs, db.f32s(), want, k_int8);
+                        }
                     }
                 }
+                #[cfg(target_arch = "x86_64")]
+                super::matmul::amx::test_engine::set(None);
             }
-            #[cfg(target_arch = "x86_64")]
-            super::matmul_amx::test_engine::set(None);
         }
     });
 }
@@ -968,9 +993,9 @@ fn int8_products_are_bit_identical_to_ggml_order_in_every_mode() {
                 let mut db = Buf::zeroed(m * n * 4);
                 let d = contiguous(DType::F32, [n, m, 1, 1], &mut db);
                 let nd = node(Op::MulMat, d, &[w, x]);
-                super::matmul_amx::test_engine::set(Some(true));
+                super::matmul::amx::test_engine::set(Some(true));
                 for mode in Mode::ALL {
-                    if mode != Mode::Vector && !super::matmul::matrix_feasible(&nd) {
+                    if mode != Mode::Vector && !super::matmul::matrix_feasible(&nd, registry::active()) {
                         continue;
                     }
                     if mode != Mode::Matrix && !is_packed {
@@ -990,7 +1015,7 @@ fn int8_products_are_bit_identical_to_ggml_order_in_every_mode() {
                         }
                     }
                 }
-                super::matmul_amx::test_engine::set(None);
+                super::matmul::amx::test_engine::set(None);
             }
         }
     }

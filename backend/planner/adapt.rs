@@ -202,7 +202,7 @@ mod tests {
     use crate::dtype::DType;
 
     fn prefill() -> MatShape {
-        MatShape { m: 512, n: 3072, k: 3072, ty: DType::Q4_0, threads: 2, matrix_ok: true }
+        MatShape { m: 512, n: 3072, k: 3072, ty: DType::Q4_0, threads: 2, matrix_block: Some((32, 32)) }
     }
 
     #[test]

@@ -16,7 +16,9 @@ use crate::dtype::DType;
 use crate::exec::Executor;
 use crate::kernels::packed::{self, Layout, PackedRef};
 use crate::kernels::quant::TypeKernels;
-use crate::kernels::registry::{self, Tier};
+use crate::kernels::registry;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::registry::Tier;
 use crate::ops::{Node, Op};
 use crate::kernels::roofs;
 use crate::tensor::TensorRef;
@@ -197,10 +199,11 @@ fn dram_by_threads(cores: usize) -> Vec<f64> {
 
 #[cfg(target_arch = "x86_64")]
 fn matrix_units(cores: usize, fits: TileFits) -> (Option<MatrixUnits>, f64) {
+    let per_unit = registry::MatrixUnit::Amx.cores_per_unit();
     let (int8_kernel, act_i8_ns) = fits.int8.map_or((0.0, 0.0), |f| (1.0 / f.flop, f.act * 1e9));
     match (roofs::amx_rate(1, true, 64), roofs::amx_rate(1, false, 64), fits.bf16) {
         (Some(bf16_peak), Some(int8_peak), Some(f)) => (
-            Some(MatrixUnits { units: cores, cores_per_unit: 1, bf16_peak, int8_peak, bf16_kernel: 1.0 / f.flop, act_ns: f.act * 1e9, int8_kernel, act_i8_ns }),
+            Some(MatrixUnits { units: cores / per_unit, cores_per_unit: per_unit, bf16_peak, int8_peak, bf16_kernel: 1.0 / f.flop, act_ns: f.act * 1e9, int8_kernel, act_i8_ns }),
             roofs::dram_beside_tiles(cores, (64 << 20).min((1 << 30) / cores)).unwrap_or(0.0),
         ),
         _ => (None, 0.0),
@@ -381,7 +384,7 @@ fn kernel_costs() -> (Vec<KernelCost>, TileFits) {
                 ],
             };
             crate::ops::supports(&node).ok()?;
-            if mode == Mode::Matrix && !crate::ops::mat_shape(&node, 1).is_some_and(|s| s.matrix_ok) {
+            if mode == Mode::Matrix && !crate::ops::mat_shape(&node, 1, registry::active()).is_some_and(|s| s.matrix_block.is_some()) {
                 return None;
             }
             Some(time_mode(&mut exec, &node, mode, if mode == Mode::Matrix { 7 } else { 15 }))

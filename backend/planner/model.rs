@@ -25,8 +25,9 @@ pub struct MatShape {
     pub k: usize,
     pub ty: DType,
     pub threads: usize,
-    /// The matrix path can run this product (type, shape, a usable unit).
-    pub matrix_ok: bool,
+    /// Where the matrix path can run this product (type, shape, a usable unit): the output
+    /// block (activation rows, weight rows) one call of its kernel computes.
+    pub matrix_block: Option<(usize, usize)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -66,14 +67,14 @@ fn vector_work(p: &MachineProfile, s: &MatShape) -> f64 {
     s.elems() * per_elem * 1e-9
 }
 
-/// One matrix unit's seconds for the whole product: staging plus tile products over padded
-/// tiles (32 x 32 output blocks).
+/// One matrix unit's seconds for the whole product: staging plus tile products over the
+/// shape padded to the unit's output blocks.
 fn matrix_work(p: &MachineProfile, s: &MatShape) -> f64 {
-    let (mu, c) = match (&p.matrix, p.kernel(s.ty)) {
-        (Some(mu), Some(c)) if s.matrix_ok => (mu, *c),
+    let (mu, c, (bm, bn)) = match (&p.matrix, p.kernel(s.ty), s.matrix_block) {
+        (Some(mu), Some(c), Some(block)) => (mu, *c, block),
         _ => return f64::INFINITY,
     };
-    let padded = 2.0 * (s.m.next_multiple_of(32) * s.n.next_multiple_of(32) * s.k) as f64;
+    let padded = 2.0 * (s.m.next_multiple_of(bm) * s.n.next_multiple_of(bn) * s.k) as f64;
     s.elems() * c.stage_ns * 1e-9 + padded / mu.kernel_for(&c).0
 }
 
@@ -170,7 +171,7 @@ mod tests {
     use super::*;
 
     fn shape(m: usize, ty: DType, threads: usize) -> MatShape {
-        MatShape { m, n: 3072, k: 3072, ty, threads, matrix_ok: true }
+        MatShape { m, n: 3072, k: 3072, ty, threads, matrix_block: Some((32, 32)) }
     }
 
     #[test]
@@ -233,7 +234,7 @@ mod tests {
     #[test]
     fn shapes_the_matrix_path_cannot_run_stay_on_vector() {
         let p = synthetic::amx_like();
-        let s = MatShape { matrix_ok: false, ..shape(512, DType::Q4_0, 2) };
+        let s = MatShape { matrix_block: None, ..shape(512, DType::Q4_0, 2) };
         let (b, all) = best(&p, &s);
         assert_eq!(b.mode, Mode::Vector);
         assert!(all[1].is_none() && all[2].is_none());

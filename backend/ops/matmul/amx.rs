@@ -1,14 +1,13 @@
-//! MUL_MAT on the AMX tile unit, for 2-D products with enough activation rows to fill the
-//! tiles (see `kernels::amx::gemm` for the operand layout).
+//! The Intel AMX engine (see `kernels::amx::gemm` for the operand layout), driven by
+//! `engine::run_matrix` and `engine::run_coop`.
 //!
-//! Phase 1 (activation row tiles split across threads): activations into B tiles, int8 with
-//! per-32-block scales exactly as ggml-cpu quantizes them (Q8_0, or Q8_1 for weights with a
-//! minimum), or bf16. Phase 2 (weight row groups split across threads, so each core streams
-//! its own slice of the weights): each thread takes 64 weight rows at a time (loaded in place
-//! where the type allows, else unpacked into its private scratch) and runs every activation
-//! row tile against them.
+//! Activations (row tiles split across threads) go into B tiles, int8 with per-32-block
+//! scales exactly as ggml-cpu quantizes them (Q8_0, or Q8_1 for weights with a minimum), or
+//! bf16. Each weight group (64 rows: loaded in place where the type allows, else unpacked
+//! into the thread's private scratch) then runs against every activation row tile.
 
-use super::{split_range, Node};
+use super::super::{split_range, Node};
+use super::engine::{MatrixEngine, GROUP_TILES};
 use crate::dtype::DType;
 use crate::exec::ThreadCtx;
 use crate::kernels::amx::gemm::{
@@ -18,26 +17,78 @@ use crate::kernels::amx::{self, rows};
 use crate::kernels::packed;
 use crate::tensor::TensorRef;
 
-/// Weight row tiles (of 16 rows) a thread takes at a time: the group stays in L2 while
-/// every activation row tile streams past it.
-const GROUP_TILES: usize = 4;
+/// The AMX engine. Constructed only where the process drives AMX (the kernel set's
+/// matrix unit), which is what makes its tile instructions legal.
+pub struct Amx(());
 
-enum Kind {
-    I8 { has_min: bool },
-    Bf16,
+impl Amx {
+    /// The engine, when the process's kernel set drives AMX.
+    pub fn get(ks: &crate::kernels::KernelSet) -> Option<Amx> {
+        (ks.matrix == Some(crate::kernels::registry::MatrixUnit::Amx) && amx::available()).then_some(Amx(()))
+    }
 }
 
-fn kind(node: &Node) -> Option<Kind> {
-    let (w, x) = (node.src(0), node.src(1));
-    let two_d = w.ne[2] == 1 && w.ne[3] == 1 && x.ne[2] == 1 && x.ne[3] == 1;
-    if !two_d || !feasible_type(w.ty, w.ne[0]) {
-        return None;
+/// A node's tile kernel and its scratch layout.
+#[derive(Clone, Copy)]
+pub enum Plan {
+    I8 { has_min: bool, layout: I8Layout },
+    Bf16 { layout: Bf16Layout },
+}
+
+/// A thread's tile configuration (restored on drop) and its accumulators.
+pub struct Session {
+    _tiles: crate::kernels::amx::tile::TileSession,
+    acc: Block32,
+}
+
+impl MatrixEngine for Amx {
+    type Plan = Plan;
+    type Session = Session;
+    const TILE_ROWS: usize = 16;
+
+    fn plan(&self, ty: DType, k: usize, m: usize) -> Option<Plan> {
+        if !feasible_type(ty, k) {
+            return None;
+        }
+        // The int8 engine takes ggml's layout or the packed one (groups staged per tile).
+        if let (true, Some(has_min)) = (int8_engine_on(), rows::i8_weight(ty)) {
+            return Some(Plan::I8 { has_min, layout: I8Layout::new(ty, k, m) });
+        }
+        rows::bf16_weight(ty).then(|| Plan::Bf16 { layout: Bf16Layout::new(k, m) })
     }
-    // The int8 engine takes ggml's layout or the packed one (groups staged per tile).
-    if let (true, Some(has_min)) = (int8_engine_on(), rows::i8_weight(w.ty)) {
-        return Some(Kind::I8 { has_min });
+
+    fn scratch_bytes(&self, plan: &Plan, nth: usize) -> usize {
+        match plan {
+            Plan::I8 { layout: l, .. } => l.thread_off + nth * l.thread_bytes,
+            Plan::Bf16 { layout: l } => l.thread_off + nth * l.thread_bytes,
+        }
     }
-    rows::bf16_weight(w.ty).then_some(Kind::Bf16)
+
+    fn prepare_acts(&self, plan: &Plan, node: &Node, ctx: &ThreadCtx, scratch: *mut u8) {
+        match plan {
+            Plan::I8 { has_min, layout } => i8_acts(node, ctx, scratch, layout, *has_min),
+            Plan::Bf16 { layout } => bf16_acts(node, ctx, scratch, layout),
+        }
+    }
+
+    fn session(&self, plan: &Plan) -> Session {
+        // SAFETY: an `Amx` exists only where the process may drive AMX (Amx::get). The
+        // session restores the thread's previous tile configuration when dropped.
+        let tiles = unsafe {
+            match plan {
+                Plan::I8 { .. } => gemm::i8_session(),
+                Plan::Bf16 { .. } => gemm::bf16_session(),
+            }
+        };
+        Session { _tiles: tiles, acc: Block32::new() }
+    }
+
+    fn weight_group(&self, plan: &Plan, session: &mut Session, node: &Node, ctx: &ThreadCtx, scratch: *mut u8, g: usize) {
+        match plan {
+            Plan::I8 { has_min, layout } => i8_group(node, ctx, scratch, layout, *has_min, g, &mut session.acc),
+            Plan::Bf16 { layout } => bf16_group(node, ctx, scratch, layout, g, &mut session.acc),
+        }
+    }
 }
 
 fn int8_engine_on() -> bool {
@@ -71,16 +122,9 @@ pub mod test_engine {
     }
 }
 
-/// Whether the tile path can run 2-D products of `ty` weights with `k` columns.
+/// Whether the tile kernels take 2-D products of `ty` weights with `k` columns.
 pub fn feasible_type(ty: DType, k: usize) -> bool {
-    amx::available()
-        && k.is_multiple_of(32)
-        && (rows::bf16_weight(ty) || rows::i8_weight(ty).is_some())
-}
-
-/// Whether the tile path can run this node (decided from shapes and types only).
-pub fn feasible(node: &Node) -> bool {
-    kind(node).is_some()
+    k.is_multiple_of(32) && (rows::bf16_weight(ty) || rows::i8_weight(ty).is_some())
 }
 
 fn align64(x: usize) -> usize {
@@ -94,7 +138,8 @@ fn m_tiles(m: usize) -> usize {
 
 /// Scratch of the int8 path: activation tiles, their scales and sums (shared), then per
 /// thread a quantization row and the weight group's unpacked rows, scales and minimums.
-struct I8Layout {
+#[derive(Clone, Copy)]
+pub struct I8Layout {
     nb: usize,
     d_off: usize,
     s_off: usize,
@@ -133,7 +178,8 @@ impl I8Layout {
 
 /// Scratch of the bf16 path: activation tiles (shared), then per thread a conversion row
 /// (k floats, then 2 k bytes) and the weight group's A tiles in tile order.
-struct Bf16Layout {
+#[derive(Clone, Copy)]
+pub struct Bf16Layout {
     thread_off: usize,
     thread_bytes: usize,
     row_tmp: usize,
@@ -153,42 +199,6 @@ impl Bf16Layout {
     }
 }
 
-pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
-    let (k, m) = (node.src(0).ne[0], node.src(1).ne[1]);
-    match kind(node) {
-        Some(Kind::I8 { .. }) => {
-            let l = I8Layout::new(node.src(0).ty, k, m);
-            l.thread_off + nth * l.thread_bytes
-        }
-        Some(Kind::Bf16) => {
-            let l = Bf16Layout::new(k, m);
-            l.thread_off + nth * l.thread_bytes
-        }
-        None => 0,
-    }
-}
-
-/// Scratch of the tile side of a coop run (the engine `kind` picks, as for matrix-only runs);
-/// its vector side's activations follow, 64-byte aligned.
-pub fn coop_tile_bytes(node: &Node, nth: usize) -> usize {
-    scratch_bytes(node, nth).next_multiple_of(64)
-}
-
-/// Whether this thread drives the tile unit in a matrix-only run: all threads, or the
-/// plan's first `matrix_threads` (one per unit when units are shared: the others would
-/// queue on the same unit). The rest only help convert the activations.
-fn drives_tiles(ctx: &ThreadCtx) -> bool {
-    ctx.plan.matrix_threads == 0 || ctx.ith < ctx.plan.matrix_threads
-}
-
-pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
-    match kind(node) {
-        Some(Kind::I8 { has_min }) => mul_mat_i8(node, ctx, has_min),
-        Some(Kind::Bf16) => mul_mat_bf16(node, ctx),
-        None => unreachable!("matmul_amx::mul_mat without feasible()"),
-    }
-}
-
 /// Weight rows `r0 .. r0 + 16` (fewer at the end) as byte slices of `row_bytes`.
 fn weight_rows(w: &TensorRef, r0: usize) -> ([&'static [u8]; 16], usize) {
     let n = (w.ne[1] - r0).min(16);
@@ -198,30 +208,6 @@ fn weight_rows(w: &TensorRef, r0: usize) -> ([&'static [u8]; 16], usize) {
         *r = unsafe { std::slice::from_raw_parts(w.row_ptr(r0 + i, 0, 0), w.row_bytes()) };
     }
     (rows, n)
-}
-
-fn mul_mat_i8(node: &Node, ctx: &ThreadCtx, has_min: bool) {
-    let (w, x) = (node.src(0), node.src(1));
-    let l = I8Layout::new(w.ty, w.ne[0], x.ne[1]);
-    let (scratch, _) = ctx.scratch();
-    i8_acts(node, ctx, scratch, &l, has_min);
-    ctx.barrier();
-    if !drives_tiles(ctx) {
-        return;
-    }
-    let groups = w.ne[1].div_ceil(16).div_ceil(GROUP_TILES);
-    let mut acc = Block32::new();
-    // SAFETY: amx::available() (kind) holds. The session restores the thread's previous tile
-    // configuration when this function returns.
-    let _tiles = unsafe { gemm::i8_session() };
-    // Groups from the node's work queue: threads finish together even when one is slowed.
-    loop {
-        let g = ctx.next_chunk();
-        if g >= groups {
-            break;
-        }
-        i8_group(node, ctx, scratch, &l, has_min, g, &mut acc);
-    }
 }
 
 /// Phase 1 of the int8 path: this thread's activation row tiles, quantized as ggml-cpu does
@@ -375,88 +361,6 @@ fn i8_group(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &I8Layout, has_mi
                 );
             }
         }
-    }
-}
-
-fn mul_mat_bf16(node: &Node, ctx: &ThreadCtx) {
-    let (w, x) = (node.src(0), node.src(1));
-    let l = Bf16Layout::new(w.ne[0], x.ne[1]);
-    let (scratch, _) = ctx.scratch();
-    bf16_acts(node, ctx, scratch, &l);
-    ctx.barrier();
-    if !drives_tiles(ctx) {
-        return;
-    }
-    let groups = w.ne[1].div_ceil(16).div_ceil(GROUP_TILES);
-    let mut acc = Block32::new();
-    // SAFETY: amx::available() (kind) holds. The session restores the thread's previous tile
-    // configuration when this function returns.
-    let _tiles = unsafe { gemm::bf16_session() };
-    // Groups from the node's work queue: threads finish together even when one is slowed.
-    loop {
-        let g = ctx.next_chunk();
-        if g >= groups {
-            break;
-        }
-        bf16_group(node, ctx, scratch, &l, g, &mut acc);
-    }
-}
-
-/// Cooperative execution: the first `plan.matrix_threads` threads run 64-row weight groups
-/// on the tile unit, taking them from the front of the node's queue; the others run the
-/// vector kernels on groups from the back. Both sides' activations are prepared first
-/// (the tile engine's B tiles, and the weight type's vector format after them in the
-/// scratch); where
-/// the two sides meet depends on how fast each runs, not on a fixed ratio.
-pub fn mul_mat_coop(node: &Node, ctx: &ThreadCtx) {
-    let (w, x) = (node.src(0), node.src(1));
-    let (scratch, _) = ctx.scratch();
-    let vbase = scratch.wrapping_add(coop_tile_bytes(node, ctx.nth));
-    let n = w.ne[1];
-    let groups = n.div_ceil(16).div_ceil(GROUP_TILES);
-    let tile_side = ctx.ith < ctx.plan.matrix_threads;
-    let mut acc = Block32::new();
-    match kind(node) {
-        Some(Kind::I8 { has_min }) => {
-            let l = I8Layout::new(w.ty, w.ne[0], x.ne[1]);
-            i8_acts(node, ctx, scratch, &l, has_min);
-            let acts = super::matmul::prepare_vector_acts(node, ctx, vbase);
-            ctx.barrier();
-            if tile_side {
-                // SAFETY: amx::available() (kind) holds; the session restores the previous config.
-                let _tiles = unsafe { gemm::i8_session() };
-                while let Some(g) = ctx.take(groups, false) {
-                    i8_group(node, ctx, scratch, &l, has_min, g, &mut acc);
-                }
-            } else {
-                coop_vector_side(node, ctx, &acts, groups);
-            }
-        }
-        Some(Kind::Bf16) => {
-            let l = Bf16Layout::new(w.ne[0], x.ne[1]);
-            bf16_acts(node, ctx, scratch, &l);
-            let acts = super::matmul::prepare_vector_acts(node, ctx, vbase);
-            ctx.barrier();
-            if tile_side {
-                // SAFETY: as above.
-                let _tiles = unsafe { gemm::bf16_session() };
-                while let Some(g) = ctx.take(groups, false) {
-                    bf16_group(node, ctx, scratch, &l, g, &mut acc);
-                }
-            } else {
-                coop_vector_side(node, ctx, &acts, groups);
-            }
-        }
-        None => unreachable!("matmul_amx::mul_mat_coop without feasible()"),
-    }
-}
-
-/// The vector side of a coop run: groups from the back of the node's queue.
-fn coop_vector_side(node: &Node, ctx: &ThreadCtx, acts: &super::matmul::VectorActs, groups: usize) {
-    let n = node.src(0).ne[1];
-    while let Some(g) = ctx.take(groups, true) {
-        let r0 = g * GROUP_TILES * 16;
-        super::matmul::vector_rows(node, ctx.kernels, acts, r0, (r0 + GROUP_TILES * 16).min(n));
     }
 }
 

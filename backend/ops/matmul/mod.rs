@@ -6,6 +6,12 @@
 //! executor's scratch; then threads take contiguous ranges of output tiles, so each
 //! thread streams its own slice of the weights.
 
+mod engine;
+#[cfg(target_arch = "x86_64")]
+pub(super) mod amx;
+#[cfg(test)]
+pub(super) mod reference;
+
 use super::{need, slice, slice_mut, split_range, Node, Unsupported};
 use crate::dtype::DType;
 use crate::exec::ThreadCtx;
@@ -82,44 +88,56 @@ fn packed_2d(node: &Node) -> Option<PackedRef> {
     node.src(0).packed.filter(|_| two_d(node))
 }
 
-/// The matrix unit can run this product.
-pub fn matrix_feasible(node: &Node) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return super::matmul_amx::feasible(node);
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = node;
-        false
-    }
+/// Evaluates `$body` with `$e` bound to the matrix engine of the kernel set `$ks`, or
+/// `$none` where the set drives no matrix unit: the one place engines are told apart.
+macro_rules! with_engine {
+    ($ks:expr, $e:ident => $body:expr, $none:expr) => {
+        match $ks.matrix {
+            #[cfg(target_arch = "x86_64")]
+            Some(crate::kernels::registry::MatrixUnit::Amx) => match amx::Amx::get($ks) {
+                Some($e) => $body,
+                None => $none,
+            },
+            #[cfg(test)]
+            Some(crate::kernels::registry::MatrixUnit::Reference) => {
+                let $e = reference::Reference;
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            _ => $none,
+        }
+    };
 }
 
-/// The matrix unit can run 2-D products of `ty` weights with `k` columns (for planning
-/// from a model file, before any node exists).
-pub fn matrix_feasible_type(ty: DType, k: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return super::matmul_amx::feasible_type(ty, k);
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (ty, k);
-        false
-    }
+/// The matrix unit of the kernel set `ks` can run this product.
+pub fn matrix_feasible(node: &Node, ks: &KernelSet) -> bool {
+    with_engine!(ks, e => engine::plan(&e, node).is_some(), false)
 }
 
-/// Whether the matrix unit runs products of `ty` on its int8 engine (else bf16).
+/// The output block of the process's matrix unit, where it can run 2-D products of `ty`
+/// weights with `k` columns (for planning from a model file, before any node exists).
+pub fn matrix_block_for_type(ty: DType, k: usize) -> Option<(usize, usize)> {
+    use engine::MatrixEngine;
+    let ks = crate::kernels::registry::active();
+    let ok = with_engine!(ks, e => e.plan(ty, k, 1).is_some(), false);
+    ks.matrix.filter(|_| ok).map(|u| u.block())
+}
+
+/// Whether the process's matrix unit runs products of `ty` on an int8 kernel (else a
+/// 16-bit float one): the planner's cost model tells the two apart.
 pub fn tile_int8_type(ty: DType) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return super::matmul_amx::int8_engine(ty);
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = ty;
-        false
+    if crate::kernels::registry::active().matrix == Some(crate::kernels::registry::MatrixUnit::Amx) {
+        return amx::int8_engine(ty);
     }
+    let _ = ty;
+    false
 }
 
 /// The mode the node runs in: the plan's where it can run (coop needs at least one thread
 /// on each side), else the vector path; without a plan, the matrix unit from 16 rows up.
-pub fn effective_mode(node: &Node, plan: &Plan, nth: usize) -> Mode {
-    let matrix = matrix_feasible(node);
+pub fn effective_mode(node: &Node, ks: &KernelSet, plan: &Plan, nth: usize) -> Mode {
+    let matrix = matrix_feasible(node, ks);
     match plan.mode {
         None if matrix && node.src(1).ne[1] >= MATRIX_MIN_ROWS => Mode::Matrix,
         Some(Mode::Matrix) if matrix => Mode::Matrix,
@@ -131,7 +149,7 @@ pub fn effective_mode(node: &Node, plan: &Plan, nth: usize) -> Mode {
 /// Fewest activation rows for which the static rule (no planner) picks the matrix unit.
 pub const MATRIX_MIN_ROWS: usize = 16;
 
-fn vector_scratch(node: &Node) -> usize {
+pub(super) fn vector_scratch(node: &Node) -> usize {
     let acts = act_layout(node).map_or(0, |(_, stride, r)| stride * r);
     if packed_2d(node).is_some() {
         let (rows, nb) = (node.src(1).ne[1], node.src(0).ne[0] / 32);
@@ -140,26 +158,17 @@ fn vector_scratch(node: &Node) -> usize {
     acts
 }
 
-pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
+/// Scratch for any mode the node may run in (the planner decides per call).
+pub fn scratch_bytes(node: &Node, nth: usize, ks: &KernelSet) -> usize {
     let v = vector_scratch(node);
-    #[cfg(target_arch = "x86_64")]
-    if matrix_feasible(node) {
-        // Any mode may run (the planner decides per call): room for the largest, and coop
-        // keeps both engines' activations side by side.
-        let matrix = super::matmul_amx::scratch_bytes(node, nth);
-        return matrix.max(v).max(super::matmul_amx::coop_tile_bytes(node, nth) + v);
-    }
-    let _ = nth;
-    v
+    with_engine!(ks, e => engine::plan(&e, node).map_or(v, |p| engine::scratch_bytes(&e, &p, node, nth).max(v)), v)
 }
 
 pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
-    match effective_mode(node, &ctx.plan, ctx.nth) {
-        #[cfg(target_arch = "x86_64")]
-        Mode::Matrix => return super::matmul_amx::mul_mat(node, ctx),
-        #[cfg(target_arch = "x86_64")]
-        Mode::Coop => return super::matmul_amx::mul_mat_coop(node, ctx),
-        _ => {}
+    match effective_mode(node, ctx.kernels, &ctx.plan, ctx.nth) {
+        Mode::Matrix => return with_engine!(ctx.kernels, e => engine::run_matrix(&e, node, ctx), unreachable!("matrix mode without an engine")),
+        Mode::Coop => return with_engine!(ctx.kernels, e => engine::run_coop(&e, node, ctx), unreachable!("coop mode without an engine")),
+        Mode::Vector => {}
     }
     if packed_2d(node).is_some() || (two_d(node) && node.src(1).ne[1] <= ROWS_PATH_MAX_M && act_layout(node).is_some()) {
         return mul_mat_rows(node, ctx);

@@ -1,0 +1,95 @@
+//! The reference matrix engine: the scalar kernel table behind the `MatrixEngine` boundary,
+//! so the matrix-only and cooperative drivers run, and are tested, on any CPU. Activations
+//! are converted into the weight type's activation format in the shared scratch; each
+//! weight row of a group is dotted with every activation row by the scalar table. Its
+//! results are the scalar table's bits.
+
+use super::super::{split_range, Node};
+use super::engine::{MatrixEngine, GROUP_TILES};
+use crate::dtype::DType;
+use crate::exec::ThreadCtx;
+use crate::kernels::quant::scalar_kernels;
+
+pub struct Reference;
+
+#[derive(Clone, Copy)]
+pub struct Plan {
+    /// The activation format (the weight type's `vec_dot_type`).
+    act: DType,
+    /// Bytes per converted activation row, 64-byte aligned.
+    stride: usize,
+    m: usize,
+}
+
+impl MatrixEngine for Reference {
+    type Plan = Plan;
+    type Session = ();
+    const TILE_ROWS: usize = 16;
+
+    fn plan(&self, ty: DType, k: usize, m: usize) -> Option<Plan> {
+        let kern = scalar_kernels(ty)?;
+        let act = kern.vec_dot_type;
+        let ok = kern.vec_dot.is_some()
+            && scalar_kernels(act).is_some_and(|a| a.from_f32.is_some())
+            && k.is_multiple_of(ty.block_size())
+            && k.is_multiple_of(act.block_size());
+        ok.then(|| Plan { act, stride: act.row_bytes(k).next_multiple_of(64), m })
+    }
+
+    fn scratch_bytes(&self, plan: &Plan, _nth: usize) -> usize {
+        plan.stride * plan.m
+    }
+
+    fn prepare_acts(&self, plan: &Plan, node: &Node, ctx: &ThreadCtx, scratch: *mut u8) {
+        let (x, k) = (node.src(1), node.src(0).ne[0]);
+        let convert = scalar_kernels(plan.act).and_then(|a| a.from_f32).expect("plan checked");
+        let (r0, r1) = split_range(plan.m, ctx.ith, ctx.nth);
+        for r in r0..r1 {
+            // SAFETY: x rows hold k f32 (supports); the scratch holds m rows of `stride`
+            // bytes (scratch_bytes) and row r is this thread's.
+            unsafe {
+                let src = std::slice::from_raw_parts(x.row_ptr(r, 0, 0) as *const f32, k);
+                let dst = std::slice::from_raw_parts_mut(scratch.add(r * plan.stride), plan.act.row_bytes(k));
+                convert(src, dst);
+            }
+        }
+    }
+
+    fn session(&self, _plan: &Plan) {}
+
+    fn weight_group(&self, plan: &Plan, _session: &mut (), node: &Node, _ctx: &ThreadCtx, scratch: *mut u8, g: usize) {
+        let (w, d) = (node.src(0), &node.dst);
+        let (k, n, rb) = (w.ne[0], w.ne[1], w.row_bytes());
+        let dot = scalar_kernels(w.ty).and_then(|t| t.vec_dot).expect("plan checked");
+        let mut unpacked = Vec::new();
+        for tile in g * GROUP_TILES..((g + 1) * GROUP_TILES).min(n.div_ceil(Self::TILE_ROWS)) {
+            let r0 = tile * Self::TILE_ROWS;
+            let rows = (n - r0).min(Self::TILE_ROWS);
+            // A packed weight is read from its packed copy (ggml's layout may be gone), put
+            // back into ggml's row layout one tile at a time.
+            if let Some(p) = &w.packed {
+                let gb = p.layout.group_bytes(k);
+                unpacked.resize(16 * rb, 0);
+                // SAFETY: the packed copy holds n / 16 groups of gb bytes (packed layouts
+                // have whole 16-row groups) and tile < n / 16.
+                let group = unsafe { std::slice::from_raw_parts(p.data.add(tile * gb), gb) };
+                crate::kernels::packed::unpack(p.layout, group, &mut unpacked, 16, k);
+            }
+            for i in 0..rows {
+                // SAFETY: weight rows are packed rows of rb bytes (supports); the activation
+                // rows were converted before the driver's barrier; output column r0 + i of
+                // every row belongs to this group, which the queue gave this thread alone.
+                unsafe {
+                    let wrow = match w.packed {
+                        Some(_) => &unpacked[i * rb..(i + 1) * rb],
+                        None => std::slice::from_raw_parts(w.row_ptr(r0 + i, 0, 0), rb),
+                    };
+                    for m in 0..plan.m {
+                        let a = std::slice::from_raw_parts(scratch.add(m * plan.stride), plan.act.row_bytes(k));
+                        *(d.row_ptr(m, 0, 0) as *mut f32).add(r0 + i) = dot(k, wrow, a);
+                    }
+                }
+            }
+        }
+    }
+}
