@@ -10,7 +10,7 @@ bin="$repo/build/bin"
 
 echo "== llama-cli --backend smepilot -m $(basename "$model")"
 "$bin/llama-cli" --backend smepilot -m "$model" -p "Write one sentence about matrix units in CPUs." \
-    -n 64 -st --temp 0 </dev/null 2>"$repo/build/main-cli.log"
+    -n 64 -st --temp 0 -lv 4 </dev/null 2>"$repo/build/main-cli.log"
 grep -E "SMEPILOT|splits" "$repo/build/main-cli.log" | head -5 || true
 
 echo

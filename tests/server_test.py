@@ -36,7 +36,7 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     log = open(SERVER_LOG, "w")
     srv = subprocess.Popen(
-        [a.bin, "--backend", "smepilot", "-m", a.model, "--host", "127.0.0.1", "--port", str(port), "-c", "1024", "-np", "1"],
+        [a.bin, "--backend", "smepilot", "-m", a.model, "--host", "127.0.0.1", "--port", str(port), "-c", "1024", "-np", "1", "-lv", "4"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "SMEPILOT_LOG": "info"})
     try:
         deadline = time.time() + 90
