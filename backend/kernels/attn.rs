@@ -13,7 +13,7 @@ pub const BLOCK: usize = 16;
 /// Scores of a 16-query block against one 16-key block: `s[i][j] = dot(q row i, key j)`,
 /// q rows `dk` floats apart. Scalar reference.
 pub fn scores_block_scalar(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
-    assert!(q.len() >= BLOCK * dk && kt.len() >= dk * BLOCK);
+    check_scores(q, dk, kt);
     for (i, row) in s.iter_mut().enumerate() {
         for (j, out) in row.iter_mut().enumerate() {
             *out = (0..dk).fold(0.0, |acc: f32, d| {
@@ -33,11 +33,7 @@ pub fn pv_block_scalar(
     dv: usize,
     o: &mut [f32],
 ) {
-    assert!(
-        p.len() >= (BLOCK - 1) * p_stride + n_keys
-            && v.len() >= n_keys * dv
-            && o.len() >= BLOCK * dv
-    );
+    check_pv(p, p_stride, n_keys, v, dv, o);
     for i in 0..BLOCK {
         for c in 0..dv {
             o[i * dv + c] = (0..n_keys).fold(o[i * dv + c], |acc, key| {
@@ -57,6 +53,7 @@ pub fn finish_scores_scalar(
     n: usize,
     out: &mut [f32],
 ) {
+    check_finish(n, mask, out);
     for (j, o) in out[..BLOCK].iter_mut().enumerate() {
         *o = if j >= n {
             f32::NEG_INFINITY
@@ -103,7 +100,7 @@ fn check_scores(q: &[f32], dk: usize, kt: &[f32]) {
     assert!(q.len() >= BLOCK * dk && kt.len() >= dk * BLOCK, "scores_block: q or kt too short");
 }
 
-fn check_pv(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]) {
+fn check_pv(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &[f32]) {
     assert!(
         p.len() >= (BLOCK - 1) * p_stride + n_keys && v.len() >= n_keys * dv && o.len() >= BLOCK * dv,
         "pv_block: p, v or o too short"

@@ -807,6 +807,7 @@ fn mul_mat_tile_path_restores_the_callers_tile_configuration() {
 /// zeroed, so a kernel that read it instead would fail.
 #[test]
 fn mul_mat_every_mode_packed_and_plain_weights() {
+    log_tiers_run("ops::mul_mat matrix+coop, reference engine", KernelSet::with_reference_engine().iter().map(|s| s.name));
     each_tier("ops::mul_mat_every_mode_packed_and_plain_weights", || {
         use crate::kernels::packed::{self, Layout, PackedRef};
         let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());

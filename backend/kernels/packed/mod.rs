@@ -28,6 +28,10 @@ use crate::dtype::DType;
 use crate::kernels::quant::{scalar_kernels, TypeKernels};
 use lanes::BlockShape;
 
+/// Weight rows per packed group: every layout interleaves 16 rows, one per 32-bit lane of a
+/// 512-bit vector.
+pub const GROUP_ROWS: usize = 16;
+
 /// A packed layout of a weight matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(non_camel_case_types)] // named as ggml names the types

@@ -27,7 +27,8 @@ pub trait MatrixEngine {
     /// streaming mode and ZA), with the thread's accumulators; restored when dropped.
     type Session;
 
-    /// Weight rows per tile (a multiple of 16, the vector kernels' group).
+    /// Weight rows per tile (a multiple of `packed::GROUP_ROWS`, the vector kernels' group,
+    /// so that a coop run's vector side takes whole packed groups).
     const TILE_ROWS: usize;
 
     /// The plan for a 2-D product of `ty` weights, `k` columns, `m` activation rows; `None`
@@ -53,6 +54,7 @@ pub trait MatrixEngine {
 
 /// Weight rows per work item of engine `E`.
 pub const fn group_rows<E: MatrixEngine>() -> usize {
+    assert!(E::TILE_ROWS.is_multiple_of(crate::kernels::packed::GROUP_ROWS));
     GROUP_TILES * E::TILE_ROWS
 }
 

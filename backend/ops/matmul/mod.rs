@@ -6,6 +6,10 @@
 //! executor's scratch; then threads take contiguous ranges of output tiles, so each
 //! thread streams its own slice of the weights.
 
+// Without a matrix engine for the target (aarch64 until its engine lands), the engine arms
+// of `with_engine!` vanish and their inputs go unused.
+#![cfg_attr(not(any(target_arch = "x86_64", test)), allow(unused_variables, unused_imports, unreachable_code, dead_code))]
+
 mod engine;
 #[cfg(target_arch = "x86_64")]
 pub(super) mod amx;
@@ -344,8 +348,9 @@ pub(super) fn vector_rows(node: &Node, ks: &KernelSet, acts: &VectorActs, r0: us
     let k = w.ne[0];
     if let Some(p) = packed_2d(node) {
         let gb = p.layout.group_bytes(k);
-        let (g0, ng) = (r0 / 16, (r1 - r0) / 16);
-        let mut out = [[0f32; 16]; PACKED_ROWS_PER_PASS * GEMV_CHUNK_GROUPS];
+        const G: usize = packed::GROUP_ROWS;
+        let (g0, ng) = (r0 / G, (r1 - r0) / G);
+        let mut out = [[0f32; G]; PACKED_ROWS_PER_PASS * GEMV_CHUNK_GROUPS];
         let mut rows: [&[u8]; PACKED_ROWS_PER_PASS] = [&[]; PACKED_ROWS_PER_PASS];
         let mut sums: [&[i32]; PACKED_ROWS_PER_PASS] = [&[]; PACKED_ROWS_PER_PASS];
         for gc in (0..ng).step_by(GEMV_CHUNK_GROUPS) {
@@ -364,8 +369,8 @@ pub(super) fn vector_rows(node: &Node, ks: &KernelSet, acts: &VectorActs, r0: us
                         // SAFETY: output row a0 + i holds n floats; columns r0 .. r1 are this
                         // caller's (taken from the node's work queue).
                         unsafe {
-                            let col = (g0 + gc + gi) * 16;
-                            std::ptr::copy_nonoverlapping(o.as_ptr(), (d.row_ptr(a0 + i, 0, 0) as *mut f32).add(col), 16);
+                            let col = (g0 + gc + gi) * G;
+                            std::ptr::copy_nonoverlapping(o.as_ptr(), (d.row_ptr(a0 + i, 0, 0) as *mut f32).add(col), G);
                         }
                     }
                 }
@@ -430,7 +435,7 @@ fn mul_mat_rows(node: &Node, ctx: &ThreadCtx) {
     let acts = prepare_vector_acts(node, ctx, scratch);
     debug_assert!(packed_2d(node).is_none_or(|p| act_layout(node).is_some_and(|(vdt, _, _)| vdt == p.layout.act_type())));
     ctx.barrier();
-    let (n, chunk) = (node.src(0).ne[1], GEMV_CHUNK_GROUPS * 16);
+    let (n, chunk) = (node.src(0).ne[1], GEMV_CHUNK_GROUPS * packed::GROUP_ROWS);
     loop {
         let r0 = ctx.next_chunk() * chunk;
         if r0 >= n {
