@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use super::kernels::registry::Tier;
-use super::planner::ModeSetting;
+use super::plan::ModeSetting;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {

@@ -2,88 +2,16 @@
 //! each node, with one scratch area that grows only when a larger node arrives.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::kernels::registry::{self, KernelSet};
 use super::ops::{self, Node, Op};
 use super::planner::adapt::{Decision, Planner};
-use super::planner::model::MatShape;
-use super::planner::trace::{self, GraphSummary, OpRecord};
-use super::planner::{Mode, Plan};
-use super::threadpool::{Released, SpinBarrier, ThreadPool};
-
-/// A node's shared work queue. `next_chunk` counts up without bound (the op checks the
-/// end); `take` hands out indices below a limit from either end, so two kinds of worker
-/// can consume one range from opposite sides and meet wherever their speeds put them.
-#[derive(Default)]
-struct WorkQueue {
-    front: AtomicUsize,
-    back: AtomicUsize,
-    taken: AtomicUsize,
-}
-
-impl WorkQueue {
-    fn reset(&self) {
-        self.front.store(0, Ordering::Relaxed);
-        self.back.store(0, Ordering::Relaxed);
-        self.taken.store(0, Ordering::Relaxed);
-    }
-}
-
-/// What one thread sees while running a node.
-pub struct ThreadCtx<'a> {
-    pub ith: usize,
-    pub nth: usize,
-    barrier: &'a SpinBarrier,
-    scratch: *mut u8,
-    scratch_len: usize,
-    queue: &'a WorkQueue,
-    /// How this node runs (the planner's choice for matrix products).
-    pub plan: Plan,
-    /// The kernels every op of this graph runs on.
-    pub kernels: &'static KernelSet,
-}
-
-impl ThreadCtx<'_> {
-    /// The next chunk index of the node's shared work queue, counting from 0 across all
-    /// threads, for work split dynamically (so a thread slowed down by its neighbour or the
-    /// hypervisor does not leave the others waiting at the barrier). One queue per node.
-    pub fn next_chunk(&self) -> usize {
-        self.queue.front.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// The next of `limit` indices, from the front (0, 1, ...) or the back (limit - 1,
-    /// limit - 2, ...); None once all `limit` are taken. Do not mix with `next_chunk` in
-    /// one node.
-    pub fn take(&self, limit: usize, from_back: bool) -> Option<usize> {
-        // Reserving a slot first bounds front + back takes by `limit`, so the two ends
-        // never hand out the same index.
-        if self.queue.taken.fetch_add(1, Ordering::Relaxed) >= limit {
-            return None;
-        }
-        Some(if from_back {
-            limit - 1 - self.queue.back.fetch_add(1, Ordering::Relaxed)
-        } else {
-            self.queue.front.fetch_add(1, Ordering::Relaxed)
-        })
-    }
-
-    /// Waits until every thread of the pool has reached the same point. If another
-    /// thread panicked instead, unwinds out of the op (the pool catches that and reports
-    /// the panic): the threads are no longer in step, so the op must not go on.
-    pub fn barrier(&self) {
-        if !self.barrier.wait() {
-            std::panic::resume_unwind(Box::new(Released));
-        }
-    }
-
-    /// The node's scratch area (size from `ops::scratch_bytes`), shared by all
-    /// threads; ops partition it so that threads write disjoint parts.
-    pub fn scratch(&self) -> (*mut u8, usize) {
-        (self.scratch, self.scratch_len)
-    }
-}
+use super::plan::MatShape;
+use super::trace::{self, GraphSummary, OpRecord};
+use super::plan::{Mode, Plan};
+use super::threadpool::{ThreadCtx, ThreadPool, WorkQueue};
 
 /// Counts of what the executor ran, for SMEPILOT_LOG.
 #[derive(Default, Clone, Copy, Debug)]
@@ -246,29 +174,19 @@ impl Executor {
         // current node runs, after every thread has left the previous one (its barrier).
         let queues = [WorkQueue::default(), WorkQueue::default()];
         pool.run(&|ith| {
-            let mut ctx = ThreadCtx {
-                ith,
-                nth,
-                barrier: pool.barrier(),
-                scratch: scratch as *mut u8,
-                scratch_len,
-                queue: &queues[0],
-                plan: Plan::STATIC,
-                kernels,
-            };
+            let mut ctx = ThreadCtx::new(ith, nth, pool.barrier(), (scratch as *mut u8, scratch_len), &queues[0], kernels);
             let mut q = 0;
             for (i, node) in nodes.iter().enumerate() {
                 if matches!(node.op, Op::View) {
                     continue;
                 }
-                ctx.queue = &queues[q % 2];
-                ctx.plan = plans[i];
+                ctx.set_node(&queues[q % 2], plans[i]);
                 let t0 = (ith == 0).then(Instant::now);
                 if ith == 0 {
                     queues[(q + 1) % 2].reset();
                 }
                 ops::run(node, &ctx);
-                if !ctx.barrier.wait() {
+                if !ctx.wait() {
                     return; // a thread panicked (the pool reports it): stop the graph here
                 }
                 if let Some(t0) = t0 {

@@ -4,13 +4,16 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod calibrate;
 pub mod config;
 pub mod dtype;
 pub mod exec;
 pub mod kernels;
 pub mod ops;
 pub mod packed_copies;
+pub mod plan;
 pub mod planner;
 pub mod platform;
 pub mod tensor;
 pub mod threadpool;
+pub mod trace;

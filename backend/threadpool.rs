@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
+use crate::kernels::KernelSet;
+use crate::plan::Plan;
 use crate::platform::os as sys;
 
 /// The job as the workers see it. Its lifetime is erased: `run` does not return
@@ -193,6 +195,96 @@ fn worker(shared: Arc<Shared>, ith: usize, cpu: Option<usize>) {
         if st.pending == 0 {
             shared.done.notify_one();
         }
+    }
+}
+
+/// A node's shared work queue. `next_chunk` counts up without bound (the op checks the
+/// end); `take` hands out indices below a limit from either end, so two kinds of worker
+/// can consume one range from opposite sides and meet wherever their speeds put them.
+#[derive(Default)]
+pub struct WorkQueue {
+    front: AtomicUsize,
+    back: AtomicUsize,
+    taken: AtomicUsize,
+}
+
+impl WorkQueue {
+    pub fn reset(&self) {
+        self.front.store(0, Ordering::Relaxed);
+        self.back.store(0, Ordering::Relaxed);
+        self.taken.store(0, Ordering::Relaxed);
+    }
+}
+
+/// What one thread sees while running a node.
+pub struct ThreadCtx<'a> {
+    pub ith: usize,
+    pub nth: usize,
+    barrier: &'a SpinBarrier,
+    scratch: *mut u8,
+    scratch_len: usize,
+    queue: &'a WorkQueue,
+    /// How this node runs (the planner's choice for matrix products).
+    pub plan: Plan,
+    /// The kernels every op of this graph runs on.
+    pub kernels: &'static KernelSet,
+}
+
+impl<'a> ThreadCtx<'a> {
+    /// Thread `ith` of `nth`, meeting the others at `barrier`, with the graph's `scratch`
+    /// (pointer, bytes) and `kernels`; [`set_node`](Self::set_node) before each node.
+    pub fn new(ith: usize, nth: usize, barrier: &'a SpinBarrier, scratch: (*mut u8, usize), queue: &'a WorkQueue, kernels: &'static KernelSet) -> ThreadCtx<'a> {
+        ThreadCtx { ith, nth, barrier, scratch: scratch.0, scratch_len: scratch.1, queue, plan: Plan::STATIC, kernels }
+    }
+
+    /// The next node's work queue and plan.
+    pub fn set_node(&mut self, queue: &'a WorkQueue, plan: Plan) {
+        self.queue = queue;
+        self.plan = plan;
+    }
+
+    /// The barrier after a node: false if a thread panicked (the pool reports it) and the
+    /// graph must stop here.
+    pub fn wait(&self) -> bool {
+        self.barrier.wait()
+    }
+
+    /// The next chunk index of the node's shared work queue, counting from 0 across all
+    /// threads, for work split dynamically (so a thread slowed down by its neighbour or the
+    /// hypervisor does not leave the others waiting at the barrier). One queue per node.
+    pub fn next_chunk(&self) -> usize {
+        self.queue.front.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The next of `limit` indices, from the front (0, 1, ...) or the back (limit - 1,
+    /// limit - 2, ...); None once all `limit` are taken. Do not mix with `next_chunk` in
+    /// one node.
+    pub fn take(&self, limit: usize, from_back: bool) -> Option<usize> {
+        // Reserving a slot first bounds front + back takes by `limit`, so the two ends
+        // never hand out the same index.
+        if self.queue.taken.fetch_add(1, Ordering::Relaxed) >= limit {
+            return None;
+        }
+        Some(if from_back {
+            limit - 1 - self.queue.back.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.queue.front.fetch_add(1, Ordering::Relaxed)
+        })
+    }
+
+    /// Waits until every thread of the pool has reached the same point. If another
+    /// thread panicked instead, unwinds out of the op (the pool catches that and reports
+    /// the panic): the threads are no longer in step, so the op must not go on.
+    pub fn barrier(&self) {
+        if !self.barrier.wait() {
+            std::panic::resume_unwind(Box::new(Released));
+        }
+    }
+
+    /// The node's scratch area (size from `ops::scratch_bytes`), shared by all
+    /// threads; ops partition it so that threads write disjoint parts.
+    pub fn scratch(&self) -> (*mut u8, usize) {
+        (self.scratch, self.scratch_len)
     }
 }
 

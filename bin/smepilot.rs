@@ -15,7 +15,8 @@ use smepilot_engine::dtype::DType;
 use smepilot_engine::ops::matrix_block_for_type;
 use smepilot_engine::planner::chart::{self, Point};
 use smepilot_engine::planner::model::{self, MatShape};
-use smepilot_engine::planner::{calibrate, Mode};
+use smepilot_engine::calibrate;
+use smepilot_engine::plan::Mode;
 
 /// Writes a line to stdout; a closed pipe (`smepilot calibrate | head -3`) ends the
 /// program quietly instead of panicking.

@@ -31,7 +31,7 @@ pub unsafe fn new_backend(device: ggml_backend_dev_t) -> ggml_backend_t {
     let threads = cfg
         .threads
         .unwrap_or_else(|| smepilot_engine::platform::os::allowed_cpus().len());
-    let profile = smepilot_engine::planner::calibrate::shared_profile();
+    let profile = smepilot_engine::calibrate::shared_profile();
     let planner = smepilot_engine::planner::adapt::Planner::new(profile.clone(), cfg.mode);
     let ctx = Box::new(StreamCtx {
         exec: Executor::with_planner(threads, planner, cfg.trace),

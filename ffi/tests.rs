@@ -10,7 +10,7 @@ use super::sys::{
 };
 use super::{buffer, registry};
 use smepilot_engine::dtype::DType;
-use smepilot_engine::planner::calibrate::random_weights;
+use smepilot_engine::calibrate::random_weights;
 
 /// A ggml context (no_alloc) whose tensors live in one buffer of SMEPilot's type.
 struct Tensors {

@@ -15,7 +15,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use smepilot_engine::dtype::DType;
 use smepilot_engine::exec::Executor;
 use smepilot_engine::kernels::packed::{self, Layout, PackedRef};
-use smepilot_engine::planner::calibrate::{random_weights, tensor};
+use smepilot_engine::calibrate::{random_weights, tensor};
 use smepilot_engine::ops::{Node, Op};
 use smepilot_engine::kernels::roofs;
 use smepilot_engine::tensor::TensorRef;

@@ -13,7 +13,7 @@
 
 use super::{alibi_slope, need, slice, slice_mut, split_range, Node, Unsupported};
 use crate::dtype::DType;
-use crate::exec::ThreadCtx;
+use crate::threadpool::ThreadCtx;
 use crate::kernels::attn::BLOCK;
 use crate::kernels::KernelSet;
 

@@ -5,7 +5,7 @@ use half::{bf16, f16};
 
 use super::{is_float, need, slice, slice_mut, split_range, Node, Unsupported};
 use crate::dtype::DType;
-use crate::exec::ThreadCtx;
+use crate::threadpool::ThreadCtx;
 use crate::kernels::quant::scalar_kernels;
 use crate::tensor::TensorRef;
 

@@ -2,7 +2,7 @@
 
 use super::{need, slice, slice_mut, split_range, Node, Unsupported};
 use crate::dtype::DType;
-use crate::exec::ThreadCtx;
+use crate::threadpool::ThreadCtx;
 
 fn all_f32_rows(ts: &[&crate::tensor::TensorRef]) -> bool {
     ts.iter().all(|t| t.ty == DType::F32 && t.nb[0] == 4)

@@ -10,7 +10,7 @@ mod rope;
 mod softmax;
 
 use super::dtype::DType;
-use super::exec::ThreadCtx;
+use super::threadpool::ThreadCtx;
 use super::tensor::TensorRef;
 
 pub use matmul::{matrix_block_for_type, tile_int8_type};
@@ -136,12 +136,12 @@ pub fn scratch_bytes(node: &Node, nth: usize, ks: &crate::kernels::KernelSet) ->
 
 /// The planner's view of a 2-D matrix product (weights and activations both 2-D), None for
 /// every other node.
-pub fn mat_shape(node: &Node, threads: usize, ks: &crate::kernels::KernelSet) -> Option<crate::planner::model::MatShape> {
+pub fn mat_shape(node: &Node, threads: usize, ks: &crate::kernels::KernelSet) -> Option<crate::plan::MatShape> {
     if !matches!(node.op, Op::MulMat) {
         return None;
     }
     let (w, x) = (node.src(0), node.src(1));
-    matmul::two_d(node).then(|| crate::planner::model::MatShape {
+    matmul::two_d(node).then(|| crate::plan::MatShape {
         m: x.ne[1],
         n: w.ne[1],
         k: w.ne[0],

@@ -3,7 +3,7 @@
 
 use super::{need, slice, slice_mut, split_range, Node, Unsupported};
 use crate::dtype::DType;
-use crate::exec::ThreadCtx;
+use crate::threadpool::ThreadCtx;
 
 pub const MODE_NORMAL: i32 = 0;
 pub const MODE_NEOX: i32 = 2;

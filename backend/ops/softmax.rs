@@ -5,7 +5,7 @@ use half::f16;
 
 use super::{alibi_slope, need, slice, slice_mut, split_range, Node, Unsupported};
 use crate::dtype::DType;
-use crate::exec::ThreadCtx;
+use crate::threadpool::ThreadCtx;
 
 pub fn supports(node: &Node) -> Result<(), Unsupported> {
     let a = node.src[0].as_ref().ok_or("missing src")?;

@@ -11,7 +11,7 @@ use crate::kernels::quant::scalar_kernels;
 use crate::kernels::registry::{self, log_tiers_run};
 use crate::kernels::KernelSet;
 use crate::tensor::TensorRef;
-use crate::planner::{Mode, Plan};
+use crate::plan::{Mode, Plan};
 
 /// Owned, 64-byte aligned tensor storage.
 struct Buf {

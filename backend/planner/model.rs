@@ -14,21 +14,8 @@
 
 use super::profile::MachineProfile;
 use super::Mode;
+pub use crate::plan::MatShape;
 use crate::dtype::DType;
-
-/// A 2-D matrix product as the planner sees it: `m` activation rows, `n` weight rows of
-/// `k` elements of `ty`, on `threads` threads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct MatShape {
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub ty: DType,
-    pub threads: usize,
-    /// Where the matrix path can run this product (type, shape, a usable unit): the output
-    /// block (activation rows, weight rows) one call of its kernel computes.
-    pub matrix_block: Option<(usize, usize)>,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Prediction {
@@ -43,19 +30,6 @@ pub struct Prediction {
 }
 
 
-impl MatShape {
-    fn elems(&self) -> f64 {
-        (self.n * self.k) as f64
-    }
-
-    pub fn weight_bytes(&self) -> f64 {
-        (self.n * self.ty.row_bytes(self.k)) as f64
-    }
-
-    pub fn flops(&self) -> f64 {
-        2.0 * (self.m * self.n * self.k) as f64
-    }
-}
 
 /// One thread's seconds for the whole product on the vector kernels (cache-resident).
 fn vector_work(p: &MachineProfile, s: &MatShape) -> f64 {

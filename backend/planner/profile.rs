@@ -1,5 +1,5 @@
 //! A machine profile: the engines the planner can use and what each costs, measured by
-//! [`super::calibrate`] or written by hand (the synthetic profiles of the tests).
+//! [`crate::calibrate`] or written by hand (the synthetic profiles of the tests).
 //!
 //! One description serves AMX (one matrix unit per core) and SME (one unit shared by a
 //! cluster of cores, as on Apple M4): `MatrixUnits::cores_per_unit` says which.

@@ -9,7 +9,7 @@
 use super::super::{split_range, Node};
 use super::engine::{MatrixEngine, GROUP_TILES};
 use crate::dtype::DType;
-use crate::exec::ThreadCtx;
+use crate::threadpool::ThreadCtx;
 use crate::kernels::amx::gemm::{
     self, ActI8, Block32, WeightsI8, BF16_BTILE, BF16_KSTEP, I8_BTILE, I8_KBLOCK,
 };

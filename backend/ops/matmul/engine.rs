@@ -12,7 +12,7 @@
 use super::super::Node;
 use super::{prepare_vector_acts, vector_rows};
 use crate::dtype::DType;
-use crate::exec::ThreadCtx;
+use crate::threadpool::ThreadCtx;
 
 /// Weight row tiles per work item: a group stays in L2 while every activation tile streams
 /// past it.

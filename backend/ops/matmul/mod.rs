@@ -18,11 +18,11 @@ pub(super) mod reference;
 
 use super::{need, slice, slice_mut, split_range, Node, Unsupported};
 use crate::dtype::DType;
-use crate::exec::ThreadCtx;
+use crate::threadpool::ThreadCtx;
 use crate::kernels::packed::{self, PackedRef};
 use crate::kernels::quant::scalar_kernels;
 use crate::kernels::KernelSet;
-use crate::planner::{Mode, Plan};
+use crate::plan::{Mode, Plan};
 
 /// Weight rows per tile (kept in L1 while the tile's activation rows stream by).
 const TILE_N: usize = 16;

@@ -7,7 +7,7 @@
 use super::super::{split_range, Node};
 use super::engine::{MatrixEngine, GROUP_TILES};
 use crate::dtype::DType;
-use crate::exec::ThreadCtx;
+use crate::threadpool::ThreadCtx;
 use crate::kernels::quant::scalar_kernels;
 
 pub struct Reference;

@@ -10,8 +10,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::profile::{KernelCost, MachineProfile, MatrixUnits};
-use super::{Mode, Plan};
+use crate::planner::profile::{KernelCost, MachineProfile, MatrixUnits};
+use crate::plan::{Mode, Plan};
 use crate::dtype::DType;
 use crate::exec::Executor;
 use crate::kernels::packed::{self, Layout, PackedRef};
@@ -568,7 +568,7 @@ pub fn report(p: &MachineProfile) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::profile::synthetic;
+    use crate::planner::profile::synthetic;
     use super::*;
 
     #[test]

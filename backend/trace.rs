@@ -8,9 +8,10 @@
 
 use std::fmt::Write;
 
-use super::model::{self, MatShape};
-use super::profile::MachineProfile;
-use super::Mode;
+use crate::planner::model;
+use crate::plan::MatShape;
+use crate::planner::profile::MachineProfile;
+use crate::plan::Mode;
 use crate::ops::{Node, Op};
 
 /// What the executor knows of one node after running it.
