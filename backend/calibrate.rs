@@ -306,10 +306,11 @@ pub fn random_weights(ty: DType, n: usize, k: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// A contiguous tensor of `ty` and shape `ne` at `data`.
+/// A contiguous tensor of `ty` and shape `ne` at `data`, which must hold the whole shape
+/// (`row_bytes * ne[1] * ne[2] * ne[3]` bytes, its `len`) while nodes using it run.
 pub fn tensor(ty: DType, ne: [usize; 4], data: *mut u8) -> TensorRef {
     let row = ty.row_bytes(ne[0]);
-    TensorRef { ty, ne, nb: [ty.block_bytes(), row, row * ne[1], row * ne[1] * ne[2]], data, packed: None }
+    TensorRef { ty, ne, nb: [ty.block_bytes(), row, row * ne[1], row * ne[1] * ne[2]], data, len: row * ne[1] * ne[2] * ne[3], packed: None }
 }
 
 /// Best seconds of `reps` runs of `node` with `plan` (after one warm-up run).
@@ -374,7 +375,7 @@ fn kernel_costs() -> (Vec<KernelCost>, TileFits) {
                 dst: tensor(DType::F32, [n, m, 1, 1], d.as_mut_ptr() as *mut u8),
                 src: [
                     Some(TensorRef {
-                        packed: layout.map(|l| PackedRef { layout: l, data: packed_copy.as_ptr() }),
+                        packed: layout.map(|l| PackedRef { layout: l, data: packed_copy.as_ptr(), len: packed_copy.len() }),
                         ..tensor(ty, [K, n, 1, 1], w.as_mut_ptr())
                     }),
                     Some(tensor(DType::F32, [K, m, 1, 1], x.as_mut_ptr() as *mut u8)),

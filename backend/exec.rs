@@ -154,11 +154,8 @@ impl Executor {
 
     fn run(&mut self, nodes: &[Node], plans: &[Plan]) -> Result<(), String> {
         let nth = self.pool.n_threads();
-        let need = nodes
-            .iter()
-            .map(|n| ops::scratch_bytes(n, nth, self.kernels))
-            .max()
-            .unwrap_or(0);
+        let node_scratch: Vec<usize> = nodes.iter().map(|n| ops::scratch_bytes(n, nth, self.kernels)).collect();
+        let need = node_scratch.iter().copied().max().unwrap_or(0);
         self.reserve_scratch(need.max(SCRATCH_ALIGN));
         let views = nodes.iter().filter(|n| matches!(n.op, Op::View)).count() as u64;
         self.stats.graphs += 1;
@@ -174,13 +171,16 @@ impl Executor {
         // current node runs, after every thread has left the previous one (its barrier).
         let queues = [WorkQueue::default(), WorkQueue::default()];
         pool.run(&|ith| {
-            let mut ctx = ThreadCtx::new(ith, nth, pool.barrier(), (scratch as *mut u8, scratch_len), &queues[0], kernels);
+            // SAFETY: the executor's scratch, `scratch_len` bytes aligned to SCRATCH_ALIGN, is
+            // used only by this job's threads and outlives it (`reserve_scratch` runs between
+            // graphs, never during one).
+            let mut ctx = unsafe { ThreadCtx::new(ith, nth, pool.barrier(), (scratch as *mut u8, scratch_len), &queues[0], kernels) };
             let mut q = 0;
             for (i, node) in nodes.iter().enumerate() {
                 if matches!(node.op, Op::View) {
                     continue;
                 }
-                ctx.set_node(&queues[q % 2], plans[i]);
+                ctx.set_node(&queues[q % 2], plans[i], node_scratch[i]);
                 let t0 = (ith == 0).then(Instant::now);
                 if ith == 0 {
                     queues[(q + 1) % 2].reset();
@@ -268,6 +268,7 @@ mod tests {
             ne: [ne0, ne1, 1, 1],
             nb: [ty.block_bytes(), row, row * ne1, row * ne1],
             data: mem.as_mut_ptr() as *mut u8,
+            len: std::mem::size_of_val(mem),
             packed: None,
         }
     }

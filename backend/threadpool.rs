@@ -9,6 +9,7 @@
 //! panic's message. The host process (llama.cpp) keeps running and the pool stays usable.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -17,6 +18,7 @@ use std::thread::JoinHandle;
 use crate::kernels::KernelSet;
 use crate::plan::Plan;
 use crate::platform::os as sys;
+use crate::tensor::Elem;
 
 /// The job as the workers see it. Its lifetime is erased: `run` does not return
 /// until every worker has finished calling it.
@@ -221,8 +223,13 @@ pub struct ThreadCtx<'a> {
     pub ith: usize,
     pub nth: usize,
     barrier: &'a SpinBarrier,
+    /// The graph's scratch (pointer, bytes): the executor's, valid while the graph runs.
     scratch: *mut u8,
     scratch_len: usize,
+    /// Bytes of the scratch the current node reserved (`ops::scratch_bytes`).
+    node_scratch: usize,
+    /// A [`ThreadArea`] of this thread is live (one at a time).
+    area_taken: Cell<bool>,
     queue: &'a WorkQueue,
     /// How this node runs (the planner's choice for matrix products).
     pub plan: Plan,
@@ -233,14 +240,20 @@ pub struct ThreadCtx<'a> {
 impl<'a> ThreadCtx<'a> {
     /// Thread `ith` of `nth`, meeting the others at `barrier`, with the graph's `scratch`
     /// (pointer, bytes) and `kernels`; [`set_node`](Self::set_node) before each node.
-    pub fn new(ith: usize, nth: usize, barrier: &'a SpinBarrier, scratch: (*mut u8, usize), queue: &'a WorkQueue, kernels: &'static KernelSet) -> ThreadCtx<'a> {
-        ThreadCtx { ith, nth, barrier, scratch: scratch.0, scratch_len: scratch.1, queue, plan: Plan::STATIC, kernels }
+    ///
+    /// # Safety
+    /// `scratch` is `scratch.1` bytes, 64-byte aligned, that only the threads of this job
+    /// use, valid until the job ends (the executor's scratch during `compute`).
+    pub unsafe fn new(ith: usize, nth: usize, barrier: &'a SpinBarrier, scratch: (*mut u8, usize), queue: &'a WorkQueue, kernels: &'static KernelSet) -> ThreadCtx<'a> {
+        ThreadCtx { ith, nth, barrier, scratch: scratch.0, scratch_len: scratch.1, node_scratch: 0, area_taken: Cell::new(false), queue, plan: Plan::STATIC, kernels }
     }
 
-    /// The next node's work queue and plan.
-    pub fn set_node(&mut self, queue: &'a WorkQueue, plan: Plan) {
+    /// The next node's work queue, plan and reserved scratch bytes (at most the graph's).
+    pub fn set_node(&mut self, queue: &'a WorkQueue, plan: Plan, scratch_bytes: usize) {
+        assert!(scratch_bytes <= self.scratch_len, "SMEPilot: node reserves {scratch_bytes} bytes of a {}-byte scratch", self.scratch_len);
         self.queue = queue;
         self.plan = plan;
+        self.node_scratch = scratch_bytes;
     }
 
     /// The barrier after a node: false if a thread panicked (the pool reports it) and the
@@ -281,10 +294,118 @@ impl<'a> ThreadCtx<'a> {
         }
     }
 
-    /// The node's scratch area (size from `ops::scratch_bytes`), shared by all
-    /// threads; ops partition it so that threads write disjoint parts.
-    pub fn scratch(&self) -> (*mut u8, usize) {
-        (self.scratch, self.scratch_len)
+    /// Pointer to `n` `T`s at byte `off` of the node's scratch, checked: within the bytes
+    /// the node reserved, aligned for `T`.
+    #[inline(always)]
+    fn scratch_at<T: Elem>(&self, off: usize, n: usize) -> *mut T {
+        let end = n.checked_mul(size_of::<T>()).and_then(|b| off.checked_add(b));
+        assert!(
+            end.is_some_and(|e| e <= self.node_scratch),
+            "SMEPilot: scratch {n} x {} bytes at {off} past the node's {} bytes",
+            size_of::<T>(),
+            self.node_scratch
+        );
+        let p = self.scratch.wrapping_add(off);
+        assert!(
+            (p as usize).is_multiple_of(align_of::<T>()),
+            "SMEPilot: scratch offset {off} not aligned for {}",
+            std::any::type_name::<T>()
+        );
+        p as *mut T
+    }
+
+    /// `n` `T`s at byte `off` of the node's shared scratch, for this thread to write: its own
+    /// part of data the threads produce together before a [`barrier`](Self::barrier).
+    ///
+    /// # Contract
+    /// The op's split gives these bytes to this thread alone until the next barrier, no
+    /// other view of them lives meanwhile, and they lie outside every [`ThreadArea`] of the
+    /// node. (Bounds and alignment are checked; a bad offset panics.)
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub fn shared_mut<T: Elem>(&self, off: usize, n: usize) -> &mut [T] {
+        let p = self.scratch_at::<T>(off, n);
+        // SAFETY: `scratch_at` checked that the range lies within the node's reserved part of
+        // the scratch (valid for the job, `new`'s contract) and is aligned; T is plain data
+        // (any bytes are a valid T); by the contract above only this thread touches it now.
+        unsafe { std::slice::from_raw_parts_mut(p, n) }
+    }
+
+    /// `n` `T`s at byte `off` of the node's shared scratch, to read: data the threads wrote
+    /// (through [`shared_mut`](Self::shared_mut)) before a barrier this thread has passed.
+    ///
+    /// # Contract
+    /// No thread writes these bytes until the next barrier (every thread only reads the
+    /// shared data between the two).
+    #[inline(always)]
+    pub fn shared<T: Elem>(&self, off: usize, n: usize) -> &[T] {
+        let p = self.scratch_at::<T>(off, n);
+        // SAFETY: bounds and alignment checked as in `shared_mut`; by the contract above
+        // nothing writes the range while the slice lives.
+        unsafe { std::slice::from_raw_parts(p, n) }
+    }
+
+    /// This thread's private part of the node's scratch: the node reserves `per_thread`
+    /// bytes per thread from byte `off` on, thread `ith` owns `off + ith * per_thread ..`.
+    /// Typed slices are carved from it ([`ThreadArea::carve`]); one area per thread at a
+    /// time (a second call while one lives panics). `per_thread` must be a multiple of 64
+    /// for 64-byte aligned areas (the carving checks alignment per type).
+    pub fn thread_area(&self, off: usize, per_thread: usize) -> ThreadArea<'_> {
+        let end = per_thread.checked_mul(self.nth).and_then(|b| off.checked_add(b));
+        assert!(
+            end.is_some_and(|e| e <= self.node_scratch),
+            "SMEPilot: {} thread areas of {per_thread} bytes at {off} past the node's {} bytes of scratch",
+            self.nth,
+            self.node_scratch
+        );
+        assert!(!self.area_taken.replace(true), "SMEPilot: a second thread area while one lives");
+        ThreadArea {
+            base: self.scratch.wrapping_add(off + self.ith * per_thread),
+            len: per_thread,
+            cursor: Cell::new(0),
+            taken: &self.area_taken,
+        }
+    }
+}
+
+/// A thread's private part of a node's scratch (see [`ThreadCtx::thread_area`]): no other
+/// thread touches it during the node, and the slices carved from it never overlap.
+pub struct ThreadArea<'c> {
+    base: *mut u8,
+    len: usize,
+    /// Bytes before this offset are carved already.
+    cursor: Cell<usize>,
+    taken: &'c Cell<bool>,
+}
+
+impl ThreadArea<'_> {
+    /// `n` `T`s at byte `at` of the area, to use while the area lives. Carvings go forward:
+    /// `at` must not fall before the end of the previous one, so no two slices overlap.
+    /// Panics past the area's end or when `at` is not aligned for `T`.
+    #[allow(clippy::mut_from_ref)]
+    pub fn carve<T: Elem>(&self, at: usize, n: usize) -> &mut [T] {
+        let end = n.checked_mul(size_of::<T>()).and_then(|b| at.checked_add(b));
+        assert!(
+            at >= self.cursor.get() && end.is_some_and(|e| e <= self.len),
+            "SMEPilot: thread scratch {n} x {} bytes at {at} (carved up to {}, area of {})",
+            size_of::<T>(),
+            self.cursor.get(),
+            self.len
+        );
+        let p = self.base.wrapping_add(at);
+        assert!((p as usize).is_multiple_of(align_of::<T>()), "SMEPilot: thread scratch offset {at} not aligned for {}", std::any::type_name::<T>());
+        self.cursor.set(end.unwrap());
+        // SAFETY: within this thread's part of the node's reserved scratch (checked by
+        // `thread_area` and above), which no other thread touches during the node; past every
+        // slice carved before (the cursor), so no two live slices overlap; one area per thread
+        // at a time (`taken`); aligned; T is plain data.
+        unsafe { std::slice::from_raw_parts_mut(p as *mut T, n) }
+    }
+}
+
+impl Drop for ThreadArea<'_> {
+    fn drop(&mut self) {
+        self.taken.set(false);
     }
 }
 

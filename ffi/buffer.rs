@@ -217,7 +217,7 @@ pub unsafe fn ensure_packed(t: *mut ggml_tensor) {
     let src = std::slice::from_raw_parts(tr.data as *const u8, bytes);
     let copy = PackedAlloc {
         mem: mem as *mut u8,
-        packed: PackedRef { layout, data: mem as *const u8 },
+        packed: PackedRef { layout, data: mem as *const u8, len: bytes },
         shape: (ty, k, n),
     };
     packed::pack(layout, ty, src, std::slice::from_raw_parts_mut(mem as *mut u8, bytes), n, k);

@@ -22,6 +22,7 @@ pub unsafe fn tensor_ref(t: *const ggml_tensor) -> Result<TensorRef, Unsupported
         ne,
         nb: t.nb,
         data: t.data as *mut u8,
+        len: sys::ggml_nbytes(t),
         packed: super::buffer::packed_ref(t),
     })
 }

@@ -113,7 +113,7 @@ fn bench(c: &mut Criterion) {
                         dst: tensor(DType::F32, [n, m, 1, 1], d.as_mut_ptr() as *mut u8),
                         src: [
                             Some(TensorRef {
-                                packed: layout.map(|l| PackedRef { layout: l, data: ps[i].as_ptr() }),
+                                packed: layout.map(|l| PackedRef { layout: l, data: ps[i].as_ptr(), len: ps[i].len() }),
                                 ..tensor(ty, [k, n, 1, 1], w.as_mut_ptr())
                             }),
                             Some(tensor(DType::F32, [k, m, 1, 1], x.as_mut_ptr() as *mut u8)),

@@ -11,7 +11,7 @@
 //! * per query row (decode, and the portable reference): Q rounded to f16 as ggml-cpu does,
 //!   two passes over the keys, V accumulated in f32.
 
-use super::{alibi_slope, need, slice, slice_mut, split_range, Node, Unsupported};
+use super::{alibi_slope, need, split_range, Node, Unsupported};
 use crate::dtype::DType;
 use crate::threadpool::ThreadCtx;
 use crate::kernels::attn::BLOCK;
@@ -144,8 +144,8 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
     let n_head = node.src(0).ne[2];
     // Soft-capping divides the scale first (tanh(x * scale / cap) * cap), as ggml-cpu.
     let scale = if softcap != 0.0 { scale / softcap } else { scale };
-    // SAFETY: sinks hold n_head f32 (supports).
-    let sinks = node.src[4].as_ref().map(|s| unsafe { slice::<f32>(s.data, n_head) });
+    // Sinks hold n_head f32 (supports).
+    let sinks = node.src[4].as_ref().map(|s| s.elems::<f32>(n_head));
     if let Some(b) = blocked(node, ctx.kernels) {
         return flash_attn_blocked(node, ctx, &b, scale, max_bias, softcap, sinks);
     }
@@ -158,16 +158,11 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
     let (q_to_f16, kq_dot) = (f16k.from_f32.unwrap(), f16k.vec_dot.unwrap());
 
     let (q16_bytes, acc_bytes, per) = per_thread(node);
-    let (scratch, _) = ctx.scratch();
-    // SAFETY: scratch_bytes reserved `per` bytes for each thread; this one uses its own.
-    let (q16, acc, scores) = unsafe {
-        let base = scratch.add(ctx.ith * per);
-        (
-            slice_mut::<u8>(base, dk * 2),
-            slice_mut::<f32>(base.add(q16_bytes), dv),
-            slice_mut::<f32>(base.add(q16_bytes + acc_bytes), n_kv),
-        )
-    };
+    // scratch_bytes reserved `per` bytes for each thread.
+    let area = ctx.thread_area(0, per);
+    let q16 = area.carve::<u8>(0, dk * 2);
+    let acc = area.carve::<f32>(q16_bytes, dv);
+    let scores = area.carve::<f32>(q16_bytes + acc_bytes, n_kv);
 
     let rows = n_q * n_head * q.ne[3];
     let (r0, r1) = split_range(rows, ctx.ith, ctx.nth);
@@ -178,12 +173,9 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
         let slope = alibi_slope(max_bias, n_head, iq2);
         let (ik2, ik3) = (iq2 / (n_head / k.ne[2]), iq3 / (q.ne[3] / k.ne[3]));
         let (iv2, iv3) = (iq2 / (n_head / v.ne[2]), iq3 / (q.ne[3] / v.ne[3]));
-        // SAFETY: q rows hold dk f32 (supports).
-        q_to_f16(unsafe { slice::<f32>(q.row_ptr(iq1, iq2, iq3), dk) }, q16);
-        let mrow = mask.map(|m| {
-            // SAFETY: mask rows hold at least n_kv f16 (supports).
-            unsafe { slice::<half::f16>(m.row_ptr(iq1, iq2 % m.ne[2], iq3 % m.ne[3]), n_kv) }
-        });
+        // Q rows hold dk f32, mask rows at least n_kv f16 (supports).
+        q_to_f16(&q.row::<f32>(iq1, iq2, iq3)[..dk], q16);
+        let mrow = mask.map(|m| &m.row::<half::f16>(iq1, iq2 % m.ne[2], iq3 % m.ne[3])[..n_kv]);
 
         let mut m_max = sinks.map_or(f32::NEG_INFINITY, |sk| sk[iq2]);
         for (ic, sc) in scores.iter_mut().enumerate() {
@@ -192,8 +184,8 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
                 *sc = f32::NEG_INFINITY;
                 continue;
             }
-            // SAFETY: K rows are packed f16 rows of dk elements (supports).
-            let krow = unsafe { slice::<u8>(k.row_ptr(ic, ik2, ik3), dk * 2) };
+            // K rows are packed f16 rows of dk elements (supports).
+            let krow = &k.row::<u8>(ic, ik2, ik3)[..dk * 2];
             let mut s = kq_dot(dk, krow, q16) * scale;
             if softcap != 0.0 {
                 s = softcap * s.tanh();
@@ -210,20 +202,17 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
             }
             let w = (sc - m_max).exp();
             sum += w;
-            // SAFETY: V rows are packed f16 rows of dv elements (supports).
-            axpy_f16(
-                acc,
-                unsafe { slice::<u8>(v.row_ptr(ic, iv2, iv3), dv * 2) },
-                w,
-            );
+            // V rows are packed f16 rows of dv elements (supports).
+            axpy_f16(acc, &v.row::<u8>(ic, iv2, iv3)[..dv * 2], w);
         }
         if let Some(sk) = sinks {
             sum += (sk[iq2] - m_max).exp();
         }
         let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
         // Output is [dv, n_head, n_q, ne3]: row (iq2, iq1, iq3).
-        // SAFETY: dst is contiguous f32 of that shape; row r maps to a distinct dst row.
-        let out = unsafe { slice_mut::<f32>(d.row_ptr(iq2, iq1, iq3), dv) };
+        // dst is contiguous f32 of that shape; row r maps to a distinct dst row, this
+        // thread's.
+        let out = d.row_mut::<f32>(iq2, iq1, iq3);
         out.iter_mut()
             .zip(acc.iter())
             .for_each(|(o, &a)| *o = a * inv);
@@ -251,30 +240,25 @@ fn flash_attn_blocked(
     let f16_to_f32 = ctx.kernels.kernels(DType::F16).unwrap().to_f32;
     let attn = &ctx.kernels.attn;
     let kw = n_kb * BLOCK; // keys, padded
-    let (scratch, _) = ctx.scratch();
     let (n_kh, n_vh) = (k.ne[2] * k.ne[3], v.ne[2] * v.ne[3]);
-    let k_at = |hk: usize| scratch.wrapping_add(hk * b.k_head) as *mut f32;
-    let v_at = |hv: usize| scratch.wrapping_add(n_kh * b.k_head + hv * b.v_head) as *mut f32;
+    // Byte offsets in the shared scratch of head hk's K and head hv's V.
+    let k_at = |hk: usize| hk * b.k_head;
+    let v_at = |hv: usize| n_kh * b.k_head + hv * b.v_head;
 
     // Phase 1: K (transposed per key block) and V of every head to f32, heads split.
     let (t0, t1) = split_range(n_kh + n_vh, ctx.ith, ctx.nth);
     for t in t0..t1 {
         if t < n_kh {
-            // SAFETY: head t's area of k_head bytes is this thread's (scratch_bytes).
-            let kt = unsafe { slice_mut::<f32>(k_at(t) as *mut u8, kw * dk) };
+            // Head t's area of k_head bytes is this thread's (the split above).
+            let kt = ctx.shared_mut::<f32>(k_at(t), kw * dk);
             kt.fill(0.0);
             let mut row = [0f32; BLOCK];
             for ic in 0..n_kv {
                 let (kb, j) = (ic / BLOCK, ic % BLOCK);
                 for d0 in (0..dk).step_by(BLOCK) {
                     let nd = (dk - d0).min(BLOCK);
-                    // SAFETY: K rows hold dk f16 (supports).
-                    f16_to_f32(
-                        unsafe {
-                            slice::<u8>(k.row_ptr(ic, t % k.ne[2], t / k.ne[2]).add(2 * d0), 2 * nd)
-                        },
-                        &mut row[..nd],
-                    );
+                    // K rows hold dk f16 (supports).
+                    f16_to_f32(&k.row::<u8>(ic, t % k.ne[2], t / k.ne[2])[2 * d0..2 * (d0 + nd)], &mut row[..nd]);
                     for (dd, &x) in row[..nd].iter().enumerate() {
                         kt[(kb * dk + d0 + dd) * BLOCK + j] = x;
                     }
@@ -282,29 +266,22 @@ fn flash_attn_blocked(
             }
         } else {
             let hv = t - n_kh;
-            // SAFETY: as above, head hv's V area.
-            let vf = unsafe { slice_mut::<f32>(v_at(hv) as *mut u8, kw * dv) };
+            // As above, head hv's V area.
+            let vf = ctx.shared_mut::<f32>(v_at(hv), kw * dv);
             vf[n_kv * dv..].fill(0.0);
             for ic in 0..n_kv {
-                // SAFETY: V rows hold dv f16 (supports).
-                f16_to_f32(
-                    unsafe { slice::<u8>(v.row_ptr(ic, hv % v.ne[2], hv / v.ne[2]), 2 * dv) },
-                    &mut vf[ic * dv..(ic + 1) * dv],
-                );
+                // V rows hold dv f16 (supports).
+                f16_to_f32(&v.row::<u8>(ic, hv % v.ne[2], hv / v.ne[2])[..2 * dv], &mut vf[ic * dv..(ic + 1) * dv]);
             }
         }
     }
     ctx.barrier();
 
-    // SAFETY: this thread's own part of the scratch, after the shared K/V.
-    let (qb, sp, ob) = unsafe {
-        let base = scratch.add(b.kv + ctx.ith * b.per_thread) as *mut f32;
-        (
-            std::slice::from_raw_parts_mut(base, BLOCK * dk),
-            std::slice::from_raw_parts_mut(base.add(BLOCK * dk), BLOCK * KV_TILE),
-            std::slice::from_raw_parts_mut(base.add(BLOCK * dk + BLOCK * KV_TILE), BLOCK * dv),
-        )
-    };
+    // This thread's own part of the scratch, after the shared K/V.
+    let area = ctx.thread_area(b.kv, b.per_thread);
+    let qb = area.carve::<f32>(0, BLOCK * dk);
+    let sp = area.carve::<f32>(BLOCK * dk * 4, BLOCK * KV_TILE);
+    let ob = area.carve::<f32>((BLOCK * dk + BLOCK * KV_TILE) * 4, BLOCK * dv);
     let n_tiles = n_kb / BLOCKS_PER_TILE;
     let n_qb = n_q.div_ceil(BLOCK);
     let tasks = n_qb * n_head * q.ne[3];
@@ -318,21 +295,19 @@ fn flash_attn_blocked(
         let slope = alibi_slope(max_bias, n_head, iq2);
         let (ik2, ik3) = (iq2 / (n_head / k.ne[2]), iq3 / (q.ne[3] / k.ne[3]));
         let (iv2, iv3) = (iq2 / (n_head / v.ne[2]), iq3 / (q.ne[3] / v.ne[3]));
-        // SAFETY: written in phase 1, read-only now.
-        let kt = unsafe { std::slice::from_raw_parts(k_at(ik3 * k.ne[2] + ik2), kw * dk) };
-        let vf = unsafe { std::slice::from_raw_parts(v_at(iv3 * v.ne[2] + iv2), kw * dv) };
+        // Written in phase 1, read-only now.
+        let kt = ctx.shared::<f32>(k_at(ik3 * k.ne[2] + ik2), kw * dk);
+        let vf = ctx.shared::<f32>(v_at(iv3 * v.ne[2] + iv2), kw * dv);
         // Q rows in f32 (ggml's tiled path does not round them), padding rows zero.
         qb.fill(0.0);
         for i in 0..rows {
-            // SAFETY: q rows hold dk f32 (supports).
-            qb[i * dk..(i + 1) * dk]
-                .copy_from_slice(unsafe { slice::<f32>(q.row_ptr(i0 + i, iq2, iq3), dk) });
+            // Q rows hold dk f32 (supports).
+            qb[i * dk..(i + 1) * dk].copy_from_slice(&q.row::<f32>(i0 + i, iq2, iq3)[..dk]);
         }
-        let mrows: [Option<*const u16>; BLOCK] = std::array::from_fn(|i| {
+        // Mask rows hold at least n_kv f16 (supports).
+        let mrows: [Option<&[u16]>; BLOCK] = std::array::from_fn(|i| {
             (i < rows)
-                .then(|| {
-                    mask.map(|m| m.row_ptr(i0 + i, iq2 % m.ne[2], iq3 % m.ne[3]) as *const u16)
-                })
+                .then(|| mask.map(|m| &m.row::<u16>(i0 + i, iq2 % m.ne[2], iq3 % m.ne[3])[..n_kv]))
                 .flatten()
         });
         // Online softmax state per row: running maximum, sum, and the output in `ob`.
@@ -344,10 +319,8 @@ fn flash_attn_blocked(
             let keys = t * KV_TILE..((t + 1) * KV_TILE).min(n_kv);
             let hidden = mask.is_some()
                 && (0..rows).all(|i| {
-                    // SAFETY: mask rows hold at least n_kv f16 (supports).
                     let m = mrows[i].unwrap();
-                    keys.clone()
-                        .all(|ic| unsafe { m.add(ic).read_unaligned() } == F16_NEG_INF)
+                    m[keys.clone()].iter().all(|&x| x == F16_NEG_INF)
                 });
             if hidden {
                 continue;
@@ -372,8 +345,8 @@ fn flash_attn_blocked(
                     } else {
                         scale
                     };
-                    // SAFETY: mask rows hold at least n_kv f16 (supports); k0 + nk <= n_kv.
-                    let m = mrows[i].map(|m| unsafe { std::slice::from_raw_parts(m.add(k0), nk) });
+                    // k0 + nk <= n_kv.
+                    let m = mrows[i].map(|m| &m[k0..k0 + nk]);
                     (attn.finish_scores)(&si, sc, slope, m, nk, out);
                 }
             }
@@ -415,8 +388,8 @@ fn flash_attn_blocked(
             }
             let inv = if s_run[i] == 0.0 { 0.0 } else { 1.0 / s_run[i] };
             // Output is [dv, n_head, n_q, ne3]: row (iq2, i0 + i, iq3).
-            // SAFETY: dst is contiguous f32 of that shape; this task owns these rows.
-            let out = unsafe { slice_mut::<f32>(d.row_ptr(iq2, i0 + i, iq3), dv) };
+            // dst is contiguous f32 of that shape; this task owns these rows.
+            let out = d.row_mut::<f32>(iq2, i0 + i, iq3);
             for (o, &a) in out.iter_mut().zip(&ob[i * dv..(i + 1) * dv]) {
                 *o = a * inv;
             }

@@ -3,7 +3,7 @@
 
 use half::{bf16, f16};
 
-use super::{is_float, need, slice, slice_mut, split_range, Node, Unsupported};
+use super::{is_float, need, split_range, Node, Unsupported};
 use crate::dtype::DType;
 use crate::threadpool::ThreadCtx;
 use crate::kernels::quant::scalar_kernels;
@@ -49,11 +49,7 @@ pub fn get_rows(node: &Node, ctx: &ThreadCtx) {
     for r in r0..r1 {
         let (i1, i2, i3) = d.unflatten_row(r);
         // ids are [rows, batch1, batch2]: element (i1, i2, i3).
-        let p = ids
-            .data
-            .wrapping_add(i1 * ids.nb[0] + i2 * ids.nb[1] + i3 * ids.nb[2]);
-        // SAFETY: ids is i32 (supports) and (i1, i2, i3) is within its shape.
-        let row = unsafe { (p as *const i32).read_unaligned() };
+        let row: i32 = ids.read_at(ids.elem_offset(i1, i2, i3, 0));
         assert!(
             row >= 0 && (row as usize) < a.ne[1],
             "SMEPilot get_rows: row id {row} out of range 0..{}",
@@ -63,19 +59,13 @@ pub fn get_rows(node: &Node, ctx: &ThreadCtx) {
         // packed copy: ggml's layout was handed back to the kernel after packing, and
         // touching it would fault its pages back in from the model file, one token at a time.
         if let Some(p) = a.packed.filter(|_| a.ne[2] == 1 && a.ne[3] == 1) {
-            // SAFETY: this thread owns dst row r, n floats.
-            let dst = unsafe { slice_mut::<f32>(d.row_ptr(i1, i2, i3), n) };
+            // This thread owns dst row r (the split above).
+            let dst = d.row_mut::<f32>(i1, i2, i3);
             crate::kernels::packed::row_to_f32(&ctx.kernels.packed, &p, n, row as usize, dst);
             continue;
         }
-        // SAFETY: source rows hold n elements of a.ty; this thread owns dst row r.
-        let (src, dst) = unsafe {
-            (
-                slice::<u8>(a.row_ptr(row as usize, i2, i3), a.row_bytes()),
-                slice_mut::<f32>(d.row_ptr(i1, i2, i3), n),
-            )
-        };
-        to_f32(src, dst);
+        // This thread owns dst row r; the source is an input (supports: no overlap).
+        to_f32(a.row::<u8>(row as usize, i2, i3), d.row_mut::<f32>(i1, i2, i3));
     }
 }
 
@@ -116,31 +106,16 @@ pub fn set_rows(node: &Node, ctx: &ThreadCtx) {
     for r in r0..r1 {
         let (i1, i2, i3) = a.unflatten_row(r);
         // ids are [rows, batch1, batch2], broadcast over the source's dims 2 and 3.
-        let p = ids.data.wrapping_add(
-            i1 * ids.nb[0] + (i2 % ids.ne[1]) * ids.nb[1] + (i3 % ids.ne[2]) * ids.nb[2],
-        );
-        // SAFETY: ids hold i32/i64 (supports) and the index is within their shape.
-        let row = unsafe {
-            if ids.ty == DType::I64 {
-                (p as *const i64).read_unaligned()
-            } else {
-                (p as *const i32).read_unaligned() as i64
-            }
-        };
+        let at = ids.elem_offset(i1, i2 % ids.ne[1], i3 % ids.ne[2], 0);
+        let row = if ids.ty == DType::I64 { ids.read_at::<i64>(at) } else { ids.read_at::<i32>(at) as i64 };
         assert!(
             row >= 0 && (row as usize) < d.ne[1],
             "SMEPilot set_rows: row id {row} out of range 0..{}",
             d.ne[1]
         );
-        // SAFETY: rows sized by type (supports); distinct source rows map to distinct
-        // destination rows (ggml's contract for set_rows), so threads write disjoint rows.
-        let (src, dst) = unsafe {
-            (
-                slice::<f32>(a.row_ptr(i1, i2, i3), n),
-                slice_mut::<u8>(d.row_ptr(row as usize, i2, i3), d.row_bytes()),
-            )
-        };
-        from_f32(src, dst);
+        // Distinct source rows map to distinct destination rows (ggml's contract for
+        // set_rows), so threads write disjoint rows.
+        from_f32(&a.row::<f32>(i1, i2, i3)[..n], d.row_mut::<u8>(row as usize, i2, i3));
     }
 }
 
@@ -160,9 +135,8 @@ pub fn supports_copy(node: &Node) -> Result<(), Unsupported> {
 }
 
 /// Row r of `t` in its own logical (row-major) order.
-fn flat_row_ptr(t: &TensorRef, r: usize) -> *mut u8 {
-    let (i1, i2, i3) = t.unflatten_row(r);
-    t.row_ptr(i1, i2, i3)
+fn flat_row(t: &TensorRef, r: usize) -> (usize, usize, usize) {
+    t.unflatten_row(r)
 }
 
 pub fn copy(node: &Node, ctx: &ThreadCtx) {
@@ -172,29 +146,18 @@ pub fn copy(node: &Node, ctx: &ThreadCtx) {
         let n = d.ne[0];
         let (r0, r1) = split_range(d.nrows(), ctx.ith, ctx.nth);
         for r in r0..r1 {
-            let (ps, pd) = (flat_row_ptr(a, r), flat_row_ptr(d, r));
-            // SAFETY: both rows hold n elements of their types; this thread owns dst row r.
-            unsafe {
-                if a.ty == d.ty {
-                    std::ptr::copy(ps, pd, d.row_bytes());
-                } else if a.ty == DType::F32 {
-                    (ctx.kernels.kernels(d.ty).unwrap().from_f32.unwrap())(
-                        slice::<f32>(ps, n),
-                        slice_mut::<u8>(pd, d.row_bytes()),
-                    );
-                } else if d.ty == DType::F32 {
-                    (ctx.kernels.kernels(a.ty).unwrap().to_f32)(
-                        slice::<u8>(ps, a.row_bytes()),
-                        slice_mut::<f32>(pd, n),
-                    );
-                } else {
-                    for i in 0..n {
-                        store_f32(
-                            d.ty,
-                            pd.add(i * d.nb[0]),
-                            load_f32(a.ty, ps.add(i * a.nb[0])),
-                        );
-                    }
+            let ((i1, i2, i3), (j1, j2, j3)) = (flat_row(a, r), flat_row(d, r));
+            // This thread owns dst row r; the source is an input (supports: no overlap).
+            if a.ty == d.ty {
+                d.row_mut::<u8>(j1, j2, j3).copy_from_slice(a.row::<u8>(i1, i2, i3));
+            } else if a.ty == DType::F32 {
+                (ctx.kernels.kernels(d.ty).unwrap().from_f32.unwrap())(&a.row::<f32>(i1, i2, i3)[..n], d.row_mut::<u8>(j1, j2, j3));
+            } else if d.ty == DType::F32 {
+                (ctx.kernels.kernels(a.ty).unwrap().to_f32)(a.row::<u8>(i1, i2, i3), &mut d.row_mut::<f32>(j1, j2, j3)[..n]);
+            } else {
+                let (sa, sd) = (a.row_offset(i1, i2, i3), d.row_offset(j1, j2, j3));
+                for i in 0..n {
+                    store_f32(d, sd + i * d.nb[0], load_f32(a, sa + i * a.nb[0]));
                 }
             }
         }
@@ -205,44 +168,34 @@ pub fn copy(node: &Node, ctx: &ThreadCtx) {
     let n0 = d.ne[0];
     let (r0, r1) = split_range(d.nrows(), ctx.ith, ctx.nth);
     for r in r0..r1 {
-        let pd = flat_row_ptr(d, r);
+        let (i1, i2, i3) = flat_row(d, r);
+        let pd = d.row_offset(i1, i2, i3);
         for i0 in 0..n0 {
             let k = r * n0 + i0;
             let j0 = k % a.ne[0];
             let (j1, j2, j3) = a.unflatten_row(k / a.ne[0]);
-            let ps = a.row_ptr(j1, j2, j3).wrapping_add(j0 * a.nb[0]);
-            // SAFETY: plain types (supports); indices within both shapes.
-            unsafe { store_f32(d.ty, pd.add(i0 * d.nb[0]), load_f32(a.ty, ps)) };
+            store_f32(d, pd + i0 * d.nb[0], load_f32(a, a.elem_offset(j0, j1, j2, j3)));
         }
     }
 }
 
-/// # Safety
-/// `p` points to one element of the plain type `ty`.
-unsafe fn load_f32(ty: DType, p: *const u8) -> f32 {
-    // SAFETY: this function's contract: `p` points to one element of the plain type `ty`
-    // (unaligned reads, so no alignment is assumed).
-    unsafe {
-        match ty {
-            DType::F32 => (p as *const f32).read_unaligned(),
-            DType::F16 => (p as *const f16).read_unaligned().to_f32(),
-            DType::BF16 => (p as *const bf16).read_unaligned().to_f32(),
-            _ => unreachable!("non-float type in element copy"),
-        }
+/// Element at byte `off` of the input `t` of a plain float type, as f32.
+fn load_f32(t: &TensorRef, off: usize) -> f32 {
+    match t.ty {
+        DType::F32 => t.read_at::<f32>(off),
+        DType::F16 => t.read_at::<f16>(off).to_f32(),
+        DType::BF16 => t.read_at::<bf16>(off).to_f32(),
+        _ => unreachable!("non-float type in element copy"),
     }
 }
 
-/// # Safety
-/// `p` points to one writable element of the plain type `ty`.
-unsafe fn store_f32(ty: DType, p: *mut u8, v: f32) {
-    // SAFETY: this function's contract: `p` points to one writable element of the plain
-    // type `ty` (unaligned writes, so no alignment is assumed).
-    unsafe {
-        match ty {
-            DType::F32 => (p as *mut f32).write_unaligned(v),
-            DType::F16 => (p as *mut f16).write_unaligned(f16::from_f32(v)),
-            DType::BF16 => (p as *mut bf16).write_unaligned(bf16::from_f32(v)),
-            _ => unreachable!("non-float type in element copy"),
-        }
+/// Stores `v` at byte `off` of the output `t` of a plain float type: an element this
+/// thread owns (its dst row).
+fn store_f32(t: &TensorRef, off: usize, v: f32) {
+    match t.ty {
+        DType::F32 => t.write_at(off, v),
+        DType::F16 => t.write_at(off, f16::from_f32(v)),
+        DType::BF16 => t.write_at(off, bf16::from_f32(v)),
+        _ => unreachable!("non-float type in element copy"),
     }
 }

@@ -1,6 +1,7 @@
 //! ADD, MUL (with ggml's broadcasting of the second operand), SCALE, SILU, SWIGLU.
 
-use super::{need, slice, slice_mut, split_range, Node, Unsupported};
+use super::{need, split_range, Node, Unsupported};
+use crate::tensor::Src;
 use crate::dtype::DType;
 use crate::threadpool::ThreadCtx;
 
@@ -58,26 +59,44 @@ pub fn supports_glu(node: &Node) -> Result<(), Unsupported> {
 pub fn binary(node: &Node, ctx: &ThreadCtx, f: impl Fn(f32, f32) -> f32) {
     let (a, b, d) = (node.src(0), node.src(1), &node.dst);
     let (r0, r1) = split_range(d.nrows(), ctx.ith, ctx.nth);
-    let n = d.ne[0];
     for r in r0..r1 {
         let (i1, i2, i3) = d.unflatten_row(r);
-        let (pa, pd) = (
-            a.row_ptr(i1, i2, i3) as *const f32,
-            d.row_ptr(i1, i2, i3) as *mut f32,
-        );
-        let pb = b.row_ptr(i1 % b.ne[1], i2 % b.ne[2], i3 % b.ne[3]) as *const f32;
-        let nb = b.ne[0];
-        // SAFETY: rows of ne[0] f32 (checked in supports); this thread owns dst row r.
-        // dst may be the very memory of src0 or src1 (ggml's in-place allocation), so
-        // the loop goes through raw pointers, reading each element before writing it.
-        unsafe {
-            if nb == n {
-                for i in 0..n {
-                    *pd.add(i) = f(*pa.add(i), *pb.add(i));
+        let jb = (i1 % b.ne[1], i2 % b.ne[2], i3 % b.ne[3]);
+        // This thread owns dst row r. dst may be the very memory of src0 or src1 (ggml's
+        // in-place allocation): such an operand is read from dst's row, element by element
+        // before the element is written.
+        let (rd, [sa, sb]) = d.row_io::<f32, 2>((i1, i2, i3), [(a, (i1, i2, i3)), (b, jb)]);
+        match (sa, sb) {
+            (Src::Row(ra), Src::Row(rb)) if rb.len() == rd.len() => {
+                for ((o, &x), &y) in rd.iter_mut().zip(ra).zip(rb) {
+                    *o = f(x, y);
                 }
-            } else {
-                for i in 0..n {
-                    *pd.add(i) = f(*pa.add(i), *pb.add(i % nb));
+            }
+            (Src::Row(ra), Src::Row(rb)) => {
+                let nb = rb.len();
+                for (i, (o, &x)) in rd.iter_mut().zip(ra).enumerate() {
+                    *o = f(x, rb[i % nb]);
+                }
+            }
+            (Src::Dst, Src::Row(rb)) if rb.len() == rd.len() => {
+                for (o, &y) in rd.iter_mut().zip(rb) {
+                    *o = f(*o, y);
+                }
+            }
+            (Src::Dst, Src::Row(rb)) => {
+                let nb = rb.len();
+                for (i, o) in rd.iter_mut().enumerate() {
+                    *o = f(*o, rb[i % nb]);
+                }
+            }
+            (Src::Row(ra), Src::Dst) => {
+                for (o, &x) in rd.iter_mut().zip(ra) {
+                    *o = f(x, *o);
+                }
+            }
+            (Src::Dst, Src::Dst) => {
+                for o in rd.iter_mut() {
+                    *o = f(*o, *o);
                 }
             }
         }
@@ -88,19 +107,12 @@ pub fn binary(node: &Node, ctx: &ThreadCtx, f: impl Fn(f32, f32) -> f32) {
 pub fn unary(node: &Node, ctx: &ThreadCtx, f: impl Fn(f32) -> f32) {
     let (a, d) = (node.src(0), &node.dst);
     let (r0, r1) = split_range(d.nrows(), ctx.ith, ctx.nth);
-    let n = d.ne[0];
     for r in r0..r1 {
-        let (i1, i2, i3) = d.unflatten_row(r);
-        let (pa, pd) = (
-            a.row_ptr(i1, i2, i3) as *const f32,
-            d.row_ptr(i1, i2, i3) as *mut f32,
-        );
-        // SAFETY: rows of n f32; this thread owns dst row r; dst may alias src
-        // (in-place allocation), hence raw pointers, read before write per element.
-        unsafe {
-            for i in 0..n {
-                *pd.add(i) = f(*pa.add(i));
-            }
+        let ix = d.unflatten_row(r);
+        // This thread owns dst row r; dst may be src's memory (in-place allocation).
+        match d.row_io::<f32, 1>(ix, [(a, ix)]) {
+            (rd, [Src::Row(ra)]) => rd.iter_mut().zip(ra).for_each(|(o, &x)| *o = f(x)),
+            (rd, [Src::Dst]) => rd.iter_mut().for_each(|o| *o = f(*o)),
         }
     }
 }
@@ -113,16 +125,20 @@ pub fn silu(node: &Node, ctx: &ThreadCtx) {
     let n = d.ne[0];
     let mut buf = [0f32; CHUNK];
     for r in r0..r1 {
-        let (i1, i2, i3) = d.unflatten_row(r);
-        let (pa, pd) = (a.row_ptr(i1, i2, i3) as *const f32, d.row_ptr(i1, i2, i3));
+        let ix = d.unflatten_row(r);
+        // This thread owns dst row r. dst may be src's memory (in-place allocation): then
+        // each chunk is copied out before dst is written.
+        let (rd, [sa]) = d.row_io::<f32, 1>(ix, [(a, ix)]);
         for s in (0..n).step_by(CHUNK) {
             let len = (n - s).min(CHUNK);
-            // SAFETY: rows of n f32; this thread owns dst row r. dst may be src's memory
-            // (in-place allocation): the chunk is copied out before dst is written.
-            unsafe {
-                std::ptr::copy_nonoverlapping(pa.add(s), buf.as_mut_ptr(), len);
-                (ctx.kernels.vmath.silu_mul)(&buf[..len], None, slice_mut::<f32>(pd.add(4 * s), len));
-            }
+            let x = match &sa {
+                Src::Row(ra) => &ra[s..s + len],
+                Src::Dst => {
+                    buf[..len].copy_from_slice(&rd[s..s + len]);
+                    &buf[..len]
+                }
+            };
+            (ctx.kernels.vmath.silu_mul)(x, None, &mut rd[s..s + len]);
         }
     }
 }
@@ -135,27 +151,15 @@ pub fn swiglu(node: &Node, ctx: &ThreadCtx, swapped: bool) {
     let (r0, r1) = split_range(d.nrows(), ctx.ith, ctx.nth);
     for r in r0..r1 {
         let (i1, i2, i3) = d.unflatten_row(r);
-        // SAFETY: shapes checked in supports_glu; this thread owns dst row r.
-        let (mut x, mut g, rd) = unsafe {
-            match &node.src[1] {
-                Some(b) => (
-                    slice::<f32>(a.row_ptr(i1, i2, i3), n),
-                    slice::<f32>(b.row_ptr(i1, i2, i3), n),
-                    slice_mut::<f32>(d.row_ptr(i1, i2, i3), n),
-                ),
-                None => {
-                    let both = slice::<f32>(a.row_ptr(i1, i2, i3), 2 * n);
-                    (
-                        &both[..n],
-                        &both[n..],
-                        slice_mut::<f32>(d.row_ptr(i1, i2, i3), n),
-                    )
-                }
-            }
+        // Shapes checked in supports_glu; this thread owns dst row r; inputs do not overlap
+        // the output (supports).
+        let (mut x, mut g) = match &node.src[1] {
+            Some(b) => (&a.row::<f32>(i1, i2, i3)[..n], &b.row::<f32>(i1, i2, i3)[..n]),
+            None => a.row::<f32>(i1, i2, i3)[..2 * n].split_at(n),
         };
         if swapped {
             std::mem::swap(&mut x, &mut g);
         }
-        (ctx.kernels.vmath.silu_mul)(x, Some(g), rd);
+        (ctx.kernels.vmath.silu_mul)(x, Some(g), d.row_mut::<f32>(i1, i2, i3));
     }
 }

@@ -104,6 +104,9 @@ fn need(cond: bool, why: Unsupported) -> Result<(), Unsupported> {
 /// to another backend through ggml's scheduler.
 pub fn supports(node: &Node) -> Result<(), Unsupported> {
     let n_src = node.src.iter().filter(|s| s.is_some()).count();
+    if !matches!(node.op, Op::View) {
+        memory(node)?;
+    }
     match node.op {
         Op::View => Ok(()),
         Op::GetRows => copy::supports_get_rows(node),
@@ -121,6 +124,32 @@ pub fn supports(node: &Node) -> Result<(), Unsupported> {
         Op::MulMat => matmul::supports(node),
         Op::FlashAttn { .. } => attention::supports(node),
     }
+}
+
+/// The memory rules the tensor accessors rely on (`TensorRef`'s contract): every operand
+/// lies within its bytes at its strides, and the output overlaps an input only in ggml's
+/// in-place form (same memory, shape and strides), and only for the ops that ggml runs in
+/// place.
+fn memory(node: &Node) -> Result<(), Unsupported> {
+    node.dst.check()?;
+    let in_place_op = matches!(
+        node.op,
+        Op::Add | Op::Mul | Op::Scale { .. } | Op::Silu | Op::RmsNorm { .. } | Op::Rope(_) | Op::SoftMax { .. }
+    );
+    // Operands the op does not read: ggml makes SET_ROWS and CPY views of their destination
+    // and lists that destination among the sources (src[2], src[1]).
+    let read = match node.op {
+        Op::SetRows => 2,
+        Op::Copy => 1,
+        _ => node.src.len(),
+    };
+    for (i, s) in node.src.iter().enumerate().filter_map(|(i, s)| Some((i, s.as_ref()?))) {
+        s.check()?;
+        if i < read && node.dst.overlaps(s) {
+            need(in_place_op && node.dst.in_place_of(s), "output overlaps an input other than in place")?;
+        }
+    }
+    Ok(())
 }
 
 /// Scratch bytes the node needs with `nth` threads on the kernels `ks` (shared part plus
@@ -201,30 +230,6 @@ pub fn alibi_slope(max_bias: f32, n_head: usize, h: usize) -> f32 {
 
 pub(crate) fn is_float(ty: DType) -> bool {
     matches!(ty, DType::F32 | DType::F16 | DType::BF16)
-}
-
-/// Views `n` elements at `p` as a slice.
-///
-/// # Safety
-/// `p` must point to `n` valid, initialised `T`s that no thread writes while the
-/// slice lives (ggml tensors of a node's inputs, or a range owned by this thread).
-#[inline(always)]
-pub(crate) unsafe fn slice<'a, T>(p: *const u8, n: usize) -> &'a [T] {
-    // SAFETY: this function's contract: `p` points to `n` valid, initialised `T`s that no
-    // thread writes while the slice lives.
-    unsafe { std::slice::from_raw_parts(p as *const T, n) }
-}
-
-/// Mutable counterpart of [`slice`].
-///
-/// # Safety
-/// As for `slice`, and no other thread reads or writes the range while it lives
-/// (the executor gives each thread disjoint output rows).
-#[inline(always)]
-pub(crate) unsafe fn slice_mut<'a, T>(p: *mut u8, n: usize) -> &'a mut [T] {
-    // SAFETY: this function's contract: as for `slice`, and no other thread reads or
-    // writes the range while it lives.
-    unsafe { std::slice::from_raw_parts_mut(p as *mut T, n) }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! RMS_NORM: x / sqrt(mean(x^2) + eps) per row.
 
-use super::{need, slice, split_range, Node, Unsupported};
+use super::{need, split_range, Node, Unsupported};
+use crate::tensor::Src;
 use crate::dtype::DType;
 use crate::threadpool::ThreadCtx;
 
@@ -23,22 +24,18 @@ pub fn rms_norm(node: &Node, ctx: &ThreadCtx, eps: f32) {
     let (r0, r1) = split_range(d.nrows(), ctx.ith, ctx.nth);
     for r in r0..r1 {
         let (i1, i2, i3) = d.unflatten_row(r);
-        let (px, py) = (
-            a.row_ptr(i1, i2, i3) as *const f32,
-            d.row_ptr(i1, i2, i3) as *mut f32,
-        );
-        // SAFETY: rows of n f32 (supports); this thread owns dst row r. The output may be
-        // the input's memory (in-place allocation): the sum is taken before any write,
-        // then each element is read before it is written.
-        unsafe {
-            // As ggml: square in f32, sum in f64 in order, so results are bit-identical
-            // (a one-ulp difference here flips Q8 activation rounding downstream).
-            let sum: f64 = slice::<f32>(px as *const u8, n).iter().map(|&v| (v * v) as f64).sum();
-            let mean = (sum / n as f64) as f32;
-            let scale = 1.0 / (mean + eps).sqrt();
-            for i in 0..n {
-                *py.add(i) = *px.add(i) * scale;
-            }
+        // This thread owns dst row r. The output may be the input's memory (in-place
+        // allocation): the sum is taken before any write, then each element is read before
+        // it is written.
+        let (y, [sx]) = d.row_io::<f32, 1>((i1, i2, i3), [(a, (i1, i2, i3))]);
+        // As ggml: square in f32, sum in f64 in order, so results are bit-identical
+        // (a one-ulp difference here flips Q8 activation rounding downstream).
+        let sum: f64 = sx.or(y).iter().map(|&v| (v * v) as f64).sum();
+        let mean = (sum / n as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        match sx {
+            Src::Row(x) => y.iter_mut().zip(x).for_each(|(o, &v)| *o = v * scale),
+            Src::Dst => y.iter_mut().for_each(|o| *o *= scale),
         }
     }
 }

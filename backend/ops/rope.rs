@@ -1,7 +1,8 @@
 //! ROPE (normal and NeoX modes) with YaRN scaling and optional frequency factors,
 //! following ggml's rope_yarn so results match the CPU backend.
 
-use super::{need, slice, slice_mut, split_range, Node, Unsupported};
+use super::{need, split_range, Node, Unsupported};
+use crate::tensor::Src;
 use crate::dtype::DType;
 use crate::threadpool::ThreadCtx;
 
@@ -114,16 +115,13 @@ pub fn fill_cache(
 pub fn rope(node: &Node, ctx: &ThreadCtx, p: &RopeParams) {
     let (a, pos_t, d) = (node.src(0), node.src(1), &node.dst);
     let ne0 = d.ne[0];
-    // SAFETY: positions hold ne[2] i32, freq factors n_dims/2 f32 (supports).
-    let pos = unsafe { slice::<i32>(pos_t.data, a.ne[2]) };
-    let ff = node.src[2]
-        .as_ref()
-        .map(|f| unsafe { slice::<f32>(f.data, f.ne[0]) });
-    let (scratch, _) = ctx.scratch();
+    // Positions hold ne[2] i32, freq factors n_dims/2 f32 (supports).
+    let pos = pos_t.elems::<i32>(a.ne[2]);
+    let ff = node.src[2].as_ref().map(|f| f.elems::<f32>(f.ne[0]));
     let cf = cache_floats(node);
-    // SAFETY: scratch_bytes reserved nth caches; this thread uses only its own.
-    let cache = unsafe { slice_mut::<f32>(scratch.add(ctx.ith * cf * 4), cf) };
-    let cache = &mut cache[..ne0 & !1];
+    // scratch_bytes reserved one cache per thread.
+    let area = ctx.thread_area(0, cf * 4);
+    let cache = &mut area.carve::<f32>(0, cf)[..ne0 & !1];
     let corr = corr_dims(p);
     let (r0, r1) = split_range(d.nrows(), ctx.ith, ctx.nth);
     let mut last_i2 = usize::MAX;
@@ -134,16 +132,13 @@ pub fn rope(node: &Node, ctx: &ThreadCtx, p: &RopeParams) {
             fill_cache(p, pos[i2] as f32, ff, corr, cache);
             last_i2 = i2;
         }
-        let (x, y) = (a.row_ptr(i1, i2, i3) as *const f32, d.row_ptr(i1, i2, i3) as *mut f32);
-        // SAFETY: rows of ne0 f32 (supports); this thread owns dst row r. dst is either
-        // src's memory (in-place allocation) or a separate tensor: copy first unless they
-        // are the same row, then rotate dst's row in place.
-        let row = unsafe {
-            if x != y as *const f32 {
-                std::ptr::copy(x, y, ne0);
-            }
-            slice_mut::<f32>(y as *mut u8, ne0)
-        };
+        // This thread owns dst row r. dst is either src's memory (in-place allocation) or
+        // a separate tensor: copy first unless they are the same row, then rotate dst's row
+        // in place.
+        let (row, [sx]) = d.row_io::<f32, 1>((i1, i2, i3), [(a, (i1, i2, i3))]);
+        if let Src::Row(x) = sx {
+            row.copy_from_slice(x);
+        }
         (ctx.kernels.rope.rotate_pairs)(row, cache, nd, off, p.mode == MODE_NEOX);
     }
 }

@@ -3,7 +3,8 @@
 
 use half::f16;
 
-use super::{alibi_slope, need, slice, slice_mut, split_range, Node, Unsupported};
+use super::{alibi_slope, need, split_range, Node, Unsupported};
+use crate::tensor::Src;
 use crate::dtype::DType;
 use crate::threadpool::ThreadCtx;
 
@@ -45,24 +46,20 @@ pub fn soft_max(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32) {
     let (a, d) = (node.src(0), &node.dst);
     let n = a.ne[0];
     let n_head = a.ne[2];
-    // SAFETY: sinks hold at least ne[2] f32 (supports).
-    let sinks = node.src[2]
-        .as_ref()
-        .map(|s| unsafe { slice::<f32>(s.data, n_head) });
+    // Sinks hold at least ne[2] f32 (supports).
+    let sinks = node.src[2].as_ref().map(|s| s.elems::<f32>(n_head));
     let (r0, r1) = split_range(a.nrows(), ctx.ith, ctx.nth);
     for r in r0..r1 {
         let (i1, i2, i3) = a.unflatten_row(r);
         let slope = alibi_slope(max_bias, n_head, i2);
-        let (px, py) = (a.row_ptr(i1, i2, i3) as *const f32, d.row_ptr(i1, i2, i3));
-        // SAFETY: rows of n f32; this thread owns dst row r. dst may be src's memory, so
-        // the scaled copy goes element by element through raw pointers; afterwards only
-        // the dst row is used.
-        let y = unsafe {
-            for i in 0..n {
-                *(py as *mut f32).add(i) = *px.add(i) * scale;
-            }
-            slice_mut::<f32>(py, n)
-        };
+        // This thread owns dst row r. dst may be src's memory (in-place allocation): the
+        // scaled copy reads each element before writing it; afterwards only the dst row is
+        // used.
+        let (y, [sx]) = d.row_io::<f32, 1>((i1, i2, i3), [(a, (i1, i2, i3))]);
+        match sx {
+            Src::Row(x) => y.iter_mut().zip(x).for_each(|(o, &v)| *o = v * scale),
+            Src::Dst => y.iter_mut().for_each(|o| *o *= scale),
+        }
         // ggml adds `slope * mask` with one rounding (its compiler fuses the multiply-add);
         // with slope 1, the common case, that is a plain add.
         let add = |o: &mut f32, mv: f32| {
@@ -73,17 +70,17 @@ pub fn soft_max(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32) {
             }
         };
         if let Some(m) = &node.src[1] {
-            let p = m.row_ptr(i1, i2 % m.ne[2], i3 % m.ne[3]);
-            // SAFETY: mask rows hold n elements of its type (supports).
+            let (j2, j3) = (i2 % m.ne[2], i3 % m.ne[3]);
+            // Mask rows hold n elements of its type (supports).
             match m.ty {
                 DType::F16 => {
-                    let mr = unsafe { slice::<f16>(p, n) };
+                    let mr = &m.row::<f16>(i1, j2, j3)[..n];
                     y.iter_mut()
                         .zip(mr)
                         .for_each(|(o, &mv)| add(o, mv.to_f32()));
                 }
                 _ => {
-                    let mr = unsafe { slice::<f32>(p, n) };
+                    let mr = &m.row::<f32>(i1, j2, j3)[..n];
                     y.iter_mut().zip(mr).for_each(|(o, &mv)| add(o, mv));
                 }
             }

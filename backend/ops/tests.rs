@@ -48,6 +48,7 @@ fn contiguous(ty: DType, ne: [usize; 4], buf: &mut Buf) -> TensorRef {
         ne,
         nb,
         data: buf.ptr(),
+        len: buf.mem.len() * 64,
         packed: None,
     }
 }
@@ -193,6 +194,7 @@ fn mul_mat_all_weight_types_odd_shapes_broadcast_and_strided_activations() {
                 ne: [k, m, ne12, 1],
                 nb: [4, row_stride, row_stride * m, row_stride * m * ne12],
                 data: xb.ptr(),
+                len: xb.mem.len() * 64,
                 packed: None,
             };
 
@@ -556,7 +558,7 @@ fn get_rows_of_packed_weights_reads_the_packed_copy() {
             packed::pack(layout, ty, &raw, &mut packed_mem, n, k);
             let mut wb = Buf::zeroed(raw.len());
             let mut w = contiguous(ty, [k, n, 1, 1], &mut wb);
-            w.packed = Some(PackedRef { layout, data: packed_mem.as_ptr() });
+            w.packed = Some(PackedRef { layout, data: packed_mem.as_ptr(), len: packed_mem.len() });
             let ids: Vec<i32> = vec![47, 0, 17, 31, 17];
             let mut ib = Buf::zeroed(4 * ids.len());
             for (i, v) in ids.iter().enumerate() {
@@ -629,6 +631,7 @@ fn get_rows_set_rows_and_transposed_copy() {
             ne: [r, c, 1, 1],
             nb: [c * 4, 4, r * c * 4, r * c * 4],
             data: mb.ptr(),
+            len: mb.mem.len() * 64,
             packed: None,
         };
         let out = contiguous(DType::F16, [r, c, 1, 1], &mut tb);
@@ -687,6 +690,7 @@ fn mul_mat_tile_path_matches_scalar_references_on_odd_shapes() {
                 ne: [k, m, 1, 1],
                 nb: [4, xs_stride * 4, xs_stride * 4 * m, xs_stride * 4 * m],
                 data: xb.ptr(),
+                len: xb.mem.len() * 64,
                 packed: None,
             };
             let mut db = Buf::zeroed(d_stride * m * 4);
@@ -695,6 +699,7 @@ fn mul_mat_tile_path_matches_scalar_references_on_odd_shapes() {
                 ne: [n, m, 1, 1],
                 nb: [4, d_stride * 4, d_stride * 4 * m, d_stride * 4 * m],
                 data: db.ptr(),
+                len: db.mem.len() * 64,
                 packed: None,
             };
             let nd = node(Op::MulMat, d, &[w, x]);
@@ -827,7 +832,7 @@ fn mul_mat_every_mode_packed_and_plain_weights() {
                 wb.bytes()[..raw.len()].copy_from_slice(&raw);
             }
             let mut w = contiguous(ty, [k, n, 1, 1], &mut wb);
-            w.packed = layout.map(|l| PackedRef { layout: l, data: packed_mem.as_ptr() });
+            w.packed = layout.map(|l| PackedRef { layout: l, data: packed_mem.as_ptr(), len: packed_mem.len() });
             let xs = random_f32(&mut rng, m * k, 1.0);
             let mut xb = Buf::zeroed(xs.len() * 4);
             xb.f32s()[..xs.len()].copy_from_slice(&xs);
@@ -987,7 +992,7 @@ fn int8_products_are_bit_identical_to_ggml_order_in_every_mode() {
                     wb.bytes()[..raw.len()].copy_from_slice(&raw);
                 }
                 let mut w = contiguous(ty, [k, n, 1, 1], &mut wb);
-                w.packed = is_packed.then(|| PackedRef { layout, data: packed_mem.as_ptr() });
+                w.packed = is_packed.then(|| PackedRef { layout, data: packed_mem.as_ptr(), len: packed_mem.len() });
                 let mut xb = Buf::zeroed(xs.len() * 4);
                 xb.f32s()[..xs.len()].copy_from_slice(&xs);
                 let x = contiguous(DType::F32, [k, m, 1, 1], &mut xb);

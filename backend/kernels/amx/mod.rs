@@ -3,6 +3,7 @@
 
 pub mod gemm;
 pub mod rows;
+pub mod stage;
 pub mod tile;
 
 #[cfg(test)]

@@ -106,10 +106,40 @@ impl Layout {
 
 /// Where a weight tensor's packed copy lives (kept alongside ggml's own layout, which other
 /// ops and backends still read).
+///
+/// Whoever builds one (`ffi::buffer` where it packs, tests) vouches that `data .. data +
+/// len` holds the packed copy, unchanged while graphs use it; [`Self::groups`] reads only
+/// within it.
 #[derive(Clone, Copy, Debug)]
 pub struct PackedRef {
     pub layout: Layout,
     pub data: *const u8,
+    /// Bytes of the packed copy (ggml's bytes of the tensor: packing permutes them).
+    pub len: usize,
+}
+
+impl PackedRef {
+    /// Groups `g0 .. g0 + count` (16 rows each) of the packed tensor with `k` columns, as
+    /// bytes. Panics if they lie past the copy.
+    #[inline]
+    pub fn groups(&self, k: usize, g0: usize, count: usize) -> &[u8] {
+        let gb = self.layout.group_bytes(k);
+        let (off, n) = (g0 * gb, count * gb);
+        assert!(
+            off.checked_add(n).is_some_and(|e| e <= self.len) && !self.data.is_null(),
+            "SMEPilot: packed groups {g0}..+{count} of {gb} bytes past the copy's {} bytes",
+            self.len
+        );
+        // SAFETY: checked to lie within the copy's `len` bytes, which the constructor vouches
+        // for; the copy is immutable while graphs use it (packed once, before any graph).
+        unsafe { std::slice::from_raw_parts(self.data.add(off), n) }
+    }
+
+    /// Group `g` (16 rows) of the packed tensor with `k` columns.
+    #[inline]
+    pub fn group(&self, k: usize, g: usize) -> &[u8] {
+        self.groups(k, g, 1)
+    }
 }
 
 // SAFETY: a PackedRef points to immutable packed weights that live as long as their buffer,
@@ -181,9 +211,8 @@ pub(crate) fn avx512_kernels() -> Option<Kernels> {
 
 /// Row `row` of a packed tensor with `k` columns, dequantized to f32 by `kern`.
 pub fn row_to_f32(kern: &Kernels, p: &PackedRef, k: usize, row: usize, out: &mut [f32]) {
-    let (nb, gb) = (k / p.layout.ty().block_size(), p.layout.group_bytes(k));
-    // SAFETY: the packed copy holds every group of the tensor; row < n (caller).
-    let group = unsafe { std::slice::from_raw_parts(p.data.add((row / 16) * gb), gb) };
+    let nb = k / p.layout.ty().block_size();
+    let group = p.group(k, row / 16);
     (kern.row_to_f32)(p.layout, group, nb, row % 16, out)
 }
 

@@ -58,7 +58,7 @@ fn pack_unpack_round_trip_and_rows_match_ggml() {
             let gb = layout.group_bytes(k);
             for r in 0..n {
                 (sk.to_f32)(&raw[r * rb..(r + 1) * rb], &mut want);
-                let p = PackedRef { layout, data: packed.as_ptr() };
+                let p = PackedRef { layout, data: packed.as_ptr(), len: packed.len() };
                 for ks in KernelSet::available() {
                     got.fill(f32::NAN);
                     super::row_to_f32(&ks.packed, &p, k, r, &mut got);

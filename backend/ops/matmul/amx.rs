@@ -10,9 +10,8 @@ use super::super::{split_range, Node};
 use super::engine::{MatrixEngine, GROUP_TILES};
 use crate::dtype::DType;
 use crate::threadpool::ThreadCtx;
-use crate::kernels::amx::gemm::{
-    self, ActI8, Block32, WeightsI8, BF16_BTILE, BF16_KSTEP, I8_BTILE, I8_KBLOCK,
-};
+use crate::kernels::amx::gemm::{Block32, BF16_BTILE, BF16_KSTEP, I8_BTILE, I8_KBLOCK};
+use crate::kernels::amx::stage::{Bf16Session, I8Acts, I8Session, I8Weights};
 use crate::kernels::amx::{self, rows};
 use crate::kernels::packed;
 use crate::tensor::TensorRef;
@@ -37,8 +36,13 @@ pub enum Plan {
 
 /// A thread's tile configuration (restored on drop) and its accumulators.
 pub struct Session {
-    _tiles: crate::kernels::amx::tile::TileSession,
+    tiles: Tiles,
     acc: Block32,
+}
+
+enum Tiles {
+    I8(I8Session),
+    Bf16(Bf16Session),
 }
 
 impl MatrixEngine for Amx {
@@ -64,29 +68,28 @@ impl MatrixEngine for Amx {
         }
     }
 
-    fn prepare_acts(&self, plan: &Plan, node: &Node, ctx: &ThreadCtx, scratch: *mut u8) {
+    fn prepare_acts(&self, plan: &Plan, node: &Node, ctx: &ThreadCtx) {
         match plan {
-            Plan::I8 { has_min, layout } => i8_acts(node, ctx, scratch, layout, *has_min),
-            Plan::Bf16 { layout } => bf16_acts(node, ctx, scratch, layout),
+            Plan::I8 { has_min, layout } => i8_acts(node, ctx, layout, *has_min),
+            Plan::Bf16 { layout } => bf16_acts(node, ctx, layout),
         }
     }
 
     fn session(&self, plan: &Plan) -> Session {
-        // SAFETY: an `Amx` exists only where the process may drive AMX (Amx::get). The
-        // session restores the thread's previous tile configuration when dropped.
-        let tiles = unsafe {
-            match plan {
-                Plan::I8 { .. } => gemm::i8_session(),
-                Plan::Bf16 { .. } => gemm::bf16_session(),
-            }
+        // An `Amx` exists only where the process drives AMX (Amx::get), which the sessions
+        // check again; they restore the thread's previous tile configuration when dropped.
+        let tiles = match plan {
+            Plan::I8 { .. } => Tiles::I8(I8Session::begin()),
+            Plan::Bf16 { .. } => Tiles::Bf16(Bf16Session::begin()),
         };
-        Session { _tiles: tiles, acc: Block32::new() }
+        Session { tiles, acc: Block32::new() }
     }
 
-    fn weight_group(&self, plan: &Plan, session: &mut Session, node: &Node, ctx: &ThreadCtx, scratch: *mut u8, g: usize) {
-        match plan {
-            Plan::I8 { has_min, layout } => i8_group(node, ctx, scratch, layout, *has_min, g, &mut session.acc),
-            Plan::Bf16 { layout } => bf16_group(node, ctx, scratch, layout, g, &mut session.acc),
+    fn weight_group(&self, plan: &Plan, session: &mut Session, node: &Node, ctx: &ThreadCtx, g: usize) {
+        match (plan, &session.tiles) {
+            (Plan::I8 { has_min, layout }, Tiles::I8(t)) => i8_group(node, ctx, t, layout, *has_min, g, &mut session.acc),
+            (Plan::Bf16 { layout }, Tiles::Bf16(t)) => bf16_group(node, ctx, t, layout, g, &mut session.acc),
+            _ => unreachable!("a session of the plan's kernel"),
         }
     }
 }
@@ -200,69 +203,63 @@ impl Bf16Layout {
 }
 
 /// Weight rows `r0 .. r0 + 16` (fewer at the end) as byte slices of `row_bytes`.
-fn weight_rows(w: &TensorRef, r0: usize) -> ([&'static [u8]; 16], usize) {
+fn weight_rows(w: &TensorRef, r0: usize) -> ([&[u8]; 16], usize) {
     let n = (w.ne[1] - r0).min(16);
     let mut rows: [&[u8]; 16] = [&[]; 16];
     for (i, r) in rows.iter_mut().enumerate().take(n) {
-        // SAFETY: rows r0 .. r0 + n exist and hold row_bytes each (supports: packed rows).
-        *r = unsafe { std::slice::from_raw_parts(w.row_ptr(r0 + i, 0, 0), w.row_bytes()) };
+        *r = w.row::<u8>(r0 + i, 0, 0);
     }
     (rows, n)
 }
 
+/// Writes the `rows_m` x `rows_n` corner of `acc` transposed into the output: activation
+/// rows `m0 ..`, columns `n0 ..` (this thread's: the weight group's columns).
+fn store(acc: &Block32, dst: &TensorRef, m0: usize, n0: usize, rows_m: usize, rows_n: usize) {
+    for i in 0..rows_m {
+        acc.store_row(i, dst.row_range_mut::<f32>(m0 + i, 0, 0, n0, rows_n));
+    }
+}
+
 /// Phase 1 of the int8 path: this thread's activation row tiles, quantized as ggml-cpu does
 /// (Q8_0, or Q8_1 for weights with a minimum), into B-tile order with their scales and sums.
-fn i8_acts(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &I8Layout, has_min: bool) {
+fn i8_acts(node: &Node, ctx: &ThreadCtx, l: &I8Layout, has_min: bool) {
     let (w, x) = (node.src(0), node.src(1));
     let (k, m) = (w.ne[0], x.ne[1]);
     let nb = l.nb;
     let act_ty = if has_min { DType::Q8_1 } else { DType::Q8_0 };
     let quantize = ctx.kernels.kernels(act_ty).unwrap().from_f32.unwrap();
-    let my = scratch.wrapping_add(l.thread_off + ctx.ith * l.thread_bytes);
     let bs = act_ty.block_bytes();
-    let (act_q, act_d, act_s) = (scratch, scratch.wrapping_add(l.d_off) as *mut f32, scratch.wrapping_add(l.s_off) as *mut f32);
-    // Phase 1: activation row tiles, quantized as ggml-cpu does, into B-tile order.
     let (t0, t1) = split_range(m_tiles(m), ctx.ith, ctx.nth);
+    // Row tiles t0 .. t1 are this thread's: their B tiles, scales and sums are contiguous
+    // ranges of the shared scratch; the quantization row is in its own area.
+    let tiles = ctx.shared_mut::<u8>(t0 * nb * I8_BTILE, (t1 - t0) * nb * I8_BTILE);
+    let act_d = ctx.shared_mut::<f32>(l.d_off + t0 * nb * 16 * 4, (t1 - t0) * nb * 16);
+    let act_s = ctx.shared_mut::<f32>(l.s_off + t0 * nb * 16 * 4, (t1 - t0) * nb * 16);
+    let area = ctx.thread_area(l.thread_off, l.thread_bytes);
+    let blocks = area.carve::<u8>(0, act_ty.row_bytes(k));
     for r in t0 * 16..t1 * 16 {
-        let (mt, i) = (r / 16, r % 16);
-        // SAFETY: the scratch holds m_tiles * nb B tiles and as many 16-float scale / sum
-        // vectors (scratch_bytes); row tile mt belongs to this thread only. x rows hold k f32;
-        // the quantization row `my` is this thread's.
-        unsafe {
-            let blocks = std::slice::from_raw_parts_mut(my, act_ty.row_bytes(k));
-            if r < m {
-                quantize(
-                    std::slice::from_raw_parts(x.row_ptr(r, 0, 0) as *const f32, k),
-                    blocks,
-                );
-            }
-            for b in 0..nb {
-                let at = (mt * nb + b) * 16 + i;
-                let tile = act_q.add((mt * nb + b) * I8_BTILE);
-                if r >= m {
-                    *act_d.add(at) = 0.0;
-                    *act_s.add(at) = 0.0;
-                    for k4 in 0..I8_KBLOCK / 4 {
-                        std::ptr::write_unaligned(tile.add(k4 * 64 + i * 4) as *mut u32, 0);
-                    }
-                    continue;
-                }
-                let blk = &blocks[b * bs..(b + 1) * bs];
-                let h = |o: usize| {
-                    half::f16::from_bits(u16::from_le_bytes([blk[o], blk[o + 1]])).to_f32()
-                };
-                *act_d.add(at) = h(0);
-                *act_s.add(at) = if has_min { h(2) } else { 0.0 };
-                let qs = &blk[bs - I8_KBLOCK..];
+        let (mt, i) = (r / 16 - t0, r % 16);
+        if r < m {
+            quantize(&x.row::<f32>(r, 0, 0)[..k], blocks);
+        }
+        for b in 0..nb {
+            let at = (mt * nb + b) * 16 + i;
+            let tile = &mut tiles[(mt * nb + b) * I8_BTILE..][..I8_BTILE];
+            if r >= m {
+                act_d[at] = 0.0;
+                act_s[at] = 0.0;
                 for k4 in 0..I8_KBLOCK / 4 {
-                    let v = u32::from_le_bytes([
-                        qs[k4 * 4],
-                        qs[k4 * 4 + 1],
-                        qs[k4 * 4 + 2],
-                        qs[k4 * 4 + 3],
-                    ]);
-                    std::ptr::write_unaligned(tile.add(k4 * 64 + i * 4) as *mut u32, v);
+                    tile[k4 * 64 + i * 4..][..4].fill(0);
                 }
+                continue;
+            }
+            let blk = &blocks[b * bs..(b + 1) * bs];
+            let h = |o: usize| half::f16::from_bits(u16::from_le_bytes([blk[o], blk[o + 1]])).to_f32();
+            act_d[at] = h(0);
+            act_s[at] = if has_min { h(2) } else { 0.0 };
+            let qs = &blk[bs - I8_KBLOCK..];
+            for k4 in 0..I8_KBLOCK / 4 {
+                tile[k4 * 64 + i * 4..][..4].copy_from_slice(&qs[k4 * 4..k4 * 4 + 4]);
             }
         }
     }
@@ -271,129 +268,106 @@ fn i8_acts(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &I8Layout, has_min
 /// Weight group `g` (GROUP_TILES row tiles of 16) unpacked to int8 A tiles (loaded in place
 /// where the type allows) and multiplied by every activation row tile. The caller holds an
 /// int8 tile session and has passed the barrier after `i8_acts`.
-fn i8_group(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &I8Layout, has_min: bool, g: usize, acc: &mut Block32) {
+fn i8_group(node: &Node, ctx: &ThreadCtx, tiles: &I8Session, l: &I8Layout, has_min: bool, g: usize, acc: &mut Block32) {
     let (w, x, dst) = (node.src(0), node.src(1), &node.dst);
     let (k, n, m) = (w.ne[0], w.ne[1], x.ne[1]);
     let nb = l.nb;
-    let my = scratch.wrapping_add(l.thread_off + ctx.ith * l.thread_bytes);
-    let act = ActI8 { q: scratch, d: scratch.wrapping_add(l.d_off) as *const f32, s: scratch.wrapping_add(l.s_off) as *const f32, nb };
+    let mtl = m_tiles(m);
+    // Written by every thread before the barrier, read-only now.
+    let act = I8Acts {
+        q: ctx.shared::<u8>(0, mtl * nb * I8_BTILE),
+        d: ctx.shared::<f32>(l.d_off, mtl * nb * 16),
+        s: ctx.shared::<f32>(l.s_off, mtl * nb * 16),
+        nb,
+    };
     let n_tiles = n.div_ceil(16);
     let in_place = rows::i8_in_place(w.ty);
-    let ldd = dst.nb[1] / 4;
     let tile0 = g * GROUP_TILES;
     let used = (n_tiles - tile0).min(GROUP_TILES);
-    let mut wt = [WeightsI8 {
-        q: std::ptr::null(),
-        stride: 0,
-        block_step: 0,
-        d: std::ptr::null(),
-        m: std::ptr::null(),
-    }; GROUP_TILES];
-    for (j, t) in wt.iter_mut().enumerate().take(used) {
+    // This thread's staging: per weight tile its values, scales and minimums, then the
+    // gather area for a packed group put back into ggml's layout.
+    let area = ctx.thread_area(l.thread_off, l.thread_bytes);
+    let stage: [(&mut [u8], &mut [f32], &mut [f32]); GROUP_TILES] = std::array::from_fn(|j| {
+        let base = l.row_tmp + j * l.wtile_bytes;
+        let db = base + align64(16 * k);
+        (
+            area.carve::<u8>(base, 16 * k),
+            area.carve::<f32>(db, nb * 16),
+            area.carve::<f32>(db + align64(nb * 16 * 4), if has_min { nb * 16 } else { 0 }),
+        )
+    });
+    let rb = w.ty.row_bytes(k);
+    let gather = area.carve::<u8>(l.gather_off, 16 * rb);
+    let mut wt: [Option<I8Weights>; GROUP_TILES] = std::array::from_fn(|_| None);
+    for (j, (t, (q, d, mm))) in wt.iter_mut().zip(stage).enumerate().take(used) {
         let r0 = (tile0 + j) * 16;
-        let (rs, nrows) = weight_rows(w, r0);
-        let base = my.wrapping_add(l.row_tmp + j * l.wtile_bytes);
-        let (qb, db) = (base, base.wrapping_add(align64(16 * k)));
-        let mb = db.wrapping_add(align64(nb * 16 * 4));
-        // SAFETY: this thread's staging for tile j (scratch_bytes reserves GROUP_TILES).
-        unsafe {
-            let d = std::slice::from_raw_parts_mut(db as *mut f32, nb * 16);
-            let mm = std::slice::from_raw_parts_mut(
-                mb as *mut f32,
-                if has_min { nb * 16 } else { 0 },
-            );
-            *t = match (&w.packed, in_place) {
-                (None, Some(off)) if nrows == 16 => {
-                    rows::i8_scales(w.ty, &rs[..nrows], nb, d, mm);
-                    WeightsI8 {
-                        q: w.row_ptr(r0, 0, 0).add(off),
-                        stride: w.nb[1],
-                        block_step: w.ty.block_bytes(),
-                        d: db as *const f32,
-                        m: std::ptr::null(),
-                    }
-                }
-                (packed, _) => {
-                    let q = std::slice::from_raw_parts_mut(qb, 16 * k);
-                    match packed {
-                        // Packed groups are whole 16-row tiles (Layout::for_weights).
-                        Some(p) => {
-                            let gb = p.layout.group_bytes(k);
-                            let group = std::slice::from_raw_parts(p.data.add(r0 / 16 * gb), gb);
-                            if rows::i8_rows_packed(p.layout, group, nb, q, d, mm).is_none() {
-                                // The group back in ggml's layout (this thread's gather
-                                // area, after its weight tiles), then staged as such.
-                                let rb = w.ty.row_bytes(k);
-                                let g = std::slice::from_raw_parts_mut(my.add(l.gather_off), 16 * rb);
-                                packed::unpack(p.layout, group, g, 16, k);
-                                let rows16: [&[u8]; 16] = std::array::from_fn(|i| &g[i * rb..(i + 1) * rb]);
-                                rows::i8_rows(w.ty, &rows16, nb, q, d, mm);
-                            }
+        *t = Some(match (&w.packed, in_place) {
+            (None, Some(off)) if w.ne[1] - r0 >= 16 => {
+                let (rs, nrows) = weight_rows(w, r0);
+                rows::i8_scales(w.ty, &rs[..nrows], nb, d, mm);
+                // The 16 rows in place, from the first value of row r0.
+                let start = w.row_offset(r0, 0, 0) + off;
+                I8Weights { q: w.bytes_at::<u8>(start, 15 * w.nb[1] + w.row_bytes() - off), stride: w.nb[1], block_step: w.ty.block_bytes(), d, m: None }
+            }
+            (packed, _) => {
+                match packed {
+                    // Packed groups are whole 16-row tiles (Layout::for_weights).
+                    Some(p) => {
+                        let group = p.group(k, r0 / 16);
+                        if rows::i8_rows_packed(p.layout, group, nb, q, d, mm).is_none() {
+                            // The group back in ggml's layout (this thread's gather area),
+                            // then staged as such.
+                            packed::unpack(p.layout, group, gather, 16, k);
+                            let rows16: [&[u8]; 16] = std::array::from_fn(|i| &gather[i * rb..(i + 1) * rb]);
+                            rows::i8_rows(w.ty, &rows16, nb, q, d, mm);
                         }
-                        None => rows::i8_rows(w.ty, &rs[..nrows], nb, q, d, mm),
                     }
-                    WeightsI8 {
-                        q: qb,
-                        stride: I8_KBLOCK,
-                        block_step: 16 * I8_KBLOCK,
-                        d: db as *const f32,
-                        m: if has_min { mb as *const f32 } else { std::ptr::null() },
+                    None => {
+                        let (rs, nrows) = weight_rows(w, r0);
+                        rows::i8_rows(w.ty, &rs[..nrows], nb, q, d, mm);
                     }
                 }
-            };
-        }
+                I8Weights { q, stride: I8_KBLOCK, block_step: 16 * I8_KBLOCK, d, m: has_min.then_some(&*mm) }
+            }
+        });
     }
+    let wt: [&I8Weights; GROUP_TILES] = std::array::from_fn(|j| wt[j.min(used - 1)].as_ref().expect("tiles 0 .. used staged"));
     for mt in (0..m.div_ceil(16)).step_by(2) {
         let rows_m = (m - mt * 16).min(32);
         for tp in (0..used).step_by(2) {
             let n0 = (tile0 + tp) * 16;
             let rows_n = (n - n0).min(if tp + 1 < used { 32 } else { 16 });
-            // SAFETY: config loaded; act holds row tiles mt, mt + 1 (m_tiles is even);
-            // the weight tiles hold nb blocks; output rows mt*16 .. + rows_m have ldd >= n
-            // floats and n0 + rows_n <= n.
-            unsafe {
-                gemm::i8_block(&act, mt, [&wt[tp], &wt[(tp + 1).min(used - 1)]], acc);
-                acc.store_transposed(
-                    (dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0),
-                    ldd,
-                    rows_m,
-                    rows_n,
-                );
-            }
+            tiles.block(&act, mt, [wt[tp], wt[(tp + 1).min(used - 1)]], acc);
+            store(acc, dst, mt * 16, n0, rows_m, rows_n);
         }
     }
 }
 
 /// Phase 1 of the bf16 path: this thread's activation row tiles to bf16 (nearest even, as
-/// ggml-cpu) in B-tile order at `scratch`.
-fn bf16_acts(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &Bf16Layout) {
+/// ggml-cpu) in B-tile order in the shared scratch.
+fn bf16_acts(node: &Node, ctx: &ThreadCtx, l: &Bf16Layout) {
     let (w, x) = (node.src(0), node.src(1));
     let (k, m) = (w.ne[0], x.ne[1]);
     let ksteps = k / BF16_KSTEP;
     let to_bf16 = ctx.kernels.kernels(DType::BF16).unwrap().from_f32.unwrap();
-    let my = scratch.wrapping_add(l.thread_off + ctx.ith * l.thread_bytes);
     let (t0, t1) = split_range(m_tiles(m), ctx.ith, ctx.nth);
+    // Row tiles t0 .. t1 are this thread's (a contiguous range of B tiles); the conversion
+    // row is in its own area.
+    let tiles = ctx.shared_mut::<u8>(t0 * ksteps * BF16_BTILE, (t1 - t0) * ksteps * BF16_BTILE);
+    let area = ctx.thread_area(l.thread_off, l.thread_bytes);
+    let row = area.carve::<u8>(0, 2 * k);
     for r in t0 * 16..t1 * 16 {
-        let (mt, i) = (r / 16, r % 16);
-        // SAFETY: scratch holds m_tiles * ksteps B tiles; row tile mt is this thread's; the
-        // conversion row `my` is this thread's; x rows hold k f32.
-        unsafe {
-            let row = std::slice::from_raw_parts_mut(my, 2 * k);
-            if r < m {
-                to_bf16(
-                    std::slice::from_raw_parts(x.row_ptr(r, 0, 0) as *const f32, k),
-                    row,
-                );
-            } else {
-                row.fill(0);
-            }
-            for ks in 0..ksteps {
-                let tile = scratch.add((mt * ksteps + ks) * BF16_BTILE);
-                for kp in 0..BF16_KSTEP / 2 {
-                    let o = (ks * BF16_KSTEP + 2 * kp) * 2;
-                    let v = u32::from_le_bytes([row[o], row[o + 1], row[o + 2], row[o + 3]]);
-                    std::ptr::write_unaligned(tile.add(kp * 64 + i * 4) as *mut u32, v);
-                }
+        let (mt, i) = (r / 16 - t0, r % 16);
+        if r < m {
+            to_bf16(&x.row::<f32>(r, 0, 0)[..k], row);
+        } else {
+            row.fill(0);
+        }
+        for ks in 0..ksteps {
+            let tile = &mut tiles[(mt * ksteps + ks) * BF16_BTILE..][..BF16_BTILE];
+            for kp in 0..BF16_KSTEP / 2 {
+                let o = (ks * BF16_KSTEP + 2 * kp) * 2;
+                tile[kp * 64 + i * 4..][..4].copy_from_slice(&row[o..o + 4]);
             }
         }
     }
@@ -402,62 +376,43 @@ fn bf16_acts(node: &Node, ctx: &ThreadCtx, scratch: *mut u8, l: &Bf16Layout) {
 /// Weight group `g` (GROUP_TILES row tiles of 16) staged into bf16 A tiles in this
 /// thread's scratch, then multiplied by every activation row tile. The caller holds a bf16
 /// tile session and has passed the barrier after `bf16_acts`.
-fn bf16_group(
-    node: &Node,
-    ctx: &ThreadCtx,
-    scratch: *mut u8,
-    l: &Bf16Layout,
-    g: usize,
-    acc: &mut Block32,
-) {
+fn bf16_group(node: &Node, ctx: &ThreadCtx, tiles: &Bf16Session, l: &Bf16Layout, g: usize, acc: &mut Block32) {
     let (w, x, dst) = (node.src(0), node.src(1), &node.dst);
     let (k, n, m) = (w.ne[0], w.ne[1], x.ne[1]);
     let ksteps = k / BF16_KSTEP;
     let n_tiles = n.div_ceil(16);
-    let ldd = dst.nb[1] / 4;
-    let my = scratch.wrapping_add(l.thread_off + ctx.ith * l.thread_bytes);
     let tile0 = g * GROUP_TILES;
     let used = (n_tiles - tile0).min(GROUP_TILES);
-    let mut wt = [std::ptr::null::<u8>(); GROUP_TILES];
-    for (j, t) in wt.iter_mut().enumerate().take(used) {
+    // This thread's conversion rows (k floats, then 2 k bytes) and its weight tiles.
+    let area = ctx.thread_area(l.thread_off, l.thread_bytes);
+    let tmp = area.carve::<f32>(0, k);
+    let row = area.carve::<u8>(align64(4 * k), 2 * k);
+    let outs: [&mut [u8]; GROUP_TILES] = std::array::from_fn(|j| area.carve::<u8>(l.row_tmp + j * l.wtile_bytes, l.wtile_bytes));
+    let mut wt: [&[u8]; GROUP_TILES] = [&[]; GROUP_TILES];
+    for (j, out) in outs.into_iter().enumerate().take(used) {
         let r0 = (tile0 + j) * 16;
-        let (rs, nrows) = weight_rows(w, r0);
-        let base = my.wrapping_add(l.row_tmp + j * l.wtile_bytes);
-        // SAFETY: this thread's staging for tile j (scratch_bytes reserves GROUP_TILES) and
-        // its conversion rows (k floats, then 2 k bytes, at `my`).
-        unsafe {
-            let tmp = std::slice::from_raw_parts_mut(my as *mut f32, k);
-            let row = std::slice::from_raw_parts_mut(my.add(align64(4 * k)), 2 * k);
-            let out = std::slice::from_raw_parts_mut(base, l.wtile_bytes);
-            match &w.packed {
-                Some(p) => rows::bf16_rows_from(nrows, k, out, tmp, row, |i, t| {
-                    packed::row_to_f32(&ctx.kernels.packed, p, k, r0 + i, t)
-                }),
-                None => rows::bf16_rows(w.ty, &rs[..nrows], k, out, tmp, row),
+        match &w.packed {
+            Some(p) => {
+                let nrows = (n - r0).min(16);
+                rows::bf16_rows_from(nrows, k, out, tmp, row, |i, t| packed::row_to_f32(&ctx.kernels.packed, p, k, r0 + i, t))
+            }
+            None => {
+                let (rs, nrows) = weight_rows(w, r0);
+                rows::bf16_rows(w.ty, &rs[..nrows], k, out, tmp, row)
             }
         }
-        *t = base as *const u8;
+        wt[j] = out;
     }
+    // Written by every thread before the barrier, read-only now.
+    let act = ctx.shared::<u8>(0, m_tiles(m) * ksteps * BF16_BTILE);
+    let at = |mt: usize| &act[mt * ksteps * BF16_BTILE..(mt + 1) * ksteps * BF16_BTILE];
     for mt in (0..m.div_ceil(16)).step_by(2) {
         let rows_m = (m - mt * 16).min(32);
-        let b0 = scratch.wrapping_add(mt * ksteps * BF16_BTILE);
-        let b1 = scratch.wrapping_add((mt + 1) * ksteps * BF16_BTILE);
         for tp in (0..used).step_by(2) {
             let n0 = (tile0 + tp) * 16;
             let rows_n = (n - n0).min(if tp + 1 < used { 32 } else { 16 });
-            let (w0, w1) = (wt[tp], wt[(tp + 1).min(used - 1)]);
-            // SAFETY: the caller's session configured the tiles; each weight tile holds
-            // ksteps A tiles in tile order; act holds row tiles mt, mt + 1; output rows
-            // mt*16 .. + rows_m have ldd >= n floats and n0 + rows_n <= n.
-            unsafe {
-                gemm::bf16_block(w0, w1, b0, b1, ksteps, acc);
-                acc.store_transposed(
-                    (dst.row_ptr(mt * 16, 0, 0) as *mut f32).add(n0),
-                    ldd,
-                    rows_m,
-                    rows_n,
-                );
-            }
+            tiles.block(wt[tp], wt[(tp + 1).min(used - 1)], at(mt), at(mt + 1), ksteps, acc);
+            store(acc, dst, mt * 16, n0, rows_m, rows_n);
         }
     }
 }

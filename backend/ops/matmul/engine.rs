@@ -39,9 +39,10 @@ pub trait MatrixEngine {
     /// area per thread.
     fn scratch_bytes(&self, plan: &Self::Plan, nth: usize) -> usize;
 
-    /// This thread's share of the activations into the engine's operand layout at `scratch`.
-    /// Every thread calls it; the driver puts a barrier after.
-    fn prepare_acts(&self, plan: &Self::Plan, node: &Node, ctx: &ThreadCtx, scratch: *mut u8);
+    /// This thread's share of the activations into the engine's operand layout, in the
+    /// node's shared scratch from byte 0 on. Every thread calls it; the driver puts a
+    /// barrier after.
+    fn prepare_acts(&self, plan: &Self::Plan, node: &Node, ctx: &ThreadCtx);
 
     /// Enters the unit's state for this thread.
     fn session(&self, plan: &Self::Plan) -> Self::Session;
@@ -49,7 +50,7 @@ pub trait MatrixEngine {
     /// Weight group `g` (`GROUP_TILES` tiles of `TILE_ROWS` rows; fewer at the end) staged
     /// and multiplied by every activation tile, written to the node's output. The caller
     /// holds a session and has passed the barrier after `prepare_acts`.
-    fn weight_group(&self, plan: &Self::Plan, session: &mut Self::Session, node: &Node, ctx: &ThreadCtx, scratch: *mut u8, g: usize);
+    fn weight_group(&self, plan: &Self::Plan, session: &mut Self::Session, node: &Node, ctx: &ThreadCtx, g: usize);
 }
 
 /// Weight rows per work item of engine `E`.
@@ -86,8 +87,7 @@ fn drives_unit(ctx: &ThreadCtx) -> bool {
 /// work queue on the threads that drive the unit.
 pub fn run_matrix<E: MatrixEngine>(e: &E, node: &Node, ctx: &ThreadCtx) {
     let p = plan(e, node).expect("matrix mode only where the engine has a plan (effective_mode)");
-    let (scratch, _) = ctx.scratch();
-    e.prepare_acts(&p, node, ctx, scratch);
+    e.prepare_acts(&p, node, ctx);
     ctx.barrier();
     if !drives_unit(ctx) {
         return;
@@ -100,7 +100,7 @@ pub fn run_matrix<E: MatrixEngine>(e: &E, node: &Node, ctx: &ThreadCtx) {
         if g >= groups {
             break;
         }
-        e.weight_group(&p, &mut session, node, ctx, scratch, g);
+        e.weight_group(&p, &mut session, node, ctx, g);
     }
 }
 
@@ -110,21 +110,20 @@ pub fn run_matrix<E: MatrixEngine>(e: &E, node: &Node, ctx: &ThreadCtx) {
 /// each runs, not on a fixed ratio.
 pub fn run_coop<E: MatrixEngine>(e: &E, node: &Node, ctx: &ThreadCtx) {
     let p = plan(e, node).expect("coop mode only where the engine has a plan (effective_mode)");
-    let (scratch, _) = ctx.scratch();
-    let vbase = scratch.wrapping_add(e.scratch_bytes(&p, ctx.nth).next_multiple_of(64));
+    let vbase = e.scratch_bytes(&p, ctx.nth).next_multiple_of(64);
     let n = node.src(0).ne[1];
     let (rows, groups) = (group_rows::<E>(), n.div_ceil(group_rows::<E>()));
-    e.prepare_acts(&p, node, ctx, scratch);
+    e.prepare_acts(&p, node, ctx);
     let acts = prepare_vector_acts(node, ctx, vbase);
     ctx.barrier();
     if ctx.ith < ctx.plan.matrix_threads {
         let mut session = e.session(&p);
         while let Some(g) = ctx.take(groups, false) {
-            e.weight_group(&p, &mut session, node, ctx, scratch, g);
+            e.weight_group(&p, &mut session, node, ctx, g);
         }
     } else {
         while let Some(g) = ctx.take(groups, true) {
-            vector_rows(node, ctx.kernels, &acts, g * rows, ((g + 1) * rows).min(n));
+            vector_rows(node, ctx, &acts, g * rows, ((g + 1) * rows).min(n));
         }
     }
 }

@@ -16,7 +16,7 @@ pub(super) mod amx;
 #[cfg(test)]
 pub(super) mod reference;
 
-use super::{need, slice, slice_mut, split_range, Node, Unsupported};
+use super::{need, split_range, Node, Unsupported};
 use crate::dtype::DType;
 use crate::threadpool::ThreadCtx;
 use crate::kernels::packed::{self, PackedRef};
@@ -181,21 +181,20 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
     let wk = ctx.kernels.kernels(w.ty).unwrap();
     let vec_dot = wk.vec_dot.unwrap();
     let kdim = w.ne[0];
-    let (scratch, _) = ctx.scratch();
 
     // Phase 1: activations into the weight type's activation format, rows split.
     let layout = act_layout(node);
     if layout.is_some() {
-        prepare_vector_acts(node, ctx, scratch);
+        prepare_vector_acts(node, ctx, 0);
         ctx.barrier();
     }
     let act_bytes = layout.map_or(kdim * 4, |(vdt, _, _)| vdt.row_bytes(kdim));
-    let act_row = |m: usize, i12: usize, i13: usize| -> *const u8 {
+    // Converted before the barrier, read-only now.
+    let acts: &[u8] = layout.map_or(&[], |(_, stride, rows)| ctx.shared::<u8>(0, stride * rows));
+    let act_row = |m: usize, i12: usize, i13: usize| -> &[u8] {
         match layout {
-            Some((_, stride, _)) => {
-                scratch.wrapping_add(((i13 * x.ne[2] + i12) * x.ne[1] + m) * stride)
-            }
-            None => x.row_ptr(m, i12, i13),
+            Some((_, stride, _)) => &acts[((i13 * x.ne[2] + i12) * x.ne[1] + m) * stride..][..act_bytes],
+            None => &x.row::<u8>(m, i12, i13)[..act_bytes],
         }
     };
 
@@ -214,25 +213,17 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
         let (i02, i03) = (i12 / r2, i13 / r3);
         if let Some(block) = ctx.kernels.dense.bf16_block_4x3.filter(|_| w.ty == DType::BF16 && layout.is_some()) {
             let (n_range, m_range) = (nt * TILE_N..((nt + 1) * TILE_N).min(n_all), mt * TILE_M..((mt + 1) * TILE_M).min(m_all));
-            // SAFETY: as below: weight rows hold w_bytes, activation rows act_bytes; the
-            // outputs (n, m) of this tile are this thread's.
-            unsafe {
-                bf16_tile_blocked(block, vec_dot, kdim, n_range, m_range, |n| slice::<u8>(w.row_ptr(n, i02, i03), w_bytes), |m| slice::<u8>(act_row(m, i12, i13), act_bytes), |n, m, v| {
-                    *(d.row_ptr(m, i12, i13) as *mut f32).add(n) = v
-                });
-            }
+            // The outputs (n, m) of this tile are this thread's.
+            bf16_tile_blocked(block, vec_dot, kdim, n_range, m_range, |n| &w.row::<u8>(n, i02, i03)[..w_bytes], |m| act_row(m, i12, i13), |n, m, v| {
+                d.write_at(d.elem_offset(n, m, i12, i13), v)
+            });
             continue;
         }
         for n in nt * TILE_N..((nt + 1) * TILE_N).min(n_all) {
-            // SAFETY: weight rows are packed rows of w_bytes (supports).
-            let wrow = unsafe { slice::<u8>(w.row_ptr(n, i02, i03), w_bytes) };
+            let wrow = &w.row::<u8>(n, i02, i03)[..w_bytes];
             for m in mt * TILE_M..((mt + 1) * TILE_M).min(m_all) {
-                // SAFETY: activation rows hold act_bytes; the output element (n, m) lies in
-                // this thread's tiles only.
-                unsafe {
-                    let a = slice::<u8>(act_row(m, i12, i13), act_bytes);
-                    *(d.row_ptr(m, i12, i13) as *mut f32).add(n) = vec_dot(kdim, wrow, a);
-                }
+                // The output element (n, m) lies in this thread's tiles only.
+                d.write_at(d.elem_offset(n, m, i12, i13), vec_dot(kdim, wrow, act_row(m, i12, i13)));
             }
         }
     }
@@ -272,10 +263,11 @@ fn bf16_tile_blocked<'a>(block: crate::kernels::quant::Bf16Block4x3Fn, dot: crat
 /// (64 rows of 3072 Q4_K weights are 110 KB), small enough to balance the threads.
 const GEMV_CHUNK_GROUPS: usize = packed::DECODE_GROUPS;
 
-/// Activations converted for the vector kernels, in the scratch at `base`: row r at
-/// `base + r * stride`, then (for Q8_0 activations) each row's per-block quant sums.
+/// Activations converted for the vector kernels, in the node's shared scratch at byte
+/// `base`: row r at `base + r * stride`, then (for Q8_0 activations) each row's per-block
+/// quant sums.
 pub(super) struct VectorActs {
-    base: *mut u8,
+    base: usize,
     stride: usize,
     bytes: usize,
     m: usize,
@@ -283,30 +275,47 @@ pub(super) struct VectorActs {
     with_sums: bool,
 }
 
+/// The converted activations, read after the barrier that follows their conversion.
+struct ActsView<'c> {
+    rows: &'c [u8],
+    sums: &'c [i32],
+    stride: usize,
+    bytes: usize,
+    nb: usize,
+}
+
 impl VectorActs {
-    fn sums_at(&self) -> *mut i32 {
-        self.base.wrapping_add(self.stride * self.m) as *mut i32
+    fn sums_off(&self) -> usize {
+        self.base + self.stride * self.m
     }
 
-    /// Row r and its block sums (empty unless Q8_0).
-    ///
-    /// # Safety
-    /// `prepare_vector_acts` has filled row r and every thread has passed a barrier since.
-    unsafe fn row(&self, r: usize) -> (&[u8], &[i32]) {
-        // SAFETY: this method's contract: `prepare_vector_acts` has filled row r (its bytes
-        // and, with sums, its `nb` block sums) and every thread has passed a barrier since,
-        // so nothing writes them while the slices live.
-        unsafe {
-            let sums = if self.with_sums { std::slice::from_raw_parts(self.sums_at().add(r * self.nb), self.nb) } else { &[] };
-            (slice::<u8>(self.base.add(r * self.stride), self.bytes), sums)
+    /// The rows (and sums), which `prepare_vector_acts` filled on every thread before a
+    /// barrier this thread has passed: read-only until the node ends.
+    fn view<'c>(&self, ctx: &'c ThreadCtx) -> ActsView<'c> {
+        ActsView {
+            rows: ctx.shared::<u8>(self.base, self.stride * self.m),
+            sums: if self.with_sums { ctx.shared::<i32>(self.sums_off(), self.m * self.nb) } else { &[] },
+            stride: self.stride,
+            bytes: self.bytes,
+            nb: self.nb,
         }
     }
 }
 
+impl<'c> ActsView<'c> {
+    /// Row r and its block sums (empty unless Q8_0).
+    #[inline(always)]
+    fn row(&self, r: usize) -> (&'c [u8], &'c [i32]) {
+        let sums = if self.sums.is_empty() { &[][..] } else { &self.sums[r * self.nb..(r + 1) * self.nb] };
+        (&self.rows[r * self.stride..][..self.bytes], sums)
+    }
+}
+
 /// Converts this thread's share of the activation rows (all of x's rows, flattened) into
-/// the weight type's activation format at `base` (Q8_0 with each block's quant sum, Q8_K, F16, BF16 as
-/// ggml-cpu does; F32 rows are copied). The caller puts a barrier before reading them.
-pub(super) fn prepare_vector_acts(node: &Node, ctx: &ThreadCtx, base: *mut u8) -> VectorActs {
+/// the weight type's activation format at byte `base` of the shared scratch (Q8_0 with each
+/// block's quant sum, Q8_K, F16, BF16 as ggml-cpu does; F32 rows are copied). The caller
+/// puts a barrier before reading them.
+pub(super) fn prepare_vector_acts(node: &Node, ctx: &ThreadCtx, base: usize) -> VectorActs {
     let (w, x) = (node.src(0), node.src(1));
     let (k, m) = (w.ne[0], x.ne[1]);
     let (vdt, stride, _) = act_layout(node).expect("F32 weights never reach the row kernels");
@@ -319,21 +328,20 @@ pub(super) fn prepare_vector_acts(node: &Node, ctx: &ThreadCtx, base: *mut u8) -
         with_sums: vdt == DType::Q8_0 && w.packed.is_some(),
     };
     let bq = vdt.block_bytes();
+    let convert = ctx.kernels.kernels(vdt).and_then(|t| t.from_f32).expect("activation format has a converter");
     // Every row of x (all of dims 1..3, flattened: the generic path broadcasts over them).
     let (r0, r1) = split_range(x.nrows(), ctx.ith, ctx.nth);
+    // Rows r0 .. r1 and their sums are this thread's (the scratch holds nrows rows of
+    // `stride` bytes, then, packed and so 2-D only, m * nb sums: vector_scratch).
+    let out = ctx.shared_mut::<u8>(base + r0 * stride, (r1 - r0) * stride);
+    let sums = if acts.with_sums { ctx.shared_mut::<i32>(acts.sums_off() + r0 * acts.nb * 4, (r1 - r0) * acts.nb) } else { &mut [][..] };
     for r in r0..r1 {
         let (i1, i2, i3) = x.unflatten_row(r);
-        // SAFETY: the scratch at `base` holds nrows rows of `stride` bytes then (packed,
-        // 2-D only) m * nb sums (vector_scratch); row r and its sums are this thread's; x
-        // rows hold k f32.
-        unsafe {
-            let src = slice::<f32>(x.row_ptr(i1, i2, i3), k);
-            let a = slice_mut::<u8>(base.add(r * stride), acts.bytes);
-            ctx.kernels.kernels(vdt).and_then(|t| t.from_f32).expect("activation format has a converter")(src, a);
-            if acts.with_sums {
-                for b in 0..acts.nb {
-                    *acts.sums_at().add(r * acts.nb + b) = a[b * bq + 2..(b + 1) * bq].iter().map(|&v| v as i8 as i32).sum();
-                }
+        let a = &mut out[(r - r0) * stride..][..acts.bytes];
+        convert(&x.row::<f32>(i1, i2, i3)[..k], a);
+        if acts.with_sums {
+            for (b, s) in sums[(r - r0) * acts.nb..(r - r0 + 1) * acts.nb].iter_mut().enumerate() {
+                *s = a[b * bq + 2..(b + 1) * bq].iter().map(|&v| v as i8 as i32).sum();
             }
         }
     }
@@ -342,12 +350,14 @@ pub(super) fn prepare_vector_acts(node: &Node, ctx: &ThreadCtx, base: *mut u8) -
 
 /// Output columns `r0 .. r1` (weight rows; multiples of 16 for packed weights) for every
 /// activation row, on the vector kernels: packed weights 16 rows at a time with up to 16
-/// activation rows per pass, other types one dot per (row, activation row).
-pub(super) fn vector_rows(node: &Node, ks: &KernelSet, acts: &VectorActs, r0: usize, r1: usize) {
+/// activation rows per pass, other types one dot per (row, activation row). The caller
+/// has passed the barrier after `prepare_vector_acts`; columns `r0 .. r1` are its alone.
+pub(super) fn vector_rows(node: &Node, ctx: &ThreadCtx, acts: &VectorActs, r0: usize, r1: usize) {
     let (w, d) = (node.src(0), &node.dst);
+    let ks = ctx.kernels;
     let k = w.ne[0];
+    let view = acts.view(ctx);
     if let Some(p) = packed_2d(node) {
-        let gb = p.layout.group_bytes(k);
         const G: usize = packed::GROUP_ROWS;
         let (g0, ng) = (r0 / G, (r1 - r0) / G);
         let mut out = [[0f32; G]; PACKED_ROWS_PER_PASS * GEMV_CHUNK_GROUPS];
@@ -355,23 +365,17 @@ pub(super) fn vector_rows(node: &Node, ks: &KernelSet, acts: &VectorActs, r0: us
         let mut sums: [&[i32]; PACKED_ROWS_PER_PASS] = [&[]; PACKED_ROWS_PER_PASS];
         for gc in (0..ng).step_by(GEMV_CHUNK_GROUPS) {
             let gn = (ng - gc).min(GEMV_CHUNK_GROUPS);
-            // SAFETY: the packed copy holds n / 16 groups of gb bytes; g0 + gc + gn <= n / 16.
-            let chunk = unsafe { std::slice::from_raw_parts(p.data.add((g0 + gc) * gb), gn * gb) };
+            let chunk = p.groups(k, g0 + gc, gn);
             for a0 in (0..acts.m).step_by(PACKED_ROWS_PER_PASS) {
                 let am = (acts.m - a0).min(PACKED_ROWS_PER_PASS);
                 for i in 0..am {
-                    // SAFETY: rows filled before the caller's barrier (prepare_vector_acts).
-                    (rows[i], sums[i]) = unsafe { acts.row(a0 + i) };
+                    (rows[i], sums[i]) = view.row(a0 + i);
                 }
                 (ks.packed.gemv)(p.layout, acts.nb, chunk, gn, &rows[..am], &sums[..am], &mut out[..gn * am]);
                 for gi in 0..gn {
+                    let col = (g0 + gc + gi) * G;
                     for (i, o) in out[gi * am..(gi + 1) * am].iter().enumerate() {
-                        // SAFETY: output row a0 + i holds n floats; columns r0 .. r1 are this
-                        // caller's (taken from the node's work queue).
-                        unsafe {
-                            let col = (g0 + gc + gi) * G;
-                            std::ptr::copy_nonoverlapping(o.as_ptr(), (d.row_ptr(a0 + i, 0, 0) as *mut f32).add(col), G);
-                        }
+                        d.row_range_mut::<f32>(a0 + i, 0, 0, col, G).copy_from_slice(o);
                     }
                 }
             }
@@ -379,41 +383,29 @@ pub(super) fn vector_rows(node: &Node, ks: &KernelSet, acts: &VectorActs, r0: us
         return;
     }
     let vec_dot = ks.kernels(w.ty).and_then(|t| t.vec_dot).expect("supports() checked the dot");
-    let w_bytes = w.row_bytes();
     let r0 = match ks.dense.bf16_rows_4 {
-        Some(rows4) if w.ty == DType::BF16 => bf16_rows_in_fours(rows4, node, acts, r0, r1),
+        Some(rows4) if w.ty == DType::BF16 => bf16_rows_in_fours(rows4, node, &view, acts.m, r0, r1),
         _ => r0,
     };
     for n in r0..r1 {
-        // SAFETY: weight rows are packed rows of w_bytes (supports); activation rows were
-        // filled before the caller's barrier; output column n of every row is this caller's.
-        unsafe {
-            let wrow = slice::<u8>(w.row_ptr(n, 0, 0), w_bytes);
-            for m in 0..acts.m {
-                let (a, _) = acts.row(m);
-                *(d.row_ptr(m, 0, 0) as *mut f32).add(n) = vec_dot(k, wrow, a);
-            }
+        let wrow = w.row::<u8>(n, 0, 0);
+        for m in 0..acts.m {
+            d.write_at(d.elem_offset(n, m, 0, 0), vec_dot(k, wrow, view.row(m).0));
         }
     }
 }
 
 /// BF16 weight rows `r0 ..` four at a time while four remain (four DRAM streams in decode),
 /// with the same bits as four single dots; returns the first row left to the caller.
-fn bf16_rows_in_fours(rows4: crate::kernels::quant::Bf16Rows4Fn, node: &Node, acts: &VectorActs, mut r0: usize, r1: usize) -> usize {
+fn bf16_rows_in_fours(rows4: crate::kernels::quant::Bf16Rows4Fn, node: &Node, acts: &ActsView, m_all: usize, mut r0: usize, r1: usize) -> usize {
     let (w, d) = (node.src(0), &node.dst);
-    let (k, w_bytes) = (w.ne[0], w.row_bytes());
+    let k = w.ne[0];
     while r0 + 4 <= r1 {
-        // SAFETY: weight rows are packed rows of w_bytes (supports); activation rows were
-        // filled before the caller's barrier; output columns r0 .. r1 are the caller's.
-        let rows: [&[u8]; 4] = std::array::from_fn(|i| unsafe { slice::<u8>(w.row_ptr(r0 + i, 0, 0), w_bytes) });
-        for m in 0..acts.m {
-            // SAFETY: as above.
-            let (a, _) = unsafe { acts.row(m) };
-            let v = rows4(k, rows, a).expect("rows hold k values");
-            for (i, x) in v.into_iter().enumerate() {
-                // SAFETY: as above.
-                unsafe { *(d.row_ptr(m, 0, 0) as *mut f32).add(r0 + i) = x };
-            }
+        let rows: [&[u8]; 4] = std::array::from_fn(|i| w.row::<u8>(r0 + i, 0, 0));
+        for m in 0..m_all {
+            let v = rows4(k, rows, acts.row(m).0).expect("rows hold k values");
+            // Output columns r0 .. r1 are the caller's.
+            d.row_range_mut::<f32>(m, 0, 0, r0, 4).copy_from_slice(&v);
         }
         r0 += 4;
     }
@@ -431,8 +423,7 @@ const ROWS_PATH_MAX_M: usize = 8;
 /// once from memory for all activation rows (packed groups four side by side, BF16 rows
 /// four at a time: several DRAM streams in flight).
 fn mul_mat_rows(node: &Node, ctx: &ThreadCtx) {
-    let (scratch, _) = ctx.scratch();
-    let acts = prepare_vector_acts(node, ctx, scratch);
+    let acts = prepare_vector_acts(node, ctx, 0);
     debug_assert!(packed_2d(node).is_none_or(|p| act_layout(node).is_some_and(|(vdt, _, _)| vdt == p.layout.act_type())));
     ctx.barrier();
     let (n, chunk) = (node.src(0).ne[1], GEMV_CHUNK_GROUPS * packed::GROUP_ROWS);
@@ -441,7 +432,7 @@ fn mul_mat_rows(node: &Node, ctx: &ThreadCtx) {
         if r0 >= n {
             break;
         }
-        vector_rows(node, ctx.kernels, &acts, r0, (r0 + chunk).min(n));
+        vector_rows(node, ctx, &acts, r0, (r0 + chunk).min(n));
     }
 }
 

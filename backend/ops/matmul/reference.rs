@@ -40,27 +40,26 @@ impl MatrixEngine for Reference {
         plan.stride * plan.m
     }
 
-    fn prepare_acts(&self, plan: &Plan, node: &Node, ctx: &ThreadCtx, scratch: *mut u8) {
+    fn prepare_acts(&self, plan: &Plan, node: &Node, ctx: &ThreadCtx) {
         let (x, k) = (node.src(1), node.src(0).ne[0]);
         let convert = scalar_kernels(plan.act).and_then(|a| a.from_f32).expect("plan checked");
         let (r0, r1) = split_range(plan.m, ctx.ith, ctx.nth);
+        // Rows r0 .. r1 of the shared scratch (m rows of `stride` bytes) are this thread's.
+        let out = ctx.shared_mut::<u8>(r0 * plan.stride, (r1 - r0) * plan.stride);
         for r in r0..r1 {
-            // SAFETY: x rows hold k f32 (supports); the scratch holds m rows of `stride`
-            // bytes (scratch_bytes) and row r is this thread's.
-            unsafe {
-                let src = std::slice::from_raw_parts(x.row_ptr(r, 0, 0) as *const f32, k);
-                let dst = std::slice::from_raw_parts_mut(scratch.add(r * plan.stride), plan.act.row_bytes(k));
-                convert(src, dst);
-            }
+            convert(&x.row::<f32>(r, 0, 0)[..k], &mut out[(r - r0) * plan.stride..][..plan.act.row_bytes(k)]);
         }
     }
 
     fn session(&self, _plan: &Plan) {}
 
-    fn weight_group(&self, plan: &Plan, _session: &mut (), node: &Node, _ctx: &ThreadCtx, scratch: *mut u8, g: usize) {
+    fn weight_group(&self, plan: &Plan, _session: &mut (), node: &Node, ctx: &ThreadCtx, g: usize) {
         let (w, d) = (node.src(0), &node.dst);
         let (k, n, rb) = (w.ne[0], w.ne[1], w.row_bytes());
         let dot = scalar_kernels(w.ty).and_then(|t| t.vec_dot).expect("plan checked");
+        // The activation rows, converted before the driver's barrier, read-only now.
+        let acts = ctx.shared::<u8>(0, plan.m * plan.stride);
+        let ab = plan.act.row_bytes(k);
         let mut unpacked = Vec::new();
         for tile in g * GROUP_TILES..((g + 1) * GROUP_TILES).min(n.div_ceil(Self::TILE_ROWS)) {
             let r0 = tile * Self::TILE_ROWS;
@@ -68,26 +67,19 @@ impl MatrixEngine for Reference {
             // A packed weight is read from its packed copy (ggml's layout may be gone), put
             // back into ggml's row layout one tile at a time.
             if let Some(p) = &w.packed {
-                let gb = p.layout.group_bytes(k);
                 unpacked.resize(16 * rb, 0);
-                // SAFETY: the packed copy holds n / 16 groups of gb bytes (packed layouts
-                // have whole 16-row groups) and tile < n / 16.
-                let group = unsafe { std::slice::from_raw_parts(p.data.add(tile * gb), gb) };
-                crate::kernels::packed::unpack(p.layout, group, &mut unpacked, 16, k);
+                // Packed layouts have whole 16-row groups: tile < n / 16.
+                crate::kernels::packed::unpack(p.layout, p.group(k, tile), &mut unpacked, 16, k);
             }
             for i in 0..rows {
-                // SAFETY: weight rows are packed rows of rb bytes (supports); the activation
-                // rows were converted before the driver's barrier; output column r0 + i of
-                // every row belongs to this group, which the queue gave this thread alone.
-                unsafe {
-                    let wrow = match w.packed {
-                        Some(_) => &unpacked[i * rb..(i + 1) * rb],
-                        None => std::slice::from_raw_parts(w.row_ptr(r0 + i, 0, 0), rb),
-                    };
-                    for m in 0..plan.m {
-                        let a = std::slice::from_raw_parts(scratch.add(m * plan.stride), plan.act.row_bytes(k));
-                        *(d.row_ptr(m, 0, 0) as *mut f32).add(r0 + i) = dot(k, wrow, a);
-                    }
+                let wrow = match w.packed {
+                    Some(_) => &unpacked[i * rb..(i + 1) * rb],
+                    None => w.row::<u8>(r0 + i, 0, 0),
+                };
+                for m in 0..plan.m {
+                    // Output column r0 + i of every row belongs to this group, which the
+                    // queue gave this thread alone.
+                    d.write_at(d.elem_offset(r0 + i, m, 0, 0), dot(k, wrow, &acts[m * plan.stride..][..ab]));
                 }
             }
         }

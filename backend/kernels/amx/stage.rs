@@ -1,0 +1,178 @@
+//! Safe entry points to the tile kernels of [`super::gemm`] for the matrix product driver
+//! (`ops::matmul::amx`): operands as slices, their lengths checked against what the kernel
+//! reads, and the tile configuration as a session value the kernel calls require.
+//!
+//! A session ([`I8Session`], [`Bf16Session`]) exists only where the process drives AMX
+//! ([`super::available`]) and AVX-512F is present, stays on the thread that began it, and
+//! records on that thread which configuration is loaded: a product runs only while its own
+//! configuration is the thread's current one (a nested session of the other kind would make
+//! the tile loads read other shapes), else it panics.
+
+use std::cell::Cell;
+use std::marker::PhantomData;
+
+use super::gemm::{self, ActI8, Block32, WeightsI8, BF16_BTILE, I8_BTILE, I8_KBLOCK};
+use super::rows::BF16_ATILE;
+use super::tile::TileSession;
+
+/// Which configuration this thread's newest live session loaded.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Config {
+    None,
+    I8,
+    Bf16,
+}
+
+thread_local! {
+    static CURRENT: Cell<Config> = const { Cell::new(Config::None) };
+}
+
+/// The tile unit may be driven here: AMX for this process, AVX-512F for the int8 kernel's
+/// scaling.
+fn usable() -> bool {
+    super::available() && std::arch::is_x86_feature_detected!("avx512f")
+}
+
+/// A loaded configuration on this thread; restores the previous one (tiles and record) when
+/// dropped. Not `Send`: the configuration belongs to the thread.
+struct Session {
+    previous: Config,
+    _tiles: TileSession,
+    _thread: PhantomData<*const ()>,
+}
+
+impl Session {
+    fn begin(cfg: Config) -> Session {
+        assert!(usable(), "SMEPilot: a tile session where the process does not drive AMX");
+        // SAFETY: `usable` checked that AMX is available and permitted for this process
+        // (`gemm::*_session`'s contract); the session restores the previous configuration
+        // when dropped.
+        let tiles = unsafe {
+            match cfg {
+                Config::I8 => gemm::i8_session(),
+                _ => gemm::bf16_session(),
+            }
+        };
+        Session { previous: CURRENT.replace(cfg), _tiles: tiles, _thread: PhantomData }
+    }
+
+    fn is_current(&self, cfg: Config) -> bool {
+        CURRENT.get() == cfg
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        CURRENT.set(self.previous);
+    }
+}
+
+/// The int8 kernel's configuration, loaded on this thread.
+pub struct I8Session(Session);
+
+/// The bf16 kernel's configuration, loaded on this thread.
+pub struct Bf16Session(Session);
+
+/// Int8 activations in B-tile order, as [`ActI8`] describes them: `m_tiles * nb` B tiles,
+/// and `m_tiles * nb * 16` scales and sums (sums: only read for weights with a minimum).
+pub struct I8Acts<'a> {
+    pub q: &'a [u8],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+    pub nb: usize,
+}
+
+/// 16 weight rows as int8 A tiles, as [`WeightsI8`] describes them: block b of row r at
+/// `q[r * stride + b * block_step ..][..32]`, scales `d[b * 16 + r]`, minimums likewise
+/// (None for types without one).
+pub struct I8Weights<'a> {
+    pub q: &'a [u8],
+    pub stride: usize,
+    pub block_step: usize,
+    pub d: &'a [f32],
+    pub m: Option<&'a [f32]>,
+}
+
+impl I8Weights<'_> {
+    /// Holds `nb` blocks of 16 rows (what a product reads).
+    fn holds(&self, nb: usize) -> bool {
+        let q_end = (nb > 0).then(|| 15 * self.stride + (nb - 1) * self.block_step + I8_KBLOCK).unwrap_or(0);
+        q_end <= self.q.len() && nb * 16 <= self.d.len() && self.m.is_none_or(|m| nb * 16 <= m.len())
+    }
+
+    fn raw(&self) -> WeightsI8 {
+        WeightsI8 {
+            q: self.q.as_ptr(),
+            stride: self.stride,
+            block_step: self.block_step,
+            d: self.d.as_ptr(),
+            m: self.m.map_or(std::ptr::null(), |m| m.as_ptr()),
+        }
+    }
+}
+
+impl I8Session {
+    /// Loads the int8 kernel's configuration. Panics where the process does not drive AMX.
+    pub fn begin() -> I8Session {
+        I8Session(Session::begin(Config::I8))
+    }
+
+    /// [`gemm::i8_block`]: weight tiles `w` against activation row tiles `mt`, `mt + 1`, into
+    /// `acc`. Panics if an operand is shorter than the kernel reads.
+    pub fn block(&self, act: &I8Acts, mt: usize, w: [&I8Weights; 2], acc: &mut Block32) {
+        let nb = act.nb;
+        let tiles = (mt + 2) * nb;
+        let min = w.iter().any(|w| w.m.is_some());
+        assert!(
+            tiles * I8_BTILE <= act.q.len() && tiles * 16 <= act.d.len() && (!min || tiles * 16 <= act.s.len()),
+            "SMEPilot: int8 activations too short for row tiles {mt}, {}",
+            mt + 1
+        );
+        assert!(w.iter().all(|w| w.holds(nb)), "SMEPilot: int8 weight tile too short for {nb} blocks");
+        assert!(self.0.is_current(Config::I8), "SMEPilot: int8 product while another tile configuration is loaded");
+        let a = ActI8 { q: act.q.as_ptr(), d: act.d.as_ptr(), s: act.s.as_ptr(), nb };
+        let (w0, w1) = (w[0].raw(), w[1].raw());
+        // SAFETY: this session loaded I8_CONFIG on this thread and it is still the current
+        // one (checked); AVX-512F is present (checked at `begin`); the activations hold row
+        // tiles mt and mt + 1 with their scales (and sums, read only with minimums), and both
+        // weight tiles hold nb blocks of 16 rows with their scales and minimums (checked
+        // above), so every read of the kernel stays within the slices.
+        unsafe { gemm::i8_block(&a, mt, [&w0, &w1], acc) }
+    }
+}
+
+impl Bf16Session {
+    /// Loads the bf16 kernel's configuration. Panics where the process does not drive AMX.
+    pub fn begin() -> Bf16Session {
+        Bf16Session(Session::begin(Config::Bf16))
+    }
+
+    /// [`gemm::bf16_block`]: weight tiles `w0`, `w1` (`ksteps` A tiles each) against
+    /// activation tiles `b0`, `b1` (`ksteps` B tiles each), into `acc`. Panics if an operand
+    /// is shorter than the kernel reads.
+    pub fn block(&self, w0: &[u8], w1: &[u8], b0: &[u8], b1: &[u8], ksteps: usize, acc: &mut Block32) {
+        assert!(
+            w0.len().min(w1.len()) >= ksteps * BF16_ATILE && b0.len().min(b1.len()) >= ksteps * BF16_BTILE,
+            "SMEPilot: bf16 operands too short for {ksteps} steps"
+        );
+        assert!(self.0.is_current(Config::Bf16), "SMEPilot: bf16 product while another tile configuration is loaded");
+        // SAFETY: this session loaded BF16_CONFIG on this thread and it is still the current
+        // one (checked); every operand holds ksteps 1 KB tiles (checked), which is all the
+        // kernel loads.
+        unsafe { gemm::bf16_block(w0.as_ptr(), w1.as_ptr(), b0.as_ptr(), b1.as_ptr(), ksteps, acc) }
+    }
+}
+
+impl Block32 {
+    /// Row `i` (activation row, below 32) of the block transposed into `out`: `out[r]` =
+    /// the result for weight row r, for every r below `out.len()` (at most 32); what
+    /// `store_transposed` writes for that row.
+    #[inline]
+    pub fn store_row(&self, i: usize, out: &mut [f32]) {
+        assert!(i < 32 && out.len() <= 32, "SMEPilot: row {i} of {} outside a 32 x 32 block", out.len());
+        let (mt, ii) = (i / 16, i % 16);
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = self.0[(r / 16) * 2 + mt][r % 16][ii];
+        }
+    }
+}
