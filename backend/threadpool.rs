@@ -448,7 +448,10 @@ impl SpinBarrier {
         let mut spins = 0u32;
         while self.phase.load(Ordering::Acquire) == phase {
             if self.aborted.load(Ordering::Acquire) {
-                return false;
+                // The last thread may have completed this barrier just before it panicked:
+                // its phase store precedes its abort, so a changed phase is visible here,
+                // and the barrier passed.
+                return self.phase.load(Ordering::Acquire) != phase;
             }
             if spins < 20_000 {
                 std::hint::spin_loop();
