@@ -10,16 +10,8 @@ qemu="$d/root/usr/bin/qemu-aarch64"
 want_major=11
 say() { printf '[setup-qemu] %s\n' "$*" >&2; }
 
-need_pkgs=()
-for p in gcc-aarch64-linux-gnu libc6-dev-arm64-cross; do
-    dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
-done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-    say "installing ${need_pkgs[*]}"
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-    $SUDO apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need_pkgs[@]}" >/dev/null
-fi
+. "$(dirname "$0")/apt-need.sh"
+apt_need gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu || {
     say "adding the Rust target aarch64-unknown-linux-gnu"; rustup target add aarch64-unknown-linux-gnu >&2; }
 

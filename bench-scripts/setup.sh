@@ -9,16 +9,8 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 #    code), libclang for bindgen, cmake/ninja/ccache for the build, curl for tests,
 #    rsvg-convert to render the planner's chart in the tests, the aarch64 GCC (its libc
 #    headers, found by clang through it) for bindgen in the aarch64 build check.
-need_pkgs=()
-for p in clang-19 cmake ninja-build libclang-dev ccache curl unzip python3-venv librsvg2-bin gcc-aarch64-linux-gnu; do
-    dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
-done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-    say "installing ${need_pkgs[*]}"
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-    $SUDO apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need_pkgs[@]}" >/dev/null
-fi
+. "$(dirname "$0")/apt-need.sh"
+apt_need clang-19 cmake ninja-build libclang-dev ccache curl unzip python3-venv librsvg2-bin gcc-aarch64-linux-gnu
 command -v cargo >/dev/null || { say "cargo not found: install Rust (rustup) first"; exit 1; }
 # numpy for the model generator (gguf-py comes from the pinned llama.cpp tree).
 python3 -c 'import numpy, yaml' 2>/dev/null || { say "installing numpy, pyyaml"; python3 -m pip install --quiet numpy pyyaml; }
