@@ -38,20 +38,28 @@ pub fn registry() -> Option<&'static Registry> {
     REGISTRY.get_or_init(build).as_deref()
 }
 
+/// Declines to register over a bad setting. The message goes straight to stderr as well as
+/// to the log: a host's logger may write from a thread of its own, and a tool that exits
+/// because the backend is missing (llama.cpp's does, at once) would lose it there.
+fn refuse(e: &str) -> Option<Box<Registry>> {
+    let msg = format!("not registering the SMEPILOT backend: {e}");
+    if smepilot_engine::config::log_enabled(smepilot_engine::config::LogLevel::Error) {
+        eprintln!("smepilot: {msg}");
+    }
+    smepilot_engine::smelog!(Error, "{msg}");
+    None
+}
+
 fn build() -> Option<Box<Registry>> {
     // First, so that even the refusal below reaches the host's log callback.
     super::install_log_sink();
     let cfg = match config::get() {
         Ok(c) => c,
-        Err(e) => {
-            smepilot_engine::smelog!(Error, "not registering the SMEPILOT backend: {e}");
-            return None;
-        }
+        Err(e) => return refuse(e),
     };
     // A tier the CPU lacks (SMEPILOT_TIER) is refused here, named, before anything runs.
     if let Err(e) = registry::select(cfg) {
-        smepilot_engine::smelog!(Error, "not registering the SMEPILOT backend: {e}");
-        return None;
+        return refuse(&e);
     }
     let features = CpuFeatures::detect();
     let description = CString::new(registry::active().describe(&features)).unwrap();
