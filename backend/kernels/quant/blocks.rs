@@ -4,6 +4,7 @@
 //! alignment promise, so blocks are never referenced in place: [`Block::read`] copies one out
 //! with an unaligned read and [`Block::write`] copies one back.
 
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use crate::dtype::DType;
 use core::mem::size_of;
 
@@ -22,7 +23,7 @@ pub const K_SCALE_SIZE: usize = 12;
 
 /// `block_q4_0`: x = d * (q - 8), q in 0..16.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct BlockQ4_0 {
     pub d: u16,
     /// Element j in the low nibble of `qs[j]`, element j + 16 in the high nibble.
@@ -31,7 +32,7 @@ pub struct BlockQ4_0 {
 
 /// `block_q4_1`: x = d * q + m, q in 0..16.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct BlockQ4_1 {
     pub d: u16,
     pub m: u16,
@@ -40,7 +41,7 @@ pub struct BlockQ4_1 {
 
 /// `block_q8_0`: x = d * q.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct BlockQ8_0 {
     pub d: u16,
     pub qs: [i8; QK8_0],
@@ -48,7 +49,7 @@ pub struct BlockQ8_0 {
 
 /// `block_q8_1`: x = d * q, and `s` = d * sum(q) (as fp16).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct BlockQ8_1 {
     pub d: u16,
     pub s: u16,
@@ -57,7 +58,7 @@ pub struct BlockQ8_1 {
 
 /// `block_q4_K`: 8 sub-blocks of 32; x = d * sc * q - dmin * m, with 6-bit sc/m.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct BlockQ4K {
     pub d: u16,
     pub dmin: u16,
@@ -67,7 +68,7 @@ pub struct BlockQ4K {
 
 /// `block_q5_K`: like Q4_K with a fifth bit per element in `qh`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct BlockQ5K {
     pub d: u16,
     pub dmin: u16,
@@ -78,7 +79,7 @@ pub struct BlockQ5K {
 
 /// `block_q6_K`: 16 sub-blocks of 16; x = d * sc * (q - 32), q 6-bit, sc signed 8-bit.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct BlockQ6K {
     pub ql: [u8; QK_K / 2],
     pub qh: [u8; QK_K / 4],
@@ -88,7 +89,7 @@ pub struct BlockQ6K {
 
 /// `block_q8_K`: activation-only type; f32 scale and per-16 sums of the quants.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct BlockQ8K {
     pub d: f32,
     pub qs: [i8; QK_K],
@@ -107,13 +108,9 @@ const _: () = assert!(DType::Q4_0.block_size() == QK4_0 && DType::Q4_1.block_siz
 const _: () = assert!(DType::Q8_0.block_size() == QK8_0 && DType::Q8_1.block_size() == QK8_1);
 const _: () = assert!(DType::Q4_K.block_size() == QK_K && DType::Q8_K.block_size() == QK_K);
 
-/// A ggml block type.
-///
-/// # Safety
-/// Implementors must be `#[repr(C)]`, contain no padding, and be valid for every bit pattern
-/// (only integer / float fields), so that copying `size_of::<Self>()` arbitrary bytes in or out
-/// is sound.
-pub unsafe trait Block: Copy + 'static {
+/// A ggml block type. Its bytes are ggml's: `#[repr(C)]`, no padding, valid for every bit
+/// pattern, which zerocopy's derives check at compile time.
+pub trait Block: FromBytes + IntoBytes + Immutable + KnownLayout + Copy + 'static {
     /// The ggml type this block belongs to.
     const DTYPE: DType;
     /// Bytes of one block (`== DTYPE.block_bytes()`).
@@ -123,27 +120,19 @@ pub unsafe trait Block: Copy + 'static {
 
     /// The all-zero block.
     fn zeroed() -> Self {
-        // SAFETY: the trait contract says every bit pattern, including all zeroes, is valid.
-        unsafe { core::mem::zeroed() }
+        Self::new_zeroed()
     }
 
     /// Copies the block out of the first `BYTES` bytes of `bytes` (any alignment).
     /// Panics if `bytes` is shorter than a block.
     fn read(bytes: &[u8]) -> Self {
-        let src = &bytes[..Self::BYTES];
-        // SAFETY: `src` holds exactly `size_of::<Self>()` readable bytes (the slice index above
-        // panics otherwise), `read_unaligned` has no alignment need, and by the trait contract
-        // any bytes form a valid `Self`.
-        unsafe { core::ptr::read_unaligned(src.as_ptr().cast::<Self>()) }
+        Self::read_from_prefix(&bytes[..Self::BYTES]).expect("a whole block").0
     }
 
     /// Copies the block into the first `BYTES` bytes of `out` (any alignment).
     /// Panics if `out` is shorter than a block.
     fn write(&self, out: &mut [u8]) {
-        let dst = &mut out[..Self::BYTES];
-        // SAFETY: `dst` holds exactly `size_of::<Self>()` writable bytes, `write_unaligned` has
-        // no alignment need, and `Self` has no padding, so every byte written is initialised.
-        unsafe { core::ptr::write_unaligned(dst.as_mut_ptr().cast::<Self>(), *self) }
+        out[..Self::BYTES].copy_from_slice(self.as_bytes());
     }
 
     /// The `i`-th block of a row of blocks. Panics if the row is too short.
@@ -157,45 +146,35 @@ pub unsafe trait Block: Copy + 'static {
     }
 }
 
-// SAFETY (all impls below): each struct is `#[repr(C)]`, made only of integer / f32 fields and
-// arrays of them, and its size equals the sum of its fields' sizes (checked by the const
-// asserts above against ggml's sizes), so it has no padding and every bit pattern is valid.
-unsafe impl Block for BlockQ4_0 {
+impl Block for BlockQ4_0 {
     const DTYPE: DType = DType::Q4_0;
     const ELEMS: usize = QK4_0;
 }
-// SAFETY: as above (repr(C), no padding, integer / f32 fields only).
-unsafe impl Block for BlockQ4_1 {
+impl Block for BlockQ4_1 {
     const DTYPE: DType = DType::Q4_1;
     const ELEMS: usize = QK4_1;
 }
-// SAFETY: as above (repr(C), no padding, integer / f32 fields only).
-unsafe impl Block for BlockQ8_0 {
+impl Block for BlockQ8_0 {
     const DTYPE: DType = DType::Q8_0;
     const ELEMS: usize = QK8_0;
 }
-// SAFETY: as above (repr(C), no padding, integer / f32 fields only).
-unsafe impl Block for BlockQ8_1 {
+impl Block for BlockQ8_1 {
     const DTYPE: DType = DType::Q8_1;
     const ELEMS: usize = QK8_1;
 }
-// SAFETY: as above (repr(C), no padding, integer / f32 fields only).
-unsafe impl Block for BlockQ4K {
+impl Block for BlockQ4K {
     const DTYPE: DType = DType::Q4_K;
     const ELEMS: usize = QK_K;
 }
-// SAFETY: as above (repr(C), no padding, integer / f32 fields only).
-unsafe impl Block for BlockQ5K {
+impl Block for BlockQ5K {
     const DTYPE: DType = DType::Q5_K;
     const ELEMS: usize = QK_K;
 }
-// SAFETY: as above (repr(C), no padding, integer / f32 fields only).
-unsafe impl Block for BlockQ6K {
+impl Block for BlockQ6K {
     const DTYPE: DType = DType::Q6_K;
     const ELEMS: usize = QK_K;
 }
-// SAFETY: as above (repr(C), no padding, integer / f32 fields only).
-unsafe impl Block for BlockQ8K {
+impl Block for BlockQ8K {
     const DTYPE: DType = DType::Q8_K;
     const ELEMS: usize = QK_K;
 }
