@@ -102,6 +102,26 @@ macro_rules! elem {
 }
 elem!(u8, i8, u16, i16, u32, i32, u64, i64, f32, f64, half::f16, half::bf16);
 
+/// Pointer to `n` `T`s at byte `off` of the `len` bytes at `base`: panics, naming `what`,
+/// unless they lie within those bytes and are aligned for `T`. Pointer arithmetic only; the
+/// callers' contracts make the dereference sound.
+#[inline(always)]
+pub(crate) fn checked_ptr<T: Elem>(base: *mut u8, len: usize, off: usize, n: usize, what: &str) -> *mut T {
+    let end = n.checked_mul(size_of::<T>()).and_then(|b| off.checked_add(b));
+    assert!(
+        end.is_some_and(|e| e <= len),
+        "SMEPilot: {n} x {} bytes at offset {off} lie outside {what}'s {len} bytes",
+        size_of::<T>()
+    );
+    let p = base.wrapping_add(off);
+    assert!(
+        (p as usize).is_multiple_of(align_of::<T>()),
+        "SMEPilot: {what} at offset {off} is not aligned for {}",
+        std::any::type_name::<T>()
+    );
+    p as *mut T
+}
+
 /// Row `(i1, i2, i3)` of a tensor as a source of [`TensorRef::row_io`]: the source row
 /// itself, or `Dst` where the source's row is the output row's very memory (an in-place
 /// op: ggml allocated the output over the input).
@@ -200,21 +220,8 @@ impl TensorRef {
     /// Pointer to `n` `T`s at byte `off`, checked: within `len`, aligned for `T`.
     #[inline(always)]
     fn at<T: Elem>(&self, off: usize, n: usize) -> *mut T {
-        let bytes = n.checked_mul(size_of::<T>());
-        let end = bytes.and_then(|b| off.checked_add(b));
-        assert!(
-            end.is_some_and(|e| e <= self.len) && !self.data.is_null(),
-            "SMEPilot: {n} x {} bytes at offset {off} lie outside the tensor's {} bytes",
-            size_of::<T>(),
-            self.len
-        );
-        let p = self.data.wrapping_add(off);
-        assert!(
-            (p as usize).is_multiple_of(align_of::<T>()),
-            "SMEPilot: tensor data at offset {off} is not aligned for {}",
-            std::any::type_name::<T>()
-        );
-        p as *mut T
+        assert!(!self.data.is_null(), "SMEPilot: access to a tensor without data");
+        checked_ptr(self.data, self.len, off, n, "the tensor")
     }
 
     /// Elements of `T` in one row: the row's bytes as `T`.

@@ -298,20 +298,7 @@ impl<'a> ThreadCtx<'a> {
     /// the node reserved, aligned for `T`.
     #[inline(always)]
     fn scratch_at<T: Elem>(&self, off: usize, n: usize) -> *mut T {
-        let end = n.checked_mul(size_of::<T>()).and_then(|b| off.checked_add(b));
-        assert!(
-            end.is_some_and(|e| e <= self.node_scratch),
-            "SMEPilot: scratch {n} x {} bytes at {off} past the node's {} bytes",
-            size_of::<T>(),
-            self.node_scratch
-        );
-        let p = self.scratch.wrapping_add(off);
-        assert!(
-            (p as usize).is_multiple_of(align_of::<T>()),
-            "SMEPilot: scratch offset {off} not aligned for {}",
-            std::any::type_name::<T>()
-        );
-        p as *mut T
+        crate::tensor::checked_ptr(self.scratch, self.node_scratch, off, n, "the node's scratch")
     }
 
     /// `n` `T`s at byte `off` of the node's shared scratch, for this thread to write: its own
