@@ -111,6 +111,12 @@ fn check_finish(n: usize, mask: Option<&[u16]>, out: &[f32]) {
     assert!(n <= BLOCK && out.len() >= BLOCK && mask.is_none_or(|m| m.len() >= n), "finish_scores: lengths");
 }
 
+/// The NEON tier.
+#[cfg(target_arch = "aarch64")]
+pub(crate) fn neon_kernels() -> Option<Kernels> {
+    Some(SCALAR)
+}
+
 /// The AVX2 + FMA + F16C tier, when this CPU runs it.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn avx2_kernels() -> Option<Kernels> {

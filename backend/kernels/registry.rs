@@ -22,11 +22,14 @@ pub enum Tier {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL + VNNI (with AVX512-BF16 where present).
     Avx512,
+    /// aarch64 Advanced SIMD with the dot-product instructions (with I8MM and BF16 where
+    /// present).
+    Neon,
 }
 
 impl Tier {
     /// Every tier, in ascending order.
-    pub const ALL: [Tier; 3] = [Tier::Scalar, Tier::Avx2, Tier::Avx512];
+    pub const ALL: [Tier; 4] = [Tier::Scalar, Tier::Avx2, Tier::Avx512, Tier::Neon];
 
     /// The tier's name in settings and logs.
     pub const fn name(self) -> &'static str {
@@ -34,6 +37,7 @@ impl Tier {
             Tier::Scalar => "scalar",
             Tier::Avx2 => "avx2",
             Tier::Avx512 => "avx512",
+            Tier::Neon => "neon",
         }
     }
 
@@ -47,15 +51,30 @@ impl Tier {
 pub enum MatrixUnit {
     /// Intel AMX (int8 and bf16 tiles), permitted for this process.
     Amx,
+    /// Arm SME / SME2 (ZA tiles beside the cores, driven in streaming mode).
+    Sme(SmeUnit),
     /// The scalar reference engine: the matrix and coop drivers on any CPU (tests only).
     #[cfg(test)]
     Reference,
+}
+
+/// What the process knows of the Arm SME units it drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SmeUnit {
+    /// The streaming vector length in bytes (16 to 256).
+    pub svl_bytes: usize,
+    /// SME2 (multi-vector instructions, LUTI4) beside SME.
+    pub sme2: bool,
+    /// Cores that share one unit (Apple M4: a P-cluster's cores share one).
+    pub cores_per_unit: usize,
 }
 
 impl MatrixUnit {
     pub const fn name(self) -> &'static str {
         match self {
             MatrixUnit::Amx => "amx",
+            MatrixUnit::Sme(u) if u.sme2 => "sme2",
+            MatrixUnit::Sme(_) => "sme",
             #[cfg(test)]
             MatrixUnit::Reference => "reference",
         }
@@ -66,6 +85,8 @@ impl MatrixUnit {
     pub const fn block(self) -> (usize, usize) {
         match self {
             MatrixUnit::Amx => (32, 32),
+            // Two by two ZA.S tiles of SVL/32 x SVL/32 each.
+            MatrixUnit::Sme(u) => (u.svl_bytes / 2, u.svl_bytes / 2),
             #[cfg(test)]
             MatrixUnit::Reference => (16, 16),
         }
@@ -75,6 +96,7 @@ impl MatrixUnit {
     pub const fn cores_per_unit(self) -> usize {
         match self {
             MatrixUnit::Amx => 1,
+            MatrixUnit::Sme(u) => u.cores_per_unit,
             #[cfg(test)]
             MatrixUnit::Reference => 1,
         }
@@ -124,8 +146,14 @@ impl KernelSet {
     /// What runs, for the device description: the tier, the matrix unit, the cores, e.g.
     /// "avx512+bf16 kernels, AMX tiles (int8, bf16), 2 cores".
     pub fn describe(&self, f: &CpuFeatures) -> String {
+        let sme;
         let unit = match self.matrix {
             Some(MatrixUnit::Amx) => "AMX tiles (int8, bf16)",
+            Some(MatrixUnit::Sme(u)) => {
+                let name = if u.sme2 { "SME2" } else { "SME" };
+                sme = format!("{name} ZA tiles (SVL {} bits, {} cores per unit)", u.svl_bytes * 8, u.cores_per_unit);
+                &sme
+            }
             #[cfg(test)]
             Some(MatrixUnit::Reference) => "the reference matrix engine",
             None => "no matrix unit",
@@ -201,6 +229,24 @@ fn registered(f: &CpuFeatures) -> Vec<KernelSet> {
                     matrix: None,
                 });
             }
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if f.neon_tier() {
+        if let (Some((table, name)), Some(packed), Some(vmath), Some(attn), Some(rope)) =
+            (quant::neon::table(f), packed::neon_kernels(f), vmath::neon_kernels(), attn::neon_kernels(), rope::neon_kernels())
+        {
+            sets.push(KernelSet {
+                tier: Tier::Neon,
+                name,
+                quant: table,
+                dense: quant::neon::dense_kernels(f),
+                packed,
+                vmath,
+                attn,
+                rope,
+                matrix: None,
+            });
         }
     }
     let _ = f;
@@ -314,6 +360,7 @@ mod tests {
             assert_eq!(tiers.contains(&Tier::Avx2), f.avx2_fma_f16c, "{f:?}");
             assert_eq!(tiers.contains(&Tier::Avx512), f.avx512_tier(), "{f:?}");
         }
+        assert_eq!(tiers.contains(&Tier::Neon), f.neon_tier(), "{f:?}");
         let _ = f;
         // The process's registered sets carry no matrix unit; only the selected one may.
         assert!(KernelSet::available().iter().all(|s| s.matrix.is_none()));

@@ -16,6 +16,12 @@ pub struct Kernels {
 /// same bits).
 pub const SCALAR: Kernels = Kernels { rotate_pairs: rotate_pairs_scalar };
 
+/// The NEON tier.
+#[cfg(target_arch = "aarch64")]
+pub(crate) fn neon_kernels() -> Option<Kernels> {
+    Some(SCALAR)
+}
+
 /// Compiled with FMA, so `mul_add` is one instruction. Every x86-64 tier above scalar.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn fma_kernels() -> Option<Kernels> {

@@ -166,6 +166,12 @@ pub const SCALAR: Kernels = Kernels { order: Order::Lanes16, silu_mul: silu_mul_
 /// Scalar mirrors of ggml's AVX2 loops: the reference of the AVX2 tier.
 pub const SCALAR_LANES8: Kernels = Kernels { order: Order::Lanes8, silu_mul: silu_mul_scalar_avx2, soft_max: soft_max_scalar_avx2 };
 
+/// The NEON tier.
+#[cfg(target_arch = "aarch64")]
+pub(crate) fn neon_kernels() -> Option<Kernels> {
+    Some(SCALAR)
+}
+
 /// The AVX2 + FMA tier, when this CPU runs it.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn avx2_kernels() -> Option<Kernels> {

@@ -13,9 +13,21 @@ pub struct CpuFeatures {
     pub amx_tile: bool,
     pub amx_int8: bool,
     pub amx_bf16: bool,
-    /// Arm SME / SME2 (detected on aarch64 Linux).
+    /// Arm dot-product instructions (SDOT/UDOT, Armv8.2): the NEON tier's baseline.
+    pub dotprod: bool,
+    /// Arm int8 matrix multiply (SMMLA) and BF16 (BFDOT/BFMMLA) in NEON.
+    pub i8mm: bool,
+    pub arm_bf16: bool,
+    /// Arm half-precision arithmetic in NEON.
+    pub fp16: bool,
+    /// Arm SVE / SVE2 outside streaming mode.
+    pub sve: bool,
+    pub sve2: bool,
+    /// Arm SME / SME2.
     pub sme: bool,
     pub sme2: bool,
+    /// The streaming vector length in bytes (16 to 256) where SME is present, else 0.
+    pub svl_bytes: usize,
     pub cores: usize,
 }
 
@@ -41,14 +53,19 @@ impl CpuFeatures {
             f.amx_int8 = amx.1;
             f.amx_bf16 = amx.2;
         }
-        #[cfg(all(target_arch = "aarch64", target_os = "linux"))]
+        #[cfg(target_arch = "aarch64")]
         {
-            // The kernel's hwcaps (is_aarch64_feature_detected! for SME is unstable on Rust
-            // 1.95): HWCAP2_SME is bit 23, HWCAP2_SME2 bit 37 (arch/arm64 uapi hwcap.h).
-            // SAFETY: getauxval has no preconditions; unknown entries read as 0.
-            let hwcap2 = unsafe { libc::getauxval(libc::AT_HWCAP2) } as u64;
-            f.sme = hwcap2 & (1 << 23) != 0;
-            f.sme2 = hwcap2 & (1 << 37) != 0;
+            use std::arch::is_aarch64_feature_detected as has;
+            f.dotprod = has!("dotprod");
+            f.i8mm = has!("i8mm");
+            f.arm_bf16 = has!("bf16");
+            f.fp16 = has!("fp16");
+            f.sve = has!("sve");
+            f.sve2 = has!("sve2");
+            (f.sme, f.sme2) = sme_detect();
+            if f.sme {
+                f.svl_bytes = streaming_vector_bytes();
+            }
         }
         f
     }
@@ -58,6 +75,51 @@ impl CpuFeatures {
     pub fn avx512_tier(&self) -> bool {
         self.avx512f && self.avx512bw && self.avx512vl && self.avx512_vnni && self.avx2_fma_f16c
     }
+
+    /// Everything the NEON tier is compiled with: Advanced SIMD (every aarch64 CPU) and the
+    /// dot-product instructions. I8MM and BF16 are used where present.
+    pub fn neon_tier(&self) -> bool {
+        cfg!(target_arch = "aarch64") && self.dotprod
+    }
+}
+
+/// (SME, SME2) from the kernel's hwcaps (`is_aarch64_feature_detected!` for SME is unstable
+/// on Rust 1.95): HWCAP2_SME is bit 23, HWCAP2_SME2 bit 37 (arch/arm64 uapi hwcap.h).
+#[cfg(all(target_arch = "aarch64", target_os = "linux"))]
+fn sme_detect() -> (bool, bool) {
+    // SAFETY: getauxval has no preconditions; unknown entries read as 0.
+    let hwcap2 = unsafe { libc::getauxval(libc::AT_HWCAP2) } as u64;
+    (hwcap2 & (1 << 23) != 0, hwcap2 & (1 << 37) != 0)
+}
+
+/// (SME, SME2) from the `hw.optional.arm.FEAT_SME*` sysctls (macOS on Apple M4).
+#[cfg(all(target_arch = "aarch64", target_vendor = "apple"))]
+fn sme_detect() -> (bool, bool) {
+    fn sysctl_flag(name: &std::ffi::CStr) -> bool {
+        let mut v: u32 = 0;
+        let mut len = std::mem::size_of::<u32>();
+        // SAFETY: `name` is NUL-terminated; `v` and `len` describe a writable u32.
+        let rc = unsafe { libc::sysctlbyname(name.as_ptr(), (&raw mut v).cast(), &mut len, std::ptr::null_mut(), 0) };
+        rc == 0 && v != 0
+    }
+    (sysctl_flag(c"hw.optional.arm.FEAT_SME"), sysctl_flag(c"hw.optional.arm.FEAT_SME2"))
+}
+
+/// No SME detection on other aarch64 systems.
+#[cfg(all(target_arch = "aarch64", not(target_os = "linux"), not(target_vendor = "apple")))]
+fn sme_detect() -> (bool, bool) {
+    (false, false)
+}
+
+/// The streaming vector length in bytes: `RDSVL`, legal outside streaming mode on a CPU
+/// with SME.
+#[cfg(target_arch = "aarch64")]
+fn streaming_vector_bytes() -> usize {
+    let svl: u64;
+    // SAFETY: called only where SME was detected; RDSVL reads a constant of the CPU and
+    // changes no state.
+    unsafe { std::arch::asm!(".arch_extension sme", "rdsvl {0}, #1", out(reg) svl, options(nomem, nostack, preserves_flags)) };
+    svl as usize
 }
 
 /// (amx-tile, amx-int8, amx-bf16) from CPUID leaf 7 and the OS-enabled XCR0 tile state.

@@ -209,6 +209,12 @@ pub(crate) fn avx512_kernels() -> Option<Kernels> {
     crate::kernels::quant::avx512::detected().then_some(Kernels { layout_for: Layout::for_weights, gemv: avx512::gemv, row_to_f32: avx512::row_to_f32 })
 }
 
+/// The NEON tier, when this CPU runs it.
+#[cfg(target_arch = "aarch64")]
+pub(crate) fn neon_kernels(f: &crate::platform::CpuFeatures) -> Option<Kernels> {
+    f.neon_tier().then_some(SCALAR)
+}
+
 /// Row `row` of a packed tensor with `k` columns, dequantized to f32 by `kern`.
 pub fn row_to_f32(kern: &Kernels, p: &PackedRef, k: usize, row: usize, out: &mut [f32]) {
     let nb = k / p.layout.ty().block_size();
