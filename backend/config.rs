@@ -20,6 +20,11 @@ pub struct Config {
     pub log: LogLevel,
     /// SMEPILOT_DISABLE_AMX=1: behave as on a CPU without a matrix unit.
     pub disable_amx: bool,
+    /// SMEPILOT_DISABLE_SME=1: leave Arm's SME unit alone (the NEON kernels run).
+    pub disable_sme: bool,
+    /// SMEPILOT_PROFILE=path: the machine profile (roofs, units) read from a file instead
+    /// of calibrated, e.g. a published one for a machine that cannot be measured here.
+    pub profile: Option<std::path::PathBuf>,
     /// SMEPILOT_AMX_INT8 (default 1): Q4_0, Q4_1 and Q8_0 products on the int8 tile kernel,
     /// activations quantized per 32-block and block scales applied in ggml-cpu's order (the
     /// same numbers as stock's AMX kernel); 0 unpacks them to bf16 for the bf16 tile kernel.
@@ -39,7 +44,7 @@ pub struct Config {
     /// work). Leaves cores free of tile work (AMX lowers the clock of the cores that use
     /// it), and reproduces a shared-unit machine (Apple M4: one SME unit per cluster).
     pub matrix_units: Option<usize>,
-    /// SMEPILOT_TIER=scalar|avx2|avx512: the kernel tier to run instead of the fastest
+    /// SMEPILOT_TIER=scalar|avx2|avx512|neon: the kernel tier to run instead of the fastest
     /// this CPU offers (SMEPILOT_FORCE_SCALAR=1 is SMEPILOT_TIER=scalar). A tier the CPU
     /// lacks is refused when the plugin registers.
     pub tier: Option<Tier>,
@@ -156,6 +161,12 @@ impl Config {
             trace: flag(&var, "SMEPILOT_TRACE")?,
             log,
             disable_amx: flag(&var, "SMEPILOT_DISABLE_AMX")?,
+            disable_sme: flag(&var, "SMEPILOT_DISABLE_SME")?,
+            profile: match var("SMEPILOT_PROFILE") {
+                None => None,
+                Some(v) if v.is_empty() => return Err("SMEPILOT_PROFILE is set but empty (give a profile file's path)".into()),
+                Some(v) => Some(v.into()),
+            },
             amx_int8: var("SMEPILOT_AMX_INT8").is_none() || flag(&var, "SMEPILOT_AMX_INT8")?,
             threads,
             decline_ops,

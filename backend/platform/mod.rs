@@ -3,5 +3,6 @@
 
 pub mod cpu;
 pub mod os;
+pub mod topology;
 
 pub use cpu::CpuFeatures;
