@@ -181,17 +181,11 @@ unsafe extern "C" fn dev_get_memory(_: ggml_backend_dev_t, free: *mut usize, tot
     guard("dev_get_memory", (), || get_memory(free, total))
 }
 
+/// SAFETY: `free` and `total` are ggml's writable out-parameters.
 unsafe fn get_memory(free: *mut usize, total: *mut usize) {
-    let mut info: libc::sysinfo = std::mem::zeroed();
-    // SAFETY: sysinfo fills the struct it is given.
-    if libc::sysinfo(&mut info) == 0 {
-        let unit = info.mem_unit as usize;
-        *free = (info.freeram as usize + info.bufferram as usize) * unit;
-        *total = info.totalram as usize * unit;
-    } else {
-        *free = 0;
-        *total = 0;
-    }
+    let (f, t) = smepilot_engine::platform::memory::system_memory().unwrap_or((0, 0));
+    *free = f;
+    *total = t;
 }
 
 unsafe extern "C" fn dev_get_type(_: ggml_backend_dev_t) -> ggml_backend_dev_type {

@@ -2,6 +2,7 @@
 //! engine needs (affinity, the AMX tile permission). Nothing here speaks ggml.
 
 pub mod cpu;
+pub mod memory;
 pub mod os;
 pub mod topology;
 
