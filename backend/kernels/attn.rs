@@ -1,7 +1,8 @@
 //! Blocked attention kernels: 16 queries against 16 keys at a time, in f32, on K stored
 //! transposed per 16-key block (`kt[(kb * dk + d) * 16 + j]` = key 16 kb + j, channel d) and V
 //! in f32 rows. Each has a scalar reference here; the AVX-512 tier keeps one key block (or
-//! one 16-wide V column chunk) in registers for all 16 queries.
+//! one 16-wide V column chunk) in registers for all 16 queries, the AVX2 and NEON tiers
+//! a few query rows of it at a time.
 //!
 //! Every result is computed in ggml-cpu's order (its tiled flash attention: each dot product
 //! one fused multiply-add chain over the channels, each output one chain over the keys), so
@@ -111,10 +112,26 @@ fn check_finish(n: usize, mask: Option<&[u16]>, out: &[f32]) {
     assert!(n <= BLOCK && out.len() >= BLOCK && mask.is_none_or(|m| m.len() >= n), "finish_scores: lengths");
 }
 
-/// The NEON tier.
+/// The NEON tier (Advanced SIMD and the f16 conversions FCVTL are part of every aarch64
+/// CPU).
 #[cfg(target_arch = "aarch64")]
 pub(crate) fn neon_kernels() -> Option<Kernels> {
-    Some(SCALAR)
+    fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
+        check_scores(q, dk, kt);
+        // SAFETY: lengths checked; NEON is baseline on aarch64.
+        unsafe { neon::scores_block(q, dk, kt, s) }
+    }
+    fn pv_block(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]) {
+        check_pv(p, p_stride, n_keys, v, dv, o);
+        // SAFETY: lengths checked; NEON is baseline on aarch64.
+        unsafe { neon::pv_block(p, p_stride, n_keys, v, dv, o) }
+    }
+    fn finish_scores(s: &[f32; BLOCK], scale: f32, slope: f32, mask: Option<&[u16]>, n: usize, out: &mut [f32]) {
+        check_finish(n, mask, out);
+        // SAFETY: lengths checked; NEON is baseline on aarch64.
+        unsafe { neon::finish_scores(s, scale, slope, mask, n, out) }
+    }
+    Some(Kernels { blocked: true, scores_block, pv_block, finish_scores, axpy_f16: super::f16::neon_axpy()? })
 }
 
 /// The AVX2 + FMA + F16C tier, when this CPU runs it.
@@ -348,6 +365,147 @@ mod avx2 {
     }
 }
 
+/// The NEON tier: 4-lane quarters of the AVX-512 tier's 16-wide vectors, each result the
+/// same fused multiply-add chain (`vfmaq_laneq_f32` takes the multiplier from a lane of a
+/// vector of four consecutive channels or keys, in their order), so the tiers agree bit
+/// for bit.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::BLOCK;
+    use std::arch::aarch64::*;
+
+    /// `acc[i][m] += x[i][L] * k[m]`: one channel (or key) of four query rows against four
+    /// vectors.
+    #[inline(always)]
+    unsafe fn fma_lane<const L: i32, const NV: usize>(acc: &mut [[float32x4_t; NV]; 4], x: &[float32x4_t; 4], k: &[float32x4_t; NV]) {
+        for (a, xi) in acc.iter_mut().zip(x) {
+            for (am, km) in a.iter_mut().zip(k) {
+                // SAFETY: NEON is baseline on aarch64; registers only.
+                *am = unsafe { vfmaq_laneq_f32::<L>(*am, *km, *xi) };
+            }
+        }
+    }
+
+    /// Callers checked: q holds 16 rows of dk, kt dk * 16 floats. Four query rows at a time
+    /// (16 accumulators: 4 rows x 4 key quarters), four channels per q load.
+    pub unsafe fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
+        let (qp, kp) = (q.as_ptr(), kt.as_ptr());
+        // SAFETY: NEON is baseline on aarch64; callers checked q holds 16 rows of dk floats
+        // and kt dk * 16, so the q loads (4 channels from d, d + 4 <= dk) and the key loads
+        // (row d < dk) stay within q and kt, and every store within the 16 x 16 `s`.
+        unsafe {
+            let keys = |d: usize| -> [float32x4_t; 4] { std::array::from_fn(|m| vld1q_f32(kp.add(d * BLOCK + 4 * m))) };
+            for quad in 0..BLOCK / 4 {
+                let q0 = qp.add(quad * 4 * dk);
+                let mut acc = [[vdupq_n_f32(0.0); 4]; 4];
+                let mut d = 0;
+                while d + 4 <= dk {
+                    let x: [float32x4_t; 4] = std::array::from_fn(|i| vld1q_f32(q0.add(i * dk + d)));
+                    fma_lane::<0, 4>(&mut acc, &x, &keys(d));
+                    fma_lane::<1, 4>(&mut acc, &x, &keys(d + 1));
+                    fma_lane::<2, 4>(&mut acc, &x, &keys(d + 2));
+                    fma_lane::<3, 4>(&mut acc, &x, &keys(d + 3));
+                    d += 4;
+                }
+                while d < dk {
+                    let x: [float32x4_t; 4] = std::array::from_fn(|i| vdupq_n_f32(*q0.add(i * dk + d)));
+                    fma_lane::<0, 4>(&mut acc, &x, &keys(d));
+                    d += 1;
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    for (m, am) in a.iter().enumerate() {
+                        vst1q_f32(s[quad * 4 + i].as_mut_ptr().add(4 * m), *am);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Callers checked the lengths. Four query rows at a time over 16-wide V column chunks,
+    /// then 4-wide ones, then single columns (the scalar chain), four keys per p load.
+    pub unsafe fn pv_block(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]) {
+        for r in (0..BLOCK).step_by(4) {
+            let mut c = 0;
+            while c + 16 <= dv {
+                // SAFETY: as `pv_chunk` requires: c + 16 <= dv, rows r .. r + 4 <= 16.
+                unsafe { pv_chunk::<4>(p, p_stride, n_keys, v, dv, o, r, c) };
+                c += 16;
+            }
+            while c + 4 <= dv {
+                // SAFETY: as above with c + 4 <= dv.
+                unsafe { pv_chunk::<1>(p, p_stride, n_keys, v, dv, o, r, c) };
+                c += 4;
+            }
+            for c in c..dv {
+                for i in r..r + 4 {
+                    o[i * dv + c] = (0..n_keys).fold(o[i * dv + c], |acc, key| p[i * p_stride + key].mul_add(v[key * dv + c], acc));
+                }
+            }
+        }
+    }
+
+    /// Rows r .. r + 4, columns c .. c + 4 NV of `pv_block`. Callers checked the lengths (see
+    /// `check_pv`), r + 4 <= 16 and c + 4 NV <= dv.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pv_chunk<const NV: usize>(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32], r: usize, c: usize) {
+        let (pp, vp, op) = (p.as_ptr(), v.as_ptr(), o.as_mut_ptr());
+        // SAFETY: NEON is baseline on aarch64. o holds 16 rows of dv and c + 4 NV <= dv, so
+        // the o loads and stores stay in bounds; v holds n_keys rows of dv, read at key <
+        // n_keys; p holds (15 * p_stride + n_keys) floats, and the 4-key loads of row i < 16
+        // end at key + 4 <= n_keys.
+        unsafe {
+            let vals = |key: usize| -> [float32x4_t; NV] { std::array::from_fn(|m| vld1q_f32(vp.add(key * dv + c + 4 * m))) };
+            let mut acc: [[float32x4_t; NV]; 4] = std::array::from_fn(|i| std::array::from_fn(|m| vld1q_f32(op.add((r + i) * dv + c + 4 * m))));
+            let mut key = 0;
+            while key + 4 <= n_keys {
+                let x: [float32x4_t; 4] = std::array::from_fn(|i| vld1q_f32(pp.add((r + i) * p_stride + key)));
+                fma_lane::<0, NV>(&mut acc, &x, &vals(key));
+                fma_lane::<1, NV>(&mut acc, &x, &vals(key + 1));
+                fma_lane::<2, NV>(&mut acc, &x, &vals(key + 2));
+                fma_lane::<3, NV>(&mut acc, &x, &vals(key + 3));
+                key += 4;
+            }
+            while key < n_keys {
+                let x: [float32x4_t; 4] = std::array::from_fn(|i| vdupq_n_f32(*pp.add((r + i) * p_stride + key)));
+                fma_lane::<0, NV>(&mut acc, &x, &vals(key));
+                key += 1;
+            }
+            for (i, a) in acc.iter().enumerate() {
+                for (m, am) in a.iter().enumerate() {
+                    vst1q_f32(op.add((r + i) * dv + c + 4 * m), *am);
+                }
+            }
+        }
+    }
+
+    /// As the AVX-512 tier's, in four quarters; the mask is read only below `n`.
+    pub unsafe fn finish_scores(s: &[f32; BLOCK], scale: f32, slope: f32, mask: Option<&[u16]>, n: usize, out: &mut [f32]) {
+        let mut m16 = [0u16; BLOCK];
+        if let Some(m) = mask {
+            m16[..n].copy_from_slice(&m[..n]);
+        }
+        // SAFETY: NEON is baseline on aarch64 (FCVTL included); callers checked out holds 16
+        // floats; s and m16 are 16 values, so each 4-lane quarter stays in bounds.
+        unsafe {
+            for h in 0..BLOCK / 4 {
+                let x = vmulq_f32(vld1q_f32(s.as_ptr().add(4 * h)), vdupq_n_f32(scale));
+                let r = match mask {
+                    None => x,
+                    Some(_) => {
+                        let mv = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(m16.as_ptr().add(4 * h))));
+                        vaddq_f32(x, vmulq_f32(mv, vdupq_n_f32(slope)))
+                    }
+                };
+                vst1q_f32(out.as_mut_ptr().add(4 * h), r);
+            }
+        }
+        for o in &mut out[n..BLOCK] {
+            *o = f32::NEG_INFINITY;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,6 +529,9 @@ mod tests {
             (40, 48, 13, 29),
             (64, 16, 1, 7),
             (7, 32, 37, 40),
+            (12, 20, 9, 9),
+            (9, 23, 6, 11),
+            (3, 3, 5, 5),
         ] {
             let q: Vec<f32> = (0..BLOCK * dk).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let kt: Vec<f32> = (0..BLOCK * dk).map(|_| rng.gen_range(-1.0..1.0)).collect();

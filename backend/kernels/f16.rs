@@ -40,6 +40,49 @@ pub(crate) fn avx512_axpy() -> Option<super::attn::AxpyF16Fn> {
     (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("f16c")).then_some(axpy as super::attn::AxpyF16Fn)
 }
 
+/// The NEON axpy (FCVTL converts f16 in every aarch64 CPU's Advanced SIMD).
+#[cfg(target_arch = "aarch64")]
+pub(crate) fn neon_axpy() -> Option<super::attn::AxpyF16Fn> {
+    fn axpy(acc: &mut [f32], v: &[u8], s: f32) {
+        check_axpy(acc, v);
+        // SAFETY: lengths checked; NEON is baseline on aarch64.
+        unsafe { axpy_f16_neon(acc, v, s) }
+    }
+    Some(axpy as super::attn::AxpyF16Fn)
+}
+
+/// As [`axpy_f16_avx512`] in 8- then 4-lane steps (FCVTL / FCVTL2, FMLA).
+#[cfg(target_arch = "aarch64")]
+unsafe fn axpy_f16_neon(acc: &mut [f32], v: &[u8], s: f32) {
+    use std::arch::aarch64::*;
+    let n = acc.len();
+    let (pa, pv) = (acc.as_mut_ptr(), v.as_ptr());
+    let mut i = 0;
+    // SAFETY: NEON is baseline on aarch64; the only caller is the `axpy` that `neon_axpy()`
+    // hands out, which checked `v` holds 2 bytes per `acc` element, so every pointer below
+    // stays within `acc` and `v` (f16 read as bytes: v need not be 2-byte aligned; lanes
+    // little-endian).
+    unsafe {
+        let vs = vdupq_n_f32(s);
+        while i + 8 <= n {
+            let h = vreinterpretq_u16_u8(vld1q_u8(pv.add(2 * i)));
+            let (lo, hi) = (vcvt_f32_f16(vreinterpret_f16_u16(vget_low_u16(h))), vcvt_high_f32_f16(vreinterpretq_f16_u16(h)));
+            vst1q_f32(pa.add(i), vfmaq_f32(vld1q_f32(pa.add(i)), lo, vs));
+            vst1q_f32(pa.add(i + 4), vfmaq_f32(vld1q_f32(pa.add(i + 4)), hi, vs));
+            i += 8;
+        }
+        if i + 4 <= n {
+            let x = vcvt_f32_f16(vreinterpret_f16_u16(vreinterpret_u16_u8(vld1_u8(pv.add(2 * i)))));
+            vst1q_f32(pa.add(i), vfmaq_f32(vld1q_f32(pa.add(i)), x, vs));
+            i += 4;
+        }
+        while i < n {
+            *pa.add(i) += s * f16::from_le_bytes([*pv.add(2 * i), *pv.add(2 * i + 1)]).to_f32();
+            i += 1;
+        }
+    }
+}
+
 /// As [`axpy_f16_avx512`] in 8-lane steps (CPUs without AVX-512).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]

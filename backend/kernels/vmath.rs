@@ -1,5 +1,5 @@
 //! Vector math shared by the ops: exp, the SiLU gate and softmax, computed exactly as
-//! x86 ggml-cpu computes them (its AVX-512 `ggml_v_expf` for whole 16-lane chunks, libm's
+//! ggml-cpu computes them (on x86 its AVX-512 `ggml_v_expf` for whole 16-lane chunks, libm's
 //! `expf` for the tail, the same operation order), so SMEPilot's results are bit-identical
 //! to the CPU backend's. That matters more than it seems: a one-ulp difference here flips
 //! int8 activation roundings later, and those grow through the layers (README, numerics).
@@ -7,7 +7,9 @@
 //! Each function has a portable scalar tier that mirrors the vector one operation by
 //! operation (fused multiply-adds included), so the tiers agree bit for bit. CPUs without
 //! AVX-512 run ggml's AVX2 loops instead (8 lanes, a different exp), mirrored by their own
-//! scalar references (`*_avx2`), since that is what ggml-cpu runs there.
+//! scalar references (`*_avx2`), since that is what ggml-cpu runs there. On aarch64 ggml
+//! runs its NEON loops: 4 lanes, with an exp that is the AVX2 one operation for operation
+//! (both adapted from Arm's optimized routines), mirrored by the `*_neon` references.
 
 /// Lanes of ggml's x86 vector loops (AVX-512).
 pub const LANES: usize = 16;
@@ -70,6 +72,16 @@ pub fn expf_ggml_avx2(x: f32) -> f32 {
     }
 }
 
+/// Lanes of ggml's NEON loops (aarch64 without SVE).
+pub const LANES_NEON: usize = 4;
+
+/// ggml_v_expf's NEON version on one lane: the AVX2 one's operations in the same order
+/// (`vfmaq` / `vfmsq` for the fused steps, `vcagtq` for |n| > 126 and > 192), so the
+/// same function.
+pub fn expf_ggml_neon(x: f32) -> f32 {
+    expf_ggml_avx2(x)
+}
+
 /// silu(x) = x / (1 + exp(-x)) as ggml_v_silu computes one lane.
 fn silu_lane(x: f32) -> f32 {
     x / (1.0 + expf_ggml(0.0 - x))
@@ -129,13 +141,29 @@ pub fn silu_mul_scalar_avx2(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
     }
 }
 
-/// Which of ggml's x86 vector loops a tier reproduces (operation order and exp).
+/// As [`silu_mul_scalar`] in the order of ggml's NEON loop (4 lanes, its exp): the
+/// reference of the NEON tier.
+pub fn silu_mul_scalar_neon(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
+    let n = out.len();
+    let whole = n - n % LANES_NEON;
+    for i in 0..n {
+        let s = if i < whole { x[i] / (1.0 + expf_ggml_neon(0.0 - x[i])) } else { silu_libm(x[i]) };
+        out[i] = match g {
+            Some(g) => s * g[i],
+            None => s,
+        };
+    }
+}
+
+/// Which of ggml's vector loops a tier reproduces (operation order and exp).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Order {
     /// ggml's AVX-512 loops: 16 lanes (the scalar tier follows it too).
     Lanes16,
     /// ggml's AVX2 loops: 8 lanes, its own exp.
     Lanes8,
+    /// ggml's NEON loops: 4 lanes, the AVX2 exp, `vaddvq` sums.
+    Lanes4,
 }
 
 /// SiLU (times a gate when given): `out[i] = silu(x[i]) * g[i]`; x and g hold out.len().
@@ -157,6 +185,7 @@ impl Kernels {
         match self.order {
             Order::Lanes16 => SCALAR,
             Order::Lanes8 => SCALAR_LANES8,
+            Order::Lanes4 => SCALAR_LANES4,
         }
     }
 }
@@ -165,11 +194,23 @@ impl Kernels {
 pub const SCALAR: Kernels = Kernels { order: Order::Lanes16, silu_mul: silu_mul_scalar, soft_max: soft_max_scalar };
 /// Scalar mirrors of ggml's AVX2 loops: the reference of the AVX2 tier.
 pub const SCALAR_LANES8: Kernels = Kernels { order: Order::Lanes8, silu_mul: silu_mul_scalar_avx2, soft_max: soft_max_scalar_avx2 };
+/// Scalar mirrors of ggml's NEON loops: the reference of the NEON tier.
+pub const SCALAR_LANES4: Kernels = Kernels { order: Order::Lanes4, silu_mul: silu_mul_scalar_neon, soft_max: soft_max_scalar_neon };
 
-/// The NEON tier.
+/// The NEON tier (Advanced SIMD is part of every aarch64 CPU).
 #[cfg(target_arch = "aarch64")]
 pub(crate) fn neon_kernels() -> Option<Kernels> {
-    Some(SCALAR)
+    fn silu_mul(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
+        let n = out.len();
+        assert!(x.len() >= n && g.is_none_or(|g| g.len() >= n), "silu_mul: inputs shorter than the output");
+        // SAFETY: lengths checked; NEON is baseline on aarch64.
+        unsafe { neon::silu_mul(x, g, out) }
+    }
+    fn soft_max(y: &mut [f32], max: f32) -> f64 {
+        // SAFETY: NEON is baseline on aarch64; the kernel stays within y.
+        unsafe { neon::soft_max(y, max) }
+    }
+    Some(Kernels { order: Order::Lanes4, silu_mul, soft_max })
 }
 
 /// The AVX2 + FMA tier, when this CPU runs it.
@@ -248,6 +289,121 @@ pub fn soft_max_scalar_avx2(y: &mut [f32], max: f32) -> f64 {
         sum += *v as f64;
     }
     sum
+}
+
+/// As [`soft_max_scalar`] in the order of ggml's NEON loop: 4-lane chunks with its exp,
+/// each reduced as `vaddvq_f32` does ((l0 + l1) + (l2 + l3), two pairwise adds), added in
+/// f64. The reference of the NEON tier.
+pub fn soft_max_scalar_neon(y: &mut [f32], max: f32) -> f64 {
+    let n = y.len();
+    let whole = n - n % LANES_NEON;
+    let mut sum = 0f64;
+    for c in y[..whole].chunks_exact_mut(LANES_NEON) {
+        for v in c.iter_mut() {
+            *v = expf_ggml_neon(*v - max);
+        }
+        sum += ((c[0] + c[1]) + (c[2] + c[3])) as f64;
+    }
+    for v in &mut y[whole..] {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    sum
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::*;
+    use std::arch::aarch64::*;
+
+    /// ggml_v_expf (NEON), instruction for instruction.
+    #[inline(always)]
+    pub(super) unsafe fn exp_ps(x: float32x4_t) -> float32x4_t {
+        // SAFETY: NEON is baseline on aarch64; the intrinsics only compute on registers.
+        unsafe {
+            let r = vdupq_n_f32(EXP_SHIFT);
+            let z = vfmaq_f32(r, x, vdupq_n_f32(EXP_LOG2E));
+            let n = vsubq_f32(z, r);
+            let b = vfmsq_f32(vfmsq_f32(x, n, vdupq_n_f32(EXP_LN2_HI)), n, vdupq_n_f32(EXP_LN2_LO));
+            let e = vshlq_n_u32::<23>(vreinterpretq_u32_f32(z));
+            let k = vreinterpretq_f32_u32(vaddq_u32(e, vreinterpretq_u32_f32(vdupq_n_f32(1.0))));
+            let c = vcagtq_f32(n, vdupq_n_f32(126.0));
+            let u = vmulq_f32(b, b);
+            let j = vfmaq_f32(
+                vmulq_f32(vdupq_n_f32(EXP_C[0]), b),
+                vfmaq_f32(
+                    vfmaq_f32(vdupq_n_f32(EXP_C[1]), vdupq_n_f32(EXP_C[2]), b),
+                    vfmaq_f32(vdupq_n_f32(EXP_C[3]), vdupq_n_f32(EXP_C[4]), b),
+                    u,
+                ),
+                u,
+            );
+            if vpaddd_u64(vreinterpretq_u64_u32(c)) == 0 {
+                return vfmaq_f32(k, j, k);
+            }
+            let d = vandq_u32(vclezq_f32(n), vdupq_n_u32(0x8200_0000));
+            let s1 = vreinterpretq_f32_u32(vaddq_u32(d, vdupq_n_u32(0x7f00_0000)));
+            let s2 = vreinterpretq_f32_u32(vsubq_u32(e, d));
+            vbslq_f32(
+                vcagtq_f32(n, vdupq_n_f32(192.0)),
+                vmulq_f32(s1, s1),
+                vbslq_f32(c, vmulq_f32(vfmaq_f32(s2, s2, j), s1), vfmaq_f32(k, k, j)),
+            )
+        }
+    }
+
+    /// Callers checked: x (and g) hold out.len() floats.
+    pub unsafe fn silu_mul(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
+        let n = out.len();
+        let whole = n - n % LANES_NEON;
+        let mut i = 0;
+        // SAFETY: NEON is baseline on aarch64; callers checked x (and g) hold out.len()
+        // floats, so the 4-float loads and stores at i < whole stay in bounds.
+        unsafe {
+            while i < whole {
+                let v = vld1q_f32(x.as_ptr().add(i));
+                let e = exp_ps(vsubq_f32(vdupq_n_f32(0.0), v));
+                let mut s = vdivq_f32(v, vaddq_f32(vdupq_n_f32(1.0), e));
+                if let Some(g) = g {
+                    s = vmulq_f32(s, vld1q_f32(g.as_ptr().add(i)));
+                }
+                vst1q_f32(out.as_mut_ptr().add(i), s);
+                i += LANES_NEON;
+            }
+        }
+        for i in whole..n {
+            let s = silu_libm(x[i]);
+            out[i] = match g {
+                Some(g) => s * g[i],
+                None => s,
+            };
+        }
+    }
+
+    /// ggml_vec_soft_max_f32's NEON loop.
+    pub unsafe fn soft_max(y: &mut [f32], max: f32) -> f64 {
+        let n = y.len();
+        let whole = n - n % LANES_NEON;
+        let p = y.as_mut_ptr();
+        let mut sum = 0f64;
+        let mut i = 0;
+        // SAFETY: NEON is baseline on aarch64; the 4-float loads and stores at i < whole
+        // stay within y.
+        unsafe {
+            let m = vdupq_n_f32(max);
+            while i < whole {
+                let e = exp_ps(vsubq_f32(vld1q_f32(p.add(i)), m));
+                vst1q_f32(p.add(i), e);
+                sum += vaddvq_f32(e) as f64;
+                i += LANES_NEON;
+            }
+        }
+        for v in &mut y[whole..] {
+            *v = (*v - max).exp();
+            sum += *v as f64;
+        }
+        sum
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -535,6 +691,21 @@ mod tests {
                 }
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            let xs = inputs();
+            for c in xs.chunks(LANES_NEON).filter(|c| c.len() == LANES_NEON) {
+                let mut out = [0f32; LANES_NEON];
+                // SAFETY: NEON is baseline on aarch64; 4 floats in and out.
+                unsafe {
+                    use std::arch::aarch64::*;
+                    vst1q_f32(out.as_mut_ptr(), neon::exp_ps(vld1q_f32(c.as_ptr())));
+                }
+                for (x, e) in c.iter().zip(out) {
+                    assert_eq!(e.to_bits(), expf_ggml_neon(*x).to_bits(), "neon exp({x})");
+                }
+            }
+        }
         for &x in &inputs() {
             let (a, b) = (expf_ggml(x), x.exp());
             let tol = 2.0 * f32::EPSILON * b.abs() + 1.5e-45 * 4.0;
@@ -559,6 +730,33 @@ mod tests {
                 for (x, e) in c.iter().zip(out) {
                     assert_eq!(e.to_bits(), expf_ggml(*x).to_bits(), "exp({x})");
                 }
+            }
+        }
+    }
+
+    /// The scalar mirrors of every tier's order, on any host (each is also checked bit for
+    /// bit against its SIMD tier where this CPU runs it).
+    #[test]
+    fn every_order_reference_computes_silu_and_soft_max() {
+        let x = inputs();
+        for k in [SCALAR, SCALAR_LANES8, SCALAR_LANES4] {
+            assert_eq!(k.reference().order, k.order);
+            let mut out = vec![0f32; x.len()];
+            (k.silu_mul)(&x, None, &mut out);
+            for (&xi, &o) in x.iter().zip(&out).filter(|(xi, _)| xi.is_finite()) {
+                let want = xi as f64 / (1.0 + (-xi as f64).exp());
+                assert!((o as f64 - want).abs() <= 1e-6 * want.abs() + 1e-30, "{:?} silu({xi}): {o} vs {want}", k.order);
+            }
+            for n in [64, 37, 7, 3] {
+                let mut y: Vec<f32> = x.iter().step_by(53).take(n).map(|v| v.clamp(-60.0, 4.0)).collect();
+                let max = y.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let want: Vec<f64> = y.iter().map(|&v| ((v - max) as f64).exp()).collect();
+                let sum = (k.soft_max)(&mut y, max);
+                for (a, w) in y.iter().zip(&want) {
+                    assert!((*a as f64 - w).abs() <= 4.0 * f32::EPSILON as f64 * w + 1e-38, "{:?} n={n}: {a} vs {w}", k.order);
+                }
+                let direct: f64 = y.iter().map(|&v| v as f64).sum();
+                assert!((sum - direct).abs() <= 1e-6 * direct, "{:?} n={n}: {sum} vs {direct}", k.order);
             }
         }
     }
