@@ -1178,3 +1178,23 @@ fn neon_bf16_blocked_dots_match_single_dots_bit_for_bit() {
         }
     }
 }
+
+/// A fixed Q4_0 · Q8_0 workload for instruction counting under QEMU (`qemu-icount.py`): each
+/// tier's dot on the same 4096-element rows, 8 times; checks they agree.
+#[test]
+#[ignore]
+fn q4_0_dot_workload_for_icount() {
+    let mut r = rng(33);
+    let n = 4096;
+    let w = rand_row(&mut r, DType::Q4_0, n);
+    let a = rand_row(&mut r, DType::Q8_0, n);
+    let want = (sk(DType::Q4_0).vec_dot.unwrap())(n, &w, &a);
+    let (mag, _) = magnitude_and_dot(DType::Q4_0, DType::Q8_0, n, &w, &a);
+    for (name, table) in fast_tiers().into_iter().chain([("scalar", &scalar::TABLE as &'static Table)]) {
+        let dot = entry(table, DType::Q4_0).vec_dot.unwrap();
+        for _ in 0..8 {
+            let got = std::hint::black_box(dot)(n, std::hint::black_box(&w), &a);
+            assert!(((got - want).abs() as f64) <= 1e-5 * mag, "{name}: {got} vs {want}");
+        }
+    }
+}

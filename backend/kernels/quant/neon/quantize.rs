@@ -93,8 +93,8 @@ fn quantize_q8_k_impl(src: &[f32], dst: &mut [u8]) {
     for (x, y) in xs.iter().zip(ys) {
         let mut amaxv = [vdupq_n_f32(0.0); 4];
         for k in 0..QK_K / 16 {
-            for l in 0..4 {
-                amaxv[l] = vmaxnmq_f32(amaxv[l], vabsq_f32(ld_f32(arr(x, 16 * k + 4 * l))));
+            for (l, m) in amaxv.iter_mut().enumerate() {
+                *m = vmaxnmq_f32(*m, vabsq_f32(ld_f32(arr(x, 16 * k + 4 * l))));
             }
         }
         let amax = vmaxnmvq_f32(vmaxnmq_f32(vmaxnmq_f32(amaxv[0], amaxv[1]), vmaxnmq_f32(amaxv[2], amaxv[3])));
