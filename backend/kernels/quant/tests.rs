@@ -13,8 +13,9 @@ mod ggml_xcheck;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Every tier to check against the scalar one: each registered tier this CPU runs, and on
-/// x86 each AVX-512 variant (with and without `vdpbf16ps`).
+/// Every tier to check against the scalar one: each registered tier this CPU runs, on x86
+/// each AVX-512 variant (with and without `vdpbf16ps`), on aarch64 the NEON table without
+/// BFDOT where the registered one uses it.
 fn fast_tiers() -> Vec<(&'static str, &'static Table)> {
     let mut v: Vec<(&'static str, &'static Table)> =
         crate::kernels::KernelSet::available()[1..].iter().map(|s| (s.name, s.quant)).collect();
@@ -22,6 +23,14 @@ fn fast_tiers() -> Vec<(&'static str, &'static Table)> {
     {
         if let Some(t) = avx512::table_with(false) {
             v.push(("avx512 without bf16", Box::leak(Box::new(t))));
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if neon::bf16_detected() {
+            if let Some(t) = neon::table_with(false) {
+                v.push(("neon+dotprod without bf16", t));
+            }
         }
     }
     crate::kernels::registry::log_tiers_run("quant", v.iter().map(|(n, _)| *n));
@@ -1119,4 +1128,73 @@ fn avx2_bf16_block_matches_scalar_dots() {
         }
     }
     assert!(dot_bf16_block(16, [&[0u8; 30][..]; 4], [&[0u8; 32][..]; 3]).is_none(), "short row");
+}
+
+/// The NEON tier's four-row and 4x3 BF16 dots give the bits of its table's single dot, with
+/// and without BFDOT, on lengths with whole chunk pairs, an odd chunk, a partial tail.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_bf16_blocked_dots_match_single_dots_bit_for_bit() {
+    let variants: Vec<bool> = [false, true].into_iter().filter(|&b| neon::table_with(b).is_some()).collect();
+    if variants.is_empty() {
+        eprintln!("no dotprod: NEON tier not exercised");
+        return;
+    }
+    let mut r = rng(32);
+    for bf16 in variants {
+        let dot = entry(neon::table_with(bf16).unwrap(), DType::BF16).vec_dot.unwrap();
+        for n in [1usize, 7, 8, 16, 17, 24, 31, 200, 515, 1024 + 9] {
+            let rows: Vec<Vec<u8>> = (0..7).map(|_| rand_row(&mut r, DType::BF16, n)).collect();
+            let w: [&[u8]; 4] = std::array::from_fn(|i| &rows[i][..]);
+            let a: [&[u8]; 3] = std::array::from_fn(|j| &rows[4 + j][..]);
+            let block = neon::dot_bf16_block(bf16, n, w, a).unwrap();
+            let four = neon::dot_bf16_rows_4(bf16, n, w, a[1]).unwrap();
+            for i in 0..4 {
+                for j in 0..3 {
+                    let want = dot(n, w[i], a[j]);
+                    assert_eq!(block[i][j].to_bits(), want.to_bits(), "bf16={bf16} n={n} ({i},{j}): {} vs {want}", block[i][j]);
+                }
+                assert_eq!(four[i].to_bits(), dot(n, w[i], a[1]).to_bits(), "bf16={bf16} n={n} row {i}");
+            }
+            // And they are dots: within f32 rounding of the scalar reference.
+            let want = (sk(DType::BF16).vec_dot.unwrap())(n, w[2], a[0]);
+            let (mag, _) = magnitude_and_dot(DType::BF16, DType::BF16, n, w[2], a[0]);
+            assert!(((block[2][0] - want).abs() as f64) <= 1e-5 * mag + 1e-30, "bf16={bf16} n={n}");
+        }
+        let short = [0u8; 30];
+        assert!(neon::dot_bf16_block(bf16, 16, [&short[..]; 4], [&[0u8; 32][..]; 3]).is_none(), "short row");
+        assert!(neon::dot_bf16_rows_4(bf16, 16, [&[0u8; 32][..]; 4], &short).is_none(), "short act");
+    }
+    // The registry hands out the variant its table uses.
+    if let Some(set) = crate::kernels::KernelSet::get(crate::kernels::Tier::Neon) {
+        let (n, rows) = (37, (0..4).map(|_| rand_row(&mut r, DType::BF16, 37)).collect::<Vec<_>>());
+        let w: [&[u8]; 4] = std::array::from_fn(|i| &rows[i][..]);
+        let dot = set.kernels(DType::BF16).unwrap().vec_dot.unwrap();
+        let four = (set.dense.bf16_rows_4.unwrap())(n, w, &rows[3]).unwrap();
+        let block = (set.dense.bf16_block_4x3.unwrap())(n, w, [&rows[0][..], &rows[1][..], &rows[2][..]]).unwrap();
+        for i in 0..4 {
+            assert_eq!(four[i].to_bits(), dot(n, w[i], &rows[3]).to_bits(), "{} row {i}", set.name);
+            assert_eq!(block[i][1].to_bits(), dot(n, w[i], &rows[1]).to_bits(), "{} ({i},1)", set.name);
+        }
+    }
+}
+
+/// A fixed Q4_0 · Q8_0 workload for instruction counting under QEMU (`qemu-icount.py`): each
+/// tier's dot on the same 4096-element rows, 8 times; checks they agree.
+#[test]
+#[ignore]
+fn q4_0_dot_workload_for_icount() {
+    let mut r = rng(33);
+    let n = 4096;
+    let w = rand_row(&mut r, DType::Q4_0, n);
+    let a = rand_row(&mut r, DType::Q8_0, n);
+    let want = (sk(DType::Q4_0).vec_dot.unwrap())(n, &w, &a);
+    let (mag, _) = magnitude_and_dot(DType::Q4_0, DType::Q8_0, n, &w, &a);
+    for (name, table) in fast_tiers().into_iter().chain([("scalar", &scalar::TABLE as &'static Table)]) {
+        let dot = entry(table, DType::Q4_0).vec_dot.unwrap();
+        for _ in 0..8 {
+            let got = std::hint::black_box(dot)(n, std::hint::black_box(&w), &a);
+            assert!(((got - want).abs() as f64) <= 1e-5 * mag, "{name}: {got} vs {want}");
+        }
+    }
 }
