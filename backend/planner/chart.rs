@@ -52,6 +52,10 @@ pub fn roofline_svg(p: &MachineProfile, threads: usize, points: &[Point]) -> Str
         ceilings.push(("matrix bf16 kernel".into(), m.bf16_kernel * units, "#d62728", false));
         ceilings.push(("matrix int8 peak".into(), m.int8_peak * units, "#ff7f0e", true));
         ceilings.push(("matrix int8 kernel".into(), m.int8_kernel * units, "#ff7f0e", false));
+        // Coop's roof: the bf16 tile kernels and the other threads' fp32 peak, together at
+        // the profile's mixed efficiency.
+        let vector_threads = (threads as f64 - units).max(0.0);
+        ceilings.push(("matrix + vector".into(), (m.bf16_kernel * units + p.vec_fp32_peak * vector_threads) * p.mixed_efficiency, "#2ca02c", false));
     }
     // Only finite, positive figures can be drawn on log axes.
     ceilings.retain(|c| c.1.is_finite() && c.1 > 0.0);
@@ -147,7 +151,7 @@ mod tests {
         ];
         let svg = roofline_svg(&p, 2, &pts);
         assert_eq!(svg.matches(r#"class="op""#).count(), 2);
-        assert_eq!(svg.matches(r#"class="roof""#).count(), 7, "DRAM, 2 vector and 4 matrix roofs");
+        assert_eq!(svg.matches(r#"class="roof""#).count(), 8, "DRAM, 2 vector, 4 matrix roofs and coop's");
         assert!(svg.contains("a &lt;1&gt;") && svg.ends_with("</svg>\n"));
         let none = roofline_svg(&synthetic::no_matrix(), 4, &pts);
         assert_eq!(none.matches(r#"class="roof""#).count(), 3);

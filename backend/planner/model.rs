@@ -7,10 +7,11 @@
 //! * matrix: one thread per matrix unit stages weights into tiles and runs the tile kernel
 //!   (on AMX every core has a unit; on SME the cores of a cluster share one, so the others
 //!   idle);
-//! * coop: some threads drive the matrix units, the rest run vector kernels, on disjoint
-//!   weight row groups; the split is where both sides finish together (their rates add),
-//!   and the vector side's share of the weights must come through what DRAM leaves it while
-//!   the matrix units stream.
+//! * coop: some threads drive the matrix units (at most one per unit), the rest run vector
+//!   kernels, on disjoint weight tiles; the split is the whole number of tiles nearest to
+//!   where both sides finish together (their rates add, scaled by the profile's
+//!   `mixed_efficiency`), and the vector side's share of the weights must come through what
+//!   DRAM leaves it while the matrix units stream.
 
 use super::profile::MachineProfile;
 use super::Mode;
@@ -23,7 +24,8 @@ pub struct Prediction {
     pub secs: f64,
     /// Threads driving the matrix unit (coop; all drivers for matrix, 0 for vector).
     pub matrix_threads: usize,
-    /// Fraction of the weight rows the matrix side takes.
+    /// Fraction of the weight rows the matrix side takes: for coop a whole number of the
+    /// unit's tiles (weight rows of its output block) out of the product's.
     pub matrix_share: f64,
     /// Whether DRAM, not the engines, sets the time.
     pub memory_bound: bool,
@@ -67,15 +69,8 @@ fn act_secs(p: &MachineProfile, s: &MatShape, threads: usize) -> f64 {
 pub fn predict(p: &MachineProfile, s: &MatShape, mode: Mode) -> Option<Prediction> {
     let t = s.threads.max(1);
     let bytes = s.weight_bytes();
-    let pred = |secs: f64, mem: f64, matrix_threads, matrix_share| Prediction {
-        mode,
-        secs: secs.max(mem) + p.node_overhead,
-        matrix_threads,
-        matrix_share,
-        memory_bound: mem >= secs,
-    };
     match mode {
-        Mode::Vector => Some(pred(vector_work(p, s) / t as f64, bytes / p.bandwidth(t), 0, 0.0)),
+        Mode::Vector => Some(bounded(p, mode, vector_work(p, s) / t as f64, bytes / p.bandwidth(t), 0, 0.0)),
         Mode::Matrix => {
             let d = p.matrix_drivers(t);
             let w = matrix_work(p, s);
@@ -83,35 +78,70 @@ pub fn predict(p: &MachineProfile, s: &MatShape, mode: Mode) -> Option<Predictio
                 return None;
             }
             // Every thread converts activations, drivers or not (the others then idle).
-            Some(pred(w / d as f64 + act_secs(p, s, t), bytes / p.bandwidth(d), d, 1.0))
+            Some(bounded(p, mode, w / d as f64 + act_secs(p, s, t), bytes / p.bandwidth(d), d, 1.0))
         }
         Mode::Coop => {
-            let (wm, wv) = (matrix_work(p, s), vector_work(p, s));
             let mu = p.matrix.as_ref()?;
-            if !wm.is_finite() || !wv.is_finite() || t < 2 {
-                return None;
+            let tiles = coop_tiles(s)?;
+            // Matrix-side thread counts worth trying, never more than one per unit: with
+            // private units any count up to them; with shared units one driver per unit (a
+            // second would queue on the same unit).
+            let most = p.matrix_drivers(t).min(t.saturating_sub(1));
+            let fewest = if mu.cores_per_unit == 1 { 1 } else { most };
+            let mut found: Option<Prediction> = None;
+            for tm in fewest.max(1)..=most {
+                let (per_m, per_v) = coop_tile_secs(p, s, tm)?;
+                // Whole tiles to the matrix side: either side of where both finish together.
+                let even = (tiles as f64 * per_v / (per_m + per_v)).floor() as usize;
+                for j in [even, even + 1] {
+                    let q = coop_split(p, s, tm, j.clamp(1, tiles - 1))?;
+                    if found.is_none_or(|f| q.secs < f.secs) {
+                        found = Some(q);
+                    }
+                }
             }
-            // Matrix-side thread counts worth trying: with private units any split; with
-            // shared units one driver per unit (a second driver would queue on the same unit).
-            let choices: Vec<usize> = if mu.cores_per_unit == 1 { (1..t).collect() } else { vec![p.matrix_drivers(t)] };
-            choices
-                .into_iter()
-                .filter(|&tm| tm >= 1 && tm < t)
-                .map(|tm| {
-                    let tv = t - tm;
-                    let (rm, rv) = (tm.min(mu.units) as f64 / wm, tv as f64 / wv);
-                    let share = rm / (rm + rv);
-                    let comp = 1.0 / (rm + rv) + act_secs(p, s, t);
-                    let mem = (bytes / p.bandwidth(t)).max(if p.dram_beside_matrix > 0.0 {
-                        (1.0 - share) * bytes / p.dram_beside_matrix
-                    } else {
-                        0.0
-                    });
-                    pred(comp, mem, tm, share)
-                })
-                .min_by(|a, b| a.secs.total_cmp(&b.secs))
+            found
         }
     }
+}
+
+/// A prediction from compute and memory seconds: the larger, plus the per-node overhead.
+fn bounded(p: &MachineProfile, mode: Mode, secs: f64, mem: f64, matrix_threads: usize, matrix_share: f64) -> Prediction {
+    Prediction { mode, secs: secs.max(mem) + p.node_overhead, matrix_threads, matrix_share, memory_bound: mem >= secs }
+}
+
+/// The weight tiles (the unit's output block's weight rows) coop splits the product into;
+/// None where it cannot be split (no matrix path, fewer than two tiles).
+pub fn coop_tiles(s: &MatShape) -> Option<usize> {
+    let tiles = s.n.div_ceil(s.matrix_block?.1);
+    (tiles >= 2).then_some(tiles)
+}
+
+/// Seconds per weight tile on the matrix side (`tm` drivers) and on the vector side (the
+/// other threads), while both run.
+fn coop_tile_secs(p: &MachineProfile, s: &MatShape, tm: usize) -> Option<(f64, f64)> {
+    let (t, tiles) = (s.threads.max(1), coop_tiles(s)? as f64);
+    let (wm, wv) = (matrix_work(p, s), vector_work(p, s));
+    if !wm.is_finite() || !wv.is_finite() || tm == 0 || tm >= t {
+        return None;
+    }
+    let eff = p.mixed_efficiency.clamp(0.01, 1.0);
+    Some((wm / tiles / tm as f64 / eff, wv / tiles / (t - tm) as f64 / eff))
+}
+
+/// Coop with `tm` threads driving the units and `j` of the product's weight tiles on them
+/// (the rest on the vector kernels of the other threads).
+pub fn coop_split(p: &MachineProfile, s: &MatShape, tm: usize, j: usize) -> Option<Prediction> {
+    let (t, tiles) = (s.threads.max(1), coop_tiles(s)?);
+    if tm > p.matrix_drivers(t) || j == 0 || j >= tiles {
+        return None;
+    }
+    let (per_m, per_v) = coop_tile_secs(p, s, tm)?;
+    let bytes = s.weight_bytes();
+    let share = j as f64 / tiles as f64;
+    let comp = (j as f64 * per_m).max((tiles - j) as f64 * per_v) + act_secs(p, s, t);
+    let beside = if p.dram_beside_matrix > 0.0 { (1.0 - share) * bytes / p.dram_beside_matrix } else { 0.0 };
+    Some(bounded(p, Mode::Coop, comp, (bytes / p.bandwidth(t)).max(beside), tm, share))
 }
 
 /// Every mode's prediction, and the fastest (ties, within 2%, go to the simpler mode:
