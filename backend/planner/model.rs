@@ -243,4 +243,134 @@ mod tests {
         assert_eq!(b.mode, Mode::Vector);
         assert!(all[1].is_none() && all[2].is_none());
     }
+
+    /// The published Apple M4 Pro profile and its tile kernel's output block.
+    fn m4_pro() -> (MachineProfile, (usize, usize)) {
+        let f = crate::calibrate::read_profile_file(&crate::calibrate::profile_path("m4-pro")).expect("bench-scripts/profiles/m4-pro.txt");
+        assert!(f.published.is_some(), "m4-pro.txt is marked PUBLISHED");
+        (f.profile, f.matrix_block.expect("m4-pro.txt gives its matrix block"))
+    }
+
+    /// Llama-3.2-3B's products (K, N): attention q and o, k and v, FFN up and gate, down,
+    /// and the output projection.
+    const LLAMA_3B: [(usize, usize); 5] = [(3072, 3072), (3072, 1024), (3072, 8192), (8192, 3072), (3072, 128256)];
+
+    fn on(p: &MachineProfile, m: usize, (k, n): (usize, usize), ty: DType, block: (usize, usize)) -> MatShape {
+        MatShape { m, n, k, ty, threads: p.cores, matrix_block: Some(block) }
+    }
+
+    #[test]
+    fn published_profile_memory_bound_work_goes_vector_only() {
+        let (p, block) = m4_pro();
+        let mut decode = 0;
+        for ty in crate::calibrate::TYPES {
+            for kn in LLAMA_3B {
+                for threads in [p.cores, 8, 4] {
+                    // Decode: a GEMV, memory-bound on the vector units, stays on them.
+                    let s = MatShape { threads, ..on(&p, 1, kn, ty, block) };
+                    let (b, all) = best(&p, &s);
+                    assert_eq!(b.mode, Mode::Vector, "{ty:?} {kn:?} {threads} threads: {all:?}");
+                    assert!(b.memory_bound, "{ty:?} {kn:?}: {b:?}");
+                    decode += 1;
+                }
+                // Any batch the vector units run memory-bound: no unit can beat DRAM.
+                for m in 2..=64 {
+                    let (b, all) = best(&p, &on(&p, m, kn, ty, block));
+                    if all[Mode::Vector.index()].unwrap().memory_bound {
+                        assert_eq!(b.mode, Mode::Vector, "{ty:?} M={m}: {all:?}");
+                    }
+                }
+            }
+        }
+        assert!(decode > 0);
+    }
+
+    /// The paper's rule between the ridges: work compute-bound on the vector units that the
+    /// matrix units run at DRAM speed goes to the matrix units alone (the cores could only
+    /// add contention for the same bandwidth). Checked with the paper's roofline (useful
+    /// flops: an output block of one activation row) and with SMEPilot's SME block (32 rows:
+    /// there the padded tile's intensity, at least 16 flops per byte even for F32 weights,
+    /// is above the matrix ridge of 2.92e12 / 247e9 = 11.8, so few or no shapes qualify).
+    #[test]
+    fn published_profile_ridge_crossing_work_goes_matrix_only() {
+        let (p, block) = m4_pro();
+        for (rows, must_find) in [(1, true), (block.0, false)] {
+            let mut found = 0;
+            for ty in crate::calibrate::TYPES {
+                for kn in LLAMA_3B {
+                    for m in 1..=64 {
+                        let s = on(&p, m, kn, ty, (rows, block.1));
+                        let (b, all) = best(&p, &s);
+                        let (v, mx) = (all[Mode::Vector.index()].unwrap(), all[Mode::Matrix.index()].unwrap());
+                        if v.memory_bound || !mx.memory_bound {
+                            continue;
+                        }
+                        found += 1;
+                        // Matrix-only, unless the vector units tie with it (within the 2%
+                        // that goes to the simpler mode).
+                        let tie = b.mode == Mode::Vector && v.secs <= mx.secs / 0.98;
+                        assert!(b.mode == Mode::Matrix || tie, "{ty:?} {kn:?} M={m} block rows {rows}: {all:?}");
+                        assert_eq!(b.matrix_threads, if tie { 0 } else { p.matrix_drivers(p.cores) });
+                    }
+                }
+            }
+            assert!(found > 0 || !must_find, "no ridge-crossing shape with {rows}-row blocks");
+        }
+    }
+
+    #[test]
+    fn published_profile_compute_bound_work_goes_coop_split_in_whole_tiles() {
+        let (p, block) = m4_pro();
+        let units = p.matrix.as_ref().unwrap().units;
+        for ty in crate::calibrate::TYPES {
+            for kn in LLAMA_3B {
+                for m in [128, 256, 512] {
+                    let s = on(&p, m, kn, ty, block);
+                    let (b, all) = best(&p, &s);
+                    let (v, mx) = (all[Mode::Vector.index()].unwrap(), all[Mode::Matrix.index()].unwrap());
+                    assert!(!v.memory_bound && !mx.memory_bound, "compute-bound on both: {all:?}");
+                    assert_eq!(b.mode, Mode::Coop, "{ty:?} {kn:?} M={m}: {all:?}");
+                    assert!(b.secs < v.secs.min(mx.secs));
+                    // One driver per unit; the other cores take vector tiles.
+                    assert_eq!(b.matrix_threads, units);
+                    // The split is a whole number of tiles, and moving one tile either way
+                    // is no faster.
+                    let tiles = coop_tiles(&s).unwrap();
+                    let j = (b.matrix_share * tiles as f64).round() as usize;
+                    assert!((b.matrix_share * tiles as f64 - j as f64).abs() < 1e-9 && j >= 1 && j < tiles, "{b:?} of {tiles} tiles");
+                    for other in [j - 1, j + 1] {
+                        if let Some(q) = coop_split(&p, &s, units, other) {
+                            assert!(q.secs >= b.secs, "{other} tiles beat {j}: {q:?} vs {b:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_shared_unit_never_gets_a_second_driver() {
+        let (m4, block) = m4_pro();
+        let profiles = [synthetic::amx_like(), synthetic::sme_shared(), synthetic::amx_like().with_matrix_units(1), m4.clone(), m4.with_matrix_units(1)];
+        for p in &profiles {
+            let mu = p.matrix.as_ref().unwrap();
+            for threads in 1..=16 {
+                for (m, ty) in [(1, DType::Q4_0), (16, DType::BF16), (512, DType::Q4_0), (512, DType::F16)] {
+                    let s = MatShape { m, n: 3072, k: 3072, ty, threads, matrix_block: Some(block) };
+                    let (_, all) = best(p, &s);
+                    for q in all.iter().flatten() {
+                        assert!(q.matrix_threads <= mu.units, "{}: {q:?}", p.cpu);
+                    }
+                    if let Some(c) = all[Mode::Coop.index()] {
+                        assert!(c.matrix_threads >= 1 && c.matrix_threads < threads, "{}: {c:?}", p.cpu);
+                        if mu.cores_per_unit > 1 {
+                            assert_eq!(c.matrix_threads, mu.units.min(threads - 1), "{}", p.cpu);
+                        }
+                    }
+                    // Past the units, a further driver is refused outright.
+                    assert!(coop_split(p, &s, mu.units + 1, 1).is_none());
+                }
+            }
+        }
+    }
 }
