@@ -501,11 +501,15 @@ pub struct ProfileFile {
 }
 
 impl ProfileFile {
-    /// "published profile" or "profile file", then the path, for logs.
+    /// "published profile" or "profile file", then the path, for logs (the sources are
+    /// in the file's header, and in [`Self::published`]).
     pub fn describe(&self) -> String {
         match &self.published {
-            Some(sources) if sources.is_empty() => format!("published profile {} (PUBLISHED figures, not measured here)", self.path.display()),
-            Some(sources) => format!("published profile {} (PUBLISHED figures, not measured here; sources: {})", self.path.display(), sources.join("; ")),
+            Some(sources) => format!(
+                "published profile {} (PUBLISHED figures, not measured here; {} source(s) in its header)",
+                self.path.display(),
+                sources.len()
+            ),
             None => format!("profile file {}", self.path.display()),
         }
     }
@@ -759,7 +763,7 @@ mod tests {
         let path = dir.join("p.txt");
         std::fs::write(&path, format!("# PUBLISHED\n# source: x\n{body}")).unwrap();
         let f = read_profile_file(&path).unwrap();
-        assert!(f.describe().starts_with("published profile") && f.describe().contains("sources: x"), "{}", f.describe());
+        assert!(f.describe().starts_with("published profile") && f.describe().contains("1 source"), "{}", f.describe());
         std::fs::write(&path, &body).unwrap();
         assert!(read_profile_file(&path).unwrap().describe().starts_with("profile file"));
         let e = read_profile_file(&dir.join("absent.txt")).unwrap_err();
@@ -785,9 +789,10 @@ mod tests {
         assert!(close(m.bf16_peak, 2.0e12) && close(m.int8_peak, 4.0e12), "per-unit FMOPA / SMOPA peaks");
         assert!(p.dram_read.iter().all(|&b| close(b, 247e9)) && close(p.dram_beside_matrix, 247e9));
         assert_eq!(f.matrix_block, Some((32, 32)));
-        // Every kernel line is its engine's peak, as the header says.
+        // Every type at the paper's fp32-equivalent roofs, as the header says.
+        assert!(close(m.int8_kernel, m.bf16_kernel));
         for c in &p.kernels {
-            let peak = if matches!(c.ty, DType::F16 | DType::BF16 | DType::F32) { p.vec_fp32_peak } else { p.vec_int8_peak };
+            let peak = p.vec_fp32_peak;
             assert!(close(c.vec_m1_ns, 2.0 / peak * 1e9) && close(c.vec_m4_ns, 8.0 / peak * 1e9) && c.stage_ns == 0.0, "{c:?}");
         }
     }

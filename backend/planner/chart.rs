@@ -100,7 +100,15 @@ pub fn roofline_svg(p: &MachineProfile, threads: usize, points: &[Point]) -> Str
         py(bw * 0.15) - 6.0,
         bw / 1e9
     );
-    for (label, flops, colour, dashed) in &ceilings {
+    // Labels at least a line apart: roofs of nearly equal height (a kernel rate equal to
+    // another) would print over each other.
+    let mut label_y: Vec<(usize, f64)> = ceilings.iter().enumerate().map(|(i, c)| (i, py(c.1) + 4.0)).collect();
+    label_y.sort_by(|a, b| a.1.total_cmp(&b.1));
+    for i in 1..label_y.len() {
+        label_y[i].1 = label_y[i].1.max(label_y[i - 1].1 + 12.0);
+    }
+    label_y.sort_by_key(|l| l.0);
+    for ((label, flops, colour, dashed), (_, ly)) in ceilings.iter().zip(&label_y) {
         let y = py(*flops);
         let dash = if *dashed { r#" stroke-dasharray="6,4""# } else { "" };
         let _ = writeln!(
@@ -110,7 +118,7 @@ pub fn roofline_svg(p: &MachineProfile, threads: usize, points: &[Point]) -> Str
             px(flops / bw),
             W - RIGHT,
             W - RIGHT + 4.0,
-            y + 4.0,
+            ly,
             esc(label),
             flops / 1e9
         );

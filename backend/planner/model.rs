@@ -266,11 +266,13 @@ mod tests {
         for ty in crate::calibrate::TYPES {
             for kn in LLAMA_3B {
                 for threads in [p.cores, 8, 4] {
-                    // Decode: a GEMV, memory-bound on the vector units, stays on them.
+                    // Decode: a GEMV stays on the vector units (on all cores, memory-bound; on
+                    // 4, some types' kernels are slower than DRAM, and the unit's padded tiles
+                    // slower still).
                     let s = MatShape { threads, ..on(&p, 1, kn, ty, block) };
                     let (b, all) = best(&p, &s);
                     assert_eq!(b.mode, Mode::Vector, "{ty:?} {kn:?} {threads} threads: {all:?}");
-                    assert!(b.memory_bound, "{ty:?} {kn:?}: {b:?}");
+                    assert!(b.memory_bound || threads < p.cores, "{ty:?} {kn:?}: {b:?}");
                     decode += 1;
                 }
                 // Any batch the vector units run memory-bound: no unit can beat DRAM.
