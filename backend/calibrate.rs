@@ -491,7 +491,7 @@ pub fn to_text(p: &MachineProfile) -> String {
 pub struct ProfileFile {
     pub path: PathBuf,
     pub profile: MachineProfile,
-    /// Where a header comment starts with `PUBLISHED`, the figures are someone's published
+    /// Where a comment line starts with `PUBLISHED`, the figures are someone's published
     /// ones, not measured here: the `source:` comment lines (possibly none).
     pub published: Option<Vec<String>>,
     /// `matrix_block ROWS COLS`: the output block one call of the machine's tile kernel
@@ -564,7 +564,7 @@ fn parse_text(text: &str) -> Result<Parsed, String> {
         attn_blocked_ns: f64::NAN,
         mixed_efficiency: 1.0,
     };
-    let (mut published, mut block) = (None::<Vec<String>>, None);
+    let (mut marked, mut sources, mut block) = (false, Vec::new(), None);
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         let bad = |what: &str| format!("line {}: {what}: {raw:?}", i + 1);
@@ -574,9 +574,9 @@ fn parse_text(text: &str) -> Result<Parsed, String> {
         if let Some(comment) = line.strip_prefix('#') {
             let comment = comment.trim();
             if comment.starts_with("PUBLISHED") {
-                published.get_or_insert_with(Vec::new);
+                marked = true;
             } else if let Some(src) = comment.strip_prefix("source:").or_else(|| comment.strip_prefix("sources:")) {
-                published.get_or_insert_with(Vec::new).push(src.trim().to_string());
+                sources.push(src.trim().to_string());
             }
             continue;
         }
@@ -631,7 +631,7 @@ fn parse_text(text: &str) -> Result<Parsed, String> {
         }
     }
     check(&p)?;
-    Ok((p, published, block))
+    Ok((p, marked.then_some(sources), block))
 }
 
 /// Every figure the planner divides by is finite and positive, and every weight type has
@@ -756,7 +756,7 @@ mod tests {
         assert_eq!(p, synthetic::sme_shared());
         assert_eq!(published, Some(vec!["a paper".to_string(), "a blog".to_string()]));
         assert_eq!(block, Some((32, 16)));
-        let (_, published, block) = parse_text(&format!("# measured on the lab machine\n{body}")).unwrap();
+        let (_, published, block) = parse_text(&format!("# measured on the lab machine\n# source: smepilot calibrate\n{body}")).unwrap();
         assert_eq!((published, block), (None, None));
         let dir = std::env::temp_dir().join(format!("smepilot-profile-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
