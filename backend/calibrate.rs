@@ -94,16 +94,28 @@ pub fn save(path: &std::path::Path, p: &MachineProfile) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// The process's profile: loaded from the cache or measured on first use (logged).
+/// The process's profile: the file SMEPILOT_PROFILE names (read and checked with the
+/// settings; a published one is logged as such), else loaded from the cache or measured on
+/// first use (logged).
 pub fn shared_profile() -> &'static MachineProfile {
     static PROFILE: std::sync::OnceLock<MachineProfile> = std::sync::OnceLock::new();
-    PROFILE.get_or_init(|| with_settings(load_or_measure(|msg| crate::smelog!(Warn, "{msg}"))))
+    PROFILE.get_or_init(|| match crate::config::get().ok().and_then(|c| c.profile.as_ref()) {
+        Some(file) => {
+            crate::smelog!(Warn, "machine profile: {} ({}), not calibrated", file.describe(), file.profile.cpu);
+            with_settings(file.profile.clone())
+        }
+        None => with_settings(load_or_measure(|msg| crate::smelog!(Warn, "{msg}"))),
+    })
 }
 
-/// The profile as the settings restrict it (SMEPILOT_MATRIX_UNITS); the cache keeps
-/// the machine's own figures.
-pub fn with_settings(p: MachineProfile) -> MachineProfile {
-    match crate::config::get().ok().and_then(|c| c.matrix_units) {
+/// The profile as the settings restrict it (SMEPILOT_MATRIX_UNITS; on Arm,
+/// SMEPILOT_DISABLE_SME drops the matrix unit); the cache keeps the machine's own figures.
+pub fn with_settings(mut p: MachineProfile) -> MachineProfile {
+    let Ok(cfg) = crate::config::get() else { return p };
+    if cfg!(target_arch = "aarch64") && cfg.disable_sme {
+        p.matrix = None;
+    }
+    match cfg.matrix_units {
         Some(units) => p.with_matrix_units(units),
         None => p,
     }
@@ -128,6 +140,7 @@ pub fn measure() -> MachineProfile {
         node_overhead: node_overhead(cores),
         attn_row_ns: attention_ns(1, 1024),
         attn_blocked_ns: attention_ns(64, 512),
+        mixed_efficiency: 1.0,
     }
 }
 
@@ -210,7 +223,22 @@ fn matrix_units(cores: usize, fits: TileFits) -> (Option<MatrixUnits>, f64) {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+/// Arm: the SME units' figures come from [`sme_unit_rates`]; until it measures them, a
+/// machine with SME plans as one without a matrix unit unless SMEPILOT_PROFILE gives them.
+#[cfg(target_arch = "aarch64")]
+fn matrix_units(cores: usize, fits: TileFits) -> (Option<MatrixUnits>, f64) {
+    (sme_unit_rates(cores, fits), 0.0)
+}
+
+/// Where the SME rate probe plugs in: the product-only FMOPA / SMOPA peaks of one unit
+/// (one streaming thread per unit, `topology::sme_units` says how many), the tile kernels'
+/// fits from [`kernel_costs`], and the units and cores per unit. Not measured yet: None.
+#[cfg(target_arch = "aarch64")]
+fn sme_unit_rates(_cores: usize, _fits: TileFits) -> Option<MatrixUnits> {
+    None
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn matrix_units(_: usize, _: TileFits) -> (Option<MatrixUnits>, f64) {
     (None, 0.0)
 }
@@ -448,6 +476,7 @@ pub fn to_text(p: &MachineProfile) -> String {
             m.units, m.cores_per_unit, m.bf16_peak, m.int8_peak, m.bf16_kernel, m.act_ns, m.int8_kernel, m.act_i8_ns
         );
     }
+    s += &format!("mixed_efficiency {:e}\n", p.mixed_efficiency);
     for c in &p.kernels {
         s += &format!("kernel {} {:e} {:e} {:e} {}\n", c.ty.name(), c.vec_m1_ns, c.vec_m4_ns, c.stage_ns, if c.tile_int8 { "int8" } else { "bf16" });
     }
@@ -455,8 +484,72 @@ pub fn to_text(p: &MachineProfile) -> String {
     s
 }
 
+/// A profile read from a file (SMEPILOT_PROFILE, `smepilot plan --profile`): the cache
+/// format, plus `#` comment lines, an optional `matrix_block` line, and the marker of a
+/// published profile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProfileFile {
+    pub path: PathBuf,
+    pub profile: MachineProfile,
+    /// Where a comment line starts with `PUBLISHED`, the figures are someone's published
+    /// ones, not measured here: the `source:` comment lines (possibly none).
+    pub published: Option<Vec<String>>,
+    /// `matrix_block ROWS COLS`: the output block one call of the machine's tile kernel
+    /// computes (activation rows, weight rows), for planning a machine this process does
+    /// not run on (the running process takes its own unit's block).
+    pub matrix_block: Option<(usize, usize)>,
+}
+
+impl ProfileFile {
+    /// "published profile" or "profile file", then the path, for logs (the sources are
+    /// in the file's header, and in [`Self::published`]).
+    pub fn describe(&self) -> String {
+        match &self.published {
+            Some(sources) => format!(
+                "published profile {} (PUBLISHED figures, not measured here; {} source(s) in its header)",
+                self.path.display(),
+                sources.len()
+            ),
+            None => format!("profile file {}", self.path.display()),
+        }
+    }
+}
+
+/// The published profiles of the source tree (`bench-scripts/profiles`).
+pub fn published_profiles_dir() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench-scripts/profiles")
+}
+
+/// A profile argument (`smepilot plan --profile`): a bare name (no path separator, no
+/// extension) is `bench-scripts/profiles/NAME.txt`, anything else a path.
+pub fn profile_path(arg: &str) -> PathBuf {
+    if arg.contains(['/', '\\', '.']) {
+        return PathBuf::from(arg);
+    }
+    let local = PathBuf::from("bench-scripts/profiles").join(format!("{arg}.txt"));
+    if local.is_file() {
+        return local;
+    }
+    published_profiles_dir().join(format!("{arg}.txt"))
+}
+
+/// Reads and checks a profile file; the error names the line at fault where there is one.
+pub fn read_profile_file(path: &std::path::Path) -> Result<ProfileFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let (profile, published, matrix_block) = parse_text(&text)?;
+    Ok(ProfileFile { path: path.to_path_buf(), profile, published, matrix_block })
+}
+
 /// Parses [`to_text`]'s output; None if anything is missing or malformed.
 pub fn parse(text: &str) -> Option<MachineProfile> {
+    parse_text(text).ok().map(|(p, _, _)| p)
+}
+
+type Parsed = (MachineProfile, Option<Vec<String>>, Option<(usize, usize)>);
+
+/// The profile, the published marker's sources and the matrix block of a profile text;
+/// the error says which line is malformed, or which figure is missing or unusable.
+fn parse_text(text: &str) -> Result<Parsed, String> {
     let mut p = MachineProfile {
         cpu: String::new(),
         cores: 0,
@@ -469,68 +562,103 @@ pub fn parse(text: &str) -> Option<MachineProfile> {
         node_overhead: 0.0,
         attn_row_ns: f64::NAN,
         attn_blocked_ns: f64::NAN,
+        mixed_efficiency: 1.0,
     };
-    for line in text.lines() {
-        let (key, rest) = line.split_once(' ')?;
-        let nums = || rest.split_whitespace().map(|v| v.parse::<f64>().ok()).collect::<Option<Vec<f64>>>();
+    let (mut marked, mut sources, mut block) = (false, Vec::new(), None);
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        let bad = |what: &str| format!("line {}: {what}: {raw:?}", i + 1);
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix('#') {
+            let comment = comment.trim();
+            if comment.starts_with("PUBLISHED") {
+                marked = true;
+            } else if let Some(src) = comment.strip_prefix("source:").or_else(|| comment.strip_prefix("sources:")) {
+                sources.push(src.trim().to_string());
+            }
+            continue;
+        }
+        let (key, rest) = line.split_once(' ').ok_or_else(|| bad("a key without figures"))?;
+        let rest = rest.trim();
+        let nums = |n: usize, what: &str| -> Result<Vec<f64>, String> {
+            let v: Vec<f64> = rest.split_whitespace().map(|v| v.parse::<f64>().ok()).collect::<Option<_>>().ok_or_else(|| bad(&format!("`{key}` takes numbers")))?;
+            if n > 0 && v.len() != n {
+                return Err(bad(&format!("`{key}` takes {n} number(s): {what}")));
+            }
+            Ok(v)
+        };
+        let count = |v: f64| (v >= 1.0 && v.fract() == 0.0).then_some(v as usize);
         match key {
             "cpu" => p.cpu = rest.to_string(),
-            "cores" => p.cores = rest.parse().ok()?,
-            "node_overhead" => p.node_overhead = rest.parse().ok()?,
-            "dram_read" => p.dram_read = nums()?,
-            "dram_beside_matrix" => p.dram_beside_matrix = rest.parse().ok()?,
+            "cores" => p.cores = count(nums(1, "the core count")?[0]).ok_or_else(|| bad("`cores` is a positive integer"))?,
+            "node_overhead" => p.node_overhead = nums(1, "seconds per node")?[0],
+            "dram_read" => p.dram_read = nums(0, "")?,
+            "dram_beside_matrix" => p.dram_beside_matrix = nums(1, "bytes/s")?[0],
+            "mixed_efficiency" => p.mixed_efficiency = nums(1, "a fraction")?[0],
             "vector" => {
-                let v = nums()?;
-                (p.vec_fp32_peak, p.vec_int8_peak) = (*v.first()?, *v.get(1)?);
+                let v = nums(2, "fp32 and int8 peaks per core")?;
+                (p.vec_fp32_peak, p.vec_int8_peak) = (v[0], v[1]);
             }
             "matrix" => {
-                let v = nums()?;
-                let &[units, per, bf16_peak, int8_peak, bf16_kernel, act_ns, int8_kernel, act_i8_ns] = v.as_slice() else { return None };
-                p.matrix = Some(MatrixUnits { units: units as usize, cores_per_unit: per as usize, bf16_peak, int8_peak, bf16_kernel, act_ns, int8_kernel, act_i8_ns });
+                let v = nums(8, "units, cores per unit, bf16 and int8 peaks, bf16 kernel rate, act ns, int8 kernel rate, int8 act ns")?;
+                let [units, per, bf16_peak, int8_peak, bf16_kernel, act_ns, int8_kernel, act_i8_ns] = v[..] else { unreachable!("eight numbers checked") };
+                let (units, cores_per_unit) = count(units).zip(count(per)).ok_or_else(|| bad("units and cores per unit are positive integers"))?;
+                p.matrix = Some(MatrixUnits { units, cores_per_unit, bf16_peak, int8_peak, bf16_kernel, act_ns, int8_kernel, act_i8_ns });
+            }
+            "matrix_block" => {
+                let v = nums(2, "activation rows and weight rows")?;
+                block = Some(count(v[0]).zip(count(v[1])).ok_or_else(|| bad("block sizes are positive integers"))?);
             }
             "attention" => {
-                let v = nums()?;
-                let &[row, blocked] = v.as_slice() else { return None };
-                (p.attn_row_ns, p.attn_blocked_ns) = (row, blocked);
+                let v = nums(2, "per-row and blocked ns")?;
+                (p.attn_row_ns, p.attn_blocked_ns) = (v[0], v[1]);
             }
             "kernel" => {
-                let (name, vals) = rest.split_once(' ')?;
-                let ty = TYPES.into_iter().find(|t| t.name() == name)?;
-                let (vals, engine) = vals.rsplit_once(' ')?;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let &[name, m1, m4, stage, engine] = f.as_slice() else { return Err(bad("`kernel` takes a type, three ns figures and int8 or bf16")) };
+                let ty = TYPES.into_iter().find(|t| t.name() == name).ok_or_else(|| bad(&format!("unknown weight type {name:?}")))?;
                 let tile_int8 = match engine {
                     "int8" => true,
                     "bf16" => false,
-                    _ => return None,
+                    _ => return Err(bad("the tile kernel is int8 or bf16")),
                 };
-                let v: Vec<f64> = vals.split_whitespace().map(|v| v.parse().ok()).collect::<Option<_>>()?;
-                let &[vec_m1_ns, vec_m4_ns, stage_ns] = v.as_slice() else { return None };
-                p.kernels.push(KernelCost { ty, vec_m1_ns, vec_m4_ns, stage_ns, tile_int8 });
+                let v: Vec<f64> = [m1, m4, stage].iter().map(|v| v.parse().ok()).collect::<Option<_>>().ok_or_else(|| bad("`kernel` figures are numbers"))?;
+                p.kernels.push(KernelCost { ty, vec_m1_ns: v[0], vec_m4_ns: v[1], stage_ns: v[2], tile_int8 });
             }
-            _ => return None,
+            _ => return Err(bad(&format!("unknown key {key:?}"))),
         }
     }
-    valid(&p).then_some(p)
+    check(&p)?;
+    Ok((p, marked.then_some(sources), block))
 }
 
 /// Every figure the planner divides by is finite and positive, and every weight type has
-/// its kernel costs (a damaged or partial cache is measured again, not trusted).
-fn valid(p: &MachineProfile) -> bool {
+/// its kernel costs (a damaged or partial cache is measured again, not trusted). Staging
+/// may be zero (a published roofline with packed layouts reused) or infinite (no matrix
+/// path for the type).
+fn check(p: &MachineProfile) -> Result<(), String> {
     let pos = |v: f64| v.is_finite() && v > 0.0;
-    let matrix_ok = p.matrix.as_ref().is_none_or(|m| m.units > 0 && pos(m.bf16_peak) && pos(m.int8_peak) && pos(m.bf16_kernel) && m.act_ns.is_finite() && m.act_ns >= 0.0
-        && m.int8_kernel.is_finite() && m.int8_kernel >= 0.0 && m.act_i8_ns.is_finite() && m.act_i8_ns >= 0.0);
-    p.cores > 0
-        && p.dram_read.len() == p.cores
-        && p.dram_read.iter().all(|&b| pos(b))
-        && p.dram_beside_matrix.is_finite()
-        && p.dram_beside_matrix >= 0.0
-        && pos(p.vec_fp32_peak)
-        && pos(p.vec_int8_peak)
-        && p.node_overhead.is_finite()
-        && p.node_overhead >= 0.0
-        && matrix_ok
-        && pos(p.attn_row_ns)
-        && pos(p.attn_blocked_ns)
-        && TYPES.iter().all(|&ty| p.kernel(ty).is_some_and(|c| pos(c.vec_m1_ns) && pos(c.vec_m4_ns) && (c.stage_ns > 0.0)))
+    let nonneg = |v: f64| v.is_finite() && v >= 0.0;
+    let need = |ok: bool, what: &str| if ok { Ok(()) } else { Err(format!("missing or unusable figure: {what}")) };
+    need(p.cores > 0, "cores")?;
+    need(p.dram_read.len() == p.cores, &format!("dram_read needs one figure per thread count 1..={}, has {}", p.cores, p.dram_read.len()))?;
+    need(p.dram_read.iter().all(|&b| pos(b)), "dram_read (positive bytes/s)")?;
+    need(nonneg(p.dram_beside_matrix), "dram_beside_matrix")?;
+    need(pos(p.vec_fp32_peak) && pos(p.vec_int8_peak), "vector peaks")?;
+    need(nonneg(p.node_overhead), "node_overhead")?;
+    need(p.mixed_efficiency > 0.0 && p.mixed_efficiency <= 1.0, "mixed_efficiency (above 0, at most 1)")?;
+    if let Some(m) = &p.matrix {
+        need(pos(m.bf16_peak) && pos(m.int8_peak) && pos(m.bf16_kernel), "matrix peaks and bf16 kernel rate")?;
+        need(nonneg(m.act_ns) && nonneg(m.int8_kernel) && nonneg(m.act_i8_ns), "matrix activation costs and int8 kernel rate")?;
+    }
+    need(pos(p.attn_row_ns) && pos(p.attn_blocked_ns), "attention")?;
+    for ty in TYPES {
+        let c = p.kernel(ty).ok_or_else(|| format!("missing figure: kernel {}", ty.name()))?;
+        need(pos(c.vec_m1_ns) && pos(c.vec_m4_ns) && c.stage_ns >= 0.0, &format!("kernel {}", ty.name()))?;
+    }
+    Ok(())
 }
 
 /// The profile as a human-readable report (`smepilot calibrate`).
@@ -580,7 +708,9 @@ mod tests {
 
     #[test]
     fn the_cache_format_round_trips() {
-        for p in [synthetic::amx_like(), synthetic::sme_shared(), synthetic::no_matrix()] {
+        let mut mixed = synthetic::sme_shared();
+        mixed.mixed_efficiency = 0.9;
+        for p in [synthetic::amx_like(), synthetic::sme_shared(), synthetic::no_matrix(), mixed] {
             assert_eq!(parse(&to_text(&p)), Some(p));
         }
         assert_eq!(parse("cores two\n"), None);
@@ -589,6 +719,82 @@ mod tests {
         let cut: String = text.lines().take(text.lines().count() - 1).map(|l| format!("{l}\n")).collect();
         assert_eq!(parse(&cut), None);
         assert_eq!(parse(&text.replace("dram_read 1.6e10", "dram_read NaN")), None);
+        // Caches written before mixed_efficiency existed still load, at 1.
+        let old: String = text.lines().filter(|l| !l.starts_with("mixed_efficiency")).map(|l| format!("{l}\n")).collect();
+        assert_eq!(parse(&old).map(|p| p.mixed_efficiency), Some(1.0));
+    }
+
+    #[test]
+    fn a_malformed_profile_names_its_line() {
+        let text = to_text(&synthetic::sme_shared());
+        let lines: Vec<&str> = text.lines().collect();
+        let at = |key: &str| lines.iter().position(|l| l.starts_with(key)).unwrap() + 1;
+        for (key, bad, want) in [
+            ("vector", "vector 1e11", "takes 2 number"),
+            ("matrix", "matrix 1.5 4 2e12 4e12 1e12 0.5 2e12 0.6", "positive integers"),
+            ("kernel q6_K", "kernel q6_K 0.1 0.2 0.3 fp8", "int8 or bf16"),
+            ("cores", "cores 4 4", "takes 1 number"),
+            ("dram_read", "dram_read fast", "takes numbers"),
+        ] {
+            let broken = text.replace(lines[at(key) - 1], bad);
+            let e = parse_text(&broken).unwrap_err();
+            assert!(e.starts_with(&format!("line {}:", at(key))) && e.contains(want), "{key}: {e}");
+        }
+        let e = parse_text(&format!("{text}turbo 1\n")).unwrap_err();
+        assert!(e.contains(&format!("line {}", lines.len() + 1)) && e.contains("turbo"), "{e}");
+        // A figure missing altogether is named.
+        let e = parse_text(&text.replace("attention", "# attention")).unwrap_err();
+        assert!(e.contains("attention"), "{e}");
+        let e = parse_text(&text.replace(lines[at("dram_read") - 1], "dram_read 1e9")).unwrap_err();
+        assert!(e.contains("dram_read"), "{e}");
+    }
+
+    #[test]
+    fn comments_and_the_published_marker_are_read() {
+        let body = to_text(&synthetic::sme_shared());
+        let (p, published, block) = parse_text(&format!("# PUBLISHED, not measured\n# source: a paper\n\n# source: a blog\n{body}matrix_block 32 16\n")).unwrap();
+        assert_eq!(p, synthetic::sme_shared());
+        assert_eq!(published, Some(vec!["a paper".to_string(), "a blog".to_string()]));
+        assert_eq!(block, Some((32, 16)));
+        let (_, published, block) = parse_text(&format!("# measured on the lab machine\n# source: smepilot calibrate\n{body}")).unwrap();
+        assert_eq!((published, block), (None, None));
+        let dir = std::env::temp_dir().join(format!("smepilot-profile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.txt");
+        std::fs::write(&path, format!("# PUBLISHED\n# source: x\n{body}")).unwrap();
+        let f = read_profile_file(&path).unwrap();
+        assert!(f.describe().starts_with("published profile") && f.describe().contains("1 source"), "{}", f.describe());
+        std::fs::write(&path, &body).unwrap();
+        assert!(read_profile_file(&path).unwrap().describe().starts_with("profile file"));
+        let e = read_profile_file(&dir.join("absent.txt")).unwrap_err();
+        assert!(e.contains("absent.txt"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The published M4 Pro profile holds the figures its header cites.
+    #[test]
+    fn the_published_m4_pro_profile_matches_its_sources() {
+        assert_eq!(profile_path("m4-pro").file_name().unwrap(), "m4-pro.txt");
+        assert_eq!(profile_path("./x.txt"), PathBuf::from("./x.txt"));
+        let f = read_profile_file(&profile_path("m4-pro")).unwrap();
+        let sources = f.published.as_ref().expect("marked PUBLISHED");
+        assert!(sources.iter().any(|s| s.contains("2606.16332")) && sources.iter().any(|s| s.contains("m4-sme-exploration")), "{sources:?}");
+        let p = &f.profile;
+        let m = p.matrix.as_ref().unwrap();
+        let close = |a: f64, b: f64| (a / b - 1.0).abs() < 1e-3;
+        assert_eq!((m.units, m.cores_per_unit, p.cores), (2, 5, 14));
+        assert!(close(m.bf16_kernel * m.units as f64, 2.92e12), "SME 2.92 TFLOP/s over the units");
+        assert!(close(p.vec_fp32_peak * p.cores as f64, 1.85e12), "CPU cores 1.85 TFLOP/s");
+        assert!(close(p.mixed_efficiency * (2.92e12 + 1.85e12), 4.27e12), "mixed 4.27 TFLOP/s");
+        assert!(close(m.bf16_peak, 2.0e12) && close(m.int8_peak, 4.0e12), "per-unit FMOPA / SMOPA peaks");
+        assert!(p.dram_read.iter().all(|&b| close(b, 247e9)) && close(p.dram_beside_matrix, 247e9));
+        assert_eq!(f.matrix_block, Some((32, 32)));
+        // Every type at the paper's fp32-equivalent roofs, as the header says.
+        assert!(close(m.int8_kernel, m.bf16_kernel));
+        for c in &p.kernels {
+            let peak = p.vec_fp32_peak;
+            assert!(close(c.vec_m1_ns, 2.0 / peak * 1e9) && close(c.vec_m4_ns, 8.0 / peak * 1e9) && c.stage_ns == 0.0, "{c:?}");
+        }
     }
 
     /// A real calibration: every figure positive and finite where the path exists (the

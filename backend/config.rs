@@ -23,8 +23,10 @@ pub struct Config {
     /// SMEPILOT_DISABLE_SME=1: leave Arm's SME unit alone (the NEON kernels run).
     pub disable_sme: bool,
     /// SMEPILOT_PROFILE=path: the machine profile (roofs, units) read from a file instead
-    /// of calibrated, e.g. a published one for a machine that cannot be measured here.
-    pub profile: Option<std::path::PathBuf>,
+    /// of calibrated, e.g. a published one for a machine that cannot be measured here. Read
+    /// and checked with the other settings: a missing or malformed file is a settings error
+    /// naming the line at fault.
+    pub profile: Option<crate::calibrate::ProfileFile>,
     /// SMEPILOT_AMX_INT8 (default 1): Q4_0, Q4_1 and Q8_0 products on the int8 tile kernel,
     /// activations quantized per 32-block and block scales applied in ggml-cpu's order (the
     /// same numbers as stock's AMX kernel); 0 unpacks them to bf16 for the bf16 tile kernel.
@@ -165,7 +167,7 @@ impl Config {
             profile: match var("SMEPILOT_PROFILE") {
                 None => None,
                 Some(v) if v.is_empty() => return Err("SMEPILOT_PROFILE is set but empty (give a profile file's path)".into()),
-                Some(v) => Some(v.into()),
+                Some(v) => Some(crate::calibrate::read_profile_file(std::path::Path::new(&v)).map_err(|e| format!("SMEPILOT_PROFILE={v:?}: {e}"))?),
             },
             amx_int8: var("SMEPILOT_AMX_INT8").is_none() || flag(&var, "SMEPILOT_AMX_INT8")?,
             threads,
@@ -280,6 +282,29 @@ mod tests {
             let e = parse(&[(k, v)]).unwrap_err();
             assert!(e.contains(k) && e.contains(v), "{e}");
         }
+    }
+
+    #[test]
+    fn the_profile_file_is_read_with_the_settings() {
+        let dir = std::env::temp_dir().join(format!("smepilot-config-profile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = crate::calibrate::to_text(&crate::planner::profile::synthetic::sme_shared());
+        let good = dir.join("good.txt");
+        std::fs::write(&good, format!("# PUBLISHED\n# source: test\n{text}")).unwrap();
+        let c = parse(&[("SMEPILOT_PROFILE", good.to_str().unwrap())]).unwrap();
+        let f = c.profile.expect("profile read");
+        assert_eq!(f.profile, crate::planner::profile::synthetic::sme_shared());
+        assert_eq!(f.published, Some(vec!["test".to_string()]));
+        // Malformed: the variable and the line are named, and the settings are refused.
+        let bad = dir.join("bad.txt");
+        std::fs::write(&bad, text.replacen("vector ", "vector x", 1)).unwrap();
+        let line = text.lines().position(|l| l.starts_with("vector ")).unwrap() + 1;
+        let e = parse(&[("SMEPILOT_PROFILE", bad.to_str().unwrap())]).unwrap_err();
+        assert!(e.contains("SMEPILOT_PROFILE") && e.contains("bad.txt") && e.contains(&format!("line {line}:")), "{e}");
+        let e = parse(&[("SMEPILOT_PROFILE", dir.join("missing.txt").to_str().unwrap())]).unwrap_err();
+        assert!(e.contains("SMEPILOT_PROFILE") && e.contains("missing.txt"), "{e}");
+        assert!(parse(&[("SMEPILOT_PROFILE", "")]).unwrap_err().contains("SMEPILOT_PROFILE"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 

@@ -1,11 +1,14 @@
 //! `smepilot`: the planner's command line.
 //!
-//! * `smepilot calibrate [--cached]`: measures this machine's profile (or shows the cached
-//!   one), saves it where the backend loads it, and prints the figures.
-//! * `smepilot plan -m model.gguf [--batch 1,16,512] [--threads N] [--svg out.svg]`: reads
-//!   the model's matrix-product weights, prints the planner's prediction for every mode and
-//!   its choice per shape and batch size, and draws the roofline chart with each shape on
-//!   it.
+//! * `smepilot calibrate [--cached | --profile NAME]`: measures this machine's profile (or
+//!   shows the cached one, or a profile file's), saves it where the backend loads it, and
+//!   prints the figures.
+//! * `smepilot plan -m model.gguf [--profile NAME] [--batch 1,16,512] [--threads N]
+//!   [--svg out.svg]`: reads the model's matrix-product weights, prints the planner's
+//!   prediction for every mode and its choice per shape and batch size, and draws the
+//!   roofline chart with each shape on it. `--profile` plans another machine from its
+//!   profile file: a bare name is `bench-scripts/profiles/NAME.txt` (e.g. `m4-pro`, the
+//!   published Apple M4 Pro figures), anything else a path; SMEPILOT_PROFILE does the same.
 
 mod gguf;
 
@@ -15,8 +18,9 @@ use smepilot_engine::dtype::DType;
 use smepilot_engine::ops::matrix_block_for_type;
 use smepilot_engine::planner::chart::{self, Point};
 use smepilot_engine::planner::model::{self, MatShape};
-use smepilot_engine::calibrate;
+use smepilot_engine::calibrate::{self, ProfileFile};
 use smepilot_engine::plan::Mode;
+use smepilot_engine::planner::profile::MachineProfile;
 
 /// Writes a line to stdout; a closed pipe (`smepilot calibrate | head -3`) ends the
 /// program quietly instead of panicking.
@@ -33,7 +37,7 @@ macro_rules! outln {
     }};
 }
 
-const USAGE: &str = "usage: smepilot calibrate [--cached]\n       smepilot plan -m model.gguf [--batch 1,16,512] [--threads N] [--svg out.svg]";
+const USAGE: &str = "usage: smepilot calibrate [--cached | --profile NAME|PATH]\n       smepilot plan -m model.gguf [--profile NAME|PATH] [--batch 1,16,512] [--threads N] [--svg out.svg]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -53,10 +57,37 @@ fn main() {
     }
 }
 
+/// The profile file `--profile` names, read and checked.
+fn profile_file(arg: &str) -> Result<ProfileFile, String> {
+    calibrate::read_profile_file(&calibrate::profile_path(arg)).map_err(|e| format!("--profile {arg}: {e}"))
+}
+
+/// The profile to plan with: `--profile`'s, else SMEPILOT_PROFILE's, else this machine's
+/// (cached or measured); the file it came from, if any.
+fn planning_profile(arg: Option<&str>) -> Result<(MachineProfile, Option<ProfileFile>), String> {
+    let file = match arg {
+        Some(a) => Some(profile_file(a)?),
+        None => smepilot_engine::config::get().ok().and_then(|c| c.profile.clone()),
+    };
+    Ok(match file {
+        Some(f) => (calibrate::with_settings(f.profile.clone()), Some(f)),
+        None => (calibrate::with_settings(calibrate::load_or_measure(|msg| eprintln!("smepilot: {msg}"))), None),
+    })
+}
+
 fn calibrate_cmd(args: &[String]) -> Result<(), String> {
     let cached = match args {
         [] => false,
         [a] if a == "--cached" => true,
+        [a, name] if a == "--profile" => {
+            let f = profile_file(name)?;
+            outln!("{}", f.describe());
+            for src in f.published.iter().flatten() {
+                outln!("  source: {src}");
+            }
+            outln!("{}", calibrate::report(&f.profile).trim_end());
+            return Ok(());
+        }
         _ => return Err(USAGE.to_string()),
     };
     let path = calibrate::cache_path();
@@ -118,7 +149,7 @@ fn model_weights(path: &str) -> Result<Vec<Weight>, String> {
 }
 
 fn plan_cmd(args: &[String]) -> Result<(), String> {
-    let (mut model_path, mut batches, mut threads, mut svg) = (None, vec![1usize, 16, 512], None, None);
+    let (mut model_path, mut batches, mut threads, mut svg, mut profile_arg) = (None, vec![1usize, 16, 512], None, None, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{a} needs a value\n{USAGE}"));
@@ -130,6 +161,7 @@ fn plan_cmd(args: &[String]) -> Result<(), String> {
             }
             "-t" | "--threads" => threads = Some(value()?.parse::<usize>().ok().filter(|&t| t > 0).ok_or_else(|| format!("{a}: a positive integer"))?),
             "--svg" => svg = Some(value()?.clone()),
+            "--profile" => profile_arg = Some(value()?.clone()),
             _ => return Err(format!("unknown argument {a:?}\n{USAGE}")),
         }
     }
@@ -138,21 +170,39 @@ fn plan_cmd(args: &[String]) -> Result<(), String> {
     if weights.is_empty() {
         return Err(format!("{model_path}: no matrix-product weights found"));
     }
-    let profile = calibrate::with_settings(calibrate::load_or_measure(|msg| eprintln!("smepilot: {msg}")));
+    let (profile, file) = planning_profile(profile_arg.as_deref())?;
     let threads = threads.unwrap_or(profile.cores);
+    // The matrix path's output block: the profile file's where it gives one (a machine this
+    // process does not run on), else this machine's unit's.
+    let block = |ty: DType, k: usize| match file.as_ref().and_then(|f| f.matrix_block) {
+        Some(b) => profile.matrix.as_ref().and(profile.kernel(ty)).filter(|c| c.stage_ns.is_finite()).map(|_| b),
+        None => matrix_block_for_type(ty, k),
+    };
+    if let Some(f) = &file {
+        outln!("machine profile: {}", f.describe());
+        for src in f.published.iter().flatten() {
+            outln!("  source: {src}");
+        }
+    }
     outln!("plan for {model_path} on {} ({threads} threads); predicted us per call", profile.cpu);
-    outln!("{:<28} {:>6} {:>7} {:>6} {:>3} {:>5} {:>11} {:>11} {:>11} {:>7} {:>9}", "weight", "K", "N", "type", "x", "M", "vector", "matrix", "coop", "choice", "flop/B");
+    outln!("{:<28} {:>6} {:>7} {:>6} {:>3} {:>5} {:>11} {:>11} {:>11} {:>7} {:>10} {:>9}", "weight", "K", "N", "type", "x", "M", "vector", "matrix", "coop", "choice", "drivers", "flop/B");
     let mut points = Vec::new();
     for &m in &batches {
         let mut total = 0.0;
         for w in &weights {
-            let s = MatShape { m, n: w.n, k: w.k, ty: w.ty, threads, matrix_block: matrix_block_for_type(w.ty, w.k) };
+            let s = MatShape { m, n: w.n, k: w.k, ty: w.ty, threads, matrix_block: block(w.ty, w.k) };
             let (best, all) = model::best(&profile, &s);
             let us = |i: usize| all[i].map_or("-".to_string(), |p| format!("{:.1}", p.secs * 1e6));
             let intensity = s.flops() / s.weight_bytes();
+            // Threads on the matrix units, and for coop the weight rows they take.
+            let drivers = match best.mode {
+                Mode::Vector => "-".to_string(),
+                Mode::Matrix => best.matrix_threads.to_string(),
+                Mode::Coop => format!("{} ({:.0}%)", best.matrix_threads, best.matrix_share * 100.0),
+            };
             outln!(
-                "{:<28} {:>6} {:>7} {:>6} {:>3} {:>5} {:>11} {:>11} {:>11} {:>7} {:>9.2}",
-                w.name, w.k, w.n, w.ty.name(), w.count, m, us(0), us(1), us(2), best.mode.name(), intensity
+                "{:<28} {:>6} {:>7} {:>6} {:>3} {:>5} {:>11} {:>11} {:>11} {:>7} {:>10} {:>9.2}",
+                w.name, w.k, w.n, w.ty.name(), w.count, m, us(0), us(1), us(2), best.mode.name(), drivers, intensity
             );
             total += best.secs * w.count as f64;
             points.push(Point { label: format!("{} {}x{} {} M={m}", w.name, w.k, w.n, w.ty.name()), intensity, perf: s.flops() / best.secs, mode: best.mode });

@@ -346,4 +346,27 @@ mod tests {
         let db = p.decide(&b);
         assert!(db.estimate > db.predicted * 1.2, "{db:?}");
     }
+
+    #[test]
+    fn plans_give_each_shared_unit_one_driver_and_the_other_cores_vector_work() {
+        let f = crate::calibrate::read_profile_file(&crate::calibrate::profile_path("m4-pro")).unwrap();
+        let units = f.profile.matrix.as_ref().unwrap().units;
+        for setting in [ModeSetting::Auto, ModeSetting::Forced(Mode::Matrix), ModeSetting::Forced(Mode::Coop)] {
+            let mut p = Planner::new(f.profile.clone(), setting);
+            for m in [1, 16, 512] {
+                let s = MatShape { m, n: 3072, k: 3072, ty: DType::F16, threads: f.profile.cores, matrix_block: f.matrix_block };
+                let d = p.decide(&s);
+                match d.mode {
+                    Mode::Vector => assert_eq!(d.plan.matrix_threads, 0),
+                    Mode::Matrix | Mode::Coop => assert_eq!(d.plan.matrix_threads, units, "{setting:?} M={m}: {d:?}"),
+                }
+            }
+            // Decode goes to the vector units unless a mode is forced; prefill to coop.
+            if setting == ModeSetting::Auto {
+                let decode = MatShape { m: 1, n: 3072, k: 3072, ty: DType::Q4_0, threads: f.profile.cores, matrix_block: f.matrix_block };
+                assert_eq!(p.decide(&decode).mode, Mode::Vector);
+                assert_eq!(p.decide(&MatShape { m: 512, ..decode }).mode, Mode::Coop);
+            }
+        }
+    }
 }

@@ -52,6 +52,10 @@ pub fn roofline_svg(p: &MachineProfile, threads: usize, points: &[Point]) -> Str
         ceilings.push(("matrix bf16 kernel".into(), m.bf16_kernel * units, "#d62728", false));
         ceilings.push(("matrix int8 peak".into(), m.int8_peak * units, "#ff7f0e", true));
         ceilings.push(("matrix int8 kernel".into(), m.int8_kernel * units, "#ff7f0e", false));
+        // Coop's roof: the bf16 tile kernels and the other threads' fp32 peak, together at
+        // the profile's mixed efficiency.
+        let vector_threads = (threads as f64 - units).max(0.0);
+        ceilings.push(("matrix + vector".into(), (m.bf16_kernel * units + p.vec_fp32_peak * vector_threads) * p.mixed_efficiency, "#2ca02c", false));
     }
     // Only finite, positive figures can be drawn on log axes.
     ceilings.retain(|c| c.1.is_finite() && c.1 > 0.0);
@@ -96,7 +100,15 @@ pub fn roofline_svg(p: &MachineProfile, threads: usize, points: &[Point]) -> Str
         py(bw * 0.15) - 6.0,
         bw / 1e9
     );
-    for (label, flops, colour, dashed) in &ceilings {
+    // Labels at least a line apart: roofs of nearly equal height (a kernel rate equal to
+    // another) would print over each other.
+    let mut label_y: Vec<(usize, f64)> = ceilings.iter().enumerate().map(|(i, c)| (i, py(c.1) + 4.0)).collect();
+    label_y.sort_by(|a, b| a.1.total_cmp(&b.1));
+    for i in 1..label_y.len() {
+        label_y[i].1 = label_y[i].1.max(label_y[i - 1].1 + 12.0);
+    }
+    label_y.sort_by_key(|l| l.0);
+    for ((label, flops, colour, dashed), (_, ly)) in ceilings.iter().zip(&label_y) {
         let y = py(*flops);
         let dash = if *dashed { r#" stroke-dasharray="6,4""# } else { "" };
         let _ = writeln!(
@@ -106,7 +118,7 @@ pub fn roofline_svg(p: &MachineProfile, threads: usize, points: &[Point]) -> Str
             px(flops / bw),
             W - RIGHT,
             W - RIGHT + 4.0,
-            y + 4.0,
+            ly,
             esc(label),
             flops / 1e9
         );
@@ -147,7 +159,7 @@ mod tests {
         ];
         let svg = roofline_svg(&p, 2, &pts);
         assert_eq!(svg.matches(r#"class="op""#).count(), 2);
-        assert_eq!(svg.matches(r#"class="roof""#).count(), 7, "DRAM, 2 vector and 4 matrix roofs");
+        assert_eq!(svg.matches(r#"class="roof""#).count(), 8, "DRAM, 2 vector, 4 matrix roofs and coop's");
         assert!(svg.contains("a &lt;1&gt;") && svg.ends_with("</svg>\n"));
         let none = roofline_svg(&synthetic::no_matrix(), 4, &pts);
         assert_eq!(none.matches(r#"class="roof""#).count(), 3);

@@ -75,6 +75,10 @@ pub struct MachineProfile {
     /// element on one core: the per-row path (decode) and the blocked path (prefill).
     pub attn_row_ns: f64,
     pub attn_blocked_ns: f64,
+    /// Fraction of the summed matrix and vector rates that the two reach running at once
+    /// (caches, bandwidth and power are shared): the paper's mixed peak over the sum of the
+    /// SME and CPU peaks. 1 where not measured.
+    pub mixed_efficiency: f64,
 }
 
 impl MachineProfile {
@@ -88,7 +92,8 @@ impl MachineProfile {
         self.kernels.iter().find(|c| c.ty == ty)
     }
 
-    /// Threads that can drive a matrix unit at once out of `threads`: one per unit.
+    /// Threads that can drive a matrix unit at once out of `threads`: one per unit, so a
+    /// unit shared by a cluster's cores never has a second driver queueing on it.
     pub fn matrix_drivers(&self, threads: usize) -> usize {
         self.matrix.as_ref().map_or(0, |m| threads.min(m.units))
     }
@@ -129,6 +134,7 @@ pub mod synthetic {
             node_overhead: 2e-6,
             attn_row_ns: 0.5,
             attn_blocked_ns: 0.1,
+            mixed_efficiency: 1.0,
         }
     }
 
@@ -146,6 +152,7 @@ pub mod synthetic {
             node_overhead: 2e-6,
             attn_row_ns: 0.5,
             attn_blocked_ns: 0.1,
+            mixed_efficiency: 1.0,
         }
     }
 
@@ -163,6 +170,7 @@ pub mod synthetic {
             node_overhead: 2e-6,
             attn_row_ns: 0.5,
             attn_blocked_ns: 0.1,
+            mixed_efficiency: 1.0,
         }
     }
 }
