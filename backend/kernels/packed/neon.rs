@@ -35,8 +35,8 @@ pub(super) fn gemv_i8mm(layout: Layout, nb: usize, groups: &[u8], ng: usize, act
 
 /// Lengths first, then the SIMD body, as the x86 tiers: `groups` holds `ng` consecutive row
 /// groups; `out[gi * m + j]` receives group gi against activation row j. The caller checked
-/// the CPU (dotprod; I8MM if `USDOT`).
-fn gemv_with<const USDOT: bool>(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
+/// the CPU (dotprod; I8MM if `I8MM`).
+fn gemv_with<const I8MM: bool>(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
     let (ab, m) = (layout.act_type().block_bytes(), acts.len());
     let gbytes = nb * layout.group_block();
     assert!(groups.len() >= ng * gbytes && out.len() >= ng * m);
@@ -54,7 +54,7 @@ fn gemv_with<const USDOT: bool>(layout: Layout, nb: usize, groups: &[u8], ng: us
             match layout {
                 Layout::Q4_0x16 => q4_0x16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $s.try_into().unwrap(), $o),
                 Layout::Q4_1x16 => q4_1x16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
-                Layout::Q8_0x16 => q8_0x16_pass::<$m, $g, USDOT>(nb, &$gs, $a.try_into().unwrap(), $s.try_into().unwrap(), $o),
+                Layout::Q8_0x16 => q8_0x16_pass::<$m, $g, I8MM>(nb, &$gs, $a.try_into().unwrap(), $s.try_into().unwrap(), $o),
                 Layout::Q4_Kx16 => q4_kx16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
                 Layout::Q6_Kx16 => q6_kx16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
             }
@@ -73,6 +73,24 @@ fn gemv_with<const USDOT: bool>(layout: Layout, nb: usize, groups: &[u8], ng: us
             let e = (c + M_PASS).min(m);
             let (a, o) = (&acts[c..e], &mut out[gi * m + c..gi * m + e]);
             let s = if with_sums { &s_all[c..e] } else { &[&[][..]; M_PASS][..e - c] };
+            // With I8MM, pairs of rows of the legacy layouts go through SMMLA (half the
+            // multiply instructions of SDOT); a last odd row through SDOT.
+            if I8MM && e - c >= 2 && !matches!(layout, Layout::Q4_Kx16 | Layout::Q6_Kx16) {
+                let pairs = 2 * ((e - c) / 2);
+                let (sp, op) = if with_sums { (&s[..pairs], &s[pairs..]) } else { (&s[..0], &s[..0]) };
+                // SAFETY: lengths checked above; the I8MM entry checked the CPU.
+                unsafe {
+                    match pairs {
+                        2 => legacy_mmla_pass::<1>(layout, nb, g[0], a[..2].try_into().unwrap(), sp, &mut o[..2]),
+                        _ => legacy_mmla_pass::<2>(layout, nb, g[0], a[..4].try_into().unwrap(), sp, &mut o[..4]),
+                    }
+                    if pairs < e - c {
+                        let s1: &[&[i32]] = if with_sums { op } else { &[&[]] };
+                        pass!(1, 1, g, &a[pairs..], s1, &mut o[pairs..]);
+                    }
+                }
+                continue;
+            }
             unsafe {
                 match e - c {
                     1 => pass!(1, 1, g, a, s, o),
@@ -107,6 +125,33 @@ unsafe fn usdot<const J: i32>(mut acc: int32x4_t, w: uint8x16_t, a: int8x16_t) -
     // SAFETY: register-only; the caller vouches for FEAT_I8MM.
     unsafe {
         asm!(".arch_extension i8mm", "usdot {acc:v}.4s, {w:v}.16b, {a:v}.4b[{j}]", acc = inout(vreg) acc, w = in(vreg) w, a = in(vreg) a, j = const J, options(pure, nomem, nostack, preserves_flags));
+    }
+    acc
+}
+
+/// `acc += w x a^T` for a 2x8 weight matrix `w` (two rows of 8 bytes) and a 2x8 activation
+/// matrix `a`: `acc = [w0.a0, w0.a1, w1.a0, w1.a1]`, signed bytes (SMMLA).
+///
+/// # Safety
+/// The CPU has I8MM.
+#[inline(always)]
+unsafe fn smmla(mut acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+    // SAFETY: register-only; the caller vouches for FEAT_I8MM.
+    unsafe {
+        asm!(".arch_extension i8mm", "smmla {acc:v}.4s, {w:v}.16b, {a:v}.16b", acc = inout(vreg) acc, w = in(vreg) w, a = in(vreg) a, options(pure, nomem, nostack, preserves_flags));
+    }
+    acc
+}
+
+/// As [`smmla`] with `w` unsigned (USMMLA).
+///
+/// # Safety
+/// The CPU has I8MM.
+#[inline(always)]
+unsafe fn usmmla(mut acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+    // SAFETY: register-only; the caller vouches for FEAT_I8MM.
+    unsafe {
+        asm!(".arch_extension i8mm", "usmmla {acc:v}.4s, {w:v}.16b, {a:v}.16b", acc = inout(vreg) acc, w = in(vreg) w, a = in(vreg) a, options(pure, nomem, nostack, preserves_flags));
     }
     acc
 }
@@ -296,15 +341,15 @@ unsafe fn q4_1x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
 }
 
 /// As [`q4_0x16_pass`] for `Q8_0x16`: eight weight registers per block and row quarter,
-/// stored q + 128. With `USDOT` (I8MM) they are dotted as unsigned bytes from -128 * sum(a);
+/// stored q + 128. With I8MM they are dotted by USDOT as unsigned bytes from -128 * sum(a);
 /// without, `EOR 0x80` makes them signed again for SDOT.
 ///
 /// # Safety
-/// As [`q4_0x16_pass`]; the CPU has I8MM if `USDOT`.
-unsafe fn q8_0x16_pass<const M: usize, const G: usize, const USDOT: bool>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], sums: &[&[i32]; M], out: &mut [[f32; 16]]) {
+/// As [`q4_0x16_pass`]; the CPU has I8MM if `I8MM`.
+unsafe fn q8_0x16_pass<const M: usize, const G: usize, const I8MM: bool>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], sums: &[&[i32]; M], out: &mut [[f32; 16]]) {
     const GB: usize = Layout::Q8_0x16.group_block();
     let bq8 = DType::Q8_0.block_bytes();
-    // SAFETY: as in `q4_0x16_pass`; `usdot` only when `USDOT`, which the I8MM entry sets.
+    // SAFETY: as in `q4_0x16_pass`; `usdot` only when `I8MM`, which only the I8MM entry sets.
     unsafe {
         let mut f = [[[vdupq_n_f32(0.0); 4]; M]; G];
         let bias = vdupq_n_u8(0x80);
@@ -320,7 +365,7 @@ unsafe fn q8_0x16_pass<const M: usize, const G: usize, const USDOT: bool>(nb: us
                     for (j, a) in acts.iter().enumerate() {
                         let ab = a.as_ptr().add(b * bq8);
                         let (a0, a1) = (vld1q_s8(ab.add(2) as *const i8), vld1q_s8(ab.add(18) as *const i8));
-                        let s = if USDOT {
+                        let s = if I8MM {
                             let s = vdupq_n_s32(-128 * *sums[j].get_unchecked(b));
                             let s = usdot::<0>(s, w[0], a0);
                             let s = usdot::<1>(s, w[1], a0);
@@ -340,6 +385,101 @@ unsafe fn q8_0x16_pass<const M: usize, const G: usize, const USDOT: bool>(nb: us
             }
         }
         store_groups(&f, out);
+    }
+}
+
+/// `P` pairs of activation rows against one `Q4_0x16`, `Q4_1x16` or `Q8_0x16` group, by
+/// SMMLA (USMMLA for the biased Q8_0 bytes). Per block and row quarter, ZIP1/ZIP2 of two
+/// weight registers (4 rows x k 4i .., 4 rows x k 4i + 4 ..) give the 2 rows x 8 k operands,
+/// and ZIPs of two activation rows the 2 rows x 8 k others; each accumulator then holds
+/// [r0.a, r0.b, r1.a, r1.b], scaled by [dw0, dw0, dw1, dw1] * [da, db, da, db] and taken
+/// apart (UZP) only at the end. Offsets start the accumulators, as in the SDOT passes.
+///
+/// # Safety
+/// The CPU has I8MM; as [`q4_0x16_pass`] for the lengths (sums for the Q8_0 activations).
+unsafe fn legacy_mmla_pass<const P: usize>(layout: Layout, nb: usize, group: &[u8], acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
+    let (gb, ab) = (layout.group_block(), layout.act_type().block_bytes());
+    // Quants' offset in an activation block (Q8_0: d; Q8_1: d, s), first weight vector, and
+    // the weights' offset times sum(a).
+    let (qo, wv, offset) = match layout {
+        Layout::Q4_0x16 => (2, 32, -8),
+        Layout::Q4_1x16 => (4, 64, 0),
+        _ => (2, 32, -128),
+    };
+    let q8 = layout == Layout::Q8_0x16;
+    // SAFETY: the caller vouches for I8MM and the lengths: every load lies in block b of the
+    // group or of an activation row (sums: entry b of a row).
+    unsafe {
+        let mut f = [[[vdupq_n_f32(0.0); 2]; 4]; P];
+        let f16_pair = |x: *const u8, y: *const u8| {
+            let bits = (x as *const u16).read_unaligned() as u32 | ((y as *const u16).read_unaligned() as u32) << 16;
+            let h = vreinterpret_u16_u32(vdup_n_u32(bits));
+            let out: float32x4_t;
+            asm!("fcvtl {o:v}.4s, {h:v}.4h", o = lateout(vreg) out, h = in(vreg) h, options(pure, nomem, nostack, preserves_flags));
+            out
+        };
+        for b in 0..nb {
+            let base = group.as_ptr().add(b * gb);
+            // Per pair: the zipped quants (k 0..8, 8..16, 16..24, 24..32), the accumulators'
+            // start, [da, db, da, db] and for Q4_1 [sa, sb, sa, sb].
+            let mut pa = [[vdupq_n_s8(0); 4]; P];
+            let mut init = [vdupq_n_s32(0); P];
+            let mut dpair = [vdupq_n_f32(0.0); P];
+            let mut spair = [vdupq_n_f32(0.0); P];
+            for p in 0..P {
+                let (x, y) = (acts[2 * p].as_ptr().add(b * ab), acts[2 * p + 1].as_ptr().add(b * ab));
+                let ld = |r: *const u8, at: usize| vreinterpretq_s64_s8(vld1q_s8(r.add(qo + at) as *const i8));
+                let (x0, x1, y0, y1) = (ld(x, 0), ld(x, 16), ld(y, 0), ld(y, 16));
+                pa[p] = [vzip1q_s64(x0, y0), vzip2q_s64(x0, y0), vzip1q_s64(x1, y1), vzip2q_s64(x1, y1)].map(|v| vreinterpretq_s8_s64(v));
+                if offset != 0 {
+                    let (sx, sy) = (offset * *sums[2 * p].get_unchecked(b), offset * *sums[2 * p + 1].get_unchecked(b));
+                    init[p] = vreinterpretq_s32_s64(vdupq_n_s64((sx as u32 as i64) | ((sy as i64) << 32)));
+                }
+                dpair[p] = f16_pair(x, y);
+                if layout == Layout::Q4_1x16 {
+                    spair[p] = f16_pair(x.add(2), y.add(2));
+                }
+            }
+            for q in 0..4 {
+                let dw = f16x4(base.add(8 * q));
+                let dwz = [vzip1q_f32(dw, dw), vzip2q_f32(dw, dw)];
+                // Registers of 4 rows x 4 k, in k order (k 4i .. 4i + 4 at i).
+                let v: [int8x16_t; 8] = if q8 {
+                    std::array::from_fn(|i| vld1q_s8(base.add(wv + 64 * i + 16 * q) as *const i8))
+                } else {
+                    nibbles(base.add(wv), q)
+                };
+                let zip = |i: usize| {
+                    let (a, c) = (vreinterpretq_s32_s8(v[2 * i]), vreinterpretq_s32_s8(v[2 * i + 1]));
+                    [vreinterpretq_s8_s32(vzip1q_s32(a, c)), vreinterpretq_s8_s32(vzip2q_s32(a, c))]
+                };
+                let w = [zip(0), zip(1), zip(2), zip(3)];
+                let mw = if layout == Layout::Q4_1x16 {
+                    let m = f16x4(base.add(32 + 8 * q));
+                    [vzip1q_f32(m, m), vzip2q_f32(m, m)]
+                } else {
+                    [vdupq_n_f32(0.0); 2]
+                };
+                for p in 0..P {
+                    for rp in 0..2 {
+                        let mut acc = init[p];
+                        for kc in 0..4 {
+                            acc = if q8 { usmmla(acc, w[kc][rp], pa[p][kc]) } else { smmla(acc, w[kc][rp], pa[p][kc]) };
+                        }
+                        f[p][q][rp] = vfmaq_f32(f[p][q][rp], vcvtq_f32_s32(acc), vmulq_f32(dwz[rp], dpair[p]));
+                        if layout == Layout::Q4_1x16 {
+                            f[p][q][rp] = vfmaq_f32(f[p][q][rp], mw[rp], spair[p]);
+                        }
+                    }
+                }
+            }
+        }
+        for (p, fp) in f.iter().enumerate() {
+            for (q, [r01, r23]) in fp.iter().enumerate() {
+                vst1q_f32(out[2 * p][4 * q..].as_mut_ptr(), vuzp1q_f32(*r01, *r23));
+                vst1q_f32(out[2 * p + 1][4 * q..].as_mut_ptr(), vuzp2q_f32(*r01, *r23));
+            }
+        }
     }
 }
 
