@@ -80,9 +80,18 @@ fn gemv_with<const I8MM: bool>(layout: Layout, nb: usize, groups: &[u8], ng: usi
                 let (sp, op) = if with_sums { (&s[..pairs], &s[pairs..]) } else { (&s[..0], &s[..0]) };
                 // SAFETY: lengths checked above; the I8MM entry checked the CPU.
                 unsafe {
+                    macro_rules! mmla {
+                        ($p:literal) => {
+                            match layout {
+                                Layout::Q4_0x16 => legacy_mmla_pass::<$p, Q4_0>(nb, g[0], &a[..2 * $p], sp, &mut o[..2 * $p]),
+                                Layout::Q4_1x16 => legacy_mmla_pass::<$p, Q4_1>(nb, g[0], &a[..2 * $p], sp, &mut o[..2 * $p]),
+                                _ => legacy_mmla_pass::<$p, Q8_0>(nb, g[0], &a[..2 * $p], sp, &mut o[..2 * $p]),
+                            }
+                        };
+                    }
                     match pairs {
-                        2 => legacy_mmla_pass::<1>(layout, nb, g[0], a[..2].try_into().unwrap(), sp, &mut o[..2]),
-                        _ => legacy_mmla_pass::<2>(layout, nb, g[0], a[..4].try_into().unwrap(), sp, &mut o[..4]),
+                        2 => mmla!(1),
+                        _ => mmla!(2),
                     }
                     if pairs < e - c {
                         let s1: &[&[i32]] = if with_sums { op } else { &[&[]] };
@@ -388,6 +397,11 @@ unsafe fn q8_0x16_pass<const M: usize, const G: usize, const I8MM: bool>(nb: usi
     }
 }
 
+/// The legacy layouts as [`legacy_mmla_pass`]'s constant parameter.
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q8_0: u8 = 2;
+
 /// `P` pairs of activation rows against one `Q4_0x16`, `Q4_1x16` or `Q8_0x16` group, by
 /// SMMLA (USMMLA for the biased Q8_0 bytes). Per block and row quarter, ZIP1/ZIP2 of two
 /// weight registers (4 rows x k 4i .., 4 rows x k 4i + 4 ..) give the 2 rows x 8 k operands,
@@ -397,16 +411,16 @@ unsafe fn q8_0x16_pass<const M: usize, const G: usize, const I8MM: bool>(nb: usi
 ///
 /// # Safety
 /// The CPU has I8MM; as [`q4_0x16_pass`] for the lengths (sums for the Q8_0 activations).
-unsafe fn legacy_mmla_pass<const P: usize>(layout: Layout, nb: usize, group: &[u8], acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
+unsafe fn legacy_mmla_pass<const P: usize, const L: u8>(nb: usize, group: &[u8], acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
+    let layout = [Layout::Q4_0x16, Layout::Q4_1x16, Layout::Q8_0x16][L as usize];
     let (gb, ab) = (layout.group_block(), layout.act_type().block_bytes());
     // Quants' offset in an activation block (Q8_0: d; Q8_1: d, s), first weight vector, and
     // the weights' offset times sum(a).
-    let (qo, wv, offset) = match layout {
-        Layout::Q4_0x16 => (2, 32, -8),
-        Layout::Q4_1x16 => (4, 64, 0),
-        _ => (2, 32, -128),
-    };
-    let q8 = layout == Layout::Q8_0x16;
+    let (qo, wv, offset) = [(2, 32, -8), (4, 64, 0), (2, 32, -128)][L as usize];
+    let (q4_1, q8) = (L == Q4_1, L == Q8_0);
+    // Known lengths let the compiler drop the bounds checks in the loop.
+    let (acts, out) = (&acts[..2 * P], &mut out[..2 * P]);
+    let sums = if offset != 0 { &sums[..2 * P] } else { sums };
     // SAFETY: the caller vouches for I8MM and the lengths: every load lies in block b of the
     // group or of an activation row (sums: entry b of a row).
     unsafe {
@@ -436,7 +450,7 @@ unsafe fn legacy_mmla_pass<const P: usize>(layout: Layout, nb: usize, group: &[u
                     init[p] = vreinterpretq_s32_s64(vdupq_n_s64((sx as u32 as i64) | ((sy as i64) << 32)));
                 }
                 dpair[p] = f16_pair(x, y);
-                if layout == Layout::Q4_1x16 {
+                if q4_1 {
                     spair[p] = f16_pair(x.add(2), y.add(2));
                 }
             }
@@ -454,7 +468,7 @@ unsafe fn legacy_mmla_pass<const P: usize>(layout: Layout, nb: usize, group: &[u
                     [vreinterpretq_s8_s32(vzip1q_s32(a, c)), vreinterpretq_s8_s32(vzip2q_s32(a, c))]
                 };
                 let w = [zip(0), zip(1), zip(2), zip(3)];
-                let mw = if layout == Layout::Q4_1x16 {
+                let mw = if q4_1 {
                     let m = f16x4(base.add(32 + 8 * q));
                     [vzip1q_f32(m, m), vzip2q_f32(m, m)]
                 } else {
@@ -467,7 +481,7 @@ unsafe fn legacy_mmla_pass<const P: usize>(layout: Layout, nb: usize, group: &[u
                             acc = if q8 { usmmla(acc, w[kc][rp], pa[p][kc]) } else { smmla(acc, w[kc][rp], pa[p][kc]) };
                         }
                         f[p][q][rp] = vfmaq_f32(f[p][q][rp], vcvtq_f32_s32(acc), vmulq_f32(dwz[rp], dpair[p]));
-                        if layout == Layout::Q4_1x16 {
+                        if q4_1 {
                             f[p][q][rp] = vfmaq_f32(f[p][q][rp], mw[rp], spair[p]);
                         }
                     }
