@@ -174,14 +174,20 @@ fn gemv_cache_resident_speed() {
     }
 }
 
-/// Q4_0 GEMV of the active tier (`SMEPILOT_TIER`) at decode and prefill shapes, checked
-/// against the dequantized rows (ignored; by hand, to count executed instructions per tier
-/// with qemu-icount.py: the reference touches no dot kernel, so the difference between two
-/// tiers' runs is the difference between their GEMVs).
+/// Q4_0 and Q8_0 GEMVs of the active tier (`SMEPILOT_TIER`) at decode and prefill shapes,
+/// checked against the dequantized rows (ignored; by hand, to count executed instructions
+/// per tier with qemu-icount.py: the reference touches no dot kernel, so the difference
+/// between two tiers' runs is the difference between their GEMVs).
 #[test]
 #[ignore]
-fn gemv_q4_0_active_tier_at_model_shapes() {
-    let (layout, n, nb) = (Layout::Q4_0x16, 64usize, 32usize);
+fn gemv_q4_0_q8_0_active_tier_at_model_shapes() {
+    for layout in [Layout::Q4_0x16, Layout::Q8_0x16] {
+        gemv_active_tier_at_model_shapes(layout);
+    }
+}
+
+fn gemv_active_tier_at_model_shapes(layout: Layout) {
+    let (n, nb) = (64usize, 32usize);
     let (ty, at, k) = (layout.ty(), layout.act_type(), nb * 32);
     let mut rng = StdRng::seed_from_u64(9);
     let raw = rows(&mut rng, ty, n, k);
@@ -212,7 +218,7 @@ fn gemv_q4_0_active_tier_at_model_shapes() {
                 let want: f64 = w.iter().zip(&af).map(|(x, y)| *x as f64 * *y as f64).sum();
                 let mag: f64 = w.iter().zip(&af).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum();
                 let got = out[(row / 16) * m + i][row % 16] as f64;
-                assert!((got - want).abs() <= 1e-5 * mag + 1e-6, "{} m={m} ({i},{row}): {got} vs {want}", active().name);
+                assert!((got - want).abs() <= 1e-5 * mag + 1e-6, "{layout:?} {} m={m} ({i},{row}): {got} vs {want}", active().name);
             }
         }
     }
