@@ -10,6 +10,9 @@
 //!
 //! SDOT, USDOT and the fp16 widening are `asm!`: their intrinsics are unstable on Rust 1.95.
 
+// The quarter index q (rows 4q .. 4q + 4) addresses weight offsets and accumulators alike.
+#![allow(clippy::needless_range_loop)]
+
 use super::{Layout, DECODE_GROUPS};
 use crate::dtype::DType;
 use std::arch::aarch64::*;
