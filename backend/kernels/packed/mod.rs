@@ -20,6 +20,8 @@ mod lanes;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 #[cfg(test)]
 mod tests;
@@ -212,7 +214,8 @@ pub(crate) fn avx512_kernels() -> Option<Kernels> {
 /// The NEON tier, when this CPU runs it.
 #[cfg(target_arch = "aarch64")]
 pub(crate) fn neon_kernels(f: &crate::platform::CpuFeatures) -> Option<Kernels> {
-    f.neon_tier().then_some(SCALAR)
+    let gemv: GemvFn = if f.i8mm { neon::gemv_i8mm } else { neon::gemv };
+    f.neon_tier().then_some(Kernels { layout_for: Layout::for_weights, gemv, row_to_f32: neon::row_to_f32 })
 }
 
 /// Row `row` of a packed tensor with `k` columns, dequantized to f32 by `kern`.

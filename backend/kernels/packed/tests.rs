@@ -173,3 +173,53 @@ fn gemv_cache_resident_speed() {
         }
     }
 }
+
+/// Q4_0 and Q8_0 GEMVs of the active tier (`SMEPILOT_TIER`) at decode and prefill shapes,
+/// checked against the dequantized rows (ignored; by hand, to count executed instructions
+/// per tier with qemu-icount.py: the reference touches no dot kernel, so the difference
+/// between two tiers' runs is the difference between their GEMVs).
+#[test]
+#[ignore]
+fn gemv_q4_0_q8_0_active_tier_at_model_shapes() {
+    for layout in [Layout::Q4_0x16, Layout::Q8_0x16] {
+        gemv_active_tier_at_model_shapes(layout);
+    }
+}
+
+fn gemv_active_tier_at_model_shapes(layout: Layout) {
+    let (n, nb) = (64usize, 32usize);
+    let (ty, at, k) = (layout.ty(), layout.act_type(), nb * 32);
+    let mut rng = StdRng::seed_from_u64(9);
+    let raw = rows(&mut rng, ty, n, k);
+    let mut packed = vec![0u8; raw.len()];
+    super::pack(layout, ty, &raw, &mut packed, n, k);
+    let mut wf = vec![0f32; n * k];
+    (scalar_kernels(ty).unwrap().to_f32)(&raw, &mut wf);
+    let gemv = active().packed.gemv;
+    for m in [1, 4] {
+        let acts: Vec<Vec<u8>> = (0..m)
+            .map(|_| {
+                let x: Vec<f32> = (0..k).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+                let mut a = vec![0u8; at.row_bytes(k)];
+                (scalar_kernels(at).unwrap().from_f32.unwrap())(&x, &mut a);
+                a
+            })
+            .collect();
+        let sums: Vec<Vec<i32>> = acts.iter().map(|a| (0..nb).map(|b| a[b * 34 + 2..b * 34 + 34].iter().map(|&v| v as i8 as i32).sum()).collect()).collect();
+        let a_refs: Vec<&[u8]> = acts.iter().map(|a| a.as_slice()).collect();
+        let s_refs: Vec<&[i32]> = sums.iter().map(|s| s.as_slice()).collect();
+        let mut out = vec![[f32::NAN; 16]; 4 * m];
+        gemv(layout, nb, &packed, 4, &a_refs, &s_refs, &mut out);
+        for (i, a) in acts.iter().enumerate() {
+            let mut af = vec![0f32; k];
+            (scalar_kernels(at).unwrap().to_f32)(a, &mut af);
+            for row in 0..n {
+                let w = &wf[row * k..(row + 1) * k];
+                let want: f64 = w.iter().zip(&af).map(|(x, y)| *x as f64 * *y as f64).sum();
+                let mag: f64 = w.iter().zip(&af).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum();
+                let got = out[(row / 16) * m + i][row % 16] as f64;
+                assert!((got - want).abs() <= 1e-5 * mag + 1e-6, "{layout:?} {} m={m} ({i},{row}): {got} vs {want}", active().name);
+            }
+        }
+    }
+}
