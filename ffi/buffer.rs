@@ -162,7 +162,8 @@ unsafe fn packable(t: &ggml_tensor) -> Option<(DType, usize, usize, Layout)> {
     if t.ne[2] != 1 || t.ne[3] != 1 || t.nb[1] != ty.row_bytes(k) {
         return None;
     }
-    Some((ty, k, n, Layout::for_weights(ty, k, n)?))
+    // The layout the process's kernel tier reads (the registry decides).
+    Some((ty, k, n, (smepilot_engine::kernels::registry::active().packed.layout_for)(ty, k, n)?))
 }
 
 /// The packed copy of weight tensor `t`, if it has a current one.
