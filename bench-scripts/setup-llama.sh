@@ -3,17 +3,55 @@
 # applies llama-patches/*.patch, builds it with clang-19 and installs the binaries the
 # project relies on into build/bin. The build is cached under ~/.cache/smepilot keyed
 # by version and patch hash, and reused when nothing changed.
+#
+#   setup-llama.sh            the native (x86-64) build: build/bin, build/llama.cpp
+#   setup-llama.sh --aarch64  a cross build for aarch64 (aarch64-toolchain.cmake, run
+#                             under QEMU): a few tools and all their .so files into
+#                             build/aarch64/bin, the tree linked as build/aarch64/llama.cpp
+# Prints the tree's path on stdout.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 version=0.3.36
 sdist_sha=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 cache=${SMEPILOT_CACHE:-$HOME/.cache/smepilot}
+arch=native
+case "${1:-}" in
+    "") ;;
+    --aarch64) arch=aarch64 ;;
+    *) echo "usage: $0 [--aarch64]" >&2; exit 2 ;;
+esac
 
 patch_hash=$(cat "$repo"/llama-patches/*.patch 2>/dev/null | sha256sum | cut -c1-12)
-key="$version-$patch_hash"
-tree="$cache/llama.cpp/$key"
 say() { printf '[setup-llama] %s\n' "$*" >&2; }
+
+ccache_flag=OFF
+command -v ccache >/dev/null && ccache_flag=ON
+if [ "$arch" = native ]; then
+    key="$version-$patch_hash"
+    stale_glob="$version-*"
+    cmake_flags=(-DGGML_NATIVE=ON)
+    targets=()  # everything
+    tools=(llama-cli llama-server llama-bench llama-perplexity llama-quantize llama-completion test-backend-ops)
+    bin_out="$repo/build/bin"
+    minutes=6
+else
+    # ARMv8.6-A with the int8 and bf16 dot products (Apple M4, Arm C1 have them): ggml's
+    # NEON/i8mm kernels, no SVE kernels. KleidiAI's configure step downloads its sources
+    # (and it is the only SME code in stock ggml), OpenMP is not in the cross packages.
+    cmake_flags=(-DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=armv8.6-a+dotprod+i8mm+bf16 -DGGML_CPU_KLEIDIAI=OFF -DGGML_OPENMP=OFF)
+    toolchain="$repo/bench-scripts/aarch64-toolchain.cmake"
+    # The key covers the flags and the toolchain file; "aarch64-" keeps these trees out
+    # of the native build's clean-up of older patch sets.
+    flag_hash=$( { printf '%s\n' "${cmake_flags[@]}"; cat "$toolchain"; } | sha256sum | cut -c1-12)
+    key="aarch64-$version-$patch_hash-$flag_hash"
+    stale_glob="aarch64-$version-*"
+    tools=(llama-cli llama-bench llama-perplexity llama-quantize llama-completion test-backend-ops)
+    targets=("${tools[@]}")
+    bin_out="$repo/build/aarch64/bin"
+    minutes=10
+fi
+tree="$cache/llama.cpp/$key"
 
 fetch_sdist() {
     local dl="$cache/dl" file="$cache/dl/llama_cpp_python-$version.tar.gz"
@@ -41,22 +79,27 @@ if [ ! -f "$tree/.built" ]; then
         say "applying $(basename "$p")"
         patch -p1 -s -d "$tree/src" < "$p"
     done
-    ccache_flag=OFF
-    command -v ccache >/dev/null && ccache_flag=ON
     export CCACHE_BASEDIR="$tree"  # relative paths: cache hits across patch-hash trees
-    CC=clang-19 CXX=clang++-19 cmake -S "$tree/src" -B "$tree/build" -G Ninja \
-        -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=ON \
+    if [ "$arch" = native ]; then
+        export CC=clang-19 CXX=clang++-19
+    else
+        # A copy in the tree: the cached build must not depend on where the repo is.
+        cp "$toolchain" "$tree/aarch64-toolchain.cmake"
+        cmake_flags+=(-DCMAKE_TOOLCHAIN_FILE="$tree/aarch64-toolchain.cmake")
+    fi
+    cmake -S "$tree/src" -B "$tree/build" -G Ninja \
+        -DCMAKE_BUILD_TYPE=Release "${cmake_flags[@]}" -DBUILD_SHARED_LIBS=ON \
         -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_EXAMPLES=ON \
         -DGGML_CCACHE=$ccache_flag >"$tree/cmake.log" 2>&1 || {
         tail -30 "$tree/cmake.log"; say "cmake failed (log: $tree/cmake.log)"; exit 1; }
-    say "building llama.cpp with clang-19 (about 6 minutes on 2 cores without ccache)"
+    say "building llama.cpp ($arch) with clang-19 (about $minutes minutes on 2 cores without ccache)"
     # ninja prints [done/total] per step; keep one line per 25 steps as progress, on stderr
     # like every other message (stdout is the tree path alone, for callers to capture).
-    ninja -C "$tree/build" 2>&1 | tee "$tree/build.log" | awk '/^\[[0-9]+\/[0-9]+\]/ { s = $1; gsub(/[][]/, "", s); split(s, a, "/"); if (a[1] % 25 == 0 || a[1] == a[2]) { printf "[setup-llama] build %s/%s\n", a[1], a[2] > "/dev/stderr"; fflush("/dev/stderr") } }'
+    ninja -C "$tree/build" "${targets[@]}" 2>&1 | tee "$tree/build.log" | awk '/^\[[0-9]+\/[0-9]+\]/ { s = $1; gsub(/[][]/, "", s); split(s, a, "/"); if (a[1] % 25 == 0 || a[1] == a[2]) { printf "[setup-llama] build %s/%s\n", a[1], a[2] > "/dev/stderr"; fflush("/dev/stderr") } }'
     [ "${PIPESTATUS[0]}" -eq 0 ] || { tail -40 "$tree/build.log"; say "build failed (log: $tree/build.log)"; exit 1; }
     touch "$tree/.built"
     # Trees of earlier patch sets are not needed any more (ccache keeps rebuilds cheap).
-    for old in "$cache/llama.cpp/$version-"*; do
+    for old in "$cache/llama.cpp/"$stale_glob; do
         [ "$old" != "$tree" ] && rm -rf "$old"
     done
 else
@@ -64,10 +107,18 @@ else
 fi
 
 # Install copies (not symlinks) so the plugin found "next to the executable" is ours.
-mkdir -p "$repo/build/bin"
-for b in llama-cli llama-server llama-bench llama-perplexity llama-quantize llama-completion test-backend-ops; do
-    [ -f "$tree/build/bin/$b" ] && cp -f "$tree/build/bin/$b" "$repo/build/bin/"
+mkdir -p "$bin_out"
+for b in "${tools[@]}"; do
+    [ -f "$tree/build/bin/$b" ] && cp -f "$tree/build/bin/$b" "$bin_out/"
 done
-ln -sfn "$tree/src" "$repo/build/llama.cpp"
-ln -sfn "$tree/build" "$repo/build/llama.cpp-build"
+if [ "$arch" = native ]; then
+    ln -sfn "$tree/src" "$repo/build/llama.cpp"
+    ln -sfn "$tree/build" "$repo/build/llama.cpp-build"
+else
+    # The tools link libllama-*-impl.so and the ggml libraries: all of them beside the
+    # binaries (qemu.sh puts that directory on the library path), soname links included.
+    cp -fP "$tree"/build/bin/lib*.so* "$bin_out/"
+    ln -sfn "$tree/src" "$repo/build/aarch64/llama.cpp"
+    ln -sfn "$tree/build" "$repo/build/aarch64/llama.cpp-build"
+fi
 echo "$tree"

