@@ -1,0 +1,101 @@
+//! Each group kernel against f64 sums of the same rounded operands, on odd shapes (M, N, K
+//! not multiples of a panel, a block or a K step; row strides wider than a row), with the
+//! weights transposed by the kernel and then read again as staged blocks.
+
+use super::stage::{f32_to_f16, put_block_row, zero_block_row};
+use super::{DstRows, Geometry, GroupOperands, Outer, Streaming};
+use half::{bf16, f16};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+/// The process's SME geometry, or None (the test then says so and passes: no SME here).
+pub(crate) fn geometry() -> Option<Geometry> {
+    let f = crate::platform::CpuFeatures::detect();
+    if !f.sme {
+        eprintln!("no SME on this CPU: SME kernels not exercised");
+        return None;
+    }
+    Some(Geometry { svl: f.svl_bytes, sme2: f.sme2 })
+}
+
+/// A row of values rounded to the operand type of `outer`, and its units.
+fn operand_row(outer: Outer, vals: &[f32], kunits: usize) -> (Vec<f64>, Vec<u8>) {
+    let mut units = vec![0u8; kunits * 4];
+    let rounded: Vec<f64> = match outer {
+        Outer::F16 => {
+            f32_to_f16(vals, &mut units);
+            vals.iter().map(|&v| f16::from_f32(v).to_f64()).collect()
+        }
+        Outer::Bf16 => {
+            for (i, &v) in vals.iter().enumerate() {
+                units[2 * i..2 * i + 2].copy_from_slice(&bf16::from_f32(v).to_bits().to_le_bytes());
+            }
+            vals.iter().map(|&v| bf16::from_f32(v).to_f64()).collect()
+        }
+        Outer::F32 => {
+            for (i, &v) in vals.iter().enumerate() {
+                units[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            vals.iter().map(|&v| v as f64).collect()
+        }
+    };
+    (rounded, units)
+}
+
+#[test]
+fn float_group_kernels_match_f64_sums_on_odd_shapes() {
+    let Some(geo) = geometry() else { return };
+    let mut rng = StdRng::seed_from_u64(5);
+    let (br, vl32) = (geo.block_rows(), geo.vl32());
+    let shapes = [(1, 1, 1), (3, 5, 7), (17, 33, 31), (2 * br + 1, 64, 130), (br, br + 1, 64), (33, 17, 300), (5, 70, 2)];
+    for sme2 in [false, true].into_iter().filter(|&s| s <= geo.sme2) {
+        let geo = Geometry { sme2, ..geo };
+        let session = Streaming::begin(geo);
+        for outer in [Outer::F16, Outer::Bf16, Outer::F32] {
+            for &(m, n, k) in &shapes {
+                let (m, n, k): (usize, usize, usize) = (m, n, k);
+                let kunits = geo.kunits(k.div_ceil(outer.per_unit()));
+                let bb = geo.block_bytes(kunits);
+                let a: Vec<Vec<f32>> = (0..m).map(|_| (0..k).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).collect();
+                let w: Vec<Vec<f32>> = (0..n).map(|_| (0..k).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).collect();
+                let mut acts = vec![0u8; m.div_ceil(br) * bb];
+                let mut a_r = Vec::new();
+                for r in 0..m.next_multiple_of(br) {
+                    let block = &mut acts[r / br * bb..][..bb];
+                    if r < m {
+                        let (rounded, units) = operand_row(outer, &a[r], kunits);
+                        put_block_row(&geo, block, r % br, &units);
+                        a_r.push(rounded);
+                    } else {
+                        zero_block_row(&geo, block, r % br, kunits);
+                    }
+                }
+                // Row-major weights, 12 bytes of slack per row, rows up to a whole panel.
+                let stride = kunits * 4 + 12;
+                let mut src = vec![0u8; n.next_multiple_of(vl32) * stride];
+                let mut w_r = Vec::new();
+                for (c, row) in w.iter().enumerate() {
+                    let (rounded, units) = operand_row(outer, row, kunits);
+                    src[c * stride..][..kunits * 4].copy_from_slice(&units);
+                    w_r.push(rounded);
+                }
+                let mut blocks = vec![0u8; n.div_ceil(br) * bb];
+                for transpose in [true, false] {
+                    let pad = 3;
+                    let mut out: Vec<Vec<f32>> = (0..m).map(|_| vec![f32::NAN; n + pad]).collect();
+                    let mut dst = DstRows::new(out.iter_mut().map(|r| &mut r[..n]), n);
+                    let mut ops = GroupOperands { acts: &acts, src: transpose.then_some((&src[..], stride)), blocks: &mut blocks, kunits, dst: &mut dst };
+                    session.float_group(outer, &mut ops);
+                    for i in 0..m {
+                        for c in 0..n {
+                            let (want, mag) = a_r[i].iter().zip(&w_r[c]).fold((0f64, 0f64), |s, (x, y)| (s.0 + x * y, s.1 + (x * y).abs()));
+                            let got = out[i][c] as f64;
+                            assert!((got - want).abs() <= 1e-5 * mag + 1e-6, "{outer:?} sme2={sme2} {m}x{n}x{k} transpose={transpose} ({i},{c}): got {got}, want {want}");
+                        }
+                        assert!(out[i][n..].iter().all(|v| v.is_nan()), "{outer:?} {m}x{n}x{k}: wrote past the group's columns");
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("sme float group kernels ran at SVL {} bits, sme2 {}", geo.svl * 8, geo.sme2);
+}

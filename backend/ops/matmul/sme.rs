@@ -1,0 +1,249 @@
+//! The Arm SME engine (see `kernels::sme` for the operand layout), driven by
+//! `engine::run_matrix` and `engine::run_coop`.
+//!
+//! Float path ("scale, then FMOPA"): activations (blocks split across threads) are
+//! converted into the weight type's activation format exactly as ggml-cpu does (Q8_0, Q8_1,
+//! Q8_K, F16, BF16, F32), then, for the quantized formats, dequantized to f16; so the
+//! products see the same quantized values as the vector kernels. Each weight group is
+//! dequantized (q * d, to f16) or copied (F16, BF16, F32) row by row into the thread's
+//! scratch, transposed into blocks through ZA and multiplied by every activation block in
+//! one streaming region, f32 accumulation over all of K in ZA, one store per output tile.
+//! The outer products: widening FMOPA for f16, BFMOPA for BF16 weights, FMOPA f32 for F32.
+
+use super::super::{split_range, Node};
+use super::engine::{MatrixEngine, GROUP_TILES};
+use crate::dtype::DType;
+use crate::kernels::packed;
+use crate::kernels::quant::scalar_kernels;
+use crate::kernels::registry::MatrixUnit;
+use crate::kernels::sme::stage::{f32_to_f16, put_block_row, zero_block_row};
+use crate::kernels::sme::{DstRows, Geometry, GroupOperands, Outer, Streaming};
+use crate::kernels::KernelSet;
+use crate::threadpool::ThreadCtx;
+
+/// Weight rows per group (the driver's work item).
+const GROUP_ROWS: usize = GROUP_TILES * 16;
+
+/// The SME engine at the process's streaming vector length. Constructed only where the
+/// process drives SME (the kernel set's matrix unit) and the CPU reports that SVL.
+pub struct Sme {
+    geo: Geometry,
+}
+
+impl Sme {
+    /// The engine, when the kernel set `ks` drives SME.
+    pub fn get(ks: &KernelSet) -> Option<Sme> {
+        let Some(MatrixUnit::Sme(u)) = ks.matrix else { return None };
+        let f = crate::platform::CpuFeatures::detect();
+        (f.sme && f.svl_bytes == u.svl_bytes && (f.sme2 || !u.sme2)).then_some(Sme { geo: Geometry { svl: u.svl_bytes, sme2: u.sme2 } })
+    }
+}
+
+/// A node's kernel and its scratch layout.
+#[derive(Clone, Copy)]
+pub struct Plan {
+    outer: Outer,
+    /// The weight type and its activation format (ggml-cpu's `vec_dot_type`).
+    ty: DType,
+    act: DType,
+    k: usize,
+    kunits: usize,
+    m: usize,
+    m_blocks: usize,
+    /// Per thread: an f32 row, a converted activation row, a row of units, the group's
+    /// row-major units, its blocks.
+    thread_off: usize,
+    thread_bytes: usize,
+    act_row_off: usize,
+    units_off: usize,
+    rows_off: usize,
+    blocks_off: usize,
+    /// Rows of the group's row-major units and blocks (whole blocks).
+    group_rows: usize,
+}
+
+impl Plan {
+    fn block_bytes(&self, geo: &Geometry) -> usize {
+        geo.block_bytes(self.kunits)
+    }
+
+    fn row_stride(&self) -> usize {
+        self.kunits * 4
+    }
+}
+
+fn align64(x: usize) -> usize {
+    x.next_multiple_of(64)
+}
+
+/// The outer product for weights of `ty`: FMOPA f32 for F32, BFMOPA for BF16, widening
+/// FMOPA on f16 for F16 and every quantized type.
+fn outer_for(ty: DType) -> Outer {
+    match ty {
+        DType::F32 => Outer::F32,
+        DType::BF16 => Outer::Bf16,
+        _ => Outer::F16,
+    }
+}
+
+/// Whether 2-D products of `ty` weights run on an int8 kernel (else a 16-bit float one).
+pub fn int8_engine(ty: DType) -> bool {
+    test_engine::get().unwrap_or(INT8_DEFAULT) && int8_weight(ty)
+}
+
+/// The int8 kernel by default (else the float one): the float kernel executes fewer
+/// instructions per product (see `kernels::sme::i8_smopa_2vlx2vl`).
+const INT8_DEFAULT: bool = false;
+
+/// The weight types the int8 kernel takes.
+fn int8_weight(_ty: DType) -> bool {
+    false
+}
+
+/// Tests pick the kernel per run.
+pub mod test_engine {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static ENGINE: AtomicU8 = AtomicU8::new(0);
+
+    /// None: the default; Some(true): int8; Some(false): float.
+    #[cfg(test)]
+    pub fn set(int8: Option<bool>) {
+        ENGINE.store(int8.map_or(0, |i| 1 + i as u8), Ordering::SeqCst);
+    }
+
+    pub fn get() -> Option<bool> {
+        match ENGINE.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(v == 2),
+        }
+    }
+}
+
+impl MatrixEngine for Sme {
+    type Plan = Plan;
+    type Session = Streaming;
+    const TILE_ROWS: usize = 16;
+
+    fn plan(&self, ty: DType, k: usize, m: usize) -> Option<Plan> {
+        let kern = scalar_kernels(ty)?;
+        let act = kern.vec_dot_type;
+        let ak = scalar_kernels(act)?;
+        let ok = kern.vec_dot.is_some() && ak.from_f32.is_some() && k > 0 && k.is_multiple_of(ty.block_size()) && k.is_multiple_of(act.block_size());
+        if !ok || m == 0 {
+            return None;
+        }
+        let geo = &self.geo;
+        let outer = outer_for(ty);
+        let kunits = geo.kunits(k.div_ceil(outer.per_unit()));
+        let m_blocks = m.div_ceil(geo.block_rows());
+        let group_rows = GROUP_ROWS.next_multiple_of(geo.block_rows());
+        let act_row_off = align64(4 * k);
+        let units_off = act_row_off + align64(act.row_bytes(k));
+        let rows_off = units_off + align64(4 * kunits);
+        let blocks_off = rows_off + group_rows * 4 * kunits;
+        Some(Plan {
+            outer,
+            ty,
+            act,
+            k,
+            kunits,
+            m,
+            m_blocks,
+            thread_off: align64(m_blocks * geo.block_bytes(kunits)),
+            thread_bytes: blocks_off + group_rows * 4 * kunits,
+            act_row_off,
+            units_off,
+            rows_off,
+            blocks_off,
+            group_rows,
+        })
+    }
+
+    fn scratch_bytes(&self, plan: &Plan, nth: usize) -> usize {
+        plan.thread_off + nth * plan.thread_bytes
+    }
+
+    fn prepare_acts(&self, plan: &Plan, node: &Node, ctx: &ThreadCtx) {
+        let geo = &self.geo;
+        let x = node.src(1);
+        let (k, br, bb) = (plan.k, geo.block_rows(), plan.block_bytes(geo));
+        let (b0, b1) = split_range(plan.m_blocks, ctx.ith, ctx.nth);
+        // Blocks b0 .. b1 are this thread's (a contiguous range of the shared scratch); the
+        // conversion rows are in its own area.
+        let blocks = ctx.shared_mut::<u8>(b0 * bb, (b1 - b0) * bb);
+        let area = ctx.thread_area(plan.thread_off, plan.thread_bytes);
+        let tmp = area.carve::<f32>(0, k);
+        let act_row = area.carve::<u8>(plan.act_row_off, plan.act.row_bytes(k));
+        let units = area.carve::<u8>(plan.units_off, 4 * plan.kunits);
+        let from_f32 = ctx.kernels.kernels(plan.act).and_then(|t| t.from_f32).expect("plan checked");
+        let to_f32 = ctx.kernels.kernels(plan.act).expect("plan checked").to_f32;
+        for r in b0 * br..b1 * br {
+            let block = &mut blocks[(r / br - b0) * bb..][..bb];
+            if r >= plan.m {
+                zero_block_row(geo, block, r % br, plan.kunits);
+                continue;
+            }
+            let xr = &x.row::<f32>(r, 0, 0)[..k];
+            units.fill(0);
+            match (plan.outer, plan.act) {
+                (Outer::F32, _) => {
+                    for (u, v) in units.chunks_exact_mut(4).zip(xr) {
+                        u.copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+                // F16 and BF16 activations as ggml-cpu converts them.
+                (_, DType::F16 | DType::BF16) => from_f32(xr, &mut units[..2 * k]),
+                // Quantized as ggml-cpu quantizes them, then the same values in f16.
+                _ => {
+                    from_f32(xr, act_row);
+                    to_f32(act_row, tmp);
+                    f32_to_f16(tmp, &mut units[..2 * k]);
+                }
+            }
+            put_block_row(geo, block, r % br, units);
+        }
+    }
+
+    fn session(&self, _plan: &Plan) -> Streaming {
+        Streaming::begin(self.geo)
+    }
+
+    fn weight_group(&self, plan: &Plan, session: &mut Streaming, node: &Node, ctx: &ThreadCtx, g: usize) {
+        let geo = &self.geo;
+        let (w, dst) = (node.src(0), &node.dst);
+        let (k, n) = (plan.k, w.ne[1]);
+        let r0 = g * GROUP_ROWS;
+        let rows = (n - r0).min(GROUP_ROWS);
+        let stride = plan.row_stride();
+        let area = ctx.thread_area(plan.thread_off, plan.thread_bytes);
+        let tmp = area.carve::<f32>(0, k);
+        let src = area.carve::<u8>(plan.rows_off, plan.group_rows * stride);
+        let blocks = area.carve::<u8>(plan.blocks_off, plan.group_rows * stride);
+        // The group's rows as units, row-major; rows up to a whole panel are zero.
+        for i in 0..rows.next_multiple_of(geo.vl32()) {
+            let out = &mut src[i * stride..(i + 1) * stride];
+            out.fill(0);
+            if i >= rows {
+                continue;
+            }
+            if matches!(plan.ty, DType::F32 | DType::F16 | DType::BF16) {
+                // The float types' rows are their units already.
+                let rb = w.row_bytes();
+                out[..rb].copy_from_slice(&w.row::<u8>(r0 + i, 0, 0)[..rb]);
+                continue;
+            }
+            match &w.packed {
+                Some(p) => packed::row_to_f32(&ctx.kernels.packed, p, k, r0 + i, tmp),
+                None => (ctx.kernels.kernels(plan.ty).expect("plan checked").to_f32)(w.row::<u8>(r0 + i, 0, 0), tmp),
+            }
+            f32_to_f16(tmp, &mut out[..2 * k]);
+        }
+        // Written by every thread before the driver's barrier, read-only now.
+        let acts = ctx.shared::<u8>(0, plan.m_blocks * plan.block_bytes(geo));
+        // Columns r0 .. r0 + rows of every output row are this group's, which the queue gave
+        // this thread alone.
+        let mut out = DstRows::new((0..plan.m).map(|i| dst.row_range_mut::<f32>(i, 0, 0, r0, rows)), rows);
+        let mut ops = GroupOperands { acts, src: Some((src, stride)), blocks, kunits: plan.kunits, dst: &mut out };
+        session.float_group(plan.outer, &mut ops);
+    }
+}
