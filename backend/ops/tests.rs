@@ -979,8 +979,36 @@ fn sme_scaled_dot(ty: DType, wrow: &[u8], xrow: &[f32]) -> (f64, f64) {
     (p.iter().sum::<f64>(), 1e-5 * p.iter().map(|v| v.abs()).sum::<f64>())
 }
 
-/// The SME engine against [`sme_scaled_dot`] (its float kernel) and ggml's block dot (its
-/// int8 kernel) on every weight type it takes: odd M and N (partial panels, blocks and
+/// ggml's block order for Q4_0 / Q4_1 / Q8_0 weights and their quantized activations `a`
+/// (Q8_0, or Q8_1 for Q4_1): per block in order, `f = fma(isum, d_w * d_a, f)`, then for
+/// Q4_1 `f = fma(m_w, s_a, f)`.
+#[cfg(target_arch = "aarch64")]
+fn ggml_block_order(ty: DType, w: &[u8], a: &[u8], k: usize) -> f32 {
+    let h = |b: &[u8], o: usize| f16::from_bits(u16::from_le_bytes([b[o], b[o + 1]])).to_f32();
+    let (bw, ba) = (ty.block_bytes(), if ty == DType::Q4_1 { 36 } else { 34 });
+    let mut f = 0f32;
+    for b in 0..k / 32 {
+        let (wb, ab) = (&w[b * bw..][..bw], &a[b * ba..][..ba]);
+        let isum: i32 = (0..32)
+            .map(|j| {
+                let wq = match ty {
+                    DType::Q8_0 => wb[2 + j] as i8 as i32,
+                    DType::Q4_0 => ((wb[2 + j % 16] >> (4 * (j / 16))) & 15) as i32 - 8,
+                    _ => ((wb[4 + j % 16] >> (4 * (j / 16))) & 15) as i32,
+                };
+                wq * ab[ba - 32 + j] as i8 as i32
+            })
+            .sum();
+        f = (isum as f32).mul_add(h(wb, 0) * h(ab, 0), f);
+        if ty == DType::Q4_1 {
+            f = h(wb, 2).mul_add(h(ab, 2), f);
+        }
+    }
+    f
+}
+
+/// The SME engine against [`sme_scaled_dot`] (its float kernel) and the bits of
+/// [`ggml_block_order`] (its int8 kernel) on every weight type it takes: odd M and N (partial panels, blocks and
 /// groups), K not a multiple of a K step, strided activations and output whose padding
 /// stays untouched, packed and plain weights, matrix mode with one and two unit drivers.
 #[cfg(target_arch = "aarch64")]
@@ -1035,9 +1063,15 @@ fn mul_mat_sme_engine_matches_scalar_references_on_odd_shapes() {
                         (scalar_kernels(sk.vec_dot_type).unwrap().from_f32.unwrap())(xrow, &mut a);
                         for c in 0..n {
                             let wrow = &raw[c * rb..(c + 1) * rb];
-                            let (want, tol) = if exact { ((sk.vec_dot.unwrap())(k, wrow, &a) as f64, 1e-4 * k as f64) } else { sme_scaled_dot(ty, wrow, xrow) };
-                            let got = db.f32s()[r * d_stride + c] as f64;
-                            assert!((got - want).abs() <= tol.max(1e-6), "{ty:?} int8={exact} {m}x{n}x{k} drivers={drivers} at ({r},{c}): got {got}, want {want}");
+                            let got = db.f32s()[r * d_stride + c];
+                            if exact {
+                                let want = ggml_block_order(ty, wrow, &a, k);
+                                assert_eq!(got.to_bits(), want.to_bits(), "{ty:?} int8 {m}x{n}x{k} drivers={drivers} at ({r},{c}): got {got}, want {want}");
+                                continue;
+                            }
+                            let (want, tol) = sme_scaled_dot(ty, wrow, xrow);
+                            let got = got as f64;
+                            assert!((got - want).abs() <= tol.max(1e-6), "{ty:?} {m}x{n}x{k} drivers={drivers} at ({r},{c}): got {got}, want {want}");
                         }
                         assert!(db.f32s()[r * d_stride + n..(r + 1) * d_stride].iter().all(|&v| v == 0.0), "{ty:?} {m}x{n}x{k}: output padding written");
                     }

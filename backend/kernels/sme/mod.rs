@@ -20,6 +20,7 @@ pub mod stage;
 pub mod f16_fmopa_2vlx2vl;
 pub mod bf16_bfmopa_2vlx2vl;
 pub mod f32_fmopa_2vlx2vl;
+pub mod i8_smopa_2vlx2vl;
 
 #[cfg(test)]
 mod tests;
@@ -118,9 +119,12 @@ pub(crate) struct GroupArgs {
     /// null when `w` holds the blocks already.
     pub src: *const u8,
     pub src_stride: usize,
-    /// Int8 kernels: per-32 scales and sums (see `i8_smopa_2vlx2vl`).
+    /// Int8 kernels: per-32-block scale records of the activation and weight blocks (see
+    /// `i8_smopa_2vlx2vl`), the blocks per row, and the f32 accumulators of one tile step.
     pub a_scales: *const f32,
     pub w_scales: *const f32,
+    pub nb: usize,
+    pub acc: *mut f32,
 }
 
 /// Byte offsets of the `GroupArgs` fields, for the `asm!` (checked below).
@@ -140,6 +144,8 @@ macro_rules! args_offsets {
         .set A_SRCSTRIDE, 80
         .set A_ASCALES, 88
         .set A_WSCALES, 96
+        .set A_NB, 104
+        .set A_ACC, 112
         "
     };
 }
@@ -159,6 +165,8 @@ const _: () = {
     assert!(std::mem::offset_of!(GroupArgs, src_stride) == 80);
     assert!(std::mem::offset_of!(GroupArgs, a_scales) == 88);
     assert!(std::mem::offset_of!(GroupArgs, w_scales) == 96);
+    assert!(std::mem::offset_of!(GroupArgs, nb) == 104);
+    assert!(std::mem::offset_of!(GroupArgs, acc) == 112);
 };
 
 /// The transposition of a group's row-major units into weight blocks through ZA tile 0:
@@ -497,6 +505,8 @@ impl GroupOperands<'_, '_> {
             src_stride,
             a_scales: std::ptr::null(),
             w_scales: std::ptr::null(),
+            nb: 0,
+            acc: std::ptr::null_mut(),
         }
     }
 }
@@ -542,6 +552,50 @@ impl Streaming {
                 (Outer::Bf16, true) => bf16_bfmopa_2vlx2vl::group_sme2(p),
                 (Outer::F32, false) => f32_fmopa_2vlx2vl::group_sme1(p),
                 (Outer::F32, true) => f32_fmopa_2vlx2vl::group_sme2(p),
+            }
+        }
+        debug_assert_eq!(svcr(), 0);
+    }
+}
+
+/// The scales of an int8 group (see `i8_smopa_2vlx2vl`): activation and weight scale
+/// records (`nb` per block, 4 SVL bytes each), and the accumulators of one tile step.
+pub struct I8Scales<'a> {
+    pub acts: &'a [f32],
+    pub weights: &'a [f32],
+    pub nb: usize,
+    /// Weights with a minimum (Q4_1): the kernel adds `m_w * s_a` per block.
+    pub has_min: bool,
+    /// 4 VL32 x VL32 floats.
+    pub acc: &'a mut [f32],
+}
+
+impl Streaming {
+    /// One int8 group: `ops.dst[i][c]` = the ggml-ordered block sum of activation row i and
+    /// weight row c over `scales.nb` blocks of 32 (units: 4 int8 each). Panics if an operand
+    /// is shorter than the kernel uses.
+    pub fn i8_group(&self, ops: &mut GroupOperands, scales: I8Scales) {
+        let mut args = ops.args(&self.geo);
+        let (vl32, nb) = (self.geo.vl32(), scales.nb);
+        let rec = 4 * vl32; // floats per block record
+        assert!(nb > 0 && 8 * nb <= args.kunits, "SMEPilot: {nb} int8 blocks in {} units", args.kunits);
+        assert!(scales.acts.len() >= args.m_blocks * nb * rec, "SMEPilot: int8 activation scales too short");
+        assert!(scales.weights.len() >= args.cols_n.div_ceil(self.geo.block_rows()) * nb * rec, "SMEPilot: int8 weight scales too short");
+        assert!(scales.acc.len() >= 4 * vl32 * vl32, "SMEPilot: int8 accumulators too short");
+        args.a_scales = scales.acts.as_ptr();
+        args.w_scales = scales.weights.as_ptr();
+        args.nb = nb;
+        args.acc = scales.acc.as_mut_ptr();
+        let p = &args as *const GroupArgs;
+        // SAFETY: as in `float_group`, plus: the kernel reads nb * 8 units per block (within
+        // kunits, checked), nb scale records per activation and weight block (checked), and
+        // reads and writes 4 VL32 x VL32 accumulators (checked).
+        unsafe {
+            match (scales.has_min, self.geo.sme2) {
+                (false, false) => i8_smopa_2vlx2vl::group_sme1(p),
+                (true, false) => i8_smopa_2vlx2vl::group_min_sme1(p),
+                (false, true) => i8_smopa_2vlx2vl::group_sme2(p),
+                (true, true) => i8_smopa_2vlx2vl::group_min_sme2(p),
             }
         }
         debug_assert_eq!(svcr(), 0);

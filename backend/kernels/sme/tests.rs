@@ -99,3 +99,88 @@ fn float_group_kernels_match_f64_sums_on_odd_shapes() {
     }
     eprintln!("sme float group kernels ran at SVL {} bits, sme2 {}", geo.svl * 8, geo.sme2);
 }
+
+/// The int8 kernel's outputs are the bits of ggml's block order, `f = fma(isum, d_w * d_a,
+/// f)` then `f = fma(m_w, s_a, f)` per block, on odd shapes.
+#[test]
+fn i8_group_kernel_gives_ggml_block_order_bits_on_odd_shapes() {
+    use super::I8Scales;
+    let Some(geo) = geometry() else { return };
+    let mut rng = StdRng::seed_from_u64(7);
+    let (br, vl32) = (geo.block_rows(), geo.vl32());
+    let rec = 4 * vl32;
+    let shapes = [(1, 1, 1), (3, 5, 3), (17, 33, 2), (2 * br + 1, 64, 5), (br, br + 1, 1), (5, 70, 9)];
+    let f16ish = |rng: &mut StdRng, lo: f32, hi: f32| f16::from_f32(rng.gen_range(lo..hi)).to_f32();
+    for sme2 in [false, true].into_iter().filter(|&s| s <= geo.sme2) {
+        let geo = Geometry { sme2, ..geo };
+        let session = Streaming::begin(geo);
+        for has_min in [false, true] {
+            for &(m, n, nb) in &shapes {
+                let (m, n, nb): (usize, usize, usize) = (m, n, nb);
+                let k = 32 * nb;
+                let kunits = geo.kunits(k / 4);
+                let bb = geo.block_bytes(kunits);
+                let (wlo, whi) = if has_min { (0, 16) } else { (-8, 8) };
+                let aq: Vec<Vec<i8>> = (0..m).map(|_| (0..k).map(|_| rng.gen_range(-127..=127)).collect()).collect();
+                let wq: Vec<Vec<i8>> = (0..n).map(|_| (0..k).map(|_| rng.gen_range(wlo..whi)).collect()).collect();
+                let ad: Vec<Vec<(f32, f32)>> = (0..m).map(|_| (0..nb).map(|_| (f16ish(&mut rng, 0.001, 0.02), f16ish(&mut rng, -2.0, 2.0))).collect()).collect();
+                let wd: Vec<Vec<(f32, f32)>> = (0..n).map(|_| (0..nb).map(|_| (f16ish(&mut rng, 0.001, 0.05), f16ish(&mut rng, -0.5, 0.0))).collect()).collect();
+                let m_blocks = m.div_ceil(br);
+                let mut acts = vec![0u8; m_blocks * bb];
+                let mut a_sc = vec![0f32; m_blocks * nb * rec];
+                for r in 0..m_blocks * br {
+                    let block = &mut acts[r / br * bb..][..bb];
+                    if r >= m {
+                        zero_block_row(&geo, block, r % br, kunits);
+                        continue;
+                    }
+                    let mut units = vec![0u8; kunits * 4];
+                    for (u, &q) in units.iter_mut().zip(&aq[r]) {
+                        *u = q as u8;
+                    }
+                    put_block_row(&geo, block, r % br, &units);
+                    for b in 0..nb {
+                        let at = ((r / br) * nb + b) * rec + 2 * (r % br);
+                        (a_sc[at], a_sc[at + 1]) = ad[r][b];
+                    }
+                }
+                let stride = kunits * 4 + 4;
+                let mut src = vec![0u8; n.next_multiple_of(vl32) * stride];
+                let mut w_sc = vec![0f32; n.div_ceil(br) * nb * rec];
+                for c in 0..n {
+                    for (o, &q) in src[c * stride..].iter_mut().zip(&wq[c]) {
+                        *o = q as u8;
+                    }
+                    for b in 0..nb {
+                        let at = ((c / br) * nb + b) * rec + c % br;
+                        (w_sc[at], w_sc[at + 2 * vl32]) = wd[c][b];
+                    }
+                }
+                let mut blocks = vec![0u8; n.div_ceil(br) * bb];
+                let mut acc = vec![0f32; 4 * vl32 * vl32];
+                for transpose in [true, false] {
+                    let mut out: Vec<Vec<f32>> = (0..m).map(|_| vec![f32::NAN; n + 2]).collect();
+                    let mut dst = DstRows::new(out.iter_mut().map(|r| &mut r[..n]), n);
+                    let mut ops = GroupOperands { acts: &acts, src: transpose.then_some((&src[..], stride)), blocks: &mut blocks, kunits, dst: &mut dst };
+                    session.i8_group(&mut ops, I8Scales { acts: &a_sc, weights: &w_sc, nb, has_min, acc: &mut acc });
+                    for i in 0..m {
+                        for c in 0..n {
+                            let mut f = 0f32;
+                            for b in 0..nb {
+                                let isum: i32 = (32 * b..32 * b + 32).map(|j| aq[i][j] as i32 * wq[c][j] as i32).sum();
+                                f = (isum as f32).mul_add(wd[c][b].0 * ad[i][b].0, f);
+                                if has_min {
+                                    f = wd[c][b].1.mul_add(ad[i][b].1, f);
+                                }
+                            }
+                            let got = out[i][c];
+                            assert_eq!(got.to_bits(), f.to_bits(), "sme2={sme2} min={has_min} {m}x{n}x{k} transpose={transpose} ({i},{c}): got {got}, want {f}");
+                        }
+                        assert!(out[i][n..].iter().all(|v| v.is_nan()), "{m}x{n}x{k}: wrote past the group's columns");
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("sme int8 group kernel ran at SVL {} bits, sme2 {}", geo.svl * 8, geo.sme2);
+}

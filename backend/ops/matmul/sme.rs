@@ -17,7 +17,7 @@ use crate::kernels::packed;
 use crate::kernels::quant::scalar_kernels;
 use crate::kernels::registry::MatrixUnit;
 use crate::kernels::sme::stage::{f32_to_f16, put_block_row, zero_block_row};
-use crate::kernels::sme::{DstRows, Geometry, GroupOperands, Outer, Streaming};
+use crate::kernels::sme::{DstRows, Geometry, GroupOperands, I8Scales, Outer, Streaming};
 use crate::kernels::KernelSet;
 use crate::threadpool::ThreadCtx;
 
@@ -39,9 +39,20 @@ impl Sme {
     }
 }
 
+/// The group kernel of a plan.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// Weights and activations as 16-bit (or 32-bit) floats, products in f32.
+    Float(Outer),
+    /// Int8 SMOPA with ggml's per-block scaling (`has_min`: Q4_1, activations as Q8_1).
+    Int8 { has_min: bool },
+}
+
 /// A node's kernel and its scratch layout.
 #[derive(Clone, Copy)]
 pub struct Plan {
+    kind: Kind,
+    /// Float kernels: the outer product (F16 for the int8 kernel's unused slot).
     outer: Outer,
     /// The weight type and its activation format (ggml-cpu's `vec_dot_type`).
     ty: DType,
@@ -60,6 +71,14 @@ pub struct Plan {
     blocks_off: usize,
     /// Rows of the group's row-major units and blocks (whole blocks).
     group_rows: usize,
+    /// Int8 kernel: 32-element blocks per row; the activations' scale records (shared, after
+    /// the activation blocks); per thread the weights' scale records, the accumulators and
+    /// a packed group put back into ggml's layout.
+    nb: usize,
+    a_scales_off: usize,
+    w_scales_off: usize,
+    acc_off: usize,
+    gather_off: usize,
 }
 
 impl Plan {
@@ -88,16 +107,20 @@ fn outer_for(ty: DType) -> Outer {
 
 /// Whether 2-D products of `ty` weights run on an int8 kernel (else a 16-bit float one).
 pub fn int8_engine(ty: DType) -> bool {
-    test_engine::get().unwrap_or(INT8_DEFAULT) && int8_weight(ty)
+    test_engine::get().unwrap_or(INT8_DEFAULT) && int8_weight(ty).is_some()
 }
 
 /// The int8 kernel by default (else the float one): the float kernel executes fewer
 /// instructions per product (see `kernels::sme::i8_smopa_2vlx2vl`).
 const INT8_DEFAULT: bool = false;
 
-/// The weight types the int8 kernel takes.
-fn int8_weight(_ty: DType) -> bool {
-    false
+/// The weight types the int8 kernel takes, and whether they carry a minimum.
+fn int8_weight(ty: DType) -> Option<bool> {
+    match ty {
+        DType::Q8_0 | DType::Q4_0 => Some(false),
+        DType::Q4_1 => Some(true),
+        _ => None,
+    }
 }
 
 /// Tests pick the kernel per run.
@@ -133,6 +156,9 @@ impl MatrixEngine for Sme {
             return None;
         }
         let geo = &self.geo;
+        if let (true, Some(has_min)) = (int8_engine(ty), int8_weight(ty)) {
+            return Some(self.plan_int8(ty, act, k, m, has_min));
+        }
         let outer = outer_for(ty);
         let kunits = geo.kunits(k.div_ceil(outer.per_unit()));
         let m_blocks = m.div_ceil(geo.block_rows());
@@ -142,6 +168,7 @@ impl MatrixEngine for Sme {
         let rows_off = units_off + align64(4 * kunits);
         let blocks_off = rows_off + group_rows * 4 * kunits;
         Some(Plan {
+            kind: Kind::Float(outer),
             outer,
             ty,
             act,
@@ -156,6 +183,11 @@ impl MatrixEngine for Sme {
             rows_off,
             blocks_off,
             group_rows,
+            nb: 0,
+            a_scales_off: 0,
+            w_scales_off: 0,
+            acc_off: 0,
+            gather_off: 0,
         })
     }
 
@@ -164,6 +196,9 @@ impl MatrixEngine for Sme {
     }
 
     fn prepare_acts(&self, plan: &Plan, node: &Node, ctx: &ThreadCtx) {
+        if let Kind::Int8 { .. } = plan.kind {
+            return self.i8_acts(plan, node, ctx);
+        }
         let geo = &self.geo;
         let x = node.src(1);
         let (k, br, bb) = (plan.k, geo.block_rows(), plan.block_bytes(geo));
@@ -209,6 +244,9 @@ impl MatrixEngine for Sme {
     }
 
     fn weight_group(&self, plan: &Plan, session: &mut Streaming, node: &Node, ctx: &ThreadCtx, g: usize) {
+        if let Kind::Int8 { has_min } = plan.kind {
+            return self.i8_group(plan, has_min, session, node, ctx, g);
+        }
         let geo = &self.geo;
         let (w, dst) = (node.src(0), &node.dst);
         let (k, n) = (plan.k, w.ne[1]);
@@ -245,5 +283,161 @@ impl MatrixEngine for Sme {
         let mut out = DstRows::new((0..plan.m).map(|i| dst.row_range_mut::<f32>(i, 0, 0, r0, rows)), rows);
         let mut ops = GroupOperands { acts, src: Some((src, stride)), blocks, kunits: plan.kunits, dst: &mut out };
         session.float_group(plan.outer, &mut ops);
+    }
+}
+
+/// Floats per int8 scale record of one block (see `kernels::sme::i8_smopa_2vlx2vl`).
+fn record(geo: &Geometry) -> usize {
+    4 * geo.vl32()
+}
+
+#[inline]
+fn h(b: &[u8], at: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+impl Sme {
+    fn plan_int8(&self, ty: DType, act: DType, k: usize, m: usize, has_min: bool) -> Plan {
+        let geo = &self.geo;
+        let nb = k / 32;
+        let kunits = geo.kunits(k / 4);
+        let m_blocks = m.div_ceil(geo.block_rows());
+        let group_rows = GROUP_ROWS.next_multiple_of(geo.block_rows());
+        let a_scales_off = align64(m_blocks * geo.block_bytes(kunits));
+        let act_row_off = 0;
+        let units_off = align64(act.row_bytes(k));
+        let rows_off = units_off + align64(4 * kunits);
+        let blocks_off = rows_off + group_rows * 4 * kunits;
+        let w_scales_off = blocks_off + group_rows * 4 * kunits;
+        let acc_off = w_scales_off + align64(group_rows / geo.block_rows() * nb * record(geo) * 4);
+        let gather_off = acc_off + align64(4 * geo.vl32() * geo.vl32() * 4);
+        Plan {
+            kind: Kind::Int8 { has_min },
+            outer: Outer::F16,
+            ty,
+            act,
+            k,
+            kunits,
+            m,
+            m_blocks,
+            thread_off: a_scales_off + align64(m_blocks * nb * record(geo) * 4),
+            thread_bytes: gather_off + packed::GROUP_ROWS * ty.row_bytes(k),
+            act_row_off,
+            units_off,
+            rows_off,
+            blocks_off,
+            group_rows,
+            nb,
+            a_scales_off,
+            w_scales_off,
+            acc_off,
+            gather_off,
+        }
+    }
+
+    /// The int8 kernel's activations: this thread's blocks quantized as ggml-cpu does (Q8_0,
+    /// or Q8_1 for weights with a minimum), their quants as units, their scales (and sums)
+    /// in the blocks' scale records.
+    fn i8_acts(&self, plan: &Plan, node: &Node, ctx: &ThreadCtx) {
+        let geo = &self.geo;
+        let x = node.src(1);
+        let (k, nb, br, bb, rec) = (plan.k, plan.nb, geo.block_rows(), plan.block_bytes(geo), record(geo));
+        let (b0, b1) = split_range(plan.m_blocks, ctx.ith, ctx.nth);
+        // Blocks b0 .. b1 and their scale records are this thread's (contiguous ranges of
+        // the shared scratch); the quantization rows are in its own area.
+        let blocks = ctx.shared_mut::<u8>(b0 * bb, (b1 - b0) * bb);
+        let scales = ctx.shared_mut::<f32>(plan.a_scales_off + b0 * nb * rec * 4, (b1 - b0) * nb * rec);
+        let area = ctx.thread_area(plan.thread_off, plan.thread_bytes);
+        let q = area.carve::<u8>(plan.act_row_off, plan.act.row_bytes(k));
+        let units = area.carve::<u8>(plan.units_off, 4 * plan.kunits);
+        let quantize = ctx.kernels.kernels(plan.act).and_then(|t| t.from_f32).expect("plan checked");
+        let (bs, with_sum) = (plan.act.block_bytes(), plan.act == DType::Q8_1);
+        for r in b0 * br..b1 * br {
+            let (block, rb) = (&mut blocks[(r / br - b0) * bb..][..bb], r % br);
+            let recs = &mut scales[(r / br - b0) * nb * rec..][..nb * rec];
+            if r >= plan.m {
+                zero_block_row(geo, block, rb, plan.kunits);
+                for b in 0..nb {
+                    recs[b * rec + 2 * rb..][..2].fill(0.0);
+                }
+                continue;
+            }
+            quantize(&x.row::<f32>(r, 0, 0)[..k], q);
+            units.fill(0);
+            for b in 0..nb {
+                let blk = &q[b * bs..(b + 1) * bs];
+                units[32 * b..32 * b + 32].copy_from_slice(&blk[bs - 32..]);
+                recs[b * rec + 2 * rb] = h(blk, 0);
+                recs[b * rec + 2 * rb + 1] = if with_sum { h(blk, 2) } else { 0.0 };
+            }
+            put_block_row(geo, block, rb, units);
+        }
+    }
+
+    /// Weight group `g` as int8 rows (row-major, transposed by the kernel) with its scale
+    /// records, multiplied by every activation block.
+    fn i8_group(&self, plan: &Plan, has_min: bool, session: &mut Streaming, node: &Node, ctx: &ThreadCtx, g: usize) {
+        let geo = &self.geo;
+        let (w, dst) = (node.src(0), &node.dst);
+        let (k, nb, n, br, rec) = (plan.k, plan.nb, w.ne[1], geo.block_rows(), record(geo));
+        let r0 = g * GROUP_ROWS;
+        let rows = (n - r0).min(GROUP_ROWS);
+        let stride = plan.row_stride();
+        let (bs, rb) = (w.ty.block_bytes(), w.ty.row_bytes(k));
+        let area = ctx.thread_area(plan.thread_off, plan.thread_bytes);
+        let src = area.carve::<u8>(plan.rows_off, plan.group_rows * stride);
+        let blocks = area.carve::<u8>(plan.blocks_off, plan.group_rows * stride);
+        let w_scales = area.carve::<f32>(plan.w_scales_off, plan.group_rows / br * nb * rec);
+        let acc = area.carve::<f32>(plan.acc_off, 4 * geo.vl32() * geo.vl32());
+        let gather = area.carve::<u8>(plan.gather_off, packed::GROUP_ROWS * rb);
+        for i in 0..rows.next_multiple_of(geo.vl32()) {
+            let out = &mut src[i * stride..(i + 1) * stride];
+            out.fill(0);
+            if i >= rows {
+                continue;
+            }
+            // The row in ggml's layout: a packed group is put back 16 rows at a time.
+            let row: &[u8] = match &w.packed {
+                Some(p) => {
+                    if i % packed::GROUP_ROWS == 0 {
+                        packed::unpack(p.layout, p.group(k, (r0 + i) / packed::GROUP_ROWS), gather, packed::GROUP_ROWS, k);
+                    }
+                    &gather[(i % packed::GROUP_ROWS) * rb..][..rb]
+                }
+                None => &w.row::<u8>(r0 + i, 0, 0)[..rb],
+            };
+            let recs = &mut w_scales[(i / br) * nb * rec..][..nb * rec];
+            for b in 0..nb {
+                let blk = &row[b * bs..(b + 1) * bs];
+                let q = &mut out[32 * b..32 * b + 32];
+                recs[b * rec + i % br] = h(blk, 0);
+                recs[b * rec + 2 * geo.vl32() + i % br] = if has_min { h(blk, 2) } else { 0.0 };
+                match w.ty {
+                    DType::Q8_0 => q.copy_from_slice(&blk[2..34]),
+                    _ => {
+                        let (qs, off) = if has_min { (&blk[4..20], 0) } else { (&blk[2..18], 8) };
+                        for j in 0..16 {
+                            q[j] = ((qs[j] & 15) as i8 - off) as u8;
+                            q[j + 16] = ((qs[j] >> 4) as i8 - off) as u8;
+                        }
+                    }
+                }
+            }
+        }
+        // Zero scales for the rows padding the last block.
+        for i in rows..rows.next_multiple_of(br) {
+            for b in 0..nb {
+                w_scales[(i / br) * nb * rec + b * rec + i % br] = 0.0;
+                w_scales[(i / br) * nb * rec + b * rec + 2 * geo.vl32() + i % br] = 0.0;
+            }
+        }
+        // Written by every thread before the driver's barrier, read-only now.
+        let acts = ctx.shared::<u8>(0, plan.m_blocks * plan.block_bytes(geo));
+        let a_scales = ctx.shared::<f32>(plan.a_scales_off, plan.m_blocks * nb * rec);
+        // Columns r0 .. r0 + rows of every output row are this group's, which the queue gave
+        // this thread alone.
+        let mut out = DstRows::new((0..plan.m).map(|i| dst.row_range_mut::<f32>(i, 0, 0, r0, rows)), rows);
+        let mut ops = GroupOperands { acts, src: Some((src, stride)), blocks, kunits: plan.kunits, dst: &mut out };
+        session.i8_group(&mut ops, I8Scales { acts: a_scales, weights: w_scales, nb, has_min, acc });
     }
 }
