@@ -33,6 +33,25 @@ pub fn svl_bytes() -> Option<usize> {
     f.sme.then_some(f.svl_bytes)
 }
 
+/// Which kernel the engine takes for the types both run (Q4_0, Q4_1, Q8_0): tests and the
+/// kernel benchmark pick it per run; by default the engine's choice.
+pub mod int8_choice {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static ENGINE: AtomicU8 = AtomicU8::new(0);
+
+    /// None: the default; Some(true): int8; Some(false): float.
+    pub fn set(int8: Option<bool>) {
+        ENGINE.store(int8.map_or(0, |i| 1 + i as u8), Ordering::SeqCst);
+    }
+
+    pub fn get() -> Option<bool> {
+        match ENGINE.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(v == 2),
+        }
+    }
+}
+
 /// PSTATE.SM and PSTATE.ZA (`SVCR` bits 0 and 1).
 fn svcr() -> u64 {
     let v: u64;

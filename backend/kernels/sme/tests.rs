@@ -184,3 +184,41 @@ fn i8_group_kernel_gives_ggml_block_order_bits_on_odd_shapes() {
     }
     eprintln!("sme int8 group kernel ran at SVL {} bits, sme2 {}", geo.svl * 8, geo.sme2);
 }
+
+/// The NEON Q4_0 stager gives the bytes of the portable path (dequantize, round to f16, put
+/// in nibble-pair order) on a packed group, with rows wider than the units.
+#[test]
+fn q4_0x16_stager_matches_the_portable_path() {
+    use super::stage::{nibble_pairs, q4_0x16_units};
+    use crate::dtype::DType;
+    use crate::kernels::packed::{self, Layout};
+    use crate::kernels::quant::scalar_kernels;
+    if !std::arch::is_aarch64_feature_detected!("fp16") {
+        eprintln!("no FEAT_FP16: Q4_0 stager not exercised");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(3);
+    let q = scalar_kernels(DType::Q4_0).unwrap();
+    for nb in [1, 3, 8] {
+        let k = 32 * nb;
+        let rb = DType::Q4_0.row_bytes(k);
+        let mut raw = vec![0u8; 16 * rb];
+        for r in 0..16 {
+            let vals: Vec<f32> = (0..k).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+            (q.from_f32.unwrap())(&vals, &mut raw[r * rb..(r + 1) * rb]);
+        }
+        let mut group = vec![0u8; raw.len()];
+        packed::pack(Layout::Q4_0x16, DType::Q4_0, &raw, &mut group, 16, k);
+        let stride = 2 * k + 36;
+        let mut got = vec![0xAAu8; 16 * stride];
+        q4_0x16_units(&group, nb, &mut got, stride);
+        let (mut f, mut h, mut want) = (vec![0f32; k], vec![0u8; 2 * k], vec![0u8; 2 * k]);
+        for r in 0..16 {
+            (q.to_f32)(&raw[r * rb..(r + 1) * rb], &mut f);
+            f32_to_f16(&f, &mut h);
+            nibble_pairs(&h, &mut want);
+            assert_eq!(&got[r * stride..r * stride + 2 * k], &want[..], "nb={nb} row {r}");
+            assert!(got[r * stride + 2 * k..(r + 1) * stride].iter().all(|&b| b == 0xAA), "nb={nb} row {r}: wrote past the units");
+        }
+    }
+}

@@ -16,7 +16,7 @@ use crate::dtype::DType;
 use crate::kernels::packed;
 use crate::kernels::quant::scalar_kernels;
 use crate::kernels::registry::MatrixUnit;
-use crate::kernels::sme::stage::{f32_to_f16, put_block_row, zero_block_row};
+use crate::kernels::sme::stage::{f32_to_f16, nibble_pairs, put_block_row, q4_0x16_units, zero_block_row};
 use crate::kernels::sme::{DstRows, Geometry, GroupOperands, I8Scales, Outer, Streaming};
 use crate::kernels::KernelSet;
 use crate::threadpool::ThreadCtx;
@@ -28,14 +28,18 @@ const GROUP_ROWS: usize = GROUP_TILES * 16;
 /// process drives SME (the kernel set's matrix unit) and the CPU reports that SVL.
 pub struct Sme {
     geo: Geometry,
+    /// FEAT_FP16 (the NEON Q4_0 stager's half-precision arithmetic).
+    fp16: bool,
 }
 
 impl Sme {
     /// The engine, when the kernel set `ks` drives SME.
     pub fn get(ks: &KernelSet) -> Option<Sme> {
         let Some(MatrixUnit::Sme(u)) = ks.matrix else { return None };
-        let f = crate::platform::CpuFeatures::detect();
-        (f.sme && f.svl_bytes == u.svl_bytes && (f.sme2 || !u.sme2)).then_some(Sme { geo: Geometry { svl: u.svl_bytes, sme2: u.sme2 } })
+        // Detected once: engines are looked up for every node.
+        static FEATURES: std::sync::OnceLock<crate::platform::CpuFeatures> = std::sync::OnceLock::new();
+        let f = FEATURES.get_or_init(crate::platform::CpuFeatures::detect);
+        (f.sme && f.svl_bytes == u.svl_bytes && (f.sme2 || !u.sme2)).then_some(Sme { geo: Geometry { svl: u.svl_bytes, sme2: u.sme2 }, fp16: f.fp16 })
     }
 }
 
@@ -71,6 +75,8 @@ pub struct Plan {
     blocks_off: usize,
     /// Rows of the group's row-major units and blocks (whole blocks).
     group_rows: usize,
+    /// Units in `stage::nibble_pairs` order (Q4_0 on the f16 kernel).
+    nibble: bool,
     /// Int8 kernel: 32-element blocks per row; the activations' scale records (shared, after
     /// the activation blocks); per thread the weights' scale records, the accumulators and
     /// a packed group put back into ggml's layout.
@@ -124,23 +130,7 @@ fn int8_weight(ty: DType) -> Option<bool> {
 }
 
 /// Tests pick the kernel per run.
-pub mod test_engine {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    static ENGINE: AtomicU8 = AtomicU8::new(0);
-
-    /// None: the default; Some(true): int8; Some(false): float.
-    #[cfg(test)]
-    pub fn set(int8: Option<bool>) {
-        ENGINE.store(int8.map_or(0, |i| 1 + i as u8), Ordering::SeqCst);
-    }
-
-    pub fn get() -> Option<bool> {
-        match ENGINE.load(Ordering::Relaxed) {
-            0 => None,
-            v => Some(v == 2),
-        }
-    }
-}
+pub use crate::kernels::sme::int8_choice as test_engine;
 
 impl MatrixEngine for Sme {
     type Plan = Plan;
@@ -164,7 +154,8 @@ impl MatrixEngine for Sme {
         let m_blocks = m.div_ceil(geo.block_rows());
         let group_rows = GROUP_ROWS.next_multiple_of(geo.block_rows());
         let act_row_off = align64(4 * k);
-        let units_off = act_row_off + align64(act.row_bytes(k));
+        // The converted activation row, reused for f16 halfs on their way to another order.
+        let units_off = act_row_off + align64(act.row_bytes(k).max(2 * k));
         let rows_off = units_off + align64(4 * kunits);
         let blocks_off = rows_off + group_rows * 4 * kunits;
         Some(Plan {
@@ -183,6 +174,7 @@ impl MatrixEngine for Sme {
             rows_off,
             blocks_off,
             group_rows,
+            nibble: ty == DType::Q4_0,
             nb: 0,
             a_scales_off: 0,
             w_scales_off: 0,
@@ -208,7 +200,7 @@ impl MatrixEngine for Sme {
         let blocks = ctx.shared_mut::<u8>(b0 * bb, (b1 - b0) * bb);
         let area = ctx.thread_area(plan.thread_off, plan.thread_bytes);
         let tmp = area.carve::<f32>(0, k);
-        let act_row = area.carve::<u8>(plan.act_row_off, plan.act.row_bytes(k));
+        let act_row = area.carve::<u8>(plan.act_row_off, plan.act.row_bytes(k).max(2 * k));
         let units = area.carve::<u8>(plan.units_off, 4 * plan.kunits);
         let from_f32 = ctx.kernels.kernels(plan.act).and_then(|t| t.from_f32).expect("plan checked");
         let to_f32 = ctx.kernels.kernels(plan.act).expect("plan checked").to_f32;
@@ -230,9 +222,15 @@ impl MatrixEngine for Sme {
                 (_, DType::F16 | DType::BF16) => from_f32(xr, &mut units[..2 * k]),
                 // Quantized as ggml-cpu quantizes them, then the same values in f16.
                 _ => {
-                    from_f32(xr, act_row);
-                    to_f32(act_row, tmp);
-                    f32_to_f16(tmp, &mut units[..2 * k]);
+                    let q = &mut act_row[..plan.act.row_bytes(k)];
+                    from_f32(xr, q);
+                    to_f32(q, tmp);
+                    if plan.nibble {
+                        f32_to_f16(tmp, &mut act_row[..2 * k]);
+                        nibble_pairs(&act_row[..2 * k], units);
+                    } else {
+                        f32_to_f16(tmp, &mut units[..2 * k]);
+                    }
                 }
             }
             put_block_row(geo, block, r % br, units);
@@ -255,14 +253,20 @@ impl MatrixEngine for Sme {
         let stride = plan.row_stride();
         let area = ctx.thread_area(plan.thread_off, plan.thread_bytes);
         let tmp = area.carve::<f32>(0, k);
+        let half_row = area.carve::<u8>(plan.act_row_off, 2 * k);
         let src = area.carve::<u8>(plan.rows_off, plan.group_rows * stride);
         let blocks = area.carve::<u8>(plan.blocks_off, plan.group_rows * stride);
+        let fast_q4_0 = plan.nibble && self.fp16 && w.packed.is_some_and(|p| p.layout == packed::Layout::Q4_0x16);
         // The group's rows as units, row-major; rows up to a whole panel are zero.
         for i in 0..rows.next_multiple_of(geo.vl32()) {
             let out = &mut src[i * stride..(i + 1) * stride];
-            out.fill(0);
             if i >= rows {
+                out.fill(0);
                 continue;
+            }
+            out[2 * k.next_multiple_of(2)..].fill(0);
+            if fast_q4_0 {
+                continue; // 16 rows at a time below
             }
             if matches!(plan.ty, DType::F32 | DType::F16 | DType::BF16) {
                 // The float types' rows are their units already.
@@ -274,7 +278,18 @@ impl MatrixEngine for Sme {
                 Some(p) => packed::row_to_f32(&ctx.kernels.packed, p, k, r0 + i, tmp),
                 None => (ctx.kernels.kernels(plan.ty).expect("plan checked").to_f32)(w.row::<u8>(r0 + i, 0, 0), tmp),
             }
-            f32_to_f16(tmp, &mut out[..2 * k]);
+            if plan.nibble {
+                f32_to_f16(tmp, half_row);
+                nibble_pairs(half_row, &mut out[..2 * k]);
+            } else {
+                f32_to_f16(tmp, &mut out[..2 * k]);
+            }
+        }
+        if let (true, Some(p)) = (fast_q4_0, &w.packed) {
+            // Packed groups are whole 16-row groups (Layout::for_weights).
+            for i in (0..rows).step_by(packed::GROUP_ROWS) {
+                q4_0x16_units(p.group(k, (r0 + i) / packed::GROUP_ROWS), k / 32, &mut src[i * stride..], stride);
+            }
         }
         // Written by every thread before the driver's barrier, read-only now.
         let acts = ctx.shared::<u8>(0, plan.m_blocks * plan.block_bytes(geo));
@@ -327,6 +342,7 @@ impl Sme {
             rows_off,
             blocks_off,
             group_rows,
+            nibble: false,
             nb,
             a_scales_off,
             w_scales_off,
