@@ -1,8 +1,8 @@
 //! BFMOPA (FEAT_SME): two bf16 of consecutive k per 32-bit unit, summed in f32 into ZA.S, on the 2VL x 2VL tile step of [`super`] (two activation panels by two weight
 //! panels, four ZA.S tiles). SME1 loads one vector per instruction (16 loads per 16 outer
-//! products); SME2 loads four (4 per 16).
+//! products); SME2 loads four (8 loads per 32).
 
-use super::{float_group_asm, load_4units_sme1, load_4units_sme2, run_group_asm, GroupArgs};
+use super::{float_group_asm, float_step_sme1, float_step_sme2, run_group_asm, GroupArgs};
 
 /// One group in one streaming region, SME1 instructions.
 ///
@@ -13,7 +13,7 @@ use super::{float_group_asm, load_4units_sme1, load_4units_sme2, run_group_asm, 
 #[inline(never)]
 pub(crate) unsafe fn group_sme1(args: *const GroupArgs) {
     // SAFETY: the caller's contract; the asm leaves streaming mode and ZA off.
-    unsafe { run_group_asm!(args, float_group_asm!(".arch_extension sme", "", load_4units_sme1!(), "bfmopa", "h")) }
+    unsafe { run_group_asm!(args, float_group_asm!(".arch_extension sme", "", float_step_sme1!("bfmopa", "h"))) }
 }
 
 /// The same with SME2's four-vector loads.
@@ -23,5 +23,5 @@ pub(crate) unsafe fn group_sme1(args: *const GroupArgs) {
 #[inline(never)]
 pub(crate) unsafe fn group_sme2(args: *const GroupArgs) {
     // SAFETY: the caller's contract; the asm leaves streaming mode and ZA off.
-    unsafe { run_group_asm!(args, float_group_asm!(".arch_extension sme2", "ptrue pn8.b", load_4units_sme2!(), "bfmopa", "h")) }
+    unsafe { run_group_asm!(args, float_group_asm!(".arch_extension sme2", "ptrue pn8.b", float_step_sme2!("bfmopa", "h"))) }
 }

@@ -27,9 +27,15 @@ mod tests;
 
 use std::marker::PhantomData;
 
+/// The CPU's features, detected once (sessions begin per weight group).
+fn features() -> &'static crate::platform::CpuFeatures {
+    static F: std::sync::OnceLock<crate::platform::CpuFeatures> = std::sync::OnceLock::new();
+    F.get_or_init(crate::platform::CpuFeatures::detect)
+}
+
 /// The streaming vector length in bytes (`RDSVL`), or None where the CPU has no SME.
 pub fn svl_bytes() -> Option<usize> {
-    let f = crate::platform::CpuFeatures::detect();
+    let f = features();
     f.sme.then_some(f.svl_bytes)
 }
 
@@ -82,9 +88,9 @@ impl Geometry {
     }
 
     /// Units a row of `units` is padded to: whole transposition chunks (VL32 units) and whole
-    /// steps of the K loop (4 units).
+    /// steps of the K loop (8 units).
     pub const fn kunits(&self, units: usize) -> usize {
-        let q = if self.vl32() > 4 { self.vl32() } else { 4 };
+        let q = if self.vl32() > 8 { self.vl32() } else { 8 };
         units.div_ceil(q) * q
     }
 
@@ -325,6 +331,74 @@ macro_rules! mopa_4units {
 }
 pub(crate) use mopa_4units;
 
+/// Four more units from z8-z15 and z24-z31 (SME2's eight-unit step).
+macro_rules! mopa_4units_hi {
+    ($mopa:literal, $t:literal) => {
+        concat!(
+            $mopa, " za0.s, p0/m, p0/m, z8.", $t, ", z24.", $t, "\n",
+            $mopa, " za1.s, p0/m, p0/m, z8.", $t, ", z25.", $t, "\n",
+            $mopa, " za2.s, p0/m, p0/m, z9.", $t, ", z24.", $t, "\n",
+            $mopa, " za3.s, p0/m, p0/m, z9.", $t, ", z25.", $t, "\n",
+            $mopa, " za0.s, p0/m, p0/m, z10.", $t, ", z26.", $t, "\n",
+            $mopa, " za1.s, p0/m, p0/m, z10.", $t, ", z27.", $t, "\n",
+            $mopa, " za2.s, p0/m, p0/m, z11.", $t, ", z26.", $t, "\n",
+            $mopa, " za3.s, p0/m, p0/m, z11.", $t, ", z27.", $t, "\n",
+            $mopa, " za0.s, p0/m, p0/m, z12.", $t, ", z28.", $t, "\n",
+            $mopa, " za1.s, p0/m, p0/m, z12.", $t, ", z29.", $t, "\n",
+            $mopa, " za2.s, p0/m, p0/m, z13.", $t, ", z28.", $t, "\n",
+            $mopa, " za3.s, p0/m, p0/m, z13.", $t, ", z29.", $t, "\n",
+            $mopa, " za0.s, p0/m, p0/m, z14.", $t, ", z30.", $t, "\n",
+            $mopa, " za1.s, p0/m, p0/m, z14.", $t, ", z31.", $t, "\n",
+            $mopa, " za2.s, p0/m, p0/m, z15.", $t, ", z30.", $t, "\n",
+            $mopa, " za3.s, p0/m, p0/m, z15.", $t, ", z31.", $t, "\n",
+        )
+    };
+}
+pub(crate) use mopa_4units_hi;
+
+/// The K step of a float kernel, SME1: four units, one vector per load.
+macro_rules! float_step_sme1 {
+    ($mopa:literal, $t:literal) => {
+        concat!(
+            $crate::kernels::sme::load_4units_sme1!(),
+            $crate::kernels::sme::mopa_4units!($mopa, $t),
+            "
+            addvl x6, x6, #8
+            addvl x7, x7, #8
+            subs x8, x8, #4
+            "
+        )
+    };
+}
+pub(crate) use float_step_sme1;
+
+/// The K step of a float kernel, SME2: eight units, four vectors per load (all 32 Z
+/// registers: 16 activation and 16 weight vectors).
+macro_rules! float_step_sme2 {
+    ($mopa:literal, $t:literal) => {
+        concat!(
+            "
+            ld1w {{z0.s-z3.s}}, pn8/z, [x6]
+            ld1w {{z16.s-z19.s}}, pn8/z, [x7]
+            ld1w {{z4.s-z7.s}}, pn8/z, [x6, #4, mul vl]
+            ld1w {{z20.s-z23.s}}, pn8/z, [x7, #4, mul vl]
+            ld1w {{z8.s-z11.s}}, pn8/z, [x6, #8, mul vl]
+            ld1w {{z24.s-z27.s}}, pn8/z, [x7, #8, mul vl]
+            ld1w {{z12.s-z15.s}}, pn8/z, [x6, #12, mul vl]
+            ld1w {{z28.s-z31.s}}, pn8/z, [x7, #12, mul vl]
+            ",
+            $crate::kernels::sme::mopa_4units!($mopa, $t),
+            $crate::kernels::sme::mopa_4units_hi!($mopa, $t),
+            "
+            addvl x6, x6, #16
+            addvl x7, x7, #16
+            subs x8, x8, #8
+            "
+        )
+    };
+}
+pub(crate) use float_step_sme2;
+
 /// Loads of four units of both operands (x6: activations, x7: weights), SME1: one vector
 /// per instruction.
 macro_rules! load_4units_sme1 {
@@ -366,10 +440,10 @@ pub(crate) use load_4units_sme2;
 
 /// A whole float group kernel: the optional transposition, then every activation block by
 /// every weight block, K accumulated in ZA, each tile stored once. `$ext` is the assembler
-/// extension line, `$setup` extra setup, `$load` the loads of four units, `$mopa` / `$t`
-/// the outer product and its element type.
+/// extension line, `$setup` extra setup, `$step` one step of the K loop (loads, outer
+/// products, pointers, `subs x8`).
 macro_rules! float_group_asm {
-    ($ext:literal, $setup:literal, $load:expr, $mopa:literal, $t:literal) => {
+    ($ext:literal, $setup:literal, $step:expr) => {
         concat!(
             $ext, "\n",
             $crate::kernels::sme::args_offsets!(),
@@ -394,12 +468,8 @@ macro_rules! float_group_asm {
             ldr x8, [x0, #A_KUNITS]
         50:
             ",
-            $load,
-            $crate::kernels::sme::mopa_4units!($mopa, $t),
+            $step,
             "
-            addvl x6, x6, #8
-            addvl x7, x7, #8
-            subs x8, x8, #4
             b.ne 50b
             ldr x11, [x0, #A_ROWSM]
             sub x11, x11, x3
@@ -543,7 +613,7 @@ pub struct Streaming {
 impl Streaming {
     /// The unit at geometry `geo`: panics where the CPU has no SME, or another SVL.
     pub fn begin(geo: Geometry) -> Streaming {
-        let f = crate::platform::CpuFeatures::detect();
+        let f = features();
         assert!(f.sme && f.svl_bytes == geo.svl && (f.sme2 || !geo.sme2), "SMEPilot: SME kernels for SVL {} bytes (sme2 {}) on a CPU with {f:?}", geo.svl, geo.sme2);
         assert_eq!(svcr(), 0, "SMEPilot: an SME session on a thread in streaming mode or with ZA on");
         Streaming { geo, _thread: PhantomData }
@@ -551,6 +621,39 @@ impl Streaming {
 
     pub fn geometry(&self) -> Geometry {
         self.geo
+    }
+
+    /// Row-major units (`rows` rows, `stride` bytes apart, each `kunits` units) into blocks
+    /// (the layout of `GroupOperands::blocks`), through ZA in one streaming region: how
+    /// activation rows become activation blocks. Rows past `rows` up to a whole panel are
+    /// read too. Panics if an operand is shorter than that.
+    pub fn transpose(&self, src: &[u8], stride: usize, rows: usize, blocks: &mut [u8], kunits: usize) {
+        let (vl32, bb) = (self.geo.vl32(), self.geo.block_bytes(kunits));
+        assert!(rows > 0 && kunits > 0 && kunits == self.geo.kunits(kunits), "SMEPilot: transposition of {rows} rows of {kunits} units");
+        assert!(stride >= 4 * kunits && src.len() >= (rows.next_multiple_of(vl32) - 1) * stride + 4 * kunits, "SMEPilot: row-major units too short");
+        assert!(blocks.len() >= rows.div_ceil(self.geo.block_rows()) * bb, "SMEPilot: blocks too short");
+        let args = GroupArgs {
+            acts: std::ptr::null(),
+            a_block_bytes: bb,
+            m_blocks: 0,
+            rows_m: 0,
+            w: blocks.as_mut_ptr(),
+            w_block_bytes: bb,
+            cols_n: rows,
+            kunits,
+            dst: std::ptr::null(),
+            src: src.as_ptr(),
+            src_stride: stride,
+            a_scales: std::ptr::null(),
+            w_scales: std::ptr::null(),
+            nb: 0,
+            acc: std::ptr::null_mut(),
+        };
+        // SAFETY: this thread may use SME at this SVL (checked at `begin`); with no
+        // activation blocks the kernel only transposes: it reads the panels of `src` and
+        // writes the blocks of `blocks`, both checked above.
+        unsafe { f32_fmopa_2vlx2vl::group_sme1(&args) };
+        debug_assert_eq!(svcr(), 0);
     }
 
     /// One float group (see the module doc): `ops.dst[i][c]` = activation row i · weight

@@ -490,3 +490,51 @@ pub fn zero_block_row(geo: &Geometry, block: &mut [u8], r: usize, kunits: usize)
         block[u * 2 * svl + at..][..4].fill(0);
     }
 }
+
+/// One row of Q8_0 blocks (`nb` of 34 bytes: d, 32 quants) as f16 units, `d * q` rounded
+/// once to f16 (the dequantizer's f32 value rounded to f16), in natural order or in
+/// [`nibble_pairs`] order. NEON with FEAT_FP16 (checked).
+pub fn q8_0_units(blocks: &[u8], nb: usize, out: &mut [u8], nibble: bool) {
+    assert!(std::arch::is_aarch64_feature_detected!("fp16"), "SMEPilot: the Q8_0 stager needs FEAT_FP16");
+    assert!(nb > 0 && blocks.len() >= nb * 34 && out.len() >= nb * 64, "SMEPilot: Q8_0 staging out of bounds");
+    // SAFETY: NEON and FEAT_FP16 are present (checked); per block the asm reads its 34 bytes
+    // and writes 64 bytes of `out`, within the slices (checked above).
+    unsafe {
+        std::arch::asm!(
+            ".arch_extension fp16",
+            "2:",
+            "ldr h0, [x0]",
+            "ldur q1, [x0, #2]",
+            "ldur q2, [x0, #18]",
+            "cbz {nib}, 3f",
+            "zip1 v3.16b, v1.16b, v2.16b",
+            "zip2 v2.16b, v1.16b, v2.16b",
+            "mov v1.16b, v3.16b",
+            "3:",
+            "sxtl v4.8h, v1.8b",
+            "sxtl2 v5.8h, v1.16b",
+            "sxtl v6.8h, v2.8b",
+            "sxtl2 v7.8h, v2.16b",
+            "scvtf v4.8h, v4.8h",
+            "scvtf v5.8h, v5.8h",
+            "scvtf v6.8h, v6.8h",
+            "scvtf v7.8h, v7.8h",
+            "fmul v4.8h, v4.8h, v0.h[0]",
+            "fmul v5.8h, v5.8h, v0.h[0]",
+            "fmul v6.8h, v6.8h, v0.h[0]",
+            "fmul v7.8h, v7.8h, v0.h[0]",
+            "stp q4, q5, [x1]",
+            "stp q6, q7, [x1, #32]",
+            "add x0, x0, #34",
+            "add x1, x1, #64",
+            "subs x2, x2, #1",
+            "b.ne 2b",
+            nib = in(reg) nibble as u64,
+            inout("x0") blocks.as_ptr() => _,
+            inout("x1") out.as_mut_ptr() => _,
+            inout("x2") nb => _,
+            out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+            options(nostack)
+        )
+    };
+}

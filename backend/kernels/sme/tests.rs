@@ -222,3 +222,37 @@ fn q4_0x16_stager_matches_the_portable_path() {
         }
     }
 }
+
+/// The NEON Q8_0 stager gives the bytes of the portable path (dequantize, round to f16,
+/// natural or nibble-pair order).
+#[test]
+fn q8_0_stager_matches_the_portable_path() {
+    use super::stage::{nibble_pairs, q8_0_units};
+    use crate::dtype::DType;
+    use crate::kernels::quant::scalar_kernels;
+    if !std::arch::is_aarch64_feature_detected!("fp16") {
+        eprintln!("no FEAT_FP16: Q8_0 stager not exercised");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(4);
+    let q = scalar_kernels(DType::Q8_0).unwrap();
+    for nb in [1, 2, 7] {
+        let k = 32 * nb;
+        let vals: Vec<f32> = (0..k).map(|_| rng.gen_range(-40.0f32..40.0)).collect();
+        let mut blocks = vec![0u8; DType::Q8_0.row_bytes(k)];
+        (q.from_f32.unwrap())(&vals, &mut blocks);
+        let (mut f, mut h) = (vec![0f32; k], vec![0u8; 2 * k]);
+        (q.to_f32)(&blocks, &mut f);
+        f32_to_f16(&f, &mut h);
+        for nibble in [false, true] {
+            let mut want = h.clone();
+            if nibble {
+                nibble_pairs(&h, &mut want);
+            }
+            let mut got = vec![0xAAu8; 2 * k + 8];
+            q8_0_units(&blocks, nb, &mut got, nibble);
+            assert_eq!(&got[..2 * k], &want[..], "nb={nb} nibble={nibble}");
+            assert!(got[2 * k..].iter().all(|&b| b == 0xAA), "nb={nb}: wrote past the units");
+        }
+    }
+}

@@ -16,7 +16,7 @@ use crate::dtype::DType;
 use crate::kernels::packed;
 use crate::kernels::quant::scalar_kernels;
 use crate::kernels::registry::MatrixUnit;
-use crate::kernels::sme::stage::{f32_to_f16, nibble_pairs, put_block_row, q4_0x16_units, zero_block_row};
+use crate::kernels::sme::stage::{f32_to_f16, nibble_pairs, put_block_row, q4_0x16_units, q8_0_units, zero_block_row};
 use crate::kernels::sme::{DstRows, Geometry, GroupOperands, I8Scales, Outer, Streaming};
 use crate::kernels::KernelSet;
 use crate::threadpool::ThreadCtx;
@@ -193,47 +193,64 @@ impl MatrixEngine for Sme {
         }
         let geo = &self.geo;
         let x = node.src(1);
-        let (k, br, bb) = (plan.k, geo.block_rows(), plan.block_bytes(geo));
+        let (k, br, bb, stride) = (plan.k, geo.block_rows(), plan.block_bytes(geo), plan.row_stride());
         let (b0, b1) = split_range(plan.m_blocks, ctx.ith, ctx.nth);
+        if b0 == b1 {
+            return;
+        }
         // Blocks b0 .. b1 are this thread's (a contiguous range of the shared scratch); the
-        // conversion rows are in its own area.
+        // conversion rows and a block's row-major units are in its own area.
         let blocks = ctx.shared_mut::<u8>(b0 * bb, (b1 - b0) * bb);
         let area = ctx.thread_area(plan.thread_off, plan.thread_bytes);
         let tmp = area.carve::<f32>(0, k);
         let act_row = area.carve::<u8>(plan.act_row_off, plan.act.row_bytes(k).max(2 * k));
-        let units = area.carve::<u8>(plan.units_off, 4 * plan.kunits);
+        let rows = area.carve::<u8>(plan.rows_off, br * stride);
         let from_f32 = ctx.kernels.kernels(plan.act).and_then(|t| t.from_f32).expect("plan checked");
         let to_f32 = ctx.kernels.kernels(plan.act).expect("plan checked").to_f32;
-        for r in b0 * br..b1 * br {
-            let block = &mut blocks[(r / br - b0) * bb..][..bb];
-            if r >= plan.m {
-                zero_block_row(geo, block, r % br, plan.kunits);
-                continue;
-            }
-            let xr = &x.row::<f32>(r, 0, 0)[..k];
-            units.fill(0);
-            match (plan.outer, plan.act) {
-                (Outer::F32, _) => {
-                    for (u, v) in units.chunks_exact_mut(4).zip(xr) {
-                        u.copy_from_slice(&v.to_le_bytes());
-                    }
+        let session = Streaming::begin(self.geo);
+        for b in b0..b1 {
+            for i in 0..br {
+                let (r, out) = (b * br + i, &mut rows[i * stride..(i + 1) * stride]);
+                if r >= plan.m {
+                    out.fill(0);
+                    continue;
                 }
-                // F16 and BF16 activations as ggml-cpu converts them.
-                (_, DType::F16 | DType::BF16) => from_f32(xr, &mut units[..2 * k]),
-                // Quantized as ggml-cpu quantizes them, then the same values in f16.
-                _ => {
-                    let q = &mut act_row[..plan.act.row_bytes(k)];
-                    from_f32(xr, q);
-                    to_f32(q, tmp);
-                    if plan.nibble {
-                        f32_to_f16(tmp, &mut act_row[..2 * k]);
-                        nibble_pairs(&act_row[..2 * k], units);
-                    } else {
-                        f32_to_f16(tmp, &mut units[..2 * k]);
+                let xr = &x.row::<f32>(r, 0, 0)[..k];
+                let used = match (plan.outer, plan.act) {
+                    (Outer::F32, _) => {
+                        for (u, v) in out.chunks_exact_mut(4).zip(xr) {
+                            u.copy_from_slice(&v.to_le_bytes());
+                        }
+                        4 * k
                     }
-                }
+                    // F16 and BF16 activations as ggml-cpu converts them.
+                    (_, DType::F16 | DType::BF16) => {
+                        from_f32(xr, &mut out[..2 * k]);
+                        2 * k
+                    }
+                    // Quantized as ggml-cpu quantizes them, then the same values in f16.
+                    (_, DType::Q8_0) if self.fp16 => {
+                        let q = &mut act_row[..plan.act.row_bytes(k)];
+                        from_f32(xr, q);
+                        q8_0_units(q, k / 32, out, plan.nibble);
+                        2 * k
+                    }
+                    _ => {
+                        let q = &mut act_row[..plan.act.row_bytes(k)];
+                        from_f32(xr, q);
+                        to_f32(q, tmp);
+                        if plan.nibble {
+                            f32_to_f16(tmp, &mut act_row[..2 * k]);
+                            nibble_pairs(&act_row[..2 * k], out);
+                        } else {
+                            f32_to_f16(tmp, &mut out[..2 * k]);
+                        }
+                        2 * k
+                    }
+                };
+                out[used..].fill(0);
             }
-            put_block_row(geo, block, r % br, units);
+            session.transpose(rows, stride, br, &mut blocks[(b - b0) * bb..][..bb], plan.kunits);
         }
     }
 
