@@ -12,15 +12,7 @@
 //! ```
 //!
 //! Arguments: weight type (q4_0, q4_1, q8_0, q4_k, q6_k, bf16, f16, f32), kernel (f16 or
-//! int8), M, K, N.
-
-use smepilot_engine::calibrate::{random_weights, tensor};
-use smepilot_engine::dtype::DType;
-use smepilot_engine::exec::Executor;
-use smepilot_engine::kernels::packed::{self, Layout, PackedRef};
-use smepilot_engine::kernels::registry::{self, MatrixUnit};
-use smepilot_engine::ops::{Node, Op};
-use smepilot_engine::plan::{Mode, Plan};
+//! int8), M, K, N, and `sme1` to run the SME1 instructions on an SME2 CPU.
 
 #[cfg(not(target_arch = "aarch64"))]
 fn main() {
@@ -29,6 +21,13 @@ fn main() {
 
 #[cfg(target_arch = "aarch64")]
 fn main() {
+    use smepilot_engine::calibrate::{random_weights, tensor};
+    use smepilot_engine::dtype::DType;
+    use smepilot_engine::exec::Executor;
+    use smepilot_engine::kernels::packed::{self, Layout, PackedRef};
+    use smepilot_engine::kernels::registry::{self, MatrixUnit};
+    use smepilot_engine::ops::{Node, Op};
+    use smepilot_engine::plan::{Mode, Plan};
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize, d: &str| args.get(i).cloned().unwrap_or_else(|| d.to_string());
     let ty = match arg(1, "q4_0").as_str() {
@@ -45,8 +44,9 @@ fn main() {
     let int8 = arg(2, "f16") == "int8";
     let num = |i: usize, d: &str| arg(i, d).parse::<usize>().expect("a number");
     let (m, k, n) = (num(3, "512"), num(4, "3072"), num(5, "128"));
-    let ks = registry::active();
-    let Some(MatrixUnit::Sme(unit)) = ks.matrix else { panic!("no SME unit in the process's kernel set") };
+    let Some(MatrixUnit::Sme(mut unit)) = registry::active().matrix else { panic!("no SME unit in the process's kernel set") };
+    unit.sme2 &= arg(6, "") != "sme1";
+    let ks: &'static _ = Box::leak(Box::new(smepilot_engine::kernels::KernelSet { matrix: Some(MatrixUnit::Sme(unit)), ..*registry::active() }));
     smepilot_engine::kernels::sme::int8_choice::set(Some(int8));
 
     let mut w = random_weights(ty, n, k, 1);

@@ -1,4 +1,5 @@
-//! BFMOPA (FEAT_SME): two bf16 of consecutive k per 32-bit unit, summed in f32 into ZA.S, on the 2VL x 2VL tile step of [`super`] (two activation panels by two weight
+//! BFMOPA (FEAT_SME): two bf16 of consecutive k per 32-bit unit, summed in f32 into ZA.S,
+//! on the 2VL x 2VL tile step of [`super`] (two activation panels by two weight
 //! panels, four ZA.S tiles). SME1 loads one vector per instruction (16 loads per 16 outer
 //! products); SME2 loads four (8 loads per 32).
 

@@ -1,20 +1,29 @@
 //! Arm SME / SME2 kernels: outer products into the ZA tiles, driven in streaming mode.
 //!
 //! Operand layout ("2VL x unit", as KleidiAI packs its SME operands): a 32-bit *unit* is
-//! what one lane of an outer-product operand holds for one row: two f16 / bf16 values of
-//! consecutive k (widening FMOPA / BFMOPA), one f32 (FMOPA), four int8 (SMOPA). A *panel*
-//! is VL32 = SVL/32 rows; a *block* is two panels. A block of `kunits` units is stored unit
-//! by unit, each unit as panel 0's vector then panel 1's vector (`2 * kunits` vectors of SVL
-//! bytes), so one pointer walks both panels and SME2 loads four vectors at once.
+//! what one lane of an outer-product operand holds for one row: two f16 / bf16 values
+//! (widening FMOPA / BFMOPA; which two k share a unit is the stager's choice, the same for
+//! both operands, see `stage::nibble_pairs`), one f32 (FMOPA), four int8 of consecutive k
+//! (SMOPA). A *panel* is VL32 = SVL/32 rows; a *block* is two panels. A block of `kunits`
+//! units is stored unit by unit, each unit as panel 0's vector then panel 1's vector
+//! (`2 * kunits` vectors of SVL bytes), so one pointer walks both panels and SME2 loads
+//! four vectors at once. Shapes scale with the SVL (128 to 2048 bits): the kernels read it
+//! with CNTW / RDSVL, the stagers take it from [`Geometry`].
 //!
 //! One call of a group kernel ([`f16_fmopa_2vlx2vl`], ...) is one streaming region: it
 //! enters streaming mode with ZA on, optionally transposes the weight group's row-major
-//! units into blocks through ZA, multiplies every activation block by every weight block
-//! (2 x 2 ZA.S tiles, accumulated over all of K), stores each tile's rows straight into the
-//! output rows, and leaves streaming mode, all in one `asm!` block: the compiler cannot put
-//! ordinary vector code between `smstart` and `smstop`, and nothing in the region can panic.
-//! [`Streaming`] checks around the regions that the thread is out of streaming mode with ZA
-//! off (and puts it back there if not, also when unwinding).
+//! units into blocks through ZA (horizontal slices in, vertical slices out), multiplies
+//! every activation block by every weight block (2 x 2 ZA.S tiles, accumulated over all of
+//! K), stores each tile's rows straight into the output rows, and leaves streaming mode,
+//! all in one `asm!` block: the compiler cannot put ordinary vector code between `smstart`
+//! and `smstop`, and nothing in the region can panic. Activation rows become blocks the
+//! same way ([`Streaming::transpose`]). Dequantization and conversion run before, outside
+//! streaming mode (NEON: `stage`). [`Streaming`] checks around the regions that the thread
+//! is out of streaming mode with ZA off (and puts it back there if not, also when
+//! unwinding).
+//!
+//! SME1 instructions are the baseline; where the CPU has SME2 the float kernels load four
+//! vectors per instruction and take eight units per K step.
 
 pub mod stage;
 pub mod f16_fmopa_2vlx2vl;
