@@ -11,6 +11,8 @@ pub mod quant;
 pub mod registry;
 pub mod rope;
 pub mod roofs;
+#[cfg(target_arch = "aarch64")]
+pub mod sme;
 pub mod vmath;
 
 pub use registry::{KernelSet, Tier};

@@ -262,6 +262,14 @@ fn matrix_unit(f: &CpuFeatures, cfg: &Config) -> Option<MatrixUnit> {
         }
         crate::smelog!(Warn, "Linux refused AMX tile permission; using the vector path");
     }
+    #[cfg(target_arch = "aarch64")]
+    if f.sme && !cfg.disable_sme {
+        return Some(MatrixUnit::Sme(SmeUnit {
+            svl_bytes: f.svl_bytes,
+            sme2: f.sme2,
+            cores_per_unit: crate::platform::topology::sme_cores_per_unit(&crate::platform::os::allowed_cpus(), cfg.matrix_units),
+        }));
+    }
     let _ = (f, cfg);
     None
 }

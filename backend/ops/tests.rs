@@ -848,13 +848,17 @@ fn mul_mat_every_mode_packed_and_plain_weights() {
             // engine on every tier; AMX, where present, with both its tile kernels).
             db.bytes().fill(0);
             executor(2).compute_with_plans(&[nd], &[Plan::forced(Mode::Vector, 1)]).expect("graph failed");
-            check_packed_product(ty, m, n, k, &raw, &xs, db.f32s(), Mode::Vector, false);
+            check_packed_product(ty, m, n, k, &raw, &xs, db.f32s(), Mode::Vector, TileRef::Bf16);
             for ks in matrix_sets() {
-                let amx = ks.matrix == Some(crate::kernels::registry::MatrixUnit::Amx);
-                let engines: &[Option<bool>] = if amx { &[Some(false), Some(true)] } else { &[None] };
+                let unit = ks.matrix.expect("matrix sets drive a unit");
+                let amx = unit == crate::kernels::registry::MatrixUnit::Amx;
+                let sme = matches!(unit, crate::kernels::registry::MatrixUnit::Sme(_));
+                let engines: &[Option<bool>] = if amx || sme { &[Some(false), Some(true)] } else { &[None] };
                 for &engine in engines {
                     #[cfg(target_arch = "x86_64")]
                     super::matmul::amx::test_engine::set(engine);
+                    #[cfg(target_arch = "aarch64")]
+                    super::matmul::sme::test_engine::set(engine);
                     if !super::matmul::matrix_feasible(&nd, ks) {
                         continue;
                     }
@@ -863,32 +867,56 @@ fn mul_mat_every_mode_packed_and_plain_weights() {
                         for drivers in if mode == Mode::Matrix { 1..=2 } else { 1..=1 } {
                             db.bytes().fill(f32::NAN.to_bits() as u8);
                             Executor::with_kernels(2, ks).compute_with_plans(&[nd], &[Plan::forced(mode, drivers)]).expect("graph failed");
+                            // SME's int8 kernel takes the types `sme::int8_engine` names.
+                            #[cfg(target_arch = "aarch64")]
+                            let int8 = engine == Some(true) && (!sme || super::matmul::sme::int8_engine(ty)) && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
+                            #[cfg(not(target_arch = "aarch64"))]
                             let int8 = engine == Some(true) && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
                             // The K-quants' int8 tile products quantize activations per 32 (Q8_1).
-                            let k_int8 = engine == Some(true) && matches!(ty, DType::Q4_K | DType::Q5_K);
-                            // The int8 engine and the reference engine quantize activations as the
-                            // vector kernels do.
-                            let want = if int8 || !amx { Mode::Vector } else { mode };
-                            check_packed_product(ty, m, n, k, &raw, &xs, db.f32s(), want, k_int8);
+                            let k_int8 = amx && engine == Some(true) && matches!(ty, DType::Q4_K | DType::Q5_K);
+                            let tile = match () {
+                                _ if k_int8 => TileRef::KInt8,
+                                _ if sme => TileRef::SmeScaled,
+                                _ => TileRef::Bf16,
+                            };
+                            // The int8 engines and the reference engine quantize activations as
+                            // the vector kernels do.
+                            let want = if int8 || !(amx || sme) { Mode::Vector } else { mode };
+                            check_packed_product(ty, m, n, k, &raw, &xs, db.f32s(), want, tile);
                         }
                     }
                 }
                 #[cfg(target_arch = "x86_64")]
                 super::matmul::amx::test_engine::set(None);
+                #[cfg(target_arch = "aarch64")]
+                super::matmul::sme::test_engine::set(None);
             }
         }
     });
 }
 
+/// The operand rounding of a tile engine's products.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum TileRef {
+    /// bf16 weights and activations (AMX's bf16 engine).
+    Bf16,
+    /// Activations quantized per 32 as Q8_1 (AMX's int8 engine on K-quants).
+    KInt8,
+    /// SME's float engine: dequantized weights and the weight type's quantized activations,
+    /// both rounded to f16 (BF16 weights: bf16 activations; F32: f32).
+    SmeScaled,
+}
+
 /// Checks `got` (m x n) against the references of `mode`: bf16 operands with f32
 /// accumulation for the tile path, the weight type's quantized activations for the vector
 /// kernels, either for coop.
-fn check_packed_product(ty: DType, m: usize, n: usize, k: usize, raw: &[u8], xs: &[f32], got: &[f32], mode: Mode, k_int8: bool) {
+fn check_packed_product(ty: DType, m: usize, n: usize, k: usize, raw: &[u8], xs: &[f32], got: &[f32], mode: Mode, tile_ref: TileRef) {
     use half::bf16;
     let q8_1 = scalar_kernels(DType::Q8_1).unwrap().from_f32.unwrap();
     let sk = scalar_kernels(ty).unwrap();
     let quantize_act = scalar_kernels(sk.vec_dot_type).unwrap().from_f32.unwrap();
     let rb = ty.row_bytes(k);
+    let k_int8 = tile_ref == TileRef::KInt8;
     for r in 0..m {
         let xrow = &xs[r * k..(r + 1) * k];
         let mut a = vec![0u8; sk.vec_dot_type.row_bytes(k)];
@@ -904,13 +932,17 @@ fn check_packed_product(ty: DType, m: usize, n: usize, k: usize, raw: &[u8], xs:
             let wrow = &raw[c * rb..(c + 1) * rb];
             let mut wf = vec![0f32; k];
             (sk.to_f32)(wrow, &mut wf);
-            let tile = if k_int8 {
-                // fp16 s = d * sum(q) in the minimum's term: 1e-3 of the magnitude.
-                let p: Vec<f64> = wf.iter().zip(&xa).map(|(&w, &a)| w as f64 * a).collect();
-                (p.iter().sum::<f64>(), 1e-3 * p.iter().map(|v| v.abs()).sum::<f64>())
-            } else {
-                let p: Vec<f64> = wf.iter().zip(xrow).map(|(&a, &b)| bf16::from_f32(a).to_f64() * bf16::from_f32(b).to_f64()).collect();
-                (p.iter().sum::<f64>(), 1e-5 * p.iter().map(|v| v.abs()).sum::<f64>())
+            let tile = match tile_ref {
+                TileRef::KInt8 => {
+                    // fp16 s = d * sum(q) in the minimum's term: 1e-3 of the magnitude.
+                    let p: Vec<f64> = wf.iter().zip(&xa).map(|(&w, &a)| w as f64 * a).collect();
+                    (p.iter().sum::<f64>(), 1e-3 * p.iter().map(|v| v.abs()).sum::<f64>())
+                }
+                TileRef::SmeScaled => sme_scaled_dot(ty, wrow, xrow),
+                TileRef::Bf16 => {
+                    let p: Vec<f64> = wf.iter().zip(xrow).map(|(&a, &b)| bf16::from_f32(a).to_f64() * bf16::from_f32(b).to_f64()).collect();
+                    (p.iter().sum::<f64>(), 1e-5 * p.iter().map(|v| v.abs()).sum::<f64>())
+                }
             };
             let vector = ((sk.vec_dot.unwrap())(k, wrow, &a) as f64, 1e-4 * k as f64);
             let got = got[r * n + c] as f64;
@@ -923,6 +955,131 @@ fn check_packed_product(ty: DType, m: usize, n: usize, k: usize, raw: &[u8], xs:
             assert!(pass, "{ty:?} {m}x{n}x{k} {mode:?} ({r},{c}): got {got}, tile {tile:?}, vector {vector:?}");
         }
     }
+}
+
+/// SME's float engine on one weight row and one activation row: the dequantized weights and
+/// the weight type's quantized activations (its `vec_dot_type`, dequantized), both rounded
+/// to f16 (bf16 for BF16 weights, unrounded for F32), summed in f64; with the tolerance of
+/// f32 accumulation (1e-5 of the sum of magnitudes).
+fn sme_scaled_dot(ty: DType, wrow: &[u8], xrow: &[f32]) -> (f64, f64) {
+    let k = xrow.len();
+    let sk = scalar_kernels(ty).unwrap();
+    let round = |v: f32| match ty {
+        DType::F32 => v as f64,
+        DType::BF16 => bf16::from_f32(v).to_f64(),
+        _ => f16::from_f32(v).to_f64(),
+    };
+    let ak = scalar_kernels(sk.vec_dot_type).unwrap();
+    let mut a = vec![0u8; sk.vec_dot_type.row_bytes(k)];
+    (ak.from_f32.unwrap())(xrow, &mut a);
+    let (mut af, mut wf) = (vec![0f32; k], vec![0f32; k]);
+    (ak.to_f32)(&a, &mut af);
+    (sk.to_f32)(wrow, &mut wf);
+    let p: Vec<f64> = wf.iter().zip(&af).map(|(&w, &a)| round(w) * round(a)).collect();
+    (p.iter().sum::<f64>(), 1e-5 * p.iter().map(|v| v.abs()).sum::<f64>())
+}
+
+/// ggml's block order for Q4_0 / Q4_1 / Q8_0 weights and their quantized activations `a`
+/// (Q8_0, or Q8_1 for Q4_1): per block in order, `f = fma(isum, d_w * d_a, f)`, then for
+/// Q4_1 `f = fma(m_w, s_a, f)`.
+#[cfg(target_arch = "aarch64")]
+fn ggml_block_order(ty: DType, w: &[u8], a: &[u8], k: usize) -> f32 {
+    let h = |b: &[u8], o: usize| f16::from_bits(u16::from_le_bytes([b[o], b[o + 1]])).to_f32();
+    let (bw, ba) = (ty.block_bytes(), if ty == DType::Q4_1 { 36 } else { 34 });
+    let mut f = 0f32;
+    for b in 0..k / 32 {
+        let (wb, ab) = (&w[b * bw..][..bw], &a[b * ba..][..ba]);
+        let isum: i32 = (0..32)
+            .map(|j| {
+                let wq = match ty {
+                    DType::Q8_0 => wb[2 + j] as i8 as i32,
+                    DType::Q4_0 => ((wb[2 + j % 16] >> (4 * (j / 16))) & 15) as i32 - 8,
+                    _ => ((wb[4 + j % 16] >> (4 * (j / 16))) & 15) as i32,
+                };
+                wq * ab[ba - 32 + j] as i8 as i32
+            })
+            .sum();
+        f = (isum as f32).mul_add(h(wb, 0) * h(ab, 0), f);
+        if ty == DType::Q4_1 {
+            f = h(wb, 2).mul_add(h(ab, 2), f);
+        }
+    }
+    f
+}
+
+/// The SME engine against [`sme_scaled_dot`] (its float kernel) and the bits of
+/// [`ggml_block_order`] (its int8 kernel) on every weight type it takes: odd M and N (partial panels, blocks and
+/// groups), K not a multiple of a K step, strided activations and output whose padding
+/// stays untouched, packed and plain weights, matrix mode with one and two unit drivers.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn mul_mat_sme_engine_matches_scalar_references_on_odd_shapes() {
+    use super::matmul::sme::test_engine;
+    use crate::kernels::packed::{self, Layout, PackedRef};
+    let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let ks = registry::active();
+    if !matches!(ks.matrix, Some(registry::MatrixUnit::Sme(_))) {
+        eprintln!("no SME unit in the process's kernel set: SME engine not exercised");
+        return;
+    }
+    log_tiers_run("ops::mul_mat sme engine", [ks.name]);
+    let mut rng = StdRng::seed_from_u64(29);
+    let shapes = [(1, 1, 32), (17, 15, 96), (33, 70, 160), (3, 130, 64), (40, 33, 256), (20, 64, 512)];
+    let types = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::BF16, DType::F16, DType::F32];
+    for int8 in [false, true] {
+        test_engine::set(Some(int8));
+        for ty in types {
+            for &(m, n, k) in shapes.iter().filter(|s| s.2 % ty.block_size() == 0) {
+                // F16 / BF16 / F32 also with K not a multiple of 32.
+                let k = if ty.block_size() == 1 { k - 3 } else { k };
+                let raw = random_weights(&mut rng, ty, n, k);
+                let layout = Layout::for_weights(ty, k, n);
+                let mut packed_mem = vec![0u8; raw.len()];
+                let mut wb = Buf::zeroed(raw.len());
+                match layout {
+                    Some(l) => packed::pack(l, ty, &raw, &mut packed_mem, n, k),
+                    None => wb.bytes()[..raw.len()].copy_from_slice(&raw),
+                }
+                let mut w = contiguous(ty, [k, n, 1, 1], &mut wb);
+                w.packed = layout.map(|l| PackedRef { layout: l, data: packed_mem.as_ptr(), len: packed_mem.len() });
+                let (xs_stride, d_stride) = (k + 5, n + 3);
+                let xs = random_f32(&mut rng, xs_stride * m, 1.0);
+                let mut xb = Buf::zeroed(xs.len() * 4);
+                xb.f32s()[..xs.len()].copy_from_slice(&xs);
+                let x = TensorRef { ty: DType::F32, ne: [k, m, 1, 1], nb: [4, xs_stride * 4, xs_stride * 4 * m, xs_stride * 4 * m], data: xb.ptr(), len: xb.mem.len() * 64, packed: None };
+                let mut db = Buf::zeroed(d_stride * m * 4);
+                let d = TensorRef { ty: DType::F32, ne: [n, m, 1, 1], nb: [4, d_stride * 4, d_stride * 4 * m, d_stride * 4 * m], data: db.ptr(), len: db.mem.len() * 64, packed: None };
+                let nd = node(Op::MulMat, d, &[w, x]);
+                assert!(super::matmul::matrix_feasible(&nd, ks), "{ty:?} {m}x{n}x{k}: SME engine declined");
+                let exact = super::matmul::sme::int8_engine(ty);
+                for drivers in 1..=2 {
+                    db.bytes().fill(0);
+                    Executor::with_kernels(2, ks).compute_with_plans(&[nd], &[Plan::forced(Mode::Matrix, drivers)]).expect("graph failed");
+                    let rb = ty.row_bytes(k);
+                    let sk = scalar_kernels(ty).unwrap();
+                    for r in 0..m {
+                        let xrow = &xs[r * xs_stride..][..k];
+                        let mut a = vec![0u8; sk.vec_dot_type.row_bytes(k)];
+                        (scalar_kernels(sk.vec_dot_type).unwrap().from_f32.unwrap())(xrow, &mut a);
+                        for c in 0..n {
+                            let wrow = &raw[c * rb..(c + 1) * rb];
+                            let got = db.f32s()[r * d_stride + c];
+                            if exact {
+                                let want = ggml_block_order(ty, wrow, &a, k);
+                                assert_eq!(got.to_bits(), want.to_bits(), "{ty:?} int8 {m}x{n}x{k} drivers={drivers} at ({r},{c}): got {got}, want {want}");
+                                continue;
+                            }
+                            let (want, tol) = sme_scaled_dot(ty, wrow, xrow);
+                            let got = got as f64;
+                            assert!((got - want).abs() <= tol.max(1e-6), "{ty:?} {m}x{n}x{k} drivers={drivers} at ({r},{c}): got {got}, want {want}");
+                        }
+                        assert!(db.f32s()[r * d_stride + n..(r + 1) * d_stride].iter().all(|&v| v == 0.0), "{ty:?} {m}x{n}x{k}: output padding written");
+                    }
+                }
+            }
+        }
+    }
+    test_engine::set(None);
 }
 
 /// ggml-cpu's AMX and VNNI kernels compute Q4_0 / Q4_1 / Q8_0 products as, per output and

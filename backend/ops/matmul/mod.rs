@@ -6,13 +6,15 @@
 //! executor's scratch; then threads take contiguous ranges of output tiles, so each
 //! thread streams its own slice of the weights.
 
-// Without a matrix engine for the target (aarch64 until its engine lands), the engine arms
-// of `with_engine!` vanish and their inputs go unused.
-#![cfg_attr(not(any(target_arch = "x86_64", test)), allow(unused_variables, unused_imports, unreachable_code, dead_code))]
+// Without a matrix engine for the target, the engine arms of `with_engine!` vanish and their
+// inputs go unused.
+#![cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64", test)), allow(unused_variables, unused_imports, unreachable_code, dead_code))]
 
 mod engine;
 #[cfg(target_arch = "x86_64")]
 pub(super) mod amx;
+#[cfg(target_arch = "aarch64")]
+pub(super) mod sme;
 #[cfg(test)]
 pub(super) mod reference;
 
@@ -102,6 +104,11 @@ macro_rules! with_engine {
                 Some($e) => $body,
                 None => $none,
             },
+            #[cfg(target_arch = "aarch64")]
+            Some(crate::kernels::registry::MatrixUnit::Sme(_)) => match sme::Sme::get($ks) {
+                Some($e) => $body,
+                None => $none,
+            },
             #[cfg(test)]
             Some(crate::kernels::registry::MatrixUnit::Reference) => {
                 let $e = reference::Reference;
@@ -133,6 +140,10 @@ pub fn tile_int8_type(ty: DType) -> bool {
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::registry::active().matrix == Some(crate::kernels::registry::MatrixUnit::Amx) {
         return amx::int8_engine(ty);
+    }
+    #[cfg(target_arch = "aarch64")]
+    if let Some(crate::kernels::registry::MatrixUnit::Sme(_)) = crate::kernels::registry::active().matrix {
+        return sme::int8_engine(ty);
     }
     let _ = ty;
     false
