@@ -391,7 +391,7 @@ mod tests {
             }
         }
         // The matrix unit stays off when disabled.
-        assert!(select(&cfg(&[("SMEPILOT_DISABLE_AMX", "1")])).unwrap().matrix.is_none());
+        assert!(select(&cfg(&[("SMEPILOT_DISABLE_AMX", "1"), ("SMEPILOT_DISABLE_SME", "1")])).unwrap().matrix.is_none());
     }
 
     #[test]
