@@ -223,19 +223,34 @@ fn matrix_units(cores: usize, fits: TileFits) -> (Option<MatrixUnits>, f64) {
     }
 }
 
-/// Arm: the SME units' figures come from [`sme_unit_rates`]; until it measures them, a
-/// machine with SME plans as one without a matrix unit unless SMEPILOT_PROFILE gives them.
+/// Arm: the SME units' figures come from [`sme_unit_rates`] (SMEPILOT_PROFILE replaces
+/// them with a file's).
 #[cfg(target_arch = "aarch64")]
 fn matrix_units(cores: usize, fits: TileFits) -> (Option<MatrixUnits>, f64) {
     (sme_unit_rates(cores, fits), 0.0)
 }
 
-/// Where the SME rate probe plugs in: the product-only FMOPA / SMOPA peaks of one unit
-/// (one streaming thread per unit, `topology::sme_units` says how many), the tile kernels'
-/// fits from [`kernel_costs`], and the units and cores per unit. Not measured yet: None.
+/// The SME units from the tile kernels' fits ([`kernel_costs`] times the process's SME
+/// engine in matrix mode) and the units the registry found. There is no product-only probe
+/// for SME: the measured kernel rate stands for the peak as well, which only makes the
+/// planner's matrix estimates conservative.
 #[cfg(target_arch = "aarch64")]
-fn sme_unit_rates(_cores: usize, _fits: TileFits) -> Option<MatrixUnits> {
-    None
+fn sme_unit_rates(cores: usize, fits: TileFits) -> Option<MatrixUnits> {
+    let Some(registry::MatrixUnit::Sme(unit)) = registry::active().matrix else { return None };
+    let f = fits.bf16?;
+    let kernel = 1.0 / f.flop;
+    let (int8_kernel, act_i8_ns) = fits.int8.map_or((0.0, 0.0), |f| (1.0 / f.flop, f.act * 1e9));
+    let per_unit = unit.cores_per_unit.clamp(1, cores.max(1));
+    Some(MatrixUnits {
+        units: cores.div_ceil(per_unit),
+        cores_per_unit: per_unit,
+        bf16_peak: kernel,
+        int8_peak: int8_kernel.max(kernel),
+        bf16_kernel: kernel,
+        act_ns: f.act * 1e9,
+        int8_kernel,
+        act_i8_ns,
+    })
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
