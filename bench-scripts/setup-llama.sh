@@ -107,9 +107,17 @@ else
 fi
 
 # Install copies (not symlinks) so the plugin found "next to the executable" is ours.
+# Unchanged files are left alone and changed ones replaced by rename: a tool still
+# running keeps the file it mapped (rewriting it in place crashes that process).
 mkdir -p "$bin_out"
+install_copy() { # src dir
+    local dst="$2/$(basename "$1")"
+    if [ -L "$1" ]; then ln -sfn "$(readlink "$1")" "$dst"; return; fi
+    cmp -s "$1" "$dst" && return
+    cp -f "$1" "$dst.tmp.$$" && mv -f "$dst.tmp.$$" "$dst"
+}
 for b in "${tools[@]}"; do
-    [ -f "$tree/build/bin/$b" ] && cp -f "$tree/build/bin/$b" "$bin_out/"
+    if [ -f "$tree/build/bin/$b" ]; then install_copy "$tree/build/bin/$b" "$bin_out"; fi
 done
 if [ "$arch" = native ]; then
     ln -sfn "$tree/src" "$repo/build/llama.cpp"
@@ -117,7 +125,7 @@ if [ "$arch" = native ]; then
 else
     # The tools link libllama-*-impl.so and the ggml libraries: all of them beside the
     # binaries (qemu.sh puts that directory on the library path), soname links included.
-    cp -fP "$tree"/build/bin/lib*.so* "$bin_out/"
+    for f in "$tree"/build/bin/lib*.so*; do install_copy "$f" "$bin_out"; done
     ln -sfn "$tree/src" "$repo/build/aarch64/llama.cpp"
     ln -sfn "$tree/build" "$repo/build/aarch64/llama.cpp-build"
 fi
