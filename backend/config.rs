@@ -128,7 +128,7 @@ impl Config {
         let mode = match var("SMEPILOT_MODE") {
             None => ModeSetting::Auto,
             Some(v) => ModeSetting::parse(&v.to_lowercase())
-                .ok_or_else(|| format!("SMEPILOT_MODE={v:?} is not one of vector, matrix, coop, auto"))?,
+                .ok_or_else(|| format!("SMEPILOT_MODE={v:?} is not one of vector, matrix, coop, auto, model"))?,
         };
         let matrix_units = match var("SMEPILOT_MATRIX_UNITS") {
             None => None,

@@ -35,7 +35,11 @@ impl Mode {
 /// SMEPILOT_MODE: let the planner choose, or force one mode (for ablations).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModeSetting {
+    /// The planner's choice, corrected by measured node times.
     Auto,
+    /// The roofline model's choice alone: nothing measured feeds back, so the same shape
+    /// always runs the same way (reproducible runs; emulators, whose times mean nothing).
+    Model,
     Forced(Mode),
 }
 
@@ -43,6 +47,7 @@ impl ModeSetting {
     pub fn parse(v: &str) -> Option<ModeSetting> {
         Some(match v {
             "" | "auto" => ModeSetting::Auto,
+            "model" => ModeSetting::Model,
             "vector" => ModeSetting::Forced(Mode::Vector),
             "matrix" => ModeSetting::Forced(Mode::Matrix),
             "coop" => ModeSetting::Forced(Mode::Coop),

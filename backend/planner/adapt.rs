@@ -109,7 +109,7 @@ impl Planner {
         let mut mode = match self.setting {
             ModeSetting::Forced(m) if e.pred[m.index()].is_some() => m,
             ModeSetting::Forced(_) => Mode::Vector,
-            ModeSetting::Auto => {
+            ModeSetting::Auto | ModeSetting::Model => {
                 let mut best = (Mode::Vector, self.estimate(&e, Mode::Vector).unwrap_or(f64::INFINITY));
                 for m in [Mode::Matrix, Mode::Coop] {
                     if let Some(t) = self.estimate(&e, m) {
@@ -160,6 +160,9 @@ impl Planner {
 
     /// Feeds back the measured time of shape `s` run in `mode`.
     pub fn record(&mut self, s: &MatShape, mode: Mode, secs: f64) {
+        if self.setting == ModeSetting::Model {
+            return;
+        }
         let i = mode.index();
         let e = self.entry(s);
         let Some(pred) = e.pred[i] else { return };
@@ -197,6 +200,20 @@ impl Planner {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_model_setting_ignores_measurements() {
+        let s = MatShape { m: 512, n: 3072, k: 3072, ty: crate::dtype::DType::Q4_0, threads: 2, matrix_block: Some((32, 32)) };
+        let mut p = Planner::new(synthetic::amx_like(), ModeSetting::Model);
+        let first = p.decide(&s);
+        // However slow the chosen mode is measured, the model's choice stands, and no
+        // occurrence explores another mode.
+        for n in 0..8 {
+            p.record(&s, first.mode, first.predicted * 100.0);
+            let d = p.decide_nth(&s, n);
+            assert_eq!((d.mode, d.estimate), (first.mode, first.predicted), "occurrence {n}");
+        }
+    }
     use super::super::profile::synthetic;
     use super::*;
     use crate::dtype::DType;
