@@ -213,14 +213,14 @@ impl Executor {
                 planner.record(&s, d.mode, secs);
             }
             if self.trace {
-                let (mode, predicted, estimate) = match decided {
-                    Some((_, d)) => (d.mode, d.predicted, d.estimate),
+                let (mode, predicted, estimate, drivers) = match decided {
+                    Some((_, d)) => (d.mode, d.predicted, d.estimate, d.plan.matrix_threads),
                     None => {
                         let p = trace::predict_node(planner.profile(), node, nth);
-                        (Mode::Vector, p, planner.observe_other(node.op.name(), p, secs))
+                        (Mode::Vector, p, planner.observe_other(node.op.name(), p, secs), 0)
                     }
                 };
-                let r = OpRecord { node, mode, predicted, estimate, measured: secs };
+                let r = OpRecord { node, mode, predicted, estimate, measured: secs, drivers };
                 eprintln!("{}", trace::op_line(&r, decided.as_ref().map(|(s, _)| s)));
                 summary.add(&r);
                 ops_run += 1;

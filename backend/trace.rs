@@ -21,6 +21,8 @@ pub struct OpRecord<'a> {
     pub predicted: f64,
     pub estimate: f64,
     pub measured: f64,
+    /// Threads that drove the matrix unit (matrix and coop modes; 0: every thread).
+    pub drivers: usize,
 }
 
 /// The model's prediction for a node that is not a planned matrix product: bytes moved
@@ -72,7 +74,7 @@ pub fn shape_text(node: &Node, shape: Option<&MatShape>) -> String {
 }
 
 pub fn op_line(r: &OpRecord, shape: Option<&MatShape>) -> String {
-    format!(
+    let mut line = format!(
         "smepilot trace: {:<14} {:<44} mode={:<6} pred={:>9.1}us est={:>9.1}us meas={:>9.1}us",
         r.node.op.name(),
         shape_text(r.node, shape),
@@ -80,7 +82,11 @@ pub fn op_line(r: &OpRecord, shape: Option<&MatShape>) -> String {
         r.predicted * 1e6,
         r.estimate * 1e6,
         r.measured * 1e6
-    )
+    );
+    if r.mode != Mode::Vector {
+        let _ = write!(line, " drivers={}", if r.drivers == 0 { "all".to_string() } else { r.drivers.to_string() });
+    }
+    line
 }
 
 /// Per-graph totals: time per op class, time per engine, and how much of the time went to
