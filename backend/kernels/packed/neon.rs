@@ -77,8 +77,11 @@ fn gemv_with<const I8MM: bool>(layout: Layout, nb: usize, groups: &[u8], ng: usi
             let (a, o) = (&acts[c..e], &mut out[gi * m + c..gi * m + e]);
             let s = if with_sums { &s_all[c..e] } else { &[&[][..]; M_PASS][..e - c] };
             // With I8MM, pairs of rows of the legacy layouts go through SMMLA (half the
-            // multiply instructions of SDOT); a last odd row through SDOT.
-            if I8MM && e - c >= 2 && !matches!(layout, Layout::Q4_Kx16 | Layout::Q6_Kx16) {
+            // multiply instructions of SDOT); a last odd row through SDOT. Q4_1 follows
+            // ggml-cpu, whose float order differs between its two paths: rows in pairs only
+            // when there is an even number of them, else every row alone.
+            let q4_1_odd = layout == Layout::Q4_1x16 && m % 2 == 1;
+            if I8MM && e - c >= 2 && !q4_1_odd && !matches!(layout, Layout::Q4_Kx16 | Layout::Q6_Kx16) {
                 let pairs = 2 * ((e - c) / 2);
                 let (sp, op) = if with_sums { (&s[..pairs], &s[pairs..]) } else { (&s[..0], &s[..0]) };
                 // SAFETY: lengths checked above; the I8MM entry checked the CPU.
@@ -321,30 +324,61 @@ unsafe fn q4_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
     }
 }
 
-/// As [`q4_0x16_pass`] for `Q4_1x16` against Q8_1 activations: the nibbles are the values (no
-/// offset) and each block adds its minimum times the activations' scaled sum, in the AVX-512
-/// tier's order: f = fma(isum, d_w * d_a, f), then f = fma(m_w, s_a, f).
+/// As [`q4_0x16_pass`] for `Q4_1x16` against Q8_1 activations, in ggml-cpu's aarch64 order
+/// for one row (`quant::arm_order::dot`), so that each output has stock's bits: per row, the
+/// SDOT lanes of each block (lane l: k 4l .. 4l + 4 and 16 + 4l ..) fused-multiplied by
+/// d_w * d_a into eight f32 lanes (even and odd blocks apart), the minimum terms summed
+/// beside as fma(m0, s0, m1 * s1) per pair of blocks, an odd last block as ggml's scalar
+/// line. Here a register holds one lane of four rows, so the lane sums are plain adds.
 ///
 /// # Safety
 /// As [`q4_0x16_pass`], with Q8_1 activation blocks.
 unsafe fn q4_1x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
     const GB: usize = Layout::Q4_1x16.group_block();
     let bq8 = DType::Q8_1.block_bytes();
+    let whole = nb - nb % 2;
     // SAFETY: as in `q4_0x16_pass`.
     unsafe {
         let mut f = [[[vdupq_n_f32(0.0); 4]; M]; G];
-        for b in 0..nb {
-            for (gi, g) in groups.iter().enumerate() {
-                let base = g.as_ptr().add(b * GB);
-                for q in 0..4 {
-                    let (dw, mw) = (f16x4(base.add(8 * q)), f16x4(base.add(32 + 8 * q)));
-                    let w = nibbles(base.add(64), q);
-                    for (j, a) in acts.iter().enumerate() {
+        for (gi, g) in groups.iter().enumerate() {
+            for q in 0..4 {
+                for (j, a) in acts.iter().enumerate() {
+                    let mut lanes = [[vdupq_n_f32(0.0); 4]; 2];
+                    let mut summs = vdupq_n_f32(0.0);
+                    for b in 0..whole {
+                        let base = g.as_ptr().add(b * GB);
                         let ab = a.as_ptr().add(b * bq8);
-                        let s = sdot8(vdupq_n_s32(0), &w, vld1q_s8(ab.add(4) as *const i8), vld1q_s8(ab.add(20) as *const i8));
-                        f[gi][j][q] = vfmaq_f32(f[gi][j][q], vcvtq_f32_s32(s), vmulq_f32(dw, f16_dup(ab)));
-                        f[gi][j][q] = vfmaq_f32(f[gi][j][q], mw, f16_dup(ab.add(2)));
+                        if b % 2 == 0 {
+                            let (m0, m1) = (f16x4(base.add(32 + 8 * q)), f16x4(base.add(GB + 32 + 8 * q)));
+                            let (s0, s1) = (f16_dup(ab.add(2)), f16_dup(ab.add(bq8 + 2)));
+                            summs = vaddq_f32(summs, vfmaq_f32(vmulq_f32(m1, s1), m0, s0));
+                        }
+                        let d = vmulq_f32(f16x4(base.add(8 * q)), f16_dup(ab));
+                        let w = nibbles(base.add(64), q);
+                        let (a0, a1) = (vld1q_s8(ab.add(4) as *const i8), vld1q_s8(ab.add(20) as *const i8));
+                        let p = [
+                            sdot::<0>(sdot::<0>(vdupq_n_s32(0), w[0], a0), w[4], a1),
+                            sdot::<1>(sdot::<1>(vdupq_n_s32(0), w[1], a0), w[5], a1),
+                            sdot::<2>(sdot::<2>(vdupq_n_s32(0), w[2], a0), w[6], a1),
+                            sdot::<3>(sdot::<3>(vdupq_n_s32(0), w[3], a0), w[7], a1),
+                        ];
+                        let acc = &mut lanes[b % 2];
+                        for l in 0..4 {
+                            acc[l] = vfmaq_f32(acc[l], vcvtq_f32_s32(p[l]), d);
+                        }
                     }
+                    let addv = |v: &[float32x4_t; 4]| vaddq_f32(vaddq_f32(v[0], v[1]), vaddq_f32(v[2], v[3]));
+                    let mut sumf = vaddq_f32(vaddq_f32(addv(&lanes[0]), addv(&lanes[1])), summs);
+                    if nb % 2 == 1 {
+                        // sumf + fma(d_w * d_a, sumi, m_w * s_a).
+                        let (base, ab) = (g.as_ptr().add(whole * GB), a.as_ptr().add(whole * bq8));
+                        let d = vmulq_f32(f16x4(base.add(8 * q)), f16_dup(ab));
+                        let ms = vmulq_f32(f16x4(base.add(32 + 8 * q)), f16_dup(ab.add(2)));
+                        let w = nibbles(base.add(64), q);
+                        let sumi = sdot8(vdupq_n_s32(0), &w, vld1q_s8(ab.add(4) as *const i8), vld1q_s8(ab.add(20) as *const i8));
+                        sumf = vaddq_f32(sumf, vfmaq_f32(ms, d, vcvtq_f32_s32(sumi)));
+                    }
+                    f[gi][j][q] = sumf;
                 }
             }
         }
@@ -428,6 +462,8 @@ unsafe fn legacy_mmla_pass<const P: usize, const L: u8>(nb: usize, group: &[u8],
     // group or of an activation row (sums: entry b of a row).
     unsafe {
         let mut f = [[[vdupq_n_f32(0.0); 2]; 4]; P];
+        // Q4_1's m_w * s_a, summed apart by plain adds and added last, as ggml's `summs0`.
+        let mut fm = [[[vdupq_n_f32(0.0); 2]; 4]; P];
         let f16_pair = |x: *const u8, y: *const u8| {
             let bits = (x as *const u16).read_unaligned() as u32 | ((y as *const u16).read_unaligned() as u32) << 16;
             let h = vreinterpret_u16_u32(vdup_n_u32(bits));
@@ -485,8 +521,17 @@ unsafe fn legacy_mmla_pass<const P: usize, const L: u8>(nb: usize, group: &[u8],
                         }
                         f[p][q][rp] = vfmaq_f32(f[p][q][rp], vcvtq_f32_s32(acc), vmulq_f32(dwz[rp], dpair[p]));
                         if q4_1 {
-                            f[p][q][rp] = vfmaq_f32(f[p][q][rp], mw[rp], spair[p]);
+                            fm[p][q][rp] = vaddq_f32(fm[p][q][rp], vmulq_f32(mw[rp], spair[p]));
                         }
+                    }
+                }
+            }
+        }
+        if q4_1 {
+            for (fp, mp) in f.iter_mut().zip(&fm) {
+                for (fq, mq) in fp.iter_mut().zip(mp) {
+                    for (v, m) in fq.iter_mut().zip(mq) {
+                        *v = vaddq_f32(*v, *m);
                     }
                 }
             }

@@ -223,3 +223,58 @@ fn gemv_active_tier_at_model_shapes(layout: Layout) {
         }
     }
 }
+
+/// NEON `Q4_1x16` gives ggml-cpu's aarch64 bits (`quant::arm_order`): every row alone (one
+/// activation row, an odd number of them, or no I8MM), else rows in pairs by SMMLA.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_q4_1_gemv_gives_ggml_arm_bits() {
+    use crate::kernels::quant::arm_order;
+    assert!(std::arch::is_aarch64_feature_detected!("dotprod"), "the NEON tier needs dotprod");
+    let i8mm = std::arch::is_aarch64_feature_detected!("i8mm");
+    let mut rng = StdRng::seed_from_u64(9);
+    let (layout, ty, at) = (Layout::Q4_1x16, DType::Q4_1, DType::Q8_1);
+    let qa = scalar_kernels(at).unwrap().from_f32.unwrap();
+    for &(n, nb, m) in &[(16, 1, 1), (16, 3, 1), (64, 7, 1), (32, 5, 3), (16, 9, 2), (16, 4, 4), (16, 7, 6), (16, 2, 5)] {
+        let k = nb * 32;
+        let raw = rows(&mut rng, ty, n, k);
+        let mut packed = vec![0u8; raw.len()];
+        super::pack(layout, ty, &raw, &mut packed, n, k);
+        let acts: Vec<Vec<u8>> = (0..m)
+            .map(|_| {
+                let x: Vec<f32> = (0..k).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+                let mut a = vec![0u8; at.row_bytes(k)];
+                qa(&x, &mut a);
+                a
+            })
+            .collect();
+        let a_refs: Vec<&[u8]> = acts.iter().map(|a| a.as_slice()).collect();
+        let (gb, rb) = (layout.group_bytes(k), ty.row_bytes(k));
+        let mut entries: Vec<(&str, super::GemvFn, bool)> = vec![("neon", super::neon::gemv, false)];
+        if i8mm {
+            entries.push(("neon+i8mm", super::neon::gemv_i8mm, m % 2 == 0));
+        }
+        for (name, gemv, paired) in entries {
+            let ng = n / 16;
+            let mut out = vec![[f32::NAN; 16]; ng * m];
+            gemv(layout, nb, &packed[..ng * gb], ng, &a_refs, &[], &mut out);
+            for g in 0..ng {
+                for i in 0..m {
+                    for r in 0..16 {
+                        let row = &raw[(g * 16 + r) * rb..][..rb];
+                        // A pair's lane depends on its own row and activation only: any partner.
+                        let partner = &raw[(g * 16 + (r ^ 1)) * rb..][..rb];
+                        let want = if paired {
+                            arm_order::dot_pair(ty, k, [row, partner], [&acts[i], &acts[i ^ 1]])[0][0]
+                        } else {
+                            arm_order::dot(ty, k, row, &acts[i])
+                        };
+                        let got = out[g * m + i][r];
+                        assert_eq!(got.to_bits(), want.to_bits(), "{name} n={n} nb={nb} m={m} ({i},{g},{r}): {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+    log_tiers_run("packed q4_1 arm order", ["neon"].into_iter());
+}

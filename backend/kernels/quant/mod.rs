@@ -15,6 +15,7 @@
 //! bounds): element counts are multiples of the type's block size, and byte slices hold at
 //! least `row_bytes` of that many elements (extra trailing bytes are ignored).
 
+pub mod arm_order;
 pub mod blocks;
 pub mod scalar;
 

@@ -413,6 +413,42 @@ fn vec_dot_fast_matches_scalar() {
     }
 }
 
+/// The aarch64 order mirror (`arm_order`) stays a dot: its one-row and two-row forms within
+/// float rounding of the scalar dot. On aarch64 the NEON table's dots give its bits.
+#[test]
+fn arm_order_mirror_and_neon_bits() {
+    let mut r = rng(11);
+    #[cfg(target_arch = "aarch64")]
+    let neon: Vec<_> = fast_tiers().into_iter().filter(|(n, _)| n.starts_with("neon")).collect();
+    for ty in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+        let vdt = sk(ty).vec_dot_type;
+        let slow = sk(ty).vec_dot.unwrap();
+        for n in lengths(ty) {
+            for _rep in 0..3 {
+                let w: [Vec<u8>; 2] = std::array::from_fn(|_| rand_row(&mut r, ty, n));
+                let a: [Vec<u8>; 2] = std::array::from_fn(|_| rand_row(&mut r, vdt, n));
+                let pair = arm_order::dot_pair(ty, n, [&w[0], &w[1]], [&a[0], &a[1]]);
+                for i in 0..2 {
+                    for j in 0..2 {
+                        let want = slow(n, &w[j], &a[i]);
+                        let (mag, _) = magnitude_and_dot(ty, vdt, n, &w[j], &a[i]);
+                        let one = arm_order::dot(ty, n, &w[j], &a[i]);
+                        for (what, got) in [("one row", one), ("pair", pair[i][j])] {
+                            let err = (got as f64 - want as f64).abs();
+                            assert!(err <= 1e-5 * mag + 1e-30, "arm_order {what} {} n={n}: {got} vs {want}", ty.name());
+                        }
+                        #[cfg(target_arch = "aarch64")]
+                        for (name, table) in &neon {
+                            let got = (entry(table, ty).vec_dot.unwrap())(n, &w[j], &a[i]);
+                            assert_eq!(got.to_bits(), one.to_bits(), "{name} {} n={n}: {got} vs {one}", ty.name());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The scalar dot equals the dot of the dequantized rows (up to float rounding), which ties the
 /// integer paths to the dequantizers.
 #[test]

@@ -1,8 +1,9 @@
 //! Quantized dots with SDOT (i8 x i8 -> i32 in groups of 4).
 //!
-//! Q4_0 / Q4_1 / Q8_0 keep the shape of ggml-cpu's NEON dots: two blocks per step, each
-//! block's int32 lanes converted to f32 and scaled by d_x*d_y into its own f32 lane
-//! accumulator, the lanes summed at the end, an odd last block added in scalar. The K-quant
+//! Q4_0 / Q4_1 / Q8_0 give ggml-cpu's aarch64 bits (`quant::arm_order`): two blocks per
+//! step, each block's int32 lanes converted to f32 and fused-multiplied by d_x*d_y into its
+//! own f32 lane accumulator, the lanes summed at the end, an odd last block as ggml's scalar
+//! loop. The K-quant
 //! dots give the scalar tier's bits: exact int32 sums per super-block, then the same float
 //! sequence (`d*sumi - dmin*summ`, `d_x*d_y*sumi`).
 
@@ -10,7 +11,7 @@ use core::arch::aarch64::*;
 use core::mem::offset_of;
 
 use super::super::blocks::*;
-use super::super::{check_vec_dot, scalar};
+use super::super::{arm_order, check_vec_dot};
 use super::{neon_entry, arr, f32_at, h2f, ld_s8, ld_u8, sdot, u16_at};
 use crate::dtype::DType;
 
@@ -22,17 +23,17 @@ fn nibbles(q: uint8x16_t) -> (int8x16_t, int8x16_t) {
 }
 
 /// The two-blocks-per-step loop shared by the 32-element dots: `block(x, y)` gives a block's
-/// int32 lanes; `extra` is added to the lane sums (Q4_1's minimum terms), then `tail`, the
-/// scalar dot of the odd last block.
+/// int32 lanes; `extra` is added to the lane sums (Q4_1's minimum terms), then ggml's scalar
+/// loop on the odd last block.
 #[inline]
 #[target_feature(enable = "neon")]
 fn pairs_of_blocks<const BX: usize, const BY: usize>(
+    ty: DType,
     n: usize,
     w: &[u8],
     a: &[u8],
     block: impl Fn(&[u8; BX], &[u8; BY]) -> int32x4_t,
-    extra: f32,
-    tail: fn(usize, &[u8], &[u8]) -> f32,
+    extra: Option<f32>,
 ) -> f32 {
     let nb = n / 32;
     let (xs, _) = w[..nb * BX].as_chunks::<BX>();
@@ -46,9 +47,13 @@ fn pairs_of_blocks<const BX: usize, const BY: usize>(
             sumv[k] = vfmaq_n_f32(sumv[k], vcvtq_f32_s32(p), h2f(u16_at(x, 0)) * h2f(u16_at(y, 0)));
         }
     }
-    let mut sumf = vaddvq_f32(sumv[0]) + vaddvq_f32(sumv[1]) + extra;
+    // FADDP twice: (l0 + l1) + (l2 + l3), as ggml's vaddvq_f32.
+    let mut sumf = vaddvq_f32(sumv[0]) + vaddvq_f32(sumv[1]);
+    if let Some(e) = extra {
+        sumf += e;
+    }
     if nb % 2 == 1 {
-        sumf += tail(32, &xs[nb - 1], &ys[nb - 1]);
+        sumf = arm_order::tail(ty, sumf, w, a, nb - 1);
     }
     sumf
 }
@@ -68,7 +73,7 @@ fn dot_q4_0_q8_0_impl(n: usize, w: &[u8], a: &[u8]) -> f32 {
         let p = sdot(vdupq_n_s32(0), vsubq_s8(lo, eight), ld_s8(arr(y, YQ)));
         sdot(p, vsubq_s8(hi, eight), ld_s8(arr(y, YQ + 16)))
     };
-    pairs_of_blocks::<BX, BY>(n, w, a, block, 0.0, scalar::dot_q4_0_q8_0)
+    pairs_of_blocks::<BX, BY>(DType::Q4_0, n, w, a, block, None)
 }
 
 neon_entry!(dot_q4_1_q8_1 => dot_q4_1_q8_1_impl(n: usize, w: &[u8], a: &[u8]) -> f32);
@@ -87,17 +92,18 @@ fn dot_q4_1_q8_1_impl(n: usize, w: &[u8], a: &[u8]) -> f32 {
         let p = sdot(vdupq_n_s32(0), lo, ld_s8(arr(y, YQ)));
         sdot(p, hi, ld_s8(arr(y, YQ + 16)))
     };
-    // The minimum terms m_x * s_y of the paired blocks, summed in f32 beside the lanes.
+    // The minimum terms m_x * s_y of the paired blocks, summed in f32 beside the lanes; clang
+    // contracts ggml's `m0*s0 + m1*s1` to fma(m0, s0, m1 * s1).
     let nb = n / 32;
     let whole = nb - nb % 2;
     let mut summs = 0.0f32;
     for ib in (0..whole).step_by(2) {
         let (x0, y0) = (&w[ib * BX..], &a[ib * BY..]);
         let (x1, y1) = (&w[(ib + 1) * BX..], &a[(ib + 1) * BY..]);
-        summs += h2f(u16_at(x0, XM)) * h2f(u16_at(y0, YS)) + h2f(u16_at(x1, XM)) * h2f(u16_at(y1, YS));
+        summs += h2f(u16_at(x0, XM)).mul_add(h2f(u16_at(y0, YS)), h2f(u16_at(x1, XM)) * h2f(u16_at(y1, YS)));
     }
-    // The odd last block's scalar dot carries its own minimum term.
-    pairs_of_blocks::<BX, BY>(n, w, a, block, summs, scalar::dot_q4_1_q8_1)
+    // The odd last block's scalar line carries its own minimum term.
+    pairs_of_blocks::<BX, BY>(DType::Q4_1, n, w, a, block, Some(summs))
 }
 
 neon_entry!(dot_q8_0_q8_0 => dot_q8_0_q8_0_impl(n: usize, w: &[u8], a: &[u8]) -> f32);
@@ -111,7 +117,7 @@ fn dot_q8_0_q8_0_impl(n: usize, w: &[u8], a: &[u8]) -> f32 {
         let p = sdot(vdupq_n_s32(0), ld_s8(arr(x, QS)), ld_s8(arr(y, QS)));
         vaddq_s32(p, sdot(vdupq_n_s32(0), ld_s8(arr(x, QS + 16)), ld_s8(arr(y, QS + 16))))
     };
-    pairs_of_blocks::<B, B>(n, w, a, block, 0.0, scalar::dot_q8_0_q8_0)
+    pairs_of_blocks::<B, B>(DType::Q8_0, n, w, a, block, None)
 }
 
 const BY_K: usize = DType::Q8_K.block_bytes();
