@@ -49,7 +49,7 @@ else
     tools=(llama-cli llama-bench llama-perplexity llama-quantize llama-completion test-backend-ops)
     targets=("${tools[@]}")
     bin_out="$repo/build/aarch64/bin"
-    minutes=10
+    minutes=6
 fi
 tree="$cache/llama.cpp/$key"
 
