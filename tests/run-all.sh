@@ -287,7 +287,8 @@ arm_engine() { # profile expected-tiers
 t_arm_engine_m4() { arm_engine m4 scalar,neon; }
 t_arm_engine_neon() { arm_engine neon scalar,neon; }
 # Each line of arm_backend_ops on one profile: no failing case, at least one passing.
-arm_ops() { # profile
+arm_ops() { # profile [case list, default arm_backend_ops]
+    local list=${2:-$arm_backend_ops}
     local op pattern n rc t0 bad=0 raw="$work/arm-ops-$1.raw" out="$work/arm-ops-$1.out"
     while read -r op pattern; do
         [ -n "$op" ] || continue
@@ -301,7 +302,19 @@ arm_ops() { # profile
             grep -vE ': OK$|not supported' "$out" | tail -20
             echo "$op on $1: exit $rc, $n passing (pattern: ${pattern:-none})"; bad=1
         fi
-    done <<<"$arm_backend_ops"
+    done <<<"$list"
+    return $bad
+}
+# MUL_MAT at shapes that fit no tile (llama-patches/0004) in every mode, on SME at SVL 512
+# (the planner's own choice, then each mode forced).
+arm_mul_mat_odd="MUL_MAT m=67"
+t_arm_mul_mat_modes() {
+    local m bad=0
+    for m in auto matrix coop vector; do
+        echo "SMEPILOT_MODE=$m"
+        SMEPILOT_MODE=$m arm_ops m4 "$arm_mul_mat_odd" || bad=1
+    done
+    SMEPILOT_MODE=auto arm_ops neon "$arm_mul_mat_odd" || bad=1
     return $bad
 }
 t_arm_ops_m4() { arm_ops m4; }
@@ -333,6 +346,7 @@ if [ "$arm" = 1 ]; then
     check aarch64-ops-sme1      t_arm_ops_sme1
     check aarch64-ops-sve128    t_arm_ops_sve128
     check aarch64-ops-neon      t_arm_ops_neon
+    check aarch64-mul-mat-modes t_arm_mul_mat_modes
 fi
 
 echo
