@@ -817,6 +817,8 @@ mod tests {
     /// its speed: under emulation every figure is orders of magnitude lower.
     #[test]
     fn calibration_measures_every_figure() {
+        // The tile-engine switch the product tests flip is process-wide: hold it still.
+        let _lock = crate::ops::tests::MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let p = measure();
         assert!(p.dram_read.iter().all(|&b| b > 0.0 && b.is_finite()), "{p:?}");
         assert!(p.vec_fp32_peak > 0.0 && p.vec_int8_peak > 0.0 && p.vec_fp32_peak.is_finite() && p.vec_int8_peak.is_finite(), "{p:?}");

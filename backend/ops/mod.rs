@@ -233,4 +233,4 @@ pub(crate) fn is_float(ty: DType) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -649,7 +649,7 @@ fn get_rows_set_rows_and_transposed_copy() {
 }
 
 /// Serializes the tests that run MUL_MAT, since the tile-engine choice is process-wide.
-static MUL_MAT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) static MUL_MAT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The AMX tile path against scalar references with the same operand rounding: bf16-rounded
 /// weights (dequantized) and activations summed in f64 for the default bf16 engine, ggml's
