@@ -167,7 +167,7 @@ t_planner() {
 t_plan_chart() {
     "$bin/smepilot" plan -m "$model" --batch 1,16,512 --svg "$work/plan.svg" >"$work/plan.out" 2>&1 || { cat "$work/plan.out"; return 1; }
     head -12 "$work/plan.out"
-    local rows; rows=$(grep -cE " (vector|matrix|coop) +[0-9.]+$" "$work/plan.out")
+    local rows; rows=$(grep -cE " (vector|matrix|coop) +(-|[0-9]+) +[0-9.]+$" "$work/plan.out")
     [ "$rows" -ge 3 ] || { echo "expected plan rows for 3 batch sizes, got $rows"; return 1; }
     python3 - "$work/plan.svg" "$rows" <<'PY' || return 1
 import sys, xml.etree.ElementTree as ET
