@@ -980,13 +980,14 @@ fn sme_scaled_dot(ty: DType, wrow: &[u8], xrow: &[f32]) -> (f64, f64) {
 }
 
 /// ggml's block order for Q4_0 / Q4_1 / Q8_0 weights and their quantized activations `a`
-/// (Q8_0, or Q8_1 for Q4_1): per block in order, `f = fma(isum, d_w * d_a, f)`, then for
-/// Q4_1 `f = fma(m_w, s_a, f)`.
+/// (Q8_0, or Q8_1 for Q4_1): per block in order, `f = fma(isum, d_w * d_a, f)`; for Q4_1
+/// the terms `m_w * s_a` summed apart and added last (`minimum_apart`: its aarch64 row-pair
+/// dot), or `f = fma(m_w, s_a, f)` per block (its x86 order).
 #[cfg(target_arch = "aarch64")]
-fn ggml_block_order(ty: DType, w: &[u8], a: &[u8], k: usize) -> f32 {
+fn ggml_block_order(ty: DType, w: &[u8], a: &[u8], k: usize, minimum_apart: bool) -> f32 {
     let h = |b: &[u8], o: usize| f16::from_bits(u16::from_le_bytes([b[o], b[o + 1]])).to_f32();
     let (bw, ba) = (ty.block_bytes(), if ty == DType::Q4_1 { 36 } else { 34 });
-    let mut f = 0f32;
+    let (mut f, mut s) = (0f32, 0f32);
     for b in 0..k / 32 {
         let (wb, ab) = (&w[b * bw..][..bw], &a[b * ba..][..ba]);
         let isum: i32 = (0..32)
@@ -1000,11 +1001,13 @@ fn ggml_block_order(ty: DType, w: &[u8], a: &[u8], k: usize) -> f32 {
             })
             .sum();
         f = (isum as f32).mul_add(h(wb, 0) * h(ab, 0), f);
-        if ty == DType::Q4_1 {
-            f = h(wb, 2).mul_add(h(ab, 2), f);
+        match (ty, minimum_apart) {
+            (DType::Q4_1, true) => s += h(wb, 2) * h(ab, 2),
+            (DType::Q4_1, false) => f = h(wb, 2).mul_add(h(ab, 2), f),
+            _ => {}
         }
     }
-    f
+    f + s
 }
 
 /// The SME engine against [`sme_scaled_dot`] (its float kernel) and the bits of
@@ -1051,7 +1054,8 @@ fn mul_mat_sme_engine_matches_scalar_references_on_odd_shapes() {
                 let d = TensorRef { ty: DType::F32, ne: [n, m, 1, 1], nb: [4, d_stride * 4, d_stride * 4 * m, d_stride * 4 * m], data: db.ptr(), len: db.mem.len() * 64, packed: None };
                 let nd = node(Op::MulMat, d, &[w, x]);
                 assert!(super::matmul::matrix_feasible(&nd, ks), "{ty:?} {m}x{n}x{k}: SME engine declined");
-                let exact = super::matmul::sme::int8_engine(ty);
+                let sme2 = matches!(ks.matrix, Some(registry::MatrixUnit::Sme(u)) if u.sme2);
+                let exact = super::matmul::sme::int8_engine(ty, sme2);
                 for drivers in 1..=2 {
                     db.bytes().fill(0);
                     Executor::with_kernels(2, ks).compute_with_plans(&[nd], &[Plan::forced(Mode::Matrix, drivers)]).expect("graph failed");
@@ -1065,7 +1069,7 @@ fn mul_mat_sme_engine_matches_scalar_references_on_odd_shapes() {
                             let wrow = &raw[c * rb..(c + 1) * rb];
                             let got = db.f32s()[r * d_stride + c];
                             if exact {
-                                let want = ggml_block_order(ty, wrow, &a, k);
+                                let want = ggml_block_order(ty, wrow, &a, k, sme2);
                                 assert_eq!(got.to_bits(), want.to_bits(), "{ty:?} int8 {m}x{n}x{k} drivers={drivers} at ({r},{c}): got {got}, want {want}");
                                 continue;
                             }

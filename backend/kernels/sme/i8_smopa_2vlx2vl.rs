@@ -1,5 +1,5 @@
-//! Int8 SMOPA (FEAT_SME, four int8 of consecutive k per 32-bit unit) with ggml's block
-//! numerics, on the 2VL x 2VL tile step of [`super`]: per 32-element block, the int32 sums
+//! Int8 SMOPA for SME1 CPUs (SME2 takes `i8_smopa_1vlx1vl`; four int8 of consecutive k
+//! per 32-bit unit) with ggml's x86 block numerics, on the 2VL x 2VL tile step of [`super`]: per 32-element block, the int32 sums
 //! of the four tiles are drained into f32 accumulators as ggml-cpu scales them, per output
 //! and block in order: `f = fma(isum, d_w * d_a, f)`, then, for weights with a minimum,
 //! `f = fma(m_w, s_a, f)`. The accumulators of one tile step live in the thread's scratch
@@ -8,13 +8,14 @@
 //! The drain (per block and row of a tile: MOVA, SCVTF, FMUL, FMLA, and the accumulator's
 //! load and store) costs far more than the block's eight SMOPAs: per executed instruction
 //! this kernel does less than the f16 one (`f16_fmopa_2vlx2vl`), which is why the engine
-//! takes it only where asked for.
+//! takes it on SME1 only where asked for. Q4_1 here adds its minimum term per block into
+//! the same sum (the x86 order), not apart as ggml's aarch64 dot does.
 //!
 //! Scale records, per 32-element block: for an activation block, per row (two panels) the
 //! pair (d_a, s_a) (8 bytes a row, 4 SVL bytes a block); for a weight block, the vectors
 //! d_w of panel 0, d_w of panel 1, m_w of panel 0, m_w of panel 1 (4 SVL bytes).
 
-use super::{args_offsets, load_4units_sme1, load_4units_sme2, mopa_4units, run_group_asm, transpose_asm, GroupArgs};
+use super::{args_offsets, load_4units_sme1, mopa_4units, run_group_asm, transpose_asm, GroupArgs};
 
 /// The per-block drain of one row of each tile into the accumulators (x13), with the
 /// minimum's term when `$min` is its instructions.
@@ -214,24 +215,4 @@ pub(crate) unsafe fn group_sme1(args: *const GroupArgs) {
 pub(crate) unsafe fn group_min_sme1(args: *const GroupArgs) {
     // SAFETY: the caller's contract; the asm leaves streaming mode and ZA off.
     unsafe { run_group_asm!(args, i8_group_asm!(".arch_extension sme", "", load_4units_sme1!(), min_term!())) }
-}
-
-/// As [`group_sme1`] with SME2's four-vector loads.
-///
-/// # Safety
-/// As [`group_sme1`], on a CPU with SME2.
-#[inline(never)]
-pub(crate) unsafe fn group_sme2(args: *const GroupArgs) {
-    // SAFETY: the caller's contract; the asm leaves streaming mode and ZA off.
-    unsafe { run_group_asm!(args, i8_group_asm!(".arch_extension sme2", "ptrue pn8.b", load_4units_sme2!(), "")) }
-}
-
-/// As [`group_min_sme1`] with SME2's four-vector loads.
-///
-/// # Safety
-/// As [`group_sme1`], on a CPU with SME2.
-#[inline(never)]
-pub(crate) unsafe fn group_min_sme2(args: *const GroupArgs) {
-    // SAFETY: the caller's contract; the asm leaves streaming mode and ZA off.
-    unsafe { run_group_asm!(args, i8_group_asm!(".arch_extension sme2", "ptrue pn8.b", load_4units_sme2!(), min_term!())) }
 }

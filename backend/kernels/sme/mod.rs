@@ -30,6 +30,7 @@ pub mod f16_fmopa_2vlx2vl;
 pub mod bf16_bfmopa_2vlx2vl;
 pub mod f32_fmopa_2vlx2vl;
 pub mod i8_smopa_2vlx2vl;
+pub mod i8_smopa_1vlx1vl;
 
 #[cfg(test)]
 mod tests;
@@ -434,19 +435,6 @@ macro_rules! load_4units_sme1 {
 }
 pub(crate) use load_4units_sme1;
 
-/// The same loads with SME2's four-vector loads (pn8 all true).
-macro_rules! load_4units_sme2 {
-    () => {
-        "
-        ld1w {{z0.s-z3.s}}, pn8/z, [x6]
-        ld1w {{z16.s-z19.s}}, pn8/z, [x7]
-        ld1w {{z4.s-z7.s}}, pn8/z, [x6, #4, mul vl]
-        ld1w {{z20.s-z23.s}}, pn8/z, [x7, #4, mul vl]
-        "
-    };
-}
-pub(crate) use load_4units_sme2;
-
 /// A whole float group kernel: the optional transposition, then every activation block by
 /// every weight block, K accumulated in ZA, each tile stored once. `$ext` is the assembler
 /// extension line, `$setup` extra setup, `$step` one step of the K loop (loads, outer
@@ -725,8 +713,8 @@ impl Streaming {
             match (scales.has_min, self.geo.sme2) {
                 (false, false) => i8_smopa_2vlx2vl::group_sme1(p),
                 (true, false) => i8_smopa_2vlx2vl::group_min_sme1(p),
-                (false, true) => i8_smopa_2vlx2vl::group_sme2(p),
-                (true, true) => i8_smopa_2vlx2vl::group_min_sme2(p),
+                (false, true) => i8_smopa_1vlx1vl::group(p),
+                (true, true) => i8_smopa_1vlx1vl::group_min(p),
             }
         }
         debug_assert_eq!(svcr(), 0);

@@ -100,8 +100,9 @@ fn float_group_kernels_match_f64_sums_on_odd_shapes() {
     eprintln!("sme float group kernels ran at SVL {} bits, sme2 {}", geo.svl * 8, geo.sme2);
 }
 
-/// The int8 kernel's outputs are the bits of ggml's block order, `f = fma(isum, d_w * d_a,
-/// f)` then `f = fma(m_w, s_a, f)` per block, on odd shapes.
+/// The int8 kernels' outputs are the bits of ggml's block order, `f = fma(isum, d_w * d_a,
+/// f)` per block, the minimum terms `m_w * s_a` summed apart and added last (SME2, ggml's
+/// aarch64 order) or fused into `f` per block (SME1, its x86 order), on odd shapes.
 #[test]
 fn i8_group_kernel_gives_ggml_block_order_bits_on_odd_shapes() {
     use super::I8Scales;
@@ -165,13 +166,20 @@ fn i8_group_kernel_gives_ggml_block_order_bits_on_odd_shapes() {
                     session.i8_group(&mut ops, I8Scales { acts: &a_sc, weights: &w_sc, nb, has_min, acc: &mut acc });
                     for i in 0..m {
                         for c in 0..n {
-                            let mut f = 0f32;
+                            // SME2: the minimum terms summed apart and added last (aarch64);
+                            // SME1: added per block into the sum (x86).
+                            let (mut f, mut s) = (0f32, 0f32);
                             for b in 0..nb {
                                 let isum: i32 = (32 * b..32 * b + 32).map(|j| aq[i][j] as i32 * wq[c][j] as i32).sum();
                                 f = (isum as f32).mul_add(wd[c][b].0 * ad[i][b].0, f);
-                                if has_min {
-                                    f = wd[c][b].1.mul_add(ad[i][b].1, f);
+                                match (has_min, sme2) {
+                                    (true, true) => s += wd[c][b].1 * ad[i][b].1,
+                                    (true, false) => f = wd[c][b].1.mul_add(ad[i][b].1, f),
+                                    _ => {}
                                 }
+                            }
+                            if has_min && sme2 {
+                                f += s;
                             }
                             let got = out[i][c];
                             assert_eq!(got.to_bits(), f.to_bits(), "sme2={sme2} min={has_min} {m}x{n}x{k} transpose={transpose} ({i},{c}): got {got}, want {f}");

@@ -142,8 +142,8 @@ pub fn tile_int8_type(ty: DType) -> bool {
         return amx::int8_engine(ty);
     }
     #[cfg(target_arch = "aarch64")]
-    if let Some(crate::kernels::registry::MatrixUnit::Sme(_)) = crate::kernels::registry::active().matrix {
-        return sme::int8_engine(ty);
+    if let Some(crate::kernels::registry::MatrixUnit::Sme(u)) = crate::kernels::registry::active().matrix {
+        return sme::int8_engine(ty, u.sme2);
     }
     let _ = ty;
     false
