@@ -869,7 +869,7 @@ fn mul_mat_every_mode_packed_and_plain_weights() {
                             Executor::with_kernels(2, ks).compute_with_plans(&[nd], &[Plan::forced(mode, drivers)]).expect("graph failed");
                             // SME's int8 kernel takes the types `sme::int8_engine` names.
                             #[cfg(target_arch = "aarch64")]
-                            let int8 = engine == Some(true) && (!sme || super::matmul::sme::int8_engine(ty)) && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
+                            let int8 = engine == Some(true) && (!sme || super::matmul::sme::int8_engine(ty, matches!(unit, crate::kernels::registry::MatrixUnit::Sme(u) if u.sme2))) && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
                             #[cfg(not(target_arch = "aarch64"))]
                             let int8 = engine == Some(true) && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
                             // The K-quants' int8 tile products quantize activations per 32 (Q8_1).
@@ -1027,7 +1027,8 @@ fn mul_mat_sme_engine_matches_scalar_references_on_odd_shapes() {
     }
     log_tiers_run("ops::mul_mat sme engine", [ks.name]);
     let mut rng = StdRng::seed_from_u64(29);
-    let shapes = [(1, 1, 32), (17, 15, 96), (33, 70, 160), (3, 130, 64), (40, 33, 256), (20, 64, 512)];
+    // N = 48, 64, 80: packed weights (whole 16-row groups) that end mid-block and mid-panel.
+    let shapes = [(1, 1, 32), (17, 15, 96), (33, 70, 160), (3, 130, 64), (40, 33, 256), (20, 64, 512), (5, 48, 96), (19, 80, 160)];
     let types = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::BF16, DType::F16, DType::F32];
     for int8 in [false, true] {
         test_engine::set(Some(int8));

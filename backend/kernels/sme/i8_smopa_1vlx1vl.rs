@@ -14,7 +14,8 @@
 //!   stock's plain add).
 //!
 //! FMLA's vector groups are four ZA rows VL32 / 4 apart, so sum rows 4g .. 4g + 3 land in
-//! tile 2's rows g, g + VL32/4, ...; the stores undo that order. Operands are the 2VL
+//! tile 2's rows g, g + VL32/4, ...; the stores undo that order. The drain takes two such
+//! groups per step (one at SVL 128, where a tile has four rows). Operands are the 2VL
 //! blocks of [`super`] (unit u of panel p is vector 2u + p): a tile's loads take four
 //! vectors and use the first and third, the fourth masked off by the predicate pn9 (three
 //! vectors' lanes), so no load passes the block's last unit. Tiles wholly past the output
@@ -99,16 +100,31 @@ macro_rules! i8_za_group_asm {
             addvl x16, x16, #4
             addvl x17, x17, #4
             mov w12, #0
+            mov w14, #4
             mov w8, #2
+            cmp w15, #4
+            b.eq 48f
         46:
+            mova {{z0.s-z3.s}}, za0h.s[w12, 0:3]
+            mova {{z4.s-z7.s}}, za1h.s[w12, 0:3]
+            mova {{z8.s-z11.s}}, za0h.s[w14, 0:3]
+            mova {{z12.s-z15.s}}, za1h.s[w14, 0:3]
+            scvtf {{z0.s-z3.s}}, {{z0.s-z3.s}}
+            scvtf {{z8.s-z11.s}}, {{z8.s-z11.s}}
+            fmla za.s[w8, 0, vgx4], {{z0.s-z3.s}}, {{z4.s-z7.s}}
+            fmla za.s[w8, 4, vgx4], {{z8.s-z11.s}}, {{z12.s-z15.s}}
+            add w12, w12, #8
+            add w14, w14, #8
+            add w8, w8, #8
+            cmp w12, w15
+            b.lt 46b
+            b 44f
+        48:
             mova {{z0.s-z3.s}}, za0h.s[w12, 0:3]
             mova {{z4.s-z7.s}}, za1h.s[w12, 0:3]
             scvtf {{z0.s-z3.s}}, {{z0.s-z3.s}}
             fmla za.s[w8, 0, vgx4], {{z0.s-z3.s}}, {{z4.s-z7.s}}
-            add w12, w12, #4
-            add w8, w8, #4
-            cmp w12, w15
-            b.lt 46b
+        44:
             subs x11, x11, #1
             b.ne 45b
             lsr x14, x13, #1

@@ -219,3 +219,103 @@ pub fn q8_0_units(blocks: &[u8], nb: usize, out: &mut [u8], nibble: bool) {
         )
     };
 }
+
+/// The packed weight layouts the int8 kernel reads without unpacking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum I8Packed {
+    /// `Q4_0x16`: quants `nibble - 8`.
+    Q4_0,
+    /// `Q4_1x16`: quants `nibble`, and a minimum per row and block.
+    Q4_1,
+    /// `Q8_0x16`: quants stored `q ^ 0x80`.
+    Q8_0,
+}
+
+impl I8Packed {
+    /// Bytes of one 32-block of a 16-row group (see `packed::lanes`).
+    const fn group_block(self) -> usize {
+        match self {
+            I8Packed::Q4_0 => 288,
+            I8Packed::Q4_1 => 320,
+            I8Packed::Q8_0 => 544,
+        }
+    }
+
+    /// The fp16 fields before the quant vectors (scales, then minimums).
+    const fn heads(self) -> usize {
+        if matches!(self, I8Packed::Q4_1) { 2 } else { 1 }
+    }
+}
+
+/// One packed 16-row group of `nb` 32-blocks, rows `r .. r + 16` (r a multiple of 16) of a
+/// weight group, straight into the int8 kernel's weight blocks and scale records (see
+/// `i8_smopa_1vlx1vl`): no row-major staging, no transposition. Vector i of a packed block
+/// holds, per row, the quants of k = 4i .. 4i + 4 (and, for 4 bits, in the high nibbles
+/// k = 16 + 4i ..): one 32-bit unit per row, which is what a weight block's unit vector
+/// holds per lane, so every 16-byte slice (four rows) is stored whole. Units stay in k
+/// order, as the activations'. NEON; panics if an operand is shorter than this writes.
+#[allow(clippy::too_many_arguments)]
+pub fn i8_x16_blocks(kind: I8Packed, geo: &Geometry, group: &[u8], nb: usize, kunits: usize, r: usize, blocks: &mut [u8], scales: &mut [f32]) {
+    use std::arch::aarch64::*;
+    let (vl32, br, svl) = (geo.vl32(), geo.block_rows(), geo.svl);
+    let (bb, rec, gb) = (geo.block_bytes(kunits), 4 * vl32, kind.group_block());
+    let last_block = (r + 15) / br;
+    assert!(r.is_multiple_of(16) && 8 * nb <= kunits && group.len() >= nb * gb, "SMEPilot: int8 staging of {nb} blocks at row {r}");
+    assert!(blocks.len() >= (last_block + 1) * bb && scales.len() >= (last_block + 1) * nb * rec, "SMEPilot: int8 weight blocks too short");
+    let vectors = if kind == I8Packed::Q8_0 { 8 } else { 4 };
+    for b in 0..nb {
+        let src = &group[b * gb..][..gb];
+        let quants = &src[32 * kind.heads()..];
+        // Four rows at a time: R = r + 4c lies in one panel (VL32 is a multiple of 4).
+        for c in 0..4 {
+            let row = r + 4 * c;
+            let (blk, panel, lane) = (row / br, (row % br) / vl32, row % vl32);
+            // Unit u of this 32-block, the four rows' lanes.
+            let at = |u: usize| blk * bb + ((8 * b + u) * 2 + panel) * svl + 4 * lane;
+            let recs = &mut scales[(blk * nb + b) * rec..][..rec];
+            // The four rows' d (field 0), then m (field 1, Q4_1) or zeros.
+            for (f, at) in [(0, panel * vl32 + lane), (1, 2 * vl32 + panel * vl32 + lane)] {
+                let out = &mut recs[at..at + 4];
+                if f == 1 && kind != I8Packed::Q4_1 {
+                    out.fill(0.0);
+                    continue;
+                }
+                let halfs = &src[32 * f + 8 * c..][..8];
+                // SAFETY: FCVTL is baseline aarch64; the asm reads the 8 bytes of `halfs` and
+                // writes the 16 bytes of `out`, both slices of that length.
+                unsafe {
+                    std::arch::asm!(
+                        "ldr d0, [{s}]",
+                        "fcvtl v0.4s, v0.4h",
+                        "str q0, [{d}]",
+                        s = in(reg) halfs.as_ptr(),
+                        d = in(reg) out.as_mut_ptr(),
+                        out("v0") _,
+                        options(nostack, preserves_flags)
+                    )
+                };
+            }
+            for i in 0..vectors {
+                let v_at = 64 * i + 16 * c;
+                let v = &quants[v_at..v_at + 16];
+                // SAFETY: NEON is baseline on aarch64; `v` is 16 bytes; every store writes 16
+                // bytes at `at(u)` for u < 8, within block `blk` (at(u) + 16 <= (blk + 1) * bb:
+                // unit 2(8b + u) + panel < 2 * 8 * nb <= 2 * kunits vectors, 4 * lane + 16 <=
+                // svl), and blocks is at least (last_block + 1) * bb long (checked above).
+                unsafe {
+                    let q = vld1q_u8(v.as_ptr());
+                    match kind {
+                        I8Packed::Q8_0 => vst1q_u8(blocks.as_mut_ptr().add(at(i)), veorq_u8(q, vdupq_n_u8(0x80))),
+                        _ => {
+                            let off = vdupq_n_u8(if kind == I8Packed::Q4_0 { 8 } else { 0 });
+                            let lo = vsubq_u8(vandq_u8(q, vdupq_n_u8(15)), off);
+                            let hi = vsubq_u8(vshrq_n_u8::<4>(q), off);
+                            vst1q_u8(blocks.as_mut_ptr().add(at(i)), lo);
+                            vst1q_u8(blocks.as_mut_ptr().add(at(4 + i)), hi);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -16,7 +16,7 @@ use crate::dtype::DType;
 use crate::kernels::packed;
 use crate::kernels::quant::scalar_kernels;
 use crate::kernels::registry::MatrixUnit;
-use crate::kernels::sme::stage::{f32_to_f16, nibble_pairs, put_block_row, q4_0x16_units, q8_0_units, zero_block_row};
+use crate::kernels::sme::stage::{f32_to_f16, i8_x16_blocks, nibble_pairs, put_block_row, q4_0x16_units, q8_0_units, zero_block_row, I8Packed};
 use crate::kernels::sme::{DstRows, Geometry, GroupOperands, I8Scales, Outer, Streaming};
 use crate::kernels::KernelSet;
 use crate::threadpool::ThreadCtx;
@@ -427,35 +427,53 @@ impl Sme {
         let w_scales = area.carve::<f32>(plan.w_scales_off, plan.group_rows / br * nb * rec);
         let acc = area.carve::<f32>(plan.acc_off, 4 * geo.vl32() * geo.vl32());
         let gather = area.carve::<u8>(plan.gather_off, packed::GROUP_ROWS * rb);
-        for i in 0..rows.next_multiple_of(geo.vl32()) {
-            let out = &mut src[i * stride..(i + 1) * stride];
-            out.fill(0);
-            if i >= rows {
-                continue;
-            }
-            // The row in ggml's layout: a packed group is put back 16 rows at a time.
-            let row: &[u8] = match &w.packed {
-                Some(p) => {
-                    if i % packed::GROUP_ROWS == 0 {
-                        packed::unpack(p.layout, p.group(k, (r0 + i) / packed::GROUP_ROWS), gather, packed::GROUP_ROWS, k);
-                    }
-                    &gather[(i % packed::GROUP_ROWS) * rb..][..rb]
-                }
-                None => &w.row::<u8>(r0 + i, 0, 0)[..rb],
+        let direct = w.packed.as_ref().and_then(|p| {
+            let kind = match p.layout {
+                packed::Layout::Q4_0x16 => I8Packed::Q4_0,
+                packed::Layout::Q4_1x16 => I8Packed::Q4_1,
+                packed::Layout::Q8_0x16 => I8Packed::Q8_0,
+                _ => return None,
             };
-            let recs = &mut w_scales[(i / br) * nb * rec..][..nb * rec];
-            for b in 0..nb {
-                let blk = &row[b * bs..(b + 1) * bs];
-                let q = &mut out[32 * b..32 * b + 32];
-                recs[b * rec + i % br] = h(blk, 0);
-                recs[b * rec + 2 * geo.vl32() + i % br] = if has_min { h(blk, 2) } else { 0.0 };
-                match w.ty {
-                    DType::Q8_0 => q.copy_from_slice(&blk[2..34]),
-                    _ => {
-                        let (qs, off) = if has_min { (&blk[4..20], 0) } else { (&blk[2..18], 8) };
-                        for j in 0..16 {
-                            q[j] = ((qs[j] & 15) as i8 - off) as u8;
-                            q[j + 16] = ((qs[j] >> 4) as i8 - off) as u8;
+            Some((p, kind))
+        });
+        if let Some((p, kind)) = direct {
+            // Packed groups are whole 16-row groups (Layout::for_weights): straight into the
+            // kernel's blocks. Lanes past `rows` keep stale quants; their scales are zeroed
+            // below and their columns are never stored.
+            for i in (0..rows).step_by(packed::GROUP_ROWS) {
+                i8_x16_blocks(kind, geo, p.group(k, (r0 + i) / packed::GROUP_ROWS), nb, plan.kunits, i, blocks, w_scales);
+            }
+        } else {
+            for i in 0..rows.next_multiple_of(geo.vl32()) {
+                let out = &mut src[i * stride..(i + 1) * stride];
+                out.fill(0);
+                if i >= rows {
+                    continue;
+                }
+                // The row in ggml's layout: a packed group is put back 16 rows at a time.
+                let row: &[u8] = match &w.packed {
+                    Some(p) => {
+                        if i % packed::GROUP_ROWS == 0 {
+                            packed::unpack(p.layout, p.group(k, (r0 + i) / packed::GROUP_ROWS), gather, packed::GROUP_ROWS, k);
+                        }
+                        &gather[(i % packed::GROUP_ROWS) * rb..][..rb]
+                    }
+                    None => &w.row::<u8>(r0 + i, 0, 0)[..rb],
+                };
+                let recs = &mut w_scales[(i / br) * nb * rec..][..nb * rec];
+                for b in 0..nb {
+                    let blk = &row[b * bs..(b + 1) * bs];
+                    let q = &mut out[32 * b..32 * b + 32];
+                    recs[b * rec + i % br] = h(blk, 0);
+                    recs[b * rec + 2 * geo.vl32() + i % br] = if has_min { h(blk, 2) } else { 0.0 };
+                    match w.ty {
+                        DType::Q8_0 => q.copy_from_slice(&blk[2..34]),
+                        _ => {
+                            let (qs, off) = if has_min { (&blk[4..20], 0) } else { (&blk[2..18], 8) };
+                            for j in 0..16 {
+                                q[j] = ((qs[j] & 15) as i8 - off) as u8;
+                                q[j + 16] = ((qs[j] >> 4) as i8 - off) as u8;
+                            }
                         }
                     }
                 }
@@ -474,7 +492,8 @@ impl Sme {
         // Columns r0 .. r0 + rows of every output row are this group's, which the queue gave
         // this thread alone.
         let mut out = DstRows::new((0..plan.m).map(|i| dst.row_range_mut::<f32>(i, 0, 0, r0, rows)), rows);
-        let mut ops = GroupOperands { acts, src: Some((src, stride)), blocks, kunits: plan.kunits, dst: &mut out };
+        let src = if direct.is_some() { None } else { Some((&src[..], stride)) };
+        let mut ops = GroupOperands { acts, src, blocks, kunits: plan.kunits, dst: &mut out };
         session.i8_group(&mut ops, I8Scales { acts: a_scales, weights: w_scales, nb, has_min, acc });
     }
 }
