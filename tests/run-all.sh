@@ -314,6 +314,8 @@ t_arm_mul_mat_modes() {
         echo "SMEPILOT_MODE=$m"
         SMEPILOT_MODE=$m arm_ops m4 "$arm_mul_mat_odd" || bad=1
     done
+    echo "SMEPILOT_MODE=matrix SMEPILOT_SME_INT8=0 (the f16 kernel for Q4_0, Q4_1, Q8_0)"
+    SMEPILOT_MODE=matrix SMEPILOT_SME_INT8=0 arm_ops m4 "$arm_mul_mat_odd" || bad=1
     SMEPILOT_MODE=auto arm_ops neon "$arm_mul_mat_odd" || bad=1
     return $bad
 }
