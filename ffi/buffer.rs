@@ -151,17 +151,22 @@ unsafe fn in_our_weights(t: &ggml_tensor) -> bool {
         && (*t.buffer).usage == sys::ggml_backend_buffer_usage::GGML_BACKEND_BUFFER_USAGE_WEIGHTS
 }
 
-/// The weight tensor `t` as a packed copy is made of it: type, k, n. None if it has no
-/// packed layout or is not a whole, contiguous 2-D weight of one of our weight buffers.
+/// The weight tensor `t` as a packed copy is made of it: type, k, n (all rows). None if it
+/// has no packed layout or is not a whole, contiguous weight of one of our weight buffers:
+/// 2-D, or 3-D experts (MUL_MAT_ID) whose matrices each start on a 16-row group.
 unsafe fn packable(t: &ggml_tensor) -> Option<(DType, usize, usize, Layout)> {
     if !in_our_weights(t) || !t.view_src.is_null() || t.data.is_null() {
         return None;
     }
     let ty = DType::from_ggml(t.type_)?;
-    let (k, n) = (t.ne[0] as usize, t.ne[1] as usize);
-    if t.ne[2] != 1 || t.ne[3] != 1 || t.nb[1] != ty.row_bytes(k) {
+    let (k, rows, mats) = (t.ne[0] as usize, t.ne[1] as usize, t.ne[2] as usize);
+    if t.ne[3] != 1 || t.nb[1] != ty.row_bytes(k) || t.nb[2] != t.nb[1] * rows {
         return None;
     }
+    if mats > 1 && !rows.is_multiple_of(smepilot_engine::kernels::packed::GROUP_ROWS) {
+        return None;
+    }
+    let n = rows * mats;
     // The layout the process's kernel tier reads (the registry decides).
     Some((ty, k, n, (smepilot_engine::kernels::registry::active().packed.layout_for)(ty, k, n)?))
 }

@@ -81,6 +81,7 @@ pub unsafe fn node(t: *const ggml_tensor) -> Result<Node, Unsupported> {
             max_bias: f32_param(tr, 1),
         },
         ggml_op::GGML_OP_MUL_MAT => Op::MulMat,
+        ggml_op::GGML_OP_MUL_MAT_ID => Op::MulMatId,
         ggml_op::GGML_OP_FLASH_ATTN_EXT => Op::FlashAttn {
             scale: f32_param(tr, 0),
             max_bias: f32_param(tr, 1),

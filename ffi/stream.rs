@@ -102,7 +102,7 @@ unsafe fn compute_graph(backend: ggml_backend_t, cgraph: *mut ggml_cgraph) -> gg
     let n = sys::ggml_graph_n_nodes(cgraph);
     for i in 0..n {
         let t = sys::ggml_graph_node(cgraph, i);
-        if (*t).op == sys::ggml_op::GGML_OP_MUL_MAT && !(*t).src[0].is_null() {
+        if matches!((*t).op, sys::ggml_op::GGML_OP_MUL_MAT | sys::ggml_op::GGML_OP_MUL_MAT_ID) && !(*t).src[0].is_null() {
             super::buffer::ensure_packed((*t).src[0]);
         }
         match convert::node(t).and_then(|node| ops::supports(&node).map(|_| node)) {

@@ -44,6 +44,8 @@ pub enum Op {
         max_bias: f32,
     },
     MulMat,
+    /// MUL_MAT_ID: the experts' product of a mixture-of-experts layer.
+    MulMatId,
     FlashAttn {
         scale: f32,
         max_bias: f32,
@@ -68,6 +70,7 @@ impl Op {
             Op::Rope(_) => "ROPE",
             Op::SoftMax { .. } => "SOFT_MAX",
             Op::MulMat => "MUL_MAT",
+            Op::MulMatId => "MUL_MAT_ID",
             Op::FlashAttn { .. } => "FLASH_ATTN_EXT",
         }
     }
@@ -122,6 +125,7 @@ pub fn supports(node: &Node) -> Result<(), Unsupported> {
         Op::Rope(p) => rope::supports(node, &p),
         Op::SoftMax { .. } => softmax::supports(node),
         Op::MulMat => matmul::supports(node),
+        Op::MulMatId => matmul::id::supports(node),
         Op::FlashAttn { .. } => attention::supports(node),
     }
 }
@@ -157,6 +161,7 @@ fn memory(node: &Node) -> Result<(), Unsupported> {
 pub fn scratch_bytes(node: &Node, nth: usize, ks: &crate::kernels::KernelSet) -> usize {
     match node.op {
         Op::MulMat => matmul::scratch_bytes(node, nth, ks),
+        Op::MulMatId => matmul::id::scratch_bytes(node),
         Op::FlashAttn { .. } => attention::scratch_bytes(node, nth, ks),
         Op::Rope(_) => rope::scratch_bytes(node, nth),
         _ => 0,
@@ -196,6 +201,7 @@ pub fn run(node: &Node, ctx: &ThreadCtx) {
         Op::Rope(p) => rope::rope(node, ctx, &p),
         Op::SoftMax { scale, max_bias } => softmax::soft_max(node, ctx, scale, max_bias),
         Op::MulMat => matmul::mul_mat(node, ctx),
+        Op::MulMatId => matmul::id::mul_mat_id(node, ctx),
         Op::FlashAttn {
             scale,
             max_bias,

@@ -11,6 +11,7 @@
 #![cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64", test)), allow(unused_variables, unused_imports, unreachable_code, dead_code))]
 
 mod engine;
+pub(super) mod id;
 #[cfg(target_arch = "x86_64")]
 pub(super) mod amx;
 #[cfg(target_arch = "aarch64")]
@@ -328,7 +329,8 @@ impl<'c> ActsView<'c> {
 /// puts a barrier before reading them.
 pub(super) fn prepare_vector_acts(node: &Node, ctx: &ThreadCtx, base: usize) -> VectorActs {
     let (w, x) = (node.src(0), node.src(1));
-    let (k, m) = (w.ne[0], x.ne[1]);
+    // Every row of x (MUL_MAT_ID's activations are 3-D; the 2-D paths' rows are ne[1]).
+    let (k, m) = (w.ne[0], x.nrows());
     let (vdt, stride, _) = act_layout(node).expect("F32 weights never reach the row kernels");
     let acts = VectorActs {
         base,
