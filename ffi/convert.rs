@@ -2,7 +2,7 @@
 
 use super::sys::{self, ggml_glu_op, ggml_op, ggml_tensor, ggml_unary_op};
 use smepilot_engine::dtype::DType;
-use smepilot_engine::ops::{Node, Op, RopeParams, Unsupported};
+use smepilot_engine::ops::{Node, Op, RopeParams, SortOrder, Unsupported};
 use smepilot_engine::tensor::TensorRef;
 
 /// # Safety
@@ -48,6 +48,17 @@ pub unsafe fn node(t: *const ggml_tensor) -> Result<Node, Unsupported> {
         ggml_op::GGML_OP_CPY | ggml_op::GGML_OP_CONT | ggml_op::GGML_OP_DUP => Op::Copy,
         ggml_op::GGML_OP_ADD => Op::Add,
         ggml_op::GGML_OP_MUL => Op::Mul,
+        ggml_op::GGML_OP_DIV => Op::Div,
+        ggml_op::GGML_OP_SUM_ROWS => Op::SumRows,
+        ggml_op::GGML_OP_CLAMP => Op::Clamp {
+            min: f32_param(tr, 0),
+            max: f32_param(tr, 1),
+        },
+        ggml_op::GGML_OP_ARGSORT => Op::ArgSort(match tr.op_params[0] as sys::ggml_sort_order {
+            sys::ggml_sort_order_GGML_SORT_ORDER_ASC => SortOrder::Asc,
+            sys::ggml_sort_order_GGML_SORT_ORDER_DESC => SortOrder::Desc,
+            _ => return Err("argsort: unknown sort order"),
+        }),
         ggml_op::GGML_OP_SCALE => Op::Scale {
             scale: f32_param(tr, 0),
             bias: f32_param(tr, 1),

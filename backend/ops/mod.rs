@@ -7,6 +7,7 @@ mod elementwise;
 mod matmul;
 mod norm;
 mod rope;
+mod router;
 mod softmax;
 
 use super::dtype::DType;
@@ -15,6 +16,7 @@ use super::tensor::TensorRef;
 
 pub use matmul::{matrix_block_for_type, tile_int8_type};
 pub use rope::RopeParams;
+pub use router::SortOrder;
 
 /// One graph operator with its decoded parameters.
 #[derive(Clone, Copy, Debug)]
@@ -27,6 +29,7 @@ pub enum Op {
     Copy,
     Add,
     Mul,
+    Div,
     Scale {
         scale: f32,
         bias: f32,
@@ -35,6 +38,13 @@ pub enum Op {
         eps: f32,
     },
     Silu,
+    Clamp {
+        min: f32,
+        max: f32,
+    },
+    /// The ids that sort each row (i32 out).
+    ArgSort(SortOrder),
+    SumRows,
     SwiGlu {
         swapped: bool,
     },
@@ -63,9 +73,13 @@ impl Op {
             Op::Copy => "CPY",
             Op::Add => "ADD",
             Op::Mul => "MUL",
+            Op::Div => "DIV",
             Op::Scale { .. } => "SCALE",
             Op::RmsNorm { .. } => "RMS_NORM",
             Op::Silu => "SILU",
+            Op::Clamp { .. } => "CLAMP",
+            Op::ArgSort(_) => "ARGSORT",
+            Op::SumRows => "SUM_ROWS",
             Op::SwiGlu { .. } => "SWIGLU",
             Op::Rope(_) => "ROPE",
             Op::SoftMax { .. } => "SOFT_MAX",
@@ -116,11 +130,20 @@ pub fn supports(node: &Node) -> Result<(), Unsupported> {
         Op::SetRows => copy::supports_set_rows(node),
         Op::Copy => copy::supports_copy(node),
         Op::Add | Op::Mul => elementwise::supports_binary(node),
-        Op::Scale { .. } | Op::Silu => {
+        Op::Div => router::supports_div(node),
+        Op::Scale { .. } | Op::Silu | Op::Clamp { .. } => {
             need(n_src == 1, "unexpected operands")?;
             elementwise::supports_unary(node)
         }
         Op::SwiGlu { .. } => elementwise::supports_glu(node),
+        Op::ArgSort(_) => {
+            need(n_src == 1, "unexpected operands")?;
+            router::supports_argsort(node)
+        }
+        Op::SumRows => {
+            need(n_src == 1, "unexpected operands")?;
+            router::supports_sum_rows(node)
+        }
         Op::RmsNorm { .. } => norm::supports(node),
         Op::Rope(p) => rope::supports(node, &p),
         Op::SoftMax { .. } => softmax::supports(node),
@@ -138,7 +161,15 @@ fn memory(node: &Node) -> Result<(), Unsupported> {
     node.dst.check()?;
     let in_place_op = matches!(
         node.op,
-        Op::Add | Op::Mul | Op::Scale { .. } | Op::Silu | Op::RmsNorm { .. } | Op::Rope(_) | Op::SoftMax { .. }
+        Op::Add
+            | Op::Mul
+            | Op::Div
+            | Op::Scale { .. }
+            | Op::Silu
+            | Op::Clamp { .. }
+            | Op::RmsNorm { .. }
+            | Op::Rope(_)
+            | Op::SoftMax { .. }
     );
     // Operands the op does not read: ggml makes SET_ROWS and CPY views of their destination
     // and lists that destination among the sources (src[2], src[1]).
@@ -194,8 +225,12 @@ pub fn run(node: &Node, ctx: &ThreadCtx) {
         Op::Copy => copy::copy(node, ctx),
         Op::Add => elementwise::binary(node, ctx, |a, b| a + b),
         Op::Mul => elementwise::binary(node, ctx, |a, b| a * b),
+        Op::Div => router::div(node, ctx),
         Op::Scale { scale, bias } => elementwise::unary(node, ctx, move |x| x * scale + bias),
         Op::Silu => elementwise::silu(node, ctx),
+        Op::Clamp { min, max } => elementwise::unary(node, ctx, move |x| router::clamp(x, min, max)),
+        Op::ArgSort(order) => router::argsort(node, ctx, order),
+        Op::SumRows => router::sum_rows(node, ctx),
         Op::SwiGlu { swapped } => elementwise::swiglu(node, ctx, swapped),
         Op::RmsNorm { eps } => norm::rms_norm(node, ctx, eps),
         Op::Rope(p) => rope::rope(node, ctx, &p),
