@@ -125,7 +125,7 @@ backend_ops() { # "OPS to require" [extra env assignments...]
     echo "passing cases: $(grep -cE ': OK' "$work/backend-ops.out"), not supported: $(grep -c 'not supported' "$work/backend-ops.out")"
     return $missing
 }
-t_backend_ops() { backend_ops "GET_ROWS RMS_NORM MUL ADD ROPE MUL_MAT SOFT_MAX FLASH_ATTN_EXT SET_ROWS CPY CONT SWIGLU SILU SCALE"; }
+t_backend_ops() { backend_ops "GET_ROWS RMS_NORM MUL ADD ROPE MUL_MAT MUL_MAT_ID ARGSORT SUM_ROWS CLAMP DIV SOFT_MAX FLASH_ATTN_EXT SET_ROWS CPY CONT SWIGLU SILU SCALE"; }
 # The matrix unit only ever serves MUL_MAT, so the vector-path rerun covers that op.
 t_backend_ops_noamx() { backend_ops MUL_MAT SMEPILOT_DISABLE_AMX=1; }
 # The matrix and coop modes forced (vector is the no-AMX run's path), and matrix with one
@@ -198,6 +198,8 @@ one_split() { # model fa
 t_splits_smollm2() { one_split "$model" on && one_split "$model" off; }
 t_splits_llama3b() { local m; m=$(shape_model llama-3.2-3b q4_0) && one_split "$m" on && one_split "$m" off; }
 t_splits_qwen3_4b() { local m; m=$(shape_model qwen3-4b q4_0) && one_split "$m" on && one_split "$m" off; }
+# Qwen3-30B-A3B (128 experts, 8 used): router, experts and their combination in SMEPilot.
+t_splits_qwen3moe() { local m; m=$(shape_model qwen3-30b-a3b q4_0) && one_split "$m" on && one_split "$m" off; }
 
 # ---- KL divergence against stock on real text ------------------------------------
 # Base: stock (--backend cpu). Besides SMEPilot, a second *stock* configuration with
@@ -334,6 +336,7 @@ check plan-chart            t_plan_chart
 check splits-smollm2        t_splits_smollm2
 check splits-llama-3.2-3b   t_splits_llama3b
 check splits-qwen3-4b       t_splits_qwen3_4b
+check splits-qwen3-30b-a3b  t_splits_qwen3moe
 check kld-smollm2-q4_1      t_kld_q4_1
 check kld-smollm2-bf16      t_kld_bf16
 check kld-smollm2-q8_0      t_kld_q8_0

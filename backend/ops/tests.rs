@@ -1188,3 +1188,121 @@ fn int8_products_are_bit_identical_to_ggml_order_in_every_mode() {
         }
     }
 }
+
+/// MUL_MAT_ID against per-pair references on every tier: b broadcast over the slots and
+/// one b row per slot, ids a strided view of a wider array, experts nobody picks, an id
+/// outside the experts (zeros), packed and plain experts (N a multiple of 16 or not), 1 to
+/// 3 threads. Each output is the dot of its expert's row with the b row as the
+/// activation format quantizes it, within float reassociation of the dequantized terms.
+#[test]
+fn mul_mat_id_matches_per_pair_references() {
+    use crate::kernels::packed::{self, Layout, PackedRef};
+    each_tier("ops::mul_mat_id", || {
+        let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rng = StdRng::seed_from_u64(41);
+        let types = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::BF16, DType::F16, DType::F32];
+        // (experts, N, slots, tokens, b rows per token, an invalid id)
+        let cases = [(4, 32, 2, 5, 1, false), (6, 48, 3, 7, 3, true), (3, 17, 2, 3, 1, false), (8, 16, 4, 1, 4, false)];
+        for ty in types {
+            let k = if ty.block_size() == 256 { 512 } else { ty.block_size().max(32) * 5 };
+            for &(n_exp, n, slots, tokens, nb1, bad_id) in &cases {
+                let raw = random_weights(&mut rng, ty, n_exp * n, k);
+                let mut wb = Buf::zeroed(raw.len());
+                wb.bytes()[..raw.len()].copy_from_slice(&raw);
+                let mut packed_mem = vec![0u8; raw.len()];
+                let layout = Layout::for_weights(ty, k, n_exp * n).filter(|_| n % packed::GROUP_ROWS == 0);
+                if let Some(l) = layout {
+                    packed::pack(l, ty, &raw, &mut packed_mem, n_exp * n, k);
+                }
+                // ids: the first `slots` columns of a [slots + 2, tokens] array; expert 1 unused.
+                let wide = slots + 2;
+                let mut ib = Buf::zeroed(wide * tokens * 4);
+                let mut ids = vec![0i32; wide * tokens];
+                for t in 0..tokens {
+                    for s in 0..wide {
+                        let e = loop {
+                            let e = rng.gen_range(0..n_exp as i32);
+                            if e != 1 {
+                                break e;
+                            }
+                        };
+                        ids[t * wide + s] = e;
+                    }
+                }
+                if bad_id {
+                    ids[wide + 1] = n_exp as i32;
+                }
+                for (o, v) in ib.bytes().chunks_exact_mut(4).zip(&ids) {
+                    o.copy_from_slice(&v.to_le_bytes());
+                }
+                let id_t = TensorRef { ty: DType::I32, ne: [slots, tokens, 1, 1], nb: [4, wide * 4, wide * 4 * tokens, wide * 4 * tokens], data: ib.ptr(), len: ib.mem.len() * 64, packed: None };
+                // b rows 5 floats apart beyond k.
+                let bs = k + 5;
+                let xs = random_f32(&mut rng, bs * nb1 * tokens, 1.0);
+                let mut xb = Buf::zeroed(xs.len() * 4);
+                xb.f32s()[..xs.len()].copy_from_slice(&xs);
+                let b = TensorRef { ty: DType::F32, ne: [k, nb1, tokens, 1], nb: [4, bs * 4, bs * 4 * nb1, bs * 4 * nb1 * tokens], data: xb.ptr(), len: xb.mem.len() * 64, packed: None };
+                for packed_on in [false, true] {
+                    if packed_on && layout.is_none() {
+                        continue;
+                    }
+                    let mut w = contiguous(ty, [k, n, n_exp, 1], &mut wb);
+                    w.packed = layout.filter(|_| packed_on).map(|l| PackedRef { layout: l, data: packed_mem.as_ptr(), len: packed_mem.len() });
+                    for threads in 1..=3 {
+                        let mut db = Buf::zeroed(n * slots * tokens * 4);
+                        db.f32s().fill(f32::NAN);
+                        let d = contiguous(DType::F32, [n, slots, tokens, 1], &mut db);
+                        run(&[node(Op::MulMatId, d, &[w, b, id_t])], threads);
+                        let got = db.f32s();
+                        let rb = ty.row_bytes(k);
+                        for t in 0..tokens {
+                            for s in 0..slots {
+                                let e = ids[t * wide + s];
+                                for r in 0..n {
+                                    let g = got[(t * slots + s) * n + r];
+                                    if e as usize >= n_exp {
+                                        assert_eq!(g, 0.0, "{ty:?} invalid id: output not zeroed");
+                                        continue;
+                                    }
+                                    let wrow = &raw[(e as usize * n + r) * rb..][..rb];
+                                    let (want, tol) = dequant_dot(ty, wrow, &xs[(t * nb1 + s % nb1) * bs..][..k]);
+                                    assert!((g as f64 - want).abs() <= tol, "{ty:?} {n_exp}x{n}x{k} slots {slots} tokens {tokens} packed={packed_on} threads {threads} (r {r}, s {s}, t {t}): got {g}, want {want}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// One weight row against one activation row as the vector kernels see them: dequantized
+/// weights times the weight type's quantized activations (dequantized), summed in f64; with
+/// the tolerance of f32 accumulation (1e-5 of the sum of magnitudes, at least 1e-6).
+fn dequant_dot(ty: DType, wrow: &[u8], xrow: &[f32]) -> (f64, f64) {
+    let k = xrow.len();
+    let sk = scalar_kernels(ty).unwrap();
+    let ak = scalar_kernels(sk.vec_dot_type).unwrap();
+    let mut a = vec![0u8; sk.vec_dot_type.row_bytes(k)];
+    (ak.from_f32.unwrap())(xrow, &mut a);
+    let (mut af, mut wf) = (vec![0f32; k], vec![0f32; k]);
+    (ak.to_f32)(&a, &mut af);
+    (sk.to_f32)(wrow, &mut wf);
+    let p: Vec<f64> = wf.iter().zip(&af).map(|(&w, &a)| w as f64 * a as f64).collect();
+    let tol = (1e-5 * p.iter().map(|v| v.abs()).sum::<f64>()).max(1e-6);
+    if ty != DType::Q4_1 {
+        return (p.iter().sum::<f64>(), tol);
+    }
+    // Q4_1 · Q8_1 takes each block's minimum times the activation block's stored sum `s`
+    // (an f16), not times the sum of its dequantized values.
+    let h = |b: &[u8], o: usize| f16::from_bits(u16::from_le_bytes([b[o], b[o + 1]])).to_f64();
+    let want = (0..k / 32)
+        .map(|b| {
+            let (wb, ab) = (&wrow[20 * b..20 * b + 20], &a[36 * b..36 * b + 36]);
+            let isum: i64 = (0..32).map(|j| ((wb[4 + j % 16] >> (4 * (j / 16))) & 15) as i64 * ab[4 + j] as i8 as i64).sum();
+            h(wb, 0) * h(ab, 0) * isum as f64 + h(wb, 2) * h(ab, 2)
+        })
+        .sum();
+    (want, tol)
+}

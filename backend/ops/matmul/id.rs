@@ -124,7 +124,7 @@ pub fn mul_mat_id(node: &Node, ctx: &ThreadCtx) {
         // Columns r0 .. r1 of this expert's output rows are this item's alone.
         if let (Some(p), Some(view)) = (packed_experts(node), &view) {
             const G: usize = packed::GROUP_ROWS;
-            let nb = k / 32;
+            let nb = k / w.ty.block_size();
             let (g0, gn) = ((e * n + r0) / G, (r1 - r0) / G);
             let groups = p.groups(k, g0, gn);
             let mut out = [[0f32; G]; PACKED_ROWS_PER_PASS * GEMV_CHUNK_GROUPS];
