@@ -35,6 +35,14 @@ pub fn predict_node(p: &MachineProfile, node: &Node, threads: usize) -> f64 {
         // Only the rows fetched or stored move, not the whole table or cache.
         Op::GetRows => 2.0 * bytes_of(&node.dst),
         Op::SetRows => 2.0 * bytes_of(node.src(0)),
+        // Only the experts some (slot, token) picks are read: with picks spread evenly,
+        // n (1 - (1 - 1/n)^picks) of the n experts.
+        Op::MulMatId => {
+            let (w, ids) = (node.src(0), node.src(2));
+            let (n_exp, picks) = (w.ne[2].max(1) as f64, (ids.ne[0] * ids.ne[1]) as f64);
+            let read = n_exp * (1.0 - (1.0 - 1.0 / n_exp).powf(picks));
+            bytes_of(w) * read / n_exp + bytes_of(node.src(1)) + bytes_of(&node.dst)
+        }
         _ => bytes_of(&node.dst) + node.src.iter().flatten().map(bytes_of).sum::<f64>(),
     };
     let at_peak = |flops: f64| flops / (p.vec_fp32_peak * t);
@@ -56,6 +64,11 @@ pub fn predict_node(p: &MachineProfile, node: &Node, threads: usize) -> f64 {
         Op::MulMat => {
             let (w, x) = (node.src(0), node.src(1));
             at_peak(2.0 * (w.ne[0] * w.ne[1]) as f64 * x.nrows() as f64)
+        }
+        // One weight matrix per (slot, token).
+        Op::MulMatId => {
+            let (w, ids) = (node.src(0), node.src(2));
+            at_peak(2.0 * (w.ne[0] * w.ne[1]) as f64 * (ids.ne[0] * ids.ne[1]) as f64)
         }
         _ => at_peak(4.0 * node.dst.nelements() as f64),
     };
