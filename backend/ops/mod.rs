@@ -192,7 +192,7 @@ fn memory(node: &Node) -> Result<(), Unsupported> {
 pub fn scratch_bytes(node: &Node, nth: usize, ks: &crate::kernels::KernelSet) -> usize {
     match node.op {
         Op::MulMat => matmul::scratch_bytes(node, nth, ks),
-        Op::MulMatId => matmul::id::scratch_bytes(node),
+        Op::MulMatId => matmul::id::scratch_bytes(node, nth, ks),
         Op::FlashAttn { .. } => attention::scratch_bytes(node, nth, ks),
         Op::Rope(_) => rope::scratch_bytes(node, nth),
         _ => 0,

@@ -11,7 +11,6 @@
 #![cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64", test)), allow(unused_variables, unused_imports, unreachable_code, dead_code))]
 
 mod engine;
-pub(super) mod id;
 #[cfg(target_arch = "x86_64")]
 pub(super) mod amx;
 #[cfg(target_arch = "aarch64")]
@@ -120,6 +119,8 @@ macro_rules! with_engine {
         }
     };
 }
+
+pub(super) mod id;
 
 /// The matrix unit of the kernel set `ks` can run this product.
 pub fn matrix_feasible(node: &Node, ks: &KernelSet) -> bool {
