@@ -61,7 +61,7 @@ pub fn supports(node: &Node) -> Result<(), Unsupported> {
 /// starts on a 16-row group.
 fn packed_experts(node: &Node) -> Option<PackedRef> {
     let w = node.src(0);
-    w.packed.filter(|_| w.ne[1] % packed::GROUP_ROWS == 0)
+    w.packed.filter(|_| w.ne[1].is_multiple_of(packed::GROUP_ROWS))
 }
 
 /// Where the node's scratch holds what: the matrix unit's scratch for one expert of up to
