@@ -962,19 +962,12 @@ fn check_packed_product(ty: DType, m: usize, n: usize, k: usize, raw: &[u8], xs:
 /// to f16 (bf16 for BF16 weights, unrounded for F32), summed in f64; with the tolerance of
 /// f32 accumulation (1e-5 of the sum of magnitudes).
 fn sme_scaled_dot(ty: DType, wrow: &[u8], xrow: &[f32]) -> (f64, f64) {
-    let k = xrow.len();
-    let sk = scalar_kernels(ty).unwrap();
     let round = |v: f32| match ty {
         DType::F32 => v as f64,
         DType::BF16 => bf16::from_f32(v).to_f64(),
         _ => f16::from_f32(v).to_f64(),
     };
-    let ak = scalar_kernels(sk.vec_dot_type).unwrap();
-    let mut a = vec![0u8; sk.vec_dot_type.row_bytes(k)];
-    (ak.from_f32.unwrap())(xrow, &mut a);
-    let (mut af, mut wf) = (vec![0f32; k], vec![0f32; k]);
-    (ak.to_f32)(&a, &mut af);
-    (sk.to_f32)(wrow, &mut wf);
+    let (wf, af, _) = dequantized(ty, wrow, xrow);
     let p: Vec<f64> = wf.iter().zip(&af).map(|(&w, &a)| round(w) * round(a)).collect();
     (p.iter().sum::<f64>(), 1e-5 * p.iter().map(|v| v.abs()).sum::<f64>())
 }
@@ -1293,13 +1286,7 @@ fn mul_mat_id_matches_per_pair_references() {
 /// the tolerance of f32 accumulation (1e-5 of the sum of magnitudes, at least 1e-6).
 fn dequant_dot(ty: DType, wrow: &[u8], xrow: &[f32]) -> (f64, f64) {
     let k = xrow.len();
-    let sk = scalar_kernels(ty).unwrap();
-    let ak = scalar_kernels(sk.vec_dot_type).unwrap();
-    let mut a = vec![0u8; sk.vec_dot_type.row_bytes(k)];
-    (ak.from_f32.unwrap())(xrow, &mut a);
-    let (mut af, mut wf) = (vec![0f32; k], vec![0f32; k]);
-    (ak.to_f32)(&a, &mut af);
-    (sk.to_f32)(wrow, &mut wf);
+    let (wf, af, a) = dequantized(ty, wrow, xrow);
     let p: Vec<f64> = wf.iter().zip(&af).map(|(&w, &a)| w as f64 * a as f64).collect();
     let tol = (1e-5 * p.iter().map(|v| v.abs()).sum::<f64>()).max(1e-6);
     if ty != DType::Q4_1 {
@@ -1316,4 +1303,18 @@ fn dequant_dot(ty: DType, wrow: &[u8], xrow: &[f32]) -> (f64, f64) {
         })
         .sum();
     (want, tol)
+}
+
+/// A weight row dequantized, and an activation row quantized to the weight type's
+/// activation format (`vec_dot_type`) and dequantized again, with those quantized bytes.
+fn dequantized(ty: DType, wrow: &[u8], xrow: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<u8>) {
+    let k = xrow.len();
+    let sk = scalar_kernels(ty).unwrap();
+    let ak = scalar_kernels(sk.vec_dot_type).unwrap();
+    let mut a = vec![0u8; sk.vec_dot_type.row_bytes(k)];
+    (ak.from_f32.unwrap())(xrow, &mut a);
+    let (mut af, mut wf) = (vec![0f32; k], vec![0f32; k]);
+    (ak.to_f32)(&a, &mut af);
+    (sk.to_f32)(wrow, &mut wf);
+    (wf, af, a)
 }

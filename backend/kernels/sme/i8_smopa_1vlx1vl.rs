@@ -24,7 +24,7 @@
 //! Scale records as in `i8_smopa_2vlx2vl`: per activation block and 32-block, (d_a, s_a)
 //! per row (LD2W splits them); per weight block, d_w of panels 0 and 1, then m_w of both.
 
-use super::{args_offsets, run_group_asm, transpose_asm, GroupArgs};
+use super::{args_offsets, blocks_begin, blocks_end, run_group_asm, transpose_asm, GroupArgs};
 
 macro_rules! i8_za_group_asm {
     ($min_scale:expr, $min_store:expr) => {
@@ -40,17 +40,8 @@ macro_rules! i8_za_group_asm {
             whilelt pn9.s, x13, x14, vlx4
             ",
             transpose_asm!(),
+            blocks_begin!(),
             "
-            ldr x1, [x0, #A_ACTS]
-            ldr x2, [x0, #A_MBLOCKS]
-            ldr x9, [x0, #A_ASCALES]
-            mov x3, #0
-            cbz x2, 90f
-        30:
-            ldr x4, [x0, #A_W]
-            ldr x10, [x0, #A_WSCALES]
-            mov x5, #0
-        40:
             mov x13, #0
         41:
             lsr x14, x13, #1
@@ -75,22 +66,10 @@ macro_rules! i8_za_group_asm {
             ldr x11, [x0, #A_NB]
         45:
             zero {{za0.s, za1.s}}
-            ld1w {{z16.s-z19.s}}, pn9/z, [x6]
-            ld1w {{z20.s-z23.s}}, pn9/z, [x6, #4, mul vl]
-            ld1w {{z24.s-z27.s}}, pn9/z, [x7]
-            ld1w {{z28.s-z31.s}}, pn9/z, [x7, #4, mul vl]
-            smopa za0.s, p0/m, p0/m, z16.b, z24.b
-            smopa za0.s, p0/m, p0/m, z18.b, z26.b
-            smopa za0.s, p0/m, p0/m, z20.b, z28.b
-            smopa za0.s, p0/m, p0/m, z22.b, z30.b
-            ld1w {{z16.s-z19.s}}, pn9/z, [x6, #8, mul vl]
-            ld1w {{z20.s-z23.s}}, pn9/z, [x6, #12, mul vl]
-            ld1w {{z24.s-z27.s}}, pn9/z, [x7, #8, mul vl]
-            ld1w {{z28.s-z31.s}}, pn9/z, [x7, #12, mul vl]
-            smopa za0.s, p0/m, p0/m, z16.b, z24.b
-            smopa za0.s, p0/m, p0/m, z18.b, z26.b
-            smopa za0.s, p0/m, p0/m, z20.b, z28.b
-            smopa za0.s, p0/m, p0/m, z22.b, z30.b
+            ",
+            four_units!("0", "4"),
+            four_units!("8", "12"),
+            "
             addvl x6, x6, #16
             addvl x7, x7, #16
             ld2w {{z8.s, z9.s}}, p0/z, [x16]
@@ -157,26 +136,26 @@ macro_rules! i8_za_group_asm {
             add x13, x13, #1
             cmp x13, #4
             b.lo 41b
-            ldr x13, [x0, #A_WBLOCK]
-            add x4, x4, x13
-            ldr x13, [x0, #A_NB]
-            rdsvl x14, #4
-            madd x10, x13, x14, x10
-            add x5, x5, x15, lsl #1
-            ldr x13, [x0, #A_COLSN]
-            cmp x5, x13
-            b.lo 40b
-            ldr x13, [x0, #A_ABLOCK]
-            add x1, x1, x13
-            ldr x13, [x0, #A_NB]
-            rdsvl x14, #4
-            madd x9, x13, x14, x9
-            add x3, x3, x15, lsl #1
-            subs x2, x2, #1
-            b.ne 30b
-        90:
-            smstop
-            "
+            ",
+            blocks_end!(),
+        )
+    };
+}
+
+/// Four units of the tile: the first and third vector of four-vector loads from vector
+/// `$at` (and `$at2` = `$at` + 4) of the activation (x6) and weight (x7) cursors (unit u of panel p is vector 2u + p;
+/// the cursors point at the tile's panel), one SMOPA each.
+macro_rules! four_units {
+    ($at:literal, $at2:literal) => {
+        concat!(
+            "ld1w {{z16.s-z19.s}}, pn9/z, [x6, #", $at, ", mul vl]\n",
+            "ld1w {{z20.s-z23.s}}, pn9/z, [x6, #", $at2, ", mul vl]\n",
+            "ld1w {{z24.s-z27.s}}, pn9/z, [x7, #", $at, ", mul vl]\n",
+            "ld1w {{z28.s-z31.s}}, pn9/z, [x7, #", $at2, ", mul vl]\n",
+            "smopa za0.s, p0/m, p0/m, z16.b, z24.b\n",
+            "smopa za0.s, p0/m, p0/m, z18.b, z26.b\n",
+            "smopa za0.s, p0/m, p0/m, z20.b, z28.b\n",
+            "smopa za0.s, p0/m, p0/m, z22.b, z30.b\n",
         )
     };
 }

@@ -15,7 +15,7 @@
 //! pair (d_a, s_a) (8 bytes a row, 4 SVL bytes a block); for a weight block, the vectors
 //! d_w of panel 0, d_w of panel 1, m_w of panel 0, m_w of panel 1 (4 SVL bytes).
 
-use super::{args_offsets, load_4units_sme1, mopa_4units, run_group_asm, transpose_asm, GroupArgs};
+use super::{args_offsets, blocks_begin, blocks_end, load_4units_sme1, mopa_4units, run_group_asm, transpose_asm, GroupArgs};
 
 /// The per-block drain of one row of each tile into the accumulators (x13), with the
 /// minimum's term when `$min` is its instructions.
@@ -30,17 +30,8 @@ macro_rules! i8_group_asm {
             cntw x15
             ", $setup, "\n",
             transpose_asm!(),
+            blocks_begin!(),
             "
-            ldr x1, [x0, #A_ACTS]
-            ldr x2, [x0, #A_MBLOCKS]
-            ldr x9, [x0, #A_ASCALES]
-            mov x3, #0
-            cbz x2, 90f
-        30:
-            ldr x4, [x0, #A_W]
-            ldr x10, [x0, #A_WSCALES]
-            mov x5, #0
-        40:
             ldr x13, [x0, #A_ACC]
             dup z31.s, #0
             mov x14, x15
@@ -158,26 +149,8 @@ macro_rules! i8_group_asm {
             cmp x12, x14
             b.lo 74b
         79:
-            ldr x13, [x0, #A_WBLOCK]
-            add x4, x4, x13
-            ldr x13, [x0, #A_NB]
-            rdsvl x14, #4
-            madd x10, x13, x14, x10
-            add x5, x5, x15, lsl #1
-            ldr x13, [x0, #A_COLSN]
-            cmp x5, x13
-            b.lo 40b
-            ldr x13, [x0, #A_ABLOCK]
-            add x1, x1, x13
-            ldr x13, [x0, #A_NB]
-            rdsvl x14, #4
-            madd x9, x13, x14, x9
-            add x3, x3, x15, lsl #1
-            subs x2, x2, #1
-            b.ne 30b
-        90:
-            smstop
-            "
+            ",
+            blocks_end!(),
         )
     };
 }

@@ -315,6 +315,57 @@ macro_rules! store_tiles_asm {
 }
 pub(crate) use store_tiles_asm;
 
+/// The group kernels' loop over activation blocks (x1, row x3, int8 scale records x9) and
+/// weight blocks (x4, column x5, int8 scale records x10): `blocks_begin` opens both (the
+/// weight block's body starts at label 40), `blocks_end` steps both and leaves streaming
+/// mode. The float kernels' scale pointers are null and step by nothing (nb = 0). Expects
+/// x15 = VL32; the end clobbers x13, x14.
+macro_rules! blocks_begin {
+    () => {
+        "
+        ldr x1, [x0, #A_ACTS]
+        ldr x2, [x0, #A_MBLOCKS]
+        ldr x9, [x0, #A_ASCALES]
+        mov x3, #0
+        cbz x2, 90f
+    30:
+        ldr x4, [x0, #A_W]
+        ldr x10, [x0, #A_WSCALES]
+        mov x5, #0
+    40:
+        "
+    };
+}
+pub(crate) use blocks_begin;
+
+/// See [`blocks_begin`].
+macro_rules! blocks_end {
+    () => {
+        "
+        ldr x13, [x0, #A_WBLOCK]
+        add x4, x4, x13
+        ldr x13, [x0, #A_NB]
+        rdsvl x14, #4
+        madd x10, x13, x14, x10
+        add x5, x5, x15, lsl #1
+        ldr x13, [x0, #A_COLSN]
+        cmp x5, x13
+        b.lo 40b
+        ldr x13, [x0, #A_ABLOCK]
+        add x1, x1, x13
+        ldr x13, [x0, #A_NB]
+        rdsvl x14, #4
+        madd x9, x13, x14, x9
+        add x3, x3, x15, lsl #1
+        subs x2, x2, #1
+        b.ne 30b
+    90:
+        smstop
+        "
+    };
+}
+pub(crate) use blocks_end;
+
 /// Four units of a 2 x 2 tile step: activation vectors z0-z7 (unit u: panels z(2u), z(2u+1)),
 /// weight vectors z16-z23 likewise, into ZA.S tiles 0-3 (tile 2 pa + pw).
 macro_rules! mopa_4units {
@@ -450,15 +501,8 @@ macro_rules! float_group_asm {
             cntw x15
             ", $setup, "\n",
             $crate::kernels::sme::transpose_asm!(),
+            $crate::kernels::sme::blocks_begin!(),
             "
-            ldr x1, [x0, #A_ACTS]
-            ldr x2, [x0, #A_MBLOCKS]
-            mov x3, #0
-            cbz x2, 90f
-        30:
-            ldr x4, [x0, #A_W]
-            mov x5, #0
-        40:
             zero {{za}}
             mov x6, x1
             mov x7, x4
@@ -472,21 +516,7 @@ macro_rules! float_group_asm {
             sub x11, x11, x3
             ",
             $crate::kernels::sme::store_tiles_asm!(),
-            "
-            ldr x13, [x0, #A_WBLOCK]
-            add x4, x4, x13
-            add x5, x5, x15, lsl #1
-            ldr x13, [x0, #A_COLSN]
-            cmp x5, x13
-            b.lo 40b
-            ldr x13, [x0, #A_ABLOCK]
-            add x1, x1, x13
-            add x3, x3, x15, lsl #1
-            subs x2, x2, #1
-            b.ne 30b
-        90:
-            smstop
-            "
+            $crate::kernels::sme::blocks_end!(),
         )
     };
 }
