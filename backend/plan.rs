@@ -63,13 +63,17 @@ pub struct Plan {
     /// None: no planner (tests, benchmarks): the op's static rule decides.
     pub mode: Option<Mode>,
     pub matrix_threads: usize,
+    /// MUL_MAT_ID: the fewest rows an expert needs to run on the matrix unit (the
+    /// planner's crossover for the node's expert shape); 0: every expert when the mode is
+    /// matrix or coop.
+    pub expert_min_rows: usize,
 }
 
 impl Plan {
-    pub const STATIC: Plan = Plan { mode: None, matrix_threads: 0 };
+    pub const STATIC: Plan = Plan { mode: None, matrix_threads: 0, expert_min_rows: 0 };
 
     pub fn forced(mode: Mode, matrix_threads: usize) -> Plan {
-        Plan { mode: Some(mode), matrix_threads }
+        Plan { mode: Some(mode), matrix_threads, expert_min_rows: 0 }
     }
 }
 

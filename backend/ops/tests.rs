@@ -1185,7 +1185,8 @@ fn int8_products_are_bit_identical_to_ggml_order_in_every_mode() {
 /// MUL_MAT_ID against per-pair references on every tier: b broadcast over the slots and
 /// one b row per slot, ids a strided view of a wider array, experts nobody picks, an id
 /// outside the experts (zeros), packed and plain experts (N a multiple of 16 or not), 1 to
-/// 3 threads. Each output is the dot of its expert's row with the b row as the
+/// 3 threads; with a matrix engine, experts on the unit by the static rule, by a row
+/// crossover and all of them, and a unit driven by one of two threads. Each output is the dot of its expert's row with the b row as the
 /// activation format quantizes it, within float reassociation of the dequantized terms.
 #[test]
 fn mul_mat_id_matches_per_pair_references() {
@@ -1248,6 +1249,11 @@ fn mul_mat_id_matches_per_pair_references() {
                     for ks in matrix_sets() {
                         runs.push((ks, 2, Plan::STATIC));
                         runs.push((ks, 2, Plan::forced(Mode::Matrix, 0)));
+                        // One thread drives the unit, the other takes items from the back
+                        // on the vector kernels (a shared unit).
+                        runs.push((ks, 2, Plan::forced(Mode::Coop, 1)));
+                        // The planner's crossover: experts of 3 rows or more on the unit.
+                        runs.push((ks, 3, Plan { expert_min_rows: 3, ..Plan::forced(Mode::Matrix, 0) }));
                     }
                     for (ks, threads, plan) in runs {
                         let unit = plan.mode != Some(Mode::Vector);

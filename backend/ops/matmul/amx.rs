@@ -6,8 +6,9 @@
 //! bf16. Each weight group (64 rows: loaded in place where the type allows, else unpacked
 //! into the thread's private scratch) then runs against every activation row tile.
 
-use super::super::{split_range, Node};
+use super::super::split_range;
 use super::engine::{MatrixEngine, GROUP_TILES};
+use super::product::Product;
 use crate::dtype::DType;
 use crate::threadpool::ThreadCtx;
 use crate::kernels::amx::gemm::{Block32, BF16_BTILE, BF16_KSTEP, I8_BTILE, I8_KBLOCK};
@@ -61,17 +62,24 @@ impl MatrixEngine for Amx {
         rows::bf16_weight(ty).then(|| Plan::Bf16 { layout: Bf16Layout::new(k, m) })
     }
 
-    fn scratch_bytes(&self, plan: &Plan, nth: usize) -> usize {
+    fn acts_bytes(&self, plan: &Plan) -> usize {
         match plan {
-            Plan::I8 { layout: l, .. } => l.thread_off + nth * l.thread_bytes,
-            Plan::Bf16 { layout: l } => l.thread_off + nth * l.thread_bytes,
+            Plan::I8 { layout: l, .. } => l.acts_bytes,
+            Plan::Bf16 { layout: l } => l.acts_bytes,
         }
     }
 
-    fn prepare_acts(&self, plan: &Plan, node: &Node, ctx: &ThreadCtx) {
+    fn thread_bytes(&self, plan: &Plan) -> usize {
         match plan {
-            Plan::I8 { has_min, layout } => i8_acts(node, ctx, layout, *has_min),
-            Plan::Bf16 { layout } => bf16_acts(node, ctx, layout),
+            Plan::I8 { layout: l, .. } => l.thread_bytes,
+            Plan::Bf16 { layout: l } => l.thread_bytes,
+        }
+    }
+
+    fn prepare_acts(&self, plan: &Plan, p: &Product, ctx: &ThreadCtx) {
+        match plan {
+            Plan::I8 { has_min, layout } => i8_acts(p, ctx, layout, *has_min),
+            Plan::Bf16 { layout } => bf16_acts(p, ctx, layout),
         }
     }
 
@@ -85,10 +93,10 @@ impl MatrixEngine for Amx {
         Session { tiles, acc: Block32::new() }
     }
 
-    fn weight_group(&self, plan: &Plan, session: &mut Session, node: &Node, ctx: &ThreadCtx, g: usize) {
+    fn weight_group(&self, plan: &Plan, session: &mut Session, p: &Product, ctx: &ThreadCtx, g: usize) {
         match (plan, &session.tiles) {
-            (Plan::I8 { has_min, layout }, Tiles::I8(t)) => i8_group(node, ctx, t, layout, *has_min, g, &mut session.acc),
-            (Plan::Bf16 { layout }, Tiles::Bf16(t)) => bf16_group(node, ctx, t, layout, g, &mut session.acc),
+            (Plan::I8 { has_min, layout }, Tiles::I8(t)) => i8_group(p, ctx, t, layout, *has_min, g, &mut session.acc),
+            (Plan::Bf16 { layout }, Tiles::Bf16(t)) => bf16_group(p, ctx, t, layout, g, &mut session.acc),
             _ => unreachable!("a session of the plan's kernel"),
         }
     }
@@ -146,7 +154,7 @@ pub struct I8Layout {
     nb: usize,
     d_off: usize,
     s_off: usize,
-    thread_off: usize,
+    acts_bytes: usize,
     thread_bytes: usize,
     row_tmp: usize,
     /// Per weight row tile: unpacked values (16 rows of k), then scales, then minimums.
@@ -162,7 +170,7 @@ impl I8Layout {
         let mt = m_tiles(m);
         let d_off = mt * nb * I8_BTILE;
         let s_off = d_off + align64(mt * nb * 16 * 4);
-        let thread_off = s_off + align64(mt * nb * 16 * 4);
+        let acts_bytes = s_off + align64(mt * nb * 16 * 4);
         let row_tmp = align64(DType::Q8_1.row_bytes(k));
         let wtile_bytes = align64(16 * k) + 2 * align64(nb * 16 * 4);
         let gather_off = row_tmp + GROUP_TILES * wtile_bytes;
@@ -170,7 +178,7 @@ impl I8Layout {
             nb,
             d_off,
             s_off,
-            thread_off,
+            acts_bytes,
             thread_bytes: gather_off + align64(16 * ty.row_bytes(k)),
             row_tmp,
             wtile_bytes,
@@ -183,7 +191,7 @@ impl I8Layout {
 /// (k floats, then 2 k bytes) and the weight group's A tiles in tile order.
 #[derive(Clone, Copy)]
 pub struct Bf16Layout {
-    thread_off: usize,
+    acts_bytes: usize,
     thread_bytes: usize,
     row_tmp: usize,
     wtile_bytes: usize,
@@ -194,7 +202,7 @@ impl Bf16Layout {
         let row_tmp = align64(4 * k) + align64(2 * k);
         let wtile_bytes = 32 * k;
         Bf16Layout {
-            thread_off: m_tiles(m) * (k / BF16_KSTEP) * BF16_BTILE,
+            acts_bytes: m_tiles(m) * (k / BF16_KSTEP) * BF16_BTILE,
             thread_bytes: row_tmp + GROUP_TILES * wtile_bytes,
             row_tmp,
             wtile_bytes,
@@ -214,17 +222,16 @@ fn weight_rows(w: &TensorRef, r0: usize) -> ([&[u8]; 16], usize) {
 
 /// Writes the `rows_m` x `rows_n` corner of `acc` transposed into the output: activation
 /// rows `m0 ..`, columns `n0 ..` (this thread's: the weight group's columns).
-fn store(acc: &Block32, dst: &TensorRef, m0: usize, n0: usize, rows_m: usize, rows_n: usize) {
+fn store(acc: &Block32, p: &Product, m0: usize, n0: usize, rows_m: usize, rows_n: usize) {
     for i in 0..rows_m {
-        acc.store_row(i, dst.row_range_mut::<f32>(m0 + i, 0, 0, n0, rows_n));
+        acc.store_row(i, p.out(m0 + i, n0, rows_n));
     }
 }
 
 /// Phase 1 of the int8 path: this thread's activation row tiles, quantized as ggml-cpu does
 /// (Q8_0, or Q8_1 for weights with a minimum), into B-tile order with their scales and sums.
-fn i8_acts(node: &Node, ctx: &ThreadCtx, l: &I8Layout, has_min: bool) {
-    let (w, x) = (node.src(0), node.src(1));
-    let (k, m) = (w.ne[0], x.ne[1]);
+fn i8_acts(p: &Product, ctx: &ThreadCtx, l: &I8Layout, has_min: bool) {
+    let (k, m, at) = (p.k(), p.m, p.acts_at);
     let nb = l.nb;
     let act_ty = if has_min { DType::Q8_1 } else { DType::Q8_0 };
     let quantize = ctx.kernels.kernels(act_ty).unwrap().from_f32.unwrap();
@@ -232,15 +239,15 @@ fn i8_acts(node: &Node, ctx: &ThreadCtx, l: &I8Layout, has_min: bool) {
     let (t0, t1) = split_range(m_tiles(m), ctx.ith, ctx.nth);
     // Row tiles t0 .. t1 are this thread's: their B tiles, scales and sums are contiguous
     // ranges of the shared scratch; the quantization row is in its own area.
-    let tiles = ctx.shared_mut::<u8>(t0 * nb * I8_BTILE, (t1 - t0) * nb * I8_BTILE);
-    let act_d = ctx.shared_mut::<f32>(l.d_off + t0 * nb * 16 * 4, (t1 - t0) * nb * 16);
-    let act_s = ctx.shared_mut::<f32>(l.s_off + t0 * nb * 16 * 4, (t1 - t0) * nb * 16);
-    let area = ctx.thread_area(l.thread_off, l.thread_bytes);
+    let tiles = ctx.shared_mut::<u8>(at + t0 * nb * I8_BTILE, (t1 - t0) * nb * I8_BTILE);
+    let act_d = ctx.shared_mut::<f32>(at + l.d_off + t0 * nb * 16 * 4, (t1 - t0) * nb * 16);
+    let act_s = ctx.shared_mut::<f32>(at + l.s_off + t0 * nb * 16 * 4, (t1 - t0) * nb * 16);
+    let area = ctx.thread_area(p.threads_at, l.thread_bytes);
     let blocks = area.carve::<u8>(0, act_ty.row_bytes(k));
     for r in t0 * 16..t1 * 16 {
         let (mt, i) = (r / 16 - t0, r % 16);
         if r < m {
-            quantize(&x.row::<f32>(r, 0, 0)[..k], blocks);
+            quantize(p.x_row(r), blocks);
         }
         for b in 0..nb {
             let at = (mt * nb + b) * 16 + i;
@@ -268,16 +275,16 @@ fn i8_acts(node: &Node, ctx: &ThreadCtx, l: &I8Layout, has_min: bool) {
 /// Weight group `g` (GROUP_TILES row tiles of 16) unpacked to int8 A tiles (loaded in place
 /// where the type allows) and multiplied by every activation row tile. The caller holds an
 /// int8 tile session and has passed the barrier after `i8_acts`.
-fn i8_group(node: &Node, ctx: &ThreadCtx, tiles: &I8Session, l: &I8Layout, has_min: bool, g: usize, acc: &mut Block32) {
-    let (w, x, dst) = (node.src(0), node.src(1), &node.dst);
-    let (k, n, m) = (w.ne[0], w.ne[1], x.ne[1]);
+fn i8_group(p: &Product, ctx: &ThreadCtx, tiles: &I8Session, l: &I8Layout, has_min: bool, g: usize, acc: &mut Block32) {
+    let w = &p.w;
+    let (k, n, m, at) = (w.ne[0], w.ne[1], p.m, p.acts_at);
     let nb = l.nb;
     let mtl = m_tiles(m);
     // Written by every thread before the barrier, read-only now.
     let act = I8Acts {
-        q: ctx.shared::<u8>(0, mtl * nb * I8_BTILE),
-        d: ctx.shared::<f32>(l.d_off, mtl * nb * 16),
-        s: ctx.shared::<f32>(l.s_off, mtl * nb * 16),
+        q: ctx.shared::<u8>(at, mtl * nb * I8_BTILE),
+        d: ctx.shared::<f32>(at + l.d_off, mtl * nb * 16),
+        s: ctx.shared::<f32>(at + l.s_off, mtl * nb * 16),
         nb,
     };
     let n_tiles = n.div_ceil(16);
@@ -286,7 +293,7 @@ fn i8_group(node: &Node, ctx: &ThreadCtx, tiles: &I8Session, l: &I8Layout, has_m
     let used = (n_tiles - tile0).min(GROUP_TILES);
     // This thread's staging: per weight tile its values, scales and minimums, then the
     // gather area for a packed group put back into ggml's layout.
-    let area = ctx.thread_area(l.thread_off, l.thread_bytes);
+    let area = ctx.thread_area(p.threads_at, l.thread_bytes);
     let stage: [(&mut [u8], &mut [f32], &mut [f32]); GROUP_TILES] = std::array::from_fn(|j| {
         let base = l.row_tmp + j * l.wtile_bytes;
         let db = base + align64(16 * k);
@@ -338,28 +345,27 @@ fn i8_group(node: &Node, ctx: &ThreadCtx, tiles: &I8Session, l: &I8Layout, has_m
             let n0 = (tile0 + tp) * 16;
             let rows_n = (n - n0).min(if tp + 1 < used { 32 } else { 16 });
             tiles.block(&act, mt, [wt[tp], wt[(tp + 1).min(used - 1)]], acc);
-            store(acc, dst, mt * 16, n0, rows_m, rows_n);
+            store(acc, p, mt * 16, n0, rows_m, rows_n);
         }
     }
 }
 
 /// Phase 1 of the bf16 path: this thread's activation row tiles to bf16 (nearest even, as
 /// ggml-cpu) in B-tile order in the shared scratch.
-fn bf16_acts(node: &Node, ctx: &ThreadCtx, l: &Bf16Layout) {
-    let (w, x) = (node.src(0), node.src(1));
-    let (k, m) = (w.ne[0], x.ne[1]);
+fn bf16_acts(p: &Product, ctx: &ThreadCtx, l: &Bf16Layout) {
+    let (k, m) = (p.k(), p.m);
     let ksteps = k / BF16_KSTEP;
     let to_bf16 = ctx.kernels.kernels(DType::BF16).unwrap().from_f32.unwrap();
     let (t0, t1) = split_range(m_tiles(m), ctx.ith, ctx.nth);
     // Row tiles t0 .. t1 are this thread's (a contiguous range of B tiles); the conversion
     // row is in its own area.
-    let tiles = ctx.shared_mut::<u8>(t0 * ksteps * BF16_BTILE, (t1 - t0) * ksteps * BF16_BTILE);
-    let area = ctx.thread_area(l.thread_off, l.thread_bytes);
+    let tiles = ctx.shared_mut::<u8>(p.acts_at + t0 * ksteps * BF16_BTILE, (t1 - t0) * ksteps * BF16_BTILE);
+    let area = ctx.thread_area(p.threads_at, l.thread_bytes);
     let row = area.carve::<u8>(0, 2 * k);
     for r in t0 * 16..t1 * 16 {
         let (mt, i) = (r / 16 - t0, r % 16);
         if r < m {
-            to_bf16(&x.row::<f32>(r, 0, 0)[..k], row);
+            to_bf16(p.x_row(r), row);
         } else {
             row.fill(0);
         }
@@ -376,15 +382,15 @@ fn bf16_acts(node: &Node, ctx: &ThreadCtx, l: &Bf16Layout) {
 /// Weight group `g` (GROUP_TILES row tiles of 16) staged into bf16 A tiles in this
 /// thread's scratch, then multiplied by every activation row tile. The caller holds a bf16
 /// tile session and has passed the barrier after `bf16_acts`.
-fn bf16_group(node: &Node, ctx: &ThreadCtx, tiles: &Bf16Session, l: &Bf16Layout, g: usize, acc: &mut Block32) {
-    let (w, x, dst) = (node.src(0), node.src(1), &node.dst);
-    let (k, n, m) = (w.ne[0], w.ne[1], x.ne[1]);
+fn bf16_group(p: &Product, ctx: &ThreadCtx, tiles: &Bf16Session, l: &Bf16Layout, g: usize, acc: &mut Block32) {
+    let w = &p.w;
+    let (k, n, m) = (w.ne[0], w.ne[1], p.m);
     let ksteps = k / BF16_KSTEP;
     let n_tiles = n.div_ceil(16);
     let tile0 = g * GROUP_TILES;
     let used = (n_tiles - tile0).min(GROUP_TILES);
     // This thread's conversion rows (k floats, then 2 k bytes) and its weight tiles.
-    let area = ctx.thread_area(l.thread_off, l.thread_bytes);
+    let area = ctx.thread_area(p.threads_at, l.thread_bytes);
     let tmp = area.carve::<f32>(0, k);
     let row = area.carve::<u8>(align64(4 * k), 2 * k);
     let outs: [&mut [u8]; GROUP_TILES] = std::array::from_fn(|j| area.carve::<u8>(l.row_tmp + j * l.wtile_bytes, l.wtile_bytes));
@@ -404,7 +410,7 @@ fn bf16_group(node: &Node, ctx: &ThreadCtx, tiles: &Bf16Session, l: &Bf16Layout,
         wt[j] = out;
     }
     // Written by every thread before the barrier, read-only now.
-    let act = ctx.shared::<u8>(0, m_tiles(m) * ksteps * BF16_BTILE);
+    let act = ctx.shared::<u8>(p.acts_at, m_tiles(m) * ksteps * BF16_BTILE);
     let at = |mt: usize| &act[mt * ksteps * BF16_BTILE..(mt + 1) * ksteps * BF16_BTILE];
     for mt in (0..m.div_ceil(16)).step_by(2) {
         let rows_m = (m - mt * 16).min(32);
@@ -412,7 +418,7 @@ fn bf16_group(node: &Node, ctx: &ThreadCtx, tiles: &Bf16Session, l: &Bf16Layout,
             let n0 = (tile0 + tp) * 16;
             let rows_n = (n - n0).min(if tp + 1 < used { 32 } else { 16 });
             tiles.block(wt[tp], wt[(tp + 1).min(used - 1)], at(mt), at(mt + 1), ksteps, acc);
-            store(acc, dst, mt * 16, n0, rows_m, rows_n);
+            store(acc, p, mt * 16, n0, rows_m, rows_n);
         }
     }
 }

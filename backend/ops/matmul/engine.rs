@@ -10,6 +10,7 @@
 //! every engine's group is a whole number of the vector kernels' 16-row groups.
 
 use super::super::Node;
+use super::product::Product;
 use super::{prepare_vector_acts, vector_rows};
 use crate::dtype::DType;
 use crate::threadpool::ThreadCtx;
@@ -35,22 +36,32 @@ pub trait MatrixEngine {
     /// where the engine cannot run it.
     fn plan(&self, ty: DType, k: usize, m: usize) -> Option<Self::Plan>;
 
+    /// Bytes of the shared activations (a multiple of 64), at the product's `acts_at`.
+    fn acts_bytes(&self, plan: &Self::Plan) -> usize;
+
+    /// Bytes of one thread's staging area (a multiple of 64); the product's `threads_at`
+    /// starts one per thread. Depends on the weight type and `k` only, not on `m`.
+    fn thread_bytes(&self, plan: &Self::Plan) -> usize;
+
     /// Scratch the plan needs with `nth` threads: the shared activations, then one staging
     /// area per thread.
-    fn scratch_bytes(&self, plan: &Self::Plan, nth: usize) -> usize;
+    fn scratch_bytes(&self, plan: &Self::Plan, nth: usize) -> usize {
+        self.acts_bytes(plan) + nth * self.thread_bytes(plan)
+    }
 
-    /// This thread's share of the activations into the engine's operand layout, in the
-    /// node's shared scratch from byte 0 on. Every thread calls it; the driver puts a
-    /// barrier after.
-    fn prepare_acts(&self, plan: &Self::Plan, node: &Node, ctx: &ThreadCtx);
+    /// This thread's share of the product's activations into the engine's operand layout,
+    /// in the node's shared scratch at `p.acts_at`. Every thread calls it; the driver puts
+    /// a barrier after.
+    fn prepare_acts(&self, plan: &Self::Plan, p: &Product, ctx: &ThreadCtx);
 
-    /// Enters the unit's state for this thread.
+    /// Enters the unit's state for this thread. A session serves every plan of the same
+    /// weight type and `k` (MUL_MAT_ID's experts differ only in `m`).
     fn session(&self, plan: &Self::Plan) -> Self::Session;
 
     /// Weight group `g` (`GROUP_TILES` tiles of `TILE_ROWS` rows; fewer at the end) staged
-    /// and multiplied by every activation tile, written to the node's output. The caller
-    /// holds a session and has passed the barrier after `prepare_acts`.
-    fn weight_group(&self, plan: &Self::Plan, session: &mut Self::Session, node: &Node, ctx: &ThreadCtx, g: usize);
+    /// and multiplied by every activation tile, written to the product's output rows. The
+    /// caller holds a session and has passed the barrier after `prepare_acts`.
+    fn weight_group(&self, plan: &Self::Plan, session: &mut Self::Session, p: &Product, ctx: &ThreadCtx, g: usize);
 }
 
 /// Weight rows per work item of engine `E`.
@@ -79,7 +90,7 @@ pub fn scratch_bytes<E: MatrixEngine>(e: &E, plan: &E::Plan, node: &Node, nth: u
 /// Whether this thread drives the unit in a matrix-only run: all threads, or the plan's
 /// first `matrix_threads` (one per unit where units are shared: the others would queue on
 /// the same unit). The rest only help prepare the activations.
-fn drives_unit(ctx: &ThreadCtx) -> bool {
+pub(super) fn drives_unit(ctx: &ThreadCtx) -> bool {
     ctx.plan.matrix_threads == 0 || ctx.ith < ctx.plan.matrix_threads
 }
 
@@ -87,7 +98,8 @@ fn drives_unit(ctx: &ThreadCtx) -> bool {
 /// work queue on the threads that drive the unit.
 pub fn run_matrix<E: MatrixEngine>(e: &E, node: &Node, ctx: &ThreadCtx) {
     let p = plan(e, node).expect("matrix mode only where the engine has a plan (effective_mode)");
-    e.prepare_acts(&p, node, ctx);
+    let prod = Product::of_node(node, 0, e.acts_bytes(&p));
+    e.prepare_acts(&p, &prod, ctx);
     ctx.barrier();
     if !drives_unit(ctx) {
         return;
@@ -100,7 +112,7 @@ pub fn run_matrix<E: MatrixEngine>(e: &E, node: &Node, ctx: &ThreadCtx) {
         if g >= groups {
             break;
         }
-        e.weight_group(&p, &mut session, node, ctx, g);
+        e.weight_group(&p, &mut session, &prod, ctx, g);
     }
 }
 
@@ -113,17 +125,18 @@ pub fn run_coop<E: MatrixEngine>(e: &E, node: &Node, ctx: &ThreadCtx) {
     let vbase = e.scratch_bytes(&p, ctx.nth).next_multiple_of(64);
     let n = node.src(0).ne[1];
     let (rows, groups) = (group_rows::<E>(), n.div_ceil(group_rows::<E>()));
-    e.prepare_acts(&p, node, ctx);
+    let prod = Product::of_node(node, 0, e.acts_bytes(&p));
+    e.prepare_acts(&p, &prod, ctx);
     let acts = prepare_vector_acts(node, ctx, vbase);
     ctx.barrier();
     if ctx.ith < ctx.plan.matrix_threads {
         let mut session = e.session(&p);
         while let Some(g) = ctx.take(groups, false) {
-            e.weight_group(&p, &mut session, node, ctx, g);
+            e.weight_group(&p, &mut session, &prod, ctx, g);
         }
     } else {
         while let Some(g) = ctx.take(groups, true) {
-            vector_rows(node, ctx, &acts, g * rows, ((g + 1) * rows).min(n));
+            vector_rows(&prod, ctx, Some(&acts), g * rows, ((g + 1) * rows).min(n));
         }
     }
 }

@@ -3,21 +3,18 @@
 //! reads the token's row) or the slot count, `ids` = [slots, T] I32, possibly a strided
 //! view).
 //!
-//! Each row of `b` is converted once into the experts' activation format, in parallel, and
-//! shared by every expert that reads it. Every thread then builds the same map of
-//! (slot, token) pairs per expert (a few thousand ids: cheaper than a barrier), and the
-//! threads take (expert, 64-row chunk) items from the node's one work queue, so experts
-//! with many rows and experts with few balance without a barrier between them. A chunk
-//! is read once for all of its expert's rows (packed 16-row groups through the tier's
-//! packed kernel, up to 16 rows a pass; other types one dot per row). Experts nobody
-//! chose are never read; an id outside the experts gives zeros.
-//!
-//! Where the kernel set drives a matrix unit, experts with many rows (from
-//! `MATRIX_MIN_ROWS`, or every expert when the matrix mode is forced) run on it first, one
-//! after another with all threads: their rows of b gathered into the scratch, the unit's
-//! MUL_MAT on that expert's weights (`engine::run_matrix`), the results scattered back
-//! while the next expert's rows are gathered. The other experts then take the vector
-//! queue.
+//! Every thread builds the same map of (slot, token) pairs per expert (a few thousand ids:
+//! cheaper than a barrier). Each expert is then a 2-D product over its pairs' rows
+//! ([`Product::of_pairs`]): rows of b read in place, outputs written to their rows of dst.
+//! Experts with at least the plan's row count (the planner's crossover for this shape
+//! between one matrix-unit driver and one vector thread) run on the matrix engine, the
+//! others on the vector kernels, all from one work queue of (expert, weight group) items:
+//! activations are converted once before a single barrier (b's rows for the vector
+//! kernels, each unit expert's rows into the engine's layout), and experts with many rows
+//! and experts with few balance without a barrier between them. Threads that do not drive
+//! the unit (a shared unit) take items from the back and run them on the vector kernels.
+//! Unit experts whose activations exceed the scratch's budget run in several rounds.
+//! Experts nobody chose are never read; an id outside the experts gives zeros.
 
 // The engines `with_engine!` names.
 #[cfg(target_arch = "x86_64")]
@@ -27,12 +24,12 @@ use super::reference;
 #[cfg(target_arch = "aarch64")]
 use super::sme;
 use super::engine::{self, MatrixEngine};
-use super::{act_layout, need, prepare_vector_acts, Node, Unsupported, GEMV_CHUNK_GROUPS, MATRIX_MIN_ROWS, PACKED_ROWS_PER_PASS};
+use super::product::Product;
+use super::{act_layout, need, prepare_vector_acts, vector_rows, Node, Unsupported, VectorActs, GEMV_CHUNK_GROUPS, MATRIX_MIN_ROWS};
 use crate::dtype::DType;
 use crate::kernels::packed::{self, PackedRef};
 use crate::kernels::quant::scalar_kernels;
 use crate::kernels::KernelSet;
-use crate::ops::Op;
 use crate::plan::Mode;
 use crate::tensor::TensorRef;
 use crate::threadpool::ThreadCtx;
@@ -64,19 +61,6 @@ fn packed_experts(node: &Node) -> Option<PackedRef> {
     w.packed.filter(|_| w.ne[1].is_multiple_of(packed::GROUP_ROWS))
 }
 
-/// Where the node's scratch holds what: the matrix unit's scratch for one expert of up to
-/// `m_cap` rows, that expert's gathered rows of b (f32) and its outputs, then the vector
-/// kernels' converted rows of b (and block sums).
-struct Layout {
-    /// Matrix side: (gathered rows at, outputs at, most rows), None without a unit.
-    matrix: Option<(usize, usize, usize)>,
-    vector_base: usize,
-}
-
-fn align64(x: usize) -> usize {
-    x.next_multiple_of(64)
-}
-
 /// The weights of expert `e` as a 2-D weight (its rows of the packed copy included).
 fn expert(node: &Node, e: usize) -> TensorRef {
     let w = node.src(0);
@@ -89,35 +73,35 @@ fn expert(node: &Node, e: usize) -> TensorRef {
     TensorRef { ty: w.ty, ne: [w.ne[0], w.ne[1], 1, 1], nb: [w.nb[0], w.nb[1], rows, rows], data: w.data.wrapping_add(e * w.nb[2]), len: rows, packed }
 }
 
-/// A 2-D MUL_MAT of expert `e`'s weights by `m` rows at `acts`, into `m` rows at `out`
-/// (both f32, contiguous rows, 64-byte aligned strides).
-fn expert_product(node: &Node, e: usize, m: usize, acts: *mut u8, out: *mut u8) -> Node {
-    let (w, k) = (node.src(0), node.src(0).ne[0]);
-    let (xs, ds) = (align64(4 * k), align64(4 * w.ne[1]));
-    let x = TensorRef { ty: DType::F32, ne: [k, m, 1, 1], nb: [4, xs, xs * m, xs * m], data: acts, len: xs * m, packed: None };
-    let d = TensorRef { ty: DType::F32, ne: [w.ne[1], m, 1, 1], nb: [4, ds, ds * m, ds * m], data: out, len: ds * m, packed: None };
-    Node { op: Op::MulMat, dst: d, src: [Some(expert(node, e)), Some(x), None, None, None] }
+/// Where the node's scratch holds what: the matrix engine's activations for one round of
+/// unit experts (`budget` bytes from 0), its thread areas, then the vector kernels'
+/// converted rows of b (and block sums).
+struct Layout {
+    unit: Option<UnitLayout>,
+    vector_base: usize,
+}
+
+#[derive(Clone, Copy)]
+struct UnitLayout {
+    budget: usize,
+    thread_bytes: usize,
+}
+
+fn align64(x: usize) -> usize {
+    x.next_multiple_of(64)
 }
 
 fn layout(node: &Node, nth: usize, ks: &KernelSet) -> Layout {
     let (w, ids) = (node.src(0), node.src(2));
-    // One expert serves a token at most once unless ids repeat: tokens rows at most (more
-    // go to the vector queue).
-    let m_cap = ids.ne[1];
-    let probe = expert_product(node, 0, m_cap, std::ptr::null_mut(), std::ptr::null_mut());
-    let unit = with_engine!(ks, e => engine::plan(&e, &probe).map(|p| e.scratch_bytes(&p, nth)), None);
-    match unit {
-        Some(bytes) => {
-            let gather = align64(bytes);
-            let outs = gather + align64(4 * w.ne[0]) * m_cap;
-            let vector_base = align64(outs + align64(4 * w.ne[1]) * m_cap);
-            Layout { matrix: Some((gather, outs, m_cap)), vector_base }
-        }
-        None => Layout { matrix: None, vector_base: 0 },
-    }
+    // Room for twice the pairs' rows: the experts of a round round their rows up to the
+    // engine's tiles; an expert never has more rows than that, so each fits alone.
+    let rows = 2 * ids.ne[0] * ids.ne[1];
+    let unit = with_engine!(ks, e => e.plan(w.ty, w.ne[0], rows).map(|p| UnitLayout { budget: align64(e.acts_bytes(&p)), thread_bytes: e.thread_bytes(&p) }), None);
+    let vector_base = unit.map_or(0, |u| u.budget + nth * u.thread_bytes);
+    Layout { unit, vector_base }
 }
 
-/// The matrix side's scratch, then converted rows of `b` and (packed Q8_0 activations) their
+/// The unit's scratch, then converted rows of `b` and (packed Q8_0 activations) their
 /// block sums.
 pub fn scratch_bytes(node: &Node, nth: usize, ks: &KernelSet) -> usize {
     let (w, b) = (node.src(0), node.src(1));
@@ -133,6 +117,12 @@ struct RowMap {
     start: Vec<usize>,
     order: Vec<(u32, u32)>,
     invalid: Vec<(u32, u32)>,
+}
+
+impl RowMap {
+    fn pairs(&self, e: usize) -> &[(u32, u32)] {
+        &self.order[self.start[e]..self.start[e + 1]]
+    }
 }
 
 fn row_map(node: &Node) -> RowMap {
@@ -167,124 +157,149 @@ fn row_map(node: &Node) -> RowMap {
     RowMap { start: count, order, invalid }
 }
 
+/// The fewest rows for which an expert runs on the matrix unit: the plan's crossover, every
+/// expert when the matrix or coop mode is forced, none in the vector mode; without a
+/// planner, the static rule.
+fn unit_min_rows(ctx: &ThreadCtx) -> usize {
+    match (ctx.plan.mode, ctx.plan.expert_min_rows) {
+        (Some(Mode::Vector), _) => usize::MAX,
+        (Some(_), 0) => 1,
+        (Some(_), r) => r,
+        (None, _) => MATRIX_MIN_ROWS,
+    }
+}
+
 pub fn mul_mat_id(node: &Node, ctx: &ThreadCtx) {
-    let (w, b, d) = (node.src(0), node.src(1), &node.dst);
-    let (k, n) = (w.ne[0], w.ne[1]);
+    let (w, d) = (node.src(0), &node.dst);
     let map = row_map(node);
     let lay = layout(node, ctx.nth, ctx.kernels);
     // Zeros for ids outside the experts (ggml asserts on them): rows split across threads.
     let (i0, i1) = super::super::split_range(map.invalid.len(), ctx.ith, ctx.nth);
     for &(s, t) in &map.invalid[i0..i1] {
         // This pair's output row is this thread's alone.
-        d.row_range_mut::<f32>(s as usize, t as usize, 0, 0, n).fill(0.0);
+        d.row_range_mut::<f32>(s as usize, t as usize, 0, 0, w.ne[1]).fill(0.0);
     }
-    let rows_of = |e: usize| map.start[e + 1] - map.start[e];
-    let min_rows = match ctx.plan.mode {
-        Some(Mode::Vector) => usize::MAX,
-        Some(_) => 1,
-        None => MATRIX_MIN_ROWS,
-    };
-    let on_unit: Vec<usize> = match lay.matrix {
-        Some((_, _, m_cap)) => (0..w.ne[2]).filter(|&e| (min_rows..=m_cap).contains(&rows_of(e))).collect(),
-        None => Vec::new(),
-    };
-    if let Some((gather, outs, _)) = lay.matrix.filter(|_| !on_unit.is_empty()) {
-        let (xs, ds) = (align64(4 * k), align64(4 * n));
-        with_engine!(ctx.kernels, eng => {
-            for (i, &e) in on_unit.iter().enumerate() {
-                let pairs = &map.order[map.start[e]..map.start[e + 1]];
-                // This expert's rows of b, split across threads (each its own rows), while
-                // the previous expert's outputs, final since the last barrier, go out.
-                let (r0, r1) = super::super::split_range(pairs.len(), ctx.ith, ctx.nth);
-                for (j, &(s, t)) in pairs.iter().enumerate().take(r1).skip(r0) {
-                    let src = &b.row::<f32>(s as usize % b.ne[1], t as usize, 0)[..k];
-                    ctx.shared_mut::<f32>(gather + j * xs, k).copy_from_slice(src);
-                }
-                if i > 0 {
-                    scatter(node, ctx, &map, on_unit[i - 1], outs);
-                }
-                ctx.barrier();
-                if ctx.ith == 0 {
-                    ctx.restart_queue();
-                }
-                ctx.barrier();
-                let m = pairs.len();
-                let sub = expert_product(node, e, m, ctx.shared_region(gather, xs * m), ctx.shared_region(outs, ds * m));
-                engine::run_matrix(&eng, &sub, ctx);
-                ctx.barrier();
-            }
-            scatter(node, ctx, &map, *on_unit.last().expect("not empty"), outs);
-        }, unreachable!("a matrix layout without an engine"));
-        ctx.barrier();
-        if ctx.ith == 0 {
-            ctx.restart_queue();
-        }
-    }
-    let layout = act_layout(node);
-    let acts = layout.map(|_| prepare_vector_acts(node, ctx, lay.vector_base));
-    ctx.barrier();
-    let active: Vec<usize> = (0..w.ne[2]).filter(|&e| rows_of(e) > 0 && !on_unit.contains(&e)).collect();
-    let chunk = GEMV_CHUNK_GROUPS * packed::GROUP_ROWS;
-    let chunks = n.div_ceil(chunk);
-    let view = acts.as_ref().map(|a| a.view(ctx));
-    let b_row = |s: u32, t: u32| s as usize % b.ne[1] + b.ne[1] * t as usize;
-    let ks = ctx.kernels;
-    loop {
-        let item = ctx.next_chunk();
-        if item >= active.len() * chunks {
-            break;
-        }
-        let e = active[item / chunks];
-        let (r0, r1) = ((item % chunks) * chunk, ((item % chunks + 1) * chunk).min(n));
-        let pairs = &map.order[map.start[e]..map.start[e + 1]];
-        // Columns r0 .. r1 of this expert's output rows are this item's alone.
-        if let (Some(p), Some(view)) = (packed_experts(node), &view) {
-            const G: usize = packed::GROUP_ROWS;
-            let nb = k / w.ty.block_size();
-            let (g0, gn) = ((e * n + r0) / G, (r1 - r0) / G);
-            let groups = p.groups(k, g0, gn);
-            let mut out = [[0f32; G]; PACKED_ROWS_PER_PASS * GEMV_CHUNK_GROUPS];
-            let mut rows: [&[u8]; PACKED_ROWS_PER_PASS] = [&[]; PACKED_ROWS_PER_PASS];
-            let mut sums: [&[i32]; PACKED_ROWS_PER_PASS] = [&[]; PACKED_ROWS_PER_PASS];
-            for pass in pairs.chunks(PACKED_ROWS_PER_PASS) {
-                for (i, &(s, t)) in pass.iter().enumerate() {
-                    (rows[i], sums[i]) = view.row(b_row(s, t));
-                }
-                let am = pass.len();
-                (ks.packed.gemv)(p.layout, nb, groups, gn, &rows[..am], &sums[..am], &mut out[..gn * am]);
-                for gi in 0..gn {
-                    for (i, &(s, t)) in pass.iter().enumerate() {
-                        d.row_range_mut::<f32>(s as usize, t as usize, 0, r0 + gi * G, G).copy_from_slice(&out[gi * am + i]);
-                    }
-                }
-            }
-            continue;
-        }
-        let vec_dot = ks.kernels(w.ty).and_then(|t| t.vec_dot).expect("supports() checked the dot");
-        let act_bytes = layout.map_or(4 * k, |(vdt, _, _)| vdt.row_bytes(k));
-        for r in r0..r1 {
-            let wrow = &w.row::<u8>(r, e, 0)[..w.row_bytes()];
-            for &(s, t) in pairs {
-                let a = match &view {
-                    Some(v) => v.row(b_row(s, t)).0,
-                    None => &b.row::<u8>(s as usize % b.ne[1], t as usize, 0)[..act_bytes],
-                };
-                d.write_at(d.elem_offset(r, s as usize, t as usize, 0), vec_dot(k, wrow, a));
-            }
-        }
+    let acts = act_layout(node).map(|_| prepare_vector_acts(node, ctx, lay.vector_base));
+    let min_rows = unit_min_rows(ctx);
+    let unit = lay.unit.filter(|_| min_rows != usize::MAX);
+    match unit {
+        Some(u) => with_engine!(ctx.kernels, eng => run(node, ctx, &map, acts.as_ref(), Some((&eng, u, min_rows))), run::<NoEngine>(node, ctx, &map, acts.as_ref(), None)),
+        None => run::<NoEngine>(node, ctx, &map, acts.as_ref(), None),
     }
 }
 
-/// Expert `e`'s outputs (at `outs` of the scratch, its pairs' order) into their rows of
-/// dst, split across threads.
-fn scatter(node: &Node, ctx: &ThreadCtx, map: &RowMap, e: usize, outs: usize) {
-    let (d, n) = (&node.dst, node.src(0).ne[1]);
-    let ds = align64(4 * n);
-    let pairs = &map.order[map.start[e]..map.start[e + 1]];
-    let (r0, r1) = super::super::split_range(pairs.len(), ctx.ith, ctx.nth);
-    for (j, &(s, t)) in pairs.iter().enumerate().take(r1).skip(r0) {
-        // Written by the unit before the barrier this thread passed; this pair's output
-        // row is this thread's alone.
-        d.row_range_mut::<f32>(s as usize, t as usize, 0, 0, n).copy_from_slice(ctx.shared::<f32>(outs + j * ds, n));
+/// Stands in for the engine type where no matrix engine runs (its methods are never called).
+enum NoEngine {}
+
+impl MatrixEngine for NoEngine {
+    type Plan = ();
+    type Session = ();
+    const TILE_ROWS: usize = packed::GROUP_ROWS;
+    fn plan(&self, _: DType, _: usize, _: usize) -> Option<()> {
+        match *self {}
+    }
+    fn acts_bytes(&self, _: &()) -> usize {
+        match *self {}
+    }
+    fn thread_bytes(&self, _: &()) -> usize {
+        match *self {}
+    }
+    fn prepare_acts(&self, _: &(), _: &Product, _: &ThreadCtx) {
+        match *self {}
+    }
+    fn session(&self, _: &()) {
+        match *self {}
+    }
+    fn weight_group(&self, _: &(), _: &mut (), _: &Product, _: &ThreadCtx, _: usize) {
+        match *self {}
+    }
+}
+
+/// The experts' products, after `acts` (b's rows for the vector kernels) were converted on
+/// every thread: with `unit`, the experts with at least `min_rows` rows on its engine, in
+/// rounds that fit the budget, the last round's queue also holding the vector experts.
+fn run<E: MatrixEngine>(node: &Node, ctx: &ThreadCtx, map: &RowMap, acts: Option<&VectorActs>, unit: Option<(&E, UnitLayout, usize)>) {
+    let (w, b, d) = (node.src(0), node.src(1), &node.dst);
+    let (k, n, n_exp) = (w.ne[0], w.ne[1], w.ne[2]);
+    let product = |e: usize, acts_at: usize, threads_at: usize| Product::of_pairs(expert(node, e), b, d, map.pairs(e), acts_at, threads_at);
+    let active = (0..n_exp).filter(|&e| !map.pairs(e).is_empty());
+    // Unit experts with their plans, and their rounds (consecutive runs within the budget).
+    let mut on_unit: Vec<(usize, E::Plan, usize)> = Vec::new();
+    let mut rounds: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut vector: Vec<usize> = Vec::new();
+    if let Some((eng, u, min_rows)) = &unit {
+        let mut used = 0;
+        for e in active.clone() {
+            let m = map.pairs(e).len();
+            match eng.plan(w.ty, k, m).filter(|_| m >= *min_rows) {
+                Some(p) => {
+                    let bytes = align64(eng.acts_bytes(&p));
+                    assert!(eng.thread_bytes(&p) <= u.thread_bytes && bytes <= u.budget, "SMEPilot: mul_mat_id expert of {m} rows past the scratch reserved");
+                    if rounds.is_empty() || used + bytes > u.budget {
+                        rounds.push(on_unit.len()..on_unit.len());
+                        used = 0;
+                    }
+                    on_unit.push((e, p, used));
+                    rounds.last_mut().expect("pushed").end += 1;
+                    used += bytes;
+                }
+                None => vector.push(e),
+            }
+        }
+    } else {
+        vector.extend(active);
+    }
+    if rounds.is_empty() {
+        rounds.push(0..0);
+    }
+    let group_rows = match unit {
+        Some(_) => engine::group_rows::<E>(),
+        None => GEMV_CHUNK_GROUPS * packed::GROUP_ROWS,
+    };
+    let vchunk = GEMV_CHUNK_GROUPS * packed::GROUP_ROWS;
+    let (groups, vchunks) = (n.div_ceil(group_rows), n.div_ceil(vchunk));
+    let drives = engine::drives_unit(ctx);
+    let threads_at = unit.as_ref().map_or(0, |(_, u, _)| u.budget);
+    for (ri, round) in rounds.iter().enumerate() {
+        let last = ri + 1 == rounds.len();
+        let experts = &on_unit[round.clone()];
+        let prods: Vec<Product> = experts.iter().map(|(e, _, at)| product(*e, *at, threads_at)).collect();
+        if ri > 0 {
+            // Every item of the previous round is done (the caller's barrier): its
+            // activations can be overwritten and its queue started again.
+            if ctx.ith == 0 {
+                ctx.restart_queue();
+            }
+        }
+        if let Some((eng, _, _)) = &unit {
+            for ((_, p, _), prod) in experts.iter().zip(&prods) {
+                eng.prepare_acts(p, prod, ctx);
+            }
+        }
+        ctx.barrier();
+        let unit_items = experts.len() * groups;
+        let items = unit_items + if last { vector.len() * vchunks } else { 0 };
+        let mut session = None;
+        while let Some(i) = ctx.take(items, !drives) {
+            if i < unit_items {
+                let (j, g) = (i / groups, i % groups);
+                match (&unit, drives) {
+                    (Some((eng, _, _)), true) => {
+                        let s = session.get_or_insert_with(|| eng.session(&experts[j].1));
+                        eng.weight_group(&experts[j].1, s, &prods[j], ctx, g);
+                    }
+                    // A thread that does not drive the unit runs the group on the vector
+                    // kernels (its columns are this item's alone either way).
+                    _ => vector_rows(&prods[j], ctx, acts, g * group_rows, ((g + 1) * group_rows).min(n)),
+                }
+            } else {
+                let i = i - unit_items;
+                let (e, c) = (vector[i / vchunks], i % vchunks);
+                vector_rows(&product(e, 0, 0), ctx, acts, c * vchunk, ((c + 1) * vchunk).min(n));
+            }
+        }
+        if !last {
+            ctx.barrier();
+        }
     }
 }

@@ -11,6 +11,7 @@
 #![cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64", test)), allow(unused_variables, unused_imports, unreachable_code, dead_code))]
 
 mod engine;
+mod product;
 #[cfg(target_arch = "x86_64")]
 pub(super) mod amx;
 #[cfg(target_arch = "aarch64")]
@@ -25,6 +26,7 @@ use crate::kernels::packed::{self, PackedRef};
 use crate::kernels::quant::scalar_kernels;
 use crate::kernels::KernelSet;
 use crate::plan::{Mode, Plan};
+use product::Product;
 
 /// Weight rows per tile (kept in L1 while the tile's activation rows stream by).
 const TILE_N: usize = 16;
@@ -363,15 +365,17 @@ pub(super) fn prepare_vector_acts(node: &Node, ctx: &ThreadCtx, base: usize) -> 
 }
 
 /// Output columns `r0 .. r1` (weight rows; multiples of 16 for packed weights) for every
-/// activation row, on the vector kernels: packed weights 16 rows at a time with up to 16
-/// activation rows per pass, other types one dot per (row, activation row). The caller
-/// has passed the barrier after `prepare_vector_acts`; columns `r0 .. r1` are its alone.
-pub(super) fn vector_rows(node: &Node, ctx: &ThreadCtx, acts: &VectorActs, r0: usize, r1: usize) {
-    let (w, d) = (node.src(0), &node.dst);
+/// activation row of `p`, on the vector kernels: packed weights 16 rows at a time with up
+/// to 16 activation rows per pass, other types one dot per (row, activation row). `acts`
+/// are x's rows converted by `prepare_vector_acts` (None: f32 weights, dotted with x's rows
+/// in place). The caller has passed the barrier after the conversion; columns `r0 .. r1`
+/// are its alone.
+pub(super) fn vector_rows(p: &Product, ctx: &ThreadCtx, acts: Option<&VectorActs>, r0: usize, r1: usize) {
+    let w = &p.w;
     let ks = ctx.kernels;
     let k = w.ne[0];
-    let view = acts.view(ctx);
-    if let Some(p) = packed_2d(node) {
+    let view = acts.map(|a| a.view(ctx));
+    if let (Some(pk), Some(view)) = (w.packed, &view) {
         const G: usize = packed::GROUP_ROWS;
         let (g0, ng) = (r0 / G, (r1 - r0) / G);
         let mut out = [[0f32; G]; PACKED_ROWS_PER_PASS * GEMV_CHUNK_GROUPS];
@@ -379,17 +383,17 @@ pub(super) fn vector_rows(node: &Node, ctx: &ThreadCtx, acts: &VectorActs, r0: u
         let mut sums: [&[i32]; PACKED_ROWS_PER_PASS] = [&[]; PACKED_ROWS_PER_PASS];
         for gc in (0..ng).step_by(GEMV_CHUNK_GROUPS) {
             let gn = (ng - gc).min(GEMV_CHUNK_GROUPS);
-            let chunk = p.groups(k, g0 + gc, gn);
-            for a0 in (0..acts.m).step_by(PACKED_ROWS_PER_PASS) {
-                let am = (acts.m - a0).min(PACKED_ROWS_PER_PASS);
+            let chunk = pk.groups(k, g0 + gc, gn);
+            for a0 in (0..p.m).step_by(PACKED_ROWS_PER_PASS) {
+                let am = (p.m - a0).min(PACKED_ROWS_PER_PASS);
                 for i in 0..am {
-                    (rows[i], sums[i]) = view.row(a0 + i);
+                    (rows[i], sums[i]) = view.row(p.x_index(a0 + i));
                 }
-                (ks.packed.gemv)(p.layout, acts.nb, chunk, gn, &rows[..am], &sums[..am], &mut out[..gn * am]);
+                (ks.packed.gemv)(pk.layout, view.nb, chunk, gn, &rows[..am], &sums[..am], &mut out[..gn * am]);
                 for gi in 0..gn {
                     let col = (g0 + gc + gi) * G;
                     for (i, o) in out[gi * am..(gi + 1) * am].iter().enumerate() {
-                        d.row_range_mut::<f32>(a0 + i, 0, 0, col, G).copy_from_slice(o);
+                        p.out(a0 + i, col, G).copy_from_slice(o);
                     }
                 }
             }
@@ -397,29 +401,34 @@ pub(super) fn vector_rows(node: &Node, ctx: &ThreadCtx, acts: &VectorActs, r0: u
         return;
     }
     let vec_dot = ks.kernels(w.ty).and_then(|t| t.vec_dot).expect("supports() checked the dot");
-    let r0 = match ks.dense.bf16_rows_4 {
-        Some(rows4) if w.ty == DType::BF16 => bf16_rows_in_fours(rows4, node, &view, acts.m, r0, r1),
+    let act = |m: usize| -> &[u8] {
+        match &view {
+            Some(v) => v.row(p.x_index(m)).0,
+            None => p.x_bytes(m),
+        }
+    };
+    let r0 = match (ks.dense.bf16_rows_4, &view) {
+        (Some(rows4), Some(v)) if w.ty == DType::BF16 => bf16_rows_in_fours(rows4, p, v, r0, r1),
         _ => r0,
     };
     for n in r0..r1 {
-        let wrow = w.row::<u8>(n, 0, 0);
-        for m in 0..acts.m {
-            d.write_at(d.elem_offset(n, m, 0, 0), vec_dot(k, wrow, view.row(m).0));
+        let wrow = &w.row::<u8>(n, 0, 0)[..w.row_bytes()];
+        for m in 0..p.m {
+            p.out(m, n, 1)[0] = vec_dot(k, wrow, act(m));
         }
     }
 }
 
 /// BF16 weight rows `r0 ..` four at a time while four remain (four DRAM streams in decode),
 /// with the same bits as four single dots; returns the first row left to the caller.
-fn bf16_rows_in_fours(rows4: crate::kernels::quant::Bf16Rows4Fn, node: &Node, acts: &ActsView, m_all: usize, mut r0: usize, r1: usize) -> usize {
-    let (w, d) = (node.src(0), &node.dst);
-    let k = w.ne[0];
+fn bf16_rows_in_fours(rows4: crate::kernels::quant::Bf16Rows4Fn, p: &Product, acts: &ActsView, mut r0: usize, r1: usize) -> usize {
+    let (w, k) = (&p.w, p.k());
     while r0 + 4 <= r1 {
         let rows: [&[u8]; 4] = std::array::from_fn(|i| w.row::<u8>(r0 + i, 0, 0));
-        for m in 0..m_all {
-            let v = rows4(k, rows, acts.row(m).0).expect("rows hold k values");
+        for m in 0..p.m {
+            let v = rows4(k, rows, acts.row(p.x_index(m)).0).expect("rows hold k values");
             // Output columns r0 .. r1 are the caller's.
-            d.row_range_mut::<f32>(m, 0, 0, r0, 4).copy_from_slice(&v);
+            p.out(m, r0, 4).copy_from_slice(&v);
         }
         r0 += 4;
     }
@@ -441,12 +450,13 @@ fn mul_mat_rows(node: &Node, ctx: &ThreadCtx) {
     debug_assert!(packed_2d(node).is_none_or(|p| act_layout(node).is_some_and(|(vdt, _, _)| vdt == p.layout.act_type())));
     ctx.barrier();
     let (n, chunk) = (node.src(0).ne[1], GEMV_CHUNK_GROUPS * packed::GROUP_ROWS);
+    let prod = Product::of_node(node, 0, 0);
     loop {
         let r0 = ctx.next_chunk() * chunk;
         if r0 >= n {
             break;
         }
-        vector_rows(node, ctx, &acts, r0, (r0 + chunk).min(n));
+        vector_rows(&prod, ctx, Some(&acts), r0, (r0 + chunk).min(n));
     }
 }
 

@@ -4,8 +4,9 @@
 //! weight row of a group is dotted with every activation row by the scalar table. Its
 //! results are the scalar table's bits.
 
-use super::super::{split_range, Node};
+use super::super::split_range;
 use super::engine::{MatrixEngine, GROUP_TILES};
+use super::product::Product;
 use crate::dtype::DType;
 use crate::threadpool::ThreadCtx;
 use crate::kernels::quant::scalar_kernels;
@@ -36,29 +37,34 @@ impl MatrixEngine for Reference {
         ok.then(|| Plan { act, stride: act.row_bytes(k).next_multiple_of(64), m })
     }
 
-    fn scratch_bytes(&self, plan: &Plan, _nth: usize) -> usize {
+    fn acts_bytes(&self, plan: &Plan) -> usize {
         plan.stride * plan.m
     }
 
-    fn prepare_acts(&self, plan: &Plan, node: &Node, ctx: &ThreadCtx) {
-        let (x, k) = (node.src(1), node.src(0).ne[0]);
+    fn thread_bytes(&self, _plan: &Plan) -> usize {
+        0
+    }
+
+    fn prepare_acts(&self, plan: &Plan, p: &Product, ctx: &ThreadCtx) {
+        let k = p.k();
         let convert = scalar_kernels(plan.act).and_then(|a| a.from_f32).expect("plan checked");
         let (r0, r1) = split_range(plan.m, ctx.ith, ctx.nth);
-        // Rows r0 .. r1 of the shared scratch (m rows of `stride` bytes) are this thread's.
-        let out = ctx.shared_mut::<u8>(r0 * plan.stride, (r1 - r0) * plan.stride);
+        // Rows r0 .. r1 of the product's shared activations (m rows of `stride` bytes) are
+        // this thread's.
+        let out = ctx.shared_mut::<u8>(p.acts_at + r0 * plan.stride, (r1 - r0) * plan.stride);
         for r in r0..r1 {
-            convert(&x.row::<f32>(r, 0, 0)[..k], &mut out[(r - r0) * plan.stride..][..plan.act.row_bytes(k)]);
+            convert(p.x_row(r), &mut out[(r - r0) * plan.stride..][..plan.act.row_bytes(k)]);
         }
     }
 
     fn session(&self, _plan: &Plan) {}
 
-    fn weight_group(&self, plan: &Plan, _session: &mut (), node: &Node, ctx: &ThreadCtx, g: usize) {
-        let (w, d) = (node.src(0), &node.dst);
+    fn weight_group(&self, plan: &Plan, _session: &mut (), p: &Product, ctx: &ThreadCtx, g: usize) {
+        let w = &p.w;
         let (k, n, rb) = (w.ne[0], w.ne[1], w.row_bytes());
         let dot = scalar_kernels(w.ty).and_then(|t| t.vec_dot).expect("plan checked");
         // The activation rows, converted before the driver's barrier, read-only now.
-        let acts = ctx.shared::<u8>(0, plan.m * plan.stride);
+        let acts = ctx.shared::<u8>(p.acts_at, plan.m * plan.stride);
         let ab = plan.act.row_bytes(k);
         let mut unpacked = Vec::new();
         for tile in g * GROUP_TILES..((g + 1) * GROUP_TILES).min(n.div_ceil(Self::TILE_ROWS)) {
@@ -79,7 +85,7 @@ impl MatrixEngine for Reference {
                 for m in 0..plan.m {
                     // Output column r0 + i of every row belongs to this group, which the
                     // queue gave this thread alone.
-                    d.write_at(d.elem_offset(r0 + i, m, 0, 0), dot(k, wrow, &acts[m * plan.stride..][..ab]));
+                    p.out(m, r0 + i, 1)[0] = dot(k, wrow, &acts[m * plan.stride..][..ab]);
                 }
             }
         }

@@ -10,8 +10,9 @@
 //! one streaming region, f32 accumulation over all of K in ZA, one store per output tile.
 //! The outer products: widening FMOPA for f16, BFMOPA for BF16 weights, FMOPA f32 for F32.
 
-use super::super::{split_range, Node};
+use super::super::split_range;
 use super::engine::{MatrixEngine, GROUP_TILES};
+use super::product::Product;
 use crate::dtype::DType;
 use crate::kernels::packed;
 use crate::kernels::quant::scalar_kernels;
@@ -67,7 +68,7 @@ pub struct Plan {
     m_blocks: usize,
     /// Per thread: an f32 row, a converted activation row, a row of units, the group's
     /// row-major units, its blocks.
-    thread_off: usize,
+    acts_bytes: usize,
     thread_bytes: usize,
     act_row_off: usize,
     units_off: usize,
@@ -171,7 +172,7 @@ impl MatrixEngine for Sme {
             kunits,
             m,
             m_blocks,
-            thread_off: align64(m_blocks * geo.block_bytes(kunits)),
+            acts_bytes: align64(m_blocks * geo.block_bytes(kunits)),
             thread_bytes: blocks_off + group_rows * 4 * kunits,
             act_row_off,
             units_off,
@@ -187,16 +188,19 @@ impl MatrixEngine for Sme {
         })
     }
 
-    fn scratch_bytes(&self, plan: &Plan, nth: usize) -> usize {
-        plan.thread_off + nth * plan.thread_bytes
+    fn acts_bytes(&self, plan: &Plan) -> usize {
+        plan.acts_bytes
     }
 
-    fn prepare_acts(&self, plan: &Plan, node: &Node, ctx: &ThreadCtx) {
+    fn thread_bytes(&self, plan: &Plan) -> usize {
+        align64(plan.thread_bytes)
+    }
+
+    fn prepare_acts(&self, plan: &Plan, p: &Product, ctx: &ThreadCtx) {
         if let Kind::Int8 { .. } = plan.kind {
-            return self.i8_acts(plan, node, ctx);
+            return self.i8_acts(plan, p, ctx);
         }
         let geo = &self.geo;
-        let x = node.src(1);
         let (k, br, bb, stride) = (plan.k, geo.block_rows(), plan.block_bytes(geo), plan.row_stride());
         let (b0, b1) = split_range(plan.m_blocks, ctx.ith, ctx.nth);
         if b0 == b1 {
@@ -204,8 +208,8 @@ impl MatrixEngine for Sme {
         }
         // Blocks b0 .. b1 are this thread's (a contiguous range of the shared scratch); the
         // conversion rows and a block's row-major units are in its own area.
-        let blocks = ctx.shared_mut::<u8>(b0 * bb, (b1 - b0) * bb);
-        let area = ctx.thread_area(plan.thread_off, plan.thread_bytes);
+        let blocks = ctx.shared_mut::<u8>(p.acts_at + b0 * bb, (b1 - b0) * bb);
+        let area = ctx.thread_area(p.threads_at, self.thread_bytes(plan));
         let tmp = area.carve::<f32>(0, k);
         let act_row = area.carve::<u8>(plan.act_row_off, plan.act.row_bytes(k).max(2 * k));
         let rows = area.carve::<u8>(plan.rows_off, br * stride);
@@ -219,7 +223,7 @@ impl MatrixEngine for Sme {
                     out.fill(0);
                     continue;
                 }
-                let xr = &x.row::<f32>(r, 0, 0)[..k];
+                let xr = p.x_row(r);
                 let used = match (plan.outer, plan.act) {
                     (Outer::F32, _) => {
                         for (u, v) in out.chunks_exact_mut(4).zip(xr) {
@@ -262,17 +266,17 @@ impl MatrixEngine for Sme {
         Streaming::begin(self.geo)
     }
 
-    fn weight_group(&self, plan: &Plan, session: &mut Streaming, node: &Node, ctx: &ThreadCtx, g: usize) {
+    fn weight_group(&self, plan: &Plan, session: &mut Streaming, p: &Product, ctx: &ThreadCtx, g: usize) {
         if let Kind::Int8 { has_min } = plan.kind {
-            return self.i8_group(plan, has_min, session, node, ctx, g);
+            return self.i8_group(plan, has_min, session, p, ctx, g);
         }
         let geo = &self.geo;
-        let (w, dst) = (node.src(0), &node.dst);
+        let w = &p.w;
         let (k, n) = (plan.k, w.ne[1]);
         let r0 = g * GROUP_ROWS;
         let rows = (n - r0).min(GROUP_ROWS);
         let stride = plan.row_stride();
-        let area = ctx.thread_area(plan.thread_off, plan.thread_bytes);
+        let area = ctx.thread_area(p.threads_at, self.thread_bytes(plan));
         let tmp = area.carve::<f32>(0, k);
         let half_row = area.carve::<u8>(plan.act_row_off, 2 * k);
         let src = area.carve::<u8>(plan.rows_off, plan.group_rows * stride);
@@ -313,10 +317,10 @@ impl MatrixEngine for Sme {
             }
         }
         // Written by every thread before the driver's barrier, read-only now.
-        let acts = ctx.shared::<u8>(0, plan.m_blocks * plan.block_bytes(geo));
+        let acts = ctx.shared::<u8>(p.acts_at, plan.m_blocks * plan.block_bytes(geo));
         // Columns r0 .. r0 + rows of every output row are this group's, which the queue gave
         // this thread alone.
-        let mut out = DstRows::new((0..plan.m).map(|i| dst.row_range_mut::<f32>(i, 0, 0, r0, rows)), rows);
+        let mut out = DstRows::new((0..plan.m).map(|i| p.out(i, r0, rows)), rows);
         let mut ops = GroupOperands { acts, src: Some((src, stride)), blocks, kunits: plan.kunits, dst: &mut out };
         session.float_group(plan.outer, &mut ops);
     }
@@ -356,7 +360,7 @@ impl Sme {
             kunits,
             m,
             m_blocks,
-            thread_off: a_scales_off + align64(m_blocks * nb * record(geo) * 4),
+            acts_bytes: a_scales_off + align64(m_blocks * nb * record(geo) * 4),
             thread_bytes: gather_off + packed::GROUP_ROWS * ty.row_bytes(k),
             act_row_off,
             units_off,
@@ -375,16 +379,15 @@ impl Sme {
     /// The int8 kernel's activations: this thread's blocks quantized as ggml-cpu does (Q8_0,
     /// or Q8_1 for weights with a minimum), their quants as units, their scales (and sums)
     /// in the blocks' scale records.
-    fn i8_acts(&self, plan: &Plan, node: &Node, ctx: &ThreadCtx) {
+    fn i8_acts(&self, plan: &Plan, p: &Product, ctx: &ThreadCtx) {
         let geo = &self.geo;
-        let x = node.src(1);
         let (k, nb, br, bb, rec) = (plan.k, plan.nb, geo.block_rows(), plan.block_bytes(geo), record(geo));
         let (b0, b1) = split_range(plan.m_blocks, ctx.ith, ctx.nth);
         // Blocks b0 .. b1 and their scale records are this thread's (contiguous ranges of
         // the shared scratch); the quantization rows are in its own area.
-        let blocks = ctx.shared_mut::<u8>(b0 * bb, (b1 - b0) * bb);
-        let scales = ctx.shared_mut::<f32>(plan.a_scales_off + b0 * nb * rec * 4, (b1 - b0) * nb * rec);
-        let area = ctx.thread_area(plan.thread_off, plan.thread_bytes);
+        let blocks = ctx.shared_mut::<u8>(p.acts_at + b0 * bb, (b1 - b0) * bb);
+        let scales = ctx.shared_mut::<f32>(p.acts_at + plan.a_scales_off + b0 * nb * rec * 4, (b1 - b0) * nb * rec);
+        let area = ctx.thread_area(p.threads_at, self.thread_bytes(plan));
         let q = area.carve::<u8>(plan.act_row_off, plan.act.row_bytes(k));
         let units = area.carve::<u8>(plan.units_off, 4 * plan.kunits);
         let quantize = ctx.kernels.kernels(plan.act).and_then(|t| t.from_f32).expect("plan checked");
@@ -399,7 +402,7 @@ impl Sme {
                 }
                 continue;
             }
-            quantize(&x.row::<f32>(r, 0, 0)[..k], q);
+            quantize(p.x_row(r), q);
             units.fill(0);
             for b in 0..nb {
                 let blk = &q[b * bs..(b + 1) * bs];
@@ -413,15 +416,15 @@ impl Sme {
 
     /// Weight group `g` as int8 rows (row-major, transposed by the kernel) with its scale
     /// records, multiplied by every activation block.
-    fn i8_group(&self, plan: &Plan, has_min: bool, session: &mut Streaming, node: &Node, ctx: &ThreadCtx, g: usize) {
+    fn i8_group(&self, plan: &Plan, has_min: bool, session: &mut Streaming, p: &Product, ctx: &ThreadCtx, g: usize) {
         let geo = &self.geo;
-        let (w, dst) = (node.src(0), &node.dst);
+        let w = &p.w;
         let (k, nb, n, br, rec) = (plan.k, plan.nb, w.ne[1], geo.block_rows(), record(geo));
         let r0 = g * GROUP_ROWS;
         let rows = (n - r0).min(GROUP_ROWS);
         let stride = plan.row_stride();
         let (bs, rb) = (w.ty.block_bytes(), w.ty.row_bytes(k));
-        let area = ctx.thread_area(plan.thread_off, plan.thread_bytes);
+        let area = ctx.thread_area(p.threads_at, self.thread_bytes(plan));
         let src = area.carve::<u8>(plan.rows_off, plan.group_rows * stride);
         let blocks = area.carve::<u8>(plan.blocks_off, plan.group_rows * stride);
         let w_scales = area.carve::<f32>(plan.w_scales_off, plan.group_rows / br * nb * rec);
@@ -487,11 +490,11 @@ impl Sme {
             }
         }
         // Written by every thread before the driver's barrier, read-only now.
-        let acts = ctx.shared::<u8>(0, plan.m_blocks * plan.block_bytes(geo));
-        let a_scales = ctx.shared::<f32>(plan.a_scales_off, plan.m_blocks * nb * rec);
+        let acts = ctx.shared::<u8>(p.acts_at, plan.m_blocks * plan.block_bytes(geo));
+        let a_scales = ctx.shared::<f32>(p.acts_at + plan.a_scales_off, plan.m_blocks * nb * rec);
         // Columns r0 .. r0 + rows of every output row are this group's, which the queue gave
         // this thread alone.
-        let mut out = DstRows::new((0..plan.m).map(|i| dst.row_range_mut::<f32>(i, 0, 0, r0, rows)), rows);
+        let mut out = DstRows::new((0..plan.m).map(|i| p.out(i, r0, rows)), rows);
         let src = if direct.is_some() { None } else { Some((&src[..], stride)) };
         let mut ops = GroupOperands { acts, src, blocks, kunits: plan.kunits, dst: &mut out };
         session.i8_group(&mut ops, I8Scales { acts: a_scales, weights: w_scales, nb, has_min, acc });
