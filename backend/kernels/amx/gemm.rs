@@ -23,28 +23,31 @@ use std::arch::x86_64::*;
 /// Elements of K per int8 block and per bf16 step.
 pub const I8_KBLOCK: usize = 32;
 pub const BF16_KSTEP: usize = 32;
-/// Bytes of one activation B tile: int8 (8 rows of 16 activation rows x 4 k) and bf16
-/// (16 rows of 16 activation rows x 2 k).
+/// Bytes of one B tile: int8 (8 rows of 16 columns x 4 k) and bf16 (16 rows of 16
+/// activation rows x 2 k).
 pub const I8_BTILE: usize = 512;
 pub const BF16_BTILE: usize = 1024;
 
-/// Int8 activations, quantized per 32-block, in B-tile order: row tile `mt` (activation
-/// rows `16 mt ..`, zero-padded past the last row), block b at `q + (mt * nb + b) * I8_BTILE`,
-/// element (row i, k) at `(k / 4) * 64 + i * 4 + k % 4`. Scales `d[(mt * nb + b) * 16 + i]`
-/// and, for weight types with a minimum, `s[..]` = d * sum(q) of the block.
+/// The int8 kernel's column operand (B tiles), per 32-block: column tile `mt` (16 columns
+/// of the result), block b at `q + (mt * nb + b) * I8_BTILE`, element (column i, k) at
+/// `(k / 4) * 64 + i * 4 + k % 4`; scales `d[(mt * nb + b) * 16 + i]` and, where the rows
+/// carry the other factor of a minimum term, `s[..]` (its factor per column and block).
+/// The driver puts weights here (the packed layouts' lanes are these columns).
 #[derive(Clone, Copy)]
-pub struct ActI8 {
+pub struct ColsI8 {
     pub q: *const u8,
     pub d: *const f32,
     pub s: *const f32,
     pub nb: usize,
 }
 
-/// 16 weight rows as int8 A tiles: block b of row r at `q + r * stride + b * block_step`
-/// (32 bytes), its scale `d[b * 16 + r]`, its minimum `m[b * 16 + r]` (null if the type has
-/// none). Rows past the last weight row must read as zeros or be ignored by the caller.
+/// The int8 kernel's row operand (A tiles), 16 rows of the result: block b of row r at
+/// `q + r * stride + b * block_step` (32 bytes), its scale `d[b * 16 + r]`, the other
+/// factor of its minimum term `m[b * 16 + r]` (null: no minimum term). Rows past the last
+/// must read as zeros or be ignored by the caller. The driver puts quantized activation
+/// rows here, read in place.
 #[derive(Clone, Copy)]
-pub struct WeightsI8 {
+pub struct RowsI8 {
     pub q: *const u8,
     pub stride: usize,
     pub block_step: usize,
@@ -52,8 +55,8 @@ pub struct WeightsI8 {
     pub m: *const f32,
 }
 
-/// Accumulators of a 32 x 32 block: `[weight row tile][activation row tile]`, each 16 weight
-/// rows x 16 activation rows.
+/// Accumulators of a 32 x 32 block: `[row tile][column tile]`, each 16 rows x 16 columns
+/// (`i8_block`: index 2 x row tile + column tile).
 #[repr(C, align(64))]
 pub struct Block32(pub [[[f32; 16]; 16]; 4]);
 
@@ -108,10 +111,10 @@ pub unsafe fn i8_session() -> tile::TileSession {
     }
 }
 
-/// acc[r] += c[r] * (dw[r] * da) (+ mw[r] * sa): one block's int32 results (`c`, 16 weight
-/// rows x 16 activation rows) scaled into the accumulators.
+/// acc[r] += c[r] * (dw[r] * da) (+ mw[r] * sa): one block's int32 results (`c`, 16 rows x
+/// 16 columns) scaled into the accumulators.
 #[inline(always)]
-unsafe fn scale_block(acc: &mut [[f32; 16]; 16], c: *const i32, act: &ActI8, mt: usize, w: &WeightsI8, b: usize) {
+unsafe fn scale_block(acc: &mut [[f32; 16]; 16], c: *const i32, act: &ColsI8, mt: usize, w: &RowsI8, b: usize) {
     // SAFETY: the only caller is `i8_block`, which enables AVX-512F and, by its `# Safety`
     // contract, passes `act` holding row tile `mt` (16 scales and sums per block at `at`) and
     // `w` holding 16 scales (and minimums) for block b; `c` is one 64-byte aligned 16 x 16
@@ -143,17 +146,18 @@ unsafe fn scale_block(acc: &mut [[f32; 16]; 16], c: *const i32, act: &ActI8, mt:
 #[repr(C, align(64))]
 struct TileBuf([[[i32; 256]; 4]; 2]);
 
-/// A 32 x 32 block: weight row tiles `w[0]`, `w[1]` against activation row tiles `mt`,
-/// `mt + 1`, over all `act.nb` blocks, into `acc` (overwritten).
+/// A 32 x 32 block: row tiles `w[0]`, `w[1]` against column tiles `mt`, `mt + 1`, over all
+/// `act.nb` blocks, into `acc` (overwritten).
 ///
 /// Per block: two A and two B tile loads feed four products; the int32 results go to L1
 /// (double-buffered) and are scaled while the tile unit runs the next block.
 ///
 /// # Safety
-/// an [`i8_session`] is open on this thread; `act` holds row tiles `mt` and `mt + 1`; both
-/// weight tiles hold `act.nb` readable blocks of 16 rows and `nb * 16` scales (and minimums).
+/// an [`i8_session`] is open on this thread; `act` holds column tiles `mt` and `mt + 1`;
+/// both row tiles hold `act.nb` readable blocks of 16 rows and `nb * 16` scales (and
+/// minimum factors).
 #[target_feature(enable = "avx512f")]
-pub unsafe fn i8_block(act: &ActI8, mt: usize, w: [&WeightsI8; 2], acc: &mut Block32) {
+pub unsafe fn i8_block(act: &ColsI8, mt: usize, w: [&RowsI8; 2], acc: &mut Block32) {
     let nb = act.nb;
     *acc = Block32::new();
     let mut cbuf = TileBuf([[[0; 256]; 4]; 2]);

@@ -24,7 +24,7 @@ fn amx_throughput() {
 #[test]
 #[ignore]
 fn i8_kernel_speed() {
-    use super::gemm::{self, ActI8, Block32, WeightsI8};
+    use super::gemm::{self, ColsI8, Block32, RowsI8};
     if !super::available() {
         return;
     }
@@ -34,9 +34,9 @@ fn i8_kernel_speed() {
     let d = vec![1f32; m * nb];
     let wq = vec![1u8; nt * 16 * k];
     let wd = vec![1f32; nt * nb * 16];
-    let act = ActI8 { q: q.as_ptr(), d: d.as_ptr(), s: std::ptr::null(), nb };
-    let wts: Vec<WeightsI8> = (0..nt)
-        .map(|j| WeightsI8 { q: wq[j * 16 * k..].as_ptr(), stride: k, block_step: 32, d: wd[j * nb * 16..].as_ptr(), m: std::ptr::null() })
+    let act = ColsI8 { q: q.as_ptr(), d: d.as_ptr(), s: std::ptr::null(), nb };
+    let wts: Vec<RowsI8> = (0..nt)
+        .map(|j| RowsI8 { q: wq[j * 16 * k..].as_ptr(), stride: k, block_step: 32, d: wd[j * nb * 16..].as_ptr(), m: std::ptr::null() })
         .collect();
     let mut acc = Block32::new();
     let _t = unsafe { gemm::i8_session() };

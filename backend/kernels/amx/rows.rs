@@ -1,7 +1,8 @@
-//! Weight rows unpacked for the tile unit's A operand: int8 values with f32 block scales
-//! (and minimums), or bf16, K contiguous per row. BF16 and Q8_0 rows are already in that
-//! form and are loaded straight from the model (only their scales are unpacked); the other
-//! types are unpacked here once per call per 16-row tile. Portable code: data movement.
+//! Weight rows unpacked for the tile unit: int8 values with f32 block scales (and
+//! minimums) in the int8 kernel's column operand (B tiles: 16 weight rows x 4 k per 64-byte
+//! tile row), or bf16 A tiles (K contiguous per row), once per call per 16-row tile. The
+//! packed 16-row layouts hold their 4-byte lanes in that column order already. Portable
+//! code: data movement.
 //!
 //! Rows beyond the ones given (a partial last tile) come out as zeros.
 
@@ -56,12 +57,6 @@ fn block_scale_min(ty: DType, row: &[u8], b: usize) -> (f32, f32) {
     }
 }
 
-/// The int8 weight types whose values the tile unit loads in place: the offset of the values
-/// in a block.
-pub fn i8_in_place(ty: DType) -> Option<usize> {
-    (ty == DType::Q8_0).then_some(2)
-}
-
 /// The weight types with a bf16 unpacker: the float types and every type with a
 /// dequantizer in the kernel table.
 pub fn bf16_weight(ty: DType) -> bool {
@@ -92,9 +87,9 @@ pub fn i8_scales(ty: DType, rows: &[&[u8]], nb: usize, d: &mut [f32], m: &mut [f
     }
 }
 
-/// Unpacks up to 16 weight rows of `nb` blocks into int8 A tiles in tile order: block b of
-/// row r at `q[b * 512 + r * 32 ..]` (each tile 512 contiguous bytes, which the tile unit
-/// loads faster than 16 strided rows), plus their scales as [`i8_scales`].
+/// Unpacks up to 16 weight rows of `nb` blocks into int8 rows, block by block: block b of
+/// row r at `q[b * 512 + r * 32 ..]` (for [`rows_to_cols`]), plus their scales as
+/// [`i8_scales`].
 pub fn i8_rows(ty: DType, rows: &[&[u8]], nb: usize, q: &mut [u8], d: &mut [f32], m: &mut [f32]) {
     assert!(q.len() >= nb * 16 * I8_KBLOCK);
     i8_scales(ty, rows, nb, d, m);
@@ -197,10 +192,25 @@ pub fn bf16_rows(ty: DType, rows: &[&[u8]], k: usize, out: &mut [u8], tmp: &mut 
     bf16_rows_from(rows.len(), k, out, tmp, row, |r, t| to_f32(rows[r], t));
 }
 
-/// [`i8_rows`] straight from one 16-row group of a packed layout (`Q4_0x16`, `Q4_1x16`,
-/// `Q8_0x16`; `None` for others): the 4-byte lanes are split into nibbles (or unflipped)
-/// four values at a time into the A tiles, without going back through ggml's layout.
-pub fn i8_rows_packed(layout: Layout, group: &[u8], nb: usize, q: &mut [u8], d: &mut [f32], m: &mut [f32]) -> Option<()> {
+/// Blocks of 16 int8 rows as [`i8_rows`] writes them into the column operand's tiles:
+/// block b's value (row r, k) at `out[b * 512 + (k / 4) * 64 + r * 4 + k % 4]`.
+pub fn rows_to_cols(nb: usize, rows: &[u8], out: &mut [u8]) {
+    assert!(rows.len() >= nb * 16 * I8_KBLOCK && out.len() >= nb * 16 * I8_KBLOCK);
+    for (src, dst) in rows.chunks_exact(16 * I8_KBLOCK).zip(out.chunks_exact_mut(16 * I8_KBLOCK)).take(nb) {
+        for r in 0..16 {
+            for k4 in 0..I8_KBLOCK / 4 {
+                dst[k4 * 64 + r * 4..][..4].copy_from_slice(&src[r * I8_KBLOCK + k4 * 4..][..4]);
+            }
+        }
+    }
+}
+
+/// One 16-row group of a packed layout (`Q4_0x16`, `Q4_1x16`, `Q8_0x16`; `None` for
+/// others) into the column operand's tiles as [`rows_to_cols`] lays them out, with scales
+/// (and minimums) as [`i8_scales`]: vector i of a block holds the 16 rows' `qs` bytes
+/// 4i .. 4i + 4 lane by lane, so its low nibbles are tile row i (k = 4i ..) and its high
+/// nibbles tile row 4 + i (k = 16 + 4i ..); Q8_0's eight vectors are tile rows as they are.
+pub fn i8_cols_packed(layout: Layout, group: &[u8], nb: usize, q: &mut [u8], d: &mut [f32], m: &mut [f32]) -> Option<()> {
     let (heads, vectors) = match layout {
         Layout::Q4_0x16 => (1, 4),
         Layout::Q4_1x16 => (2, 4),
@@ -209,7 +219,12 @@ pub fn i8_rows_packed(layout: Layout, group: &[u8], nb: usize, q: &mut [u8], d: 
     };
     let gblock = layout.group_block();
     assert!(group.len() >= nb * gblock && q.len() >= nb * 16 * I8_KBLOCK && d.len() >= nb * 16 && (heads == 1 || m.len() >= nb * 16));
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let lanes = |v: &[u8]| -> [u32; 16] { std::array::from_fn(|r| u32::from_le_bytes(v[4 * r..4 * r + 4].try_into().expect("4 bytes"))) };
+    let put = |o: &mut [u8], v: [u32; 16]| {
+        for (c, x) in o.chunks_exact_mut(4).zip(v) {
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+    };
     for b in 0..nb {
         let gb = &group[b * gblock..(b + 1) * gblock];
         for r in 0..16 {
@@ -220,25 +235,21 @@ pub fn i8_rows_packed(layout: Layout, group: &[u8], nb: usize, q: &mut [u8], d: 
         }
         let vec0 = 32 * heads;
         let tile = &mut q[b * 16 * I8_KBLOCK..(b + 1) * 16 * I8_KBLOCK];
-        for r in 0..16 {
-            let row = &mut tile[r * I8_KBLOCK..(r + 1) * I8_KBLOCK];
-            for i in 0..vectors {
-                let v = u32_at(gb, vec0 + 64 * i + 4 * r);
-                let (at_lo, at_hi, lo, hi) = match layout {
-                    // k = 4i.. from the low nibbles, 16 + 4i.. from the high ones; Q4_0's
-                    // q - 8 bytewise without borrows: ((x | 0x80) - 8) ^ 0x80.
-                    Layout::Q4_0x16 => {
-                        let sub8 = |x: u32| ((x | 0x8080_8080) - 0x0808_0808) ^ 0x8080_8080;
-                        (4 * i, 16 + 4 * i, sub8(v & 0x0F0F_0F0F), sub8((v >> 4) & 0x0F0F_0F0F))
-                    }
-                    Layout::Q4_1x16 => (4 * i, 16 + 4 * i, v & 0x0F0F_0F0F, (v >> 4) & 0x0F0F_0F0F),
-                    _ => {
-                        row[4 * i..4 * i + 4].copy_from_slice(&(v ^ 0x8080_8080).to_le_bytes());
-                        continue;
-                    }
-                };
-                row[at_lo..at_lo + 4].copy_from_slice(&lo.to_le_bytes());
-                row[at_hi..at_hi + 4].copy_from_slice(&hi.to_le_bytes());
+        for i in 0..vectors {
+            let v = lanes(&gb[vec0 + 64 * i..vec0 + 64 * i + 64]);
+            match layout {
+                // Q4_0's q - 8 bytewise without borrows: ((x | 0x80) - 8) ^ 0x80.
+                Layout::Q4_0x16 => {
+                    let sub8 = |x: u32| ((x | 0x8080_8080) - 0x0808_0808) ^ 0x8080_8080;
+                    put(&mut tile[64 * i..64 * i + 64], v.map(|x| sub8(x & 0x0F0F_0F0F)));
+                    put(&mut tile[64 * (4 + i)..64 * (4 + i) + 64], v.map(|x| sub8((x >> 4) & 0x0F0F_0F0F)));
+                }
+                Layout::Q4_1x16 => {
+                    put(&mut tile[64 * i..64 * i + 64], v.map(|x| x & 0x0F0F_0F0F));
+                    put(&mut tile[64 * (4 + i)..64 * (4 + i) + 64], v.map(|x| (x >> 4) & 0x0F0F_0F0F));
+                }
+                // Stored as q + 128 for VNNI's unsigned operand.
+                _ => put(&mut tile[64 * i..64 * i + 64], v.map(|x| x ^ 0x8080_8080)),
             }
         }
     }

@@ -11,7 +11,7 @@
 use std::cell::Cell;
 use std::marker::PhantomData;
 
-use super::gemm::{self, ActI8, Block32, WeightsI8, BF16_BTILE, I8_BTILE, I8_KBLOCK};
+use super::gemm::{self, ColsI8, Block32, RowsI8, BF16_BTILE, I8_BTILE, I8_KBLOCK};
 use super::rows::BF16_ATILE;
 use super::tile::TileSession;
 
@@ -73,19 +73,19 @@ pub struct I8Session(Session);
 /// The bf16 kernel's configuration, loaded on this thread.
 pub struct Bf16Session(Session);
 
-/// Int8 activations in B-tile order, as [`ActI8`] describes them: `m_tiles * nb` B tiles,
-/// and `m_tiles * nb * 16` scales and sums (sums: only read for weights with a minimum).
-pub struct I8Acts<'a> {
+/// The int8 kernel's column operand, as [`ColsI8`] describes it: `tiles * nb` B tiles, and
+/// `tiles * nb * 16` scales and minimum factors (only read when the rows have a minimum).
+pub struct I8Cols<'a> {
     pub q: &'a [u8],
     pub d: &'a [f32],
     pub s: &'a [f32],
     pub nb: usize,
 }
 
-/// 16 weight rows as int8 A tiles, as [`WeightsI8`] describes them: block b of row r at
-/// `q[r * stride + b * block_step ..][..32]`, scales `d[b * 16 + r]`, minimums likewise
-/// (None for types without one).
-pub struct I8Weights<'a> {
+/// 16 rows of the int8 kernel's row operand, as [`RowsI8`] describes them: block b of row
+/// r at `q[r * stride + b * block_step ..][..32]`, scales `d[b * 16 + r]`, minimum factors
+/// likewise (None: no minimum term).
+pub struct I8Rows<'a> {
     pub q: &'a [u8],
     pub stride: usize,
     pub block_step: usize,
@@ -93,15 +93,15 @@ pub struct I8Weights<'a> {
     pub m: Option<&'a [f32]>,
 }
 
-impl I8Weights<'_> {
+impl I8Rows<'_> {
     /// Holds `nb` blocks of 16 rows (what a product reads).
     fn holds(&self, nb: usize) -> bool {
         let q_end = (nb > 0).then(|| 15 * self.stride + (nb - 1) * self.block_step + I8_KBLOCK).unwrap_or(0);
         q_end <= self.q.len() && nb * 16 <= self.d.len() && self.m.is_none_or(|m| nb * 16 <= m.len())
     }
 
-    fn raw(&self) -> WeightsI8 {
-        WeightsI8 {
+    fn raw(&self) -> RowsI8 {
+        RowsI8 {
             q: self.q.as_ptr(),
             stride: self.stride,
             block_step: self.block_step,
@@ -117,25 +117,25 @@ impl I8Session {
         I8Session(Session::begin(Config::I8))
     }
 
-    /// [`gemm::i8_block`]: weight tiles `w` against activation row tiles `mt`, `mt + 1`, into
+    /// [`gemm::i8_block`]: row tiles `w` against column tiles `mt`, `mt + 1`, into
     /// `acc`. Panics if an operand is shorter than the kernel reads.
-    pub fn block(&self, act: &I8Acts, mt: usize, w: [&I8Weights; 2], acc: &mut Block32) {
+    pub fn block(&self, act: &I8Cols, mt: usize, w: [&I8Rows; 2], acc: &mut Block32) {
         let nb = act.nb;
         let tiles = (mt + 2) * nb;
         let min = w.iter().any(|w| w.m.is_some());
         assert!(
             tiles * I8_BTILE <= act.q.len() && tiles * 16 <= act.d.len() && (!min || tiles * 16 <= act.s.len()),
-            "SMEPilot: int8 activations too short for row tiles {mt}, {}",
+            "SMEPilot: int8 column operand too short for tiles {mt}, {}",
             mt + 1
         );
-        assert!(w.iter().all(|w| w.holds(nb)), "SMEPilot: int8 weight tile too short for {nb} blocks");
+        assert!(w.iter().all(|w| w.holds(nb)), "SMEPilot: int8 row tile too short for {nb} blocks");
         assert!(self.0.is_current(Config::I8), "SMEPilot: int8 product while another tile configuration is loaded");
-        let a = ActI8 { q: act.q.as_ptr(), d: act.d.as_ptr(), s: act.s.as_ptr(), nb };
+        let a = ColsI8 { q: act.q.as_ptr(), d: act.d.as_ptr(), s: act.s.as_ptr(), nb };
         let (w0, w1) = (w[0].raw(), w[1].raw());
         // SAFETY: this session loaded I8_CONFIG on this thread and it is still the current
-        // one (checked); AVX-512F is present (checked at `begin`); the activations hold row
+        // one (checked); AVX-512F is present (checked at `begin`); the column operand holds
         // tiles mt and mt + 1 with their scales (and sums, read only with minimums), and both
-        // weight tiles hold nb blocks of 16 rows with their scales and minimums (checked
+        // row tiles hold nb blocks of 16 rows with their scales and minimum factors (checked
         // above), so every read of the kernel stays within the slices.
         unsafe { gemm::i8_block(&a, mt, [&w0, &w1], acc) }
     }
@@ -174,5 +174,16 @@ impl Block32 {
         for (r, o) in out.iter_mut().enumerate() {
             *o = self.0[(r / 16) * 2 + mt][r % 16][ii];
         }
+    }
+
+    /// Row `i` (below 32) of the block into `out`: `out[c]` = the result for row i and
+    /// column c, for every c below `out.len()` (at most 32).
+    #[inline]
+    pub fn copy_row(&self, i: usize, out: &mut [f32]) {
+        assert!(i < 32 && out.len() <= 32, "SMEPilot: row {i} of {} outside a 32 x 32 block", out.len());
+        let (rt, r) = (i / 16, i % 16);
+        let (lo, hi) = out.split_at_mut(out.len().min(16));
+        lo.copy_from_slice(&self.0[rt * 2][r][..lo.len()]);
+        hi.copy_from_slice(&self.0[rt * 2 + 1][r][..hi.len()]);
     }
 }

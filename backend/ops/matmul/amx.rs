@@ -12,7 +12,7 @@ use super::product::Product;
 use crate::dtype::DType;
 use crate::threadpool::ThreadCtx;
 use crate::kernels::amx::gemm::{Block32, BF16_BTILE, BF16_KSTEP, I8_BTILE, I8_KBLOCK};
-use crate::kernels::amx::stage::{Bf16Session, I8Acts, I8Session, I8Weights};
+use crate::kernels::amx::stage::{Bf16Session, I8Cols, I8Session, I8Rows};
 use crate::kernels::amx::{self, rows};
 use crate::kernels::packed;
 use crate::tensor::TensorRef;
@@ -147,20 +147,26 @@ fn m_tiles(m: usize) -> usize {
     m.div_ceil(16).next_multiple_of(2)
 }
 
-/// Scratch of the int8 path: activation tiles, their scales and sums (shared), then per
-/// thread a quantization row and the weight group's unpacked rows, scales and minimums.
+/// Scratch of the int8 path. Shared: the activation rows quantized as ggml-cpu does (Q8_0,
+/// or Q8_1 for weights with a minimum; zero rows up to whole pairs of row tiles), which the
+/// kernel reads in place as its row operand, then per row tile and block their scales and
+/// (Q8_1) stored sums. Per thread: the weight group's column tiles with their scales and
+/// minimums, int8 rows for the types the packed stager does not read, and a packed group
+/// put back into ggml's layout (the K-quants).
 #[derive(Clone, Copy)]
 pub struct I8Layout {
     nb: usize,
+    /// Bytes per quantized activation row and per block, and a block's values' offset.
+    row_bytes: usize,
+    block_bytes: usize,
+    q_off: usize,
     d_off: usize,
     s_off: usize,
     acts_bytes: usize,
     thread_bytes: usize,
-    row_tmp: usize,
-    /// Per weight row tile: unpacked values (16 rows of k), then scales, then minimums.
-    wtile_bytes: usize,
-    /// Offset in a thread's area of a packed group put back into ggml's layout (16 rows),
-    /// for the packed layouts the int8 stager does not read directly (the K-quants).
+    wd_off: usize,
+    wm_off: usize,
+    rows_off: usize,
     gather_off: usize,
 }
 
@@ -168,20 +174,26 @@ impl I8Layout {
     fn new(ty: DType, k: usize, m: usize) -> I8Layout {
         let nb = k / I8_KBLOCK;
         let mt = m_tiles(m);
-        let d_off = mt * nb * I8_BTILE;
+        let act = if rows::i8_weight(ty) == Some(true) { DType::Q8_1 } else { DType::Q8_0 };
+        let row_bytes = act.row_bytes(k);
+        let d_off = align64(mt * 16 * row_bytes);
         let s_off = d_off + align64(mt * nb * 16 * 4);
-        let acts_bytes = s_off + align64(mt * nb * 16 * 4);
-        let row_tmp = align64(DType::Q8_1.row_bytes(k));
-        let wtile_bytes = align64(16 * k) + 2 * align64(nb * 16 * 4);
-        let gather_off = row_tmp + GROUP_TILES * wtile_bytes;
+        let wd_off = GROUP_TILES * nb * I8_BTILE;
+        let wm_off = wd_off + align64(GROUP_TILES * nb * 16 * 4);
+        let rows_off = wm_off + align64(GROUP_TILES * nb * 16 * 4);
+        let gather_off = rows_off + nb * 16 * I8_KBLOCK;
         I8Layout {
             nb,
+            row_bytes,
+            block_bytes: act.block_bytes(),
+            q_off: act.block_bytes() - I8_KBLOCK,
             d_off,
             s_off,
-            acts_bytes,
+            acts_bytes: s_off + align64(mt * nb * 16 * 4),
             thread_bytes: gather_off + align64(16 * ty.row_bytes(k)),
-            row_tmp,
-            wtile_bytes,
+            wd_off,
+            wm_off,
+            rows_off,
             gather_off,
         }
     }
@@ -220,132 +232,117 @@ fn weight_rows(w: &TensorRef, r0: usize) -> ([&[u8]; 16], usize) {
     (rows, n)
 }
 
-/// Writes the `rows_m` x `rows_n` corner of `acc` transposed into the output: activation
-/// rows `m0 ..`, columns `n0 ..` (this thread's: the weight group's columns).
+/// Writes the `rows_m` x `rows_n` corner of `acc` transposed into the output (the bf16
+/// kernel's block is [weight rows][activation rows]): activation rows `m0 ..`, columns
+/// `n0 ..` (this thread's: the weight group's columns).
 fn store(acc: &Block32, p: &Product, m0: usize, n0: usize, rows_m: usize, rows_n: usize) {
     for i in 0..rows_m {
         acc.store_row(i, p.out(m0 + i, n0, rows_n));
     }
 }
 
-/// Phase 1 of the int8 path: this thread's activation row tiles, quantized as ggml-cpu does
-/// (Q8_0, or Q8_1 for weights with a minimum), into B-tile order with their scales and sums.
+/// Phase 1 of the int8 path: this thread's activation row tiles quantized as ggml-cpu does
+/// (Q8_0, or Q8_1 for weights with a minimum) into the shared rows, with their scales and
+/// sums per row tile and block.
 fn i8_acts(p: &Product, ctx: &ThreadCtx, l: &I8Layout, has_min: bool) {
-    let (k, m, at) = (p.k(), p.m, p.acts_at);
-    let nb = l.nb;
+    let (m, at, nb, rb) = (p.m, p.acts_at, l.nb, l.row_bytes);
     let act_ty = if has_min { DType::Q8_1 } else { DType::Q8_0 };
     let quantize = ctx.kernels.kernels(act_ty).unwrap().from_f32.unwrap();
-    let bs = act_ty.block_bytes();
     let (t0, t1) = split_range(m_tiles(m), ctx.ith, ctx.nth);
-    // Row tiles t0 .. t1 are this thread's: their B tiles, scales and sums are contiguous
-    // ranges of the shared scratch; the quantization row is in its own area.
-    let tiles = ctx.shared_mut::<u8>(at + t0 * nb * I8_BTILE, (t1 - t0) * nb * I8_BTILE);
+    // Row tiles t0 .. t1 are this thread's: their rows, scales and sums are contiguous
+    // ranges of the shared scratch.
+    let rows = ctx.shared_mut::<u8>(at + t0 * 16 * rb, (t1 - t0) * 16 * rb);
     let act_d = ctx.shared_mut::<f32>(at + l.d_off + t0 * nb * 16 * 4, (t1 - t0) * nb * 16);
     let act_s = ctx.shared_mut::<f32>(at + l.s_off + t0 * nb * 16 * 4, (t1 - t0) * nb * 16);
-    let area = ctx.thread_area(p.threads_at, l.thread_bytes);
-    let blocks = area.carve::<u8>(0, act_ty.row_bytes(k));
     for r in t0 * 16..t1 * 16 {
         let (mt, i) = (r / 16 - t0, r % 16);
+        let row = &mut rows[(r - t0 * 16) * rb..][..rb];
         if r < m {
-            quantize(p.x_row(r), blocks);
+            quantize(p.x_row(r), row);
+        } else {
+            row.fill(0);
         }
         for b in 0..nb {
-            let at = (mt * nb + b) * 16 + i;
-            let tile = &mut tiles[(mt * nb + b) * I8_BTILE..][..I8_BTILE];
-            if r >= m {
-                act_d[at] = 0.0;
-                act_s[at] = 0.0;
-                for k4 in 0..I8_KBLOCK / 4 {
-                    tile[k4 * 64 + i * 4..][..4].fill(0);
-                }
-                continue;
-            }
-            let blk = &blocks[b * bs..(b + 1) * bs];
+            let blk = &row[b * l.block_bytes..];
             let h = |o: usize| half::f16::from_bits(u16::from_le_bytes([blk[o], blk[o + 1]])).to_f32();
-            act_d[at] = h(0);
-            act_s[at] = if has_min { h(2) } else { 0.0 };
-            let qs = &blk[bs - I8_KBLOCK..];
-            for k4 in 0..I8_KBLOCK / 4 {
-                tile[k4 * 64 + i * 4..][..4].copy_from_slice(&qs[k4 * 4..k4 * 4 + 4]);
-            }
+            act_d[(mt * nb + b) * 16 + i] = h(0);
+            act_s[(mt * nb + b) * 16 + i] = if has_min { h(2) } else { 0.0 };
         }
     }
 }
 
-/// Weight group `g` (GROUP_TILES row tiles of 16) unpacked to int8 A tiles (loaded in place
-/// where the type allows) and multiplied by every activation row tile. The caller holds an
-/// int8 tile session and has passed the barrier after `i8_acts`.
+/// Weight group `g` (GROUP_TILES row tiles of 16) staged into the kernel's column tiles, then
+/// every pair of activation row tiles (read in place) against them, each result row
+/// stored straight into its output row. The caller holds an int8 tile session and has
+/// passed the barrier after `i8_acts`.
 fn i8_group(p: &Product, ctx: &ThreadCtx, tiles: &I8Session, l: &I8Layout, has_min: bool, g: usize, acc: &mut Block32) {
     let w = &p.w;
-    let (k, n, m, at) = (w.ne[0], w.ne[1], p.m, p.acts_at);
-    let nb = l.nb;
-    let mtl = m_tiles(m);
-    // Written by every thread before the barrier, read-only now.
-    let act = I8Acts {
-        q: ctx.shared::<u8>(at, mtl * nb * I8_BTILE),
-        d: ctx.shared::<f32>(at + l.d_off, mtl * nb * 16),
-        s: ctx.shared::<f32>(at + l.s_off, mtl * nb * 16),
-        nb,
-    };
+    let (k, n, m, at, nb) = (w.ne[0], w.ne[1], p.m, p.acts_at, l.nb);
     let n_tiles = n.div_ceil(16);
-    let in_place = rows::i8_in_place(w.ty);
     let tile0 = g * GROUP_TILES;
     let used = (n_tiles - tile0).min(GROUP_TILES);
-    // This thread's staging: per weight tile its values, scales and minimums, then the
-    // gather area for a packed group put back into ggml's layout.
+    // This thread's staging: the column tiles, their scales and minimums, int8 rows, and
+    // the gather area for a packed group put back into ggml's layout.
     let area = ctx.thread_area(p.threads_at, l.thread_bytes);
-    let stage: [(&mut [u8], &mut [f32], &mut [f32]); GROUP_TILES] = std::array::from_fn(|j| {
-        let base = l.row_tmp + j * l.wtile_bytes;
-        let db = base + align64(16 * k);
-        (
-            area.carve::<u8>(base, 16 * k),
-            area.carve::<f32>(db, nb * 16),
-            area.carve::<f32>(db + align64(nb * 16 * 4), if has_min { nb * 16 } else { 0 }),
-        )
-    });
+    let cq = area.carve::<u8>(0, GROUP_TILES * nb * I8_BTILE);
+    let wd = area.carve::<f32>(l.wd_off, GROUP_TILES * nb * 16);
+    let wm = area.carve::<f32>(l.wm_off, GROUP_TILES * nb * 16);
+    let rows_tmp = area.carve::<u8>(l.rows_off, nb * 16 * I8_KBLOCK);
     let rb = w.ty.row_bytes(k);
     let gather = area.carve::<u8>(l.gather_off, 16 * rb);
-    let mut wt: [Option<I8Weights>; GROUP_TILES] = std::array::from_fn(|_| None);
-    for (j, (t, (q, d, mm))) in wt.iter_mut().zip(stage).enumerate().take(used) {
+    for j in 0..GROUP_TILES {
+        let (q, d, mm) = (&mut cq[j * nb * I8_BTILE..][..nb * I8_BTILE], &mut wd[j * nb * 16..][..nb * 16], &mut wm[j * nb * 16..][..nb * 16]);
+        if j >= used {
+            // Past the last tile (read as the pair of tile j - 1, never stored).
+            d.fill(0.0);
+            mm.fill(0.0);
+            continue;
+        }
         let r0 = (tile0 + j) * 16;
-        *t = Some(match (&w.packed, in_place) {
-            (None, Some(off)) if w.ne[1] - r0 >= 16 => {
-                let (rs, nrows) = weight_rows(w, r0);
-                rows::i8_scales(w.ty, &rs[..nrows], nb, d, mm);
-                // The 16 rows in place, from the first value of row r0.
-                let start = w.row_offset(r0, 0, 0) + off;
-                I8Weights { q: w.bytes_at::<u8>(start, 15 * w.nb[1] + w.row_bytes() - off), stride: w.nb[1], block_step: w.ty.block_bytes(), d, m: None }
-            }
-            (packed, _) => {
-                match packed {
-                    // Packed groups are whole 16-row tiles (Layout::for_weights).
-                    Some(p) => {
-                        let group = p.group(k, r0 / 16);
-                        if rows::i8_rows_packed(p.layout, group, nb, q, d, mm).is_none() {
-                            // The group back in ggml's layout (this thread's gather area),
-                            // then staged as such.
-                            packed::unpack(p.layout, group, gather, 16, k);
-                            let rows16: [&[u8]; 16] = std::array::from_fn(|i| &gather[i * rb..(i + 1) * rb]);
-                            rows::i8_rows(w.ty, &rows16, nb, q, d, mm);
-                        }
-                    }
-                    None => {
-                        let (rs, nrows) = weight_rows(w, r0);
-                        rows::i8_rows(w.ty, &rs[..nrows], nb, q, d, mm);
-                    }
+        match &w.packed {
+            // Packed groups are whole 16-row tiles (Layout::for_weights).
+            Some(pk) => {
+                let group = pk.group(k, r0 / 16);
+                if rows::i8_cols_packed(pk.layout, group, nb, q, d, mm).is_none() {
+                    packed::unpack(pk.layout, group, gather, 16, k);
+                    let rows16: [&[u8]; 16] = std::array::from_fn(|i| &gather[i * rb..(i + 1) * rb]);
+                    rows::i8_rows(w.ty, &rows16, nb, rows_tmp, d, mm);
+                    rows::rows_to_cols(nb, rows_tmp, q);
                 }
-                I8Weights { q, stride: I8_KBLOCK, block_step: 16 * I8_KBLOCK, d, m: has_min.then_some(&*mm) }
             }
-        });
+            None => {
+                let (rs, nrows) = weight_rows(w, r0);
+                rows::i8_rows(w.ty, &rs[..nrows], nb, rows_tmp, d, mm);
+                rows::rows_to_cols(nb, rows_tmp, q);
+            }
+        }
     }
-    let wt: [&I8Weights; GROUP_TILES] = std::array::from_fn(|j| wt[j.min(used - 1)].as_ref().expect("tiles 0 .. used staged"));
+    let cols = I8Cols { q: cq, d: wd, s: wm, nb };
+    let mtl = m_tiles(m);
+    // Written by every thread before the barrier, read-only now.
+    let act_rows = ctx.shared::<u8>(at, mtl * 16 * l.row_bytes);
+    let act_d = ctx.shared::<f32>(at + l.d_off, mtl * nb * 16);
+    let act_s = ctx.shared::<f32>(at + l.s_off, mtl * nb * 16);
+    let row_tile = |t: usize| I8Rows {
+        q: &act_rows[t * 16 * l.row_bytes + l.q_off..],
+        stride: l.row_bytes,
+        block_step: l.block_bytes,
+        d: &act_d[t * nb * 16..(t + 1) * nb * 16],
+        m: has_min.then(|| &act_s[t * nb * 16..(t + 1) * nb * 16]),
+    };
     for mt in (0..m.div_ceil(16)).step_by(2) {
         let rows_m = (m - mt * 16).min(32);
+        // m_tiles rounds up to pairs: tile mt + 1 exists (zero rows past m).
+        let pair = [row_tile(mt), row_tile(mt + 1)];
         for tp in (0..used).step_by(2) {
             let n0 = (tile0 + tp) * 16;
             let rows_n = (n - n0).min(if tp + 1 < used { 32 } else { 16 });
-            tiles.block(&act, mt, [wt[tp], wt[(tp + 1).min(used - 1)]], acc);
-            store(acc, p, mt * 16, n0, rows_m, rows_n);
+            tiles.block(&cols, tp, [&pair[0], &pair[1]], acc);
+            for i in 0..rows_m {
+                // Columns n0 .. n0 + rows_n are this group's, which the queue gave this
+                // thread alone.
+                acc.copy_row(i, p.out(mt * 16 + i, n0, rows_n));
+            }
         }
     }
 }
