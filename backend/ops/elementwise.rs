@@ -66,16 +66,26 @@ pub fn binary(node: &Node, ctx: &ThreadCtx, f: impl Fn(f32, f32) -> f32) {
         // in-place allocation): such an operand is read from dst's row, element by element
         // before the element is written.
         let (rd, [sa, sb]) = d.row_io::<f32, 2>((i1, i2, i3), [(a, (i1, i2, i3)), (b, jb)]);
+        if rd.is_empty() {
+            continue; // empty rows (and a broadcast row of none, which chunks cannot take)
+        }
         match (sa, sb) {
             (Src::Row(ra), Src::Row(rb)) if rb.len() == rd.len() => {
                 for ((o, &x), &y) in rd.iter_mut().zip(ra).zip(rb) {
                     *o = f(x, y);
                 }
             }
+            // A broadcast row: one value (MoE's expert weights), or repeats of rb.
+            (Src::Row(ra), Src::Row(&[y])) => {
+                for (o, &x) in rd.iter_mut().zip(ra) {
+                    *o = f(x, y);
+                }
+            }
             (Src::Row(ra), Src::Row(rb)) => {
-                let nb = rb.len();
-                for (i, (o, &x)) in rd.iter_mut().zip(ra).enumerate() {
-                    *o = f(x, rb[i % nb]);
+                for (oc, xc) in rd.chunks_mut(rb.len()).zip(ra.chunks(rb.len())) {
+                    for ((o, &x), &y) in oc.iter_mut().zip(xc).zip(rb) {
+                        *o = f(x, y);
+                    }
                 }
             }
             (Src::Dst, Src::Row(rb)) if rb.len() == rd.len() => {
@@ -83,10 +93,16 @@ pub fn binary(node: &Node, ctx: &ThreadCtx, f: impl Fn(f32, f32) -> f32) {
                     *o = f(*o, y);
                 }
             }
+            (Src::Dst, Src::Row(&[y])) => {
+                for o in rd.iter_mut() {
+                    *o = f(*o, y);
+                }
+            }
             (Src::Dst, Src::Row(rb)) => {
-                let nb = rb.len();
-                for (i, o) in rd.iter_mut().enumerate() {
-                    *o = f(*o, rb[i % nb]);
+                for oc in rd.chunks_mut(rb.len()) {
+                    for (o, &y) in oc.iter_mut().zip(rb) {
+                        *o = f(*o, y);
+                    }
                 }
             }
             (Src::Row(ra), Src::Dst) => {

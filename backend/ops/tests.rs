@@ -266,6 +266,39 @@ fn rms_norm_in_place_and_scale() {
     });
 }
 
+/// ADD and MUL with src1 repeated along the row (one value per row, as MoE's expert
+/// weights, or a shorter row), into a new tensor and in place.
+#[test]
+fn binary_ops_repeat_src1_within_rows() {
+    each_tier("ops::binary_repeat", || {
+        let mut rng = StdRng::seed_from_u64(5);
+        let (n, rows, planes) = (12, 3, 2);
+        for (bn, brows, bplanes) in [(1, rows, 1), (4, 1, planes), (3, rows, planes)] {
+            let a = random_f32(&mut rng, n * rows * planes, 2.0);
+            let b = random_f32(&mut rng, bn * brows * bplanes, 2.0);
+            for in_place in [false, true] {
+                let (mut ab, mut bb, mut ob) = (Buf::zeroed(a.len() * 4), Buf::zeroed(b.len() * 4), Buf::zeroed(a.len() * 4));
+                ab.f32s()[..a.len()].copy_from_slice(&a);
+                bb.f32s()[..b.len()].copy_from_slice(&b);
+                let ta = contiguous(DType::F32, [n, rows, planes, 1], &mut ab);
+                let tb = contiguous(DType::F32, [bn, brows, bplanes, 1], &mut bb);
+                let to = if in_place { ta } else { contiguous(DType::F32, [n, rows, planes, 1], &mut ob) };
+                run(&[node(Op::Add, to, &[ta, tb]), node(Op::Mul, to, &[to, tb])], 2);
+                let got = if in_place { ab.f32s()[..a.len()].to_vec() } else { ob.f32s()[..a.len()].to_vec() };
+                for p in 0..planes {
+                    for r in 0..rows {
+                        for i in 0..n {
+                            let y = b[((p % bplanes) * brows + r % brows) * bn + i % bn];
+                            let want = (a[(p * rows + r) * n + i] + y) * y;
+                            assert_eq!(got[(p * rows + r) * n + i], want, "b [{bn}, {brows}, {bplanes}] in_place={in_place} at ({i}, {r}, {p})");
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
 #[test]
 fn add_mul_broadcast_silu_swiglu() {
     each_tier("ops::add_mul_broadcast_silu_swiglu", || {

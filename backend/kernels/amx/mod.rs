@@ -1,6 +1,7 @@
 //! Intel AMX kernels: tile primitives ([`tile`]) and the matrix-multiplication kernels built
 //! on them. Used only when [`available`] says the tile unit may be used on this process.
 
+mod cols_avx512;
 pub mod gemm;
 pub mod rows;
 pub mod stage;

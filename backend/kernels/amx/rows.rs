@@ -6,6 +6,7 @@
 //!
 //! Rows beyond the ones given (a partial last tile) come out as zeros.
 
+use super::cols_avx512::{self, Kind};
 use super::gemm::I8_KBLOCK;
 use crate::dtype::DType;
 use crate::kernels::packed::Layout;
@@ -211,6 +212,26 @@ pub fn rows_to_cols(nb: usize, rows: &[u8], out: &mut [u8]) {
 /// 4i .. 4i + 4 lane by lane, so its low nibbles are tile row i (k = 4i ..) and its high
 /// nibbles tile row 4 + i (k = 16 + 4i ..); Q8_0's eight vectors are tile rows as they are.
 pub fn i8_cols_packed(layout: Layout, group: &[u8], nb: usize, q: &mut [u8], d: &mut [f32], m: &mut [f32]) -> Option<()> {
+    let kind = match layout {
+        Layout::Q4_0x16 => Kind::Q4_0,
+        Layout::Q4_1x16 => Kind::Q4_1,
+        Layout::Q8_0x16 => Kind::Q8_0,
+        _ => return None,
+    };
+    let gblock = layout.group_block();
+    let has_min = matches!(kind, Kind::Q4_1);
+    assert!(group.len() >= nb * gblock && q.len() >= nb * 16 * I8_KBLOCK && d.len() >= nb * 16 && (!has_min || m.len() >= nb * 16));
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F checked; the lengths checked above are what `stage` reads and
+        // writes; gblock is the layout's block size.
+        unsafe { cols_avx512::stage(kind, group.as_ptr(), gblock, nb, q.as_mut_ptr(), d.as_mut_ptr(), m.as_mut_ptr()) };
+        return Some(());
+    }
+    i8_cols_scalar(layout, group, nb, q, d, m)
+}
+
+/// [`i8_cols_packed`] in portable code, the reference of its AVX-512 form.
+pub fn i8_cols_scalar(layout: Layout, group: &[u8], nb: usize, q: &mut [u8], d: &mut [f32], m: &mut [f32]) -> Option<()> {
     let (heads, vectors) = match layout {
         Layout::Q4_0x16 => (1, 4),
         Layout::Q4_1x16 => (2, 4),
@@ -254,4 +275,41 @@ pub fn i8_cols_packed(layout: Layout, group: &[u8], nb: usize, q: &mut [u8], d: 
         }
     }
     Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    /// The AVX-512 stager writes the portable one's bytes for random packed groups (any
+    /// bytes: the stager moves bits, whatever the values), odd block counts included.
+    #[test]
+    fn packed_column_stagers_agree() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("SKIP: no AVX-512F on this CPU");
+            return;
+        }
+        let mut rng = StdRng::seed_from_u64(7);
+        for layout in [Layout::Q4_0x16, Layout::Q4_1x16, Layout::Q8_0x16] {
+            for nb in [1, 3, 7] {
+                let mut group = vec![0u8; nb * layout.group_block()];
+                rng.fill(&mut group[..]);
+                // Finite fp16 heads (any bits would do, but NaNs do not compare equal).
+                let heads = if layout == Layout::Q4_1x16 { 32 } else { 16 };
+                for b in 0..nb {
+                    for h in 0..heads {
+                        let v = half::f16::from_f32(rng.gen_range(-2.0..2.0)).to_bits().to_le_bytes();
+                        group[b * layout.group_block() + 2 * h..][..2].copy_from_slice(&v);
+                    }
+                }
+                let run = |f: fn(Layout, &[u8], usize, &mut [u8], &mut [f32], &mut [f32]) -> Option<()>| {
+                    let (mut q, mut d, mut m) = (vec![0u8; nb * 512], vec![0f32; nb * 16], vec![0f32; nb * 16]);
+                    f(layout, &group, nb, &mut q, &mut d, &mut m).expect("a packed int8 layout");
+                    (q, d, m)
+                };
+                assert!(run(i8_cols_packed) == run(i8_cols_scalar), "{layout:?} nb {nb}");
+            }
+        }
+    }
 }
