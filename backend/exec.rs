@@ -37,6 +37,8 @@ pub struct Executor {
     occurrences: std::collections::HashMap<MatShape, usize>,
     /// Per node: nanoseconds thread 0 measured from its start to the barrier after it.
     times: Vec<AtomicU64>,
+    /// Per node, what the op reported of its run (`ThreadCtx::report`), for the trace.
+    notes: Vec<AtomicU64>,
 }
 
 // SAFETY: the scratch pointer is owned by the executor and only handed to the pool's
@@ -65,6 +67,7 @@ impl Executor {
             decisions: Vec::new(),
             occurrences: std::collections::HashMap::new(),
             times: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -126,6 +129,11 @@ impl Executor {
         self.decisions.clear();
         self.occurrences.clear();
         for node in nodes {
+            if let (Some(p), Some(s)) = (self.planner.as_mut(), ops::expert_shape(node, nth, kernels)) {
+                self.plans.push(p.expert_plan(&s));
+                self.decisions.push(None);
+                continue;
+            }
             let occurrences = &mut self.occurrences;
             let planned = self.planner.as_mut().and_then(|p| {
                 let s = ops::mat_shape(node, nth, kernels)?;
@@ -163,10 +171,11 @@ impl Executor {
         self.stats.compute_nodes += nodes.len() as u64 - views;
         if self.times.len() < nodes.len() {
             self.times.resize_with(nodes.len(), AtomicU64::default);
+            self.notes.resize_with(nodes.len(), AtomicU64::default);
         }
 
         let (scratch, scratch_len) = (self.scratch as usize, self.scratch_cap);
-        let (pool, times, kernels) = (&self.pool, &self.times, self.kernels);
+        let (pool, times, notes, kernels) = (&self.pool, &self.times, &self.notes, self.kernels);
         // Work queues of alternate nodes: thread 0 resets the next node's queue while the
         // current node runs, after every thread has left the previous one (its barrier).
         let queues = [WorkQueue::default(), WorkQueue::default()];
@@ -181,6 +190,7 @@ impl Executor {
                     continue;
                 }
                 ctx.set_node(&queues[q % 2], plans[i], node_scratch[i]);
+                ctx.set_note(&notes[i]);
                 let t0 = (ith == 0).then(Instant::now);
                 if ith == 0 {
                     queues[(q + 1) % 2].reset();
@@ -213,15 +223,20 @@ impl Executor {
                 planner.record(&s, d.mode, secs);
             }
             if self.trace {
+                let plan = self.plans.get(i).copied().unwrap_or(Plan::STATIC);
                 let (mode, predicted, estimate, drivers) = match decided {
                     Some((_, d)) => (d.mode, d.predicted, d.estimate, d.plan.matrix_threads),
                     None => {
                         let p = trace::predict_node(planner.profile(), node, nth);
-                        (Mode::Vector, p, planner.observe_other(node.op.name(), p, secs), 0)
+                        (plan.mode.unwrap_or(Mode::Vector), p, planner.observe_other(node.op.name(), p, secs), plan.matrix_threads)
                     }
                 };
                 let r = OpRecord { node, mode, predicted, estimate, measured: secs, drivers };
-                eprintln!("{}", trace::op_line(&r, decided.as_ref().map(|(s, _)| s)));
+                let mut line = trace::op_line(&r, decided.as_ref().map(|(s, _)| s));
+                if matches!(node.op, Op::MulMatId) {
+                    line.push_str(&trace::experts_note(&plan, self.notes[i].load(Ordering::Relaxed)));
+                }
+                eprintln!("{line}");
                 summary.add(&r);
                 ops_run += 1;
             }

@@ -11,7 +11,7 @@
 use std::any::Any;
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -235,6 +235,8 @@ pub struct ThreadCtx<'a> {
     pub plan: Plan,
     /// The kernels every op of this graph runs on.
     pub kernels: &'static KernelSet,
+    /// The current node's report slot (the executor's), if any.
+    note: Option<&'a AtomicU64>,
 }
 
 impl<'a> ThreadCtx<'a> {
@@ -245,7 +247,7 @@ impl<'a> ThreadCtx<'a> {
     /// `scratch` is `scratch.1` bytes, 64-byte aligned, that only the threads of this job
     /// use, valid until the job ends (the executor's scratch during `compute`).
     pub unsafe fn new(ith: usize, nth: usize, barrier: &'a SpinBarrier, scratch: (*mut u8, usize), queue: &'a WorkQueue, kernels: &'static KernelSet) -> ThreadCtx<'a> {
-        ThreadCtx { ith, nth, barrier, scratch: scratch.0, scratch_len: scratch.1, node_scratch: 0, area_taken: Cell::new(false), queue, plan: Plan::STATIC, kernels }
+        ThreadCtx { ith, nth, barrier, scratch: scratch.0, scratch_len: scratch.1, node_scratch: 0, area_taken: Cell::new(false), queue, plan: Plan::STATIC, kernels, note: None }
     }
 
     /// The next node's work queue, plan and reserved scratch bytes (at most the graph's).
@@ -254,6 +256,19 @@ impl<'a> ThreadCtx<'a> {
         self.queue = queue;
         self.plan = plan;
         self.node_scratch = scratch_bytes;
+    }
+
+    /// Where the current node's [`report`](Self::report) goes.
+    pub fn set_note(&mut self, slot: &'a AtomicU64) {
+        self.note = Some(slot);
+    }
+
+    /// A figure of this node's run for the trace (MUL_MAT_ID: its experts on the unit and
+    /// on the vector kernels); the last report of the node counts.
+    pub fn report(&self, v: u64) {
+        if let Some(n) = self.note {
+            n.store(v, Ordering::Relaxed);
+        }
     }
 
     /// The barrier after a node: false if a thread panicked (the pool reports it) and the

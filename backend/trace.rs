@@ -86,6 +86,20 @@ pub fn shape_text(node: &Node, shape: Option<&MatShape>) -> String {
     out
 }
 
+/// MUL_MAT_ID's experts as the node ran them (its `report`: unit experts in the high 32
+/// bits, vector experts in the low), and the fewest rows for which the plan put an expert
+/// on the unit (`all`: forced; `none`: vector only; `static`: no planner).
+pub fn experts_note(plan: &crate::plan::Plan, report: u64) -> String {
+    use crate::plan::Mode;
+    let from = match (plan.mode, plan.expert_min_rows) {
+        (Some(Mode::Vector), _) => "none".to_string(),
+        (Some(_), 0) => "all".to_string(),
+        (Some(_), r) => r.to_string(),
+        (None, _) => "static".to_string(),
+    };
+    format!(" experts unit={} vector={} unit_min_rows={from}", report >> 32, report & 0xFFFF_FFFF)
+}
+
 pub fn op_line(r: &OpRecord, shape: Option<&MatShape>) -> String {
     let mut line = format!(
         "smepilot trace: {:<14} {:<44} mode={:<6} pred={:>9.1}us est={:>9.1}us meas={:>9.1}us",

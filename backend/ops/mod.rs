@@ -216,6 +216,16 @@ pub fn mat_shape(node: &Node, threads: usize, ks: &crate::kernels::KernelSet) ->
     })
 }
 
+/// MUL_MAT_ID's expert products as the planner sees them: `m` the most rows one expert can
+/// get (one per token), the expert's weights `n` x `k`.
+pub fn expert_shape(node: &Node, threads: usize, ks: &crate::kernels::KernelSet) -> Option<crate::plan::MatShape> {
+    if !matches!(node.op, Op::MulMatId) {
+        return None;
+    }
+    let (w, ids) = (node.src(0), node.src(2));
+    Some(crate::plan::MatShape { m: ids.ne[1], n: w.ne[1], k: w.ne[0], ty: w.ty, threads, matrix_block: matmul::expert_block(node, ks) })
+}
+
 /// Runs this thread's share of `node`. All threads of the pool call it for every node.
 pub fn run(node: &Node, ctx: &ThreadCtx) {
     match node.op {

@@ -59,6 +59,8 @@ pub struct Planner {
     ratio: [f64; 3],
     /// The same per op class of the other ops (for the trace's estimates only).
     other_ratio: Vec<(&'static str, f64)>,
+    /// MUL_MAT_ID's expert shapes and their crossover rows (`expert_plan`).
+    crossovers: HashMap<MatShape, Option<usize>>,
 }
 
 /// The plan of one node and what the planner expected of it.
@@ -74,7 +76,7 @@ pub struct Decision {
 
 impl Planner {
     pub fn new(profile: MachineProfile, setting: ModeSetting) -> Planner {
-        Planner { profile, setting, shapes: HashMap::new(), ratio: [1.0; 3], other_ratio: Vec::new() }
+        Planner { profile, setting, shapes: HashMap::new(), crossovers: HashMap::new(), ratio: [1.0; 3], other_ratio: Vec::new() }
     }
 
     pub fn profile(&self) -> &MachineProfile {
@@ -155,6 +157,33 @@ impl Planner {
             mode,
             predicted: p.secs,
             estimate: self.estimate(&e, mode).unwrap_or(p.secs),
+        }
+    }
+
+    /// The plan of a MUL_MAT_ID node whose experts are products of shape `s` (`s.m`: the
+    /// most rows one expert can get): experts from the model's crossover on (the unit beside
+    /// the vector kernels, per item), every expert with the matrix or coop mode forced (coop:
+    /// one thread per unit drives it, the others take the vector kernels), none with the
+    /// vector mode or where the unit cannot run the product. Fixed by the model: expert loads
+    /// change every graph, so no measurement feeds back.
+    pub fn expert_plan(&mut self, s: &MatShape) -> Plan {
+        let drivers = self.profile.matrix_drivers(s.threads);
+        let vector = Plan::forced(Mode::Vector, 0);
+        if s.matrix_block.is_none() || drivers == 0 {
+            return vector;
+        }
+        match self.setting {
+            ModeSetting::Forced(Mode::Vector) => vector,
+            ModeSetting::Forced(Mode::Matrix) => Plan::forced(Mode::Matrix, drivers),
+            ModeSetting::Forced(Mode::Coop) => Plan::forced(Mode::Coop, drivers.min(s.threads.saturating_sub(1)).max(1)),
+            ModeSetting::Auto | ModeSetting::Model => {
+                let p = &self.profile;
+                let min_rows = *self.crossovers.entry(*s).or_insert_with(|| model::expert_crossover(p, s));
+                match min_rows {
+                    Some(r) => Plan { expert_min_rows: r, ..Plan::forced(Mode::Matrix, drivers) },
+                    None => vector,
+                }
+            }
         }
     }
 

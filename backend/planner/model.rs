@@ -158,6 +158,18 @@ pub fn best(p: &MachineProfile, s: &MatShape) -> (Prediction, [Option<Prediction
     (best, all)
 }
 
+/// The fewest rows (up to `s.m`) for which one thread driving the matrix unit runs an
+/// expert's product (`s.n` x `s.k` of `s.ty`) faster than one thread on the vector kernels:
+/// MUL_MAT_ID runs its experts side by side, one work item per thread. None where the unit
+/// never wins or cannot run the product.
+pub fn expert_crossover(p: &MachineProfile, s: &MatShape) -> Option<usize> {
+    s.matrix_block?;
+    (1..=s.m).find(|&m| {
+        let one = MatShape { m, threads: 1, ..*s };
+        matrix_work(p, &one) + act_secs(p, &one, 1) < vector_work(p, &one)
+    })
+}
+
 /// Prediction of a non-matmul op from its bytes moved and its compute seconds (already
 /// spread over `threads`): the larger of the two, plus the per-node overhead.
 pub fn predict_other(p: &MachineProfile, bytes: f64, compute_secs: f64, threads: usize) -> f64 {
@@ -187,6 +199,21 @@ mod tests {
         }
         let (b, _) = best(&p, &shape(1, DType::BF16, 2));
         assert!(b.memory_bound, "{b:?}");
+    }
+
+    /// An expert of Qwen3-30B-A3B's shape goes to the unit from a row count on: one
+    /// vector thread wins below it, the unit at and above it; never without a unit.
+    #[test]
+    fn expert_crossover_splits_experts_by_rows() {
+        let p = synthetic::amx_like();
+        let s = MatShape { m: 512, n: 768, k: 2048, ty: DType::Q4_0, threads: 2, matrix_block: Some((32, 32)) };
+        let r = expert_crossover(&p, &s).expect("the unit wins for large experts");
+        assert!(r > 1 && r < 512, "crossover at {r}");
+        let one = |m| MatShape { m, threads: 1, ..s };
+        let unit = |m| matrix_work(&p, &one(m)) + act_secs(&p, &one(m), 1);
+        assert!(unit(r - 1) >= vector_work(&p, &one(r - 1)) && unit(r) < vector_work(&p, &one(r)));
+        assert_eq!(expert_crossover(&synthetic::no_matrix(), &s), None);
+        assert_eq!(expert_crossover(&p, &MatShape { matrix_block: None, ..s }), None);
     }
 
     #[test]

@@ -252,6 +252,9 @@ fn run<E: MatrixEngine>(node: &Node, ctx: &ThreadCtx, map: &RowMap, acts: Option
     if rounds.is_empty() {
         rounds.push(0..0);
     }
+    if ctx.ith == 0 {
+        ctx.report(((on_unit.len() as u64) << 32) | vector.len() as u64);
+    }
     let group_rows = match unit {
         Some(_) => engine::group_rows::<E>(),
         None => GEMV_CHUNK_GROUPS * packed::GROUP_ROWS,

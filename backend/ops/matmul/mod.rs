@@ -138,6 +138,15 @@ pub fn matrix_block_for_type(ty: DType, k: usize) -> Option<(usize, usize)> {
     ks.matrix.filter(|_| ok).map(|u| u.block())
 }
 
+/// The output block of the kernel set's matrix unit where it can run MUL_MAT_ID's expert
+/// products (2-D products of one expert's weights).
+pub fn expert_block(node: &Node, ks: &KernelSet) -> Option<(usize, usize)> {
+    use engine::MatrixEngine;
+    let w = node.src(0);
+    let ok = with_engine!(ks, e => e.plan(w.ty, w.ne[0], 1).is_some(), false);
+    ks.matrix.filter(|_| ok).map(|u| u.block())
+}
+
 /// Whether the process's matrix unit runs products of `ty` on an int8 kernel (else a
 /// 16-bit float one): the planner's cost model tells the two apart.
 pub fn tile_int8_type(ty: DType) -> bool {
