@@ -1,5 +1,6 @@
 //! AVX-512 stager of the packed 16-row layouts into the int8 kernel's column tiles: the
 //! vector form of `rows::i8_cols_scalar` (same bytes), one 64-byte vector per tile row.
+//! (Q4_K's 6-bit scales are decoded by the caller, row by row.)
 
 use std::arch::x86_64::*;
 
@@ -56,6 +57,32 @@ pub unsafe fn stage(kind: Kind, group: *const u8, gblock: usize, nb: usize, q: *
                         _mm512_storeu_si512(t.add(64 * i) as *mut _, _mm512_xor_si512(v, bit7));
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The quants of `nsuper` Q4_Kx16 super-blocks (`gblock` bytes each) into column tiles:
+/// vector 3 + i (the rows' `qs` bytes 4i ..) holds, in its low nibbles, tile row i % 8 of
+/// int8 block 2 (i / 8) and, in its high nibbles, the same row of block 2 (i / 8) + 1.
+///
+/// # Safety
+/// AVX-512F is available; `group` holds `nsuper * gblock` bytes of Q4_Kx16 blocks and `q`
+/// `nsuper * 8 * 512`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn q4_k_quants(group: *const u8, gblock: usize, nsuper: usize, q: *mut u8) {
+    // SAFETY: this fn's contract: vectors 3 .. 35 of each super-block (after its 64 bytes of
+    // heads) lie within it, and every store within its eight 512-byte tiles of `q`.
+    unsafe {
+        let low = _mm512_set1_epi32(0x0F0F_0F0F);
+        for s in 0..nsuper {
+            let gb = group.add(s * gblock + 64 + 3 * 64);
+            let t = q.add(s * 8 * 512);
+            for i in 0..32 {
+                let v = _mm512_loadu_si512(gb.add(64 * i) as *const _);
+                let (b, row) = (2 * (i / 8), i % 8);
+                _mm512_storeu_si512(t.add(b * 512 + 64 * row) as *mut _, _mm512_and_si512(v, low));
+                _mm512_storeu_si512(t.add((b + 1) * 512 + 64 * row) as *mut _, _mm512_and_si512(_mm512_srli_epi32::<4>(v), low));
             }
         }
     }
