@@ -45,7 +45,7 @@ pub struct ColsI8 {
 /// `q + r * stride + b * block_step` (32 bytes), its scale `d[b * 16 + r]`, the other
 /// factor of its minimum term `m[b * 16 + r]` (null: no minimum term). Rows past the last
 /// must read as zeros or be ignored by the caller. The driver puts quantized activation
-/// rows here, read in place.
+/// rows here (16 rows of a block in 512 contiguous bytes).
 #[derive(Clone, Copy)]
 pub struct RowsI8 {
     pub q: *const u8,

@@ -1,10 +1,13 @@
 //! The Intel AMX engine (see `kernels::amx::gemm` for the operand layout), driven by
 //! `engine::run_matrix` and `engine::run_coop`.
 //!
-//! Activations (row tiles split across threads) go into B tiles, int8 with per-32-block
-//! scales exactly as ggml-cpu quantizes them (Q8_0, or Q8_1 for weights with a minimum), or
-//! bf16. Each weight group (64 rows: loaded in place where the type allows, else unpacked
-//! into the thread's private scratch) then runs against every activation row tile.
+//! Int8 kernel: activations (row tiles split across threads) are quantized exactly as
+//! ggml-cpu quantizes them (Q8_0, or Q8_1 for weights with a minimum) into the kernel's row
+//! operand, 512-byte tiles per block; each weight group (64 rows) is staged into the
+//! thread's column tiles (the packed layouts' lanes are tile columns already) and runs
+//! against every pair of activation row tiles, each result row stored contiguously.
+//! Bf16 kernel: activations rounded to bf16 into B tiles, weight groups unpacked into A
+//! tiles.
 
 use super::super::split_range;
 use super::engine::{MatrixEngine, GROUP_TILES};
@@ -148,11 +151,12 @@ fn m_tiles(m: usize) -> usize {
 }
 
 /// Scratch of the int8 path. Shared: the activation rows quantized as ggml-cpu does (Q8_0,
-/// or Q8_1 for weights with a minimum; zero rows up to whole pairs of row tiles), which the
-/// kernel reads in place as its row operand, then per row tile and block their scales and
-/// (Q8_1) stored sums. Per thread: the weight group's column tiles with their scales and
-/// minimums, int8 rows for the types the packed stager does not read, and a packed group
-/// put back into ggml's layout (the K-quants).
+/// or Q8_1 for weights with a minimum; zero rows up to whole pairs of row tiles), their
+/// values as the kernel's row operand (per row tile and block, 16 rows of 32 bytes: one
+/// 512-byte tile load), then per row tile and block their scales and (Q8_1) stored sums.
+/// Per thread: the weight group's column tiles with their scales and minimums, int8 rows
+/// for the types the packed stager does not read, a packed group put back into ggml's
+/// layout (the K-quants), and a quantized activation row.
 #[derive(Clone, Copy)]
 pub struct I8Layout {
     nb: usize,
@@ -160,6 +164,7 @@ pub struct I8Layout {
     row_bytes: usize,
     block_bytes: usize,
     q_off: usize,
+    act_row_off: usize,
     d_off: usize,
     s_off: usize,
     acts_bytes: usize,
@@ -176,12 +181,13 @@ impl I8Layout {
         let mt = m_tiles(m);
         let act = if rows::i8_weight(ty) == Some(true) { DType::Q8_1 } else { DType::Q8_0 };
         let row_bytes = act.row_bytes(k);
-        let d_off = align64(mt * 16 * row_bytes);
+        let d_off = mt * nb * I8_BTILE;
         let s_off = d_off + align64(mt * nb * 16 * 4);
         let wd_off = GROUP_TILES * nb * I8_BTILE;
         let wm_off = wd_off + align64(GROUP_TILES * nb * 16 * 4);
         let rows_off = wm_off + align64(GROUP_TILES * nb * 16 * 4);
         let gather_off = rows_off + nb * 16 * I8_KBLOCK;
+        let act_row_off = gather_off + align64(16 * ty.row_bytes(k));
         I8Layout {
             nb,
             row_bytes,
@@ -190,7 +196,8 @@ impl I8Layout {
             d_off,
             s_off,
             acts_bytes: s_off + align64(mt * nb * 16 * 4),
-            thread_bytes: gather_off + align64(16 * ty.row_bytes(k)),
+            thread_bytes: act_row_off + align64(row_bytes),
+            act_row_off,
             wd_off,
             wm_off,
             rows_off,
@@ -245,35 +252,37 @@ fn store(acc: &Block32, p: &Product, m0: usize, n0: usize, rows_m: usize, rows_n
 /// (Q8_0, or Q8_1 for weights with a minimum) into the shared rows, with their scales and
 /// sums per row tile and block.
 fn i8_acts(p: &Product, ctx: &ThreadCtx, l: &I8Layout, has_min: bool) {
-    let (m, at, nb, rb) = (p.m, p.acts_at, l.nb, l.row_bytes);
+    let (m, at, nb) = (p.m, p.acts_at, l.nb);
     let act_ty = if has_min { DType::Q8_1 } else { DType::Q8_0 };
     let quantize = ctx.kernels.kernels(act_ty).unwrap().from_f32.unwrap();
     let (t0, t1) = split_range(m_tiles(m), ctx.ith, ctx.nth);
-    // Row tiles t0 .. t1 are this thread's: their rows, scales and sums are contiguous
-    // ranges of the shared scratch.
-    let rows = ctx.shared_mut::<u8>(at + t0 * 16 * rb, (t1 - t0) * 16 * rb);
+    // Row tiles t0 .. t1 are this thread's: their values, scales and sums are contiguous
+    // ranges of the shared scratch; the quantized row is in its own area.
+    let tiles = ctx.shared_mut::<u8>(at + t0 * nb * I8_BTILE, (t1 - t0) * nb * I8_BTILE);
     let act_d = ctx.shared_mut::<f32>(at + l.d_off + t0 * nb * 16 * 4, (t1 - t0) * nb * 16);
     let act_s = ctx.shared_mut::<f32>(at + l.s_off + t0 * nb * 16 * 4, (t1 - t0) * nb * 16);
+    let area = ctx.thread_area(p.threads_at, l.thread_bytes);
+    let row = area.carve::<u8>(l.act_row_off, l.row_bytes);
     for r in t0 * 16..t1 * 16 {
         let (mt, i) = (r / 16 - t0, r % 16);
-        let row = &mut rows[(r - t0 * 16) * rb..][..rb];
         if r < m {
             quantize(p.x_row(r), row);
         } else {
             row.fill(0);
         }
         for b in 0..nb {
-            let blk = &row[b * l.block_bytes..];
+            let blk = &row[b * l.block_bytes..(b + 1) * l.block_bytes];
             let h = |o: usize| half::f16::from_bits(u16::from_le_bytes([blk[o], blk[o + 1]])).to_f32();
             act_d[(mt * nb + b) * 16 + i] = h(0);
             act_s[(mt * nb + b) * 16 + i] = if has_min { h(2) } else { 0.0 };
+            tiles[(mt * nb + b) * I8_BTILE + 32 * i..][..32].copy_from_slice(&blk[l.q_off..]);
         }
     }
 }
 
 /// Weight group `g` (GROUP_TILES row tiles of 16) staged into the kernel's column tiles, then
-/// every pair of activation row tiles (read in place) against them, each result row
-/// stored straight into its output row. The caller holds an int8 tile session and has
+/// every pair of activation row tiles against them, each result row stored straight into
+/// its output row. The caller holds an int8 tile session and has
 /// passed the barrier after `i8_acts`.
 fn i8_group(p: &Product, ctx: &ThreadCtx, tiles: &I8Session, l: &I8Layout, has_min: bool, g: usize, acc: &mut Block32) {
     let w = &p.w;
@@ -320,13 +329,13 @@ fn i8_group(p: &Product, ctx: &ThreadCtx, tiles: &I8Session, l: &I8Layout, has_m
     let cols = I8Cols { q: cq, d: wd, s: wm, nb };
     let mtl = m_tiles(m);
     // Written by every thread before the barrier, read-only now.
-    let act_rows = ctx.shared::<u8>(at, mtl * 16 * l.row_bytes);
+    let act_tiles = ctx.shared::<u8>(at, mtl * nb * I8_BTILE);
     let act_d = ctx.shared::<f32>(at + l.d_off, mtl * nb * 16);
     let act_s = ctx.shared::<f32>(at + l.s_off, mtl * nb * 16);
     let row_tile = |t: usize| I8Rows {
-        q: &act_rows[t * 16 * l.row_bytes + l.q_off..],
-        stride: l.row_bytes,
-        block_step: l.block_bytes,
+        q: &act_tiles[t * nb * I8_BTILE..(t + 1) * nb * I8_BTILE],
+        stride: I8_KBLOCK,
+        block_step: I8_BTILE,
         d: &act_d[t * nb * 16..(t + 1) * nb * 16],
         m: has_min.then(|| &act_s[t * nb * 16..(t + 1) * nb * 16]),
     };
