@@ -743,21 +743,11 @@ fn mul_mat_tile_path_matches_scalar_references_on_odd_shapes() {
             let sk = scalar_kernels(ty).unwrap();
             for r in 0..m {
                 let xrow = &xs[r * xs_stride..][..k];
-                // K-quants on the int8 engine: activations quantized per 32 as Q8_1 (not
-                // ggml's Q8_K), so the reference is the f64 sum of the dequantized weights
-                // times the dequantized Q8_1 activations.
+                // K-quants on the int8 engine: activations quantized as ggml's Q8_K, products
+                // per 32-element sub-block, so the reference is the f64 sum of the
+                // dequantized weights times the dequantized Q8_K activations.
                 let k_int8 = int8 && ty.block_size() == 256;
-                let a_q8_1: Vec<f64> = if k_int8 {
-                    let mut a = vec![0u8; DType::Q8_1.row_bytes(k)];
-                    (scalar_kernels(DType::Q8_1).unwrap().from_f32.unwrap())(xrow, &mut a);
-                    let bs = DType::Q8_1.block_bytes();
-                    (0..k).map(|i| {
-                        let blk = &a[i / 32 * bs..];
-                        f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f64() * (blk[4 + i % 32] as i8) as f64
-                    }).collect()
-                } else {
-                    Vec::new()
-                };
+                let a_q8_1: Vec<f64> = if k_int8 { q8_k_dequantized(xrow) } else { Vec::new() };
                 let act_q = (int8 && !k_int8).then(|| {
                     let vdt = sk.vec_dot_type;
                     let mut a = vec![0u8; vdt.row_bytes(k)];
@@ -771,9 +761,9 @@ fn mul_mat_tile_path_matches_scalar_references_on_odd_shapes() {
                             let mut wf = vec![0f32; k];
                             (sk.to_f32)(wrow, &mut wf);
                             let s = wf.iter().zip(&a_q8_1).fold((0f64, 0f64), |s, (&w, &a)| (s.0 + w as f64 * a, s.1 + (w as f64 * a).abs()));
-                            // The minimum's term meets fp16 s = d * sum(q) (ggml's Q8_1): 1e-3
-                            // of the magnitude; a wrong nibble or scale moves it by percents.
-                            (s.0, s.1 * 100.0)
+                            // f32 accumulation: 1e-5 of the magnitude; a wrong nibble or
+                            // scale moves it by percents.
+                            (s.0, s.1)
                         }
                         Some(a) => ((sk.vec_dot.unwrap())(k, wrow, a) as f64, k as f64 * 0.05),
                         None => {
@@ -940,12 +930,24 @@ enum TileRef {
     SmeScaled,
 }
 
+/// `x` quantized to ggml's Q8_K (per 256), dequantized.
+fn q8_k_dequantized(x: &[f32]) -> Vec<f64> {
+    let mut a = vec![0u8; DType::Q8_K.row_bytes(x.len())];
+    (scalar_kernels(DType::Q8_K).unwrap().from_f32.unwrap())(x, &mut a);
+    let bs = DType::Q8_K.block_bytes();
+    (0..x.len())
+        .map(|i| {
+            let sb = &a[i / 256 * bs..];
+            f32::from_le_bytes([sb[0], sb[1], sb[2], sb[3]]) as f64 * (sb[4 + i % 256] as i8) as f64
+        })
+        .collect()
+}
+
 /// Checks `got` (m x n) against the references of `mode`: bf16 operands with f32
 /// accumulation for the tile path, the weight type's quantized activations for the vector
 /// kernels, either for coop.
 fn check_packed_product(ty: DType, m: usize, n: usize, k: usize, raw: &[u8], xs: &[f32], got: &[f32], mode: Mode, tile_ref: TileRef) {
     use half::bf16;
-    let q8_1 = scalar_kernels(DType::Q8_1).unwrap().from_f32.unwrap();
     let sk = scalar_kernels(ty).unwrap();
     let quantize_act = scalar_kernels(sk.vec_dot_type).unwrap().from_f32.unwrap();
     let rb = ty.row_bytes(k);
@@ -954,22 +956,17 @@ fn check_packed_product(ty: DType, m: usize, n: usize, k: usize, raw: &[u8], xs:
         let xrow = &xs[r * k..(r + 1) * k];
         let mut a = vec![0u8; sk.vec_dot_type.row_bytes(k)];
         quantize_act(xrow, &mut a);
-        // The K-quants' int8 tile side: activations as Q8_1, dequantized.
-        let xa: Vec<f64> = if !k_int8 { Vec::new() } else {
-        let mut a1 = vec![0u8; DType::Q8_1.row_bytes(k)];
-        q8_1(xrow, &mut a1);
-        let bs = DType::Q8_1.block_bytes();
-        (0..k).map(|i| f16::from_bits(u16::from_le_bytes([a1[i / 32 * bs], a1[i / 32 * bs + 1]])).to_f64() * (a1[i / 32 * bs + 4 + i % 32] as i8) as f64).collect()
-        };
+        // The K-quants' int8 tile side: activations as ggml's Q8_K, dequantized.
+        let xa: Vec<f64> = if !k_int8 { Vec::new() } else { q8_k_dequantized(xrow) };
         for c in 0..n {
             let wrow = &raw[c * rb..(c + 1) * rb];
             let mut wf = vec![0f32; k];
             (sk.to_f32)(wrow, &mut wf);
             let tile = match tile_ref {
                 TileRef::KInt8 => {
-                    // fp16 s = d * sum(q) in the minimum's term: 1e-3 of the magnitude.
+                    // f32 accumulation: 1e-5 of the magnitude.
                     let p: Vec<f64> = wf.iter().zip(&xa).map(|(&w, &a)| w as f64 * a).collect();
-                    (p.iter().sum::<f64>(), 1e-3 * p.iter().map(|v| v.abs()).sum::<f64>())
+                    (p.iter().sum::<f64>(), 1e-5 * p.iter().map(|v| v.abs()).sum::<f64>())
                 }
                 TileRef::SmeScaled => sme_scaled_dot(ty, wrow, xrow),
                 TileRef::Bf16 => {

@@ -2,7 +2,7 @@
 //! `engine::run_matrix` and `engine::run_coop`.
 //!
 //! Int8 kernel: activations (row tiles split across threads) are quantized exactly as
-//! ggml-cpu quantizes them (Q8_0, or Q8_1 for weights with a minimum) into the kernel's row
+//! ggml-cpu quantizes them (Q8_0, Q8_1 for Q4_1, Q8_K for the K-quants) into the kernel's row
 //! operand, 512-byte tiles per block; each weight group (64 rows) is staged into the
 //! thread's column tiles (the packed layouts' lanes are tile columns already) and runs
 //! against every pair of activation row tiles, each result row stored contiguously.
@@ -150,20 +150,19 @@ fn m_tiles(m: usize) -> usize {
     m.div_ceil(16).next_multiple_of(2)
 }
 
-/// Scratch of the int8 path. Shared: the activation rows quantized as ggml-cpu does (Q8_0,
-/// or Q8_1 for weights with a minimum; zero rows up to whole pairs of row tiles), their
+/// Scratch of the int8 path. Shared: the activation rows quantized as ggml-cpu does
+/// ([`i8_act_type`]; zero rows up to whole pairs of row tiles), their
 /// values as the kernel's row operand (per row tile and block, 16 rows of 32 bytes: one
-/// 512-byte tile load), then per row tile and block their scales and (Q8_1) stored sums.
+/// 512-byte tile load), then per row tile and block their scales and minimum factors.
 /// Per thread: the weight group's column tiles with their scales and minimums, int8 rows
 /// for the types the packed stager does not read, a packed group put back into ggml's
 /// layout (the K-quants), and a quantized activation row.
 #[derive(Clone, Copy)]
 pub struct I8Layout {
     nb: usize,
-    /// Bytes per quantized activation row and per block, and a block's values' offset.
+    /// The activation format ([`i8_act_type`]) and the bytes of a quantized row.
+    act: DType,
     row_bytes: usize,
-    block_bytes: usize,
-    q_off: usize,
     act_row_off: usize,
     d_off: usize,
     s_off: usize,
@@ -179,7 +178,7 @@ impl I8Layout {
     fn new(ty: DType, k: usize, m: usize) -> I8Layout {
         let nb = k / I8_KBLOCK;
         let mt = m_tiles(m);
-        let act = if rows::i8_weight(ty) == Some(true) { DType::Q8_1 } else { DType::Q8_0 };
+        let act = i8_act_type(ty);
         let row_bytes = act.row_bytes(k);
         let d_off = mt * nb * I8_BTILE;
         let s_off = d_off + align64(mt * nb * 16 * 4);
@@ -190,9 +189,8 @@ impl I8Layout {
         let act_row_off = gather_off + align64(16 * ty.row_bytes(k));
         I8Layout {
             nb,
+            act,
             row_bytes,
-            block_bytes: act.block_bytes(),
-            q_off: act.block_bytes() - I8_KBLOCK,
             d_off,
             s_off,
             acts_bytes: s_off + align64(mt * nb * 16 * 4),
@@ -248,13 +246,46 @@ fn store(acc: &Block32, p: &Product, m0: usize, n0: usize, rows_m: usize, rows_n
     }
 }
 
+/// The int8 path's activation format for weights of `ty`, ggml-cpu's: Q8_0, Q8_1 for Q4_1,
+/// Q8_K (per 256, with sums per 16) for the K-quants.
+fn i8_act_type(ty: DType) -> DType {
+    match ty {
+        DType::Q4_K | DType::Q5_K => DType::Q8_K,
+        _ if rows::i8_weight(ty) == Some(true) => DType::Q8_1,
+        _ => DType::Q8_0,
+    }
+}
+
+/// Int8 block `b` (32 values) of an activation row quantized as `act`: its scale, the other
+/// factor of the weights' minimum term (the scale times the block's value sum: Q8_1's
+/// stored one, or from Q8_K's two 16-element sums) and its values.
+fn act_block(act: DType, row: &[u8], b: usize) -> (f32, f32, &[u8]) {
+    let h = |blk: &[u8], o: usize| half::f16::from_bits(u16::from_le_bytes([blk[o], blk[o + 1]])).to_f32();
+    match act {
+        DType::Q8_K => {
+            let (sb, j) = (&row[b / 8 * act.block_bytes()..][..act.block_bytes()], b % 8);
+            let d = f32::from_le_bytes([sb[0], sb[1], sb[2], sb[3]]);
+            let bsum = |o: usize| i16::from_le_bytes([sb[o], sb[o + 1]]) as i32;
+            let sum = bsum(260 + 4 * j) + bsum(262 + 4 * j);
+            (d, d * sum as f32, &sb[4 + 32 * j..4 + 32 * j + 32])
+        }
+        DType::Q8_1 => {
+            let blk = &row[b * 36..b * 36 + 36];
+            (h(blk, 0), h(blk, 2), &blk[4..])
+        }
+        _ => {
+            let blk = &row[b * 34..b * 34 + 34];
+            (h(blk, 0), 0.0, &blk[2..])
+        }
+    }
+}
+
 /// Phase 1 of the int8 path: this thread's activation row tiles quantized as ggml-cpu does
-/// (Q8_0, or Q8_1 for weights with a minimum) into the shared rows, with their scales and
-/// sums per row tile and block.
+/// ([`i8_act_type`]) into the shared row tiles, with their scales and minimum factors per
+/// row tile and block.
 fn i8_acts(p: &Product, ctx: &ThreadCtx, l: &I8Layout, has_min: bool) {
     let (m, at, nb) = (p.m, p.acts_at, l.nb);
-    let act_ty = if has_min { DType::Q8_1 } else { DType::Q8_0 };
-    let quantize = ctx.kernels.kernels(act_ty).unwrap().from_f32.unwrap();
+    let quantize = ctx.kernels.kernels(l.act).unwrap().from_f32.unwrap();
     let (t0, t1) = split_range(m_tiles(m), ctx.ith, ctx.nth);
     // Row tiles t0 .. t1 are this thread's: their values, scales and sums are contiguous
     // ranges of the shared scratch; the quantized row is in its own area.
@@ -271,11 +302,10 @@ fn i8_acts(p: &Product, ctx: &ThreadCtx, l: &I8Layout, has_min: bool) {
             row.fill(0);
         }
         for b in 0..nb {
-            let blk = &row[b * l.block_bytes..(b + 1) * l.block_bytes];
-            let h = |o: usize| half::f16::from_bits(u16::from_le_bytes([blk[o], blk[o + 1]])).to_f32();
-            act_d[(mt * nb + b) * 16 + i] = h(0);
-            act_s[(mt * nb + b) * 16 + i] = if has_min { h(2) } else { 0.0 };
-            tiles[(mt * nb + b) * I8_BTILE + 32 * i..][..32].copy_from_slice(&blk[l.q_off..]);
+            let (d, s, q) = act_block(l.act, row, b);
+            act_d[(mt * nb + b) * 16 + i] = d;
+            act_s[(mt * nb + b) * 16 + i] = if has_min { s } else { 0.0 };
+            tiles[(mt * nb + b) * I8_BTILE + 32 * i..][..32].copy_from_slice(q);
         }
     }
 }
