@@ -770,7 +770,7 @@ fn mul_mat_tile_path_matches_scalar_references_on_odd_shapes() {
                             let mut wf = vec![0f32; k];
                             (sk.to_f32)(wrow, &mut wf);
                             let mut s = (0f64, 0f64);
-                            for (&a, &b) in wf.iter().zip(xrow) {
+                            for (&a, &b) in wf.iter().zip(&bf16_engine_acts(ty, xrow)) {
                                 let p = bf16::from_f32(a).to_f64() * bf16::from_f32(b).to_f64();
                                 s = (s.0 + p, s.1 + p.abs());
                             }
@@ -930,6 +930,21 @@ enum TileRef {
     SmeScaled,
 }
 
+/// The activations the bf16 tile engine multiplies for weights of `ty` (before its bf16
+/// rounding): for quantized weights the values of their ggml activation format, else x.
+fn bf16_engine_acts(ty: DType, x: &[f32]) -> Vec<f32> {
+    let vdt = scalar_kernels(ty).unwrap().vec_dot_type;
+    if matches!(vdt, DType::F32 | DType::F16 | DType::BF16) {
+        return x.to_vec();
+    }
+    let kern = scalar_kernels(vdt).unwrap();
+    let mut q = vec![0u8; vdt.row_bytes(x.len())];
+    (kern.from_f32.unwrap())(x, &mut q);
+    let mut out = vec![0f32; x.len()];
+    (kern.to_f32)(&q, &mut out);
+    out
+}
+
 /// `x` quantized to ggml's Q8_K (per 256), dequantized.
 fn q8_k_dequantized(x: &[f32]) -> Vec<f64> {
     let mut a = vec![0u8; DType::Q8_K.row_bytes(x.len())];
@@ -970,7 +985,7 @@ fn check_packed_product(ty: DType, m: usize, n: usize, k: usize, raw: &[u8], xs:
                 }
                 TileRef::SmeScaled => sme_scaled_dot(ty, wrow, xrow),
                 TileRef::Bf16 => {
-                    let p: Vec<f64> = wf.iter().zip(xrow).map(|(&a, &b)| bf16::from_f32(a).to_f64() * bf16::from_f32(b).to_f64()).collect();
+                    let p: Vec<f64> = wf.iter().zip(&bf16_engine_acts(ty, xrow)).map(|(&a, &b)| bf16::from_f32(a).to_f64() * bf16::from_f32(b).to_f64()).collect();
                     (p.iter().sum::<f64>(), 1e-5 * p.iter().map(|v| v.abs()).sum::<f64>())
                 }
             };
