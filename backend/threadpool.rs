@@ -285,7 +285,7 @@ impl<'a> ThreadCtx<'a> {
     }
 
     /// Starts the node's work queue again from 0, for an op that runs several phases of
-    /// queued work (MUL_MAT_ID's experts on the matrix unit, one after another).
+    /// queued work (MUL_MAT_ID's rounds of experts on the matrix unit).
     ///
     /// # Contract
     /// One thread calls it, between two barriers at which no thread takes from the queue.
@@ -354,13 +354,6 @@ impl<'a> ThreadCtx<'a> {
         // SAFETY: bounds and alignment checked as in `shared_mut`; by the contract above
         // nothing writes the range while the slice lives.
         unsafe { std::slice::from_raw_parts(p, n) }
-    }
-
-    /// The address of `n` bytes at byte `off` of the node's shared scratch (checked as
-    /// [`shared`](Self::shared)), for a `TensorRef` over it that a nested op reads or writes
-    /// under that op's own split (MUL_MAT_ID runs MUL_MAT on gathered rows).
-    pub fn shared_region(&self, off: usize, n: usize) -> *mut u8 {
-        self.scratch_at::<u8>(off, n)
     }
 
     /// This thread's private part of the node's scratch: the node reserves `per_thread`

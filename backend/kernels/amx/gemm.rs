@@ -94,9 +94,9 @@ const I8_CONFIG: TileConfig = TileConfig::new()
     .with(1, 16, 64)
     .with(2, 16, 64)
     .with(3, 16, 64)
-    .with(4, 16, 32) // A: 16 weight rows x one block of 32 int8
+    .with(4, 16, 32) // A (rows): 16 rows x one block of 32 int8
     .with(5, 16, 32)
-    .with(6, 8, 64) // B: 8 rows of 16 activation rows x 4 int8
+    .with(6, 8, 64) // B (columns): 8 rows of 16 columns x 4 int8
     .with(7, 8, 64);
 
 /// Loads the int8 kernel's tile configuration on this thread until the session drops.
@@ -116,9 +116,9 @@ pub unsafe fn i8_session() -> tile::TileSession {
 #[inline(always)]
 unsafe fn scale_block(acc: &mut [[f32; 16]; 16], c: *const i32, act: &ColsI8, mt: usize, w: &RowsI8, b: usize) {
     // SAFETY: the only caller is `i8_block`, which enables AVX-512F and, by its `# Safety`
-    // contract, passes `act` holding row tile `mt` (16 scales and sums per block at `at`) and
-    // `w` holding 16 scales (and minimums) for block b; `c` is one 64-byte aligned 16 x 16
-    // int32 tile of its `TileBuf`.
+    // contract, passes `act` holding column tile `mt` (16 scales and minimum factors per
+    // block at `at`) and `w` holding 16 scales (and minimum factors) for block b; `c` is one
+    // 64-byte aligned 16 x 16 int32 tile of its `TileBuf`.
     unsafe {
         let at = (mt * act.nb + b) * 16;
         let da = _mm512_loadu_ps(act.d.add(at));
@@ -162,9 +162,10 @@ pub unsafe fn i8_block(act: &ColsI8, mt: usize, w: [&RowsI8; 2], acc: &mut Block
     *acc = Block32::new();
     let mut cbuf = TileBuf([[[0; 256]; 4]; 2]);
     // SAFETY: this fn's `# Safety` contract: an `i8_session` is open on this thread (AMX
-    // usable, I8_CONFIG loaded); `act` holds row tiles `mt` and `mt + 1` and both weight tiles
-    // hold `act.nb` readable blocks of 16 rows with their scales (and minimums), so every tile
-    // load and `scale_block` read stays within them; the tile stores fill `cbuf`'s 1 KB tiles.
+    // usable, I8_CONFIG loaded); `act` holds column tiles `mt` and `mt + 1` and both row tiles
+    // hold `act.nb` readable blocks of 16 rows with their scales (and minimum factors), so
+    // every tile load and `scale_block` read stays within them; the tile stores fill `cbuf`'s
+    // 1 KB tiles.
     // AVX-512F is this fn's target feature.
     unsafe {
         let b0 = act.q.add(mt * nb * I8_BTILE);

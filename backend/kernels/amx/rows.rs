@@ -206,11 +206,12 @@ pub fn rows_to_cols(nb: usize, rows: &[u8], out: &mut [u8]) {
     }
 }
 
-/// One 16-row group of a packed layout (`Q4_0x16`, `Q4_1x16`, `Q8_0x16`; `None` for
-/// others) into the column operand's tiles as [`rows_to_cols`] lays them out, with scales
-/// (and minimums) as [`i8_scales`]: vector i of a block holds the 16 rows' `qs` bytes
-/// 4i .. 4i + 4 lane by lane, so its low nibbles are tile row i (k = 4i ..) and its high
-/// nibbles tile row 4 + i (k = 16 + 4i ..); Q8_0's eight vectors are tile rows as they are.
+/// One 16-row group of a packed layout (`Q4_0x16`, `Q4_1x16`, `Q8_0x16`, `Q4_Kx16`; `None`
+/// for others) into the column operand's tiles as [`rows_to_cols`] lays them out, with
+/// scales (and minimums) as [`i8_scales`]: vector i of a block holds the 16 rows' `qs`
+/// bytes 4i .. 4i + 4 lane by lane, so its low nibbles are tile row i (k = 4i ..) and its
+/// high nibbles tile row 4 + i (k = 16 + 4i ..); Q8_0's eight vectors are tile rows as they
+/// are; Q4_K's are split the same way per 32-element sub-block (`cols_avx512::q4_k_quants`).
 pub fn i8_cols_packed(layout: Layout, group: &[u8], nb: usize, q: &mut [u8], d: &mut [f32], m: &mut [f32]) -> Option<()> {
     if layout == Layout::Q4_Kx16 {
         let nsuper = nb / 8;

@@ -162,8 +162,9 @@ fn m_tiles(m: usize) -> usize {
 /// values as the kernel's row operand (per row tile and block, 16 rows of 32 bytes: one
 /// 512-byte tile load), then per row tile and block their scales and minimum factors.
 /// Per thread: the weight group's column tiles with their scales and minimums, int8 rows
-/// for the types the packed stager does not read, a packed group put back into ggml's
-/// layout (the K-quants), and a quantized activation row.
+/// for weights in ggml's layout, a packed group put back into ggml's layout (for a packed
+/// layout the column stager does not take: none of today's int8 types), and a quantized
+/// activation row.
 #[derive(Clone, Copy)]
 pub struct I8Layout {
     nb: usize,

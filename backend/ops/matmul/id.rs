@@ -64,7 +64,8 @@ fn packed_experts(node: &Node) -> Option<PackedRef> {
 /// The weights of expert `e` as a 2-D weight (its rows of the packed copy included).
 fn expert(node: &Node, e: usize) -> TensorRef {
     let w = node.src(0);
-    let rows = w.ne[1] * w.row_bytes();
+    // The expert's rows span nb[1] apart (a view may space them wider than a row).
+    let rows = (w.ne[1] - 1) * w.nb[1] + w.row_bytes();
     let packed = packed_experts(node).map(|p| {
         let groups = w.ne[1] / packed::GROUP_ROWS;
         let g = p.groups(w.ne[0], e * groups, groups);
