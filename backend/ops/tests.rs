@@ -1332,6 +1332,57 @@ fn mul_mat_id_matches_per_pair_references() {
     });
 }
 
+/// MUL_MAT_ID with the experts' rows spaced wider than a row (a view of a padded tensor,
+/// which no packing takes): every expert reads its rows at nb[1], on the vector kernels
+/// and on each matrix engine of this tier.
+#[test]
+fn mul_mat_id_reads_experts_with_padded_rows() {
+    each_tier("ops::mul_mat_id padded", || {
+        let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rng = StdRng::seed_from_u64(43);
+        let (ty, k, n, n_exp, tokens) = (DType::Q4_0, 96, 20, 3, 24);
+        let (rb, pad) = (ty.row_bytes(k), 64);
+        let raw = random_weights(&mut rng, ty, n_exp * n, k);
+        let mut wb = Buf::zeroed(n_exp * n * (rb + pad));
+        for r in 0..n_exp * n {
+            wb.bytes()[r * (rb + pad)..][..rb].copy_from_slice(&raw[r * rb..(r + 1) * rb]);
+        }
+        let stride = rb + pad;
+        let w = TensorRef { ty, ne: [k, n, n_exp, 1], nb: [ty.block_bytes(), stride, stride * n, stride * n * n_exp], data: wb.ptr(), len: wb.mem.len() * 64, packed: None };
+        // Two slots per token, every expert picked by many tokens (the unit's side too).
+        let ids: Vec<i32> = (0..2 * tokens).map(|i| (i % n_exp) as i32).collect();
+        let mut ib = Buf::zeroed(ids.len() * 4);
+        for (o, v) in ib.bytes().chunks_exact_mut(4).zip(&ids) {
+            o.copy_from_slice(&v.to_le_bytes());
+        }
+        let id_t = contiguous(DType::I32, [2, tokens, 1, 1], &mut ib);
+        let xs = random_f32(&mut rng, k * tokens, 1.0);
+        let mut xb = Buf::zeroed(xs.len() * 4);
+        xb.f32s()[..xs.len()].copy_from_slice(&xs);
+        let b = contiguous(DType::F32, [k, 1, tokens, 1], &mut xb);
+        let mut runs: Vec<(&KernelSet, Plan)> = vec![(tier_set(), Plan::forced(Mode::Vector, 0))];
+        for ks in matrix_sets() {
+            runs.push((ks, Plan::forced(Mode::Matrix, 0)));
+        }
+        for (ks, plan) in runs {
+            let mut db = Buf::zeroed(n * 2 * tokens * 4);
+            let d = contiguous(DType::F32, [n, 2, tokens, 1], &mut db);
+            Executor::with_kernels(2, ks).compute_with_plans(&[node(Op::MulMatId, d, &[w, b, id_t])], &[plan]).expect("graph failed");
+            for t in 0..tokens {
+                for sl in 0..2 {
+                    let e = ids[t * 2 + sl] as usize;
+                    for r in 0..n {
+                        let (want, tol) = dequant_dot(ty, &raw[(e * n + r) * rb..][..rb], &xs[t * k..(t + 1) * k]);
+                        let tol = if plan.mode == Some(Mode::Vector) { tol } else { tol * 1e3 };
+                        let g = db.f32s()[(t * 2 + sl) * n + r] as f64;
+                        assert!((g - want).abs() <= tol, "{} {plan:?} (e {e}, r {r}, t {t}): got {g}, want {want}", ks.name);
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// One weight row against one activation row as the vector kernels see them: dequantized
 /// weights times the weight type's quantized activations (dequantized), summed in f64; with
 /// the tolerance of f32 accumulation (1e-5 of the sum of magnitudes, at least 1e-6).
