@@ -162,9 +162,7 @@ fn m_tiles(m: usize) -> usize {
 /// values as the kernel's row operand (per row tile and block, 16 rows of 32 bytes: one
 /// 512-byte tile load), then per row tile and block their scales and minimum factors.
 /// Per thread: the weight group's column tiles with their scales and minimums, int8 rows
-/// for weights in ggml's layout, a packed group put back into ggml's layout (for a packed
-/// layout the column stager does not take: none of today's int8 types), and a quantized
-/// activation row.
+/// for weights in ggml's layout, and a quantized activation row.
 #[derive(Clone, Copy)]
 pub struct I8Layout {
     nb: usize,
@@ -179,7 +177,6 @@ pub struct I8Layout {
     wd_off: usize,
     wm_off: usize,
     rows_off: usize,
-    gather_off: usize,
 }
 
 impl I8Layout {
@@ -193,8 +190,7 @@ impl I8Layout {
         let wd_off = GROUP_TILES * nb * I8_BTILE;
         let wm_off = wd_off + align64(GROUP_TILES * nb * 16 * 4);
         let rows_off = wm_off + align64(GROUP_TILES * nb * 16 * 4);
-        let gather_off = rows_off + nb * 16 * I8_KBLOCK;
-        let act_row_off = gather_off + align64(16 * ty.row_bytes(k));
+        let act_row_off = rows_off + nb * 16 * I8_KBLOCK;
         I8Layout {
             nb,
             act,
@@ -207,7 +203,6 @@ impl I8Layout {
             wd_off,
             wm_off,
             rows_off,
-            gather_off,
         }
     }
 }
@@ -335,15 +330,12 @@ fn i8_group(p: &Product, ctx: &ThreadCtx, tiles: &I8Session, l: &I8Layout, has_m
     let n_tiles = n.div_ceil(16);
     let tile0 = g * GROUP_TILES;
     let used = (n_tiles - tile0).min(GROUP_TILES);
-    // This thread's staging: the column tiles, their scales and minimums, int8 rows, and
-    // the gather area for a packed group put back into ggml's layout.
+    // This thread's staging: the column tiles, their scales and minimums, int8 rows.
     let area = ctx.thread_area(p.threads_at, l.thread_bytes);
     let cq = area.carve::<u8>(0, GROUP_TILES * nb * I8_BTILE);
     let wd = area.carve::<f32>(l.wd_off, GROUP_TILES * nb * 16);
     let wm = area.carve::<f32>(l.wm_off, GROUP_TILES * nb * 16);
     let rows_tmp = area.carve::<u8>(l.rows_off, nb * 16 * I8_KBLOCK);
-    let rb = w.ty.row_bytes(k);
-    let gather = area.carve::<u8>(l.gather_off, 16 * rb);
     for j in 0..GROUP_TILES {
         let (q, d, mm) = (&mut cq[j * nb * I8_BTILE..][..nb * I8_BTILE], &mut wd[j * nb * 16..][..nb * 16], &mut wm[j * nb * 16..][..nb * 16]);
         if j >= used {
@@ -356,13 +348,8 @@ fn i8_group(p: &Product, ctx: &ThreadCtx, tiles: &I8Session, l: &I8Layout, has_m
         match &w.packed {
             // Packed groups are whole 16-row tiles (Layout::for_weights).
             Some(pk) => {
-                let group = pk.group(k, r0 / 16);
-                if rows::i8_cols_packed(pk.layout, group, nb, q, d, mm).is_none() {
-                    packed::unpack(pk.layout, group, gather, 16, k);
-                    let rows16: [&[u8]; 16] = std::array::from_fn(|i| &gather[i * rb..(i + 1) * rb]);
-                    rows::i8_rows(w.ty, &rows16, nb, rows_tmp, d, mm);
-                    rows::rows_to_cols(nb, rows_tmp, q);
-                }
+                // Every int8 type's packed layout is one the column stager takes.
+                rows::i8_cols_packed(pk.layout, pk.group(k, r0 / 16), nb, q, d, mm).expect("an int8 type's packed layout");
             }
             None => {
                 let (rs, nrows) = weight_rows(w, r0);
