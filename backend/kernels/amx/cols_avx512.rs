@@ -1,6 +1,5 @@
 //! AVX-512 stager of the packed 16-row layouts into the int8 kernel's column tiles: the
 //! vector form of `rows::i8_cols_scalar` (same bytes), one 64-byte vector per tile row.
-//! (Q4_K's 6-bit scales are decoded by the caller, row by row.)
 
 use std::arch::x86_64::*;
 
@@ -62,20 +61,47 @@ pub unsafe fn stage(kind: Kind, group: *const u8, gblock: usize, nb: usize, q: *
     }
 }
 
-/// The quants of `nsuper` Q4_Kx16 super-blocks (`gblock` bytes each) into column tiles:
-/// vector 3 + i (the rows' `qs` bytes 4i ..) holds, in its low nibbles, tile row i % 8 of
-/// int8 block 2 (i / 8) and, in its high nibbles, the same row of block 2 (i / 8) + 1.
+/// `nsuper` Q4_Kx16 super-blocks (`gblock` bytes each) into column tiles: vector 3 + i (the
+/// rows' `qs` bytes 4i ..) holds, in its low nibbles, tile row i % 8 of int8 block 2 (i / 8)
+/// and, in its high nibbles, the same row of block 2 (i / 8) + 1. Scales d sc and negated
+/// minimums dmin m per block and row, `d[b * 16 + r]`, `m[b * 16 + r]`: vectors 0 .. 3 hold
+/// lane r's 12 bytes of 6-bit scales and minimums (ggml's `get_scale_min_k4` layout).
 ///
 /// # Safety
-/// AVX-512F is available; `group` holds `nsuper * gblock` bytes of Q4_Kx16 blocks and `q`
-/// `nsuper * 8 * 512`.
+/// AVX-512F is available; `group` holds `nsuper * gblock` bytes of Q4_Kx16 blocks, `q`
+/// `nsuper * 8 * 512` and `d`, `m` `nsuper * 8 * 16` floats.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn q4_k_quants(group: *const u8, gblock: usize, nsuper: usize, q: *mut u8) {
-    // SAFETY: this fn's contract: vectors 3 .. 35 of each super-block (after its 64 bytes of
-    // heads) lie within it, and every store within its eight 512-byte tiles of `q`.
+pub unsafe fn q4_k(group: *const u8, gblock: usize, nsuper: usize, q: *mut u8, d: *mut f32, m: *mut f32) {
+    // SAFETY: this fn's contract: the heads (64 bytes) and vectors 0 .. 35 of each
+    // super-block lie within it, and every store within its eight 512-byte tiles of `q` and
+    // its 8 x 16 floats of `d` and `m`.
     unsafe {
         let low = _mm512_set1_epi32(0x0F0F_0F0F);
+        let (six, four, two) = (_mm512_set1_epi32(63), _mm512_set1_epi32(15), _mm512_set1_epi32(3));
+        let field = |v: __m512i, shift: u32, mask: __m512i| _mm512_and_si512(_mm512_srlv_epi32(v, _mm512_set1_epi32(shift as i32)), mask);
         for s in 0..nsuper {
+            let heads = group.add(s * gblock);
+            let dr = _mm512_cvtph_ps(_mm256_loadu_si256(heads as *const __m256i));
+            let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(heads.add(32) as *const __m256i));
+            let v = |i: usize| _mm512_loadu_si512(heads.add(64 + 64 * i) as *const _);
+            let (v0, v1, v2) = (v(0), v(1), v(2));
+            for j in 0..8u32 {
+                // j < 4: six bits of bytes j and 4 + j; else the low / high nibble of byte
+                // 4 + j with the top two bits of bytes j - 4 and j as bits 4 and 5.
+                let (sc, mn) = if j < 4 {
+                    (field(v0, 8 * j, six), field(v1, 8 * j, six))
+                } else {
+                    let sh = 8 * (j - 4);
+                    let sc = _mm512_or_si512(field(v2, sh, four), _mm512_slli_epi32::<4>(field(v0, sh + 6, two)));
+                    let mn = _mm512_or_si512(field(v2, sh + 4, four), _mm512_slli_epi32::<4>(field(v1, sh + 6, two)));
+                    (sc, mn)
+                };
+                let at = (8 * s + j as usize) * 16;
+                _mm512_storeu_ps(d.add(at), _mm512_mul_ps(dr, _mm512_cvtepi32_ps(sc)));
+                // -(dmin m): the product is exact (11 x 6 bits), so negating either way agrees.
+                let neg = _mm512_castsi512_ps(_mm512_set1_epi32(i32::MIN));
+                _mm512_storeu_ps(m.add(at), _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(_mm512_mul_ps(dmin, _mm512_cvtepi32_ps(mn))), _mm512_castps_si512(neg))));
+            }
             let gb = group.add(s * gblock + 64 + 3 * 64);
             let t = q.add(s * 8 * 512);
             for i in 0..32 {

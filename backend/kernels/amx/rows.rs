@@ -211,7 +211,7 @@ pub fn rows_to_cols(nb: usize, rows: &[u8], out: &mut [u8]) {
 /// scales (and minimums) as [`i8_scales`]: vector i of a block holds the 16 rows' `qs`
 /// bytes 4i .. 4i + 4 lane by lane, so its low nibbles are tile row i (k = 4i ..) and its
 /// high nibbles tile row 4 + i (k = 16 + 4i ..); Q8_0's eight vectors are tile rows as they
-/// are; Q4_K's are split the same way per 32-element sub-block (`cols_avx512::q4_k_quants`).
+/// are; Q4_K's are split the same way per 32-element sub-block (`cols_avx512::q4_k`).
 pub fn i8_cols_packed(layout: Layout, group: &[u8], nb: usize, q: &mut [u8], d: &mut [f32], m: &mut [f32]) -> Option<()> {
     if layout == Layout::Q4_Kx16 {
         let nsuper = nb / 8;
@@ -219,9 +219,8 @@ pub fn i8_cols_packed(layout: Layout, group: &[u8], nb: usize, q: &mut [u8], d: 
         if !std::arch::is_x86_feature_detected!("avx512f") {
             return i8_cols_scalar(layout, group, nb, q, d, m);
         }
-        q4_k_col_scales(group, nsuper, d, m);
         // SAFETY: AVX-512F checked; the lengths checked above are what it reads and writes.
-        unsafe { cols_avx512::q4_k_quants(group.as_ptr(), layout.group_block(), nsuper, q.as_mut_ptr()) };
+        unsafe { cols_avx512::q4_k(group.as_ptr(), layout.group_block(), nsuper, q.as_mut_ptr(), d.as_mut_ptr(), m.as_mut_ptr()) };
         return Some(());
     }
     let kind = match layout {
