@@ -895,8 +895,8 @@ fn mul_mat_every_mode_packed_and_plain_weights() {
                             let int8 = engine == Some(true) && (!sme || super::matmul::sme::int8_engine(ty, matches!(unit, crate::kernels::registry::MatrixUnit::Sme(u) if u.sme2))) && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
                             #[cfg(not(target_arch = "aarch64"))]
                             let int8 = engine == Some(true) && matches!(ty, DType::Q4_0 | DType::Q8_0 | DType::Q4_1);
-                            // The K-quants' int8 tile products quantize activations per 32 (Q8_1).
-                            let k_int8 = amx && engine == Some(true) && matches!(ty, DType::Q4_K | DType::Q5_K);
+                            // The K-quants' int8 tile products take activations as Q8_K.
+                            let k_int8 = amx && engine == Some(true) && matches!(ty, DType::Q4_K | DType::Q5_K | DType::Q6_K);
                             let tile = match () {
                                 _ if k_int8 => TileRef::KInt8,
                                 _ if sme => TileRef::SmeScaled,
@@ -916,6 +916,45 @@ fn mul_mat_every_mode_packed_and_plain_weights() {
             }
         }
     });
+}
+
+/// AMX's K-quant super-block kernel on weights in ggml's own layout (no packed copy: rows
+/// not a multiple of 16), odd row counts and a partial last column tile, in matrix mode with
+/// one and two drivers and in coop, against Q8_K activations and the dequantized weights.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn amx_k_quant_kernel_on_plain_weights() {
+    if !crate::kernels::amx::available() {
+        eprintln!("SKIP: no AMX on this CPU");
+        return;
+    }
+    let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = StdRng::seed_from_u64(29);
+    let ks = registry::active();
+    super::matmul::amx::test_engine::set(Some(true));
+    for ty in [DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+        for &(m, n, nsb) in &[(17, 19, 2), (33, 35, 1), (2, 50, 3)] {
+            let k = nsb * 256;
+            let raw = random_weights(&mut rng, ty, n, k);
+            let mut wb = Buf::zeroed(raw.len());
+            wb.bytes()[..raw.len()].copy_from_slice(&raw);
+            let w = contiguous(ty, [k, n, 1, 1], &mut wb);
+            let xs = random_f32(&mut rng, m * k, 1.0);
+            let mut xb = Buf::zeroed(xs.len() * 4);
+            xb.f32s()[..xs.len()].copy_from_slice(&xs);
+            let x = contiguous(DType::F32, [k, m, 1, 1], &mut xb);
+            let mut db = Buf::zeroed(m * n * 4);
+            let d = contiguous(DType::F32, [n, m, 1, 1], &mut db);
+            let nd = node(Op::MulMat, d, &[w, x]);
+            assert!(super::matmul::matrix_feasible(&nd, ks), "{ty:?} on the tiles");
+            for (mode, drivers) in [(Mode::Matrix, 1), (Mode::Matrix, 2), (Mode::Coop, 1)] {
+                db.bytes().fill(f32::NAN.to_bits() as u8);
+                Executor::with_kernels(2, ks).compute_with_plans(&[nd], &[Plan::forced(mode, drivers)]).expect("graph failed");
+                check_packed_product(ty, m, n, k, &raw, &xs, db.f32s(), mode, TileRef::KInt8);
+            }
+        }
+    }
+    super::matmul::amx::test_engine::set(None);
 }
 
 /// The operand rounding of a tile engine's products.

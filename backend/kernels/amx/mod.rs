@@ -3,6 +3,8 @@
 
 mod cols_avx512;
 pub mod gemm;
+pub mod ks_cols;
+pub mod ksuper;
 pub mod rows;
 pub mod stage;
 pub mod tile;

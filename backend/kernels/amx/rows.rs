@@ -19,13 +19,13 @@ fn kernels(ty: DType) -> Option<&'static TypeKernels> {
 use half::f16;
 
 /// The weight types with an int8 unpacker, and whether they carry a per-block minimum.
-/// Q4_K and Q5_K fit the Q4_1 form per 32-element sub-block: x = (d sc) q - (dmin m), so
-/// their scale is d sc and their minimum -(dmin m) (Q6_K's scales cover 16 elements, half
-/// an int8 block, and stay on the bf16 engine).
+/// Q5_K fits the Q4_1 form per 32-element sub-block: x = (d sc) q - (dmin m), so its scale
+/// is d sc and its minimum -(dmin m) (Q4_K and Q6_K run on the super-block kernel,
+/// `ks_cols`; the K-quant code here serves Q5_K).
 pub fn i8_weight(ty: DType) -> Option<bool> {
     match ty {
         DType::Q8_0 | DType::Q4_0 => Some(false),
-        DType::Q4_1 | DType::Q4_K | DType::Q5_K => Some(true),
+        DType::Q4_1 | DType::Q5_K => Some(true),
         _ => None,
     }
 }
@@ -206,23 +206,13 @@ pub fn rows_to_cols(nb: usize, rows: &[u8], out: &mut [u8]) {
     }
 }
 
-/// One 16-row group of a packed layout (`Q4_0x16`, `Q4_1x16`, `Q8_0x16`, `Q4_Kx16`; `None`
+/// One 16-row group of a packed layout (`Q4_0x16`, `Q4_1x16`, `Q8_0x16`; `None`
 /// for others) into the column operand's tiles as [`rows_to_cols`] lays them out, with
 /// scales (and minimums) as [`i8_scales`]: vector i of a block holds the 16 rows' `qs`
 /// bytes 4i .. 4i + 4 lane by lane, so its low nibbles are tile row i (k = 4i ..) and its
 /// high nibbles tile row 4 + i (k = 16 + 4i ..); Q8_0's eight vectors are tile rows as they
-/// are; Q4_K's are split the same way per 32-element sub-block (`cols_avx512::q4_k`).
+/// are.
 pub fn i8_cols_packed(layout: Layout, group: &[u8], nb: usize, q: &mut [u8], d: &mut [f32], m: &mut [f32]) -> Option<()> {
-    if layout == Layout::Q4_Kx16 {
-        let nsuper = nb / 8;
-        assert!(nb.is_multiple_of(8) && group.len() >= nsuper * layout.group_block() && q.len() >= nb * 16 * I8_KBLOCK && d.len() >= nb * 16 && m.len() >= nb * 16);
-        if !std::arch::is_x86_feature_detected!("avx512f") {
-            return i8_cols_scalar(layout, group, nb, q, d, m);
-        }
-        // SAFETY: AVX-512F checked; the lengths checked above are what it reads and writes.
-        unsafe { cols_avx512::q4_k(group.as_ptr(), layout.group_block(), nsuper, q.as_mut_ptr(), d.as_mut_ptr(), m.as_mut_ptr()) };
-        return Some(());
-    }
     let kind = match layout {
         Layout::Q4_0x16 => Kind::Q4_0,
         Layout::Q4_1x16 => Kind::Q4_1,
@@ -241,42 +231,8 @@ pub fn i8_cols_packed(layout: Layout, group: &[u8], nb: usize, q: &mut [u8], d: 
     i8_cols_scalar(layout, group, nb, q, d, m)
 }
 
-/// Q4_Kx16 super-blocks' scales and (negated) minimums per int8 block and row, as
-/// [`i8_scales`] gives them: the rows' d and dmin are the two heads, their 12 bytes of
-/// packed 6-bit scales and minimums lanes r of vectors 0 .. 3.
-fn q4_k_col_scales(group: &[u8], nsuper: usize, d: &mut [f32], m: &mut [f32]) {
-    let gblock = Layout::Q4_Kx16.group_block();
-    for s in 0..nsuper {
-        let gb = &group[s * gblock..(s + 1) * gblock];
-        for r in 0..16 {
-            let sc: [u8; 12] = std::array::from_fn(|i| gb[64 + 64 * (i / 4) + 4 * r + i % 4]);
-            let (dr, dmin) = (h(gb, 2 * r), h(gb, 32 + 2 * r));
-            for j in 0..8 {
-                let (scale, min) = scale_min_k4(j, &sc);
-                d[(8 * s + j) * 16 + r] = dr * scale as f32;
-                m[(8 * s + j) * 16 + r] = -(dmin * min as f32);
-            }
-        }
-    }
-}
-
 /// [`i8_cols_packed`] in portable code, the reference of its AVX-512 form.
 pub fn i8_cols_scalar(layout: Layout, group: &[u8], nb: usize, q: &mut [u8], d: &mut [f32], m: &mut [f32]) -> Option<()> {
-    if layout == Layout::Q4_Kx16 {
-        let (gblock, nsuper) = (layout.group_block(), nb / 8);
-        q4_k_col_scales(group, nsuper, d, m);
-        for s in 0..nsuper {
-            for i in 0..32 {
-                let v = &group[s * gblock + 64 * (4 + i)..][..64];
-                let (b, row) = (8 * s + 2 * (i / 8), i % 8);
-                for (l, &x) in v.iter().enumerate() {
-                    q[b * 512 + 64 * row + l] = x & 15;
-                    q[(b + 1) * 512 + 64 * row + l] = x >> 4;
-                }
-            }
-        }
-        return Some(());
-    }
     let (heads, vectors) = match layout {
         Layout::Q4_0x16 => (1, 4),
         Layout::Q4_1x16 => (2, 4),
@@ -336,16 +292,13 @@ mod tests {
             return;
         }
         let mut rng = StdRng::seed_from_u64(7);
-        for layout in [Layout::Q4_0x16, Layout::Q4_1x16, Layout::Q8_0x16, Layout::Q4_Kx16] {
+        for layout in [Layout::Q4_0x16, Layout::Q4_1x16, Layout::Q8_0x16] {
             for nb in [1, 3, 7, 8, 24] {
-                if layout == Layout::Q4_Kx16 && nb % 8 != 0 {
-                    continue;
-                }
-                let per = if layout == Layout::Q4_Kx16 { 8 } else { 1 };
+                let per = 1;
                 let mut group = vec![0u8; nb / per * layout.group_block()];
                 rng.fill(&mut group[..]);
                 // Finite fp16 heads (any bits would do, but NaNs do not compare equal).
-                let heads = if matches!(layout, Layout::Q4_1x16 | Layout::Q4_Kx16) { 32 } else { 16 };
+                let heads = if layout == Layout::Q4_1x16 { 32 } else { 16 };
                 for b in 0..nb / per {
                     for h in 0..heads {
                         let v = half::f16::from_f32(rng.gen_range(-2.0..2.0)).to_bits().to_le_bytes();

@@ -2,7 +2,7 @@
 //! (`ops::matmul::amx`): operands as slices, their lengths checked against what the kernel
 //! reads, and the tile configuration as a session value the kernel calls require.
 //!
-//! A session ([`I8Session`], [`Bf16Session`]) exists only where the process drives AMX
+//! A session ([`I8Session`], [`KsSession`], [`Bf16Session`]) exists only where the process drives AMX
 //! ([`super::available`]) and AVX-512F is present, stays on the thread that began it, and
 //! records on that thread which configuration is loaded: a product runs only while its own
 //! configuration is the thread's current one (a nested session of the other kind would make
@@ -12,6 +12,8 @@ use std::cell::Cell;
 use std::marker::PhantomData;
 
 use super::gemm::{self, ColsI8, Block32, RowsI8, BF16_BTILE, I8_BTILE, I8_KBLOCK};
+use super::ksuper::{self, ColsKs, RowsKs, STEPS, TILE};
+use super::ks_cols::SB_TILES_BYTES;
 use super::rows::BF16_ATILE;
 use super::tile::TileSession;
 
@@ -20,6 +22,7 @@ use super::tile::TileSession;
 enum Config {
     None,
     I8,
+    KSuper,
     Bf16,
 }
 
@@ -30,7 +33,7 @@ thread_local! {
 /// The tile unit may be driven here: AMX for this process, AVX-512F for the int8 kernel's
 /// scaling.
 fn usable() -> bool {
-    super::available() && std::arch::is_x86_feature_detected!("avx512f")
+    super::available() && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512bw")
 }
 
 /// A loaded configuration on this thread; restores the previous one (tiles and record) when
@@ -50,6 +53,7 @@ impl Session {
         let tiles = unsafe {
             match cfg {
                 Config::I8 => gemm::i8_session(),
+                Config::KSuper => ksuper::session(),
                 _ => gemm::bf16_session(),
             }
         };
@@ -138,6 +142,58 @@ impl I8Session {
         // row tiles hold nb blocks of 16 rows with their scales and minimum factors (checked
         // above), so every read of the kernel stays within the slices.
         unsafe { gemm::i8_block(&a, mt, [&w0, &w1], acc) }
+    }
+}
+
+/// An open tile session of the K-quant super-block kernel ([`super::ksuper`]).
+pub struct KsSession(Session);
+
+/// The super-block kernel's column operand: `tiles` column tiles of `nsb` super-blocks
+/// (B tiles, scales and, with minimums, -dmin and minimum pairs), as `ColsKs` lays them out.
+pub struct KsCols<'a> {
+    pub q: &'a [u8],
+    pub d: &'a [f32],
+    pub nmin: &'a [f32],
+    pub mins: &'a [u32],
+    pub nsb: usize,
+}
+
+/// One row tile of the super-block kernel's row operand, as `RowsKs` lays it out.
+pub struct KsRows<'a> {
+    pub q: &'a [u8],
+    pub d: &'a [f32],
+    pub bsums: Option<&'a [u32]>,
+}
+
+impl KsSession {
+    pub fn begin() -> KsSession {
+        KsSession(Session::begin(Config::KSuper))
+    }
+
+    /// Row tiles `rows` against column tile `ct` of `cols` into `acc`'s column half `half`
+    /// (block entries `half` and `2 + half`, overwritten).
+    pub fn block(&self, cols: &KsCols, ct: usize, rows: [&KsRows; 2], acc: &mut Block32, half: usize) {
+        let nsb = cols.nsb;
+        let min = rows[0].bsums.is_some();
+        assert!(half < 2 && rows.iter().all(|r| r.bsums.is_some() == min), "SMEPilot: super-block rows disagree on minimums");
+        assert!(
+            (ct + 1) * nsb * SB_TILES_BYTES <= cols.q.len() && (ct + 1) * nsb * 16 <= cols.d.len() && (!min || ((ct + 1) * nsb * 16 <= cols.nmin.len() && (ct + 1) * nsb * 64 <= cols.mins.len())),
+            "SMEPilot: K-quant column operand too short for tile {ct}"
+        );
+        assert!(
+            rows.iter().all(|r| nsb * STEPS * TILE <= r.q.len() && nsb * 16 <= r.d.len() && r.bsums.is_none_or(|b| nsb * 64 <= b.len())),
+            "SMEPilot: K-quant row tile too short for {nsb} super-blocks"
+        );
+        assert!(self.0.is_current(Config::KSuper), "SMEPilot: K-quant product while another tile configuration is loaded");
+        let c = ColsKs { q: cols.q.as_ptr(), d: cols.d.as_ptr(), nmin: cols.nmin.as_ptr(), mins: cols.mins.as_ptr(), nsb };
+        let raw = |r: &KsRows| RowsKs { q: r.q.as_ptr(), d: r.d.as_ptr(), bsums: r.bsums.map_or(std::ptr::null(), |b| b.as_ptr()) };
+        let (r0, r1) = (raw(rows[0]), raw(rows[1]));
+        let (top, bottom) = acc.0.split_at_mut(2);
+        // SAFETY: this session loaded the kernel's configuration on this thread and it is still
+        // the current one (checked); column tile ct and both row tiles hold nsb super-blocks
+        // with sums exactly where minimums are (checked above), which is all `ks_block` reads;
+        // AVX-512F/VNNI: sessions exist only where `usable` found them.
+        unsafe { ksuper::ks_block(&c, ct, [&r0, &r1], [&mut top[half], &mut bottom[half]]) }
     }
 }
 

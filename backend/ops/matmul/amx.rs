@@ -6,6 +6,10 @@
 //! operand, 512-byte tiles per block; each weight group (64 rows) is staged into the
 //! thread's column tiles (the packed layouts' lanes are tile columns already) and runs
 //! against every pair of activation row tiles, each result row stored contiguously.
+//! K-quant kernel (Q4_K, Q6_K): activations as Q8_K in
+//! 1 KB row tiles per 64-element step; each weight group's integer weights staged per
+//! super-block as hi and lo column tiles (`kernels::amx::ks_cols`), results scaled once per
+//! super-block.
 //! Bf16 kernel: activations rounded to bf16 into B tiles, weight groups unpacked into A
 //! tiles.
 
@@ -15,7 +19,9 @@ use super::product::Product;
 use crate::dtype::DType;
 use crate::threadpool::ThreadCtx;
 use crate::kernels::amx::gemm::{Block32, BF16_BTILE, BF16_KSTEP, I8_BTILE, I8_KBLOCK};
-use crate::kernels::amx::stage::{Bf16Session, I8Cols, I8Session, I8Rows};
+use crate::kernels::amx::ks_cols::{self, ColTile, SB_TILES_BYTES};
+use crate::kernels::amx::ksuper::{STEPS, SUPER, TILE};
+use crate::kernels::amx::stage::{Bf16Session, I8Cols, I8Rows, I8Session, KsCols, KsRows, KsSession};
 use crate::kernels::amx::{self, rows};
 use crate::kernels::packed;
 use crate::tensor::TensorRef;
@@ -35,6 +41,7 @@ impl Amx {
 #[derive(Clone, Copy)]
 pub enum Plan {
     I8 { has_min: bool, layout: I8Layout },
+    Ks { has_min: bool, layout: KsLayout },
     Bf16 { layout: Bf16Layout },
 }
 
@@ -46,6 +53,7 @@ pub struct Session {
 
 enum Tiles {
     I8(I8Session),
+    Ks(KsSession),
     Bf16(Bf16Session),
 }
 
@@ -58,7 +66,10 @@ impl MatrixEngine for Amx {
         if !feasible_type(ty, k) {
             return None;
         }
-        // The int8 engine takes ggml's layout or the packed one (groups staged per tile).
+        // The int8 engines take ggml's layout or the packed one (groups staged per tile).
+        if let (true, Some(has_min)) = (int8_engine_on() && ks_kernel(ty, k), ks_cols::ks_weight(ty)) {
+            return Some(Plan::Ks { has_min, layout: KsLayout::new(k, m, has_min) });
+        }
         if let (true, Some(has_min)) = (int8_engine_on(), rows::i8_weight(ty)) {
             return Some(Plan::I8 { has_min, layout: I8Layout::new(ty, k, m) });
         }
@@ -68,6 +79,7 @@ impl MatrixEngine for Amx {
     fn acts_bytes(&self, plan: &Plan) -> usize {
         match plan {
             Plan::I8 { layout: l, .. } => l.acts_bytes,
+            Plan::Ks { layout: l, .. } => l.acts_bytes,
             Plan::Bf16 { layout: l } => l.acts_bytes,
         }
     }
@@ -75,6 +87,7 @@ impl MatrixEngine for Amx {
     fn thread_bytes(&self, plan: &Plan) -> usize {
         match plan {
             Plan::I8 { layout: l, .. } => l.thread_bytes,
+            Plan::Ks { layout: l, .. } => l.thread_bytes,
             Plan::Bf16 { layout: l } => l.thread_bytes,
         }
     }
@@ -82,6 +95,7 @@ impl MatrixEngine for Amx {
     fn prepare_acts(&self, plan: &Plan, p: &Product, ctx: &ThreadCtx) {
         match plan {
             Plan::I8 { has_min, layout } => i8_acts(p, ctx, layout, *has_min),
+            Plan::Ks { has_min, layout } => ks_acts(p, ctx, layout, *has_min),
             Plan::Bf16 { layout } => bf16_acts(p, ctx, layout),
         }
     }
@@ -91,6 +105,7 @@ impl MatrixEngine for Amx {
         // check again; they restore the thread's previous tile configuration when dropped.
         let tiles = match plan {
             Plan::I8 { .. } => Tiles::I8(I8Session::begin()),
+            Plan::Ks { .. } => Tiles::Ks(KsSession::begin()),
             Plan::Bf16 { .. } => Tiles::Bf16(Bf16Session::begin()),
         };
         Session { tiles, acc: Block32::new() }
@@ -99,6 +114,7 @@ impl MatrixEngine for Amx {
     fn weight_group(&self, plan: &Plan, session: &mut Session, p: &Product, ctx: &ThreadCtx, g: usize) {
         match (plan, &session.tiles) {
             (Plan::I8 { has_min, layout }, Tiles::I8(t)) => i8_group(p, ctx, t, layout, *has_min, g, &mut session.acc),
+            (Plan::Ks { has_min, layout }, Tiles::Ks(t)) => ks_group(p, ctx, t, layout, *has_min, g, &mut session.acc),
             (Plan::Bf16 { layout }, Tiles::Bf16(t)) => bf16_group(p, ctx, t, layout, g, &mut session.acc),
             _ => unreachable!("a session of the plan's kernel"),
         }
@@ -112,9 +128,17 @@ fn int8_engine_on() -> bool {
     }
 }
 
-/// Whether 2-D products of `ty` weights run on the int8 tile engine (else the bf16 one).
+/// Whether 2-D products of `ty` weights run on an int8 tile kernel (else the bf16 one).
 pub fn int8_engine(ty: DType) -> bool {
-    int8_engine_on() && rows::i8_weight(ty).is_some()
+    int8_engine_on() && (rows::i8_weight(ty).is_some() || ks_cols::ks_weight(ty).is_some())
+}
+
+/// Whether the K-quant super-block kernel takes `ty` weights with `k` columns: Q4_K and Q6_K,
+/// whose packed groups it stages with AVX-512 (Q4_K on it: pp512 of the Qwen3-30B-A3B shape
+/// in Q4_K_M 12% faster than on the per-32-block kernel). Q5_K, without a packed layout,
+/// stays on the per-32-block kernel.
+fn ks_kernel(ty: DType, k: usize) -> bool {
+    k.is_multiple_of(SUPER) && matches!(ty, DType::Q4_K | DType::Q6_K)
 }
 
 /// Tests pick the engine per run instead of per process (SMEPILOT_AMX_INT8 is read once).
@@ -138,14 +162,14 @@ pub mod test_engine {
 
 /// Whether the tile kernels take 2-D products of `ty` weights with `k` columns.
 ///
-/// Q6_K has no int8 kernel (its scales cover 16 elements, half a block) and on the bf16
-/// one misses the accuracy bound (Qwen3-30B-A3B's shape in Q4_K_M: same top token 94.4%
-/// against stock-alt's 94.7%; with Q6_K on the vector kernels 95.8%), so its products
-/// stay on the vector kernels unless `SMEPILOT_AMX_INT8=0` puts every quantized type on
-/// the bf16 kernel.
+/// Q6_K runs on the super-block kernel; on the bf16 one it misses the accuracy bound
+/// (Qwen3-30B-A3B's shape in Q4_K_M: same top token 94.4% against stock-alt's 94.7%; with
+/// Q6_K on the vector kernels 95.8%), which `SMEPILOT_AMX_INT8=0` accepts for every
+/// quantized type.
 pub fn feasible_type(ty: DType, k: usize) -> bool {
+    let ks = int8_engine_on() && ks_kernel(ty, k);
     let bf16 = rows::bf16_weight(ty) && (ty != DType::Q6_K || !int8_engine_on());
-    k.is_multiple_of(32) && (bf16 || rows::i8_weight(ty).is_some())
+    k.is_multiple_of(32) && (ks || bf16 || rows::i8_weight(ty).is_some())
 }
 
 fn align64(x: usize) -> usize {
@@ -204,6 +228,40 @@ impl I8Layout {
             wm_off,
             rows_off,
         }
+    }
+}
+
+/// Scratch of the K-quant path. Shared: the activation rows as Q8_K values in the kernel's
+/// row tiles (per row tile, super-block and step one 1 KB tile; zero rows up to whole pairs
+/// of row tiles), then per row tile and super-block their scales and, with minimums, their
+/// 32-element sums in pairs. Per thread: the weight group's column tiles, scales, -dmin
+/// and minimum pairs, and a quantized activation row.
+#[derive(Clone, Copy)]
+pub struct KsLayout {
+    nsb: usize,
+    row_bytes: usize,
+    d_off: usize,
+    b_off: usize,
+    acts_bytes: usize,
+    wd_off: usize,
+    wn_off: usize,
+    wm_off: usize,
+    act_row_off: usize,
+    thread_bytes: usize,
+}
+
+impl KsLayout {
+    fn new(k: usize, m: usize, has_min: bool) -> KsLayout {
+        let (nsb, mt) = (k / SUPER, m_tiles(m));
+        let d_off = mt * nsb * STEPS * TILE;
+        let b_off = d_off + align64(mt * nsb * 16 * 4);
+        let acts_bytes = b_off + if has_min { align64(mt * nsb * 64 * 4) } else { 0 };
+        let wd_off = GROUP_TILES * nsb * SB_TILES_BYTES;
+        let wn_off = wd_off + align64(GROUP_TILES * nsb * 16 * 4);
+        let wm_off = wn_off + align64(GROUP_TILES * nsb * 16 * 4);
+        let act_row_off = wm_off + align64(GROUP_TILES * nsb * 64 * 4);
+        let row_bytes = DType::Q8_K.row_bytes(k);
+        KsLayout { nsb, row_bytes, d_off, b_off, acts_bytes, wd_off, wn_off, wm_off, act_row_off, thread_bytes: act_row_off + align64(row_bytes) }
     }
 }
 
@@ -379,6 +437,108 @@ fn i8_group(p: &Product, ctx: &ThreadCtx, tiles: &I8Session, l: &I8Layout, has_m
             let n0 = (tile0 + tp) * 16;
             let rows_n = (n - n0).min(if tp + 1 < used { 32 } else { 16 });
             tiles.block(&cols, tp, [&pair[0], &pair[1]], acc);
+            for i in 0..rows_m {
+                // Columns n0 .. n0 + rows_n are this group's, which the queue gave this
+                // thread alone.
+                acc.copy_row(i, p.out(mt * 16 + i, n0, rows_n));
+            }
+        }
+    }
+}
+
+/// Phase 1 of the K-quant path: this thread's activation row tiles quantized as ggml-cpu
+/// does (Q8_K) into the shared row tiles, with their scales and 32-element sums.
+fn ks_acts(p: &Product, ctx: &ThreadCtx, l: &KsLayout, has_min: bool) {
+    let (m, at, nsb) = (p.m, p.acts_at, l.nsb);
+    let quantize = ctx.kernels.kernels(DType::Q8_K).unwrap().from_f32.unwrap();
+    let (t0, t1) = split_range(m_tiles(m), ctx.ith, ctx.nth);
+    let per_tile = nsb * STEPS * TILE;
+    // Row tiles t0 .. t1 are this thread's: contiguous ranges of each shared area.
+    let tiles = ctx.shared_mut::<u8>(at + t0 * per_tile, (t1 - t0) * per_tile);
+    let act_d = ctx.shared_mut::<f32>(at + l.d_off + t0 * nsb * 16 * 4, (t1 - t0) * nsb * 16);
+    let mut sums = has_min.then(|| ctx.shared_mut::<u32>(at + l.b_off + t0 * nsb * 64 * 4, (t1 - t0) * nsb * 64));
+    let area = ctx.thread_area(p.threads_at, l.thread_bytes);
+    let row = area.carve::<u8>(l.act_row_off, l.row_bytes);
+    let bb = DType::Q8_K.block_bytes();
+    for r in t0 * 16..t1 * 16 {
+        let (mt, i) = (r / 16 - t0, r % 16);
+        if r < m {
+            quantize(p.x_row(r), row);
+        } else {
+            row.fill(0);
+        }
+        for sb in 0..nsb {
+            // block_q8_K: f32 d, 256 int8, 16 i16 sums of 16.
+            let blk = &row[sb * bb..(sb + 1) * bb];
+            act_d[(mt * nsb + sb) * 16 + i] = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+            for s in 0..STEPS {
+                tiles[(mt * nsb + sb) * STEPS * TILE + s * TILE + 64 * i..][..64].copy_from_slice(&blk[4 + 64 * s..4 + 64 * (s + 1)]);
+            }
+            if let Some(sums) = sums.as_mut() {
+                let b16 = |j: usize| i16::from_le_bytes([blk[260 + 2 * j], blk[261 + 2 * j]]) as i32;
+                // A 32-element sum is at most 32 x 127: an i16.
+                let b32 = |j: usize| (b16(2 * j) + b16(2 * j + 1)) as i16 as u16 as u32;
+                for pr in 0..4 {
+                    sums[((mt * nsb + sb) * 16 + i) * 4 + pr] = b32(2 * pr) | b32(2 * pr + 1) << 16;
+                }
+            }
+        }
+    }
+}
+
+/// Weight group `g` staged into the K-quant kernel's column tiles, then every pair of
+/// activation row tiles against them, each result row stored straight into its output row.
+/// The caller holds a K-quant tile session and has passed the barrier after `ks_acts`.
+fn ks_group(p: &Product, ctx: &ThreadCtx, tiles: &KsSession, l: &KsLayout, has_min: bool, g: usize, acc: &mut Block32) {
+    let w = &p.w;
+    let (k, n, m, at, nsb) = (w.ne[0], w.ne[1], p.m, p.acts_at, l.nsb);
+    let tile0 = g * GROUP_TILES;
+    let used = (n.div_ceil(16) - tile0).min(GROUP_TILES);
+    let area = ctx.thread_area(p.threads_at, l.thread_bytes);
+    let cq = area.carve::<u8>(0, GROUP_TILES * nsb * SB_TILES_BYTES);
+    let wd = area.carve::<f32>(l.wd_off, GROUP_TILES * nsb * 16);
+    let wn = area.carve::<f32>(l.wn_off, GROUP_TILES * nsb * 16);
+    let wm = area.carve::<u32>(l.wm_off, GROUP_TILES * nsb * 64);
+    for j in 0..used {
+        let mut ct = ColTile {
+            q: &mut cq[j * nsb * SB_TILES_BYTES..][..nsb * SB_TILES_BYTES],
+            d: &mut wd[j * nsb * 16..][..nsb * 16],
+            nmin: &mut wn[j * nsb * 16..][..nsb * 16],
+            mins: &mut wm[j * nsb * 64..][..nsb * 64],
+        };
+        let r0 = (tile0 + j) * 16;
+        match &w.packed {
+            // Tile sessions exist only with AVX-512BW, which the packed stager needs.
+            Some(pk) => ks_cols::stage_packed(pk.layout, pk.group(k, r0 / 16), nsb, &mut ct).expect("a K-quant packed layout, AVX-512BW"),
+            None => {
+                let (rs, nrows) = weight_rows(w, r0);
+                ks_cols::stage_rows(w.ty, &rs[..nrows], nsb, &mut ct);
+            }
+        }
+    }
+    let cols = KsCols { q: cq, d: wd, nmin: wn, mins: wm, nsb };
+    let mtl = m_tiles(m);
+    let per_tile = nsb * STEPS * TILE;
+    // Written by every thread before the barrier, read-only now.
+    let act_tiles = ctx.shared::<u8>(at, mtl * per_tile);
+    let act_d = ctx.shared::<f32>(at + l.d_off, mtl * nsb * 16);
+    let sums = has_min.then(|| ctx.shared::<u32>(at + l.b_off, mtl * nsb * 64));
+    let row_tile = |t: usize| KsRows {
+        q: &act_tiles[t * per_tile..(t + 1) * per_tile],
+        d: &act_d[t * nsb * 16..(t + 1) * nsb * 16],
+        bsums: sums.map(|s| &s[t * nsb * 64..(t + 1) * nsb * 64]),
+    };
+    for mt in (0..m.div_ceil(16)).step_by(2) {
+        let rows_m = (m - mt * 16).min(32);
+        // m_tiles rounds up to pairs: tile mt + 1 exists (zero rows past m).
+        let pair = [row_tile(mt), row_tile(mt + 1)];
+        for tp in (0..used).step_by(2) {
+            let n0 = (tile0 + tp) * 16;
+            let rows_n = (n - n0).min(if tp + 1 < used { 32 } else { 16 });
+            tiles.block(&cols, tp, [&pair[0], &pair[1]], acc, 0);
+            if tp + 1 < used {
+                tiles.block(&cols, tp + 1, [&pair[0], &pair[1]], acc, 1);
+            }
             for i in 0..rows_m {
                 // Columns n0 .. n0 + rows_n are this group's, which the queue gave this
                 // thread alone.
