@@ -361,14 +361,20 @@ fn i8_acts(p: &Product, ctx: &ThreadCtx, l: &I8Layout, has_min: bool) {
     let act_d = ctx.shared_mut::<f32>(at + l.d_off + t0 * nb * 16 * 4, (t1 - t0) * nb * 16);
     let act_s = ctx.shared_mut::<f32>(at + l.s_off + t0 * nb * 16 * 4, (t1 - t0) * nb * 16);
     let area = ctx.thread_area(p.threads_at, l.thread_bytes);
-    let row = area.carve::<u8>(l.act_row_off, l.row_bytes);
+    let qrow = area.carve::<u8>(l.act_row_off, l.row_bytes);
     for r in t0 * 16..t1 * 16 {
         let (mt, i) = (r / 16 - t0, r % 16);
-        if r < m {
-            quantize(p.x_row(r), row);
-        } else {
-            row.fill(0);
-        }
+        let row: &[u8] = match (r < m).then(|| p.converted_row(r, l.act)).flatten() {
+            Some(c) => c,
+            None if r < m => {
+                quantize(p.x_row(r), qrow);
+                &*qrow
+            }
+            None => {
+                qrow.fill(0);
+                &*qrow
+            }
+        };
         for b in 0..nb {
             let (d, s, q) = act_block(l.act, row, b);
             act_d[(mt * nb + b) * 16 + i] = d;
@@ -458,15 +464,21 @@ fn ks_acts(p: &Product, ctx: &ThreadCtx, l: &KsLayout, has_min: bool) {
     let act_d = ctx.shared_mut::<f32>(at + l.d_off + t0 * nsb * 16 * 4, (t1 - t0) * nsb * 16);
     let mut sums = has_min.then(|| ctx.shared_mut::<u32>(at + l.b_off + t0 * nsb * 64 * 4, (t1 - t0) * nsb * 64));
     let area = ctx.thread_area(p.threads_at, l.thread_bytes);
-    let row = area.carve::<u8>(l.act_row_off, l.row_bytes);
+    let qrow = area.carve::<u8>(l.act_row_off, l.row_bytes);
     let bb = DType::Q8_K.block_bytes();
     for r in t0 * 16..t1 * 16 {
         let (mt, i) = (r / 16 - t0, r % 16);
-        if r < m {
-            quantize(p.x_row(r), row);
-        } else {
-            row.fill(0);
-        }
+        let row: &[u8] = match (r < m).then(|| p.converted_row(r, DType::Q8_K)).flatten() {
+            Some(c) => c,
+            None if r < m => {
+                quantize(p.x_row(r), qrow);
+                &*qrow
+            }
+            None => {
+                qrow.fill(0);
+                &*qrow
+            }
+        };
         for sb in 0..nsb {
             // block_q8_K: f32 d, 256 int8, 16 i16 sums of 16.
             let blk = &row[sb * bb..(sb + 1) * bb];

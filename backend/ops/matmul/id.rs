@@ -9,8 +9,9 @@
 //! Experts with at least the plan's row count (the planner's crossover for this shape
 //! between one matrix-unit driver and one vector thread) run on the matrix engine, the
 //! others on the vector kernels, all from one work queue of (expert, weight group) items:
-//! activations are converted once before a single barrier (b's rows for the vector
-//! kernels, each unit expert's rows into the engine's layout), and experts with many rows
+//! b's rows are converted once for the vector kernels, then, after a barrier, copied into
+//! each unit expert's engine layout (converted again only where the engine's format
+//! differs) before a second barrier; experts with many rows
 //! and experts with few balance without a barrier between them. Threads that do not drive
 //! the unit (a shared unit) take items from the back and run them on the vector kernels.
 //! Unit experts whose activations exceed the scratch's budget run in several rounds.
@@ -223,6 +224,7 @@ fn run<E: MatrixEngine>(node: &Node, ctx: &ThreadCtx, map: &RowMap, acts: Option
     let (w, b, d) = (node.src(0), node.src(1), &node.dst);
     let (k, n, n_exp) = (w.ne[0], w.ne[1], w.ne[2]);
     let product = |e: usize, acts_at: usize, threads_at: usize| Product::of_pairs(expert(node, e), b, d, map.pairs(e), acts_at, threads_at);
+
     let active = (0..n_exp).filter(|&e| !map.pairs(e).is_empty());
     // Unit experts with their plans, and their rounds (consecutive runs within the budget).
     let mut on_unit: Vec<(usize, E::Plan, usize)> = Vec::new();
@@ -253,6 +255,12 @@ fn run<E: MatrixEngine>(node: &Node, ctx: &ThreadCtx, map: &RowMap, acts: Option
     if rounds.is_empty() {
         rounds.push(0..0);
     }
+    // The unit's experts copy b's rows as the vector kernels converted them (the same
+    // quantizer), once every thread's share is written (every thread makes the same plan).
+    let converted = acts.filter(|_| !on_unit.is_empty()).map(|a| {
+        ctx.barrier();
+        a.converted(ctx)
+    });
     if ctx.ith == 0 {
         ctx.report(((on_unit.len() as u64) << 32) | vector.len() as u64);
     }
@@ -267,7 +275,7 @@ fn run<E: MatrixEngine>(node: &Node, ctx: &ThreadCtx, map: &RowMap, acts: Option
     for (ri, round) in rounds.iter().enumerate() {
         let last = ri + 1 == rounds.len();
         let experts = &on_unit[round.clone()];
-        let prods: Vec<Product> = experts.iter().map(|(e, _, at)| product(*e, *at, threads_at)).collect();
+        let prods: Vec<Product> = experts.iter().map(|(e, _, at)| product(*e, *at, threads_at).with_converted(converted)).collect();
         if ri > 0 {
             // Every item of the previous round is done (the caller's barrier): its
             // activations can be overwritten and its queue started again.

@@ -291,6 +291,7 @@ const GEMV_CHUNK_GROUPS: usize = packed::DECODE_GROUPS;
 /// `base`: row r at `base + r * stride`, then (for Q8_0 activations) each row's per-block
 /// quant sums.
 pub(super) struct VectorActs {
+    ty: DType,
     base: usize,
     stride: usize,
     bytes: usize,
@@ -311,6 +312,12 @@ struct ActsView<'c> {
 impl VectorActs {
     fn sums_off(&self) -> usize {
         self.base + self.stride * self.m
+    }
+
+    /// The converted rows for an engine that quantizes to the same format (read after the
+    /// barrier that follows their conversion).
+    pub(super) fn converted<'c>(&self, ctx: &'c ThreadCtx) -> product::ConvertedRows<'c> {
+        product::ConvertedRows { ty: self.ty, rows: ctx.shared::<u8>(self.base, self.stride * self.m), stride: self.stride, bytes: self.bytes }
     }
 
     /// The rows (and sums), which `prepare_vector_acts` filled on every thread before a
@@ -345,6 +352,7 @@ pub(super) fn prepare_vector_acts(node: &Node, ctx: &ThreadCtx, base: usize) -> 
     let (k, m) = (w.ne[0], x.nrows());
     let (vdt, stride, _) = act_layout(node).expect("F32 weights never reach the row kernels");
     let acts = VectorActs {
+        ty: vdt,
         base,
         stride,
         bytes: vdt.row_bytes(k),

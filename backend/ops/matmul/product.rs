@@ -5,7 +5,19 @@
 //! the same code as a plain product.
 
 use super::super::Node;
+use crate::dtype::DType;
 use crate::tensor::TensorRef;
+
+/// x's rows already converted to an activation format (MUL_MAT_ID's vector-path rows),
+/// which an engine quantizing to the same format copies instead of converting again: row r
+/// (x's flattened row index) at `rows[r * stride ..][.. bytes]`.
+#[derive(Clone, Copy)]
+pub struct ConvertedRows<'a> {
+    pub ty: DType,
+    pub rows: &'a [u8],
+    pub stride: usize,
+    pub bytes: usize,
+}
 
 pub struct Product<'a> {
     /// The weights, [k, n] (one expert's for MUL_MAT_ID, with its part of the packed copy).
@@ -17,6 +29,7 @@ pub struct Product<'a> {
     /// MUL_MAT_ID: row i is pair i, read from x's row (slot % x.ne[1], token) and written
     /// to dst's row (slot, token). None: row i of both.
     pairs: Option<&'a [(u32, u32)]>,
+    converted: Option<ConvertedRows<'a>>,
     /// Byte offsets in the node's scratch of the engine's shared activations and of its
     /// per-thread areas.
     pub acts_at: usize,
@@ -26,13 +39,26 @@ pub struct Product<'a> {
 impl<'a> Product<'a> {
     /// A 2-D MUL_MAT node (`matmul::two_d`).
     pub fn of_node(node: &'a Node, acts_at: usize, threads_at: usize) -> Product<'a> {
-        Product { w: *node.src(0), m: node.src(1).ne[1], x: node.src(1), dst: &node.dst, pairs: None, acts_at, threads_at }
+        Product { w: *node.src(0), m: node.src(1).ne[1], x: node.src(1), dst: &node.dst, pairs: None, converted: None, acts_at, threads_at }
     }
 
     /// The rows of `pairs` of MUL_MAT_ID's activations `x` ([k, slots or 1, tokens]) and
     /// output `dst` ([n, slots, tokens]), by one expert's weights `w`.
     pub fn of_pairs(w: TensorRef, x: &'a TensorRef, dst: &'a TensorRef, pairs: &'a [(u32, u32)], acts_at: usize, threads_at: usize) -> Product<'a> {
-        Product { w, m: pairs.len(), x, dst, pairs: Some(pairs), acts_at, threads_at }
+        Product { w, m: pairs.len(), x, dst, pairs: Some(pairs), converted: None, acts_at, threads_at }
+    }
+
+    /// The product reading its activation rows, where an engine wants them in `converted`'s
+    /// format, from `converted` (written before a barrier every reader has passed).
+    pub fn with_converted(self, converted: Option<ConvertedRows<'a>>) -> Product<'a> {
+        Product { converted, ..self }
+    }
+
+    /// Activation row i already in format `ty`, if the product carries such rows.
+    #[inline(always)]
+    pub fn converted_row(&self, i: usize, ty: DType) -> Option<&'a [u8]> {
+        let c = self.converted.filter(|c| c.ty == ty)?;
+        Some(&c.rows[self.x_index(i) * c.stride..][..c.bytes])
     }
 
     pub fn k(&self) -> usize {
