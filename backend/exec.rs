@@ -236,6 +236,9 @@ impl Executor {
                 if matches!(node.op, Op::MulMatId) {
                     line.push_str(&trace::experts_note(&plan, self.notes[i].load(Ordering::Relaxed)));
                 }
+                if matches!(node.op, Op::FlashAttn { .. }) && crate::ops::attention::takes_tile_path(node, self.kernels) {
+                    line.push_str(" products=tiles");
+                }
                 eprintln!("{line}");
                 summary.add(&r);
                 ops_run += 1;

@@ -3,11 +3,16 @@
 //!
 //! Two paths:
 //! * blocked (prefill: 16 or more queries, on the fast kernel tier): K and V of every head
-//!   converted once per call to f32 (K transposed per 16-key block), then 16-query blocks
-//!   taken from the node's work queue. Each block runs ggml-cpu's tiled algorithm in its
-//!   exact operation order, so results are bit-identical to the CPU backend's: f32 Q, keys in
-//!   tiles of 64 (a tile the mask hides from every query of the block is skipped), online
-//!   softmax across tiles (ggml's exp, per-tile sums in f64), P V accumulated per tile;
+//!   converted once per call, then 16-query blocks taken from the node's work queue. Each
+//!   block runs ggml-cpu's tiled algorithm: keys in tiles of 64 (a tile the mask hides from
+//!   every query of the block is skipped), online softmax across tiles (ggml's exp, per-tile
+//!   sums in f64), P V accumulated per tile. Its products run in one of two forms:
+//!   - on the vector units (`KvForm::F32`: K and V to f32, K transposed per 16-key block), in
+//!     ggml-cpu's exact operation order, so results are bit-identical to the CPU backend's;
+//!   - on the AMX tiles (`KvForm::Tiles`, where the process drives AMX, unless
+//!     `SMEPILOT_AMX_ATTN=0`): K and V split into bf16 hi and lo halves in tile layout,
+//!     Q and P split per block, three tile products per operand pair
+//!     (`kernels::amx::attn`), f32 sums in another order;
 //! * per query row (decode, and the portable reference): Q rounded to f16 as ggml-cpu does,
 //!   two passes over the keys, V accumulated in f32.
 
@@ -90,9 +95,21 @@ fn per_thread(node: &Node) -> (usize, usize, usize) {
 /// per-row path rather than a scratch area this large).
 const BLOCKED_KV_MAX_BYTES: usize = 256 << 20;
 
-/// The blocked path's scratch: f32 K and V of every head (`kv` bytes), then `per_thread`
-/// bytes per thread; `n_kb` 16-key blocks.
+/// How the blocked path holds K and V and runs its products.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KvForm {
+    /// f32 K (transposed per 16-key block) and V, vector kernels.
+    F32,
+    /// bf16 hi / lo tile pairs (`kernels::amx::attn`): per head, K per 16-key block and
+    /// 32-dimension step, V per 32-key step and 16-channel block.
+    #[cfg(target_arch = "x86_64")]
+    Tiles,
+}
+
+/// The blocked path's scratch: K and V of every head in `form` (`kv` bytes), then
+/// `per_thread` bytes per thread; `n_kb` 16-key blocks.
 struct BlockedLayout {
+    form: KvForm,
     n_kb: usize,
     k_head: usize,
     v_head: usize,
@@ -105,19 +122,45 @@ struct BlockedLayout {
 const KV_TILE: usize = 64;
 const BLOCKS_PER_TILE: usize = KV_TILE / BLOCK;
 
+/// The tile form where the process drives AMX and allows it, for head sizes the tiles
+/// take (K's a multiple of a 32-element step).
+fn tile_form(dk: usize, ks: &KernelSet) -> Option<KvForm> {
+    #[cfg(target_arch = "x86_64")]
+    if ks.matrix == Some(crate::kernels::registry::MatrixUnit::Amx)
+        && crate::kernels::amx::available()
+        && dk.is_multiple_of(32)
+        && crate::config::get().is_ok_and(|c| c.amx_attn)
+    {
+        return Some(KvForm::Tiles);
+    }
+    let _ = (dk, ks);
+    None
+}
+
 fn blocked(node: &Node, ks: &KernelSet) -> Option<BlockedLayout> {
     let (q, k, v) = (node.src(0), node.src(1), node.src(2));
     let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
     if q.ne[1] < BLOCK || !ks.attn.blocked || !dv.is_multiple_of(16) {
         return None;
     }
+    let form = tile_form(dk, ks).unwrap_or(KvForm::F32);
     // Whole tiles: the last one's missing keys are zeros, as in ggml.
     let n_kb = n_kv.div_ceil(KV_TILE) * BLOCKS_PER_TILE;
-    let (k_head, v_head) = (n_kb * BLOCK * dk * 4, n_kb * BLOCK * dv * 4);
+    // Q block, one tile's scores / weights of 16 rows, output block (and for the tiles Q's
+    // and P's pairs).
+    let mut per_thread = (BLOCK * dk + BLOCK * KV_TILE + BLOCK * dv) * 4;
+    let (k_head, v_head) = match form {
+        KvForm::F32 => (n_kb * BLOCK * dk * 4, n_kb * BLOCK * dv * 4),
+        #[cfg(target_arch = "x86_64")]
+        KvForm::Tiles => {
+            use crate::kernels::amx::attn::{PAIR, STEP};
+            per_thread += (dk / STEP + KV_TILE / STEP) * PAIR;
+            (n_kb * (dk / STEP) * PAIR, n_kb * BLOCK / STEP * (dv / 16) * PAIR)
+        }
+    };
     let kv = k_head * k.ne[2] * k.ne[3] + v_head * v.ne[2] * v.ne[3];
-    // Q block, one tile's scores / weights of 16 rows, output block.
-    let per_thread = (BLOCK * dk + BLOCK * KV_TILE + BLOCK * dv) * 4;
     (kv <= BLOCKED_KV_MAX_BYTES).then_some(BlockedLayout {
+        form,
         n_kb,
         k_head,
         v_head,
@@ -129,6 +172,11 @@ fn blocked(node: &Node, ks: &KernelSet) -> Option<BlockedLayout> {
 /// Whether the node takes the blocked path (prefill) rather than the per-row one.
 pub fn takes_blocked_path(node: &Node, ks: &KernelSet) -> bool {
     blocked(node, ks).is_some()
+}
+
+/// Whether the node's products run on the matrix unit's tiles (the blocked path's tile form).
+pub fn takes_tile_path(node: &Node, ks: &KernelSet) -> bool {
+    blocked(node, ks).is_some_and(|b| b.form != KvForm::F32)
 }
 
 pub fn scratch_bytes(node: &Node, nth: usize, ks: &KernelSet) -> usize {
@@ -239,40 +287,18 @@ fn flash_attn_blocked(
     let n_kb = b.n_kb;
     let f16_to_f32 = ctx.kernels.kernels(DType::F16).unwrap().to_f32;
     let attn = &ctx.kernels.attn;
-    let kw = n_kb * BLOCK; // keys, padded
     let (n_kh, n_vh) = (k.ne[2] * k.ne[3], v.ne[2] * v.ne[3]);
     // Byte offsets in the shared scratch of head hk's K and head hv's V.
     let k_at = |hk: usize| hk * b.k_head;
     let v_at = |hv: usize| n_kh * b.k_head + hv * b.v_head;
 
-    // Phase 1: K (transposed per key block) and V of every head to f32, heads split.
+    // Phase 1: K and V of every head into the form's layout, heads split.
     let (t0, t1) = split_range(n_kh + n_vh, ctx.ith, ctx.nth);
     for t in t0..t1 {
-        if t < n_kh {
-            // Head t's area of k_head bytes is this thread's (the split above).
-            let kt = ctx.shared_mut::<f32>(k_at(t), kw * dk);
-            kt.fill(0.0);
-            let mut row = [0f32; BLOCK];
-            for ic in 0..n_kv {
-                let (kb, j) = (ic / BLOCK, ic % BLOCK);
-                for d0 in (0..dk).step_by(BLOCK) {
-                    let nd = (dk - d0).min(BLOCK);
-                    // K rows hold dk f16 (supports).
-                    f16_to_f32(&k.row::<u8>(ic, t % k.ne[2], t / k.ne[2])[2 * d0..2 * (d0 + nd)], &mut row[..nd]);
-                    for (dd, &x) in row[..nd].iter().enumerate() {
-                        kt[(kb * dk + d0 + dd) * BLOCK + j] = x;
-                    }
-                }
-            }
-        } else {
-            let hv = t - n_kh;
-            // As above, head hv's V area.
-            let vf = ctx.shared_mut::<f32>(v_at(hv), kw * dv);
-            vf[n_kv * dv..].fill(0.0);
-            for ic in 0..n_kv {
-                // V rows hold dv f16 (supports).
-                f16_to_f32(&v.row::<u8>(ic, hv % v.ne[2], hv / v.ne[2])[..2 * dv], &mut vf[ic * dv..(ic + 1) * dv]);
-            }
+        match b.form {
+            KvForm::F32 => f32_head(node, ctx, b, t, f16_to_f32),
+            #[cfg(target_arch = "x86_64")]
+            KvForm::Tiles => tiles::convert_head(node, ctx, t, b.n_kb, if t < n_kh { k_at(t) } else { v_at(t - n_kh) }, if t < n_kh { b.k_head } else { b.v_head }),
         }
     }
     ctx.barrier();
@@ -282,6 +308,8 @@ fn flash_attn_blocked(
     let qb = area.carve::<f32>(0, BLOCK * dk);
     let sp = area.carve::<f32>(BLOCK * dk * 4, BLOCK * KV_TILE);
     let ob = area.carve::<f32>((BLOCK * dk + BLOCK * KV_TILE) * 4, BLOCK * dv);
+    // The tile form's Q and P pairs, after those.
+    let tile_area = area.carve::<u8>((BLOCK * dk + BLOCK * KV_TILE + BLOCK * dv) * 4, b.per_thread - (BLOCK * dk + BLOCK * KV_TILE + BLOCK * dv) * 4);
     let n_tiles = n_kb / BLOCKS_PER_TILE;
     let n_qb = n_q.div_ceil(BLOCK);
     let tasks = n_qb * n_head * q.ne[3];
@@ -295,9 +323,7 @@ fn flash_attn_blocked(
         let slope = alibi_slope(max_bias, n_head, iq2);
         let (ik2, ik3) = (iq2 / (n_head / k.ne[2]), iq3 / (q.ne[3] / k.ne[3]));
         let (iv2, iv3) = (iq2 / (n_head / v.ne[2]), iq3 / (q.ne[3] / v.ne[3]));
-        // Written in phase 1, read-only now.
-        let kt = ctx.shared::<f32>(k_at(ik3 * k.ne[2] + ik2), kw * dk);
-        let vf = ctx.shared::<f32>(v_at(iv3 * v.ne[2] + iv2), kw * dv);
+        let (hk, hv) = (ik3 * k.ne[2] + ik2, iv3 * v.ne[2] + iv2);
         // Q rows in f32 (ggml's tiled path does not round them), padding rows zero.
         qb.fill(0.0);
         for i in 0..rows {
@@ -314,7 +340,8 @@ fn flash_attn_blocked(
         let mut m_run = [f32::NEG_INFINITY; BLOCK];
         let mut s_run = [0f32; BLOCK];
         ob.fill(0.0);
-        let mut s = [[0f32; BLOCK]; BLOCK];
+        let mut products = Products::new(b.form, ctx, b, qb, k_at(hk), v_at(hv), dk, dv, tile_area);
+        let mut s = [0f32; BLOCK * KV_TILE];
         for t in 0..n_tiles {
             let keys = t * KV_TILE..((t + 1) * KV_TILE).min(n_kv);
             let hidden = mask.is_some()
@@ -325,19 +352,17 @@ fn flash_attn_blocked(
             if hidden {
                 continue;
             }
+            products.scores(t, n_kv, &mut s);
             for bt in 0..BLOCKS_PER_TILE {
                 let kb = t * BLOCKS_PER_TILE + bt;
                 let (k0, nk) = (kb * BLOCK, n_kv.saturating_sub(kb * BLOCK).min(BLOCK));
-                if nk > 0 {
-                    (attn.scores_block)(qb, dk, &kt[kb * BLOCK * dk..(kb + 1) * BLOCK * dk], &mut s);
-                }
                 for i in 0..rows {
                     let out = &mut sp[i * KV_TILE + bt * BLOCK..][..BLOCK];
                     if nk == 0 {
                         out.fill(f32::NEG_INFINITY);
                         continue;
                     }
-                    let mut si = s[i];
+                    let mut si: [f32; BLOCK] = s[i * KV_TILE + bt * BLOCK..][..BLOCK].try_into().expect("a block of scores");
                     let sc = if softcap != 0.0 {
                         si.iter_mut()
                             .for_each(|x| *x = (*x * scale).tanh() * softcap);
@@ -373,7 +398,7 @@ fn flash_attn_blocked(
                 s_run[i] = (s_run[i] as f64 + (ctx.kernels.vmath.soft_max)(row, m_new)) as f32;
             }
             let live = n_kv.saturating_sub(t * KV_TILE).min(KV_TILE);
-            (attn.pv_block)(sp, KV_TILE, live, &vf[t * KV_TILE * dv..], dv, ob);
+            products.pv(t, live, sp, ob);
         }
         for i in 0..rows {
             if let Some(sk) = sinks.map(|sk| sk[iq2]) {
@@ -393,6 +418,181 @@ fn flash_attn_blocked(
             for (o, &a) in out.iter_mut().zip(&ob[i * dv..(i + 1) * dv]) {
                 *o = a * inv;
             }
+        }
+    }
+}
+
+/// Phase 1 of the vector form for head t (K heads first, then V heads): K transposed per
+/// 16-key block, and V, to f32 in head t's area of the shared scratch.
+fn f32_head(node: &Node, ctx: &ThreadCtx, b: &BlockedLayout, t: usize, f16_to_f32: fn(&[u8], &mut [f32])) {
+    let (k, v) = (node.src(1), node.src(2));
+    let (dk, dv, n_kv) = (k.ne[0], v.ne[0], k.ne[1]);
+    let n_kh = k.ne[2] * k.ne[3];
+    let kw = b.n_kb * BLOCK; // keys, padded
+    let k_at = |hk: usize| hk * b.k_head;
+    let v_at = |hv: usize| n_kh * b.k_head + hv * b.v_head;
+    if t < n_kh {
+        // Head t's area of k_head bytes is this thread's (the split above).
+        let kt = ctx.shared_mut::<f32>(k_at(t), kw * dk);
+        kt.fill(0.0);
+        let mut row = [0f32; BLOCK];
+        for ic in 0..n_kv {
+            let (kb, j) = (ic / BLOCK, ic % BLOCK);
+            for d0 in (0..dk).step_by(BLOCK) {
+                let nd = (dk - d0).min(BLOCK);
+                // K rows hold dk f16 (supports).
+                f16_to_f32(&k.row::<u8>(ic, t % k.ne[2], t / k.ne[2])[2 * d0..2 * (d0 + nd)], &mut row[..nd]);
+                for (dd, &x) in row[..nd].iter().enumerate() {
+                    kt[(kb * dk + d0 + dd) * BLOCK + j] = x;
+                }
+            }
+        }
+    } else {
+        let hv = t - n_kh;
+        // As above, head hv's V area.
+        let vf = ctx.shared_mut::<f32>(v_at(hv), kw * dv);
+        vf[n_kv * dv..].fill(0.0);
+        for ic in 0..n_kv {
+            // V rows hold dv f16 (supports).
+            f16_to_f32(&v.row::<u8>(ic, hv % v.ne[2], hv / v.ne[2])[..2 * dv], &mut vf[ic * dv..(ic + 1) * dv]);
+        }
+    }
+}
+
+/// One query block's products in the layout's form: scores of a 64-key tile into 16 rows of
+/// 64 floats, and P V of a tile added into the output block.
+enum Products<'a> {
+    F32 { ctx: &'a ThreadCtx<'a>, kt: &'a [f32], vf: &'a [f32], qb: &'a [f32], dk: usize, dv: usize },
+    #[cfg(target_arch = "x86_64")]
+    Tiles(tiles::Block<'a>),
+}
+
+impl<'a> Products<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(form: KvForm, ctx: &'a ThreadCtx<'a>, b: &BlockedLayout, qb: &'a [f32], k_off: usize, v_off: usize, dk: usize, dv: usize, tile_area: &'a mut [u8]) -> Products<'a> {
+        let kw = b.n_kb * BLOCK; // keys, padded
+        match form {
+            // Written in phase 1, read-only now.
+            KvForm::F32 => Products::F32 { ctx, kt: ctx.shared::<f32>(k_off, kw * dk), vf: ctx.shared::<f32>(v_off, kw * dv), qb, dk, dv },
+            #[cfg(target_arch = "x86_64")]
+            KvForm::Tiles => Products::Tiles(tiles::Block::new(ctx.shared::<u8>(k_off, b.k_head), ctx.shared::<u8>(v_off, b.v_head), qb, dk, dv, tile_area)),
+        }
+    }
+
+    /// Scores of the query block against tile t's keys (blocks with no key left as they
+    /// are: the caller masks them).
+    fn scores(&mut self, t: usize, n_kv: usize, s: &mut [f32; BLOCK * KV_TILE]) {
+        match self {
+            Products::F32 { ctx, kt, qb, dk, .. } => {
+                let mut blk = [[0f32; BLOCK]; BLOCK];
+                for bt in 0..BLOCKS_PER_TILE {
+                    let kb = t * BLOCKS_PER_TILE + bt;
+                    if kb * BLOCK >= n_kv {
+                        break;
+                    }
+                    (ctx.kernels.attn.scores_block)(qb, *dk, &kt[kb * BLOCK * *dk..(kb + 1) * BLOCK * *dk], &mut blk);
+                    for (i, row) in blk.iter().enumerate() {
+                        s[i * KV_TILE + bt * BLOCK..][..BLOCK].copy_from_slice(row);
+                    }
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Products::Tiles(tb) => tb.scores(t, s),
+        }
+    }
+
+    /// ob += P V over tile t (`live` keys; P's rows `sp`, 16 x 64).
+    fn pv(&mut self, t: usize, live: usize, sp: &[f32], ob: &mut [f32]) {
+        match self {
+            Products::F32 { ctx, vf, dv, .. } => (ctx.kernels.attn.pv_block)(sp, KV_TILE, live, &vf[t * KV_TILE * *dv..], *dv, ob),
+            #[cfg(target_arch = "x86_64")]
+            Products::Tiles(tb) => tb.pv(t, sp, ob),
+        }
+    }
+}
+
+/// The tile form (`KvForm::Tiles`): phase 1's conversion and one query block's products on
+/// AMX.
+#[cfg(target_arch = "x86_64")]
+mod tiles {
+    use super::{Node, BLOCK, KV_TILE};
+    use crate::kernels::amx::attn::{PAIR, STEP};
+    use crate::kernels::amx::stage::{attn_a_pair, attn_k_pair, attn_v_pair, AttnSession};
+    use crate::threadpool::ThreadCtx;
+
+    /// Phase 1 for head t (K heads first, then V heads) into its `bytes` at `at` of the
+    /// shared scratch: K per 16-key block and 32-dimension step, V per 32-key step and
+    /// 16-channel block, as `kernels::amx::attn` pairs; keys past the cache's are zero.
+    pub fn convert_head(node: &Node, ctx: &ThreadCtx, t: usize, n_kb: usize, at: usize, bytes: usize) {
+        let (k, v) = (node.src(1), node.src(2));
+        let n_kv = k.ne[1];
+        let n_kh = k.ne[2] * k.ne[3];
+        // Head t's area is this thread's (the caller's split).
+        let out = ctx.shared_mut::<u8>(at, bytes);
+        if t < n_kh {
+            let (h2, h3) = (t % k.ne[2], t / k.ne[2]);
+            let steps = k.ne[0] / STEP;
+            for kb in 0..n_kb {
+                let nkeys = n_kv.saturating_sub(kb * BLOCK).min(BLOCK);
+                for s in 0..steps {
+                    let pair = &mut out[(kb * steps + s) * PAIR..][..PAIR];
+                    // K rows hold ne[0] f16 (supports): the step's 64 bytes of each key.
+                    let rows = if nkeys == 0 { &[][..] } else { k.bytes_at::<u8>(k.row_offset(kb * BLOCK, h2, h3) + 2 * STEP * s, (nkeys - 1) * k.nb[1] + 2 * STEP) };
+                    attn_k_pair(rows, k.nb[1], nkeys, pair);
+                }
+            }
+        } else {
+            let hv = t - n_kh;
+            let (h2, h3) = (hv % v.ne[2], hv / v.ne[2]);
+            let blocks = v.ne[0] / 16;
+            for ks in 0..n_kb * BLOCK / STEP {
+                let nkeys = n_kv.saturating_sub(ks * STEP).min(STEP);
+                for c in 0..blocks {
+                    let pair = &mut out[(ks * blocks + c) * PAIR..][..PAIR];
+                    let rows = if nkeys == 0 { &[][..] } else { v.bytes_at::<u8>(v.row_offset(ks * STEP, h2, h3) + 32 * c, (nkeys - 1) * v.nb[1] + 32) };
+                    attn_v_pair(rows, v.nb[1], nkeys, pair);
+                }
+            }
+        }
+    }
+
+    /// One query block on the tiles: its Q pairs (built once), a P pair area, the head's
+    /// K and V pairs and this thread's tile session.
+    pub struct Block<'a> {
+        session: AttnSession,
+        kt: &'a [u8],
+        vt: &'a [u8],
+        q: &'a [u8],
+        p: &'a mut [u8],
+        dk: usize,
+        dv: usize,
+    }
+
+    impl<'a> Block<'a> {
+        pub fn new(kt: &'a [u8], vt: &'a [u8], qb: &[f32], dk: usize, dv: usize, area: &'a mut [u8]) -> Block<'a> {
+            let steps = dk / STEP;
+            let (q, p) = area.split_at_mut(steps * PAIR);
+            for s in 0..steps {
+                attn_a_pair(&qb[STEP * s..], dk, STEP, &mut q[s * PAIR..(s + 1) * PAIR]);
+            }
+            Block { session: AttnSession::begin(), kt, vt, q, p, dk, dv }
+        }
+
+        pub fn scores(&mut self, t: usize, s: &mut [f32; BLOCK * KV_TILE]) {
+            let steps = self.dk / STEP;
+            let k_block = steps * PAIR;
+            let blocks = KV_TILE / BLOCK;
+            let kb0 = t * blocks;
+            self.session.scores(self.q, &self.kt[kb0 * k_block..], k_block, steps, blocks, s);
+        }
+
+        pub fn pv(&mut self, t: usize, sp: &[f32], ob: &mut [f32]) {
+            let steps = KV_TILE / STEP;
+            for s in 0..steps {
+                attn_a_pair(&sp[STEP * s..], KV_TILE, STEP, &mut self.p[s * PAIR..(s + 1) * PAIR]);
+            }
+            let v_step = self.dv / 16 * PAIR;
+            self.session.pv(self.p, &self.vt[t * steps * v_step..], v_step, steps, self.dv, ob);
         }
     }
 }

@@ -480,12 +480,34 @@ fn flash_attn_matches_softmax_attention_with_gqa_mask_and_sinks() {
             (64, 32, 16, 16, 2, 1, 0.0),
             (32, 16, 33, 70, 2, 2, 5.0),
         ] {
-            flash_attn_case(dk, dv, n_q, n_kv, hq, hkv, softcap);
+            flash_attn_case(dk, dv, n_q, n_kv, hq, hkv, softcap, None);
         }
     });
 }
 
-fn flash_attn_case(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usize, hkv: usize, softcap: f32) {
+/// Prefill attention on the AMX tiles (split bf16 operands), odd query and key counts,
+/// GQA, a causal mask, sinks and soft-capping, against the same f64 reference.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn flash_attn_on_amx_tiles_matches_softmax_attention() {
+    let ks = registry::active();
+    if ks.matrix != Some(registry::MatrixUnit::Amx) || !crate::kernels::amx::available() {
+        eprintln!("SKIP: no AMX on this CPU");
+        return;
+    }
+    for &(dk, dv, n_q, n_kv, hq, hkv, softcap) in &[
+        (64, 48, 37, 75, 4, 2, 0.0f32),
+        (64, 32, 16, 16, 2, 1, 0.0),
+        (32, 16, 33, 70, 2, 2, 5.0),
+        (128, 128, 40, 130, 4, 1, 0.0),
+        (96, 80, 17, 200, 2, 2, 0.0),
+    ] {
+        flash_attn_case(dk, dv, n_q, n_kv, hq, hkv, softcap, Some(ks));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn flash_attn_case(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usize, hkv: usize, softcap: f32, tiles: Option<&'static KernelSet>) {
     let mut rng = StdRng::seed_from_u64(5);
     // Causal like llama.cpp's: query i sees keys up to n_kv - n_q + i (the last n_q are new).
     let past = n_kv.saturating_sub(n_q);
@@ -531,18 +553,14 @@ fn flash_attn_case(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usize, hkv
     let ts = contiguous(DType::F32, [hq, 1, 1, 1], &mut sb);
     let to = contiguous(DType::F32, [dv, hq, n_q, 1], &mut ob);
     let scale = 0.2;
-    run(
-        &[node(
-            Op::FlashAttn {
-                scale,
-                max_bias: 0.0,
-                softcap,
-            },
-            to,
-            &[tq, tk, tv, tm, ts],
-        )],
-        2,
-    );
+    let nd = node(Op::FlashAttn { scale, max_bias: 0.0, softcap }, to, &[tq, tk, tv, tm, ts]);
+    match tiles {
+        None => run(&[nd], 2),
+        Some(ks) => {
+            assert!(super::attention::takes_tile_path(&nd, ks), "dk {dk} dv {dv}: not on the tiles");
+            Executor::with_kernels(2, ks).compute(&[nd]).expect("graph failed");
+        }
+    }
     for h in 0..hq {
         let hk = h / (hq / hkv);
         for i in 0..n_q {

@@ -2,6 +2,7 @@
 //! on them. Used only when [`available`] says the tile unit may be used on this process.
 
 mod cols_avx512;
+pub mod attn;
 pub mod gemm;
 pub mod ks_cols;
 pub mod ksuper;

@@ -2,7 +2,7 @@
 //! (`ops::matmul::amx`): operands as slices, their lengths checked against what the kernel
 //! reads, and the tile configuration as a session value the kernel calls require.
 //!
-//! A session ([`I8Session`], [`KsSession`], [`Bf16Session`]) exists only where the process drives AMX
+//! A session ([`I8Session`], [`KsSession`], [`AttnSession`], [`Bf16Session`]) exists only where the process drives AMX
 //! ([`super::available`]) and AVX-512F is present, stays on the thread that began it, and
 //! records on that thread which configuration is loaded: a product runs only while its own
 //! configuration is the thread's current one (a nested session of the other kind would make
@@ -12,6 +12,7 @@ use std::cell::Cell;
 use std::marker::PhantomData;
 
 use super::gemm::{self, ColsI8, Block32, RowsI8, BF16_BTILE, I8_BTILE, I8_KBLOCK};
+use super::attn::{self, PAIR};
 use super::ksuper::{self, ColsKs, RowsKs, STEPS, TILE};
 use super::ks_cols::SB_TILES_BYTES;
 use super::rows::BF16_ATILE;
@@ -23,6 +24,7 @@ enum Config {
     None,
     I8,
     KSuper,
+    Attn,
     Bf16,
 }
 
@@ -54,6 +56,7 @@ impl Session {
             match cfg {
                 Config::I8 => gemm::i8_session(),
                 Config::KSuper => ksuper::session(),
+                Config::Attn => attn::session(),
                 _ => gemm::bf16_session(),
             }
         };
@@ -195,6 +198,68 @@ impl KsSession {
         // AVX-512F/VNNI: sessions exist only where `usable` found them.
         unsafe { ksuper::ks_block(&c, ct, [&r0, &r1], [&mut top[half], &mut bottom[half]]) }
     }
+}
+
+/// An open tile session of the attention kernels ([`super::attn`]).
+pub struct AttnSession(Session);
+
+impl AttnSession {
+    pub fn begin() -> AttnSession {
+        AttnSession(Session::begin(Config::Attn))
+    }
+
+    fn check(&self) {
+        assert!(self.0.is_current(Config::Attn), "SMEPilot: attention product while another tile configuration is loaded");
+    }
+
+    /// Scores of 16 queries (`q`: `steps` A pairs) against `blocks` (1 ..= 4) key blocks of
+    /// `k` (`steps` B pairs each, `k_block` bytes apart) into `out` (16 rows of 64 floats;
+    /// column blocks past `blocks` untouched).
+    pub fn scores(&self, q: &[u8], k: &[u8], k_block: usize, steps: usize, blocks: usize, out: &mut [f32]) {
+        assert!((1..=4).contains(&blocks) && (blocks == 1 || k_block >= steps * PAIR), "SMEPilot: attention scores of {blocks} blocks");
+        assert!(q.len() >= steps * PAIR && k.len() >= (blocks - 1) * k_block + steps * PAIR && out.len() >= 16 * 64, "SMEPilot: attention scores operands too short");
+        self.check();
+        // SAFETY: this session loaded the kernels' configuration on this thread and it is
+        // current (checked); the operands hold what `attn::scores` reads and writes (checked).
+        unsafe { attn::scores(q.as_ptr(), k.as_ptr(), k_block, steps, blocks, out.as_mut_ptr()) }
+    }
+
+    /// `o += P V` for 16 rows of `dv` floats: `p` `steps` A pairs, `v` `steps` steps of
+    /// `dv / 16` B pairs, `v_step` bytes apart.
+    pub fn pv(&self, p: &[u8], v: &[u8], v_step: usize, steps: usize, dv: usize, o: &mut [f32]) {
+        assert!(dv.is_multiple_of(16) && dv > 0 && steps > 0, "SMEPilot: attention P V of {dv} channels");
+        assert!(p.len() >= steps * PAIR && v.len() >= (steps - 1) * v_step + dv / 16 * PAIR && o.len() >= 16 * dv, "SMEPilot: attention P V operands too short");
+        self.check();
+        // SAFETY: as in `scores`.
+        unsafe { attn::pv(p.as_ptr(), v.as_ptr(), v_step, steps, dv, o.as_mut_ptr()) }
+    }
+}
+
+/// 16 f32 rows of `x` (`stride` floats apart, `n` <= 32 of each) into one A pair of the
+/// attention kernels (`out`, `attn::PAIR` bytes).
+pub fn attn_a_pair(x: &[f32], stride: usize, n: usize, out: &mut [u8]) {
+    assert!(n <= 32 && out.len() >= PAIR && (n == 0 || x.len() >= 15 * stride + n), "SMEPilot: attention A pair operands");
+    assert!(usable(), "SMEPilot: attention tiles where the process does not drive AMX");
+    // SAFETY: AVX-512F (usable); the rows and the pair are within the slices (checked).
+    unsafe { attn::a_pair(x.as_ptr(), stride, n, out.as_mut_ptr()) }
+}
+
+/// A scores B pair from 16 f16 key rows (`nkeys` of them, `row_stride` bytes apart, 32
+/// dimensions of each from the slice's start).
+pub fn attn_k_pair(k: &[u8], row_stride: usize, nkeys: usize, out: &mut [u8]) {
+    assert!(nkeys <= 16 && out.len() >= PAIR && (nkeys == 0 || k.len() >= (nkeys - 1) * row_stride + 64), "SMEPilot: attention K pair operands");
+    assert!(usable(), "SMEPilot: attention tiles where the process does not drive AMX");
+    // SAFETY: AVX-512F (usable); every key row read and the pair are within the slices.
+    unsafe { attn::k_pair(k.as_ptr(), row_stride, nkeys, out.as_mut_ptr()) }
+}
+
+/// A P V B pair from `nkeys` (<= 32) f16 V rows, `row_stride` bytes apart, 16 channels of
+/// each from the slice's start.
+pub fn attn_v_pair(v: &[u8], row_stride: usize, nkeys: usize, out: &mut [u8]) {
+    assert!(nkeys <= 32 && out.len() >= PAIR && (nkeys == 0 || v.len() >= (nkeys - 1) * row_stride + 32), "SMEPilot: attention V pair operands");
+    assert!(usable(), "SMEPilot: attention tiles where the process does not drive AMX");
+    // SAFETY: as above.
+    unsafe { attn::v_pair(v.as_ptr(), row_stride, nkeys, out.as_mut_ptr()) }
 }
 
 impl Bf16Session {
