@@ -31,8 +31,9 @@ pub struct Config {
     /// activations quantized per 32-block and block scales applied in ggml-cpu's order (the
     /// same numbers as stock's AMX kernel); 0 unpacks them to bf16 for the bf16 tile kernel.
     pub amx_int8: bool,
-    /// SMEPILOT_AMX_ATTN (default 1): prefill attention's products on the bf16 tiles with
-    /// split operands; 0 keeps them on the vector units in ggml-cpu's exact order.
+    /// SMEPILOT_AMX_ATTN (default 0): 1 puts prefill attention's products on the bf16 tiles
+    /// with split operands; by default they stay on the vector units in ggml-cpu's exact
+    /// order (stock's bits: a model whose products all give stock's bits stays exact).
     pub amx_attn: bool,
     /// SMEPILOT_SME_INT8 (default 1 on SME2): Q4_0, Q4_1 and Q8_0 products on the int8 SME
     /// kernel, in ggml-cpu's aarch64 order (stock's bits); 0 takes the f16 kernel (weights
@@ -178,7 +179,7 @@ impl Config {
                 Some(v) => Some(crate::calibrate::read_profile_file(std::path::Path::new(&v)).map_err(|e| format!("SMEPILOT_PROFILE={v:?}: {e}"))?),
             },
             amx_int8: var("SMEPILOT_AMX_INT8").is_none() || flag(&var, "SMEPILOT_AMX_INT8")?,
-            amx_attn: var("SMEPILOT_AMX_ATTN").is_none() || flag(&var, "SMEPILOT_AMX_ATTN")?,
+            amx_attn: flag(&var, "SMEPILOT_AMX_ATTN")?,
             sme_int8: match var("SMEPILOT_SME_INT8") {
                 None => None,
                 Some(_) => Some(flag(&var, "SMEPILOT_SME_INT8")?),

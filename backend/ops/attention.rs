@@ -9,8 +9,8 @@
 //!   sums in f64), P V accumulated per tile. Its products run in one of two forms:
 //!   - on the vector units (`KvForm::F32`: K and V to f32, K transposed per 16-key block), in
 //!     ggml-cpu's exact operation order, so results are bit-identical to the CPU backend's;
-//!   - on the AMX tiles (`KvForm::Tiles`, where the process drives AMX, unless
-//!     `SMEPILOT_AMX_ATTN=0`): K and V split into bf16 hi and lo halves in tile layout,
+//!   - on the AMX tiles (`KvForm::Tiles`, where the process drives AMX and
+//!     `SMEPILOT_AMX_ATTN=1`): K and V split into bf16 hi and lo halves in tile layout,
 //!     Q and P split per block, three tile products per operand pair
 //!     (`kernels::amx::attn`), f32 sums in another order;
 //! * per query row (decode, and the portable reference): Q rounded to f16 as ggml-cpu does,
@@ -129,12 +129,31 @@ fn tile_form(dk: usize, ks: &KernelSet) -> Option<KvForm> {
     if ks.matrix == Some(crate::kernels::registry::MatrixUnit::Amx)
         && crate::kernels::amx::available()
         && dk.is_multiple_of(32)
-        && crate::config::get().is_ok_and(|c| c.amx_attn)
+        && test_form::get().unwrap_or_else(|| crate::config::get().is_ok_and(|c| c.amx_attn))
     {
         return Some(KvForm::Tiles);
     }
     let _ = (dk, ks);
     None
+}
+
+/// Tests pick the form per run instead of per process (SMEPILOT_AMX_ATTN is read once).
+pub mod test_form {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static TILES: AtomicU8 = AtomicU8::new(0);
+
+    /// None: the configuration decides; Some(true): the tiles where AMX runs.
+    #[cfg(test)]
+    pub fn set(tiles: Option<bool>) {
+        TILES.store(tiles.map_or(0, |t| 1 + t as u8), Ordering::SeqCst);
+    }
+
+    pub fn get() -> Option<bool> {
+        match TILES.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(v == 2),
+        }
+    }
 }
 
 fn blocked(node: &Node, ks: &KernelSet) -> Option<BlockedLayout> {

@@ -495,6 +495,7 @@ fn flash_attn_on_amx_tiles_matches_softmax_attention() {
         eprintln!("SKIP: no AMX on this CPU");
         return;
     }
+    super::attention::test_form::set(Some(true));
     for &(dk, dv, n_q, n_kv, hq, hkv, softcap) in &[
         (64, 48, 37, 75, 4, 2, 0.0f32),
         (64, 32, 16, 16, 2, 1, 0.0),
@@ -504,6 +505,7 @@ fn flash_attn_on_amx_tiles_matches_softmax_attention() {
     ] {
         flash_attn_case(dk, dv, n_q, n_kv, hq, hkv, softcap, Some(ks));
     }
+    super::attention::test_form::set(None);
 }
 
 #[allow(clippy::too_many_arguments)]
