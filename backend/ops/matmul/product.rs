@@ -55,6 +55,8 @@ impl<'a> Product<'a> {
     }
 
     /// Activation row i already in format `ty`, if the product carries such rows.
+    // The AMX engine reads them; the SME engine still converts its own.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     #[inline(always)]
     pub fn converted_row(&self, i: usize, ty: DType) -> Option<&'a [u8]> {
         let c = self.converted.filter(|c| c.ty == ty)?;
