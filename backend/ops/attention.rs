@@ -138,6 +138,7 @@ fn tile_form(dk: usize, ks: &KernelSet) -> Option<KvForm> {
 }
 
 /// Tests pick the form per run instead of per process (SMEPILOT_AMX_ATTN is read once).
+#[cfg(target_arch = "x86_64")]
 pub mod test_form {
     use std::sync::atomic::{AtomicU8, Ordering};
     static TILES: AtomicU8 = AtomicU8::new(0);
@@ -167,16 +168,15 @@ fn blocked(node: &Node, ks: &KernelSet) -> Option<BlockedLayout> {
     let n_kb = n_kv.div_ceil(KV_TILE) * BLOCKS_PER_TILE;
     // Q block, one tile's scores / weights of 16 rows, output block (and for the tiles Q's
     // and P's pairs).
-    let mut per_thread = (BLOCK * dk + BLOCK * KV_TILE + BLOCK * dv) * 4;
-    let (k_head, v_head) = match form {
-        KvForm::F32 => (n_kb * BLOCK * dk * 4, n_kb * BLOCK * dv * 4),
+    let (k_head, v_head, pairs) = match form {
+        KvForm::F32 => (n_kb * BLOCK * dk * 4, n_kb * BLOCK * dv * 4, 0),
         #[cfg(target_arch = "x86_64")]
         KvForm::Tiles => {
             use crate::kernels::amx::attn::{PAIR, STEP};
-            per_thread += (dk / STEP + KV_TILE / STEP) * PAIR;
-            (n_kb * (dk / STEP) * PAIR, n_kb * BLOCK / STEP * (dv / 16) * PAIR)
+            (n_kb * (dk / STEP) * PAIR, n_kb * BLOCK / STEP * (dv / 16) * PAIR, (dk / STEP + KV_TILE / STEP) * PAIR)
         }
     };
+    let per_thread = (BLOCK * dk + BLOCK * KV_TILE + BLOCK * dv) * 4 + pairs;
     let kv = k_head * k.ne[2] * k.ne[3] + v_head * v.ne[2] * v.ne[3];
     (kv <= BLOCKED_KV_MAX_BYTES).then_some(BlockedLayout {
         form,
@@ -490,6 +490,8 @@ impl<'a> Products<'a> {
     #[allow(clippy::too_many_arguments)]
     fn new(form: KvForm, ctx: &'a ThreadCtx<'a>, b: &BlockedLayout, qb: &'a [f32], k_off: usize, v_off: usize, dk: usize, dv: usize, tile_area: &'a mut [u8]) -> Products<'a> {
         let kw = b.n_kb * BLOCK; // keys, padded
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = tile_area; // the tile form's area
         match form {
             // Written in phase 1, read-only now.
             KvForm::F32 => Products::F32 { ctx, kt: ctx.shared::<f32>(k_off, kw * dk), vf: ctx.shared::<f32>(v_off, kw * dv), qb, dk, dv },
