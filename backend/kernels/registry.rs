@@ -256,7 +256,8 @@ fn registered(f: &CpuFeatures) -> Vec<KernelSet> {
 /// The matrix unit the process may drive: present, permitted by the OS, not disabled.
 fn matrix_unit(f: &CpuFeatures, cfg: &Config) -> Option<MatrixUnit> {
     #[cfg(target_arch = "x86_64")]
-    if f.amx_tile && f.amx_int8 && f.amx_bf16 && !cfg.disable_amx {
+    // The tile kernels' drains and stagers are AVX-512 (F, BW, VNNI) code.
+    if f.amx_tile && f.amx_int8 && f.amx_bf16 && f.avx512f && f.avx512bw && f.avx512_vnni && !cfg.disable_amx {
         if crate::platform::os::request_amx_permission() {
             return Some(MatrixUnit::Amx);
         }

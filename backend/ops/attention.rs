@@ -594,7 +594,7 @@ mod tiles {
             let steps = dk / STEP;
             let (q, p) = area.split_at_mut(steps * PAIR);
             for s in 0..steps {
-                attn_a_pair(&qb[STEP * s..], dk, STEP, &mut q[s * PAIR..(s + 1) * PAIR]);
+                attn_a_pair(&qb[STEP * s..], dk, &mut q[s * PAIR..(s + 1) * PAIR]);
             }
             Block { session: AttnSession::begin(), kt, vt, q, p, dk, dv }
         }
@@ -610,7 +610,7 @@ mod tiles {
         pub fn pv(&mut self, t: usize, sp: &[f32], ob: &mut [f32]) {
             let steps = KV_TILE / STEP;
             for s in 0..steps {
-                attn_a_pair(&sp[STEP * s..], KV_TILE, STEP, &mut self.p[s * PAIR..(s + 1) * PAIR]);
+                attn_a_pair(&sp[STEP * s..], KV_TILE, &mut self.p[s * PAIR..(s + 1) * PAIR]);
             }
             let v_step = self.dv / 16 * PAIR;
             self.session.pv(self.p, &self.vt[t * steps * v_step..], v_step, steps, self.dv, ob);

@@ -472,6 +472,7 @@ fn rope_normal_and_neox_match_the_rotation_formula() {
 /// queries: partial query and key blocks, key blocks hidden by the causal mask, soft-capping).
 #[test]
 fn flash_attn_matches_softmax_attention_with_gqa_mask_and_sinks() {
+    let _lock = ATTN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     each_tier("ops::flash_attn_matches_softmax_attention_with_gqa_mask_and_sinks", || {
         for &(dk, dv, n_q, n_kv, hq, hkv, softcap) in &[
             (40, 24, 3, 13, 4, 2, 0.0f32),
@@ -495,6 +496,8 @@ fn flash_attn_on_amx_tiles_matches_softmax_attention() {
         eprintln!("SKIP: no AMX on this CPU");
         return;
     }
+    // The form is process-wide: no other attention test runs meanwhile.
+    let _lock = ATTN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     super::attention::test_form::set(Some(true));
     for &(dk, dv, n_q, n_kv, hq, hkv, softcap) in &[
         (64, 48, 37, 75, 4, 2, 0.0f32),
@@ -703,6 +706,8 @@ fn get_rows_set_rows_and_transposed_copy() {
 
 /// Serializes the tests that run MUL_MAT, since the tile-engine choice is process-wide.
 pub(crate) static MUL_MAT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Held by the attention tests: the tile-form switch they set is process-wide.
+static ATTN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The AMX tile path against scalar references with the same operand rounding: bf16-rounded
 /// weights (dequantized) and activations summed in f64 for the default bf16 engine, ggml's

@@ -167,21 +167,19 @@ unsafe fn split16(x: __m512) -> (__m512i, __m512i) {
     }
 }
 
-/// 16 f32 rows (row r at `x + r * x_stride`, `n` <= 32 elements; the rest of the step zero)
-/// into one A pair: hi tile then lo tile, row r = the row's 32 elements as bf16.
+/// 16 f32 rows of 32 elements (row r at `x + r * x_stride`) into one A pair: hi tile then
+/// lo tile, row r = the row's 32 elements as bf16.
 ///
 /// # Safety
-/// AVX-512F; the rows are readable for `n` floats; `out` is writable for a pair.
+/// AVX-512F; the rows are readable for 32 floats; `out` is writable for a pair.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn a_pair(x: *const f32, x_stride: usize, n: usize, out: *mut u8) {
-    // SAFETY: this fn's contract; masked loads read only the n elements of each row.
+pub unsafe fn a_pair(x: *const f32, x_stride: usize, out: *mut u8) {
+    // SAFETY: this fn's contract: 32 floats of each row are read, a pair is written.
     unsafe {
-        let m0 = if n >= 16 { 0xFFFF } else { (1u32 << n) as u16 - 1 };
-        let m1 = if n >= 32 { 0xFFFF } else if n > 16 { (1u32 << (n - 16)) as u16 - 1 } else { 0 };
         for r in 0..16 {
             let row = x.add(r * x_stride);
-            let (h0, l0) = split16(_mm512_maskz_loadu_ps(m0, row));
-            let (h1, l1) = split16(_mm512_maskz_loadu_ps(m1, row.add(16)));
+            let (h0, l0) = split16(_mm512_loadu_ps(row));
+            let (h1, l1) = split16(_mm512_loadu_ps(row.add(16)));
             let pack = |a: __m512i, b: __m512i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(a)), _mm512_cvtepi32_epi16(b));
             _mm512_storeu_si512(out.add(r * 64) as *mut _, pack(h0, h1));
             _mm512_storeu_si512(out.add(TILE + r * 64) as *mut _, pack(l0, l1));
@@ -208,7 +206,8 @@ unsafe fn split_f16_pairs(dw: __m512i) -> (__m512i, __m512i) {
 /// keys from `nkeys` on are zero.
 ///
 /// # Safety
-/// AVX-512F; rows c < nkeys readable for 64 bytes; `out` writable for a pair.
+/// AVX-512F; rows c < nkeys readable for 64 bytes; `15 * row_stride + 64` fits an i32 (the
+/// gather's offsets); `out` writable for a pair.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn k_pair(k: *const u8, row_stride: usize, nkeys: usize, out: *mut u8) {
     // SAFETY: this fn's contract: the gather's mask takes keys c < nkeys only, each at

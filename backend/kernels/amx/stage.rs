@@ -235,19 +235,20 @@ impl AttnSession {
     }
 }
 
-/// 16 f32 rows of `x` (`stride` floats apart, `n` <= 32 of each) into one A pair of the
-/// attention kernels (`out`, `attn::PAIR` bytes).
-pub fn attn_a_pair(x: &[f32], stride: usize, n: usize, out: &mut [u8]) {
-    assert!(n <= 32 && out.len() >= PAIR && (n == 0 || x.len() >= 15 * stride + n), "SMEPilot: attention A pair operands");
+/// 16 f32 rows of `x` (`stride` floats apart, 32 of each) into one A pair of the attention
+/// kernels (`out`, `attn::PAIR` bytes).
+pub fn attn_a_pair(x: &[f32], stride: usize, out: &mut [u8]) {
+    assert!(out.len() >= PAIR && x.len() >= 15 * stride + 32, "SMEPilot: attention A pair operands");
     assert!(usable(), "SMEPilot: attention tiles where the process does not drive AMX");
     // SAFETY: AVX-512F (usable); the rows and the pair are within the slices (checked).
-    unsafe { attn::a_pair(x.as_ptr(), stride, n, out.as_mut_ptr()) }
+    unsafe { attn::a_pair(x.as_ptr(), stride, out.as_mut_ptr()) }
 }
 
 /// A scores B pair from 16 f16 key rows (`nkeys` of them, `row_stride` bytes apart, 32
 /// dimensions of each from the slice's start).
 pub fn attn_k_pair(k: &[u8], row_stride: usize, nkeys: usize, out: &mut [u8]) {
-    assert!(nkeys <= 16 && out.len() >= PAIR && (nkeys == 0 || k.len() >= (nkeys - 1) * row_stride + 64), "SMEPilot: attention K pair operands");
+    // The gather's offsets are 32-bit.
+    assert!(nkeys <= 16 && out.len() >= PAIR && (nkeys == 0 || k.len() >= (nkeys - 1) * row_stride + 64) && 15 * row_stride + 64 <= i32::MAX as usize, "SMEPilot: attention K pair operands");
     assert!(usable(), "SMEPilot: attention tiles where the process does not drive AMX");
     // SAFETY: AVX-512F (usable); every key row read and the pair are within the slices.
     unsafe { attn::k_pair(k.as_ptr(), row_stride, nkeys, out.as_mut_ptr()) }

@@ -100,6 +100,14 @@ impl MatrixEngine for Amx {
         }
     }
 
+    fn reads_converted(&self, plan: &Plan) -> Option<DType> {
+        match plan {
+            Plan::I8 { layout, .. } => Some(layout.act),
+            Plan::Ks { .. } => Some(DType::Q8_K),
+            Plan::Bf16 { .. } => None,
+        }
+    }
+
     fn session(&self, plan: &Plan) -> Session {
         // An `Amx` exists only where the process drives AMX (Amx::get), which the sessions
         // check again; they restore the thread's previous tile configuration when dropped.

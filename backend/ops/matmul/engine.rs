@@ -54,6 +54,12 @@ pub trait MatrixEngine {
     /// a barrier after.
     fn prepare_acts(&self, plan: &Self::Plan, p: &Product, ctx: &ThreadCtx);
 
+    /// The activation format `prepare_acts` copies from the product's converted rows
+    /// (`Product::converted_row`) when they are in it; None: it always converts itself.
+    fn reads_converted(&self, _plan: &Self::Plan) -> Option<crate::dtype::DType> {
+        None
+    }
+
     /// Enters the unit's state for this thread. A session serves every plan of the same
     /// weight type and `k` (MUL_MAT_ID's experts differ only in `m`).
     fn session(&self, plan: &Self::Plan) -> Self::Session;

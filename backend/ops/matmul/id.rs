@@ -256,8 +256,10 @@ fn run<E: MatrixEngine>(node: &Node, ctx: &ThreadCtx, map: &RowMap, acts: Option
         rounds.push(0..0);
     }
     // The unit's experts copy b's rows as the vector kernels converted them (the same
-    // quantizer), once every thread's share is written (every thread makes the same plan).
-    let converted = acts.filter(|_| !on_unit.is_empty()).map(|a| {
+    // quantizer) where the engine reads that format, once every thread's share is written
+    // (every thread makes the same plan, so all take the barrier or none).
+    let reads = |a: &VectorActs| unit.as_ref().is_some_and(|(eng, _, _)| on_unit.iter().any(|(_, p, _)| eng.reads_converted(p) == Some(a.ty())));
+    let converted = acts.filter(|a| reads(a)).map(|a| {
         ctx.barrier();
         a.converted(ctx)
     });

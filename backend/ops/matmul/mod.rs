@@ -314,6 +314,11 @@ impl VectorActs {
         self.base + self.stride * self.m
     }
 
+    /// The format the rows were converted to.
+    pub(super) fn ty(&self) -> DType {
+        self.ty
+    }
+
     /// The converted rows for an engine that quantizes to the same format (read after the
     /// barrier that follows their conversion).
     pub(super) fn converted<'c>(&self, ctx: &'c ThreadCtx) -> product::ConvertedRows<'c> {
