@@ -13,7 +13,7 @@
 //!   VNNI pair order TDPBF16PS reads). For scores the columns are keys and the step runs
 //!   over head dimensions; for P V the columns are V's channels and the step over keys.
 
-use super::tile::{self, TileConfig};
+use super::tile;
 use std::arch::x86_64::*;
 
 /// Bytes of one tile, and of a hi and lo pair.
@@ -22,23 +22,13 @@ pub const PAIR: usize = 2 * TILE;
 /// Elements of the reduction per step.
 pub const STEP: usize = 32;
 
-const CONFIG: TileConfig = TileConfig::new()
-    .with(0, 16, 64)
-    .with(1, 16, 64)
-    .with(2, 16, 64)
-    .with(3, 16, 64)
-    .with(4, 16, 64)
-    .with(5, 16, 64)
-    .with(6, 16, 64)
-    .with(7, 16, 64);
-
 /// Loads this module's tile configuration on this thread until the session drops.
 ///
 /// # Safety
 /// AMX is available and permitted ([`super::available`]).
 pub unsafe fn session() -> tile::TileSession {
     // SAFETY: this fn's contract is `TileSession::begin`'s.
-    unsafe { tile::TileSession::begin(&CONFIG) }
+    unsafe { tile::TileSession::begin(&tile::ALL_16X64) }
 }
 
 /// Three split products of A (tiles 4 hi, 5 lo) and one B pair at `b` into C tile `C`.

@@ -204,16 +204,6 @@ pub unsafe fn i8_block(act: &ColsI8, mt: usize, w: [&RowsI8; 2], acc: &mut Block
     }
 }
 
-const BF16_CONFIG: TileConfig = TileConfig::new()
-    .with(0, 16, 64)
-    .with(1, 16, 64)
-    .with(2, 16, 64)
-    .with(3, 16, 64)
-    .with(4, 16, 64) // A: 16 weight rows x 32 bf16
-    .with(5, 16, 64)
-    .with(6, 16, 64) // B: 16 rows of 16 activation rows x 2 bf16
-    .with(7, 16, 64);
-
 /// Loads the bf16 kernel's tile configuration on this thread until the session drops.
 ///
 /// # Safety
@@ -222,7 +212,7 @@ pub unsafe fn bf16_session() -> tile::TileSession {
     // SAFETY: this fn's `# Safety` contract: AMX is available and permitted, as
     // `TileSession::begin` requires.
     unsafe {
-        tile::TileSession::begin(&BF16_CONFIG)
+        tile::TileSession::begin(&tile::ALL_16X64)
     }
 }
 
@@ -234,7 +224,7 @@ pub unsafe fn bf16_session() -> tile::TileSession {
 /// a [`bf16_session`] is open on this thread; the operands hold `ksteps` steps of 32 k.
 pub unsafe fn bf16_block(w0: *const u8, w1: *const u8, b0: *const u8, b1: *const u8, ksteps: usize, acc: &mut Block32) {
     // SAFETY: this fn's `# Safety` contract: a `bf16_session` is open on this thread (AMX
-    // usable, BF16_CONFIG loaded) and the operands hold `ksteps` 1 KB tiles each, so every tile
+    // usable, tile::ALL_16X64 loaded) and the operands hold `ksteps` 1 KB tiles each, so every tile
     // load stays within them; the tile stores fill the four 1 KB tiles of `acc`.
     unsafe {
         tile::zero::<0>();

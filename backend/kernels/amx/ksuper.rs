@@ -19,7 +19,7 @@
 //! (A: 16 rows x 64 int8), 6, 7 one column tile's hi and lo weights (B: 16 rows of 16 columns
 //! x 4 int8). A call computes 32 activation rows x 16 weight columns.
 
-use super::tile::{self, TileConfig};
+use super::tile;
 use std::arch::x86_64::*;
 
 /// K elements per super-block and per product step.
@@ -57,23 +57,13 @@ pub struct RowsKs {
     pub bsums: *const u32,
 }
 
-const CONFIG: TileConfig = TileConfig::new()
-    .with(0, 16, 64)
-    .with(1, 16, 64)
-    .with(2, 16, 64)
-    .with(3, 16, 64)
-    .with(4, 16, 64)
-    .with(5, 16, 64)
-    .with(6, 16, 64)
-    .with(7, 16, 64);
-
 /// Loads this kernel's tile configuration on this thread until the session drops.
 ///
 /// # Safety
 /// AMX is available and permitted ([`super::available`]).
 pub unsafe fn session() -> tile::TileSession {
     // SAFETY: this fn's contract is `TileSession::begin`'s.
-    unsafe { tile::TileSession::begin(&CONFIG) }
+    unsafe { tile::TileSession::begin(&tile::ALL_16X64) }
 }
 
 #[repr(C, align(64))]

@@ -278,7 +278,7 @@ impl Bf16Session {
             "SMEPilot: bf16 operands too short for {ksteps} steps"
         );
         assert!(self.0.is_current(Config::Bf16), "SMEPilot: bf16 product while another tile configuration is loaded");
-        // SAFETY: this session loaded BF16_CONFIG on this thread and it is still the current
+        // SAFETY: this session loaded tile::ALL_16X64 on this thread and it is still the current
         // one (checked); every operand holds ksteps 1 KB tiles (checked), which is all the
         // kernel loads.
         unsafe { gemm::bf16_block(w0.as_ptr(), w1.as_ptr(), b0.as_ptr(), b1.as_ptr(), ksteps, acc) }

@@ -117,6 +117,18 @@ impl Drop for TileSession {
     }
 }
 
+/// Every tile 16 rows x 64 bytes: the bf16 kernel's, the K-quant kernel's and attention's
+/// configuration.
+pub const ALL_16X64: TileConfig = TileConfig::new()
+    .with(0, 16, 64)
+    .with(1, 16, 64)
+    .with(2, 16, 64)
+    .with(3, 16, 64)
+    .with(4, 16, 64)
+    .with(5, 16, 64)
+    .with(6, 16, 64)
+    .with(7, 16, 64);
+
 /// `tilezero tmm{T}`.
 ///
 /// # Safety

@@ -356,6 +356,20 @@ fn act_block(act: DType, row: &[u8], b: usize) -> (f32, f32, &[u8]) {
     }
 }
 
+/// Activation row r of `p` in format `ty`: the product's converted row where it carries
+/// one, else quantized into `qrow`; zeros past its rows (padding of the last row tile).
+fn act_row<'q>(p: &Product<'q>, r: usize, ty: DType, quantize: fn(&[f32], &mut [u8]), qrow: &'q mut [u8]) -> &'q [u8] {
+    if r >= p.m {
+        qrow.fill(0);
+        return qrow;
+    }
+    if let Some(c) = p.converted_row(r, ty) {
+        return c;
+    }
+    quantize(p.x_row(r), qrow);
+    qrow
+}
+
 /// Phase 1 of the int8 path: this thread's activation row tiles quantized as ggml-cpu does
 /// ([`i8_act_type`]) into the shared row tiles, with their scales and minimum factors per
 /// row tile and block.
@@ -372,17 +386,7 @@ fn i8_acts(p: &Product, ctx: &ThreadCtx, l: &I8Layout, has_min: bool) {
     let qrow = area.carve::<u8>(l.act_row_off, l.row_bytes);
     for r in t0 * 16..t1 * 16 {
         let (mt, i) = (r / 16 - t0, r % 16);
-        let row: &[u8] = match (r < m).then(|| p.converted_row(r, l.act)).flatten() {
-            Some(c) => c,
-            None if r < m => {
-                quantize(p.x_row(r), qrow);
-                &*qrow
-            }
-            None => {
-                qrow.fill(0);
-                &*qrow
-            }
-        };
+        let row = act_row(p, r, l.act, quantize, qrow);
         for b in 0..nb {
             let (d, s, q) = act_block(l.act, row, b);
             act_d[(mt * nb + b) * 16 + i] = d;
@@ -476,17 +480,7 @@ fn ks_acts(p: &Product, ctx: &ThreadCtx, l: &KsLayout, has_min: bool) {
     let bb = DType::Q8_K.block_bytes();
     for r in t0 * 16..t1 * 16 {
         let (mt, i) = (r / 16 - t0, r % 16);
-        let row: &[u8] = match (r < m).then(|| p.converted_row(r, DType::Q8_K)).flatten() {
-            Some(c) => c,
-            None if r < m => {
-                quantize(p.x_row(r), qrow);
-                &*qrow
-            }
-            None => {
-                qrow.fill(0);
-                &*qrow
-            }
-        };
+        let row = act_row(p, r, DType::Q8_K, quantize, qrow);
         for sb in 0..nsb {
             // block_q8_K: f32 d, 256 int8, 16 i16 sums of 16.
             let blk = &row[sb * bb..(sb + 1) * bb];
