@@ -35,6 +35,9 @@ pub struct Config {
     /// with split operands; by default they stay on the vector units in ggml-cpu's exact
     /// order (stock's bits: a model whose products all give stock's bits stays exact).
     pub amx_attn: bool,
+    /// SMEPILOT_FUSE (default 1): 0 runs every node on its own, never two as one pass
+    /// (`ops::fuse`; the same bits either way, for ablations).
+    pub fuse: bool,
     /// SMEPILOT_SME_INT8 (default 1 on SME2): Q4_0, Q4_1 and Q8_0 products on the int8 SME
     /// kernel, in ggml-cpu's aarch64 order (stock's bits); 0 takes the f16 kernel (weights
     /// and activations dequantized to f16: fewer instructions per product, not stock's
@@ -180,6 +183,7 @@ impl Config {
             },
             amx_int8: var("SMEPILOT_AMX_INT8").is_none() || flag(&var, "SMEPILOT_AMX_INT8")?,
             amx_attn: flag(&var, "SMEPILOT_AMX_ATTN")?,
+            fuse: var("SMEPILOT_FUSE").is_none() || flag(&var, "SMEPILOT_FUSE")?,
             sme_int8: match var("SMEPILOT_SME_INT8") {
                 None => None,
                 Some(_) => Some(flag(&var, "SMEPILOT_SME_INT8")?),

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::kernels::registry::{self, KernelSet};
-use super::ops::{self, Node, Op};
+use super::ops::{self, fuse, Node, Op};
 use super::planner::adapt::{Decision, Planner};
 use super::plan::MatShape;
 use super::trace::{self, GraphSummary, OpRecord};
@@ -39,6 +39,9 @@ pub struct Executor {
     times: Vec<AtomicU64>,
     /// Per node, what the op reported of its run (`ThreadCtx::report`), for the trace.
     notes: Vec<AtomicU64>,
+    /// Whether nodes may run as one pass (`ops::fuse`), and how the current graph's do.
+    fuse: bool,
+    steps: Vec<fuse::Step>,
 }
 
 // SAFETY: the scratch pointer is owned by the executor and only handed to the pool's
@@ -68,7 +71,14 @@ impl Executor {
             occurrences: std::collections::HashMap::new(),
             times: Vec::new(),
             notes: Vec::new(),
+            fuse: crate::config::get().map_or(true, |c| c.fuse),
+            steps: Vec::new(),
         }
+    }
+
+    /// Whether nodes may run as one pass where the graph allows (default: SMEPILOT_FUSE).
+    pub fn set_fusion(&mut self, on: bool) {
+        self.fuse = on;
     }
 
     /// An executor whose matrix products run as `planner` decides; with `trace`, one line
@@ -162,7 +172,13 @@ impl Executor {
 
     fn run(&mut self, nodes: &[Node], plans: &[Plan]) -> Result<(), String> {
         let nth = self.pool.n_threads();
-        let node_scratch: Vec<usize> = nodes.iter().map(|n| ops::scratch_bytes(n, nth, self.kernels)).collect();
+        self.steps = if self.fuse { fuse::steps(nodes) } else { vec![fuse::Step::Alone; nodes.len()] };
+        let mut node_scratch: Vec<usize> = nodes.iter().map(|n| ops::scratch_bytes(n, nth, self.kernels)).collect();
+        for (i, step) in self.steps.iter().enumerate() {
+            if let fuse::Step::GateUp { silu_in, mul_in, .. } = *step {
+                node_scratch[i] = node_scratch[silu_in].max(node_scratch[mul_in]);
+            }
+        }
         let need = node_scratch.iter().copied().max().unwrap_or(0);
         self.reserve_scratch(need.max(SCRATCH_ALIGN));
         let views = nodes.iter().filter(|n| matches!(n.op, Op::View)).count() as u64;
@@ -175,7 +191,7 @@ impl Executor {
         }
 
         let (scratch, scratch_len) = (self.scratch as usize, self.scratch_cap);
-        let (pool, times, notes, kernels) = (&self.pool, &self.times, &self.notes, self.kernels);
+        let (pool, times, notes, kernels, steps) = (&self.pool, &self.times, &self.notes, self.kernels, &self.steps);
         // Work queues of alternate nodes: thread 0 resets the next node's queue while the
         // current node runs, after every thread has left the previous one (its barrier).
         let queues = [WorkQueue::default(), WorkQueue::default()];
@@ -186,16 +202,20 @@ impl Executor {
             let mut ctx = unsafe { ThreadCtx::new(ith, nth, pool.barrier(), (scratch as *mut u8, scratch_len), &queues[0], kernels) };
             let mut q = 0;
             for (i, node) in nodes.iter().enumerate() {
-                if matches!(node.op, Op::View) {
+                if matches!(node.op, Op::View) || matches!(steps[i], fuse::Step::InPass { .. }) {
                     continue;
                 }
+                // A pass's nodes need the same scratch (two MUL_MAT_ID nodes of one shape).
                 ctx.set_node(&queues[q % 2], plans[i], node_scratch[i]);
                 ctx.set_note(&notes[i]);
                 let t0 = (ith == 0).then(Instant::now);
                 if ith == 0 {
                     queues[(q + 1) % 2].reset();
                 }
-                ops::run(node, &ctx);
+                match steps[i] {
+                    fuse::Step::Alone => ops::run(node, &ctx),
+                    step => fuse::run(nodes, step, &ctx),
+                }
                 if !ctx.wait() {
                     return; // a thread panicked (the pool reports it): stop the graph here
                 }
@@ -217,6 +237,13 @@ impl Executor {
             if matches!(node.op, Op::View) {
                 continue;
             }
+            let step = self.steps.get(i).copied().unwrap_or(fuse::Step::Alone);
+            if let fuse::Step::InPass { .. } = step {
+                if self.trace {
+                    eprintln!("{}", trace::in_pass_line(node));
+                }
+                continue;
+            }
             let secs = self.times[i].load(Ordering::Relaxed) as f64 * 1e-9;
             let decided = self.decisions[i];
             if let Some((s, d)) = decided {
@@ -227,14 +254,20 @@ impl Executor {
                 let (mode, predicted, estimate, drivers) = match decided {
                     Some((_, d)) => (d.mode, d.predicted, d.estimate, d.plan.matrix_threads),
                     None => {
-                        let p = trace::predict_node(planner.profile(), node, nth);
-                        (plan.mode.unwrap_or(Mode::Vector), p, planner.observe_other(node.op.name(), p, secs), plan.matrix_threads)
+                        let (class, p) = match step {
+                            fuse::Step::GateUp { silu_in, mul_in, glu } => ("MUL_MAT_ID+SWIGLU", [silu_in, mul_in, glu].iter().map(|&j| trace::predict_node(planner.profile(), &nodes[j], nth)).sum()),
+                            _ => (node.op.name(), trace::predict_node(planner.profile(), node, nth)),
+                        };
+                        (plan.mode.unwrap_or(Mode::Vector), p, planner.observe_other(class, p, secs), plan.matrix_threads)
                     }
                 };
                 let r = OpRecord { node, mode, predicted, estimate, measured: secs, drivers };
                 let mut line = trace::op_line(&r, decided.as_ref().map(|(s, _)| s));
                 if matches!(node.op, Op::MulMatId) {
                     line.push_str(&trace::experts_note(&plan, self.notes[i].load(Ordering::Relaxed)));
+                }
+                if let fuse::Step::GateUp { .. } = step {
+                    line.push_str(" pass=gate+up+swiglu");
                 }
                 if matches!(node.op, Op::FlashAttn { .. }) && crate::ops::attention::takes_tile_path(node, self.kernels) {
                     line.push_str(" products=tiles");

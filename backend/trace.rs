@@ -100,6 +100,12 @@ pub fn experts_note(plan: &crate::plan::Plan, report: u64) -> String {
     format!(" experts unit={} vector={} unit_min_rows={from}", report >> 32, report & 0xFFFF_FFFF)
 }
 
+/// A node computed within the pass of an earlier node (`ops::fuse`): its time is in that
+/// node's line.
+pub fn in_pass_line(node: &Node) -> String {
+    format!("smepilot trace: {:<14} {:<44} in the gate+up+swiglu pass above", node.op.name(), shape_text(node, None))
+}
+
 pub fn op_line(r: &OpRecord, shape: Option<&MatShape>) -> String {
     let mut line = format!(
         "smepilot trace: {:<14} {:<44} mode={:<6} pred={:>9.1}us est={:>9.1}us meas={:>9.1}us",

@@ -4,6 +4,7 @@
 pub(crate) mod attention;
 mod copy;
 mod elementwise;
+pub mod fuse;
 mod matmul;
 mod norm;
 mod rope;

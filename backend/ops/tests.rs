@@ -1447,6 +1447,117 @@ fn mul_mat_id_reads_experts_with_padded_rows() {
     });
 }
 
+/// Gate, up and their SwiGLU run as one pass (`ops::fuse`) give every output the bits the
+/// three nodes give alone: on every tier and engine, packed and plain experts, N a multiple
+/// of 16 or not and past one work item's columns, an id outside the experts, both SwiGLU operand orders, 1 to 3 threads.
+/// Nodes that read different ids are not fused.
+#[test]
+fn gate_up_swiglu_pass_gives_the_nodes_bits() {
+    use super::fuse::{self, Step};
+    use crate::kernels::packed::{self, Layout, PackedRef};
+    each_tier("ops::gate_up_swiglu", || {
+        let _lock = MUL_MAT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rng = StdRng::seed_from_u64(47);
+        // (type, experts, N, slots, tokens, an invalid id, SwiGLU swapped)
+        let cases = [
+            (DType::Q4_0, 4, 144, 2, 40, true, false),
+            (DType::Q8_0, 3, 100, 3, 9, false, true),
+            (DType::Q4_K, 4, 160, 2, 30, false, false),
+            (DType::Q6_K, 3, 80, 2, 12, true, true),
+            (DType::F16, 3, 72, 2, 8, false, false),
+        ];
+        for (ty, n_exp, n, slots, tokens, bad_id, swapped) in cases {
+            let k = if ty.block_size() == 256 { 512 } else { 96 };
+            let layout = Layout::for_weights(ty, k, n_exp * n).filter(|_| n % packed::GROUP_ROWS == 0);
+            let mut weights = Vec::new();
+            for _ in 0..2 {
+                let raw = random_weights(&mut rng, ty, n_exp * n, k);
+                let mut wb = Buf::zeroed(raw.len());
+                wb.bytes()[..raw.len()].copy_from_slice(&raw);
+                let mut pk = vec![0u8; raw.len()];
+                if let Some(l) = layout {
+                    packed::pack(l, ty, &raw, &mut pk, n_exp * n, k);
+                }
+                weights.push((wb, pk));
+            }
+            let ids: Vec<i32> = (0..slots * tokens).map(|i| if bad_id && i == 3 { n_exp as i32 } else { rng.gen_range(0..n_exp as i32) }).collect();
+            let mut ib = Buf::zeroed(ids.len() * 4);
+            let mut other_ib = Buf::zeroed(ids.len() * 4);
+            for (o, v) in ib.bytes().chunks_exact_mut(4).zip(&ids) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+            other_ib.bytes()[..ids.len() * 4].copy_from_slice(&ib.bytes()[..ids.len() * 4]);
+            let id_t = contiguous(DType::I32, [slots, tokens, 1, 1], &mut ib);
+            let other_ids = contiguous(DType::I32, [slots, tokens, 1, 1], &mut other_ib);
+            let xs = random_f32(&mut rng, k * tokens, 1.0);
+            let mut xb = Buf::zeroed(xs.len() * 4);
+            xb.f32s()[..xs.len()].copy_from_slice(&xs);
+            let b = contiguous(DType::F32, [k, 1, tokens, 1], &mut xb);
+            let out = n * slots * tokens;
+            for packed_on in [false, true] {
+                if packed_on && layout.is_none() {
+                    continue;
+                }
+                let ws: Vec<TensorRef> = weights
+                    .iter_mut()
+                    .map(|(wb, pk)| {
+                        let mut w = contiguous(ty, [k, n, n_exp, 1], wb);
+                        w.packed = layout.filter(|_| packed_on).map(|l| PackedRef { layout: l, data: pk.as_ptr(), len: pk.len() });
+                        w
+                    })
+                    .collect();
+                let mut runs: Vec<(&KernelSet, usize, Plan)> = (1..=3).map(|t| (tier_set(), t, Plan::forced(Mode::Vector, 0))).collect();
+                for ks in matrix_sets() {
+                    runs.push((ks, 2, Plan::STATIC));
+                    runs.push((ks, 2, Plan::forced(Mode::Coop, 1)));
+                    runs.push((ks, 3, Plan { expert_min_rows: 3, ..Plan::forced(Mode::Matrix, 0) }));
+                }
+                for (ks, threads, plan) in runs {
+                    let mut results = Vec::new();
+                    for fused in [false, true] {
+                        let mut bufs: Vec<Buf> = (0..3).map(|_| Buf::zeroed(out * 4)).collect();
+                        for bf in &mut bufs {
+                            bf.f32s().fill(f32::NAN);
+                        }
+                        let [up_d, gate_d, glu_d] = [0, 1, 2].map(|i| contiguous(DType::F32, [n, slots, tokens, 1], &mut bufs[i]));
+                        let up = node(Op::MulMatId, up_d, &[ws[0], b, id_t]);
+                        let gate = node(Op::MulMatId, gate_d, &[ws[1], b, id_t]);
+                        let glu = node(Op::SwiGlu { swapped }, glu_d, &if swapped { [up_d, gate_d] } else { [gate_d, up_d] });
+                        let graph = [up, gate, glu];
+                        assert_eq!(fuse::steps(&graph)[0], Step::GateUp { silu_in: 1, mul_in: 0, glu: 2 }, "the pass was not found");
+                        let unrelated = [up, node(Op::MulMatId, gate_d, &[ws[1], b, other_ids]), glu];
+                        assert_eq!(fuse::steps(&unrelated)[0], Step::Alone, "nodes reading different ids fused");
+                        let mut exec = Executor::with_kernels(threads, ks);
+                        exec.set_fusion(fused);
+                        exec.compute_with_plans(&graph, &[plan, plan, Plan::STATIC]).expect("graph failed");
+                        results.push(bufs.iter_mut().map(|bf| bf.f32s()[..out].iter().map(|v| v.to_bits()).collect::<Vec<u32>>()).collect::<Vec<_>>());
+                    }
+                    // The pass's SwiGLU is the tier's SiLU-multiply of its own gate and up rows.
+                    let f = |v: &Vec<u32>| v.iter().map(|&b| f32::from_bits(b)).collect::<Vec<f32>>();
+                    let (p_up, p_gate) = (f(&results[1][0]), f(&results[1][1]));
+                    let mut want = vec![0f32; out];
+                    for ((o, g), u) in want.chunks_mut(n).zip(p_gate.chunks(n)).zip(p_up.chunks(n)) {
+                        (ks.vmath.silu_mul)(g, Some(u), o);
+                    }
+                    assert!(want.iter().zip(&results[1][2]).all(|(w, &p)| w.to_bits() == p), "{ty:?} {} {plan:?}: the pass's SwiGLU is not SiLU(gate) x up", ks.name);
+                    // A unit shared by one of two threads (coop) runs an expert's group on the
+                    // unit or the vector kernels as the threads meet: bits vary run to run.
+                    if plan.mode == Some(Mode::Coop) {
+                        continue;
+                    }
+                    for (o, name) in ["up", "gate", "swiglu"].iter().enumerate() {
+                        let (alone, pass) = (&results[0][o], &results[1][o]);
+                        assert!(alone.iter().all(|v| !f32::from_bits(*v).is_nan()), "{ty:?} {name}: an output left unwritten");
+                        if let Some(i) = (0..out).find(|&i| alone[i] != pass[i]) {
+                            panic!("{ty:?} {n_exp}x{n}x{k} packed={packed_on} threads {threads} {} {plan:?}: {name} at {i}: pass {} vs alone {}", ks.name, f32::from_bits(pass[i]), f32::from_bits(alone[i]));
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// One weight row against one activation row as the vector kernels see them: dequantized
 /// weights times the weight type's quantized activations (dequantized), summed in f64; with
 /// the tolerance of f32 accumulation (1e-5 of the sum of magnitudes, at least 1e-6).

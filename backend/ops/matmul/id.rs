@@ -16,6 +16,13 @@
 //! the unit (a shared unit) take items from the back and run them on the vector kernels.
 //! Unit experts whose activations exceed the scratch's budget run in several rounds.
 //! Experts nobody chose are never read; an id outside the experts gives zeros.
+//!
+//! Gate and up (two MUL_MAT_ID nodes over the same b and ids, with weights of one type and
+//! shape) and the SwiGLU of their outputs run as one pass ([`gate_up_swiglu`]): one row
+//! map, b's rows converted once, each unit expert's activations staged once for both, and
+//! every work item computes its columns of gate and of up, then of the SwiGLU, while they
+//! are in cache. Gate's and up's outputs are still written; every output holds the bits
+//! the three nodes give alone.
 
 // The engines `with_engine!` names.
 #[cfg(target_arch = "x86_64")]
@@ -171,22 +178,67 @@ fn unit_min_rows(ctx: &ThreadCtx) -> usize {
     }
 }
 
+/// What one pass computes: one MUL_MAT_ID node's products, or two nodes' (gate and up:
+/// the same b and ids, weights of one type and shape) and then their SwiGLU.
+struct Pass<'a> {
+    nodes: &'a [&'a Node],
+    /// The SwiGLU's output: SiLU of `nodes[0]`'s output times `nodes[1]`'s.
+    glu: Option<&'a TensorRef>,
+}
+
+impl Pass<'_> {
+    /// Rows `pairs`, columns `c0 .. c1` of the SwiGLU, from the two products' outputs,
+    /// which this thread has just written (the columns are its alone).
+    fn glu_rows(&self, ctx: &ThreadCtx, pairs: &[(u32, u32)], c0: usize, c1: usize) {
+        let Some(out) = self.glu else { return };
+        let (x, g) = (&self.nodes[0].dst, &self.nodes[1].dst);
+        fn cols(t: &TensorRef, s: usize, tok: usize, c0: usize, c1: usize) -> &[f32] {
+            t.bytes_at::<f32>(t.row_offset(s, tok, 0) + 4 * c0, c1 - c0)
+        }
+        for &(s, t) in pairs {
+            let (s, t) = (s as usize, t as usize);
+            // These columns of the inputs are final (written by this thread above) and the
+            // output overlaps neither input (gate_up_swiglu's contract).
+            (ctx.kernels.vmath.silu_mul)(cols(x, s, t, c0, c1), Some(cols(g, s, t, c0, c1)), out.row_range_mut::<f32>(s, t, 0, c0, c1 - c0));
+        }
+    }
+}
+
 pub fn mul_mat_id(node: &Node, ctx: &ThreadCtx) {
-    let (w, d) = (node.src(0), &node.dst);
+    run_pass(&Pass { nodes: &[node], glu: None }, ctx);
+}
+
+/// Gate, up and their SwiGLU as one pass: `silu_in` and `mul_in` are the MUL_MAT_ID nodes
+/// whose outputs are the SwiGLU's SiLU input and multiplier, `glu_out` its output.
+///
+/// # Contract
+/// Both nodes pass `supports`, read the same b and ids, and have weights of one type and
+/// shape; `glu_out` has their output shape, f32 rows, and overlaps neither output
+/// ([`super::super::fuse`] checks all of it).
+pub fn gate_up_swiglu(silu_in: &Node, mul_in: &Node, glu_out: &TensorRef, ctx: &ThreadCtx) {
+    run_pass(&Pass { nodes: &[silu_in, mul_in], glu: Some(glu_out) }, ctx);
+}
+
+fn run_pass(pass: &Pass, ctx: &ThreadCtx) {
+    let node = pass.nodes[0];
+    let n = node.src(0).ne[1];
     let map = row_map(node);
     let lay = layout(node, ctx.nth, ctx.kernels);
     // Zeros for ids outside the experts (ggml asserts on them): rows split across threads.
     let (i0, i1) = super::super::split_range(map.invalid.len(), ctx.ith, ctx.nth);
     for &(s, t) in &map.invalid[i0..i1] {
-        // This pair's output row is this thread's alone.
-        d.row_range_mut::<f32>(s as usize, t as usize, 0, 0, w.ne[1]).fill(0.0);
+        for nd in pass.nodes {
+            // This pair's output rows are this thread's alone.
+            nd.dst.row_range_mut::<f32>(s as usize, t as usize, 0, 0, n).fill(0.0);
+        }
     }
+    pass.glu_rows(ctx, &map.invalid[i0..i1], 0, n);
     let acts = act_layout(node).map(|_| prepare_vector_acts(node, ctx, lay.vector_base));
     let min_rows = unit_min_rows(ctx);
     let unit = lay.unit.filter(|_| min_rows != usize::MAX);
     match unit {
-        Some(u) => with_engine!(ctx.kernels, eng => run(node, ctx, &map, acts.as_ref(), Some((&eng, u, min_rows))), run::<NoEngine>(node, ctx, &map, acts.as_ref(), None)),
-        None => run::<NoEngine>(node, ctx, &map, acts.as_ref(), None),
+        Some(u) => with_engine!(ctx.kernels, eng => run(pass, ctx, &map, acts.as_ref(), Some((&eng, u, min_rows))), run::<NoEngine>(pass, ctx, &map, acts.as_ref(), None)),
+        None => run::<NoEngine>(pass, ctx, &map, acts.as_ref(), None),
     }
 }
 
@@ -220,10 +272,16 @@ impl MatrixEngine for NoEngine {
 /// The experts' products, after `acts` (b's rows for the vector kernels) were converted on
 /// every thread: with `unit`, the experts with at least `min_rows` rows on its engine, in
 /// rounds that fit the budget, the last round's queue also holding the vector experts.
-fn run<E: MatrixEngine>(node: &Node, ctx: &ThreadCtx, map: &RowMap, acts: Option<&VectorActs>, unit: Option<(&E, UnitLayout, usize)>) {
-    let (w, b, d) = (node.src(0), node.src(1), &node.dst);
+fn run<E: MatrixEngine>(pass: &Pass, ctx: &ThreadCtx, map: &RowMap, acts: Option<&VectorActs>, unit: Option<(&E, UnitLayout, usize)>) {
+    let node = pass.nodes[0];
+    let (w, b) = (node.src(0), node.src(1));
     let (k, n, n_exp) = (w.ne[0], w.ne[1], w.ne[2]);
-    let product = |e: usize, acts_at: usize, threads_at: usize| Product::of_pairs(expert(node, e), b, d, map.pairs(e), acts_at, threads_at);
+    // Expert e's product of pass node h (every node of a pass reads the same rows of b).
+    let product = |h: usize, e: usize, acts_at: usize, threads_at: usize| {
+        let nd = pass.nodes[h];
+        Product::of_pairs(expert(nd, e), b, &nd.dst, map.pairs(e), acts_at, threads_at)
+    };
+    let nodes = pass.nodes.len();
 
     let active = (0..n_exp).filter(|&e| !map.pairs(e).is_empty());
     // Unit experts with their plans, and their rounds (consecutive runs within the budget).
@@ -277,7 +335,8 @@ fn run<E: MatrixEngine>(node: &Node, ctx: &ThreadCtx, map: &RowMap, acts: Option
     for (ri, round) in rounds.iter().enumerate() {
         let last = ri + 1 == rounds.len();
         let experts = &on_unit[round.clone()];
-        let prods: Vec<Product> = experts.iter().map(|(e, _, at)| product(*e, *at, threads_at).with_converted(converted)).collect();
+        // Expert j's product of node h at j * nodes + h; the nodes share the activations.
+        let prods: Vec<Product> = experts.iter().flat_map(|(e, _, at)| (0..nodes).map(move |h| product(h, *e, *at, threads_at).with_converted(converted))).collect();
         if ri > 0 {
             // Every item of the previous round is done (the caller's barrier): its
             // activations can be overwritten and its queue started again.
@@ -286,7 +345,7 @@ fn run<E: MatrixEngine>(node: &Node, ctx: &ThreadCtx, map: &RowMap, acts: Option
             }
         }
         if let Some((eng, _, _)) = &unit {
-            for ((_, p, _), prod) in experts.iter().zip(&prods) {
+            for ((_, p, _), prod) in experts.iter().zip(prods.iter().step_by(nodes)) {
                 eng.prepare_acts(p, prod, ctx);
             }
         }
@@ -297,19 +356,27 @@ fn run<E: MatrixEngine>(node: &Node, ctx: &ThreadCtx, map: &RowMap, acts: Option
         while let Some(i) = ctx.take(items, !drives) {
             if i < unit_items {
                 let (j, g) = (i / groups, i % groups);
-                match (&unit, drives) {
-                    (Some((eng, _, _)), true) => {
-                        let s = session.get_or_insert_with(|| eng.session(&experts[j].1));
-                        eng.weight_group(&experts[j].1, s, &prods[j], ctx, g);
+                let (c0, c1) = (g * group_rows, ((g + 1) * group_rows).min(n));
+                for prod in &prods[j * nodes..(j + 1) * nodes] {
+                    match (&unit, drives) {
+                        (Some((eng, _, _)), true) => {
+                            let s = session.get_or_insert_with(|| eng.session(&experts[j].1));
+                            eng.weight_group(&experts[j].1, s, prod, ctx, g);
+                        }
+                        // A thread that does not drive the unit runs the group on the vector
+                        // kernels (its columns are this item's alone either way).
+                        _ => vector_rows(prod, ctx, acts, c0, c1),
                     }
-                    // A thread that does not drive the unit runs the group on the vector
-                    // kernels (its columns are this item's alone either way).
-                    _ => vector_rows(&prods[j], ctx, acts, g * group_rows, ((g + 1) * group_rows).min(n)),
                 }
+                pass.glu_rows(ctx, map.pairs(experts[j].0), c0, c1);
             } else {
                 let i = i - unit_items;
                 let (e, c) = (vector[i / vchunks], i % vchunks);
-                vector_rows(&product(e, 0, 0), ctx, acts, c * vchunk, ((c + 1) * vchunk).min(n));
+                let (c0, c1) = (c * vchunk, ((c + 1) * vchunk).min(n));
+                for h in 0..nodes {
+                    vector_rows(&product(h, e, 0, 0), ctx, acts, c0, c1);
+                }
+                pass.glu_rows(ctx, map.pairs(e), c0, c1);
             }
         }
         if !last {
