@@ -7,6 +7,7 @@ pub mod attn;
 pub mod f16;
 pub mod packed;
 pub mod peak;
+pub mod prefetch;
 pub mod quant;
 pub mod registry;
 pub mod rope;

@@ -18,6 +18,7 @@
 
 use super::rows::BF16_ATILE;
 use super::tile::{self, TileConfig};
+use crate::kernels::prefetch::Spread;
 use std::arch::x86_64::*;
 
 /// Elements of K per int8 block and per bf16 step.
@@ -147,17 +148,20 @@ unsafe fn scale_block(acc: &mut [[f32; 16]; 16], c: *const i32, act: &ColsI8, mt
 struct TileBuf([[[i32; 256]; 4]; 2]);
 
 /// A 32 x 32 block: row tiles `w[0]`, `w[1]` against column tiles `mt`, `mt + 1`, over all
-/// `act.nb` blocks, into `acc` (overwritten).
+/// `act.nb` blocks, into `acc` (overwritten); with `PAIR` false a 16 x 32 block of row tile
+/// `w[0]` alone (`acc.0[0]`, `acc.0[1]`; `w[1]` is not read), half the products and drains
+/// for a last odd row tile.
 ///
 /// Per block: two A and two B tile loads feed four products; the int32 results go to L1
-/// (double-buffered) and are scaled while the tile unit runs the next block.
+/// (double-buffered) and are scaled while the tile unit runs the next block; `pf` (the
+/// next work item's weights) is prefetched a step per block.
 ///
 /// # Safety
 /// an [`i8_session`] is open on this thread; `act` holds column tiles `mt` and `mt + 1`;
-/// both row tiles hold `act.nb` readable blocks of 16 rows and `nb * 16` scales (and
+/// the row tiles read hold `act.nb` readable blocks of 16 rows and `nb * 16` scales (and
 /// minimum factors).
 #[target_feature(enable = "avx512f")]
-pub unsafe fn i8_block(act: &ColsI8, mt: usize, w: [&RowsI8; 2], acc: &mut Block32) {
+pub unsafe fn i8_block<const PAIR: bool>(act: &ColsI8, mt: usize, w: [&RowsI8; 2], acc: &mut Block32, pf: &Spread) {
     let nb = act.nb;
     *acc = Block32::new();
     let mut cbuf = TileBuf([[[0; 256]; 4]; 2]);
@@ -172,6 +176,7 @@ pub unsafe fn i8_block(act: &ColsI8, mt: usize, w: [&RowsI8; 2], acc: &mut Block
         let b1 = act.q.add((mt + 1) * nb * I8_BTILE);
         for b in 0..=nb {
             if b < nb {
+                pf.step(b);
                 tile::zero::<0>();
                 tile::zero::<1>();
                 tile::zero::<2>();
@@ -181,24 +186,30 @@ pub unsafe fn i8_block(act: &ColsI8, mt: usize, w: [&RowsI8; 2], acc: &mut Block
                 tile::dpbssd::<0, 4, 6>();
                 tile::load::<7>(b1.add(b * I8_BTILE), 64);
                 tile::dpbssd::<1, 4, 7>();
-                tile::load::<5>(w[1].q.add(b * w[1].block_step), w[1].stride);
-                tile::dpbssd::<2, 5, 6>();
-                tile::dpbssd::<3, 5, 7>();
+                if PAIR {
+                    tile::load::<5>(w[1].q.add(b * w[1].block_step), w[1].stride);
+                    tile::dpbssd::<2, 5, 6>();
+                    tile::dpbssd::<3, 5, 7>();
+                }
             }
             if b > 0 {
                 let pb = b - 1;
                 let c = &cbuf.0[pb & 1];
                 scale_block(&mut acc.0[0], c[0].as_ptr(), act, mt, w[0], pb);
                 scale_block(&mut acc.0[1], c[1].as_ptr(), act, mt + 1, w[0], pb);
-                scale_block(&mut acc.0[2], c[2].as_ptr(), act, mt, w[1], pb);
-                scale_block(&mut acc.0[3], c[3].as_ptr(), act, mt + 1, w[1], pb);
+                if PAIR {
+                    scale_block(&mut acc.0[2], c[2].as_ptr(), act, mt, w[1], pb);
+                    scale_block(&mut acc.0[3], c[3].as_ptr(), act, mt + 1, w[1], pb);
+                }
             }
             if b < nb {
                 let c = cbuf.0[b & 1].as_mut_ptr() as *mut u8;
                 tile::store::<0>(c, 64);
                 tile::store::<1>(c.add(1024), 64);
-                tile::store::<2>(c.add(2048), 64);
-                tile::store::<3>(c.add(3072), 64);
+                if PAIR {
+                    tile::store::<2>(c.add(2048), 64);
+                    tile::store::<3>(c.add(3072), 64);
+                }
             }
         }
     }

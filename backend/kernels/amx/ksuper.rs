@@ -20,6 +20,7 @@
 //! x 4 int8). A call computes 32 activation rows x 16 weight columns.
 
 use super::tile;
+use crate::kernels::prefetch::Spread;
 use std::arch::x86_64::*;
 
 /// K elements per super-block and per product step.
@@ -69,10 +70,10 @@ pub unsafe fn session() -> tile::TileSession {
 #[repr(C, align(64))]
 struct Results([[[i32; 256]; 4]; 2]);
 
-/// One super-block's results of both row tiles (`c`: hi, lo of row tile 0, then of row
-/// tile 1) scaled into `acc`.
+/// One super-block's results of the first `tiles` row tiles (`c`: hi, lo of row tile 0,
+/// then of row tile 1) scaled into `acc`.
 #[inline(always)]
-unsafe fn drain(c: &[[i32; 256]; 4], cols: &ColsKs, ct: usize, rows: [&RowsKs; 2], sb: usize, acc: [&mut [[f32; 16]; 16]; 2]) {
+unsafe fn drain(c: &[[i32; 256]; 4], cols: &ColsKs, ct: usize, rows: [&RowsKs; 2], sb: usize, acc: [&mut [[f32; 16]; 16]; 2], tiles: usize) {
     // SAFETY: the only caller is `ks_block`, which enables AVX-512F/VNNI and, by its
     // `# Safety` contract, passes operands holding super-block sb of column tile ct (16
     // scales, minimum factors and 4 x 16 minimum pairs) and of both row tiles (16 scales and,
@@ -87,7 +88,7 @@ unsafe fn drain(c: &[[i32; 256]; 4], cols: &ColsKs, ct: usize, rows: [&RowsKs; 2
         } else {
             (_mm512_setzero_ps(), [_mm512_setzero_si512(); 4])
         };
-        for (rt, a) in acc.into_iter().enumerate() {
+        for (rt, a) in acc.into_iter().enumerate().take(tiles) {
             let (hi, lo) = (&c[2 * rt], &c[2 * rt + 1]);
             let rows = rows[rt];
             for (r, out) in a.iter_mut().enumerate() {
@@ -113,14 +114,17 @@ unsafe fn drain(c: &[[i32; 256]; 4], cols: &ColsKs, ct: usize, rows: [&RowsKs; 2
 /// Row tiles `rows[0]`, `rows[1]` against column tile `ct` over all `cols.nsb`
 /// super-blocks, into `acc[0]` (row tile 0) and `acc[1]` (overwritten): per step, two A and
 /// two B tile loads feed four products; the results of a super-block are stored to L1
-/// (double-buffered) and scaled while the tiles run the next.
+/// (double-buffered) and scaled while the tiles run the next. With `PAIR` false, row tile
+/// `rows[0]` alone into `acc[0]` (`rows[1]` not read, `acc[1]` zeroed): half the products
+/// and drains for a last odd row tile. `pf` (the next work item's weights) is prefetched a
+/// step per tile step.
 ///
 /// # Safety
-/// A [`session`] is open on this thread; `cols` holds column tile `ct` and both row tiles
-/// hold `cols.nsb` super-blocks (with sums where the weights have minimums: both or neither
-/// of `rows[..].bsums` and `cols.mins` / `cols.nmin` are set).
+/// A [`session`] is open on this thread; `cols` holds column tile `ct` and the row tiles
+/// read hold `cols.nsb` super-blocks (with sums where the weights have minimums: both or
+/// neither of `rows[..].bsums` and `cols.mins` / `cols.nmin` are set).
 #[target_feature(enable = "avx512f,avx512vnni")]
-pub unsafe fn ks_block(cols: &ColsKs, ct: usize, rows: [&RowsKs; 2], acc: [&mut [[f32; 16]; 16]; 2]) {
+pub unsafe fn ks_block<const PAIR: bool>(cols: &ColsKs, ct: usize, rows: [&RowsKs; 2], acc: [&mut [[f32; 16]; 16]; 2], pf: &Spread) {
     let nsb = cols.nsb;
     let [a0, a1] = acc;
     *a0 = [[0.0; 16]; 16];
@@ -140,25 +144,30 @@ pub unsafe fn ks_block(cols: &ColsKs, ct: usize, rows: [&RowsKs; 2], acc: [&mut 
                 tile::zero::<3>();
                 for s in 0..STEPS {
                     let st = sb * STEPS + s;
+                    pf.step(st);
                     tile::load::<4>(rows[0].q.add(st * TILE), 64);
                     tile::load::<6>(b.add(2 * st * TILE), 64);
                     tile::dpbssd::<0, 4, 6>();
                     tile::load::<7>(b.add((2 * st + 1) * TILE), 64);
                     tile::dpbssd::<1, 4, 7>();
-                    tile::load::<5>(rows[1].q.add(st * TILE), 64);
-                    tile::dpbssd::<2, 5, 6>();
-                    tile::dpbssd::<3, 5, 7>();
+                    if PAIR {
+                        tile::load::<5>(rows[1].q.add(st * TILE), 64);
+                        tile::dpbssd::<2, 5, 6>();
+                        tile::dpbssd::<3, 5, 7>();
+                    }
                 }
             }
             if sb > 0 {
-                drain(&cbuf.0[(sb - 1) & 1], cols, ct, rows, sb - 1, [&mut *a0, &mut *a1]);
+                drain(&cbuf.0[(sb - 1) & 1], cols, ct, rows, sb - 1, [&mut *a0, &mut *a1], if PAIR { 2 } else { 1 });
             }
             if sb < nsb {
                 let c = cbuf.0[sb & 1].as_mut_ptr() as *mut u8;
                 tile::store::<0>(c, 64);
                 tile::store::<1>(c.add(1024), 64);
-                tile::store::<2>(c.add(2048), 64);
-                tile::store::<3>(c.add(3072), 64);
+                if PAIR {
+                    tile::store::<2>(c.add(2048), 64);
+                    tile::store::<3>(c.add(3072), 64);
+                }
             }
         }
     }

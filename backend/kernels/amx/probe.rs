@@ -47,7 +47,7 @@ fn i8_kernel_speed() {
         let t0 = Instant::now();
         for mt in (0..m / 16).step_by(2) {
             for j in (0..nt).step_by(2) {
-                unsafe { gemm::i8_block(&act, mt, [&wts[j], &wts[j + 1]], &mut acc) };
+                unsafe { gemm::i8_block::<true>(&act, mt, [&wts[j], &wts[j + 1]], &mut acc, &crate::kernels::prefetch::Spread::NONE) };
             }
         }
         std::hint::black_box(&acc);
@@ -532,7 +532,7 @@ fn ks_kernel_speed() {
             for mt in (0..m / 16).step_by(2) {
                 for ct in 0..nt {
                     let (x, y) = acc.split_at_mut(1);
-                    unsafe { ksuper::ks_block(&cols, ct, [&rows[mt], &rows[mt + 1]], [&mut x[0], &mut y[0]]) };
+                    unsafe { ksuper::ks_block::<true>(&cols, ct, [&rows[mt], &rows[mt + 1]], [&mut x[0], &mut y[0]], &crate::kernels::prefetch::Spread::NONE) };
                 }
             }
             std::hint::black_box(&acc);

@@ -17,6 +17,7 @@ use super::ksuper::{self, ColsKs, RowsKs, STEPS, TILE};
 use super::ks_cols::SB_TILES_BYTES;
 use super::rows::BF16_ATILE;
 use super::tile::TileSession;
+pub use crate::kernels::prefetch::Spread;
 
 /// Which configuration this thread's newest live session loaded.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -124,12 +125,14 @@ impl I8Session {
         I8Session(Session::begin(Config::I8))
     }
 
-    /// [`gemm::i8_block`]: row tiles `w` against column tiles `mt`, `mt + 1`, into
-    /// `acc`. Panics if an operand is shorter than the kernel reads.
-    pub fn block(&self, act: &I8Cols, mt: usize, w: [&I8Rows; 2], acc: &mut Block32) {
+    /// [`gemm::i8_block`]: one or two row tiles `w` against column tiles `mt`, `mt + 1`,
+    /// into `acc` (rows 0 .. 16 x w.len()). Panics if `w` holds neither one nor two tiles,
+    /// or an operand is shorter than the kernel reads.
+    pub fn block(&self, act: &I8Cols, mt: usize, w: &[I8Rows], acc: &mut Block32, pf: &Spread) {
         let nb = act.nb;
         let tiles = (mt + 2) * nb;
         let min = w.iter().any(|w| w.m.is_some());
+        assert!(matches!(w.len(), 1 | 2), "SMEPilot: int8 block of {} row tiles", w.len());
         assert!(
             tiles * I8_BTILE <= act.q.len() && tiles * 16 <= act.d.len() && (!min || tiles * 16 <= act.s.len()),
             "SMEPilot: int8 column operand too short for tiles {mt}, {}",
@@ -138,13 +141,18 @@ impl I8Session {
         assert!(w.iter().all(|w| w.holds(nb)), "SMEPilot: int8 row tile too short for {nb} blocks");
         assert!(self.0.is_current(Config::I8), "SMEPilot: int8 product while another tile configuration is loaded");
         let a = ColsI8 { q: act.q.as_ptr(), d: act.d.as_ptr(), s: act.s.as_ptr(), nb };
-        let (w0, w1) = (w[0].raw(), w[1].raw());
+        let (w0, w1) = (w[0].raw(), w[w.len() - 1].raw());
         // SAFETY: this session loaded I8_CONFIG on this thread and it is still the current
         // one (checked); AVX-512F is present (checked at `begin`); the column operand holds
-        // tiles mt and mt + 1 with their scales (and sums, read only with minimums), and both
+        // tiles mt and mt + 1 with their scales (and sums, read only with minimums), and the
         // row tiles hold nb blocks of 16 rows with their scales and minimum factors (checked
         // above), so every read of the kernel stays within the slices.
-        unsafe { gemm::i8_block(&a, mt, [&w0, &w1], acc) }
+        unsafe {
+            match w.len() {
+                2 => gemm::i8_block::<true>(&a, mt, [&w0, &w1], acc, pf),
+                _ => gemm::i8_block::<false>(&a, mt, [&w0, &w0], acc, pf),
+            }
+        }
     }
 }
 
@@ -173,11 +181,12 @@ impl KsSession {
         KsSession(Session::begin(Config::KSuper))
     }
 
-    /// Row tiles `rows` against column tile `ct` of `cols` into `acc`'s column half `half`
-    /// (block entries `half` and `2 + half`, overwritten).
-    pub fn block(&self, cols: &KsCols, ct: usize, rows: [&KsRows; 2], acc: &mut Block32, half: usize) {
+    /// One or two row tiles `rows` against column tile `ct` of `cols` into `acc`'s column
+    /// half `half` (block entries `half` and `2 + half`, overwritten).
+    pub fn block(&self, cols: &KsCols, ct: usize, rows: &[KsRows], acc: &mut Block32, half: usize, pf: &Spread) {
         let nsb = cols.nsb;
         let min = rows[0].bsums.is_some();
+        assert!(matches!(rows.len(), 1 | 2), "SMEPilot: super-block product of {} row tiles", rows.len());
         assert!(half < 2 && rows.iter().all(|r| r.bsums.is_some() == min), "SMEPilot: super-block rows disagree on minimums");
         assert!(
             (ct + 1) * nsb * SB_TILES_BYTES <= cols.q.len() && (ct + 1) * nsb * 16 <= cols.d.len() && (!min || ((ct + 1) * nsb * 16 <= cols.nmin.len() && (ct + 1) * nsb * 64 <= cols.mins.len())),
@@ -190,13 +199,18 @@ impl KsSession {
         assert!(self.0.is_current(Config::KSuper), "SMEPilot: K-quant product while another tile configuration is loaded");
         let c = ColsKs { q: cols.q.as_ptr(), d: cols.d.as_ptr(), nmin: cols.nmin.as_ptr(), mins: cols.mins.as_ptr(), nsb };
         let raw = |r: &KsRows| RowsKs { q: r.q.as_ptr(), d: r.d.as_ptr(), bsums: r.bsums.map_or(std::ptr::null(), |b| b.as_ptr()) };
-        let (r0, r1) = (raw(rows[0]), raw(rows[1]));
+        let (r0, r1) = (raw(&rows[0]), raw(&rows[rows.len() - 1]));
         let (top, bottom) = acc.0.split_at_mut(2);
         // SAFETY: this session loaded the kernel's configuration on this thread and it is still
-        // the current one (checked); column tile ct and both row tiles hold nsb super-blocks
+        // the current one (checked); column tile ct and the row tiles hold nsb super-blocks
         // with sums exactly where minimums are (checked above), which is all `ks_block` reads;
         // AVX-512F/VNNI: sessions exist only where `usable` found them.
-        unsafe { ksuper::ks_block(&c, ct, [&r0, &r1], [&mut top[half], &mut bottom[half]]) }
+        unsafe {
+            match rows.len() {
+                2 => ksuper::ks_block::<true>(&c, ct, [&r0, &r1], [&mut top[half], &mut bottom[half]], pf),
+                _ => ksuper::ks_block::<false>(&c, ct, [&r0, &r0], [&mut top[half], &mut bottom[half]], pf),
+            }
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::threadpool::ThreadCtx;
 use crate::kernels::amx::gemm::{Block32, BF16_BTILE, BF16_KSTEP, I8_BTILE, I8_KBLOCK};
 use crate::kernels::amx::ks_cols::{self, ColTile, SB_TILES_BYTES};
 use crate::kernels::amx::ksuper::{STEPS, SUPER, TILE};
-use crate::kernels::amx::stage::{Bf16Session, I8Cols, I8Rows, I8Session, KsCols, KsRows, KsSession};
+use crate::kernels::amx::stage::{Bf16Session, I8Cols, I8Rows, I8Session, KsCols, KsRows, KsSession, Spread};
 use crate::kernels::amx::{self, rows};
 use crate::kernels::packed;
 use crate::tensor::TensorRef;
@@ -119,10 +119,10 @@ impl MatrixEngine for Amx {
         Session { tiles, acc: Block32::new() }
     }
 
-    fn weight_group(&self, plan: &Plan, session: &mut Session, p: &Product, ctx: &ThreadCtx, g: usize) {
+    fn weight_group(&self, plan: &Plan, session: &mut Session, p: &Product, ctx: &ThreadCtx, g: usize, next: &[u8]) {
         match (plan, &session.tiles) {
-            (Plan::I8 { has_min, layout }, Tiles::I8(t)) => i8_group(p, ctx, t, layout, *has_min, g, &mut session.acc),
-            (Plan::Ks { has_min, layout }, Tiles::Ks(t)) => ks_group(p, ctx, t, layout, *has_min, g, &mut session.acc),
+            (Plan::I8 { has_min, layout }, Tiles::I8(t)) => i8_group(p, ctx, t, layout, *has_min, g, &mut session.acc, next),
+            (Plan::Ks { has_min, layout }, Tiles::Ks(t)) => ks_group(p, ctx, t, layout, *has_min, g, &mut session.acc, next),
             (Plan::Bf16 { layout }, Tiles::Bf16(t)) => bf16_group(p, ctx, t, layout, g, &mut session.acc),
             _ => unreachable!("a session of the plan's kernel"),
         }
@@ -400,7 +400,7 @@ fn i8_acts(p: &Product, ctx: &ThreadCtx, l: &I8Layout, has_min: bool) {
 /// every pair of activation row tiles against them, each result row stored straight into
 /// its output row. The caller holds an int8 tile session and has
 /// passed the barrier after `i8_acts`.
-fn i8_group(p: &Product, ctx: &ThreadCtx, tiles: &I8Session, l: &I8Layout, has_min: bool, g: usize, acc: &mut Block32) {
+fn i8_group(p: &Product, ctx: &ThreadCtx, tiles: &I8Session, l: &I8Layout, has_min: bool, g: usize, acc: &mut Block32, next: &[u8]) {
     let w = &p.w;
     let (k, n, m, at, nb) = (w.ne[0], w.ne[1], p.m, p.acts_at, l.nb);
     let n_tiles = n.div_ceil(16);
@@ -447,6 +447,8 @@ fn i8_group(p: &Product, ctx: &ThreadCtx, tiles: &I8Session, l: &I8Layout, has_m
         d: &act_d[t * nb * 16..(t + 1) * nb * 16],
         m: has_min.then(|| &act_s[t * nb * 16..(t + 1) * nb * 16]),
     };
+    // `next` prefetched over every block call of this group.
+    let calls = m.div_ceil(32) * used.div_ceil(2);
     for mt in (0..m.div_ceil(16)).step_by(2) {
         let rows_m = (m - mt * 16).min(32);
         // m_tiles rounds up to pairs: tile mt + 1 exists (zero rows past m).
@@ -454,7 +456,9 @@ fn i8_group(p: &Product, ctx: &ThreadCtx, tiles: &I8Session, l: &I8Layout, has_m
         for tp in (0..used).step_by(2) {
             let n0 = (tile0 + tp) * 16;
             let rows_n = (n - n0).min(if tp + 1 < used { 32 } else { 16 });
-            tiles.block(&cols, tp, [&pair[0], &pair[1]], acc);
+            let pf = Spread::part(next, calls, (mt / 2) * used.div_ceil(2) + tp / 2, nb);
+            // A last odd row tile alone: half the products and drains.
+            tiles.block(&cols, tp, if rows_m > 16 { &pair[..] } else { &pair[..1] }, acc, &pf);
             for i in 0..rows_m {
                 // Columns n0 .. n0 + rows_n are this group's, which the queue gave this
                 // thread alone.
@@ -503,7 +507,7 @@ fn ks_acts(p: &Product, ctx: &ThreadCtx, l: &KsLayout, has_min: bool) {
 /// Weight group `g` staged into the K-quant kernel's column tiles, then every pair of
 /// activation row tiles against them, each result row stored straight into its output row.
 /// The caller holds a K-quant tile session and has passed the barrier after `ks_acts`.
-fn ks_group(p: &Product, ctx: &ThreadCtx, tiles: &KsSession, l: &KsLayout, has_min: bool, g: usize, acc: &mut Block32) {
+fn ks_group(p: &Product, ctx: &ThreadCtx, tiles: &KsSession, l: &KsLayout, has_min: bool, g: usize, acc: &mut Block32, next: &[u8]) {
     let w = &p.w;
     let (k, n, m, at, nsb) = (w.ne[0], w.ne[1], p.m, p.acts_at, l.nsb);
     let tile0 = g * GROUP_TILES;
@@ -542,6 +546,9 @@ fn ks_group(p: &Product, ctx: &ThreadCtx, tiles: &KsSession, l: &KsLayout, has_m
         d: &act_d[t * nsb * 16..(t + 1) * nsb * 16],
         bsums: sums.map(|s| &s[t * nsb * 64..(t + 1) * nsb * 64]),
     };
+    // `next` prefetched over every block call of this group.
+    let calls = m.div_ceil(32) * used;
+    let steps = nsb * STEPS;
     for mt in (0..m.div_ceil(16)).step_by(2) {
         let rows_m = (m - mt * 16).min(32);
         // m_tiles rounds up to pairs: tile mt + 1 exists (zero rows past m).
@@ -549,9 +556,12 @@ fn ks_group(p: &Product, ctx: &ThreadCtx, tiles: &KsSession, l: &KsLayout, has_m
         for tp in (0..used).step_by(2) {
             let n0 = (tile0 + tp) * 16;
             let rows_n = (n - n0).min(if tp + 1 < used { 32 } else { 16 });
-            tiles.block(&cols, tp, [&pair[0], &pair[1]], acc, 0);
+            // A last odd row tile alone: half the products and drains.
+            let rows = if rows_m > 16 { &pair[..] } else { &pair[..1] };
+            let call = (mt / 2) * used + tp;
+            tiles.block(&cols, tp, rows, acc, 0, &Spread::part(next, calls, call, steps));
             if tp + 1 < used {
-                tiles.block(&cols, tp + 1, [&pair[0], &pair[1]], acc, 1);
+                tiles.block(&cols, tp + 1, rows, acc, 1, &Spread::part(next, calls, call + 1, steps));
             }
             for i in 0..rows_m {
                 // Columns n0 .. n0 + rows_n are this group's, which the queue gave this

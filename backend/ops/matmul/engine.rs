@@ -66,8 +66,10 @@ pub trait MatrixEngine {
 
     /// Weight group `g` (`GROUP_TILES` tiles of `TILE_ROWS` rows; fewer at the end) staged
     /// and multiplied by every activation tile, written to the product's output rows. The
-    /// caller holds a session and has passed the barrier after `prepare_acts`.
-    fn weight_group(&self, plan: &Self::Plan, session: &mut Self::Session, p: &Product, ctx: &ThreadCtx, g: usize);
+    /// caller holds a session and has passed the barrier after `prepare_acts`. `next`: the
+    /// bytes this thread reads next (the following item's weights), which the engine may
+    /// prefetch while this group computes.
+    fn weight_group(&self, plan: &Self::Plan, session: &mut Self::Session, p: &Product, ctx: &ThreadCtx, g: usize, next: &[u8]);
 }
 
 /// Weight rows per work item of engine `E`.
@@ -118,7 +120,7 @@ pub fn run_matrix<E: MatrixEngine>(e: &E, node: &Node, ctx: &ThreadCtx) {
         if g >= groups {
             break;
         }
-        e.weight_group(&p, &mut session, &prod, ctx, g);
+        e.weight_group(&p, &mut session, &prod, ctx, g, &[]);
     }
 }
 
@@ -138,7 +140,7 @@ pub fn run_coop<E: MatrixEngine>(e: &E, node: &Node, ctx: &ThreadCtx) {
     if ctx.ith < ctx.plan.matrix_threads {
         let mut session = e.session(&p);
         while let Some(g) = ctx.take(groups, false) {
-            e.weight_group(&p, &mut session, &prod, ctx, g);
+            e.weight_group(&p, &mut session, &prod, ctx, g, &[]);
         }
     } else {
         while let Some(g) = ctx.take(groups, true) {

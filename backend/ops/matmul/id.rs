@@ -264,7 +264,7 @@ impl MatrixEngine for NoEngine {
     fn session(&self, _: &()) {
         match *self {}
     }
-    fn weight_group(&self, _: &(), _: &mut (), _: &Product, _: &ThreadCtx, _: usize) {
+    fn weight_group(&self, _: &(), _: &mut (), _: &Product, _: &ThreadCtx, _: usize, _: &[u8]) {
         match *self {}
     }
 }
@@ -353,15 +353,28 @@ fn run<E: MatrixEngine>(pass: &Pass, ctx: &ThreadCtx, map: &RowMap, acts: Option
         let unit_items = experts.len() * groups;
         let items = unit_items + if last { vector.len() * vchunks } else { 0 };
         let mut session = None;
-        while let Some(i) = ctx.take(items, !drives) {
+        // One item of lookahead: the next item is taken before this one runs, and the unit
+        // prefetches its weights while it computes this one (an expert's weights come from
+        // memory once per node, for a few dozen rows: the stream would stall the staging).
+        let mut next = ctx.take(items, !drives);
+        let cols = |g: usize| (g * group_rows, ((g + 1) * group_rows).min(n));
+        while let Some(i) = next {
+            next = ctx.take(items, !drives);
+            let upcoming = |h: usize| match next.filter(|&j| j < unit_items) {
+                Some(j) => {
+                    let (c0, c1) = cols(j % groups);
+                    prods[(j / groups) * nodes + h].weight_bytes(c0, c1)
+                }
+                None => &[],
+            };
             if i < unit_items {
                 let (j, g) = (i / groups, i % groups);
-                let (c0, c1) = (g * group_rows, ((g + 1) * group_rows).min(n));
-                for prod in &prods[j * nodes..(j + 1) * nodes] {
+                let (c0, c1) = cols(g);
+                for (h, prod) in prods[j * nodes..(j + 1) * nodes].iter().enumerate() {
                     match (&unit, drives) {
                         (Some((eng, _, _)), true) => {
                             let s = session.get_or_insert_with(|| eng.session(&experts[j].1));
-                            eng.weight_group(&experts[j].1, s, prod, ctx, g);
+                            eng.weight_group(&experts[j].1, s, prod, ctx, g, upcoming(h));
                         }
                         // A thread that does not drive the unit runs the group on the vector
                         // kernels (its columns are this item's alone either way).

@@ -67,6 +67,19 @@ impl<'a> Product<'a> {
         self.w.ne[0]
     }
 
+    /// The bytes the kernels read for weight rows `r0 .. r1` (whole 16-row groups of the
+    /// packed copy where there is one, else the rows in ggml's layout).
+    pub fn weight_bytes(&self, r0: usize, r1: usize) -> &[u8] {
+        let w = &self.w;
+        match &w.packed {
+            Some(pk) => {
+                let g = crate::kernels::packed::GROUP_ROWS;
+                pk.groups(w.ne[0], r0 / g, r1.div_ceil(g) - r0 / g)
+            }
+            None => w.bytes_at::<u8>(r0 * w.nb[1], (r1 - r0 - 1) * w.nb[1] + w.row_bytes()),
+        }
+    }
+
     /// (i1, i2) of activation row i in x.
     #[inline(always)]
     fn x_at(&self, i: usize) -> (usize, usize) {

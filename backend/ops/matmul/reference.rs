@@ -59,7 +59,7 @@ impl MatrixEngine for Reference {
 
     fn session(&self, _plan: &Plan) {}
 
-    fn weight_group(&self, plan: &Plan, _session: &mut (), p: &Product, ctx: &ThreadCtx, g: usize) {
+    fn weight_group(&self, plan: &Plan, _session: &mut (), p: &Product, ctx: &ThreadCtx, g: usize, _next: &[u8]) {
         let w = &p.w;
         let (k, n, rb) = (w.ne[0], w.ne[1], w.row_bytes());
         let dot = scalar_kernels(w.ty).and_then(|t| t.vec_dot).expect("plan checked");

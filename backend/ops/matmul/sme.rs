@@ -266,7 +266,7 @@ impl MatrixEngine for Sme {
         Streaming::begin(self.geo)
     }
 
-    fn weight_group(&self, plan: &Plan, session: &mut Streaming, p: &Product, ctx: &ThreadCtx, g: usize) {
+    fn weight_group(&self, plan: &Plan, session: &mut Streaming, p: &Product, ctx: &ThreadCtx, g: usize, _next: &[u8]) {
         if let Kind::Int8 { has_min } = plan.kind {
             return self.i8_group(plan, has_min, session, p, ctx, g);
         }
