@@ -396,13 +396,7 @@ fn flash_attn_blocked(
             }
             for i in 0..BLOCK {
                 let row = &mut sp[i * KV_TILE..(i + 1) * KV_TILE];
-                let tile_max = if i < rows {
-                    row.iter()
-                        .copied()
-                        .fold(f32::NEG_INFINITY, |m, x| if m > x { m } else { x })
-                } else {
-                    f32::NEG_INFINITY
-                };
+                let tile_max = if i < rows { row_max(row) } else { f32::NEG_INFINITY };
                 if tile_max == f32::NEG_INFINITY {
                     row.fill(0.0); // nothing of this tile reaches the row
                     continue;
@@ -439,6 +433,22 @@ fn flash_attn_blocked(
             }
         }
     }
+}
+
+/// The largest of `row` (ggml's `a > b ? a : b` per element), in 16 lanes: the same value
+/// as one running maximum whatever the order (a maximum never rounds), without its chain
+/// of dependent compares.
+fn row_max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = row.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = if *m > x { *m } else { x };
+        }
+    }
+    let m = lanes.iter().copied().fold(f32::NEG_INFINITY, |m, x| if m > x { m } else { x });
+    tail.iter().copied().fold(m, |m, x| if m > x { m } else { x })
 }
 
 /// Phase 1 of the vector form for head t (K heads first, then V heads): K transposed per

@@ -266,6 +266,46 @@ fn rms_norm_in_place_and_scale() {
     });
 }
 
+/// RMS_NORM gives ggml-cpu's bits (squares in f32, one f64 sum per row in element order,
+/// the scale in f32) for rows taken eight side by side and the rest one by one: 1 to 3
+/// threads, rows of 37 and 128, in place and into another tensor.
+#[test]
+fn rms_norm_gives_ggml_bits() {
+    each_tier("ops::rms_norm", || {
+        let mut rng = StdRng::seed_from_u64(3);
+        for (n, rows) in [(37, 29), (128, 41)] {
+            let xs = random_f32(&mut rng, n * rows, 3.0);
+            let eps = 1e-6f32;
+            let want: Vec<u32> = xs
+                .chunks(n)
+                .flat_map(|x| {
+                    let mut sum = 0f64;
+                    for &v in x {
+                        sum += (v * v) as f64;
+                    }
+                    let scale = 1.0 / ((sum / n as f64) as f32 + eps).sqrt();
+                    x.iter().map(move |&v| (v * scale).to_bits())
+                })
+                .collect();
+            for threads in 1..=3 {
+                for in_place in [false, true] {
+                    let mut a = Buf::zeroed(n * rows * 4);
+                    let mut o = Buf::zeroed(n * rows * 4);
+                    a.f32s()[..xs.len()].copy_from_slice(&xs);
+                    let src = contiguous(DType::F32, [n, rows, 1, 1], &mut a);
+                    let dst = if in_place { src } else { contiguous(DType::F32, [n, rows, 1, 1], &mut o) };
+                    run(&[node(Op::RmsNorm { eps }, dst, &[src])], threads);
+                    let got = if in_place { &mut a } else { &mut o };
+                    let got: Vec<u32> = got.f32s()[..n * rows].iter().map(|v| v.to_bits()).collect();
+                    if let Some(i) = (0..n * rows).find(|&i| got[i] != want[i]) {
+                        panic!("n {n} threads {threads} in place {in_place}: row {} col {}: {} vs {}", i / n, i % n, f32::from_bits(got[i]), f32::from_bits(want[i]));
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// ADD and MUL with src1 repeated along the row (one value per row, as MoE's expert
 /// weights, or a shorter row), into a new tensor and in place.
 #[test]
