@@ -99,7 +99,7 @@ fn silu_libm(x: f32) -> f32 {
 
 /// Sum of 16 lanes in the order x86's `_mm512_reduce_add_ps` takes: halves added
 /// lane-wise (8, then 4, 2, 1 lanes apart).
-fn reduce16(v: &[f32; LANES]) -> f32 {
+pub fn reduce16(v: &[f32; LANES]) -> f32 {
     let mut a = *v;
     for h in [8, 4, 2, 1] {
         for i in 0..h {
@@ -517,6 +517,18 @@ mod avx2 {
         }
         sum
     }
+}
+
+/// The sum of 16 lanes in `_mm512_reduce_add_ps`'s order (ggml's AVX-512 sums; see
+/// [`reduce16`]).
+///
+/// # Safety
+/// The CPU runs AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub unsafe fn reduce_add_avx512(v: std::arch::x86_64::__m512) -> f32 {
+    // SAFETY: this fn's contract (AVX-512F).
+    unsafe { avx512::reduce_add(v) }
 }
 
 #[cfg(target_arch = "x86_64")]

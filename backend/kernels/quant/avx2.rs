@@ -30,7 +30,46 @@ pub(crate) fn table() -> Option<&'static Table> {
 
 /// The tier's register-blocked dots (the BF16 prefill tile).
 pub(crate) fn dense_kernels() -> super::DenseKernels {
-    super::DenseKernels { bf16_block_4x3: detected().then_some(dot_bf16_block as super::Bf16Block4x3Fn), bf16_rows_4: None }
+    super::DenseKernels {
+        bf16_block_4x3: detected().then_some(dot_bf16_block as super::Bf16Block4x3Fn),
+        bf16_rows_4: None,
+        f32_gemm: detected().then_some(super::F32Gemm { lanes: 8, min_rows: 2, block: f32_gemm_block }),
+    }
+}
+
+/// ggml's F32 prefill GEMM order (tinyBLAS with `__m256`): 8-lane chains, then its `hsum`.
+pub fn f32_gemm_block(n: usize, w: [&[u8]; 4], a: [&[u8]; 3]) -> Option<[[f32; 3]; 4]> {
+    if !detected() || !n.is_multiple_of(8) || w.iter().chain(a.iter()).any(|r| r.len() < 4 * n) {
+        return None;
+    }
+    // SAFETY: AVX2, FMA and F16C detected; every row holds n values, whole 8-lane chunks
+    // (checked).
+    Some(unsafe { f32_gemm_block_impl(n, w, a) })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f32_gemm_block_impl(n: usize, w: [&[u8]; 4], a: [&[u8]; 3]) -> [[f32; 3]; 4] {
+    let wc: [&[[u8; 32]]; 4] = std::array::from_fn(|i| w[i][..4 * n].as_chunks::<32>().0);
+    let ac: [&[[u8; 32]]; 3] = std::array::from_fn(|j| a[j][..4 * n].as_chunks::<32>().0);
+    // SAFETY (loads below): each chunk is 32 readable bytes (8 f32); the loads are unaligned.
+    let ld = |c: &[u8; 32]| unsafe { _mm256_loadu_ps(c.as_ptr().cast()) };
+    let mut acc = [[_mm256_setzero_ps(); 3]; 4];
+    for c in 0..n / 8 {
+        let av: [__m256; 3] = std::array::from_fn(|j| ld(&ac[j][c]));
+        for i in 0..4 {
+            let wv = ld(&wc[i][c]);
+            for j in 0..3 {
+                acc[i][j] = _mm256_fmadd_ps(wv, av[j], acc[i][j]);
+            }
+        }
+    }
+    acc.map(|row| {
+        row.map(|v| {
+            let mut l = [0f32; 8];
+            store8(&mut l, v);
+            super::scalar::reduce8_avx2(&l)
+        })
+    })
 }
 
 fn build() -> Option<Table> {

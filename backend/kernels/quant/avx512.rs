@@ -52,7 +52,39 @@ pub(crate) fn table() -> Option<(&'static Table, &'static str)> {
 
 /// The tier's register-blocked dots (BF16 rows four at a time with AVX512-BF16).
 pub(crate) fn dense_kernels() -> super::DenseKernels {
-    super::DenseKernels { bf16_block_4x3: None, bf16_rows_4: has_bf16().then_some(dot_bf16_x4 as super::Bf16Rows4Fn) }
+    super::DenseKernels {
+        bf16_block_4x3: None,
+        bf16_rows_4: has_bf16().then_some(dot_bf16_x4 as super::Bf16Rows4Fn),
+        f32_gemm: detected().then_some(super::F32Gemm { lanes: 16, min_rows: 2, block: f32_gemm_block }),
+    }
+}
+
+/// ggml's F32 prefill GEMM order (tinyBLAS with `__m512`): 16-lane chains, `_mm512_reduce_add_ps`.
+pub fn f32_gemm_block(n: usize, w: [&[u8]; 4], a: [&[u8]; 3]) -> Option<[[f32; 3]; 4]> {
+    if !detected() || !n.is_multiple_of(16) || w.iter().chain(a.iter()).any(|r| r.len() < 4 * n) {
+        return None;
+    }
+    // SAFETY: the tier's features detected; every row holds n values, whole 16-lane chunks
+    // (checked).
+    Some(unsafe { f32_gemm_block_impl(n, w, a) })
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn f32_gemm_block_impl(n: usize, w: [&[u8]; 4], a: [&[u8]; 3]) -> [[f32; 3]; 4] {
+    let wc: [&[[u8; 64]]; 4] = std::array::from_fn(|i| w[i][..4 * n].as_chunks::<64>().0);
+    let ac: [&[[u8; 64]]; 3] = std::array::from_fn(|j| a[j][..4 * n].as_chunks::<64>().0);
+    let mut acc = [[_mm512_setzero_ps(); 3]; 4];
+    for c in 0..n / 16 {
+        let av: [__m512; 3] = std::array::from_fn(|j| ldps_bytes(&ac[j][c]));
+        for i in 0..4 {
+            let wv = ldps_bytes(&wc[i][c]);
+            for j in 0..3 {
+                acc[i][j] = _mm512_fmadd_ps(wv, av[j], acc[i][j]);
+            }
+        }
+    }
+    // SAFETY: AVX-512F is enabled here (this fn's target features).
+    acc.map(|row| row.map(|v| unsafe { crate::kernels::vmath::reduce_add_avx512(v) }))
 }
 
 /// Builds the tier's table, with (`bf16 = true`) or without `vdpbf16ps` for the BF16 dot.

@@ -97,18 +97,36 @@ pub type Bf16Block4x3Fn = fn(n: usize, w: [&[u8]; 4], a: [&[u8]; 3]) -> Option<[
 /// The BF16 dots of 4 weight rows with one activation row (`None` as above).
 pub type Bf16Rows4Fn = fn(n: usize, w: [&[u8]; 4], a: &[u8]) -> Option<[f32; 4]>;
 
+/// The F32 dots of 4 weight rows with 3 activation rows in ggml's prefill GEMM order (see
+/// [`F32Gemm`]); `None` when a row holds fewer than n values or n is not a multiple of the
+/// tier's lanes.
+pub type F32Block4x3Fn = fn(n: usize, w: [&[u8]; 4], a: [&[u8]; 3]) -> Option<[[f32; 3]; 4]>;
+
+/// ggml-cpu's F32 x F32 GEMM for prefill (llamafile's tinyBLAS), which it runs instead of its
+/// dot when the activations are contiguous with at least `min_rows` rows, the weights have a
+/// multiple of 4 rows and k is a multiple of `lanes`: per output, one fused multiply-add
+/// chain over `lanes`-wide chunks of k, then the tier's horizontal sum.
+#[derive(Clone, Copy)]
+pub struct F32Gemm {
+    pub lanes: usize,
+    pub min_rows: usize,
+    pub block: F32Block4x3Fn,
+}
+
 /// Register-blocked dots a tier has beside its table's single dots; each gives the bits of
-/// the table's dot on every output it computes.
+/// the table's dot (or, for `f32_gemm`, of ggml's GEMM) on every output it computes.
 #[derive(Clone, Copy)]
 pub struct DenseKernels {
     /// BF16 prefill tile: each converted chunk serves 3 or 4 products instead of one.
     pub bf16_block_4x3: Option<Bf16Block4x3Fn>,
     /// BF16 decode: four weight rows (four DRAM streams) per activation row.
     pub bf16_rows_4: Option<Bf16Rows4Fn>,
+    /// F32 prefill in ggml's GEMM order (MoE routers keep F32 weights).
+    pub f32_gemm: Option<F32Gemm>,
 }
 
 impl DenseKernels {
-    pub const NONE: DenseKernels = DenseKernels { bf16_block_4x3: None, bf16_rows_4: None };
+    pub const NONE: DenseKernels = DenseKernels { bf16_block_4x3: None, bf16_rows_4: None, f32_gemm: None };
 }
 
 /// The scalar reference kernels for `ty`, always available.

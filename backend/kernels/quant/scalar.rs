@@ -90,6 +90,24 @@ pub fn dot_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
     sum as f32
 }
 
+/// One output of ggml's F32 prefill GEMM with `L` lanes (see `F32Gemm`): lane l chains the
+/// fused products of elements l, l + L, ... in order; `reduce` sums the lanes in the tier's
+/// horizontal order. The reference of the tiers' `f32_gemm` blocks.
+pub fn f32_gemm_dot<const L: usize>(n: usize, w: &[u8], a: &[u8], reduce: fn(&[f32; L]) -> f32) -> f32 {
+    check_vec_dot(DType::F32, DType::F32, n, w.len(), a.len());
+    assert!(n.is_multiple_of(L), "f32_gemm_dot: {n} values are not whole {L}-lane chunks");
+    let mut lanes = [0f32; L];
+    for (i, (x, y)) in words(w, n).iter().zip(words(a, n)).enumerate() {
+        lanes[i % L] = f32::from_ne_bytes(*x).mul_add(f32::from_ne_bytes(*y), lanes[i % L]);
+    }
+    reduce(&lanes)
+}
+
+/// The AVX2 horizontal sum of ggml's GEMM (`hsum(__m256)`): 128-bit halves, then pairs.
+pub fn reduce8_avx2(l: &[f32; 8]) -> f32 {
+    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+}
+
 /// F16 · F16, both widened to f32 (products are exact), summed in f64.
 pub fn dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
     check_vec_dot(DType::F16, DType::F16, n, w.len(), a.len());

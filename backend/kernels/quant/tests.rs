@@ -1215,6 +1215,48 @@ fn neon_bf16_blocked_dots_match_single_dots_bit_for_bit() {
     }
 }
 
+/// Every tier's F32 GEMM block gives, per output, the bits of the scalar chain in its lane
+/// count and horizontal order (ggml's tinyBLAS on that tier), over k of 1 to 9 chunks; it
+/// declines short rows and k that is not whole chunks. And it is a dot: within f32
+/// rounding of the f64 sum.
+#[test]
+fn f32_gemm_blocks_follow_the_tier_order() {
+    use crate::kernels::KernelSet;
+    let mut r = rng(35);
+    let mut tested = Vec::new();
+    for set in KernelSet::available() {
+        let Some(g) = set.dense.f32_gemm else { continue };
+        for chunks in [1, 2, 5, 9] {
+            let n = chunks * g.lanes;
+            let rows: Vec<Vec<u8>> = (0..7).map(|_| rand_row(&mut r, DType::F32, n)).collect();
+            let w: [&[u8]; 4] = std::array::from_fn(|i| &rows[i][..]);
+            let a: [&[u8]; 3] = std::array::from_fn(|j| &rows[4 + j][..]);
+            let block = (g.block)(n, w, a).unwrap();
+            for i in 0..4 {
+                for j in 0..3 {
+                    let want = match g.lanes {
+                        16 => scalar::f32_gemm_dot::<16>(n, w[i], a[j], crate::kernels::vmath::reduce16),
+                        8 => scalar::f32_gemm_dot::<8>(n, w[i], a[j], scalar::reduce8_avx2),
+                        l => panic!("no reference order for {l} lanes"),
+                    };
+                    assert_eq!(block[i][j].to_bits(), want.to_bits(), "{} n={n} ({i},{j}): {} vs {want}", set.name, block[i][j]);
+                    let (mag, exact) = magnitude_and_dot(DType::F32, DType::F32, n, w[i], a[j]);
+                    assert!(((block[i][j] as f64 - exact).abs()) <= 1e-5 * mag + 1e-30, "{} n={n}: not a dot", set.name);
+                }
+            }
+        }
+        let row = rand_row(&mut r, DType::F32, g.lanes + 1);
+        assert!((g.block)(g.lanes + 1, [&row[..]; 4], [&row[..]; 3]).is_none(), "{}: k not whole chunks", set.name);
+        assert!((g.block)(2 * g.lanes, [&row[..]; 4], [&row[..]; 3]).is_none(), "{}: short rows", set.name);
+        tested.push(set.tier);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::quant::avx2::table().is_some() {
+        assert!(tested.contains(&crate::kernels::Tier::Avx2), "the AVX2 tier has an F32 GEMM block");
+    }
+    crate::kernels::registry::log_tiers_run("quant::f32_gemm", KernelSet::available().iter().filter(|s| tested.contains(&s.tier)).map(|s| s.name));
+}
+
 /// A fixed Q4_0 · Q8_0 workload for instruction counting under QEMU (`qemu-icount.py`): each
 /// tier's dot on the same 4096-element rows, 8 times; checks they agree.
 #[test]

@@ -228,6 +228,10 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
     let batches = d.ne[2] * d.ne[3];
     let (r2, r3) = (x.ne[2] / w.ne[2], x.ne[3] / w.ne[3]);
     let (t0, t1) = split_range(batches * n_tiles * m_tiles, ctx.ith, ctx.nth);
+    // F32 weights where ggml-cpu takes its GEMM instead of its dot (its conditions).
+    let f32_gemm = ctx.kernels.dense.f32_gemm.filter(|g| {
+        w.ty == DType::F32 && x.ty == DType::F32 && x.is_contiguous() && m_all >= g.min_rows && n_all.is_multiple_of(4) && kdim.is_multiple_of(g.lanes)
+    });
     let w_bytes = w.row_bytes();
     for t in t0..t1 {
         let mt = t % m_tiles;
@@ -235,6 +239,14 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
         let b = t / (m_tiles * n_tiles);
         let (i12, i13) = (b % d.ne[2], b / d.ne[2]);
         let (i02, i03) = (i12 / r2, i13 / r3);
+        if let Some(g) = f32_gemm {
+            let (n_range, m_range) = (nt * TILE_N..((nt + 1) * TILE_N).min(n_all), mt * TILE_M..((mt + 1) * TILE_M).min(m_all));
+            // The outputs (n, m) of this tile are this thread's.
+            f32_gemm_tile(g.block, kdim, n_range, m_range, |n| &w.row::<u8>(n, i02, i03)[..w_bytes], |m| act_row(m, i12, i13), |n, m, v| {
+                d.write_at(d.elem_offset(n, m, i12, i13), v)
+            });
+            continue;
+        }
         if let Some(block) = ctx.kernels.dense.bf16_block_4x3.filter(|_| w.ty == DType::BF16 && layout.is_some()) {
             let (n_range, m_range) = (nt * TILE_N..((nt + 1) * TILE_N).min(n_all), mt * TILE_M..((mt + 1) * TILE_M).min(m_all));
             // The outputs (n, m) of this tile are this thread's.
@@ -248,6 +260,26 @@ pub fn mul_mat(node: &Node, ctx: &ThreadCtx) {
             for m in mt * TILE_M..((mt + 1) * TILE_M).min(m_all) {
                 // The output element (n, m) lies in this thread's tiles only.
                 d.write_at(d.elem_offset(n, m, i12, i13), vec_dot(kdim, wrow, act_row(m, i12, i13)));
+            }
+        }
+    }
+}
+
+/// One output tile in ggml's F32 GEMM order: 4 weight rows (the tile's rows are whole
+/// fours: `f32_gemm`'s condition) x 3 activation rows per `block` call; a last partial
+/// group of activation rows repeats its last row (each output's bits are its own).
+fn f32_gemm_tile<'a>(block: crate::kernels::quant::F32Block4x3Fn, k: usize, ns: std::ops::Range<usize>, ms: std::ops::Range<usize>, wrow: impl Fn(usize) -> &'a [u8], arow: impl Fn(usize) -> &'a [u8], mut put: impl FnMut(usize, usize, f32)) {
+    debug_assert!(ns.len().is_multiple_of(4));
+    for n in ns.step_by(4) {
+        let w: [&[u8]; 4] = std::array::from_fn(|i| wrow(n + i));
+        for m in ms.clone().step_by(3) {
+            let rows = (ms.end - m).min(3);
+            let a: [&[u8]; 3] = std::array::from_fn(|j| arow(m + j.min(rows - 1)));
+            let v = block(k, w, a).expect("rows hold k values in whole chunks (f32_gemm's condition)");
+            for (i, vi) in v.iter().enumerate() {
+                for (j, &x) in vi.iter().enumerate().take(rows) {
+                    put(n + i, m + j, x);
+                }
             }
         }
     }

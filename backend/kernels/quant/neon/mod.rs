@@ -56,7 +56,7 @@ pub fn dense_kernels(f: &CpuFeatures) -> DenseKernels {
         return DenseKernels::NONE;
     }
     let bf16 = f.arm_bf16 && bf16_detected();
-    DenseKernels { bf16_block_4x3: Some(float::block_4x3_fn(bf16)), bf16_rows_4: Some(float::rows_4_fn(bf16)) }
+    DenseKernels { bf16_block_4x3: Some(float::block_4x3_fn(bf16)), bf16_rows_4: Some(float::rows_4_fn(bf16)), f32_gemm: None }
 }
 
 /// The tier's table with (`bf16 = true`) or without BFDOT for the BF16 dot, built once;
