@@ -61,12 +61,15 @@ fn main() {
         .allowlist_type("ggml_.*")
         .allowlist_function("ggml_.*")
         .allowlist_var("GGML_.*")
-        .rustified_enum("ggml_op")
-        .rustified_enum("ggml_unary_op")
-        .rustified_enum("ggml_glu_op")
+        // Enums ggml hands the plugin (a tensor's op, a buffer's usage, a status) are
+        // newtypes: a value from another ggml version is then just an unknown value to
+        // decline, where a Rust enum outside its variants would be undefined behaviour.
+        .newtype_enum("ggml_op")
+        .newtype_enum("ggml_unary_op")
+        .newtype_enum("ggml_glu_op")
         .rustified_enum("ggml_backend_dev_type")
-        .rustified_enum("ggml_backend_buffer_usage")
-        .rustified_enum("ggml_status")
+        .newtype_enum("ggml_backend_buffer_usage")
+        .newtype_enum("ggml_status")
         .derive_default(true)
         .layout_tests(true)
         .generate()

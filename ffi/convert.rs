@@ -66,10 +66,10 @@ pub unsafe fn node(t: *const ggml_tensor) -> Result<Node, Unsupported> {
         ggml_op::GGML_OP_RMS_NORM => Op::RmsNorm {
             eps: f32_param(tr, 0),
         },
-        ggml_op::GGML_OP_UNARY if tr.op_params[0] == ggml_unary_op::GGML_UNARY_OP_SILU as i32 => {
+        ggml_op::GGML_OP_UNARY if tr.op_params[0] == ggml_unary_op::GGML_UNARY_OP_SILU.0 as i32 => {
             Op::Silu
         }
-        ggml_op::GGML_OP_GLU if tr.op_params[0] == ggml_glu_op::GGML_GLU_OP_SWIGLU as i32 => {
+        ggml_op::GGML_OP_GLU if tr.op_params[0] == ggml_glu_op::GGML_GLU_OP_SWIGLU.0 as i32 => {
             Op::SwiGlu {
                 swapped: tr.op_params[1] != 0,
             }
@@ -119,12 +119,21 @@ pub unsafe fn node(t: *const ggml_tensor) -> Result<Node, Unsupported> {
     Ok(Node { op, dst, src })
 }
 
-/// Name of a ggml op, for messages.
-pub fn op_name(t: *const ggml_tensor) -> String {
-    // SAFETY: ggml_op_desc returns a static C string for any valid tensor.
-    unsafe {
-        std::ffi::CStr::from_ptr(sys::ggml_op_desc(t))
-            .to_string_lossy()
-            .into_owned()
+/// Name of a ggml op, for messages; an op (or unary / GLU op) this build's headers do not
+/// know is named by its number, since ggml's name tables end at the counts it knows.
+///
+/// # Safety
+/// `t` points to a live ggml tensor.
+pub unsafe fn op_name(t: *const ggml_tensor) -> String {
+    let tr = &*t;
+    let sub = tr.op_params[0];
+    let known = tr.op.0 < ggml_op::GGML_OP_COUNT.0
+        && (tr.op != ggml_op::GGML_OP_UNARY || (0..ggml_unary_op::GGML_UNARY_OP_COUNT.0 as i32).contains(&sub))
+        && (tr.op != ggml_op::GGML_OP_GLU || (0..ggml_glu_op::GGML_GLU_OP_COUNT.0 as i32).contains(&sub));
+    if !known {
+        return format!("op {} ({sub})", tr.op.0);
     }
+    // SAFETY: ggml_op_desc returns a static C string for an op (and unary / GLU op) within
+    // its tables, checked above.
+    std::ffi::CStr::from_ptr(sys::ggml_op_desc(t)).to_string_lossy().into_owned()
 }

@@ -238,7 +238,7 @@ unsafe extern "C" fn dev_supports_op(_: ggml_backend_dev_t, op: *const ggml_tens
     guard("supports_op", false, || supports_op(op))
 }
 
-unsafe fn supports_op(op: *const ggml_tensor) -> bool {
+pub(super) unsafe fn supports_op(op: *const ggml_tensor) -> bool {
     let declined = config::get()
         .is_ok_and(|c| !c.decline_ops.is_empty() && c.decline_ops.contains(&convert::op_name(op)));
     let verdict = if declined {

@@ -121,8 +121,8 @@ impl MatrixEngine for Amx {
 
     fn weight_group(&self, plan: &Plan, session: &mut Session, p: &Product, ctx: &ThreadCtx, g: usize, next: &[u8]) {
         match (plan, &session.tiles) {
-            (Plan::I8 { has_min, layout }, Tiles::I8(t)) => i8_group(p, ctx, t, layout, *has_min, g, &mut session.acc, next),
-            (Plan::Ks { has_min, layout }, Tiles::Ks(t)) => ks_group(p, ctx, t, layout, *has_min, g, &mut session.acc, next),
+            (Plan::I8 { has_min, layout }, Tiles::I8(t)) => i8_group(p, ctx, t, layout, *has_min, Work { g, next }, &mut session.acc),
+            (Plan::Ks { has_min, layout }, Tiles::Ks(t)) => ks_group(p, ctx, t, layout, *has_min, Work { g, next }, &mut session.acc),
             (Plan::Bf16 { layout }, Tiles::Bf16(t)) => bf16_group(p, ctx, t, layout, g, &mut session.acc),
             _ => unreachable!("a session of the plan's kernel"),
         }
@@ -400,7 +400,14 @@ fn i8_acts(p: &Product, ctx: &ThreadCtx, l: &I8Layout, has_min: bool) {
 /// every pair of activation row tiles against them, each result row stored straight into
 /// its output row. The caller holds an int8 tile session and has
 /// passed the barrier after `i8_acts`.
-fn i8_group(p: &Product, ctx: &ThreadCtx, tiles: &I8Session, l: &I8Layout, has_min: bool, g: usize, acc: &mut Block32, next: &[u8]) {
+/// The weight group a call stages and multiplies, and the bytes it prefetches meanwhile
+/// (the thread's next item's weights).
+struct Work<'a> {
+    g: usize,
+    next: &'a [u8],
+}
+
+fn i8_group(p: &Product, ctx: &ThreadCtx, tiles: &I8Session, l: &I8Layout, has_min: bool, Work { g, next }: Work, acc: &mut Block32) {
     let w = &p.w;
     let (k, n, m, at, nb) = (w.ne[0], w.ne[1], p.m, p.acts_at, l.nb);
     let n_tiles = n.div_ceil(16);
@@ -507,7 +514,7 @@ fn ks_acts(p: &Product, ctx: &ThreadCtx, l: &KsLayout, has_min: bool) {
 /// Weight group `g` staged into the K-quant kernel's column tiles, then every pair of
 /// activation row tiles against them, each result row stored straight into its output row.
 /// The caller holds a K-quant tile session and has passed the barrier after `ks_acts`.
-fn ks_group(p: &Product, ctx: &ThreadCtx, tiles: &KsSession, l: &KsLayout, has_min: bool, g: usize, acc: &mut Block32, next: &[u8]) {
+fn ks_group(p: &Product, ctx: &ThreadCtx, tiles: &KsSession, l: &KsLayout, has_min: bool, Work { g, next }: Work, acc: &mut Block32) {
     let w = &p.w;
     let (k, n, m, at, nsb) = (w.ne[0], w.ne[1], p.m, p.acts_at, l.nsb);
     let tile0 = g * GROUP_TILES;
