@@ -188,23 +188,33 @@ unsafe fn lane_i8(v: __m256i, i: usize) -> __m256i {
 const Q8K_QS: usize = 4;
 const Q8K_BSUMS: usize = 260;
 
-/// 8 rows' int32 dots of one 32-k block of unsigned nibbles (the four 32-byte halves at
-/// `at`, 64 bytes apart: low nibbles k = 4i .., high k = 16 + 4i ..) with the 32 activation
+/// 8 rows' int32 dots of one 32-k block of unsigned nibbles (as [`nibbles_of`] splits a
+/// group block half: low nibbles k = 4i .., high k = 16 + 4i ..) with the 32 activation
 /// quants at `q`. Each int16 collects 16 products of at most 15 x 128: below 2^15.
 #[inline(always)]
-unsafe fn nibble_block_dot(at: *const u8, q: *const u8) -> __m256i {
-    // SAFETY: the callers (the passes) enable AVX2 and pass, at `at`, a group block's four
-    // 32-byte halves 64 bytes apart and, at `q`, one activation block's 32 quants; the loads
-    // are unaligned.
+unsafe fn nibble_block_dot(n: &([__m256i; 4], [__m256i; 4]), q: *const u8) -> __m256i {
+    // SAFETY: the callers (the passes) enable AVX2 and pass, at `q`, one activation block's
+    // 32 readable quants; the reads are unaligned.
     unsafe {
-        let m4 = _mm256_set1_epi8(0x0F);
         let mut s = _mm256_setzero_si256();
         for i in 0..4 {
-            let v = ld(at.add(64 * i));
-            s = _mm256_add_epi16(s, dot16(_mm256_and_si256(v, m4), bcast4(q.add(4 * i))));
-            s = _mm256_add_epi16(s, dot16(_mm256_and_si256(_mm256_srli_epi16::<4>(v), m4), bcast4(q.add(16 + 4 * i))));
+            s = _mm256_add_epi16(s, dot16(n.0[i], bcast4(q.add(4 * i))));
+            s = _mm256_add_epi16(s, dot16(n.1[i], bcast4(q.add(16 + 4 * i))));
         }
         widen(s)
+    }
+}
+
+/// The unsigned low and high nibbles of a group block half's four 32-byte vectors (at `at`,
+/// 64 bytes apart).
+#[inline(always)]
+unsafe fn nibbles_of(at: *const u8) -> ([__m256i; 4], [__m256i; 4]) {
+    // SAFETY: the callers (the passes) enable AVX2 and pass a group block's four 32-byte
+    // halves 64 bytes apart; the loads are unaligned.
+    unsafe {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let v: [__m256i; 4] = std::array::from_fn(|i| ld(at.add(64 * i)));
+        (v.map(|v| _mm256_and_si256(v, m4)), v.map(|v| _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4)))
     }
 }
 
@@ -229,9 +239,11 @@ unsafe fn q4_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
                 prefetch(base.wrapping_add(PREFETCH_AHEAD), GB);
                 for h in 0..2 {
                     let dw = f16x8(base.add(16 * h));
+                    // The weights' nibbles once for every activation row of the pass.
+                    let nib = nibbles_of(base.add(32 + 32 * h));
                     for (j, a) in acts.iter().enumerate() {
                         let ab = a.as_ptr().add(b * bq8);
-                        let s = _mm256_sub_epi32(nibble_block_dot(base.add(32 + 32 * h), ab.add(2)), _mm256_set1_epi32(8 * *sums[j].get_unchecked(b)));
+                        let s = _mm256_sub_epi32(nibble_block_dot(&nib, ab.add(2)), _mm256_set1_epi32(8 * *sums[j].get_unchecked(b)));
                         f[gi][j][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(f16_at(ab))), f[gi][j][h]);
                     }
                 }
