@@ -85,10 +85,21 @@ pub fn supports(node: &Node) -> Result<(), Unsupported> {
 /// Per thread: Q row in f16, the f32 accumulator, the row's scores.
 fn per_thread(node: &Node) -> (usize, usize, usize) {
     let (dk, dv, n_kv) = (node.src(0).ne[0], node.src(2).ne[0], node.src(1).ne[1]);
-    let q16 = (dk * 2 + 63) & !63;
-    let acc = (dv * 4 + 63) & !63;
-    let scores = (n_kv * 4 + 63) & !63;
+    let g = gqa_group(node);
+    let q16 = (g * dk * 2 + 63) & !63;
+    let acc = (g * dv * 4 + 63) & !63;
+    let scores = (g * n_kv * 4 + 63) & !63;
     (q16, acc, q16 + acc + scores)
+}
+
+/// Query heads that read one K/V head (GQA) and run together on the per-row path; 1 where
+/// the heads do not divide evenly or the group is larger than [`MAX_GQA`].
+fn gqa_group(node: &Node) -> usize {
+    let (n_head, n_kh, n_vh) = (node.src(0).ne[2], node.src(1).ne[2], node.src(2).ne[2]);
+    match n_head.checked_div(n_kh) {
+        Some(g) if n_kh == n_vh && n_head.is_multiple_of(n_kh) && g <= MAX_GQA => g,
+        _ => 1,
+    }
 }
 
 /// Largest f32 copy of K and V the blocked path makes (beyond, long contexts take the
@@ -206,7 +217,10 @@ pub fn scratch_bytes(node: &Node, nth: usize, ks: &KernelSet) -> usize {
 }
 
 /// Two passes per query row: scores (QK^T, scale, soft-cap, mask) and their maximum,
-/// then exp-weighted V accumulation with f16 V converted in registers.
+/// then exp-weighted V accumulation with f16 V converted in registers. The query heads
+/// that share a K/V head (GQA) run together, each K and V row read once for all of them
+/// (from memory at depth, where the cache outgrows the caches); each head's arithmetic,
+/// and so its bits, is that of a head alone.
 pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softcap: f32) {
     let n_head = node.src(0).ne[2];
     // Soft-capping divides the scale first (tanh(x * scale / cap) * cap), as ggml-cpu.
@@ -224,67 +238,90 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
     let axpy_f16 = ctx.kernels.attn.axpy_f16;
     let (q_to_f16, kq_dot) = (f16k.from_f32.unwrap(), f16k.vec_dot.unwrap());
 
+    // Work units: runs of up to `run` heads of one GQA group at one (query, batch), halved
+    // until every thread has one where the groups alone are fewer than the threads.
+    let g = gqa_group(node);
+    let groups = n_q * (n_head / g) * q.ne[3];
+    let mut run = g;
+    while run > 1 && groups * g.div_ceil(run) < ctx.nth {
+        run = run.div_ceil(2);
+    }
+    let per_group = g.div_ceil(run);
     let (q16_bytes, acc_bytes, per) = per_thread(node);
-    // scratch_bytes reserved `per` bytes for each thread.
+    // scratch_bytes reserved `per` bytes for each thread, room for a whole group.
     let area = ctx.thread_area(0, per);
-    let q16 = area.carve::<u8>(0, dk * 2);
-    let acc = area.carve::<f32>(q16_bytes, dv);
-    let scores = area.carve::<f32>(q16_bytes + acc_bytes, n_kv);
+    let q16 = area.carve::<u8>(0, g * dk * 2);
+    let acc = area.carve::<f32>(q16_bytes, g * dv);
+    let scores = area.carve::<f32>(q16_bytes + acc_bytes, g * n_kv);
 
-    let rows = n_q * n_head * q.ne[3];
-    let (r0, r1) = split_range(rows, ctx.ith, ctx.nth);
-    for r in r0..r1 {
-        let iq1 = r % n_q;
-        let iq2 = (r / n_q) % n_head;
-        let iq3 = r / (n_q * n_head);
-        let slope = alibi_slope(max_bias, n_head, iq2);
-        let (ik2, ik3) = (iq2 / (n_head / k.ne[2]), iq3 / (q.ne[3] / k.ne[3]));
-        let (iv2, iv3) = (iq2 / (n_head / v.ne[2]), iq3 / (q.ne[3] / v.ne[3]));
-        // Q rows hold dk f32, mask rows at least n_kv f16 (supports).
-        q_to_f16(&q.row::<f32>(iq1, iq2, iq3)[..dk], q16);
-        let mrow = mask.map(|m| &m.row::<half::f16>(iq1, iq2 % m.ne[2], iq3 % m.ne[3])[..n_kv]);
-
-        let mut m_max = sinks.map_or(f32::NEG_INFINITY, |sk| sk[iq2]);
-        for (ic, sc) in scores.iter_mut().enumerate() {
-            let mv = mrow.map_or(0.0, |m| slope * m[ic].to_f32());
-            if mv == f32::NEG_INFINITY {
-                *sc = f32::NEG_INFINITY;
-                continue;
-            }
-            // K rows are packed f16 rows of dk elements (supports).
+    let (u0, u1) = split_range(groups * per_group, ctx.ith, ctx.nth);
+    for u in u0..u1 {
+        let (gi, part) = (u / per_group, u % per_group);
+        let iq1 = gi % n_q;
+        let kh = (gi / n_q) % (n_head / g);
+        let iq3 = gi / (n_q * (n_head / g));
+        let heads = kh * g + part * run..(kh * g + (part + 1) * run).min((kh + 1) * g);
+        let nh = heads.len();
+        let (ik2, ik3) = (heads.start / (n_head / k.ne[2]), iq3 / (q.ne[3] / k.ne[3]));
+        let (iv2, iv3) = (heads.start / (n_head / v.ne[2]), iq3 / (q.ne[3] / v.ne[3]));
+        let mut m_max = [f32::NEG_INFINITY; MAX_GQA];
+        let mut mrows: [Option<&[half::f16]>; MAX_GQA] = [None; MAX_GQA];
+        let mut slopes = [0f32; MAX_GQA];
+        for (h, iq2) in heads.clone().enumerate() {
+            // Q rows hold dk f32, mask rows at least n_kv f16 (supports).
+            q_to_f16(&q.row::<f32>(iq1, iq2, iq3)[..dk], &mut q16[h * dk * 2..(h + 1) * dk * 2]);
+            mrows[h] = mask.map(|m| &m.row::<half::f16>(iq1, iq2 % m.ne[2], iq3 % m.ne[3])[..n_kv]);
+            slopes[h] = alibi_slope(max_bias, n_head, iq2);
+            m_max[h] = sinks.map_or(f32::NEG_INFINITY, |sk| sk[iq2]);
+        }
+        for ic in 0..n_kv {
+            // K rows are packed f16 rows of dk elements (supports): read once for the run.
             let krow = &k.row::<u8>(ic, ik2, ik3)[..dk * 2];
-            let mut s = kq_dot(dk, krow, q16) * scale;
-            if softcap != 0.0 {
-                s = softcap * s.tanh();
+            for h in 0..nh {
+                let sc = &mut scores[h * n_kv + ic];
+                let mv = mrows[h].map_or(0.0, |m| slopes[h] * m[ic].to_f32());
+                if mv == f32::NEG_INFINITY {
+                    *sc = f32::NEG_INFINITY;
+                    continue;
+                }
+                let mut s = kq_dot(dk, krow, &q16[h * dk * 2..(h + 1) * dk * 2]) * scale;
+                if softcap != 0.0 {
+                    s = softcap * s.tanh();
+                }
+                *sc = s + mv;
+                m_max[h] = m_max[h].max(*sc);
             }
-            *sc = s + mv;
-            m_max = m_max.max(*sc);
         }
 
-        acc.fill(0.0);
-        let mut sum = 0f32;
-        for (ic, &sc) in scores.iter().enumerate() {
-            if sc == f32::NEG_INFINITY {
-                continue;
+        acc[..nh * dv].fill(0.0);
+        let mut sum = [0f32; MAX_GQA];
+        for ic in 0..n_kv {
+            // V rows are packed f16 rows of dv elements (supports): read once for the run.
+            let vrow = &v.row::<u8>(ic, iv2, iv3)[..dv * 2];
+            for h in 0..nh {
+                let sc = scores[h * n_kv + ic];
+                if sc == f32::NEG_INFINITY {
+                    continue;
+                }
+                let w = (sc - m_max[h]).exp();
+                sum[h] += w;
+                axpy_f16(&mut acc[h * dv..(h + 1) * dv], vrow, w);
             }
-            let w = (sc - m_max).exp();
-            sum += w;
-            // V rows are packed f16 rows of dv elements (supports).
-            axpy_f16(acc, &v.row::<u8>(ic, iv2, iv3)[..dv * 2], w);
         }
-        if let Some(sk) = sinks {
-            sum += (sk[iq2] - m_max).exp();
+        for (h, iq2) in heads.enumerate() {
+            if let Some(sk) = sinks {
+                sum[h] += (sk[iq2] - m_max[h]).exp();
+            }
+            let inv = if sum[h] == 0.0 { 0.0 } else { 1.0 / sum[h] };
+            // Output is [dv, n_head, n_q, ne3]: row (iq2, iq1, iq3), this unit's alone.
+            let out = d.row_mut::<f32>(iq2, iq1, iq3);
+            out.iter_mut().zip(&acc[h * dv..(h + 1) * dv]).for_each(|(o, &a)| *o = a * inv);
         }
-        let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-        // Output is [dv, n_head, n_q, ne3]: row (iq2, iq1, iq3).
-        // dst is contiguous f32 of that shape; row r maps to a distinct dst row, this
-        // thread's.
-        let out = d.row_mut::<f32>(iq2, iq1, iq3);
-        out.iter_mut()
-            .zip(acc.iter())
-            .for_each(|(o, &a)| *o = a * inv);
     }
 }
+
+/// Most query heads per K/V head the per-row path runs together.
+const MAX_GQA: usize = 64;
 
 const F16_NEG_INF: u16 = 0xFC00;
 

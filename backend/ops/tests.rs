@@ -521,7 +521,7 @@ fn flash_attn_matches_softmax_attention_with_gqa_mask_and_sinks() {
             (64, 32, 16, 16, 2, 1, 0.0),
             (32, 16, 33, 70, 2, 2, 5.0),
         ] {
-            flash_attn_case(dk, dv, n_q, n_kv, hq, hkv, softcap, None);
+            flash_attn_case(dk, dv, n_q, n_kv, hq, hkv, softcap, None, 2);
         }
     });
 }
@@ -546,13 +546,16 @@ fn flash_attn_on_amx_tiles_matches_softmax_attention() {
         (128, 128, 40, 130, 4, 1, 0.0),
         (96, 80, 17, 200, 2, 2, 0.0),
     ] {
-        flash_attn_case(dk, dv, n_q, n_kv, hq, hkv, softcap, Some(ks));
+        flash_attn_case(dk, dv, n_q, n_kv, hq, hkv, softcap, Some(ks), 2);
     }
     super::attention::test_form::set(None);
 }
 
 #[allow(clippy::too_many_arguments)]
-fn flash_attn_case(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usize, hkv: usize, softcap: f32, tiles: Option<&'static KernelSet>) {
+/// One FLASH_ATTN_EXT node on `threads` threads against an f64 softmax reference (mask,
+/// sinks, GQA); returns the output's bits.
+#[allow(clippy::too_many_arguments)]
+fn flash_attn_case(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usize, hkv: usize, softcap: f32, tiles: Option<&'static KernelSet>, threads: usize) -> Vec<u32> {
     let mut rng = StdRng::seed_from_u64(5);
     // Causal like llama.cpp's: query i sees keys up to n_kv - n_q + i (the last n_q are new).
     let past = n_kv.saturating_sub(n_q);
@@ -600,10 +603,10 @@ fn flash_attn_case(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usize, hkv
     let scale = 0.2;
     let nd = node(Op::FlashAttn { scale, max_bias: 0.0, softcap }, to, &[tq, tk, tv, tm, ts]);
     match tiles {
-        None => run(&[nd], 2),
+        None => run(&[nd], threads),
         Some(ks) => {
             assert!(super::attention::takes_tile_path(&nd, ks), "dk {dk} dv {dv}: not on the tiles");
-            Executor::with_kernels(2, ks).compute(&[nd]).expect("graph failed");
+            Executor::with_kernels(threads, ks).compute(&[nd]).expect("graph failed");
         }
     }
     for h in 0..hq {
@@ -637,6 +640,25 @@ fn flash_attn_case(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usize, hkv
             }
         }
     }
+    ob.f32s()[..dv * hq * n_q].iter().map(|x| x.to_bits()).collect()
+}
+
+/// Decode attention (the per-row path) runs the query heads sharing a K/V head together,
+/// reading each K and V row once for all of them, in runs that shrink as threads grow: the
+/// bits are those of one head at a time (16 threads: runs of one head) whatever the
+/// threads, for GQA groups of 8, 3 and 1 and one or three queries.
+#[test]
+fn decode_attention_shares_kv_rows_without_changing_bits() {
+    let _lock = ATTN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    each_tier("ops::decode_attention_gqa", || {
+        for &(n_q, hq, hkv) in &[(1, 8, 1), (1, 16, 2), (3, 6, 2), (1, 4, 4)] {
+            let alone = flash_attn_case(64, 64, n_q, 45, hq, hkv, 0.0, None, 16);
+            for threads in [1, 2, 3, 5] {
+                let got = flash_attn_case(64, 64, n_q, 45, hq, hkv, 0.0, None, threads);
+                assert!(got == alone, "n_q {n_q} heads {hq}/{hkv}, {threads} threads: bits differ from one head at a time");
+            }
+        }
+    });
 }
 
 /// GET_ROWS of a packed weight (a tied embedding) reads the packed copy: same bits as from
