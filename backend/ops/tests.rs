@@ -1522,9 +1522,9 @@ fn gate_up_swiglu_pass_gives_the_nodes_bits() {
         let mut rng = StdRng::seed_from_u64(47);
         // (type, experts, N, slots, tokens, an invalid id, SwiGLU swapped)
         let cases = [
-            (DType::Q4_0, 4, 144, 2, 40, true, false),
+            (DType::Q4_0, 4, 144, 2, 24, true, false),
             (DType::Q8_0, 3, 100, 3, 9, false, true),
-            (DType::Q4_K, 4, 160, 2, 30, false, false),
+            (DType::Q4_K, 4, 80, 2, 16, false, false),
             (DType::Q6_K, 3, 80, 2, 12, true, true),
             (DType::F16, 3, 72, 2, 8, false, false),
         ];
