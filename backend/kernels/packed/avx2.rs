@@ -366,7 +366,6 @@ unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
             for (gi, g) in groups.iter().enumerate() {
                 let base = g.as_ptr().add(b * GB);
                 for h in 0..2 {
-                    prefetch(base.wrapping_add(GB + h * GB / 2), GB / 2);
                     let dw = f16x8(base.add(16 * h));
                     let dm = f16x8(base.add(32 + 16 * h));
                     let (w0, w1, w2) = (ld(base.add(64 + 32 * h)), ld(base.add(128 + 32 * h)), ld(base.add(192 + 32 * h)));
@@ -383,6 +382,7 @@ unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
                     ];
                     let mut isum = [_mm256_setzero_si256(); M];
                     for c in 0..4 {
+                        prefetch(base.wrapping_add(GB + h * GB / 2 + c * GB / 8), GB / 8);
                         // The sub-blocks' scales in both int16 halves of each lane.
                         let pair16 = |s: __m256i| _mm256_or_si256(s, _mm256_slli_epi32::<16>(s));
                         let (s_lo, s_hi) = (pair16(lane_u8(sc[c / 2], 2 * (c % 2))), pair16(lane_u8(sc[c / 2], 2 * (c % 2) + 1)));
@@ -452,9 +452,9 @@ unsafe fn q6_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
                     let mut isum = [_mm256_setzero_si256(); M];
                     for h in 0..2 {
                         for is in 0..2 {
-                            prefetch(base.wrapping_add(GB + (2 * h + is) * GB / 8 + hv * GB / 2), GB / 8);
                             // Quarter t of half h: elements 128 h + 32 t + l, l in 16 is .. 16 is + 16.
                             for t in 0..4 {
+                                prefetch(base.wrapping_add(GB + ((2 * h + is) * 4 + t) * GB / 32 + hv * GB / 2), GB / 32);
                                 let mut acc = [[_mm256_setzero_si256(); 2]; M];
                                 for step in 0..4 {
                                     let ls = 4 * is + step;

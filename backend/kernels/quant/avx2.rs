@@ -14,6 +14,7 @@
 use core::arch::x86_64::*;
 use std::sync::OnceLock;
 
+use super::blocks::{f32_to_fp16, Block, BlockQ8_0, BlockQ8_1};
 use super::{check_from_f32, check_to_f32, check_vec_dot, scalar, Table, TypeKernels};
 use crate::dtype::DType;
 
@@ -91,8 +92,8 @@ fn build() -> Option<Table> {
         entry(2, bf16_to_f32, s[2].from_f32, Some(dot_bf16)),
         same(3),
         same(4),
-        same(5),
-        same(6),
+        entry(5, s[5].to_f32, Some(q8_0_from_f32), s[5].vec_dot),
+        entry(6, s[6].to_f32, Some(q8_1_from_f32), s[6].vec_dot),
         same(7),
         same(8),
         same(9),
@@ -131,6 +132,8 @@ macro_rules! wrap {
 wrap!(f16_to_f32 => f16_to_f32_impl, to_f32 DType::F16);
 wrap!(f16_from_f32 => f16_from_f32_impl, from_f32 DType::F16);
 wrap!(bf16_to_f32 => bf16_to_f32_impl, to_f32 DType::BF16);
+wrap!(q8_0_from_f32 => q8_0_from_f32_impl, from_f32 DType::Q8_0);
+wrap!(q8_1_from_f32 => q8_1_from_f32_impl, from_f32 DType::Q8_1);
 wrap!(dot_f32 => dot_f32_impl, vec_dot DType::F32);
 wrap!(dot_f16 => dot_f16_impl, vec_dot DType::F16);
 wrap!(dot_bf16 => dot_bf16_impl, vec_dot DType::BF16);
@@ -280,4 +283,68 @@ fn dot_bf16_block_impl(n: usize, w: [&[u8]; BF16_BLOCK_W], a: [&[u8]; BF16_BLOCK
         }
     }
     out
+}
+
+/// One block of 32 f32 as ggml-cpu's AVX2 `quantize_row_q8_0` makes it (the scalar
+/// quantizer's bits): d = amax / 127, quants round-half-even(x * 127 / amax), NaN products
+/// to 0 and infinite ones saturated, as the scalar cast gives. Returns d, the quants and their sum.
+#[inline(always)]
+fn q8_block_avx2(x: &[f32; 32]) -> (f32, [i8; 32], i32) {
+    let mut qs = [0i8; 32];
+    // SAFETY: the callers enable AVX2, FMA and F16C; the loads read the 32 floats of `x`,
+    // the store writes the 32 bytes of `qs`.
+    unsafe {
+        // Plain loops, not closures: a closure would not inherit the caller's target features
+        // and would call the intrinsics out of line.
+        let mut v = [_mm256_setzero_ps(); 4];
+        for (i, vi) in v.iter_mut().enumerate() {
+            *vi = _mm256_loadu_ps(x.as_ptr().add(8 * i));
+        }
+        let sign = _mm256_set1_ps(-0.0);
+        // max_ps returns its second operand when the first is NaN: NaNs drop out of amax,
+        // as in the scalar fold with f32::max.
+        let mut m = _mm256_setzero_ps();
+        for &vi in &v {
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, vi), m);
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let mut q = [_mm256_setzero_si256(); 4];
+        for (qi, &vi) in q.iter_mut().zip(&v) {
+            let p = _mm256_mul_ps(vi, id);
+            let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(p);
+            // Saturated as the scalar cast saturates (an infinite scale, amax subnormal).
+            let r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-128.0)), _mm256_set1_ps(127.0));
+            *qi = _mm256_cvtps_epi32(_mm256_andnot_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(p, p), r));
+        }
+        let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
+        let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+        let total = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32::<1>(s2)));
+        // -128 <= q <= 127: the saturating packs are exact; they interleave 128-bit lanes, which
+        // the permutation undoes.
+        let packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, ordered);
+        (d, qs, total)
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_from_f32_impl(src: &[f32], dst: &mut [u8]) {
+    for (i, x) in src.as_chunks::<32>().0.iter().enumerate() {
+        let (d, qs, _) = q8_block_avx2(x);
+        BlockQ8_0 { d: f32_to_fp16(d), qs }.write_at(dst, i);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_1_from_f32_impl(src: &[f32], dst: &mut [u8]) {
+    for (i, x) in src.as_chunks::<32>().0.iter().enumerate() {
+        let (d, qs, sum) = q8_block_avx2(x);
+        BlockQ8_1 { d: f32_to_fp16(d), s: f32_to_fp16(sum as f32 * d), qs }.write_at(dst, i);
+    }
 }

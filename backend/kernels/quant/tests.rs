@@ -341,6 +341,20 @@ fn from_f32_fast_matches_scalar_bytewise() {
                         *v = if j == 0 { 127.0 } else { (j % 16) as f32 - 7.5 };
                     }
                 }
+                // Blocks with a NaN, an infinity, the largest finite magnitude and only
+                // subnormals: the fast quantizers give the scalar bytes there too.
+                if n >= 7 * bs {
+                    let specials = [f32::NAN, f32::INFINITY, f32::MAX, f32::from_bits(0x0000_0301)];
+                    for (b, &sp) in specials.iter().enumerate() {
+                        let blk = &mut x[(3 + b) * bs..(4 + b) * bs];
+                        if b == 3 {
+                            blk.iter_mut().enumerate().for_each(|(j, v)| *v = f32::from_bits(j as u32 * 37 + 1) * if j % 2 == 0 { 1.0 } else { -1.0 });
+                        } else {
+                            blk[bs / 3] = sp;
+                            blk[bs / 2] = -sp;
+                        }
+                    }
+                }
                 let mut want = vec![0u8; ty.row_bytes(n)];
                 slow(&x, &mut want);
                 let mut buf = vec![0xAAu8; ty.row_bytes(n) + 1];
