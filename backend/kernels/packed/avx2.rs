@@ -19,7 +19,7 @@ pub use crate::kernels::quant::avx2::detected;
 /// Checked entry, as the AVX-512 tier's: lengths first, then the SIMD body. `groups` holds
 /// `ng` consecutive row groups; `out[gi * m + j]` receives group gi against activation row j.
 /// Panics if the CPU lacks the tier (see [`detected`]).
-pub(super) fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
+pub(super) fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, next: &[u8], acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
     assert!(detected(), "AVX2 GEMV on a CPU without AVX2, FMA and F16C");
     let (ab, m) = (layout.act_type().block_bytes(), acts.len());
     let gbytes = nb * layout.group_block();
@@ -31,37 +31,42 @@ pub(super) fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[
         assert!(a.len() >= nb * ab && (!with_sums || sums[i].len() >= nb));
     }
     let group = |gi: usize| &groups[gi * gbytes..(gi + 1) * gbytes];
+    // Group gi of what the caller runs next (empty where there is none).
+    let next_group = |gi: usize| next.get(gi * gbytes..(gi + 1) * gbytes).unwrap_or(&[]);
     let s_all = if with_sums { sums } else { &[][..] };
     macro_rules! pass {
-        ($m:literal, $g:expr, $gs:expr, $a:expr, $s:expr, $o:expr) => {
+        ($m:literal, $g:expr, $gs:expr, $ns:expr, $a:expr, $s:expr, $o:expr) => {
             match layout {
-                Layout::Q4_0x16 => q4_0x16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $s.try_into().unwrap(), $o),
+                Layout::Q4_0x16 => q4_0x16_pass::<$m, $g>(nb, Streams { groups: &$gs, next: $ns }, $a.try_into().unwrap(), $s.try_into().unwrap(), $o),
                 Layout::Q4_1x16 => legacy_pass::<$m, $g>(Legacy::Q4_1, nb, &$gs, $a.try_into().unwrap(), $s, $o),
                 Layout::Q8_0x16 => legacy_pass::<$m, $g>(Legacy::Q8_0, nb, &$gs, $a.try_into().unwrap(), $s, $o),
-                Layout::Q4_Kx16 => q4_kx16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
-                Layout::Q6_Kx16 => q6_kx16_pass::<$m, $g>(nb, &$gs, $a.try_into().unwrap(), $o),
+                Layout::Q4_Kx16 => q4_kx16_pass::<$m, $g>(nb, Streams { groups: &$gs, next: $ns }, $a.try_into().unwrap(), $o),
+                Layout::Q6_Kx16 => q6_kx16_pass::<$m, $g>(nb, Streams { groups: &$gs, next: $ns }, $a.try_into().unwrap(), $o),
             }
         };
     }
     // SAFETY (every pass below): lengths checked above; AVX2, FMA and F16C detected above.
     if m == 1 && ng == DECODE_GROUPS {
         let gs: [&[u8]; DECODE_GROUPS] = std::array::from_fn(group);
+        let ns: [&[u8]; DECODE_GROUPS] = std::array::from_fn(next_group);
         let s1: &[&[i32]] = if with_sums { &s_all[..1] } else { &[&[]] };
-        unsafe { pass!(1, DECODE_GROUPS, gs, acts, s1, out) };
+        unsafe { pass!(1, DECODE_GROUPS, gs, ns, acts, s1, out) };
         return;
     }
     for gi in 0..ng {
         let g = [group(gi)];
+        // One group at a time: the next is the following one here, then the caller's first.
+        let ns = [if gi + 1 < ng { group(gi + 1) } else { next_group(0) }];
         for c in (0..m).step_by(M_PASS) {
             let e = (c + M_PASS).min(m);
             let (a, o) = (&acts[c..e], &mut out[gi * m + c..gi * m + e]);
             let s = if with_sums { &s_all[c..e] } else { &[&[][..]; M_PASS][..e - c] };
             unsafe {
                 match e - c {
-                    1 => pass!(1, 1, g, a, s, o),
-                    2 => pass!(2, 1, g, a, s, o),
-                    3 => pass!(3, 1, g, a, s, o),
-                    _ => pass!(4, 1, g, a, s, o),
+                    1 => pass!(1, 1, g, ns, a, s, o),
+                    2 => pass!(2, 1, g, ns, a, s, o),
+                    3 => pass!(3, 1, g, ns, a, s, o),
+                    _ => pass!(4, 1, g, ns, a, s, o),
                 }
             }
         }
@@ -77,6 +82,31 @@ unsafe fn prefetch(at: *const u8, bytes: usize) {
     unsafe {
         for l in 0..bytes.div_ceil(64) {
             _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(l * 64));
+        }
+    }
+}
+
+/// A pass's group streams and, per group, the one its thread reads next (empty where the
+/// caller named none), where the pass's prefetches continue past the group's end.
+#[derive(Clone, Copy)]
+struct Streams<'a, const G: usize> {
+    groups: &'a [&'a [u8]; G],
+    next: [&'a [u8]; G],
+}
+
+impl<const G: usize> Streams<'_, G> {
+    /// Prefetches `bytes` from byte `at` of group gi's stream: inside the group, or that far
+    /// past its end into its next group, or nothing.
+    #[inline(always)]
+    unsafe fn prefetch(&self, gi: usize, at: usize, bytes: usize) {
+        let (g, n) = (self.groups[gi], self.next[gi]);
+        // SAFETY: `prefetch` never faults; the addresses are formed with wrapping arithmetic.
+        unsafe {
+            if at < g.len() {
+                prefetch(g.as_ptr().wrapping_add(at), bytes);
+            } else if at - g.len() < n.len() {
+                prefetch(n.as_ptr().wrapping_add(at - g.len()), bytes);
+            }
         }
     }
 }
@@ -224,7 +254,7 @@ unsafe fn nibbles_of(at: *const u8) -> ([__m256i; 4], [__m256i; 4]) {
 /// another order), so ggml's per-row lane order would buy no bit-identity here, only cost:
 /// one scaling per block instead of eight.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], sums: &[&[i32]; M], out: &mut [[f32; 16]]) {
+unsafe fn q4_0x16_pass<const M: usize, const G: usize>(nb: usize, st: Streams<G>, acts: &[&[u8]; M], sums: &[&[i32]; M], out: &mut [[f32; 16]]) {
     const GB: usize = Layout::Q4_0x16.group_block();
     let bq8 = DType::Q8_0.block_bytes();
     let mut f = [[[_mm256_setzero_ps(); 2]; M]; G];
@@ -234,9 +264,9 @@ unsafe fn q4_0x16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
     // fault.
     unsafe {
         for b in 0..nb {
-            for (gi, g) in groups.iter().enumerate() {
+            for (gi, g) in st.groups.iter().enumerate() {
                 let base = g.as_ptr().add(b * GB);
-                prefetch(base.wrapping_add(PREFETCH_AHEAD), GB);
+                st.prefetch(gi, b * GB + PREFETCH_AHEAD, GB);
                 for h in 0..2 {
                     let dw = f16x8(base.add(16 * h));
                     // The weights' nibbles once for every activation row of the pass.
@@ -349,7 +379,7 @@ unsafe fn legacy_pass<const M: usize, const G: usize>(kind: Legacy, nb: usize, g
 /// the widening `vpmaddwd`; the minimums meet the activations' sub-block sums in a 16-bit
 /// multiply-add. x = d * sc * q - dmin * m, as ggml.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
+unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, st: Streams<G>, acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
     const GB: usize = Layout::Q4_Kx16.group_block();
     const QS: usize = 64 + 3 * 64;
     let bq8 = DType::Q8_K.block_bytes();
@@ -363,7 +393,7 @@ unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
     // fault.
     unsafe {
         for b in 0..nb {
-            for (gi, g) in groups.iter().enumerate() {
+            for (gi, g) in st.groups.iter().enumerate() {
                 let base = g.as_ptr().add(b * GB);
                 for h in 0..2 {
                     let dw = f16x8(base.add(16 * h));
@@ -382,7 +412,7 @@ unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
                     ];
                     let mut isum = [_mm256_setzero_si256(); M];
                     for c in 0..4 {
-                        prefetch(base.wrapping_add(GB + h * GB / 2 + c * GB / 8), GB / 8);
+                        st.prefetch(gi, (b + 1) * GB + h * GB / 2 + c * GB / 8, GB / 8);
                         // The sub-blocks' scales in both int16 halves of each lane.
                         let pair16 = |s: __m256i| _mm256_or_si256(s, _mm256_slli_epi32::<16>(s));
                         let (s_lo, s_hi) = (pair16(lane_u8(sc[c / 2], 2 * (c % 2))), pair16(lane_u8(sc[c / 2], 2 * (c % 2) + 1)));
@@ -429,7 +459,7 @@ unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
 /// by 32 * the activations' sub-block sum and multiplied by the row's signed scale;
 /// x = d * sc * (q - 32), as ggml.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8]; G], acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
+unsafe fn q6_kx16_pass<const M: usize, const G: usize>(nb: usize, st: Streams<G>, acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
     const GB: usize = Layout::Q6_Kx16.group_block();
     const QL: usize = 32;
     const QH: usize = 32 + 32 * 64;
@@ -444,7 +474,7 @@ unsafe fn q6_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
     // fault.
     unsafe {
         for b in 0..nb {
-            for (gi, g) in groups.iter().enumerate() {
+            for (gi, g) in st.groups.iter().enumerate() {
                 let base = g.as_ptr().add(b * GB);
                 for hv in 0..2 {
                     let dw = f16x8(base.add(16 * hv));
@@ -454,7 +484,7 @@ unsafe fn q6_kx16_pass<const M: usize, const G: usize>(nb: usize, groups: &[&[u8
                         for is in 0..2 {
                             // Quarter t of half h: elements 128 h + 32 t + l, l in 16 is .. 16 is + 16.
                             for t in 0..4 {
-                                prefetch(base.wrapping_add(GB + ((2 * h + is) * 4 + t) * GB / 32 + hv * GB / 2), GB / 32);
+                                st.prefetch(gi, (b + 1) * GB + ((2 * h + is) * 4 + t) * GB / 32 + hv * GB / 2, GB / 32);
                                 let mut acc = [[_mm256_setzero_si256(); 2]; M];
                                 for step in 0..4 {
                                     let ls = 4 * is + step;

@@ -11,7 +11,7 @@ const PREFETCH_AHEAD: usize = 2304;
 
 /// Checked entry: lengths first, then the SIMD body. `groups` holds `ng` consecutive row
 /// groups; `out[gi * m + j]` receives group gi against activation row j.
-pub(super) fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
+pub(super) fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, _next: &[u8], acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
     let (ab, m) = (layout.act_type().block_bytes(), acts.len());
     let gbytes = nb * layout.group_block();
     assert!(groups.len() >= ng * gbytes && out.len() >= ng * m);

@@ -182,8 +182,9 @@ fn for_row_chunks(layout: Layout, group: &[u8], nb: usize, r: usize, mut f: impl
 /// Dots of `ng` consecutive 16-row groups of packed weights (`groups`) with `m` activation
 /// rows `acts[i]` (in the weight type's activation format: Q8_0, Q8_1 or Q8_K; for Q8_0 also
 /// `sums[i][b]` = the sum of block b's quants, which the other formats carry inside):
-/// `out[gi * m + i][r]` for row r of group gi.
-pub type GemvFn = fn(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]);
+/// `out[gi * m + i][r]` for row r of group gi. `next`: the groups the caller runs after
+/// these, of the same size (or nothing); a kernel may prefetch their start as it finishes.
+pub type GemvFn = fn(layout: Layout, nb: usize, groups: &[u8], ng: usize, next: &[u8], acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]);
 /// Row `r` (below 16) of one packed group of `nb` blocks, dequantized to f32.
 pub type RowToF32Fn = fn(layout: Layout, group: &[u8], nb: usize, r: usize, out: &mut [f32]);
 
@@ -239,7 +240,7 @@ pub(crate) fn row_to_f32_scalar(layout: Layout, group: &[u8], nb: usize, r: usiz
 
 /// The portable GEMV: each row of each group gathered back into ggml's layout and dotted by
 /// the scalar table (the reference of the SIMD tiers).
-pub(crate) fn gemv_scalar(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], _sums: &[&[i32]], out: &mut [[f32; 16]]) {
+pub(crate) fn gemv_scalar(layout: Layout, nb: usize, groups: &[u8], ng: usize, _next: &[u8], acts: &[&[u8]], _sums: &[&[i32]], out: &mut [[f32; 16]]) {
     let (m, gbytes) = (acts.len(), nb * layout.group_block());
     let k = scalar_kernels(layout.ty()).expect("packed type in the table");
     for gi in 0..ng {

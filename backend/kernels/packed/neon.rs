@@ -22,13 +22,13 @@ use std::arch::asm;
 const M_PASS: usize = 4;
 
 /// Checked entry of the dot-product-only GEMV (Q8_0x16 unbiased by `EOR`).
-pub(super) fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
+pub(super) fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, _next: &[u8], acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
     assert!(std::arch::is_aarch64_feature_detected!("dotprod"), "NEON GEMV on a CPU without the dot-product instructions");
     gemv_with::<false>(layout, nb, groups, ng, acts, sums, out)
 }
 
 /// Checked entry of the GEMV for CPUs with I8MM (Q8_0x16 dotted by `USDOT`).
-pub(super) fn gemv_i8mm(layout: Layout, nb: usize, groups: &[u8], ng: usize, acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
+pub(super) fn gemv_i8mm(layout: Layout, nb: usize, groups: &[u8], ng: usize, _next: &[u8], acts: &[&[u8]], sums: &[&[i32]], out: &mut [[f32; 16]]) {
     assert!(
         std::arch::is_aarch64_feature_detected!("dotprod") && std::arch::is_aarch64_feature_detected!("i8mm"),
         "NEON I8MM GEMV on a CPU without the dot-product and I8MM instructions"

@@ -107,13 +107,13 @@ fn gemv_tiers_match_the_scalar_block_dot() {
                 // Four groups at once: the decode path streams them side by side.
                 let mut four = vec![[0f32; 16]; 4 * m];
                 if n >= 64 {
-                    gemv(layout, nb, &packed[..4 * gb], 4, &a_refs, &s_refs, &mut four);
+                    gemv(layout, nb, &packed[..4 * gb], 4, &packed[4 * gb..], &a_refs, &s_refs, &mut four);
                 }
                 for g in 0..n / 16 {
                     let group = &packed[g * gb..(g + 1) * gb];
                     let mut fast = vec![[f32::NAN; 16]; m];
                     let mut portable = vec![[0f32; 16]; m];
-                    gemv(layout, nb, group, 1, &a_refs, &s_refs, &mut fast);
+                    gemv(layout, nb, group, 1, &[], &a_refs, &s_refs, &mut fast);
                     let fused = (g < 4 && n >= 64).then(|| &four[g * m..(g + 1) * m]);
                     super::gemv_portable(sk, layout, nb, group, &a_refs, &mut portable);
                     for i in 0..m {
@@ -165,7 +165,7 @@ fn gemv_cache_resident_speed() {
             let t0 = std::time::Instant::now();
             for _ in 0..reps {
                 for g in (0..n / 16).step_by(ng) {
-                    (active().packed.gemv)(layout, nb, &packed[g * gb..(g + ng) * gb], ng, &[&act], &[&sums], &mut out);
+                    (active().packed.gemv)(layout, nb, &packed[g * gb..(g + ng) * gb], ng, &[], &[&act], &[&sums], &mut out);
                 }
             }
             let dt = t0.elapsed().as_secs_f64();
@@ -209,7 +209,7 @@ fn gemv_active_tier_at_model_shapes(layout: Layout) {
         let a_refs: Vec<&[u8]> = acts.iter().map(|a| a.as_slice()).collect();
         let s_refs: Vec<&[i32]> = sums.iter().map(|s| s.as_slice()).collect();
         let mut out = vec![[f32::NAN; 16]; 4 * m];
-        gemv(layout, nb, &packed, 4, &a_refs, &s_refs, &mut out);
+        gemv(layout, nb, &packed, 4, &[], &a_refs, &s_refs, &mut out);
         for (i, a) in acts.iter().enumerate() {
             let mut af = vec![0f32; k];
             (scalar_kernels(at).unwrap().to_f32)(a, &mut af);
@@ -257,7 +257,7 @@ fn neon_q4_1_gemv_gives_ggml_arm_bits() {
         for (name, gemv, paired) in entries {
             let ng = n / 16;
             let mut out = vec![[f32::NAN; 16]; ng * m];
-            gemv(layout, nb, &packed[..ng * gb], ng, &a_refs, &[], &mut out);
+            gemv(layout, nb, &packed[..ng * gb], ng, &[], &a_refs, &[], &mut out);
             for g in 0..ng {
                 for i in 0..m {
                     for r in 0..16 {

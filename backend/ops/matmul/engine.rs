@@ -144,7 +144,7 @@ pub fn run_coop<E: MatrixEngine>(e: &E, node: &Node, ctx: &ThreadCtx) {
         }
     } else {
         while let Some(g) = ctx.take(groups, true) {
-            vector_rows(&prod, ctx, Some(&acts), g * rows, ((g + 1) * rows).min(n));
+            vector_rows(&prod, ctx, Some(&acts), g * rows, ((g + 1) * rows).min(n), &[]);
         }
     }
 }

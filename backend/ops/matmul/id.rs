@@ -282,6 +282,7 @@ fn run<E: MatrixEngine>(pass: &Pass, ctx: &ThreadCtx, map: &RowMap, acts: Option
         Product::of_pairs(expert(nd, e), b, &nd.dst, map.pairs(e), acts_at, threads_at)
     };
     let nodes = pass.nodes.len();
+    debug_assert!((1..=2).contains(&nodes), "a pass has one or two nodes");
 
     let active = (0..n_exp).filter(|&e| !map.pairs(e).is_empty());
     // Unit experts with their plans, and their rounds (consecutive runs within the budget).
@@ -378,16 +379,29 @@ fn run<E: MatrixEngine>(pass: &Pass, ctx: &ThreadCtx, map: &RowMap, acts: Option
                         }
                         // A thread that does not drive the unit runs the group on the vector
                         // kernels (its columns are this item's alone either way).
-                        _ => vector_rows(prod, ctx, acts, c0, c1),
+                        _ => vector_rows(prod, ctx, acts, c0, c1, &[]),
                     }
                 }
                 pass.glu_rows(ctx, map.pairs(experts[j].0), c0, c1);
             } else {
-                let i = i - unit_items;
-                let (e, c) = (vector[i / vchunks], i % vchunks);
-                let (c0, c1) = (c * vchunk, ((c + 1) * vchunk).min(n));
-                for h in 0..nodes {
-                    vector_rows(&product(h, e, 0, 0), ctx, acts, c0, c1);
+                let vitem = |i: usize| {
+                    let (e, c) = (vector[i / vchunks], i % vchunks);
+                    (e, c * vchunk, ((c + 1) * vchunk).min(n))
+                };
+                let (e, c0, c1) = vitem(i - unit_items);
+                // The weights this thread reads after each node's chunk: the next node's same
+                // chunk, then the next item's (the kernels start fetching them as they finish).
+                let following = next.filter(|&j| j >= unit_items).map(|j| vitem(j - unit_items));
+                // A pass has one or two nodes.
+                let prods: [Option<Product>; 2] = std::array::from_fn(|h| (h < nodes).then(|| product(h, e, 0, 0)));
+                let next_prod = following.map(|(e2, _, _)| product(0, e2, 0, 0));
+                for (h, prod) in prods.iter().flatten().enumerate() {
+                    let ahead = match (prods.get(h + 1).and_then(|p| p.as_ref()), &next_prod, following) {
+                        (Some(p2), _, _) => p2.weight_bytes(c0, c1),
+                        (None, Some(p2), Some((_, d0, d1))) => p2.weight_bytes(d0, d1),
+                        _ => &[],
+                    };
+                    vector_rows(prod, ctx, acts, c0, c1, if prod.w.packed.is_some() { ahead } else { &[] });
                 }
                 pass.glu_rows(ctx, map.pairs(e), c0, c1);
             }

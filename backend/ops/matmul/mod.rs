@@ -423,8 +423,9 @@ pub(super) fn prepare_vector_acts(node: &Node, ctx: &ThreadCtx, base: usize) -> 
 /// to 16 activation rows per pass, other types one dot per (row, activation row). `acts`
 /// are x's rows converted by `prepare_vector_acts` (None: f32 weights, dotted with x's rows
 /// in place). The caller has passed the barrier after the conversion; columns `r0 .. r1`
-/// are its alone.
-pub(super) fn vector_rows(p: &Product, ctx: &ThreadCtx, acts: Option<&VectorActs>, r0: usize, r1: usize) {
+/// are its alone. `next`: the packed groups the caller runs after these (or nothing), which
+/// the GEMV kernels may start fetching as they finish the last chunk here.
+pub(super) fn vector_rows(p: &Product, ctx: &ThreadCtx, acts: Option<&VectorActs>, r0: usize, r1: usize, next: &[u8]) {
     let w = &p.w;
     let ks = ctx.kernels;
     let k = w.ne[0];
@@ -438,12 +439,14 @@ pub(super) fn vector_rows(p: &Product, ctx: &ThreadCtx, acts: Option<&VectorActs
         for gc in (0..ng).step_by(GEMV_CHUNK_GROUPS) {
             let gn = (ng - gc).min(GEMV_CHUNK_GROUPS);
             let chunk = pk.groups(k, g0 + gc, gn);
+            let after = gc + gn;
+            let then = if after < ng { pk.groups(k, g0 + after, (ng - after).min(GEMV_CHUNK_GROUPS)) } else { next };
             for a0 in (0..p.m).step_by(PACKED_ROWS_PER_PASS) {
                 let am = (p.m - a0).min(PACKED_ROWS_PER_PASS);
                 for i in 0..am {
                     (rows[i], sums[i]) = view.row(p.x_index(a0 + i));
                 }
-                (ks.packed.gemv)(pk.layout, view.nb, chunk, gn, &rows[..am], &sums[..am], &mut out[..gn * am]);
+                (ks.packed.gemv)(pk.layout, view.nb, chunk, gn, then, &rows[..am], &sums[..am], &mut out[..gn * am]);
                 for gi in 0..gn {
                     let col = (g0 + gc + gi) * G;
                     for (i, o) in out[gi * am..(gi + 1) * am].iter().enumerate() {
@@ -505,12 +508,15 @@ fn mul_mat_rows(node: &Node, ctx: &ThreadCtx) {
     ctx.barrier();
     let (n, chunk) = (node.src(0).ne[1], GEMV_CHUNK_GROUPS * packed::GROUP_ROWS);
     let prod = Product::of_node(node, 0, 0);
-    loop {
-        let r0 = ctx.next_chunk() * chunk;
-        if r0 >= n {
-            break;
-        }
-        vector_rows(&prod, ctx, Some(&acts), r0, (r0 + chunk).min(n));
+    // One chunk of lookahead: the next chunk is taken before this one runs, so the kernels
+    // can fetch its start as they finish this one (threads take chunks in turn, so a
+    // thread's next chunk is rarely the adjacent one).
+    let mut next = ctx.next_chunk() * chunk;
+    while next < n {
+        let r0 = next;
+        next = ctx.next_chunk() * chunk;
+        let ahead = if next < n && prod.w.packed.is_some() { prod.weight_bytes(next, (next + chunk).min(n)) } else { &[] };
+        vector_rows(&prod, ctx, Some(&acts), r0, (r0 + chunk).min(n), ahead);
     }
 }
 
