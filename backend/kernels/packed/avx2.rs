@@ -41,6 +41,7 @@ pub(super) fn gemv(layout: Layout, nb: usize, groups: &[u8], ng: usize, next: &[
                 Layout::Q4_1x16 => legacy_pass::<$m, $g>(Legacy::Q4_1, nb, &$gs, $a.try_into().unwrap(), $s, $o),
                 Layout::Q8_0x16 => legacy_pass::<$m, $g>(Legacy::Q8_0, nb, &$gs, $a.try_into().unwrap(), $s, $o),
                 Layout::Q4_Kx16 => q4_kx16_pass::<$m, $g>(nb, Streams { groups: &$gs, next: $ns }, $a.try_into().unwrap(), $o),
+                Layout::Q6_Kx16 if $m == 1 => q6_kx16_row::<$g>(nb, Streams { groups: &$gs, next: $ns }, $a[0], $o),
                 Layout::Q6_Kx16 => q6_kx16_pass::<$m, $g>(nb, Streams { groups: &$gs, next: $ns }, $a.try_into().unwrap(), $o),
             }
         };
@@ -521,5 +522,165 @@ unsafe fn q6_kx16_pass<const M: usize, const G: usize>(nb: usize, st: Streams<G>
             }
         }
         store_groups(&f, out);
+    }
+}
+
+/// Byte `i` (0..4) of each 32-bit lane as a sign-extended int16 in both halves of the lane,
+/// for `vpmaddwd` by a per-row scale.
+#[inline(always)]
+unsafe fn lane_i8_pair16(v: __m256i, i: usize) -> __m256i {
+    // SAFETY: the callers (the passes) enable AVX2; register-only intrinsics. The shuffle
+    // puts byte i of each lane in the high byte of both of its int16 (index bit 7 zeroes the
+    // low bytes); the arithmetic shift sign-extends it.
+    unsafe {
+        let i = i as i8;
+        let p = _mm256_setr_epi8(
+            -128, i, -128, i, -128, 4 + i, -128, 4 + i, -128, 8 + i, -128, 8 + i, -128, 12 + i, -128, 12 + i,
+            -128, i, -128, i, -128, 4 + i, -128, 4 + i, -128, 8 + i, -128, 8 + i, -128, 12 + i, -128, 12 + i,
+        );
+        _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(v, p))
+    }
+}
+
+/// Bytes `i` and `i + 1` (i = 0 or 2) of each 32-bit lane as sign-extended int16, in the
+/// lane's low and high half.
+#[inline(always)]
+unsafe fn lane_i8_two16(v: __m256i, i: usize) -> __m256i {
+    // SAFETY: as `lane_i8_pair16`.
+    unsafe {
+        let (i, j) = (i as i8, i as i8 + 1);
+        let p = _mm256_setr_epi8(
+            -128, i, -128, j, -128, 4 + i, -128, 4 + j, -128, 8 + i, -128, 8 + j, -128, 12 + i, -128, 12 + j,
+            -128, i, -128, j, -128, 4 + i, -128, 4 + j, -128, 8 + i, -128, 8 + j, -128, 12 + i, -128, 12 + j,
+        );
+        _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(v, p))
+    }
+}
+
+/// One Q8_K activation row against `Q6_Kx16` groups (decode): the same integers as
+/// [`q6_kx16_pass`], so the same bits, in fewer instructions. Each step loads the two `ql`
+/// vectors and the `qh` vector that four sub-blocks share and rebuilds all four 6-bit quants
+/// from them; the row's scale enters in the widening `vpmaddwd` (each int16 collects 4
+/// products of at most 63 x 128), and 32 * sum(scale * the activations' sub-block sum) is
+/// subtracted once per super-block.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_kx16_row<const G: usize>(nb: usize, st: Streams<G>, act: &[u8], out: &mut [[f32; 16]]) {
+    const GB: usize = Layout::Q6_Kx16.group_block();
+    const QL: usize = 32;
+    const QH: usize = 32 + 32 * 64;
+    const SC: usize = 32 + 48 * 64;
+    let bq8 = DType::Q8_K.block_bytes();
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m30 = _mm256_set1_epi8(0x30);
+    let mut f = [[_mm256_setzero_ps(); 2]; G];
+    // SAFETY: reached only through `gemv` above, which asserts `detected()` (AVX2, FMA, F16C:
+    // this fn's features) and checked every group holds nb group blocks and the activation
+    // row nb blocks, so each load stays within them; prefetches never fault.
+    unsafe {
+        for b in 0..nb {
+            let a = act.as_ptr().add(b * bq8);
+            let bs = a.add(Q8K_BSUMS);
+            let da = _mm256_set1_ps((a as *const f32).read_unaligned());
+            for (gi, g) in st.groups.iter().enumerate() {
+                let base = g.as_ptr().add(b * GB);
+                for hv in 0..2 {
+                    let ldh = |at: usize| ld(base.add(at + 32 * hv));
+                    let sv: [__m256i; 4] = std::array::from_fn(|v| ldh(SC + 64 * v));
+                    // sum over sub-blocks of scale * the activations' sub-block sum.
+                    let mut offs = _mm256_setzero_si256();
+                    for (v, &s) in sv.iter().enumerate() {
+                        offs = _mm256_add_epi32(offs, _mm256_madd_epi16(lane_i8_two16(s, 0), bcast4(bs.add(8 * v))));
+                        offs = _mm256_add_epi32(offs, _mm256_madd_epi16(lane_i8_two16(s, 2), bcast4(bs.add(8 * v + 4))));
+                    }
+                    let mut isum = _mm256_setzero_si256();
+                    for h in 0..2 {
+                        for is in 0..2 {
+                            // Sub-block 8h + 2t + is for quarter t: scale byte 2(t % 2) + is of
+                            // scale vector 2h + t / 2.
+                            let sc: [__m256i; 4] = std::array::from_fn(|t| lane_i8_pair16(sv[2 * h + t / 2], 2 * (t % 2) + is));
+                            for pair in 0..2 {
+                                st.prefetch(gi, (b + 1) * GB + ((2 * h + is) * 2 + pair) * GB / 16 + hv * GB / 2, GB / 16);
+                                let mut acc = [_mm256_setzero_si256(); 4];
+                                for step in 2 * pair..2 * pair + 2 {
+                                    let ls = 4 * is + step;
+                                    let ql_a = ldh(QL + 64 * (16 * h + ls));
+                                    let ql_b = ldh(QL + 64 * (16 * h + 8 + ls));
+                                    let qh = ldh(QH + 64 * (8 * h + ls));
+                                    // Quarter t: ql nibble (low for t < 2) of vector a (t even) or
+                                    // b, and qh bits 2t, 2t + 1 as bits 4, 5.
+                                    let q = [
+                                        _mm256_or_si256(_mm256_and_si256(ql_a, m4), _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30)),
+                                        _mm256_or_si256(_mm256_and_si256(ql_b, m4), _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30)),
+                                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql_a), m4), _mm256_and_si256(qh, m30)),
+                                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql_b), m4), _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30)),
+                                    ];
+                                    for t in 0..4 {
+                                        let qa = a.add(Q8K_QS + 128 * h + 32 * t + 4 * ls);
+                                        acc[t] = _mm256_add_epi16(acc[t], dot16(q[t], bcast4(qa)));
+                                    }
+                                }
+                                for t in 0..4 {
+                                    isum = _mm256_add_epi32(isum, _mm256_madd_epi16(acc[t], sc[t]));
+                                }
+                            }
+                        }
+                    }
+                    let total = _mm256_sub_epi32(isum, _mm256_slli_epi32::<5>(offs));
+                    let dw = f16x8(base.add(16 * hv));
+                    f[gi][hv] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(dw, da), f[gi][hv]);
+                }
+            }
+        }
+        for (gi, fg) in f.iter().enumerate() {
+            _mm256_storeu_ps(out[gi].as_mut_ptr(), fg[0]);
+            _mm256_storeu_ps(out[gi].as_mut_ptr().add(8), fg[1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calibrate::random_weights;
+    use crate::kernels::quant::scalar_kernels;
+
+    /// The single-row Q6_K kernel computes the same integers as the multi-row pass, so it
+    /// gives its bits exactly, one group or four side by side, with or without a next chunk.
+    #[test]
+    fn q6_k_row_kernel_gives_the_pass_bits() {
+        if !detected() {
+            return eprintln!("no AVX2: Q6_K row kernel not exercised");
+        }
+        for (nb, seed) in [(1usize, 1u64), (3, 2), (8, 3)] {
+            let (k, n) = (256 * nb, 64);
+            let raw = random_weights(DType::Q6_K, n, k, seed);
+            let mut packed = vec![0u8; raw.len()];
+            super::super::pack(Layout::Q6_Kx16, DType::Q6_K, &raw, &mut packed, n, k);
+            let x: Vec<f32> = (0..k).map(|i| ((i * 7919 + seed as usize) % 2001) as f32 / 1000.0 - 1.0).collect();
+            let mut act = vec![0u8; DType::Q8_K.row_bytes(k)];
+            (scalar_kernels(DType::Q8_K).unwrap().from_f32.unwrap())(&x, &mut act);
+            let gb = Layout::Q6_Kx16.group_bytes(k);
+            let g: [&[u8]; 4] = std::array::from_fn(|i| &packed[i * gb..(i + 1) * gb]);
+            let none: [&[u8]; 4] = [&[]; 4];
+            let (mut row, mut pass) = (vec![[0f32; 16]; 4], vec![[0f32; 16]; 4]);
+            // SAFETY: AVX2, FMA and F16C detected above; every group holds nb group blocks and
+            // the activation row nb Q8_K blocks.
+            unsafe {
+                q6_kx16_row::<4>(nb, Streams { groups: &g, next: none }, &act, &mut row);
+                q6_kx16_pass::<1, 4>(nb, Streams { groups: &g, next: none }, &[&act], &mut pass);
+            }
+            assert_eq!(row.iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>(), pass.iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>(), "nb={nb}");
+            for i in 0..4 {
+                let (mut one, mut one_pass) = ([[0f32; 16]; 1], [[0f32; 16]; 1]);
+                let gi = [g[i]];
+                // SAFETY: as above.
+                unsafe {
+                    q6_kx16_row::<1>(nb, Streams { groups: &gi, next: [g[(i + 1) % 4]] }, &act, &mut one);
+                    q6_kx16_pass::<1, 1>(nb, Streams { groups: &gi, next: [&[]] }, &[&act], &mut one_pass);
+                }
+                assert_eq!(one[0].map(f32::to_bits), one_pass[0].map(f32::to_bits), "nb={nb} group {i}");
+                assert_eq!(one[0].map(f32::to_bits), row[i].map(f32::to_bits), "nb={nb} group {i} alone");
+            }
+        }
     }
 }
