@@ -454,6 +454,14 @@ unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, st: Streams<G>
     }
 }
 
+/// Offsets in a `Q6_Kx16` group block: 32 ql vectors after the 16 fp16 scales, then 16 qh
+/// vectors, then 4 vectors of sub-block scales.
+mod q6_kx16_at {
+    pub const QL: usize = 32;
+    pub const QH: usize = 32 + 32 * 64;
+    pub const SC: usize = 32 + 48 * 64;
+}
+
 /// Up to M_PASS Q8_K activation rows against `Q6_Kx16` groups, as the AVX-512 tier: per 16-k
 /// sub-block and output quarter the 6-bit quants are rebuilt from `ql` nibbles and `qh` pairs
 /// (unsigned, q + 32), dotted (two steps per int16: 4 products of at most 63 x 128), corrected
@@ -462,9 +470,7 @@ unsafe fn q4_kx16_pass<const M: usize, const G: usize>(nb: usize, st: Streams<G>
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6_kx16_pass<const M: usize, const G: usize>(nb: usize, st: Streams<G>, acts: &[&[u8]; M], out: &mut [[f32; 16]]) {
     const GB: usize = Layout::Q6_Kx16.group_block();
-    const QL: usize = 32;
-    const QH: usize = 32 + 32 * 64;
-    const SC: usize = 32 + 48 * 64;
+    use q6_kx16_at::{QH, QL, SC};
     let bq8 = DType::Q8_K.block_bytes();
     let m4 = _mm256_set1_epi8(0x0F);
     let m33 = _mm256_set1_epi8(0x33);
@@ -566,9 +572,7 @@ unsafe fn lane_i8_two16(v: __m256i, i: usize) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6_kx16_row<const G: usize>(nb: usize, st: Streams<G>, act: &[u8], out: &mut [[f32; 16]]) {
     const GB: usize = Layout::Q6_Kx16.group_block();
-    const QL: usize = 32;
-    const QH: usize = 32 + 32 * 64;
-    const SC: usize = 32 + 48 * 64;
+    use q6_kx16_at::{QH, QL, SC};
     let bq8 = DType::Q8_K.block_bytes();
     let m4 = _mm256_set1_epi8(0x0F);
     let m30 = _mm256_set1_epi8(0x30);
