@@ -121,20 +121,23 @@ t_aarch64() {
 }
 
 # ---- test-backend-ops ------------------------------------------------------------
-backend_ops() { # "OPS to require" [extra env assignments...]
-    local required=$1; shift
-    # 128-expert cases cost 20-60 s each, most of it the harness making 200 M random weights,
-    # so only those that test something the others miss run, in the default setting only:
-    # Qwen3-30B-A3B's gate/up (b broadcast, 1, 32 and 512 tokens) in Q4_0 and Q4_K, its down
-    # (b per slot, 512 tokens) in Q4_0, Q8_0, Q4_K and Q6_K (llama-patches/0005), and the
-    # fused MUL_MAT_ID + ADD + MUL at 4 tokens in Q4_0 and Q4_K. Not the other models'
-    # (Llama-4-Maverick's 8192 x 5120 Q8_0 experts, 4096 x 2048 Q4_K ones), not F32 / F16
-    # experts at that size, not the fused cases at 1 and 512 tokens (the same products).
-    local filter=(-p '^(?!.*n_mats=128,n_used=(128|4),)(?!type_a=(f32|f16),.*n_mats=128,)(?!.*n_mats=128,n_used=8,b=0,m=768,n=(1|512),)(?!type_a=(q8_0|q6_K),.*n_mats=128,n_used=8,b=1,)')
-    [ "$required" = "MUL_MAT MUL_MAT_ID" ] && filter=(-p '^(?!.*n_mats=128,)' -o MUL_MAT,MUL_MAT_ID)
+claimed_ops="GET_ROWS RMS_NORM MUL ADD ROPE MUL_MAT MUL_MAT_ID ARGSORT SUM_ROWS CLAMP DIV SOFT_MAX FLASH_ATTN_EXT SET_ROWS CPY CONT SWIGLU SILU SCALE"
+mul_mat_types="f32 f16 bf16 q8_0 q4_0 q4_1 q4_K q5_K q6_K"
+# 128-expert cases cost 20-60 s each, most of it the harness making 200 M random weights, so
+# only those that test something the others miss run, in the default setting only:
+# Qwen3-30B-A3B's gate/up (b broadcast, 1, 32 and 512 tokens) in Q4_0 and Q4_K, its down (b
+# per slot, 512 tokens) in Q4_0, Q8_0, Q4_K and Q6_K (llama-patches/0005), and the fused
+# MUL_MAT_ID + ADD + MUL at 4 tokens in Q4_0 and Q4_K. Not the other models' (Llama-4-
+# Maverick's 8192 x 5120 Q8_0 experts, 4096 x 2048 Q4_K ones), not F32 / F16 experts at that
+# size, not the fused cases at 1 and 512 tokens (the same products).
+default_cases='^(?!.*n_mats=128,n_used=(128|4),)(?!type_a=(f32|f16),.*n_mats=128,)(?!.*n_mats=128,n_used=8,b=0,m=768,n=(1|512),)(?!type_a=(q8_0|q6_K),.*n_mats=128,n_used=8,b=1,)'
+no_128_experts='^(?!.*n_mats=128,)'
+backend_ops() { # OPS (empty: every op) PATTERN "MUL_MAT types to require" [extra env assignments...]
+    local ops=$1 pattern=$2 types=$3; shift 3
+    local select=(); [ -n "$ops" ] && select=(-o "${ops// /,}")
     # Two workers, each with its own SMEPilot and CPU backend: the harness's per-case work
     # is serial, so this is about 20% faster on two cores (and runs two backends at once).
-    env "$@" GGML_BACKEND_PATH="$plugin" "$bin/test-backend-ops" test -b SMEPILOT -j 2 "${filter[@]}" >"$work/backend-ops.raw" 2>&1
+    env "$@" GGML_BACKEND_PATH="$plugin" "$bin/test-backend-ops" test -b SMEPILOT -j 2 "${select[@]}" -p "$pattern" >"$work/backend-ops.raw" 2>&1
     local rc=$?
     sed 's/\x1b\[[0-9;]*m//g' "$work/backend-ops.raw" >"$work/backend-ops.out"  # drop colour codes
     grep -vE ': OK$|not supported' "$work/backend-ops.out" | tail -40
@@ -142,21 +145,21 @@ backend_ops() { # "OPS to require" [extra env assignments...]
     grep -q "Backend SMEPILOT" "$work/backend-ops.out" || { echo "SMEPILOT backend was not tested"; return 1; }
     if grep -E '^\s+[A-Z_]+\(.*\): FAIL' "$work/backend-ops.out"; then echo "failing cases above"; return 1; fi
     local missing=0
-    for op in $required; do
+    for op in ${ops:-$claimed_ops}; do
         grep -qE "^\s+$op\(.*\): OK" "$work/backend-ops.out" || { echo "no passing case for $op"; missing=1; }
     done
-    for ty in f32 f16 bf16 q8_0 q4_0 q4_1 q4_K q5_K q6_K; do
+    for ty in $types; do
         grep -qE "^\s+MUL_MAT\(type_a=$ty,type_b=f32.*\): OK" "$work/backend-ops.out" || { echo "no passing MUL_MAT case for $ty"; missing=1; }
     done
     echo "passing cases: $(grep -cE ': OK' "$work/backend-ops.out"), not supported: $(grep -c 'not supported' "$work/backend-ops.out")"
     return $missing
 }
-t_backend_ops() { backend_ops "GET_ROWS RMS_NORM MUL ADD ROPE MUL_MAT MUL_MAT_ID ARGSORT SUM_ROWS CLAMP DIV SOFT_MAX FLASH_ATTN_EXT SET_ROWS CPY CONT SWIGLU SILU SCALE"; }
+t_backend_ops() { backend_ops "" "$default_cases" "$mul_mat_types"; }
 has_amx() { grep -m1 -E '^flags' /proc/cpuinfo | grep -qw amx_tile; }
 # The matrix unit serves MUL_MAT and MUL_MAT_ID, so the vector-path rerun covers those.
 t_backend_ops_noamx() {
     has_amx || { echo "no AMX on this CPU: backend-ops already ran the vector path"; return $SKIP; }
-    backend_ops "MUL_MAT MUL_MAT_ID" SMEPILOT_DISABLE_AMX=1
+    backend_ops "MUL_MAT MUL_MAT_ID" "$no_128_experts" "$mul_mat_types" SMEPILOT_DISABLE_AMX=1
 }
 # The matrix and coop modes forced (vector is the no-AMX run's path), and matrix with one
 # shared unit (one tile thread, the other only converting activations): every MUL_MAT and
@@ -165,24 +168,17 @@ t_backend_ops_modes() {
     local setting
     if ! has_amx; then
         # Without a unit every forced mode falls back to the vector path backend-ops ran:
-        # check that it does, on one weight type, instead of rerunning every case.
+        # check that it does on Q4_0 and Q4_K with fewer than 10 experts, not every case.
         for setting in SMEPILOT_MODE=matrix SMEPILOT_MODE=coop; do
-            echo "== $setting (no matrix unit: the vector fallback, Q4_0 and Q4_K cases, fewer than 10 experts)"
-            env $setting GGML_BACKEND_PATH="$plugin" "$bin/test-backend-ops" test -b SMEPILOT -j 2 -o MUL_MAT,MUL_MAT_ID \
-                -p '^(?!.*n_mats=[0-9]{2,},)type_a=q4_(0|K),' >"$work/modes.raw" 2>&1 || { tail -20 "$work/modes.raw"; return 1; }
-            sed 's/\x1b\[[0-9;]*m//g' "$work/modes.raw" >"$work/modes.out"
-            if grep -E '^\s+[A-Z_]+\(.*\): FAIL' "$work/modes.out"; then return 1; fi
-            for op in MUL_MAT MUL_MAT_ID; do
-                grep -qE "^\s+$op\(.*\): OK" "$work/modes.out" || { echo "no passing $op case"; return 1; }
-            done
-            echo "passing cases: $(grep -cE ': OK' "$work/modes.out")"
+            echo "== $setting (no matrix unit: the vector fallback)"
+            backend_ops "MUL_MAT MUL_MAT_ID" '^(?!.*n_mats=[0-9]{2,},)type_a=q4_(0|K),' "q4_0 q4_K" $setting || return 1
         done
         return 0
     fi
     for setting in "SMEPILOT_MODE=matrix" "SMEPILOT_MODE=coop" "SMEPILOT_MODE=matrix SMEPILOT_MATRIX_UNITS=1"; do
         echo "== $setting"
         # shellcheck disable=SC2086  # one word per assignment
-        backend_ops "MUL_MAT MUL_MAT_ID" $setting || return 1
+        backend_ops "MUL_MAT MUL_MAT_ID" "$no_128_experts" "$mul_mat_types" $setting || return 1
     done
 }
 
