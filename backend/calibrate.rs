@@ -24,7 +24,7 @@ use crate::kernels::roofs;
 use crate::tensor::TensorRef;
 
 /// Bump when a kernel changes what it costs: older cached profiles are then ignored.
-pub const KERNEL_REV: u32 = 13;
+pub const KERNEL_REV: u32 = 14;
 
 /// Weight types whose kernel costs are measured.
 pub const TYPES: [DType; 9] = [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::BF16, DType::F16, DType::Q4_1, DType::Q5_K, DType::F32];

@@ -8,6 +8,8 @@
 //! one fused multiply-add chain over the channels, each output one chain over the keys), so
 //! the two tiers and ggml-cpu agree bit for bit.
 
+use super::attn_rows::{GroupPvFn, GroupScoresFn};
+
 /// Queries (and keys) per block.
 pub const BLOCK: usize = 16;
 
@@ -74,8 +76,6 @@ pub type ScoresBlockFn = fn(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLO
 pub type PvBlockFn = fn(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]);
 /// Scaled, masked scores of one key block (-inf past `n`).
 pub type FinishScoresFn = fn(s: &[f32; BLOCK], scale: f32, slope: f32, mask: Option<&[u16]>, n: usize, out: &mut [f32]);
-/// `acc[i] += s * v[i]`, v given as little-endian f16 bytes (decode's V accumulation).
-pub type AxpyF16Fn = fn(acc: &mut [f32], v: &[u8], s: f32);
 
 /// One tier's attention kernels. Every tier gives the scalar references' bits.
 #[derive(Clone, Copy)]
@@ -85,7 +85,9 @@ pub struct Kernels {
     pub scores_block: ScoresBlockFn,
     pub pv_block: PvBlockFn,
     pub finish_scores: FinishScoresFn,
-    pub axpy_f16: AxpyF16Fn,
+    /// Decode (`attn_rows`): a GQA group's scores against f16 key rows, and its P V.
+    pub group_scores: GroupScoresFn,
+    pub group_pv: GroupPvFn,
 }
 
 /// The portable tier (and the reference of the others).
@@ -94,7 +96,8 @@ pub const SCALAR: Kernels = Kernels {
     scores_block: scores_block_scalar,
     pv_block: pv_block_scalar,
     finish_scores: finish_scores_scalar,
-    axpy_f16: super::f16::axpy_f16_scalar,
+    group_scores: super::attn_rows::group_scores_scalar,
+    group_pv: super::attn_rows::group_pv_scalar,
 };
 
 fn check_scores(q: &[f32], dk: usize, kt: &[f32]) {
@@ -131,7 +134,8 @@ pub(crate) fn neon_kernels() -> Option<Kernels> {
         // SAFETY: lengths checked; NEON is baseline on aarch64.
         unsafe { neon::finish_scores(s, scale, slope, mask, n, out) }
     }
-    Some(Kernels { blocked: true, scores_block, pv_block, finish_scores, axpy_f16: super::f16::neon_axpy()? })
+    let (group_scores, group_pv) = super::attn_rows::neon()?;
+    Some(Kernels { blocked: true, scores_block, pv_block, finish_scores, group_scores, group_pv })
 }
 
 /// The AVX2 + FMA + F16C tier, when this CPU runs it.
@@ -156,7 +160,8 @@ pub(crate) fn avx2_kernels() -> Option<Kernels> {
         unsafe { avx2::finish_scores(s, scale, slope, mask, n, out) }
     }
     let ok = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
-    Some(Kernels { blocked: true, scores_block, pv_block, finish_scores, axpy_f16: super::f16::avx2_axpy()? }).filter(|_| ok)
+    let (group_scores, group_pv) = super::attn_rows::avx2()?;
+    Some(Kernels { blocked: true, scores_block, pv_block, finish_scores, group_scores, group_pv }).filter(|_| ok)
 }
 
 /// The AVX-512 tier, when this CPU runs it.
@@ -181,7 +186,10 @@ pub(crate) fn avx512_kernels() -> Option<Kernels> {
         unsafe { avx512::finish_scores(s, scale, slope, mask, n, out) }
     }
     let ok = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("f16c");
-    Some(Kernels { blocked: true, scores_block, pv_block, finish_scores, axpy_f16: super::f16::avx512_axpy()? }).filter(|_| ok)
+    // Decode's row kernels: every AVX-512 CPU runs the AVX2 ones (their loads are one key
+    // row's channels, which 8 lanes cover as well as 16).
+    let (group_scores, group_pv) = super::attn_rows::avx2()?;
+    Some(Kernels { blocked: true, scores_block, pv_block, finish_scores, group_scores, group_pv }).filter(|_| ok)
 }
 
 #[cfg(target_arch = "x86_64")]

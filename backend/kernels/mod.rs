@@ -4,7 +4,7 @@
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
 pub mod attn;
-pub mod f16;
+pub mod attn_rows;
 pub mod packed;
 pub mod peak;
 pub mod prefetch;

@@ -13,13 +13,16 @@
 //!     `SMEPILOT_AMX_ATTN=1`): K and V split into bf16 hi and lo halves in tile layout,
 //!     Q and P split per block, three tile products per operand pair
 //!     (`kernels::amx::attn`), f32 sums in another order;
-//! * per query row (decode, and the portable reference): Q rounded to f16 as ggml-cpu does,
-//!   two passes over the keys, V accumulated in f32.
+//! * per query row (decode, and the portable reference): Q rounded to f16 as ggml-cpu does;
+//!   the query heads of a GQA group read each K and V row once together
+//!   (`kernels::attn_rows`); keys in fixed chunks whose softmax states merge in order, the
+//!   chunks split across threads in decode.
 
 use super::{alibi_slope, need, split_range, Node, Unsupported};
 use crate::dtype::DType;
 use crate::threadpool::ThreadCtx;
 use crate::kernels::attn::BLOCK;
+use crate::kernels::attn_rows::Prefetch;
 use crate::kernels::KernelSet;
 
 pub fn supports(node: &Node) -> Result<(), Unsupported> {
@@ -80,16 +83,6 @@ pub fn supports(node: &Node) -> Result<(), Unsupported> {
         )?;
     }
     Ok(())
-}
-
-/// Per thread: Q row in f16, the f32 accumulator, the row's scores.
-fn per_thread(node: &Node) -> (usize, usize, usize) {
-    let (dk, dv, n_kv) = (node.src(0).ne[0], node.src(2).ne[0], node.src(1).ne[1]);
-    let g = gqa_group(node);
-    let q16 = (g * dk * 2 + 63) & !63;
-    let acc = (g * dv * 4 + 63) & !63;
-    let scores = (g * n_kv * 4 + 63) & !63;
-    (q16, acc, q16 + acc + scores)
 }
 
 /// Query heads that read one K/V head (GQA) and run together on the per-row path; 1 where
@@ -212,15 +205,202 @@ pub fn takes_tile_path(node: &Node, ks: &KernelSet) -> bool {
 pub fn scratch_bytes(node: &Node, nth: usize, ks: &KernelSet) -> usize {
     match blocked(node, ks) {
         Some(b) => b.kv + b.per_thread * nth,
-        None => per_thread(node).2 * nth,
+        None => {
+            let r = rows_layout(node, nth);
+            r.partials + r.per_thread * nth
+        }
     }
 }
 
-/// Two passes per query row: scores (QK^T, scale, soft-cap, mask) and their maximum,
-/// then exp-weighted V accumulation with f16 V converted in registers. The query heads
-/// that share a K/V head (GQA) run together, each K and V row read once for all of them
-/// (from memory at depth, where the cache outgrows the caches); each head's arithmetic,
-/// and so its bits, is that of a head alone.
+/// Keys per chunk of the per-row path: the unit of work threads share at depth and of the
+/// merge of softmax states. Fixed, so that results depend neither on the thread count nor
+/// on how many queries the batch holds.
+const CHUNK: usize = 256;
+
+/// The per-row path's work and scratch: `rows` row-groups (a query row's heads that share a
+/// K/V head) of `g` heads, `n_c` chunks each. With few row-groups against the threads
+/// (decode) the chunks are split across the threads (`split`): each writes its chunk's
+/// state to `partials` (`unit` bytes per chunk), merged after a barrier; otherwise a
+/// thread runs a row-group's chunks in turn. Both merge the same states in the same order,
+/// so the bits are the same.
+struct RowsLayout {
+    g: usize,
+    rows: usize,
+    n_c: usize,
+    split: bool,
+    unit: usize,
+    partials: usize,
+    per_thread: usize,
+}
+
+fn round64(bytes: usize) -> usize {
+    (bytes + 63) & !63
+}
+
+fn rows_layout(node: &Node, nth: usize) -> RowsLayout {
+    let (q, k, v) = (node.src(0), node.src(1), node.src(2));
+    let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
+    let g = gqa_group(node);
+    let rows = q.ne[1] * (q.ne[2] / g) * q.ne[3];
+    let n_c = n_kv.div_ceil(CHUNK).max(1);
+    let split = n_c > 1 && rows < 4 * nth;
+    // A chunk's state: per head its maximum and sum, then its g x dv output.
+    let unit = round64(g * (2 + dv) * 4);
+    let partials = if split { rows * n_c * unit } else { 0 };
+    // Q in f32 (rounded through f16), the chunk's scores, its output, the merged output,
+    // Q in f16, a chunk's mask row in f32.
+    let per_thread = round64(g * dk * 4) + round64(g * CHUNK * 4) + 2 * round64(g * dv * 4) + round64(g * dk * 2) + CHUNK * 4;
+    RowsLayout { g, rows, n_c, split, unit, partials, per_thread }
+}
+
+/// What every chunk of a node shares: the operands, parameters and kernels.
+struct RowsJob<'a> {
+    node: &'a Node,
+    ctx: &'a ThreadCtx<'a>,
+    g: usize,
+    scale: f32,
+    max_bias: f32,
+    softcap: f32,
+    sinks: Option<&'a [f32]>,
+}
+
+/// A row-group's query row, K/V head and heads.
+#[derive(Clone, Copy)]
+struct RowGroup {
+    iq1: usize,
+    iq3: usize,
+    /// First query head; the group is heads h0 .. h0 + g.
+    h0: usize,
+    ik: (usize, usize),
+    iv: (usize, usize),
+}
+
+impl RowsJob<'_> {
+    fn row_group(&self, r: usize) -> RowGroup {
+        let (q, k, v) = (self.node.src(0), self.node.src(1), self.node.src(2));
+        let (n_q, n_head) = (q.ne[1], q.ne[2]);
+        let groups = n_head / self.g;
+        let (iq1, kh, iq3) = (r % n_q, (r / n_q) % groups, r / (n_q * groups));
+        let h0 = kh * self.g;
+        RowGroup {
+            iq1,
+            iq3,
+            h0,
+            ik: (h0 / (n_head / k.ne[2]), iq3 / (q.ne[3] / k.ne[3])),
+            iv: (h0 / (n_head / v.ne[2]), iq3 / (q.ne[3] / v.ne[3])),
+        }
+    }
+
+    /// The group's Q rows into `qf`, rounded through f16 (`q16`) as ggml-cpu rounds them.
+    fn load_q(&self, rg: RowGroup, q16: &mut [u8], qf: &mut [f32]) {
+        let q = self.node.src(0);
+        let dk = q.ne[0];
+        let f16k = self.ctx.kernels.kernels(DType::F16).expect("f16 kernels");
+        let (to_f16, to_f32) = (f16k.from_f32.expect("f16 from f32"), f16k.to_f32);
+        for h in 0..self.g {
+            // Q rows hold dk f32 (supports).
+            to_f16(&q.row::<f32>(rg.iq1, rg.h0 + h, rg.iq3)[..dk], &mut q16[..2 * dk]);
+            to_f32(&q16[..2 * dk], &mut qf[h * dk..(h + 1) * dk]);
+        }
+    }
+
+    /// Chunk c of the group: scores, masked; per head its maximum `m` and the sum `l` of
+    /// exp(score - m); `oc` = the weights times V. A chunk the mask hides from every head
+    /// gives m = -inf and leaves `oc` as it was.
+    #[allow(clippy::too_many_arguments)]
+    fn chunk(&self, rg: RowGroup, c: usize, qf: &[f32], s: &mut [f32], mf: &mut [f32], oc: &mut [f32], m: &mut [f32], l: &mut [f32]) {
+        let (q, k, v) = (self.node.src(0), self.node.src(1), self.node.src(2));
+        let mask = self.node.src[3].as_ref();
+        let (dk, dv, n_kv, n_head) = (q.ne[0], v.ne[0], k.ne[1], q.ne[2]);
+        let (c0, c1) = (c * CHUNK, ((c + 1) * CHUNK).min(n_kv));
+        let n = c1 - c0;
+        let g = self.g;
+        // Mask rows hold at least n_kv f16 (supports).
+        let mrow = |h: usize| mask.map(|mt| &mt.row::<u16>(rg.iq1, (rg.h0 + h) % mt.ne[2], rg.iq3 % mt.ne[3])[c0..c1]);
+        if mask.is_some() && (0..g).all(|h| mrow(h).unwrap().iter().all(|&x| x == F16_NEG_INF)) {
+            m[..g].fill(f32::NEG_INFINITY);
+            l[..g].fill(0.0);
+            return;
+        }
+        let attn = &self.ctx.kernels.attn;
+        // K and V rows hold dk and dv f16 (supports), nb[1] apart.
+        let krows = k.bytes_at::<u8>(k.row_offset(c0, rg.ik.0, rg.ik.1), (n - 1) * k.nb[1] + 2 * dk);
+        let vrows = v.bytes_at::<u8>(v.row_offset(c0, rg.iv.0, rg.iv.1), (n - 1) * v.nb[1] + 2 * dv);
+        // The value rows towards L2 for the P V below.
+        let pf = Prefetch { k_bytes: 2 * dk, v: vrows.as_ptr(), v_stride: v.nb[1], v_bytes: 2 * dv };
+        (attn.group_scores)(qf, g, dk, krows, k.nb[1], n, s, CHUNK, pf);
+        let to_f32 = self.ctx.kernels.kernels(DType::F16).expect("f16 kernels").to_f32;
+        // The mask row `mf` holds (heads share one unless the mask has rows per head).
+        let mut mf_row = usize::MAX;
+        for h in 0..g {
+            let row = &mut s[h * CHUNK..h * CHUNK + n];
+            let slope = alibi_slope(self.max_bias, n_head, rg.h0 + h);
+            if self.softcap != 0.0 {
+                row.iter_mut().for_each(|x| *x = self.softcap * (*x * self.scale).tanh());
+            } else {
+                row.iter_mut().for_each(|x| *x *= self.scale);
+            }
+            if let Some(mt) = mask {
+                let mr = (rg.h0 + h) % mt.ne[2];
+                if mf_row != mr {
+                    to_f32(&mt.row::<u8>(rg.iq1, mr, rg.iq3 % mt.ne[3])[2 * c0..2 * c1], &mut mf[..n]);
+                    mf_row = mr;
+                }
+                for (x, &mv) in row.iter_mut().zip(&mf[..n]) {
+                    let mv = slope * mv;
+                    *x = if mv == f32::NEG_INFINITY { f32::NEG_INFINITY } else { *x + mv };
+                }
+            }
+            let mx = row_max(row);
+            m[h] = mx;
+            if mx == f32::NEG_INFINITY {
+                row.fill(0.0); // nothing of this chunk reaches the head
+                l[h] = 0.0;
+            } else {
+                l[h] = (self.ctx.kernels.vmath.soft_max)(row, mx) as f32;
+            }
+        }
+        oc[..g * dv].fill(0.0);
+        (attn.group_pv)(s, CHUNK, g, vrows, v.nb[1], n, dv, oc);
+    }
+
+    /// The group's merged state before its first chunk: the sink (a logit with no value)
+    /// or nothing.
+    fn start(&self, rg: RowGroup, mm: &mut [f32], ll: &mut [f32], o: &mut [f32]) {
+        for h in 0..self.g {
+            match self.sinks {
+                Some(sk) => (mm[h], ll[h]) = (sk[rg.h0 + h], 1.0),
+                None => (mm[h], ll[h]) = (f32::NEG_INFINITY, 0.0),
+            }
+        }
+        o.fill(0.0);
+    }
+
+    /// Folds head h's chunk state (m, l, oc) into the merged one (mm, ll, o).
+    fn merge(mm: &mut f32, ll: &mut f32, o: &mut [f32], m: f32, l: f32, oc: &[f32]) {
+        if m == f32::NEG_INFINITY {
+            return;
+        }
+        let mn = mm.max(m);
+        let (a, b) = ((*mm - mn).exp(), (m - mn).exp());
+        *ll = *ll * a + l * b;
+        o.iter_mut().zip(oc).for_each(|(x, &y)| *x = *x * a + y * b);
+        *mm = mn;
+    }
+
+    /// Head h of the group's output row: the merged output over its sum.
+    fn finish(&self, rg: RowGroup, h: usize, ll: f32, o: &[f32]) {
+        let inv = if ll == 0.0 { 0.0 } else { 1.0 / ll };
+        // Output is [dv, n_head, n_q, ne3]: row (head, iq1, iq3), this thread's alone.
+        let out = self.node.dst.row_mut::<f32>(rg.h0 + h, rg.iq1, rg.iq3);
+        out.iter_mut().zip(o).for_each(|(d, &a)| *d = a * inv);
+    }
+}
+
+/// The per-row path: the query heads that share a K/V head (GQA) run as one row-group,
+/// each K and V row read once for all of them; keys in chunks of [`CHUNK`], each chunk's
+/// softmax state (maximum, sum, weighted V) merged in chunk order. Decode splits the
+/// chunks across the threads, more queries split the row-groups.
 pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softcap: f32) {
     let n_head = node.src(0).ne[2];
     // Soft-capping divides the scale first (tanh(x * scale / cap) * cap), as ggml-cpu.
@@ -230,97 +410,83 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
     if let Some(b) = blocked(node, ctx.kernels) {
         return flash_attn_blocked(node, ctx, &b, scale, max_bias, softcap, sinks);
     }
-    let (q, k, v, d) = (node.src(0), node.src(1), node.src(2), &node.dst);
-    let mask = node.src[3].as_ref();
-    let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
-    let n_q = q.ne[1];
-    let f16k = ctx.kernels.kernels(DType::F16).unwrap();
-    let axpy_f16 = ctx.kernels.attn.axpy_f16;
-    let (q_to_f16, kq_dot) = (f16k.from_f32.unwrap(), f16k.vec_dot.unwrap());
+    let (dk, dv) = (node.src(0).ne[0], node.src(2).ne[0]);
+    let lay = rows_layout(node, ctx.nth);
+    let g = lay.g;
+    let job = RowsJob { node, ctx, g, scale, max_bias, softcap, sinks };
+    // scratch_bytes reserved the partials, then `per_thread` bytes for each thread.
+    let area = ctx.thread_area(lay.partials, lay.per_thread);
+    let (qa, sa, oa) = (round64(g * dk * 4), round64(g * CHUNK * 4), round64(g * dv * 4));
+    let qf = area.carve::<f32>(0, g * dk);
+    let s = area.carve::<f32>(qa, g * CHUNK);
+    let oc = area.carve::<f32>(qa + sa, g * dv);
+    let o = area.carve::<f32>(qa + sa + oa, g * dv);
+    let q16 = area.carve::<u8>(qa + sa + 2 * oa, g * dk * 2);
+    let mf = area.carve::<f32>(qa + sa + 2 * oa + round64(g * dk * 2), CHUNK);
+    // The row-group whose Q `qf` holds.
+    let mut loaded = usize::MAX;
+    let (mut m, mut l) = ([0f32; MAX_GQA], [0f32; MAX_GQA]);
+    let (mut mm, mut ll) = ([0f32; MAX_GQA], [0f32; MAX_GQA]);
 
-    // Work units: runs of up to `run` heads of one GQA group at one (query, batch), halved
-    // until every thread has one where the groups alone are fewer than the threads.
-    let g = gqa_group(node);
-    let groups = n_q * (n_head / g) * q.ne[3];
-    let mut run = g;
-    while run > 1 && groups * g.div_ceil(run) < ctx.nth {
-        run = run.div_ceil(2);
+    if !lay.split {
+        let (r0, r1) = split_range(lay.rows, ctx.ith, ctx.nth);
+        for r in r0..r1 {
+            let rg = job.row_group(r);
+            job.load_q(rg, q16, qf);
+            job.start(rg, &mut mm, &mut ll, o);
+            for c in 0..lay.n_c {
+                job.chunk(rg, c, qf, s, mf, oc, &mut m, &mut l);
+                for h in 0..g {
+                    RowsJob::merge(&mut mm[h], &mut ll[h], &mut o[h * dv..(h + 1) * dv], m[h], l[h], &oc[h * dv..(h + 1) * dv]);
+                }
+            }
+            for h in 0..g {
+                job.finish(rg, h, ll[h], &o[h * dv..(h + 1) * dv]);
+            }
+        }
+        return;
     }
-    let per_group = g.div_ceil(run);
-    let (q16_bytes, acc_bytes, per) = per_thread(node);
-    // scratch_bytes reserved `per` bytes for each thread, room for a whole group.
-    let area = ctx.thread_area(0, per);
-    let q16 = area.carve::<u8>(0, g * dk * 2);
-    let acc = area.carve::<f32>(q16_bytes, g * dv);
-    let scores = area.carve::<f32>(q16_bytes + acc_bytes, g * n_kv);
 
-    let (u0, u1) = split_range(groups * per_group, ctx.ith, ctx.nth);
-    for u in u0..u1 {
-        let (gi, part) = (u / per_group, u % per_group);
-        let iq1 = gi % n_q;
-        let kh = (gi / n_q) % (n_head / g);
-        let iq3 = gi / (n_q * (n_head / g));
-        let heads = kh * g + part * run..(kh * g + (part + 1) * run).min((kh + 1) * g);
-        let nh = heads.len();
-        let (ik2, ik3) = (heads.start / (n_head / k.ne[2]), iq3 / (q.ne[3] / k.ne[3]));
-        let (iv2, iv3) = (heads.start / (n_head / v.ne[2]), iq3 / (q.ne[3] / v.ne[3]));
-        let mut m_max = [f32::NEG_INFINITY; MAX_GQA];
-        let mut mrows: [Option<&[half::f16]>; MAX_GQA] = [None; MAX_GQA];
-        let mut slopes = [0f32; MAX_GQA];
-        for (h, iq2) in heads.clone().enumerate() {
-            // Q rows hold dk f32, mask rows at least n_kv f16 (supports).
-            q_to_f16(&q.row::<f32>(iq1, iq2, iq3)[..dk], &mut q16[h * dk * 2..(h + 1) * dk * 2]);
-            mrows[h] = mask.map(|m| &m.row::<half::f16>(iq1, iq2 % m.ne[2], iq3 % m.ne[3])[..n_kv]);
-            slopes[h] = alibi_slope(max_bias, n_head, iq2);
-            m_max[h] = sinks.map_or(f32::NEG_INFINITY, |sk| sk[iq2]);
+    // Split: chunks from the node's queue, each state to its own unit of the partials.
+    let units = lay.rows * lay.n_c;
+    loop {
+        let u = ctx.next_chunk();
+        if u >= units {
+            break;
         }
-        for ic in 0..n_kv {
-            // K rows are packed f16 rows of dk elements (supports): read once for the run.
-            let krow = &k.row::<u8>(ic, ik2, ik3)[..dk * 2];
-            for h in 0..nh {
-                let sc = &mut scores[h * n_kv + ic];
-                let mv = mrows[h].map_or(0.0, |m| slopes[h] * m[ic].to_f32());
-                if mv == f32::NEG_INFINITY {
-                    *sc = f32::NEG_INFINITY;
-                    continue;
-                }
-                let mut s = kq_dot(dk, krow, &q16[h * dk * 2..(h + 1) * dk * 2]) * scale;
-                if softcap != 0.0 {
-                    s = softcap * s.tanh();
-                }
-                *sc = s + mv;
-                m_max[h] = m_max[h].max(*sc);
-            }
+        let (r, c) = (u / lay.n_c, u % lay.n_c);
+        let rg = job.row_group(r);
+        if loaded != r {
+            job.load_q(rg, q16, qf);
+            loaded = r;
         }
-
-        acc[..nh * dv].fill(0.0);
-        let mut sum = [0f32; MAX_GQA];
-        for ic in 0..n_kv {
-            // V rows are packed f16 rows of dv elements (supports): read once for the run.
-            let vrow = &v.row::<u8>(ic, iv2, iv3)[..dv * 2];
-            for h in 0..nh {
-                let sc = scores[h * n_kv + ic];
-                if sc == f32::NEG_INFINITY {
-                    continue;
-                }
-                let w = (sc - m_max[h]).exp();
-                sum[h] += w;
-                axpy_f16(&mut acc[h * dv..(h + 1) * dv], vrow, w);
-            }
+        job.chunk(rg, c, qf, s, mf, oc, &mut m, &mut l);
+        // Unit u is this thread's: it took u from the queue.
+        let part = ctx.shared_mut::<f32>(u * lay.unit, g * (2 + dv));
+        part[..g].copy_from_slice(&m[..g]);
+        part[g..2 * g].copy_from_slice(&l[..g]);
+        if m[..g].iter().any(|&x| x != f32::NEG_INFINITY) {
+            part[2 * g..].copy_from_slice(&oc[..g * dv]);
         }
-        for (h, iq2) in heads.enumerate() {
-            if let Some(sk) = sinks {
-                sum[h] += (sk[iq2] - m_max[h]).exp();
-            }
-            let inv = if sum[h] == 0.0 { 0.0 } else { 1.0 / sum[h] };
-            // Output is [dv, n_head, n_q, ne3]: row (iq2, iq1, iq3), this unit's alone.
-            let out = d.row_mut::<f32>(iq2, iq1, iq3);
-            out.iter_mut().zip(&acc[h * dv..(h + 1) * dv]).for_each(|(o, &a)| *o = a * inv);
+    }
+    ctx.barrier();
+    // Merge: each thread its share of the (row-group, head) pairs, chunks in order.
+    let (p0, p1) = split_range(lay.rows * g, ctx.ith, ctx.nth);
+    for pair in p0..p1 {
+        let (r, h) = (pair / g, pair % g);
+        let rg = job.row_group(r);
+        let oh = &mut o[..dv];
+        job.start(rg, &mut mm, &mut ll, oh);
+        for c in 0..lay.n_c {
+            // Written by the unit's thread before the barrier; only read now.
+            let part = ctx.shared::<f32>((r * lay.n_c + c) * lay.unit, g * (2 + dv));
+            RowsJob::merge(&mut mm[h], &mut ll[h], oh, part[h], part[g + h], &part[2 * g + h * dv..2 * g + (h + 1) * dv]);
         }
+        job.finish(rg, h, ll[h], oh);
     }
 }
 
-/// Most query heads per K/V head the per-row path runs together.
+/// Most query heads per K/V head the per-row path runs as one row-group.
 const MAX_GQA: usize = 64;
 
 const F16_NEG_INF: u16 = 0xFC00;

@@ -551,11 +551,18 @@ fn flash_attn_on_amx_tiles_matches_softmax_attention() {
     super::attention::test_form::set(None);
 }
 
-#[allow(clippy::too_many_arguments)]
 /// One FLASH_ATTN_EXT node on `threads` threads against an f64 softmax reference (mask,
 /// sinks, GQA); returns the output's bits.
 #[allow(clippy::too_many_arguments)]
 fn flash_attn_case(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usize, hkv: usize, softcap: f32, tiles: Option<&'static KernelSet>, threads: usize) -> Vec<u32> {
+    flash_attn_case_hiding(dk, dv, n_q, n_kv, hq, hkv, softcap, tiles, threads, 0, false)
+}
+
+/// As [`flash_attn_case`], the first `hidden` keys masked from every query (a sliding
+/// window's start); with `cells`, K and V as llama.cpp's cache holds them (a cell's heads
+/// side by side, the node's K and V strided views of it).
+#[allow(clippy::too_many_arguments)]
+fn flash_attn_case_hiding(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usize, hkv: usize, softcap: f32, tiles: Option<&'static KernelSet>, threads: usize, hidden: usize, cells: bool) -> Vec<u32> {
     let mut rng = StdRng::seed_from_u64(5);
     // Causal like llama.cpp's: query i sees keys up to n_kv - n_q + i (the last n_q are new).
     let past = n_kv.saturating_sub(n_q);
@@ -568,7 +575,7 @@ fn flash_attn_case(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usize, hkv
         .collect();
     let mask: Vec<f16> = (0..n_kv * n_q)
         .map(|i| {
-            if (i % n_kv) > past + i / n_kv {
+            if (i % n_kv) > past + i / n_kv || i % n_kv < hidden {
                 f16::NEG_INFINITY
             } else {
                 f16::ZERO
@@ -590,13 +597,24 @@ fn flash_attn_case(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usize, hkv
         Buf::zeroed(dv * hq * n_q * 4),
     );
     qb.f32s()[..q.len()].copy_from_slice(&q);
-    put16(&mut kb, &k);
-    put16(&mut vb, &v);
+    // Logical K and V are [head][key][channel]; in cells, [key][head][channel].
+    let to_cells = |xs: &[f16], d: usize| -> Vec<f16> {
+        if !cells {
+            return xs.to_vec();
+        }
+        (0..n_kv * hkv * d).map(|i| {
+            let (j, h, c) = (i / (hkv * d), (i / d) % hkv, i % d);
+            xs[(h * n_kv + j) * d + c]
+        }).collect()
+    };
+    put16(&mut kb, &to_cells(&k, dk));
+    put16(&mut vb, &to_cells(&v, dv));
     put16(&mut mb, &mask);
     sb.f32s()[..hq].copy_from_slice(&sinks);
     let tq = contiguous(DType::F32, [dk, n_q, hq, 1], &mut qb);
-    let tk = contiguous(DType::F16, [dk, n_kv, hkv, 1], &mut kb);
-    let tv = contiguous(DType::F16, [dv, n_kv, hkv, 1], &mut vb);
+    let cell_view = |t: TensorRef, d: usize| if cells { TensorRef { nb: [2, 2 * d * hkv, 2 * d, 2 * d * hkv * n_kv], ..t } } else { t };
+    let tk = cell_view(contiguous(DType::F16, [dk, n_kv, hkv, 1], &mut kb), dk);
+    let tv = cell_view(contiguous(DType::F16, [dv, n_kv, hkv, 1], &mut vb), dv);
     let tm = contiguous(DType::F16, [n_kv, n_q, 1, 1], &mut mb);
     let ts = contiguous(DType::F32, [hq, 1, 1, 1], &mut sb);
     let to = contiguous(DType::F32, [dv, hq, n_q, 1], &mut ob);
@@ -644,18 +662,24 @@ fn flash_attn_case(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usize, hkv
 }
 
 /// Decode attention (the per-row path) runs the query heads sharing a K/V head together,
-/// reading each K and V row once for all of them, in runs that shrink as threads grow: the
-/// bits are those of one head at a time (16 threads: runs of one head) whatever the
-/// threads, for GQA groups of 8, 3 and 1 and one or three queries.
+/// reading each K and V row once for all of them, keys in chunks whose softmax states merge
+/// in order. The chunks are split across threads where row-groups are few against the
+/// threads, and a thread runs its row-groups' chunks in turn otherwise (one thread over the
+/// six row-groups of three queries). The bits are the same either way, whatever the threads
+/// and whether K and V are laid out per head or as llama.cpp's cache cells (every head of a
+/// cell side by side), for GQA groups of 8, 3 and 1, one or three queries, one chunk or
+/// several, and a first chunk the mask hides from every query.
 #[test]
 fn decode_attention_shares_kv_rows_without_changing_bits() {
     let _lock = ATTN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     each_tier("ops::decode_attention_gqa", || {
-        for &(n_q, hq, hkv) in &[(1, 8, 1), (1, 16, 2), (3, 6, 2), (1, 4, 4)] {
-            let alone = flash_attn_case(64, 64, n_q, 45, hq, hkv, 0.0, None, 16);
-            for threads in [1, 2, 3, 5] {
-                let got = flash_attn_case(64, 64, n_q, 45, hq, hkv, 0.0, None, threads);
-                assert!(got == alone, "n_q {n_q} heads {hq}/{hkv}, {threads} threads: bits differ from one head at a time");
+        for &(n_kv, hidden) in &[(45, 0), (600, 0), (600, 300), (2100, 300)] {
+            for &(n_q, hq, hkv) in &[(1, 8, 1), (1, 16, 2), (3, 6, 2), (1, 4, 4)] {
+                let alone = flash_attn_case_hiding(64, 64, n_q, n_kv, hq, hkv, 0.0, None, 1, hidden, false);
+                for (threads, cells) in [(2, false), (3, false), (5, false), (16, false), (1, true), (2, true)] {
+                    let got = flash_attn_case_hiding(64, 64, n_q, n_kv, hq, hkv, 0.0, None, threads, hidden, cells);
+                    assert!(got == alone, "n_kv {n_kv} n_q {n_q} heads {hq}/{hkv}, {threads} threads, cells {cells}: bits differ from one thread's");
+                }
             }
         }
     });
