@@ -242,6 +242,8 @@ def main() -> int:
     ap.add_argument("--gen-dir", type=Path, default=REPO_DIR / "build" / "models" / "bench")
     ap.add_argument("-p", "--n-prompt", default="512", help="prompt sizes, llama-bench syntax (default 512; 0 = skip)")
     ap.add_argument("-n", "--n-gen", default="128", help="generation sizes (default 128; 0 = skip)")
+    ap.add_argument("-d", "--n-depth", default="0",
+                    help="context depths the tests start from, llama-bench syntax (e.g. 0,4096,16384; default 0)")
     ap.add_argument("-r", "--repetitions", type=int, default=5, help="repetitions per test (default 5)")
     ap.add_argument("-t", "--threads", type=int, default=2, help="threads (default 2)")
     ap.add_argument("--backends", default="cpu,smepilot", help="value for llama-bench --backend (default cpu,smepilot)")
@@ -320,6 +322,8 @@ def main() -> int:
             cmd += ["-m", str(m)]
         cmd += ["-p", str(args.n_prompt), "-n", str(args.n_gen), "-r", str(args.repetitions),
                 "-t", str(args.threads), "-o", "json"]
+        if args.n_depth != "0":
+            cmd += ["-d", str(args.n_depth)]
         if "--progress" in help_txt:
             cmd.append("--progress")
         cmd += extra
