@@ -48,13 +48,7 @@ impl Cache {
 }
 
 fn node(op: Op, dst: TensorRef, src: &[TensorRef]) -> Node {
-    let mut s = [None; 5];
-    for (i, t) in src.iter().enumerate() {
-        s[i] = Some(*t);
-    }
-    let n = Node { op, dst, src: s };
-    smepilot_engine::ops::supports(&n).expect("a supported node");
-    n
+    Node::checked(op, dst, src).expect("a supported node")
 }
 
 /// llama.cpp's causal mask for `n_q` new tokens after `past`: f16 0 or -inf, rows of n_kv.

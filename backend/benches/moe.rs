@@ -50,13 +50,7 @@ impl Experts {
 }
 
 fn node(op: Op, dst: TensorRef, src: &[TensorRef]) -> Node {
-    let mut s = [None; 5];
-    for (i, t) in src.iter().enumerate() {
-        s[i] = Some(*t);
-    }
-    let n = Node { op, dst, src: s };
-    smepilot_engine::ops::supports(&n).expect("a supported node");
-    n
+    Node::checked(op, dst, src).expect("a supported node")
 }
 
 fn list<T: Copy>(var: &str, all: &[T], parse: impl Fn(&str) -> Option<T>) -> Vec<T> {

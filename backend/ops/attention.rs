@@ -230,6 +230,9 @@ struct RowsLayout {
     split: bool,
     unit: usize,
     partials: usize,
+    /// Byte offsets in a thread's area of Q in f32, the scores, the chunk's output, the
+    /// merged output, Q in f16 and the mask row; then the area's size.
+    at: [usize; 6],
     per_thread: usize,
 }
 
@@ -249,8 +252,14 @@ fn rows_layout(node: &Node, nth: usize) -> RowsLayout {
     let partials = if split { rows * n_c * unit } else { 0 };
     // Q in f32 (rounded through f16), the chunk's scores, its output, the merged output,
     // Q in f16, a chunk's mask row in f32.
-    let per_thread = round64(g * dk * 4) + round64(g * CHUNK * 4) + 2 * round64(g * dv * 4) + round64(g * dk * 2) + CHUNK * 4;
-    RowsLayout { g, rows, n_c, split, unit, partials, per_thread }
+    let sizes = [g * dk * 4, g * CHUNK * 4, g * dv * 4, g * dv * 4, g * dk * 2, CHUNK * 4];
+    let mut at = [0; 6];
+    let mut per_thread = 0;
+    for (a, bytes) in at.iter_mut().zip(sizes) {
+        *a = per_thread;
+        per_thread += round64(bytes);
+    }
+    RowsLayout { g, rows, n_c, split, unit, partials, at, per_thread }
 }
 
 /// What every chunk of a node shares: the operands, parameters and kernels.
@@ -416,13 +425,12 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
     let job = RowsJob { node, ctx, g, scale, max_bias, softcap, sinks };
     // scratch_bytes reserved the partials, then `per_thread` bytes for each thread.
     let area = ctx.thread_area(lay.partials, lay.per_thread);
-    let (qa, sa, oa) = (round64(g * dk * 4), round64(g * CHUNK * 4), round64(g * dv * 4));
-    let qf = area.carve::<f32>(0, g * dk);
-    let s = area.carve::<f32>(qa, g * CHUNK);
-    let oc = area.carve::<f32>(qa + sa, g * dv);
-    let o = area.carve::<f32>(qa + sa + oa, g * dv);
-    let q16 = area.carve::<u8>(qa + sa + 2 * oa, g * dk * 2);
-    let mf = area.carve::<f32>(qa + sa + 2 * oa + round64(g * dk * 2), CHUNK);
+    let qf = area.carve::<f32>(lay.at[0], g * dk);
+    let s = area.carve::<f32>(lay.at[1], g * CHUNK);
+    let oc = area.carve::<f32>(lay.at[2], g * dv);
+    let o = area.carve::<f32>(lay.at[3], g * dv);
+    let q16 = area.carve::<u8>(lay.at[4], g * dk * 2);
+    let mf = area.carve::<f32>(lay.at[5], CHUNK);
     // The row-group whose Q `qf` holds.
     let mut loaded = usize::MAX;
     let (mut m, mut l) = ([0f32; MAX_GQA], [0f32; MAX_GQA]);

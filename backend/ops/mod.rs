@@ -100,6 +100,19 @@ pub struct Node {
 }
 
 impl Node {
+    /// The node `op` writing `dst` from `src` (at most five inputs, in order), checked
+    /// against [`supports`]: for tests and benchmarks, which build their own graphs.
+    pub fn checked(op: Op, dst: TensorRef, src: &[TensorRef]) -> Result<Node, Unsupported> {
+        assert!(src.len() <= 5, "a node has at most five inputs");
+        let mut s = [None; 5];
+        for (i, t) in src.iter().enumerate() {
+            s[i] = Some(*t);
+        }
+        let n = Node { op, dst, src: s };
+        supports(&n)?;
+        Ok(n)
+    }
+
     /// Input `i`, which `supports` has checked to be present.
     #[inline(always)]
     pub fn src(&self, i: usize) -> &TensorRef {

@@ -54,13 +54,7 @@ fn contiguous(ty: DType, ne: [usize; 4], buf: &mut Buf) -> TensorRef {
 }
 
 fn node(op: Op, dst: TensorRef, src: &[TensorRef]) -> Node {
-    let mut s = [None; 5];
-    for (i, t) in src.iter().enumerate() {
-        s[i] = Some(*t);
-    }
-    let n = Node { op, dst, src: s };
-    super::supports(&n).expect("test node must be supported");
-    n
+    Node::checked(op, dst, src).expect("test node must be supported")
 }
 
 thread_local! {
