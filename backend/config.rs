@@ -62,6 +62,10 @@ pub struct Config {
     /// this CPU offers (SMEPILOT_FORCE_SCALAR=1 is SMEPILOT_TIER=scalar). A tier the CPU
     /// lacks is refused when the plugin registers.
     pub tier: Option<Tier>,
+    /// SMEPILOT_KV=packed|standard (default packed): the layout of the KV caches llama.cpp
+    /// places in SMEPilot's buffer (`kv_layout`); standard leaves them in the CPU backend's
+    /// buffer in ggml's layout.
+    pub kv_packed: bool,
 }
 
 /// ggml op names SMEPilot may claim, i.e. what SMEPILOT_DECLINE_OPS may name.
@@ -168,7 +172,13 @@ impl Config {
                 ))
             }
         };
+        let kv_packed = match var("SMEPILOT_KV").as_deref() {
+            None | Some("") | Some("packed") => true,
+            Some("standard") => false,
+            Some(v) => return Err(format!("SMEPILOT_KV={v:?} is not one of packed, standard")),
+        };
         Ok(Config {
+            kv_packed,
             tier,
             mode,
             matrix_units,
@@ -256,7 +266,7 @@ mod tests {
         assert_eq!(c.log, LogLevel::Warn);
         assert!(!c.disable_amx && c.threads.is_none() && c.decline_ops.is_empty());
         assert!(c.mode == ModeSetting::Auto && !c.trace && c.matrix_units.is_none());
-        assert!(c.tier.is_none());
+        assert!(c.tier.is_none() && c.kv_packed);
     }
 
     #[test]
@@ -296,6 +306,7 @@ mod tests {
             ("SMEPILOT_MATRIX_UNITS", "all"),
             ("SMEPILOT_TIER", "sse2"),
             ("SMEPILOT_FORCE_SCALAR", "yes please"),
+            ("SMEPILOT_KV", "head-major"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err();
             assert!(e.contains(k) && e.contains(v), "{e}");

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dtype;
 pub mod exec;
 pub mod kernels;
+pub mod kv_layout;
 pub mod ops;
 pub mod packed_copies;
 pub mod plan;

@@ -3,28 +3,107 @@
 use super::sys::{self, ggml_glu_op, ggml_op, ggml_tensor, ggml_unary_op};
 use smepilot_engine::dtype::DType;
 use smepilot_engine::ops::{Node, Op, RopeParams, SortOrder, Unsupported};
+use smepilot_engine::kv_layout::PackedView;
 use smepilot_engine::tensor::TensorRef;
+
+use super::kv_buffer::{self, Storage};
 
 /// # Safety
 /// `t` points to a live ggml tensor.
 pub unsafe fn tensor_ref(t: *const ggml_tensor) -> Result<TensorRef, Unsupported> {
-    let t = &*t;
-    if !t.buffer.is_null() && !sys::ggml_backend_buffer_is_host(t.buffer) {
-        return Err("tensor is not in host memory");
+    let (ty, ne) = type_and_shape(t)?;
+    let tr = &*t;
+    match kv_buffer::storage(t) {
+        Storage::Packed { layout, tensor, offset } => {
+            // A view of a packed KV cache: the same elements at the packed layout's strides.
+            if tr.nb[0] != ty.block_bytes() {
+                return Err("a view of the packed KV cache with strided elements");
+            }
+            let v = layout
+                .map_view(offset, ne, tr.nb, ty.row_bytes(ne[0]))
+                .ok_or("a view of the packed KV cache that splits a head row")?;
+            Ok(packed_ref(tr, ty, v, tensor))
+        }
+        Storage::Standard => Ok(standard_ref(tr, ty, ne)),
+        Storage::Elsewhere if !tr.buffer.is_null() && !sys::ggml_backend_buffer_is_host(tr.buffer) => {
+            Err("tensor is not in host memory")
+        }
+        Storage::Elsewhere => Ok(standard_ref(tr, ty, ne)),
     }
+}
+
+/// # Safety
+/// `t` points to a live ggml tensor.
+unsafe fn type_and_shape(t: *const ggml_tensor) -> Result<(DType, [usize; 4]), Unsupported> {
+    let t = &*t;
     let ty = DType::from_ggml(t.type_).ok_or("tensor type not handled")?;
     let mut ne = [0usize; 4];
     for (n, &v) in ne.iter_mut().zip(&t.ne) {
         *n = usize::try_from(v).map_err(|_| "negative dimension")?;
     }
-    Ok(TensorRef {
+    Ok((ty, ne))
+}
+
+/// A tensor in ggml's layout.
+unsafe fn standard_ref(t: &ggml_tensor, ty: DType, ne: [usize; 4]) -> TensorRef {
+    TensorRef {
         ty,
         ne,
         nb: t.nb,
         data: t.data as *mut u8,
         len: sys::ggml_nbytes(t),
         packed: super::buffer::packed_ref(t),
-    })
+    }
+}
+
+/// A view no op may read: its shape, no data.
+fn unreadable_view(t: &ggml_tensor) -> TensorRef {
+    TensorRef {
+        ty: DType::from_ggml(t.type_).unwrap_or(DType::F32),
+        ne: t.ne.map(|n| n.max(0) as usize),
+        nb: t.nb,
+        data: std::ptr::null_mut(),
+        len: 0,
+        packed: None,
+    }
+}
+
+/// Tensor `t` placed at `v` in the packed cache tensor starting at `tensor` (no data while
+/// the scheduler only asks what is supported, like any unallocated tensor).
+fn packed_ref(t: &ggml_tensor, ty: DType, v: PackedView, tensor: *mut u8) -> TensorRef {
+    TensorRef {
+        ty,
+        ne: v.ne,
+        nb: v.nb,
+        data: if t.data.is_null() { std::ptr::null_mut() } else { tensor.wrapping_add(v.offset) },
+        len: v.span,
+        packed: None,
+    }
+}
+
+/// SET_ROWS into a packed KV cache: each whole row written is its heads' rows, so the
+/// destination is taken as `[head, rows, heads]` and the source rows `[head, tokens, heads]`
+/// (the ids broadcast over the heads): the same node, in the layout's terms.
+///
+/// # Safety
+/// `t` is a live SET_ROWS node.
+unsafe fn set_rows_packed(t: *const ggml_tensor, src: &mut [Option<TensorRef>; 5]) -> Result<Option<TensorRef>, Unsupported> {
+    let Storage::Packed { layout, tensor, offset } = kv_buffer::storage(t) else { return Ok(None) };
+    let (ty, ne) = type_and_shape(t)?;
+    let tr = &*t;
+    let whole_rows = tr.nb[0] == ty.block_bytes() && ty.row_bytes(ne[0]) == layout.row_bytes() && ne[2] == 1 && ne[3] == 1;
+    let head = ne[0] / layout.heads;
+    let dst = whole_rows
+        .then(|| layout.split_rows(offset, ne[1], tr.nb[1], head))
+        .flatten()
+        .ok_or("set_rows: not whole rows of the packed KV cache")?;
+    let rows = src[0].as_mut().ok_or("missing")?;
+    if rows.ne[0] != ne[0] || rows.ne[2] != 1 || rows.ne[3] != 1 || !rows.rows_contiguous() || rows.ty.block_size() != 1 {
+        return Err("set_rows: source rows for the packed KV cache");
+    }
+    rows.ne = [head, rows.ne[1], layout.heads, 1];
+    rows.nb = [rows.nb[0], rows.nb[1], head * rows.nb[0], rows.nb[1] * rows.ne[1]];
+    Ok(Some(packed_ref(tr, ty, dst, tensor)))
 }
 
 fn f32_param(t: &ggml_tensor, i: usize) -> f32 {
@@ -100,7 +179,6 @@ pub unsafe fn node(t: *const ggml_tensor) -> Result<Node, Unsupported> {
         },
         _ => return Err("operator not implemented"),
     };
-    let dst = tensor_ref(t)?;
     let mut src = [None; 5];
     for (i, s) in tr.src.iter().enumerate() {
         if s.is_null() {
@@ -109,12 +187,27 @@ pub unsafe fn node(t: *const ggml_tensor) -> Result<Node, Unsupported> {
         if i >= src.len() {
             return Err("too many operands");
         }
+        if matches!(op, Op::SetRows) && i == 2 {
+            // SET_ROWS lists its destination's source here: it is the destination, below.
+            continue;
+        }
         // View nodes only describe memory; their source may live anywhere.
         src[i] = if matches!(op, Op::View) {
             tensor_ref(*s).ok()
         } else {
             Some(tensor_ref(*s)?)
         };
+    }
+    let packed_rows = if matches!(op, Op::SetRows) { set_rows_packed(t, &mut src)? } else { None };
+    let dst = match packed_rows {
+        Some(d) => d,
+        // A view computes nothing; one SMEPilot's ops cannot read (whole rows of a packed
+        // cache) is still ours, so the scheduler keeps the cache's views with its buffer.
+        None if matches!(op, Op::View) => tensor_ref(t).unwrap_or_else(|_| unreadable_view(tr)),
+        None => tensor_ref(t)?,
+    };
+    if matches!(op, Op::SetRows) && !tr.src[2].is_null() {
+        src[2] = Some(dst);
     }
     Ok(Node { op, dst, src })
 }

@@ -19,6 +19,7 @@ pub mod sys {
 
 mod buffer;
 mod convert;
+mod kv_buffer;
 mod registry;
 mod stream;
 #[cfg(test)]

@@ -15,7 +15,7 @@ use super::sys::{
     ggml_backend_dev_type, ggml_backend_device, ggml_backend_device_i, ggml_backend_reg,
     ggml_backend_reg_i, ggml_backend_reg_t, ggml_backend_t, ggml_tensor,
 };
-use super::{buffer, convert, guard, stream, sys};
+use super::{buffer, convert, guard, kv_buffer, stream, sys};
 use smepilot_engine::platform::CpuFeatures;
 use smepilot_engine::kernels::registry;
 use smepilot_engine::{config, ops};
@@ -160,8 +160,31 @@ unsafe extern "C" fn reg_get_proc_address(
     guard("reg_get_proc_address", std::ptr::null_mut(), || {
         match CStr::from_ptr(name).to_bytes() {
             b"ggml_backend_set_n_threads" => stream::set_n_threads as *mut c_void,
+            b"ggml_backend_kv_cache_buffer_type" => kv_cache_buffer_type as *mut c_void,
             _ => std::ptr::null_mut(),
         }
+    })
+}
+
+/// The buffer type for a KV cache of these types and head sizes (llama-patches/0006), or
+/// null to leave it where llama.cpp puts it: SMEPILOT_KV=standard, types the packed cache
+/// does not take, K and V heads of different sizes, or an op that writes or reads the cache
+/// declined by SMEPILOT_DECLINE_OPS (a cache write SMEPilot declined would have no backend
+/// that can run it).
+unsafe extern "C" fn kv_cache_buffer_type(
+    type_k: sys::ggml_type,
+    type_v: sys::ggml_type,
+    head_k: i64,
+    head_v: i64,
+) -> ggml_backend_buffer_type_t {
+    guard("kv_cache_buffer_type", std::ptr::null_mut(), || {
+        let Ok(cfg) = config::get() else { return std::ptr::null_mut() };
+        let declined = ["SET_ROWS", "ROPE", "FLASH_ATTN_EXT"].iter().any(|op| cfg.decline_ops.iter().any(|d| d == op));
+        let f16 = sys::ggml_type_GGML_TYPE_F16;
+        if !cfg.kv_packed || declined || type_k != f16 || type_v != f16 || head_k != head_v || head_k <= 0 {
+            return std::ptr::null_mut();
+        }
+        kv_buffer::kv_buft(head_k as usize)
     })
 }
 
@@ -261,10 +284,10 @@ unsafe extern "C" fn dev_supports_buft(
     _: ggml_backend_dev_t,
     buft: ggml_backend_buffer_type_t,
 ) -> bool {
-    // Our own buffers, and any host buffer in ggml's standard layout (the KV cache and
-    // inputs llama.cpp keeps in CPU buffers).
+    // Our own buffers (weights, packed KV caches), and any host buffer in ggml's standard
+    // layout (KV caches and inputs llama.cpp keeps in CPU buffers).
     guard("supports_buft", false, || {
-        buft == buft_ptr() || sys::ggml_backend_buft_is_host(buft)
+        buft == buft_ptr() || kv_buffer::is_kv_buft(buft) || sys::ggml_backend_buft_is_host(buft)
     })
 }
 

@@ -35,9 +35,13 @@ pub fn supports(node: &Node, p: &RopeParams) -> Result<(), Unsupported> {
         p.mode == MODE_NORMAL || p.mode == MODE_NEOX,
         "rope: only normal and neox modes",
     )?;
-    need(a.ty == DType::F32 && d.ty == DType::F32, "rope: f32 only")?;
+    // f16 for llama.cpp's context shift, which rotates the f16 K cache in place.
     need(
-        a.nb[0] == 4 && d.nb[0] == 4 && a.same_shape(d),
+        a.ty == d.ty && matches!(a.ty, DType::F32 | DType::F16),
+        "rope: f32 or f16, the same in and out",
+    )?;
+    need(
+        a.nb[0] == a.ty.block_bytes() && d.nb[0] == d.ty.block_bytes() && a.same_shape(d),
         "rope: packed rows, same shape",
     )?;
     need(
@@ -62,8 +66,13 @@ fn cache_floats(node: &Node) -> usize {
     (node.dst.ne[0] + 15) & !15
 }
 
+/// Per thread: the cos/sin cache, and for f16 the row being rotated in f32.
+fn thread_floats(node: &Node) -> usize {
+    cache_floats(node) * if node.dst.ty == DType::F16 { 2 } else { 1 }
+}
+
 pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
-    cache_floats(node) * 4 * nth
+    thread_floats(node) * 4 * nth
 }
 
 fn corr_dim(n_dims: usize, n_ctx_orig: i32, n_rot: f32, base: f32) -> f32 {
@@ -119,9 +128,10 @@ pub fn rope(node: &Node, ctx: &ThreadCtx, p: &RopeParams) {
     let pos = pos_t.elems::<i32>(a.ne[2]);
     let ff = node.src[2].as_ref().map(|f| f.elems::<f32>(f.ne[0]));
     let cf = cache_floats(node);
-    // scratch_bytes reserved one cache per thread.
-    let area = ctx.thread_area(0, cf * 4);
+    // scratch_bytes reserved one cache per thread, and an f32 row for f16 tensors.
+    let area = ctx.thread_area(0, thread_floats(node) * 4);
     let cache = &mut area.carve::<f32>(0, cf)[..ne0 & !1];
+    let mut row32 = (d.ty == DType::F16).then(|| &mut area.carve::<f32>(cf * 4, cf)[..ne0]);
     let corr = corr_dims(p);
     let (r0, r1) = split_range(d.nrows(), ctx.ith, ctx.nth);
     let mut last_i2 = usize::MAX;
@@ -135,11 +145,24 @@ pub fn rope(node: &Node, ctx: &ThreadCtx, p: &RopeParams) {
         // This thread owns dst row r. dst is either src's memory (in-place allocation) or
         // a separate tensor: copy first unless they are the same row, then rotate dst's row
         // in place.
+        let neox = p.mode == MODE_NEOX;
+        if let Some(r32) = row32.as_deref_mut() {
+            // f16: rotated in f32 and rounded once, as ggml's rope does for f16.
+            let (row, [sx]) = d.row_io::<half::f16, 1>((i1, i2, i3), [(a, (i1, i2, i3))]);
+            let x = match sx {
+                Src::Row(x) => x,
+                Src::Dst => &*row,
+            };
+            r32.iter_mut().zip(x).for_each(|(o, v)| *o = v.to_f32());
+            (ctx.kernels.rope.rotate_pairs)(r32, cache, nd, off, neox);
+            row.iter_mut().zip(r32.iter()).for_each(|(o, v)| *o = half::f16::from_f32(*v));
+            continue;
+        }
         let (row, [sx]) = d.row_io::<f32, 1>((i1, i2, i3), [(a, (i1, i2, i3))]);
         if let Src::Row(x) = sx {
             row.copy_from_slice(x);
         }
-        (ctx.kernels.rope.rotate_pairs)(row, cache, nd, off, p.mode == MODE_NEOX);
+        (ctx.kernels.rope.rotate_pairs)(row, cache, nd, off, neox);
     }
 }
 
