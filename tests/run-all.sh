@@ -288,6 +288,32 @@ t_cli() {
 }
 t_server() { python3 "$repo/tests/server_test.py" --bin "$bin/llama-server" --model "$model"; }
 
+# ---- the KV cache in SMEPilot's packed layout ------------------------------------------
+t_kv_slot_save() { python3 "$repo/tests/kv_cache_test.py" --bin "$bin/llama-server" --model "$model"; }
+# Generating past a 256-cell context shifts the cache (an in-place ROPE on the packed K):
+# the text must equal the one with the cache in ggml's layout (SMEPILOT_KV=standard), which
+# the packed layout changes no arithmetic of; how far it agrees with stock's is shown.
+t_kv_context_shift() {
+    local run
+    for run in "smepilot packed" "smepilot standard" "cpu standard"; do
+        set -- $run
+        SMEPILOT_KV=$2 "$bin/llama-completion" --backend "$1" -m "$model" -c 256 -n 400 --context-shift --ignore-eos -fa on --temp 0 \
+            -p "The GNU General Public License is" -no-cnv -lv 4 >"$work/shift-$1-$2.txt" 2>"$work/shift-$1-$2.err" </dev/null \
+            || { tail -20 "$work/shift-$1-$2.err"; return 1; }
+    done
+    grep -q "SMEPILOT_KV64 KV buffer" "$work/shift-smepilot-packed.err" || { echo "the cache was not packed"; return 1; }
+    local words; words=$(wc -w <"$work/shift-smepilot-packed.txt")
+    [ "$words" -gt 250 ] || { echo "only $words words: the run stopped before shifting"; return 1; }
+    python3 - "$work" <<'PY'
+import sys
+w = sys.argv[1]
+a, b, c = (open(f"{w}/shift-{r}.txt").read() for r in ("smepilot-packed", "smepilot-standard", "cpu-standard"))
+same = next((i for i, (x, y) in enumerate(zip(a, c)) if x != y), min(len(a), len(c)))
+print(f"{len(a.split())} words; agrees with stock for {same} of {len(a)} characters")
+sys.exit(0 if a == b else "the packed cache's text differs from ggml's layout's")
+PY
+}
+
 # ---- fallback and bad input --------------------------------------------------------
 # Declined ops go to the CPU backend through ggml's scheduler (more splits), and the
 # result is still right: KL divergence against stock stays within the same bounds.
@@ -384,6 +410,8 @@ check kld-smollm2-bf16      t_kld_bf16
 check kld-smollm2-q8_0      t_kld_q8_0
 check llama-cli             t_cli
 check llama-server          t_server
+check kv-slot-save-restore  t_kv_slot_save
+check kv-context-shift      t_kv_context_shift
 check fallback-declined-ops t_fallback_declined_ops
 check bad-settings          t_bad_settings
 if [ "$arm" = 1 ]; then
