@@ -134,8 +134,9 @@ impl KvLayout {
     /// SET_ROWS' destination: `rows` whole cache rows from standard offset `off` (a cell's
     /// start), `row_stride` bytes apart (a whole number of cells), as a view that splits
     /// each row into its heads along dimension 2: `[head elements, rows, heads, 1]`.
-    /// `elems_per_head` is the head size in elements. None if the rows are not whole cells.
-    pub fn split_rows(&self, off: usize, rows: usize, row_stride: usize, elems_per_head: usize) -> Option<PackedView> {
+    /// `elems_per_head` is the head size in elements, `nb0` the bytes per element (or block).
+    /// None if the rows are not whole cells.
+    pub fn split_rows(&self, off: usize, rows: usize, row_stride: usize, elems_per_head: usize, nb0: usize) -> Option<PackedView> {
         let row = self.row_bytes();
         if rows == 0 || !off.is_multiple_of(row) || !row_stride.is_multiple_of(row) || row_stride == 0 {
             return None;
@@ -146,7 +147,6 @@ impl KvLayout {
         let ne = [elems_per_head, rows, self.heads, 1];
         let nb1 = row_stride / row * self.head_bytes;
         let nb2 = self.head_run();
-        let nb0 = self.head_bytes / elems_per_head.max(1);
         let span = self.head_bytes + (rows - 1) * nb1 + (self.heads - 1) * nb2;
         Some(PackedView { offset: self.packed_offset(off), ne, nb: [nb0, nb1, nb2, span], span })
     }
@@ -281,7 +281,7 @@ mod tests {
             let (hb, row) = (head * 2, head * heads * 2);
             let l = KvLayout::new(row, hb, cells).unwrap();
             for (first, rows, step) in [(0, cells, 1), (1, (cells - 1) / 2, 2), (cells - 1, 1, 1)] {
-                let v = l.split_rows(first * row, rows, step * row, head).unwrap();
+                let v = l.split_rows(first * row, rows, step * row, head, 2).unwrap();
                 assert_eq!(v.ne, [head, rows, heads, 1]);
                 let mut furthest = 0;
                 for h in 0..heads {
@@ -296,10 +296,10 @@ mod tests {
                 }
                 assert_eq!(v.span, furthest);
             }
-            assert!(l.split_rows(2, 1, row, head).is_none(), "mid-row start");
-            assert!(l.split_rows(0, cells + 1, row, head).is_none(), "past the last cell");
+            assert!(l.split_rows(2, 1, row, head, 2).is_none(), "mid-row start");
+            assert!(l.split_rows(0, cells + 1, row, head, 2).is_none(), "past the last cell");
             if heads > 1 {
-                assert!(l.split_rows(0, 2, row + hb, head).is_none(), "a stride of part of a row");
+                assert!(l.split_rows(0, 2, row + hb, head, 2).is_none(), "a stride of part of a row");
             }
         }
     }

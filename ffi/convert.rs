@@ -94,7 +94,7 @@ unsafe fn set_rows_packed(t: *const ggml_tensor, src: &mut [Option<TensorRef>; 5
     let whole_rows = tr.nb[0] == ty.block_bytes() && ty.row_bytes(ne[0]) == layout.row_bytes() && ne[2] == 1 && ne[3] == 1;
     let head = ne[0] / layout.heads;
     let dst = whole_rows
-        .then(|| layout.split_rows(offset, ne[1], tr.nb[1], head))
+        .then(|| layout.split_rows(offset, ne[1], tr.nb[1], head, tr.nb[0]))
         .flatten()
         .ok_or("set_rows: not whole rows of the packed KV cache")?;
     let rows = src[0].as_mut().ok_or("missing")?;

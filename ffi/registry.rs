@@ -16,6 +16,7 @@ use super::sys::{
     ggml_backend_reg_i, ggml_backend_reg_t, ggml_backend_t, ggml_tensor,
 };
 use super::{buffer, convert, guard, kv_buffer, stream, sys};
+use smepilot_engine::dtype::DType;
 use smepilot_engine::platform::CpuFeatures;
 use smepilot_engine::kernels::registry;
 use smepilot_engine::{config, ops};
@@ -168,7 +169,7 @@ unsafe extern "C" fn reg_get_proc_address(
 
 /// The buffer type for a KV cache of these types and head sizes (llama-patches/0006), or
 /// null to leave it where llama.cpp puts it: SMEPILOT_KV=standard, types the packed cache
-/// does not take, K and V heads of different sizes, or an op that writes or reads the cache
+/// does not take (f32, f16, bf16, q8_0, q4_0 and q4_1 it takes), K and V heads of different sizes, or an op that writes or reads the cache
 /// declined by SMEPILOT_DECLINE_OPS (a cache write SMEPilot declined would have no backend
 /// that can run it).
 unsafe extern "C" fn kv_cache_buffer_type(
@@ -180,8 +181,16 @@ unsafe extern "C" fn kv_cache_buffer_type(
     guard("kv_cache_buffer_type", std::ptr::null_mut(), || {
         let Ok(cfg) = config::get() else { return std::ptr::null_mut() };
         let declined = ["SET_ROWS", "ROPE", "FLASH_ATTN_EXT"].iter().any(|op| cfg.decline_ops.iter().any(|d| d == op));
-        let f16 = sys::ggml_type_GGML_TYPE_F16;
-        if !cfg.kv_packed || declined || type_k != f16 || type_v != f16 || head_k != head_v || head_k <= 0 {
+        // The types whose every cache op SMEPilot claims: SET_ROWS from f32, attention, and
+        // the context shift (ROPE in place, or for quantized K: CAST, ROPE, CPY back).
+        let cached = |t: sys::ggml_type| {
+            DType::from_ggml(t).is_some_and(|ty| {
+                matches!(ty, DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+                    && head_k > 0
+                    && (head_k as usize).is_multiple_of(ty.block_size())
+            })
+        };
+        if !cfg.kv_packed || declined || !cached(type_k) || !cached(type_v) || head_k != head_v {
             return std::ptr::null_mut();
         }
         kv_buffer::kv_buft(head_k as usize)

@@ -522,11 +522,11 @@ fn accepted_arbitrary_nodes_compute_like_the_scalar_reference() {
     assert!(ran > 100, "too few arbitrary nodes ran ({ran}): the generator no longer reaches the ops");
 }
 
-/// A cache like llama.cpp's: `[heads * head, kv, streams]` f16, in the buffer of `buft`.
-fn kv_cache(t: &mut Tensors, head: usize, heads: usize, kv: usize, streams: usize, buft: sys::ggml_backend_buffer_type_t) -> *mut ggml_tensor {
+/// A cache like llama.cpp's: `[heads * head, kv, streams]` of `ty`, in the buffer of `buft`.
+fn kv_cache(t: &mut Tensors, ty: sys::ggml_type, head: usize, heads: usize, kv: usize, streams: usize, buft: sys::ggml_backend_buffer_type_t) -> *mut ggml_tensor {
     // SAFETY: the context is live; the tensor is allocated in a buffer of `buft` at once.
     unsafe {
-        let c = sys::ggml_new_tensor_3d(t.ctx, sys::ggml_type_GGML_TYPE_F16, (head * heads) as i64, kv as i64, streams as i64);
+        let c = sys::ggml_new_tensor_3d(t.ctx, ty, (head * heads) as i64, kv as i64, streams as i64);
         t.buf = sys::ggml_backend_alloc_ctx_tensors_from_buft(t.ctx, buft);
         assert!(!t.buf.is_null());
         c
@@ -549,19 +549,40 @@ fn noise(n: usize, seed: usize) -> Vec<f32> {
     (0..n).map(|i| (((i + seed) * 2654435761) % 1999) as f32 / 1000.0 - 1.0).collect()
 }
 
-/// llama.cpp's cache in SMEPilot's packed layout reads and writes like ggml's layout: byte
-/// ranges through get/set/memset at odd offsets, SET_ROWS of whole rows, flash attention
-/// over llama.cpp's K/V views and the context shift's in-place ROPE all give the bytes and
-/// results of the same cache in a buffer in ggml's layout.
-#[test]
-fn a_packed_kv_cache_reads_and_writes_like_ggmls_layout() {
-    let (head, heads, kv, streams) = (12usize, 3usize, 10usize, 2usize);
+/// Runs the graph of the node `build` makes (with its inputs) in a fresh compute context,
+/// after `fill` set the inputs; asserts SMEPilot claims and computes it.
+fn run_node(
+    backend: &Backend,
+    build: impl FnOnce(*mut ggml_context) -> (*mut ggml_tensor, Vec<*mut ggml_tensor>),
+    fill: impl FnOnce(&[*mut ggml_tensor]),
+) -> (Tensors, *mut ggml_tensor) {
+    let mut g = Tensors::new();
+    let (out, inputs) = build(g.ctx);
+    g.alloc(ggml_backend_buffer_usage::GGML_BACKEND_BUFFER_USAGE_COMPUTE);
+    fill(&inputs);
+    // SAFETY: a node of g's live context.
+    assert!(unsafe { registry::supports_op(out) }, "SMEPilot declined {}", registry::tensor_name(out));
+    assert_eq!(backend.compute(&g, out), ggml_status::GGML_STATUS_SUCCESS);
+    (g, out)
+}
+
+/// llama.cpp's cache of type `ty` in SMEPilot's packed layout reads and writes like the same
+/// cache in ggml's layout: byte ranges through get/set/memset at odd offsets, SET_ROWS of
+/// whole rows, flash attention over llama.cpp's K/V views and the context shift (ROPE in
+/// place, or for a quantized cache CAST, ROPE and CPY back) give the same bytes and results.
+fn packed_kv_case(ty: sys::ggml_type) {
+    // SAFETY: ggml's type table, for a valid type.
+    let blck = unsafe { sys::ggml_blck_size(ty) } as usize;
+    let (head, heads, kv, streams) = (if blck > 1 { 32 } else { 12 }, 3usize, 10usize, 2usize);
+    let row = head * heads;
+    // SAFETY: as above.
+    let (head_bytes, row_bytes) = unsafe { (sys::ggml_row_size(ty, head as i64), sys::ggml_row_size(ty, row as i64)) };
     let backend = Backend::new();
     let mut pk = Tensors::new();
-    let packed = kv_cache(&mut pk, head, heads, kv, streams, kv_buffer::kv_buft(head));
+    let packed = kv_cache(&mut pk, ty, head, heads, kv, streams, kv_buffer::kv_buft(head));
     let mut st = Tensors::new();
-    let standard = kv_cache(&mut st, head, heads, kv, streams, registry::buft_ptr());
-    // SAFETY: a live tensor.
+    let standard = kv_cache(&mut st, ty, head, heads, kv, streams, registry::buft_ptr());
+    // SAFETY: live tensors.
     let bytes = unsafe { sys::ggml_nbytes(packed) };
     assert!(matches!(unsafe { kv_buffer::storage(packed) }, kv_buffer::Storage::Packed { .. }));
 
@@ -579,82 +600,74 @@ fn a_packed_kv_cache_reads_and_writes_like_ggmls_layout() {
     unsafe { sys::ggml_backend_tensor_memset(packed, 0x3c, 50, 77) };
     want[50..127].fill(0x3c);
     assert_eq!(get_bytes(packed, 0, bytes), want);
-    // Real f16 values from here on: the graphs below compute with them.
-    let values: Vec<u8> = noise(bytes / 2, 5).iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
-    set_bytes(packed, 0, &values);
-    set_bytes(standard, 0, &values);
 
-    // SET_ROWS of 4 rows into cells of both streams (llama.cpp reshapes the streams into one).
-    let (row, n_tok) = (head * heads, 4usize);
-    let src = noise(row * n_tok, 9);
-    let ids: [i64; 4] = [17, 3, 12, 0];
-    let set_rows = |t: &mut Tensors, cache: *mut ggml_tensor| -> (*mut ggml_tensor, *mut ggml_tensor, *mut ggml_tensor) {
-        // SAFETY: graph construction in a live context over a live cache tensor.
-        unsafe {
-            let rows = sys::ggml_new_tensor_2d(t.ctx, sys::ggml_type_GGML_TYPE_F32, row as i64, n_tok as i64);
-            let idx = sys::ggml_new_tensor_1d(t.ctx, sys::ggml_type_GGML_TYPE_I64, n_tok as i64);
-            let all = sys::ggml_reshape_2d(t.ctx, cache, row as i64, (kv * streams) as i64);
-            (sys::ggml_set_rows(t.ctx, all, rows, idx), rows, idx)
+    // SET_ROWS into cells of both streams (llama.cpp reshapes the streams into one): first
+    // every cell (real values for the graphs below), then 4 rows over them.
+    for (n_tok, ids, seed) in [(kv * streams, (0..(kv * streams) as i64).rev().collect::<Vec<_>>(), 5), (4, vec![17, 3, 12, 0], 9)] {
+        let src = noise(row * n_tok, seed);
+        for cache in [packed, standard] {
+            run_node(
+                &backend,
+                |ctx| unsafe {
+                    // SAFETY: graph construction in a live context over a live cache tensor.
+                    let rows = sys::ggml_new_tensor_2d(ctx, sys::ggml_type_GGML_TYPE_F32, row as i64, n_tok as i64);
+                    let idx = sys::ggml_new_tensor_1d(ctx, sys::ggml_type_GGML_TYPE_I64, n_tok as i64);
+                    let all = sys::ggml_reshape_2d(ctx, cache, row as i64, (kv * streams) as i64);
+                    (sys::ggml_set_rows(ctx, all, rows, idx), vec![rows, idx])
+                },
+                |t| {
+                    set(t[0], &src);
+                    set(t[1], &ids);
+                },
+            );
         }
-    };
-    for (cache, name) in [(packed, "packed"), (standard, "standard")] {
-        let mut g = Tensors::new();
-        let (out, rows, idx) = set_rows(&mut g, cache);
-        g.alloc(ggml_backend_buffer_usage::GGML_BACKEND_BUFFER_USAGE_COMPUTE);
-        set(rows, &src);
-        set(idx, &ids);
-        // SAFETY: a node of g's live context.
-        assert!(unsafe { registry::supports_op(out) }, "SET_ROWS into the {name} cache");
-        assert_eq!(backend.compute(&g, out), ggml_status::GGML_STATUS_SUCCESS);
+        assert_eq!(get_bytes(packed, 0, bytes), get_bytes(standard, 0, bytes), "SET_ROWS of {n_tok} rows");
     }
-    let mut want: Vec<u8> = values.clone();
-    for (t, &cell) in ids.iter().enumerate() {
-        let r: Vec<u8> = src[t * row..][..row].iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
-        want[cell as usize * row * 2..][..row * 2].copy_from_slice(&r);
-    }
-    assert_eq!(get_bytes(packed, 0, bytes), want);
-    assert_eq!(get_bytes(standard, 0, bytes), want);
+    let written = get_bytes(standard, 0, bytes);
 
     // Flash attention over llama.cpp's views of stream 1 (K and V the same cache here):
     // 6 query heads share the 3 KV heads, 2 queries, the first 7 cells.
     let (n_kv, n_q) = (7usize, 2usize);
     let q = noise(head * n_q * 2 * heads, 3);
     let attend = |cache: *mut ggml_tensor| -> Vec<f32> {
-        let mut g = Tensors::new();
-        // SAFETY: graph construction in a live context over a live cache tensor.
-        let (out, qt) = unsafe {
-            let qt = sys::ggml_new_tensor_4d(g.ctx, sys::ggml_type_GGML_TYPE_F32, head as i64, n_q as i64, (2 * heads) as i64, 1);
-            let view = sys::ggml_view_4d(g.ctx, cache, head as i64, heads as i64, n_kv as i64, 1, 2 * head, 2 * row, 2 * row * kv, 2 * row * kv);
-            let k = sys::ggml_permute(g.ctx, view, 0, 2, 1, 3);
-            (sys::ggml_flash_attn_ext(g.ctx, qt, k, k, std::ptr::null_mut(), 0.3, 0.0, 0.0), qt)
-        };
-        g.alloc(ggml_backend_buffer_usage::GGML_BACKEND_BUFFER_USAGE_COMPUTE);
-        set(qt, &q);
-        // SAFETY: a node of g's live context.
-        assert!(unsafe { registry::supports_op(out) });
-        assert_eq!(backend.compute(&g, out), ggml_status::GGML_STATUS_SUCCESS);
+        let (_g, out) = run_node(
+            &backend,
+            |ctx| unsafe {
+                // SAFETY: graph construction in a live context over a live cache tensor.
+                let qt = sys::ggml_new_tensor_4d(ctx, sys::ggml_type_GGML_TYPE_F32, head as i64, n_q as i64, (2 * heads) as i64, 1);
+                let view = sys::ggml_view_4d(ctx, cache, head as i64, heads as i64, n_kv as i64, 1, head_bytes, row_bytes, row_bytes * kv, row_bytes * kv);
+                let k = sys::ggml_permute(ctx, view, 0, 2, 1, 3);
+                (sys::ggml_flash_attn_ext(ctx, qt, k, k, null_mut(), 0.3, 0.0, 0.0), vec![qt])
+            },
+            |t| set(t[0], &q),
+        );
         get_f32(out)
     };
     assert_eq!(attend(packed), attend(standard));
 
-    // The context shift: ROPE in place on every cell's heads, then the bytes compare.
+    // The context shift over every cell's heads, then the bytes compare.
     let shift: Vec<i32> = (0..(kv * streams) as i32).map(|i| i * 3 - 7).collect();
     for cache in [packed, standard] {
-        let mut g = Tensors::new();
-        // SAFETY: graph construction in a live context over a live cache tensor.
-        let (out, pos) = unsafe {
-            let pos = sys::ggml_new_tensor_1d(g.ctx, sys::ggml_type_GGML_TYPE_I32, (kv * streams) as i64);
-            let view = sys::ggml_view_3d(g.ctx, cache, head as i64, heads as i64, (kv * streams) as i64, 2 * head, 2 * row, 0);
-            (sys::ggml_rope_ext_inplace(g.ctx, view, pos, std::ptr::null_mut(), head as i32, 2, 4096, 10000.0, 1.0, 0.0, 1.0, 32.0, 1.0), pos)
-        };
-        g.alloc(ggml_backend_buffer_usage::GGML_BACKEND_BUFFER_USAGE_COMPUTE);
-        set(pos, &shift);
-        // SAFETY: a node of g's live context.
-        assert!(unsafe { registry::supports_op(out) });
-        assert_eq!(backend.compute(&g, out), ggml_status::GGML_STATUS_SUCCESS);
+        run_node(
+            &backend,
+            |ctx| unsafe {
+                // SAFETY: graph construction in a live context over a live cache tensor.
+                let pos = sys::ggml_new_tensor_1d(ctx, sys::ggml_type_GGML_TYPE_I32, (kv * streams) as i64);
+                let view = sys::ggml_view_3d(ctx, cache, head as i64, heads as i64, (kv * streams) as i64, head_bytes, row_bytes, 0);
+                let rope = |x| sys::ggml_rope_ext(ctx, x, pos, null_mut(), head as i32, 2, 4096, 10000.0, 1.0, 0.0, 1.0, 32.0, 1.0);
+                let out = if blck > 1 {
+                    let f = sys::ggml_cast(ctx, view, sys::ggml_type_GGML_TYPE_F32);
+                    sys::ggml_cpy(ctx, rope(f), view)
+                } else {
+                    sys::ggml_rope_ext_inplace(ctx, view, pos, null_mut(), head as i32, 2, 4096, 10000.0, 1.0, 0.0, 1.0, 32.0, 1.0)
+                };
+                (out, vec![pos])
+            },
+            |t| set(t[0], &shift),
+        );
     }
     let shifted = get_bytes(standard, 0, bytes);
-    assert_ne!(shifted, want, "the shift must change the keys");
+    assert_ne!(shifted, written, "the shift must change the keys");
     assert_eq!(get_bytes(packed, 0, bytes), shifted);
 
     // A node that reads whole rows of the packed cache (its first dimension crosses heads)
@@ -662,9 +675,22 @@ fn a_packed_kv_cache_reads_and_writes_like_ggmls_layout() {
     let g = Tensors::new();
     // SAFETY: graph construction in a live context over a live cache tensor.
     let out = unsafe {
-        let rows = sys::ggml_view_2d(g.ctx, packed, row as i64, kv as i64, 2 * row, 0);
+        let rows = sys::ggml_view_2d(g.ctx, packed, row as i64, kv as i64, row_bytes, 0);
         sys::ggml_scale(g.ctx, rows, 2.0)
     };
     // SAFETY: a node of g's live context.
     assert!(!unsafe { registry::supports_op(out) });
+}
+
+#[test]
+fn a_packed_kv_cache_reads_and_writes_like_ggmls_layout() {
+    for ty in [
+        sys::ggml_type_GGML_TYPE_F16,
+        sys::ggml_type_GGML_TYPE_F32,
+        sys::ggml_type_GGML_TYPE_BF16,
+        sys::ggml_type_GGML_TYPE_Q8_0,
+        sys::ggml_type_GGML_TYPE_Q4_0,
+    ] {
+        packed_kv_case(ty);
+    }
 }

@@ -1,5 +1,7 @@
 //! FLASH_ATTN_EXT: softmax(scale * Q K^T + mask) V, with ALiBi, logit soft-capping and
-//! attention sinks. K and V are the f16 KV cache.
+//! attention sinks. K and V are the KV cache: f16, or f32, bf16, q4_0, q4_1, q8_0 rows
+//! converted as they are read (to f32 once per call on the blocked path, to f16 per chunk of
+//! keys on the per-row path; the tiles take f16 only).
 //!
 //! Two paths:
 //! * blocked (prefill: 16 or more queries, on the fast kernel tier): K and V of every head
@@ -20,6 +22,7 @@
 
 use super::{alibi_slope, need, split_range, Node, Unsupported};
 use crate::dtype::DType;
+use crate::tensor::TensorRef;
 use crate::threadpool::ThreadCtx;
 use crate::kernels::attn::BLOCK;
 use crate::kernels::attn_rows::Prefetch;
@@ -35,8 +38,12 @@ pub fn supports(node: &Node) -> Result<(), Unsupported> {
         "flash_attn: f32 q with packed rows",
     )?;
     need(
-        k.ty == DType::F16 && v.ty == DType::F16,
-        "flash_attn: f16 K/V only",
+        kv_type(k.ty) && kv_type(v.ty),
+        "flash_attn: K/V of f32, f16, bf16, q4_0, q4_1 or q8_0",
+    )?;
+    need(
+        k.ne[0].is_multiple_of(k.ty.block_size()) && v.ne[0].is_multiple_of(v.ty.block_size()),
+        "flash_attn: K/V heads of whole blocks",
     )?;
     need(
         k.rows_contiguous() && v.rows_contiguous(),
@@ -83,6 +90,12 @@ pub fn supports(node: &Node) -> Result<(), Unsupported> {
         )?;
     }
     Ok(())
+}
+
+/// The cache types attention reads: f16 as it is, the others converted per chunk of keys
+/// (to f16 on the per-row path, to f32 on the blocked path).
+fn kv_type(ty: DType) -> bool {
+    matches!(ty, DType::F32 | DType::F16 | DType::BF16 | DType::Q4_0 | DType::Q4_1 | DType::Q8_0)
 }
 
 /// Query heads that read one K/V head (GQA) and run together on the per-row path; 1 where
@@ -167,7 +180,9 @@ fn blocked(node: &Node, ks: &KernelSet) -> Option<BlockedLayout> {
     if q.ne[1] < BLOCK || !ks.attn.blocked || !dv.is_multiple_of(16) {
         return None;
     }
-    let form = tile_form(dk, ks).unwrap_or(KvForm::F32);
+    // The tiles are loaded from f16 K/V.
+    let f16 = k.ty == DType::F16 && v.ty == DType::F16;
+    let form = f16.then(|| tile_form(dk, ks)).flatten().unwrap_or(KvForm::F32);
     // Whole tiles: the last one's missing keys are zeros, as in ggml.
     let n_kb = n_kv.div_ceil(KV_TILE) * BLOCKS_PER_TILE;
     // Q block, one tile's scores / weights of 16 rows, output block (and for the tiles Q's
@@ -231,8 +246,9 @@ struct RowsLayout {
     unit: usize,
     partials: usize,
     /// Byte offsets in a thread's area of Q in f32, the scores, the chunk's output, the
-    /// merged output, Q in f16 and the mask row; then the area's size.
-    at: [usize; 6],
+    /// merged output, Q in f16, the mask row, and a chunk's K and V rows in f16 with a row
+    /// in f32 to convert them through (K/V of other types than f16); then the area's size.
+    at: [usize; 9],
     per_thread: usize,
 }
 
@@ -251,15 +267,43 @@ fn rows_layout(node: &Node, nth: usize) -> RowsLayout {
     let unit = round64(g * (2 + dv) * 4);
     let partials = if split { rows * n_c * unit } else { 0 };
     // Q in f32 (rounded through f16), the chunk's scores, its output, the merged output,
-    // Q in f16, a chunk's mask row in f32.
-    let sizes = [g * dk * 4, g * CHUNK * 4, g * dv * 4, g * dv * 4, g * dk * 2, CHUNK * 4];
-    let mut at = [0; 6];
+    // Q in f16, a chunk's mask row in f32, K and V staged in f16, a row in f32.
+    let staged = |t: &TensorRef, d: usize| if t.ty == DType::F16 { 0 } else { CHUNK * d * 2 };
+    let row = if k.ty == DType::F16 && v.ty == DType::F16 { 0 } else { dk.max(dv) * 4 };
+    let sizes = [g * dk * 4, g * CHUNK * 4, g * dv * 4, g * dv * 4, g * dk * 2, CHUNK * 4, staged(k, dk), staged(v, dv), row];
+    let mut at = [0; 9];
     let mut per_thread = 0;
     for (a, bytes) in at.iter_mut().zip(sizes) {
         *a = per_thread;
         per_thread += round64(bytes);
     }
     RowsLayout { g, rows, n_c, split, unit, partials, at, per_thread }
+}
+
+/// A thread's staging of a chunk's K and V rows in f16, for caches of other types.
+struct Staging<'a> {
+    k16: &'a mut [u8],
+    v16: &'a mut [u8],
+    row: &'a mut [f32],
+}
+
+/// Rows `c0 .. c0 + n` of head `(i2, i3)` of cache `t`, `d` elements each, as f16 rows and
+/// their stride: the cache's own if it is f16, else converted through `row` (f32) into `out`.
+#[allow(clippy::too_many_arguments)]
+fn f16_rows<'s>(ks: &KernelSet, t: &'s TensorRef, c0: usize, n: usize, (i2, i3): (usize, usize), d: usize, out: &'s mut [u8], row: &mut [f32]) -> (&'s [u8], usize) {
+    if t.ty == DType::F16 {
+        // Rows hold d f16 (supports), nb[1] apart.
+        return (t.bytes_at::<u8>(t.row_offset(c0, i2, i3), (n - 1) * t.nb[1] + 2 * d), t.nb[1]);
+    }
+    let to_f32 = ks.kernels(t.ty).expect("a K/V type (supports)").to_f32;
+    let to_f16 = ks.kernels(DType::F16).and_then(|f| f.from_f32).expect("f16 from f32");
+    let bytes = t.ty.row_bytes(d);
+    for i in 0..n {
+        // Rows hold d elements of whole blocks (supports).
+        to_f32(&t.row::<u8>(c0 + i, i2, i3)[..bytes], &mut row[..d]);
+        to_f16(&row[..d], &mut out[i * 2 * d..(i + 1) * 2 * d]);
+    }
+    (&out[..n * 2 * d], 2 * d)
 }
 
 /// What every chunk of a node shares: the operands, parameters and kernels.
@@ -317,7 +361,7 @@ impl RowsJob<'_> {
     /// exp(score - m); `oc` = the weights times V. A chunk the mask hides from every head
     /// gives m = -inf and leaves `oc` as it was.
     #[allow(clippy::too_many_arguments)]
-    fn chunk(&self, rg: RowGroup, c: usize, qf: &[f32], s: &mut [f32], mf: &mut [f32], oc: &mut [f32], m: &mut [f32], l: &mut [f32]) {
+    fn chunk(&self, rg: RowGroup, c: usize, qf: &[f32], s: &mut [f32], mf: &mut [f32], oc: &mut [f32], m: &mut [f32], l: &mut [f32], st: &mut Staging) {
         let (q, k, v) = (self.node.src(0), self.node.src(1), self.node.src(2));
         let mask = self.node.src[3].as_ref();
         let (dk, dv, n_kv, n_head) = (q.ne[0], v.ne[0], k.ne[1], q.ne[2]);
@@ -332,12 +376,14 @@ impl RowsJob<'_> {
             return;
         }
         let attn = &self.ctx.kernels.attn;
-        // K and V rows hold dk and dv f16 (supports), nb[1] apart.
-        let krows = k.bytes_at::<u8>(k.row_offset(c0, rg.ik.0, rg.ik.1), (n - 1) * k.nb[1] + 2 * dk);
-        let vrows = v.bytes_at::<u8>(v.row_offset(c0, rg.iv.0, rg.iv.1), (n - 1) * v.nb[1] + 2 * dv);
+        // The chunk's K and V rows in f16: the cache's own, nb[1] apart, or staged.
+        let ks = self.ctx.kernels;
+        let Staging { k16, v16, row } = st;
+        let (krows, k_stride) = f16_rows(ks, k, c0, n, rg.ik, dk, k16, row);
+        let (vrows, v_stride) = f16_rows(ks, v, c0, n, rg.iv, dv, v16, row);
         // The value rows towards L2 for the P V below.
-        let pf = Prefetch { k_bytes: 2 * dk, v: vrows.as_ptr(), v_stride: v.nb[1], v_bytes: 2 * dv };
-        (attn.group_scores)(qf, g, dk, krows, k.nb[1], n, s, CHUNK, pf);
+        let pf = Prefetch { k_bytes: 2 * dk, v: vrows.as_ptr(), v_stride, v_bytes: 2 * dv };
+        (attn.group_scores)(qf, g, dk, krows, k_stride, n, s, CHUNK, pf);
         let to_f32 = self.ctx.kernels.kernels(DType::F16).expect("f16 kernels").to_f32;
         // The mask row `mf` holds (heads share one unless the mask has rows per head).
         let mut mf_row = usize::MAX;
@@ -370,7 +416,7 @@ impl RowsJob<'_> {
             }
         }
         oc[..g * dv].fill(0.0);
-        (attn.group_pv)(s, CHUNK, g, vrows, v.nb[1], n, dv, oc);
+        (attn.group_pv)(s, CHUNK, g, vrows, v_stride, n, dv, oc);
     }
 
     /// The group's merged state before its first chunk: the sink (a logit with no value)
@@ -431,6 +477,9 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
     let o = area.carve::<f32>(lay.at[3], g * dv);
     let q16 = area.carve::<u8>(lay.at[4], g * dk * 2);
     let mf = area.carve::<f32>(lay.at[5], CHUNK);
+    let (k16, v16) = (area.carve::<u8>(lay.at[6], lay.at[7] - lay.at[6]), area.carve::<u8>(lay.at[7], lay.at[8] - lay.at[7]));
+    let row = area.carve::<f32>(lay.at[8], (lay.per_thread - lay.at[8]) / 4);
+    let mut st = Staging { k16, v16, row };
     // The row-group whose Q `qf` holds.
     let mut loaded = usize::MAX;
     let (mut m, mut l) = ([0f32; MAX_GQA], [0f32; MAX_GQA]);
@@ -443,7 +492,7 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
             job.load_q(rg, q16, qf);
             job.start(rg, &mut mm, &mut ll, o);
             for c in 0..lay.n_c {
-                job.chunk(rg, c, qf, s, mf, oc, &mut m, &mut l);
+                job.chunk(rg, c, qf, s, mf, oc, &mut m, &mut l, &mut st);
                 for h in 0..g {
                     RowsJob::merge(&mut mm[h], &mut ll[h], &mut o[h * dv..(h + 1) * dv], m[h], l[h], &oc[h * dv..(h + 1) * dv]);
                 }
@@ -468,7 +517,7 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
             job.load_q(rg, q16, qf);
             loaded = r;
         }
-        job.chunk(rg, c, qf, s, mf, oc, &mut m, &mut l);
+        job.chunk(rg, c, qf, s, mf, oc, &mut m, &mut l, &mut st);
         // Unit u is this thread's: it took u from the queue.
         let part = ctx.shared_mut::<f32>(u * lay.unit, g * (2 + dv));
         part[..g].copy_from_slice(&m[..g]);
@@ -515,7 +564,6 @@ fn flash_attn_blocked(
     let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
     let (n_q, n_head) = (q.ne[1], q.ne[2]);
     let n_kb = b.n_kb;
-    let f16_to_f32 = ctx.kernels.kernels(DType::F16).unwrap().to_f32;
     let attn = &ctx.kernels.attn;
     let (n_kh, n_vh) = (k.ne[2] * k.ne[3], v.ne[2] * v.ne[3]);
     // Byte offsets in the shared scratch of head hk's K and head hv's V.
@@ -526,7 +574,7 @@ fn flash_attn_blocked(
     let (t0, t1) = split_range(n_kh + n_vh, ctx.ith, ctx.nth);
     for t in t0..t1 {
         match b.form {
-            KvForm::F32 => f32_head(node, ctx, b, t, f16_to_f32),
+            KvForm::F32 => f32_head(node, ctx, b, t),
             #[cfg(target_arch = "x86_64")]
             KvForm::Tiles => tiles::convert_head(node, ctx, t, b.n_kb, if t < n_kh { k_at(t) } else { v_at(t - n_kh) }, if t < n_kh { b.k_head } else { b.v_head }),
         }
@@ -664,7 +712,7 @@ fn row_max(row: &[f32]) -> f32 {
 
 /// Phase 1 of the vector form for head t (K heads first, then V heads): K transposed per
 /// 16-key block, and V, to f32 in head t's area of the shared scratch.
-fn f32_head(node: &Node, ctx: &ThreadCtx, b: &BlockedLayout, t: usize, f16_to_f32: fn(&[u8], &mut [f32])) {
+fn f32_head(node: &Node, ctx: &ThreadCtx, b: &BlockedLayout, t: usize) {
     let (k, v) = (node.src(1), node.src(2));
     let (dk, dv, n_kv) = (k.ne[0], v.ne[0], k.ne[1]);
     let n_kh = k.ne[2] * k.ne[3];
@@ -675,16 +723,14 @@ fn f32_head(node: &Node, ctx: &ThreadCtx, b: &BlockedLayout, t: usize, f16_to_f3
         // Head t's area of k_head bytes is this thread's (the split above).
         let kt = ctx.shared_mut::<f32>(k_at(t), kw * dk);
         kt.fill(0.0);
-        let mut row = [0f32; BLOCK];
+        let to_f32 = ctx.kernels.kernels(k.ty).expect("a K/V type (supports)").to_f32;
+        let mut row = vec![0f32; dk];
         for ic in 0..n_kv {
             let (kb, j) = (ic / BLOCK, ic % BLOCK);
-            for d0 in (0..dk).step_by(BLOCK) {
-                let nd = (dk - d0).min(BLOCK);
-                // K rows hold dk f16 (supports).
-                f16_to_f32(&k.row::<u8>(ic, t % k.ne[2], t / k.ne[2])[2 * d0..2 * (d0 + nd)], &mut row[..nd]);
-                for (dd, &x) in row[..nd].iter().enumerate() {
-                    kt[(kb * dk + d0 + dd) * BLOCK + j] = x;
-                }
+            // K rows hold dk elements of whole blocks (supports).
+            to_f32(&k.row::<u8>(ic, t % k.ne[2], t / k.ne[2])[..k.ty.row_bytes(dk)], &mut row);
+            for (dd, &x) in row.iter().enumerate() {
+                kt[(kb * dk + dd) * BLOCK + j] = x;
             }
         }
     } else {
@@ -692,9 +738,10 @@ fn f32_head(node: &Node, ctx: &ThreadCtx, b: &BlockedLayout, t: usize, f16_to_f3
         // As above, head hv's V area.
         let vf = ctx.shared_mut::<f32>(v_at(hv), kw * dv);
         vf[n_kv * dv..].fill(0.0);
+        let to_f32 = ctx.kernels.kernels(v.ty).expect("a K/V type (supports)").to_f32;
         for ic in 0..n_kv {
-            // V rows hold dv f16 (supports).
-            f16_to_f32(&v.row::<u8>(ic, hv % v.ne[2], hv / v.ne[2])[..2 * dv], &mut vf[ic * dv..(ic + 1) * dv]);
+            // V rows hold dv elements of whole blocks (supports).
+            to_f32(&v.row::<u8>(ic, hv % v.ne[2], hv / v.ne[2])[..v.ty.row_bytes(dv)], &mut vf[ic * dv..(ic + 1) * dv]);
         }
     }
 }

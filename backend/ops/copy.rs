@@ -125,6 +125,13 @@ pub fn supports_copy(node: &Node) -> Result<(), Unsupported> {
     if is_float(a.ty) && is_float(d.ty) {
         return Ok(());
     }
+    // Dequantizing copy (the context shift of a quantized K cache): whole rows into f32.
+    if d.ty == DType::F32 && !is_float(a.ty) && scalar_kernels(a.ty).is_some() {
+        return need(
+            d.nb[0] == 4 && a.rows_contiguous() && a.ne[0] == d.ne[0] && a.ne[0] % a.ty.block_size() == 0,
+            "cpy: row layout",
+        );
+    }
     // Quantizing copy: whole rows of f32 into packed blocks.
     need(a.ty == DType::F32 && has_from_f32(d.ty), "cpy: type pair")?;
     need(

@@ -35,10 +35,10 @@ pub fn supports(node: &Node, p: &RopeParams) -> Result<(), Unsupported> {
         p.mode == MODE_NORMAL || p.mode == MODE_NEOX,
         "rope: only normal and neox modes",
     )?;
-    // f16 for llama.cpp's context shift, which rotates the f16 K cache in place.
+    // f16 and bf16 for llama.cpp's context shift, which rotates the K cache in place.
     need(
-        a.ty == d.ty && matches!(a.ty, DType::F32 | DType::F16),
-        "rope: f32 or f16, the same in and out",
+        a.ty == d.ty && matches!(a.ty, DType::F32 | DType::F16 | DType::BF16),
+        "rope: f32, f16 or bf16, the same in and out",
     )?;
     need(
         a.nb[0] == a.ty.block_bytes() && d.nb[0] == d.ty.block_bytes() && a.same_shape(d),
@@ -66,9 +66,9 @@ fn cache_floats(node: &Node) -> usize {
     (node.dst.ne[0] + 15) & !15
 }
 
-/// Per thread: the cos/sin cache, and for f16 the row being rotated in f32.
+/// Per thread: the cos/sin cache, and for f16 / bf16 the row being rotated in f32.
 fn thread_floats(node: &Node) -> usize {
-    cache_floats(node) * if node.dst.ty == DType::F16 { 2 } else { 1 }
+    cache_floats(node) * if node.dst.ty == DType::F32 { 1 } else { 2 }
 }
 
 pub fn scratch_bytes(node: &Node, nth: usize) -> usize {
@@ -128,10 +128,12 @@ pub fn rope(node: &Node, ctx: &ThreadCtx, p: &RopeParams) {
     let pos = pos_t.elems::<i32>(a.ne[2]);
     let ff = node.src[2].as_ref().map(|f| f.elems::<f32>(f.ne[0]));
     let cf = cache_floats(node);
-    // scratch_bytes reserved one cache per thread, and an f32 row for f16 tensors.
+    // scratch_bytes reserved one cache per thread, and an f32 row for f16 / bf16 tensors.
     let area = ctx.thread_area(0, thread_floats(node) * 4);
     let cache = &mut area.carve::<f32>(0, cf)[..ne0 & !1];
-    let mut row32 = (d.ty == DType::F16).then(|| &mut area.carve::<f32>(cf * 4, cf)[..ne0]);
+    let mut row32 = (d.ty != DType::F32).then(|| &mut area.carve::<f32>(cf * 4, cf)[..ne0]);
+    let half = ctx.kernels.kernels(d.ty).filter(|_| d.ty != DType::F32);
+    let (to_f32, from_f32) = half.map_or((None, None), |k| (Some(k.to_f32), k.from_f32));
     let corr = corr_dims(p);
     let (r0, r1) = split_range(d.nrows(), ctx.ith, ctx.nth);
     let mut last_i2 = usize::MAX;
@@ -147,15 +149,15 @@ pub fn rope(node: &Node, ctx: &ThreadCtx, p: &RopeParams) {
         // in place.
         let neox = p.mode == MODE_NEOX;
         if let Some(r32) = row32.as_deref_mut() {
-            // f16: rotated in f32 and rounded once, as ggml's rope does for f16.
-            let (row, [sx]) = d.row_io::<half::f16, 1>((i1, i2, i3), [(a, (i1, i2, i3))]);
+            // f16 / bf16: rotated in f32 and rounded once, as ggml's rope does for f16.
+            let (row, [sx]) = d.row_io::<u8, 1>((i1, i2, i3), [(a, (i1, i2, i3))]);
             let x = match sx {
                 Src::Row(x) => x,
                 Src::Dst => &*row,
             };
-            r32.iter_mut().zip(x).for_each(|(o, v)| *o = v.to_f32());
+            (to_f32.expect("f16 / bf16 kernels"))(x, r32);
             (ctx.kernels.rope.rotate_pairs)(r32, cache, nd, off, neox);
-            row.iter_mut().zip(r32.iter()).for_each(|(o, v)| *o = half::f16::from_f32(*v));
+            (from_f32.expect("f16 / bf16 from f32"))(r32, row);
             continue;
         }
         let (row, [sx]) = d.row_io::<f32, 1>((i1, i2, i3), [(a, (i1, i2, i3))]);
