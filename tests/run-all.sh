@@ -275,6 +275,38 @@ PY
 t_kld_q4_1() { kld "$model"; }
 t_kld_bf16() { local m; m=$(requant BF16) && kld "$m"; }
 t_kld_q8_0() { local m; m=$(requant Q8_0) && kld "$m"; }
+# Quantized KV caches (packed in SMEPilot's buffer). A cache quantized from activations
+# turns any change of the last bit upstream into a changed quantum, so two correct runs
+# differ by the cache's own error: the bound is on that error instead. Against stock with
+# an f16 cache, in one run: stock with the quantized cache, then SMEPilot with it. Pass:
+# SMEPilot's mean KLD <= stock's + max(0.001, 2 standard errors), same top token >=
+# stock's - 2 standard errors.
+kld_kv() { # cache type
+    local base="$work/kld-base-f16-cache.bin"
+    "$bin/llama-perplexity" --backend cpu -m "$model" -fa on -f "$corpus" -c 512 --kl-divergence-base "$base" >"$work/kld-base.out" 2>&1 || { tail -20 "$work/kld-base.out"; return 1; }
+    "$bin/llama-perplexity" --backend cpu -m "$model" -fa on -ctk "$1" -ctv "$1" --kl-divergence-base "$base" --kl-divergence >"$work/kld-stock-kv.out" 2>&1 || { tail -20 "$work/kld-stock-kv.out"; return 1; }
+    "$bin/llama-perplexity" --backend smepilot -m "$model" -fa on -ctk "$1" -ctv "$1" -lv 4 --kl-divergence-base "$base" --kl-divergence >"$work/kld-kv.out" 2>&1 || { tail -20 "$work/kld-kv.out"; return 1; }
+    rm -f "$base"
+    grep -q "SMEPILOT_KV[0-9]* KV buffer" "$work/kld-kv.out" || { echo "the $1 cache was not in SMEPilot's buffer"; return 1; }
+    python3 - "$work/kld-kv.out" "$work/kld-stock-kv.out" "$1" <<'PY'
+import re, sys
+def stats(path):
+    t = open(path).read()
+    k = re.search(r"Mean\s+KLD:\s+(-?[0-9.]+)\s+±\s+([0-9.]+)", t)
+    p = re.findall(r"Same top p:\s+([0-9.]+)\s+±\s+([0-9.]+)", t)[-1]
+    return float(k.group(1)), float(k.group(2)), float(p[0]), float(p[1])
+kld, _, top, _ = stats(sys.argv[1])
+skld, skld_se, stop, stop_se = stats(sys.argv[2])
+kld_max, top_min = skld + max(0.001, 2 * skld_se), stop - 2 * stop_se
+ok = kld <= kld_max and top >= top_min
+print(f"{sys.argv[3]} cache against stock with f16, SMEPilot: mean KLD {kld:.6f}, same top token {top:.3f}%")
+print(f"{sys.argv[3]} cache against stock with f16, stock:    mean KLD {skld:.6f} ± {skld_se:.6f}, same top token {stop:.3f} ± {stop_se:.3f}%")
+print(f"bound: KLD <= {kld_max:.6f}, same top >= {top_min:.3f}%:", "met" if ok else "NOT met")
+sys.exit(0 if ok else 1)
+PY
+}
+t_kld_kv_q8_0() { kld_kv q8_0; }
+t_kld_kv_q4_0() { kld_kv q4_0; }
 
 # ---- end to end ------------------------------------------------------------------
 t_cli() {
@@ -408,6 +440,8 @@ check splits-qwen3-30b-a3b  t_splits_qwen3moe
 check kld-smollm2-q4_1      t_kld_q4_1
 check kld-smollm2-bf16      t_kld_bf16
 check kld-smollm2-q8_0      t_kld_q8_0
+check kld-kv-q8_0           t_kld_kv_q8_0
+check kld-kv-q4_0           t_kld_kv_q4_0
 check llama-cli             t_cli
 check llama-server          t_server
 check kv-slot-save-restore  t_kv_slot_save

@@ -1,7 +1,8 @@
 //! FLASH_ATTN_EXT: softmax(scale * Q K^T + mask) V, with ALiBi, logit soft-capping and
-//! attention sinks. K and V are the KV cache: f16, or f32, bf16, q4_0, q4_1, q8_0 rows
-//! converted as they are read (to f32 once per call on the blocked path, to f16 per chunk of
-//! keys on the per-row path; the tiles take f16 only).
+//! attention sinks. K and V are the KV cache: f16, or f32, bf16, q4_0, q4_1, q8_0. Caches
+//! of other types than f16 take the per-row path in ggml-cpu's arithmetic for them: Q
+//! converted to K's dot type (q8_0 for q4_0 and q8_0 keys) and each score K's dot with it,
+//! value rows converted to f32.
 //!
 //! Two paths:
 //! * blocked (prefill: 16 or more queries, on the fast kernel tier): K and V of every head
@@ -22,7 +23,6 @@
 
 use super::{alibi_slope, need, split_range, Node, Unsupported};
 use crate::dtype::DType;
-use crate::tensor::TensorRef;
 use crate::threadpool::ThreadCtx;
 use crate::kernels::attn::BLOCK;
 use crate::kernels::attn_rows::Prefetch;
@@ -92,8 +92,7 @@ pub fn supports(node: &Node) -> Result<(), Unsupported> {
     Ok(())
 }
 
-/// The cache types attention reads: f16 as it is, the others converted per chunk of keys
-/// (to f16 on the per-row path, to f32 on the blocked path).
+/// The cache types attention reads: f16 on every path, the others on the per-row path.
 fn kv_type(ty: DType) -> bool {
     matches!(ty, DType::F32 | DType::F16 | DType::BF16 | DType::Q4_0 | DType::Q4_1 | DType::Q8_0)
 }
@@ -177,12 +176,11 @@ pub mod test_form {
 fn blocked(node: &Node, ks: &KernelSet) -> Option<BlockedLayout> {
     let (q, k, v) = (node.src(0), node.src(1), node.src(2));
     let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
-    if q.ne[1] < BLOCK || !ks.attn.blocked || !dv.is_multiple_of(16) {
+    let f16 = k.ty == DType::F16 && v.ty == DType::F16;
+    if q.ne[1] < BLOCK || !ks.attn.blocked || !dv.is_multiple_of(16) || !f16 {
         return None;
     }
-    // The tiles are loaded from f16 K/V.
-    let f16 = k.ty == DType::F16 && v.ty == DType::F16;
-    let form = f16.then(|| tile_form(dk, ks)).flatten().unwrap_or(KvForm::F32);
+    let form = tile_form(dk, ks).unwrap_or(KvForm::F32);
     // Whole tiles: the last one's missing keys are zeros, as in ggml.
     let n_kb = n_kv.div_ceil(KV_TILE) * BLOCKS_PER_TILE;
     // Q block, one tile's scores / weights of 16 rows, output block (and for the tiles Q's
@@ -246,9 +244,9 @@ struct RowsLayout {
     unit: usize,
     partials: usize,
     /// Byte offsets in a thread's area of Q in f32, the scores, the chunk's output, the
-    /// merged output, Q in f16, the mask row, and a chunk's K and V rows in f16 with a row
-    /// in f32 to convert them through (K/V of other types than f16); then the area's size.
-    at: [usize; 9],
+    /// merged output, Q in f16, the mask row, Q in K's dot type and a chunk's value rows in
+    /// f32 (caches of other types than f16); then the area's size.
+    at: [usize; 8],
     per_thread: usize,
 }
 
@@ -267,11 +265,11 @@ fn rows_layout(node: &Node, nth: usize) -> RowsLayout {
     let unit = round64(g * (2 + dv) * 4);
     let partials = if split { rows * n_c * unit } else { 0 };
     // Q in f32 (rounded through f16), the chunk's scores, its output, the merged output,
-    // Q in f16, a chunk's mask row in f32, K and V staged in f16, a row in f32.
-    let staged = |t: &TensorRef, d: usize| if t.ty == DType::F16 { 0 } else { CHUNK * d * 2 };
-    let row = if k.ty == DType::F16 && v.ty == DType::F16 { 0 } else { dk.max(dv) * 4 };
-    let sizes = [g * dk * 4, g * CHUNK * 4, g * dv * 4, g * dv * 4, g * dk * 2, CHUNK * 4, staged(k, dk), staged(v, dv), row];
-    let mut at = [0; 9];
+    // Q in f16, a chunk's mask row in f32, Q in K's dot type, the chunk's V in f32.
+    let q_dot = if k.ty == DType::F16 { 0 } else { g * dot_type(k.ty).row_bytes(dk) };
+    let v32 = if v.ty == DType::F16 { 0 } else { CHUNK * dv * 4 };
+    let sizes = [g * dk * 4, g * CHUNK * 4, g * dv * 4, g * dv * 4, g * dk * 2, CHUNK * 4, q_dot, v32];
+    let mut at = [0; 8];
     let mut per_thread = 0;
     for (a, bytes) in at.iter_mut().zip(sizes) {
         *a = per_thread;
@@ -280,30 +278,16 @@ fn rows_layout(node: &Node, nth: usize) -> RowsLayout {
     RowsLayout { g, rows, n_c, split, unit, partials, at, per_thread }
 }
 
-/// A thread's staging of a chunk's K and V rows in f16, for caches of other types.
-struct Staging<'a> {
-    k16: &'a mut [u8],
-    v16: &'a mut [u8],
-    row: &'a mut [f32],
+/// The type ggml-cpu converts Q to for keys of type `ty` (its `vec_dot_type`).
+fn dot_type(ty: DType) -> DType {
+    crate::kernels::quant::scalar_kernels(ty).map_or(DType::F32, |k| k.vec_dot_type)
 }
 
-/// Rows `c0 .. c0 + n` of head `(i2, i3)` of cache `t`, `d` elements each, as f16 rows and
-/// their stride: the cache's own if it is f16, else converted through `row` (f32) into `out`.
-#[allow(clippy::too_many_arguments)]
-fn f16_rows<'s>(ks: &KernelSet, t: &'s TensorRef, c0: usize, n: usize, (i2, i3): (usize, usize), d: usize, out: &'s mut [u8], row: &mut [f32]) -> (&'s [u8], usize) {
-    if t.ty == DType::F16 {
-        // Rows hold d f16 (supports), nb[1] apart.
-        return (t.bytes_at::<u8>(t.row_offset(c0, i2, i3), (n - 1) * t.nb[1] + 2 * d), t.nb[1]);
-    }
-    let to_f32 = ks.kernels(t.ty).expect("a K/V type (supports)").to_f32;
-    let to_f16 = ks.kernels(DType::F16).and_then(|f| f.from_f32).expect("f16 from f32");
-    let bytes = t.ty.row_bytes(d);
-    for i in 0..n {
-        // Rows hold d elements of whole blocks (supports).
-        to_f32(&t.row::<u8>(c0 + i, i2, i3)[..bytes], &mut row[..d]);
-        to_f16(&row[..d], &mut out[i * 2 * d..(i + 1) * 2 * d]);
-    }
-    (&out[..n * 2 * d], 2 * d)
+/// A thread's areas for caches of other types than f16: the group's Q rows in K's dot type,
+/// and a chunk's value rows in f32.
+struct Staging<'a> {
+    q_dot: &'a mut [u8],
+    v32: &'a mut [f32],
 }
 
 /// What every chunk of a node shares: the operands, parameters and kernels.
@@ -344,10 +328,22 @@ impl RowsJob<'_> {
         }
     }
 
-    /// The group's Q rows into `qf`, rounded through f16 (`q16`) as ggml-cpu rounds them.
-    fn load_q(&self, rg: RowGroup, q16: &mut [u8], qf: &mut [f32]) {
-        let q = self.node.src(0);
+    /// The group's Q rows into `qf`, rounded through f16 (`q16`) as ggml-cpu rounds them,
+    /// and for keys of other types than f16 in K's dot type into `q_dot`, as ggml-cpu
+    /// converts them.
+    fn load_q(&self, rg: RowGroup, q16: &mut [u8], qf: &mut [f32], q_dot: &mut [u8]) {
+        let (q, k) = (self.node.src(0), self.node.src(1));
         let dk = q.ne[0];
+        if k.ty != DType::F16 {
+            let dt = dot_type(k.ty);
+            let to_dot = self.ctx.kernels.kernels(dt).and_then(|t| t.from_f32).expect("K's dot type converts from f32");
+            let bytes = dt.row_bytes(dk);
+            for h in 0..self.g {
+                // Q rows hold dk f32 (supports).
+                to_dot(&q.row::<f32>(rg.iq1, rg.h0 + h, rg.iq3)[..dk], &mut q_dot[h * bytes..(h + 1) * bytes]);
+            }
+            return;
+        }
         let f16k = self.ctx.kernels.kernels(DType::F16).expect("f16 kernels");
         let (to_f16, to_f32) = (f16k.from_f32.expect("f16 from f32"), f16k.to_f32);
         for h in 0..self.g {
@@ -378,12 +374,27 @@ impl RowsJob<'_> {
         let attn = &self.ctx.kernels.attn;
         // The chunk's K and V rows in f16: the cache's own, nb[1] apart, or staged.
         let ks = self.ctx.kernels;
-        let Staging { k16, v16, row } = st;
-        let (krows, k_stride) = f16_rows(ks, k, c0, n, rg.ik, dk, k16, row);
-        let (vrows, v_stride) = f16_rows(ks, v, c0, n, rg.iv, dv, v16, row);
-        // The value rows towards L2 for the P V below.
-        let pf = Prefetch { k_bytes: 2 * dk, v: vrows.as_ptr(), v_stride, v_bytes: 2 * dv };
-        (attn.group_scores)(qf, g, dk, krows, k_stride, n, s, CHUNK, pf);
+        if k.ty == DType::F16 {
+            // K rows hold dk f16 (supports), nb[1] apart.
+            let krows = k.bytes_at::<u8>(k.row_offset(c0, rg.ik.0, rg.ik.1), (n - 1) * k.nb[1] + 2 * dk);
+            // The value rows towards L2 for the P V below (f16 V: read in place).
+            let pf = match v.ty {
+                DType::F16 => Prefetch { k_bytes: 2 * dk, v: v.bytes_at::<u8>(v.row_offset(c0, rg.iv.0, rg.iv.1), 1).as_ptr(), v_stride: v.nb[1], v_bytes: 2 * dv },
+                _ => Prefetch { k_bytes: 2 * dk, ..Prefetch::NONE },
+            };
+            (attn.group_scores)(qf, g, dk, krows, k.nb[1], n, s, CHUNK, pf);
+        } else {
+            // ggml-cpu's scores for these keys: K's dot with Q in K's dot type.
+            let dot = ks.kernels(k.ty).and_then(|t| t.vec_dot).expect("a K type with a dot (supports)");
+            let (kb, qb) = (k.ty.row_bytes(dk), dot_type(k.ty).row_bytes(dk));
+            for i in 0..n {
+                // K rows hold dk elements of whole blocks (supports).
+                let krow = &k.row::<u8>(c0 + i, rg.ik.0, rg.ik.1)[..kb];
+                for h in 0..g {
+                    s[h * CHUNK + i] = dot(dk, krow, &st.q_dot[h * qb..(h + 1) * qb]);
+                }
+            }
+        }
         let to_f32 = self.ctx.kernels.kernels(DType::F16).expect("f16 kernels").to_f32;
         // The mask row `mf` holds (heads share one unless the mask has rows per head).
         let mut mf_row = usize::MAX;
@@ -416,7 +427,29 @@ impl RowsJob<'_> {
             }
         }
         oc[..g * dv].fill(0.0);
-        (attn.group_pv)(s, CHUNK, g, vrows, v_stride, n, dv, oc);
+        if v.ty == DType::F16 {
+            // V rows hold dv f16 (supports), nb[1] apart.
+            let vrows = v.bytes_at::<u8>(v.row_offset(c0, rg.iv.0, rg.iv.1), (n - 1) * v.nb[1] + 2 * dv);
+            (attn.group_pv)(s, CHUNK, g, vrows, v.nb[1], n, dv, oc);
+            return;
+        }
+        // Other value types in f32, as ggml-cpu converts them; each output a chain over the
+        // keys in order.
+        let to_f32 = ks.kernels(v.ty).expect("a V type (supports)").to_f32;
+        let vb = v.ty.row_bytes(dv);
+        for i in 0..n {
+            // V rows hold dv elements of whole blocks (supports).
+            to_f32(&v.row::<u8>(c0 + i, rg.iv.0, rg.iv.1)[..vb], &mut st.v32[i * dv..(i + 1) * dv]);
+        }
+        for h in 0..g {
+            let o = &mut oc[h * dv..(h + 1) * dv];
+            for i in 0..n {
+                let p = s[h * CHUNK + i];
+                if p != 0.0 {
+                    o.iter_mut().zip(&st.v32[i * dv..(i + 1) * dv]).for_each(|(o, &x)| *o += p * x);
+                }
+            }
+        }
     }
 
     /// The group's merged state before its first chunk: the sink (a logit with no value)
@@ -477,9 +510,9 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
     let o = area.carve::<f32>(lay.at[3], g * dv);
     let q16 = area.carve::<u8>(lay.at[4], g * dk * 2);
     let mf = area.carve::<f32>(lay.at[5], CHUNK);
-    let (k16, v16) = (area.carve::<u8>(lay.at[6], lay.at[7] - lay.at[6]), area.carve::<u8>(lay.at[7], lay.at[8] - lay.at[7]));
-    let row = area.carve::<f32>(lay.at[8], (lay.per_thread - lay.at[8]) / 4);
-    let mut st = Staging { k16, v16, row };
+    let q_dot = area.carve::<u8>(lay.at[6], lay.at[7] - lay.at[6]);
+    let v32 = area.carve::<f32>(lay.at[7], (lay.per_thread - lay.at[7]) / 4);
+    let mut st = Staging { q_dot, v32 };
     // The row-group whose Q `qf` holds.
     let mut loaded = usize::MAX;
     let (mut m, mut l) = ([0f32; MAX_GQA], [0f32; MAX_GQA]);
@@ -489,7 +522,7 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
         let (r0, r1) = split_range(lay.rows, ctx.ith, ctx.nth);
         for r in r0..r1 {
             let rg = job.row_group(r);
-            job.load_q(rg, q16, qf);
+            job.load_q(rg, q16, qf, st.q_dot);
             job.start(rg, &mut mm, &mut ll, o);
             for c in 0..lay.n_c {
                 job.chunk(rg, c, qf, s, mf, oc, &mut m, &mut l, &mut st);
@@ -514,7 +547,7 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
         let (r, c) = (u / lay.n_c, u % lay.n_c);
         let rg = job.row_group(r);
         if loaded != r {
-            job.load_q(rg, q16, qf);
+            job.load_q(rg, q16, qf, st.q_dot);
             loaded = r;
         }
         job.chunk(rg, c, qf, s, mf, oc, &mut m, &mut l, &mut st);
