@@ -1,6 +1,7 @@
 //! Flash attention of Llama-3.2-3B's shape (24 query heads sharing 8 K/V heads, 128
-//! channels, f16 cache in llama.cpp's layout: one row of all K/V heads per cell) at depth,
-//! through the engine's executor as the plugin runs it:
+//! channels, f16 cache) at depth, through the engine's executor as the plugin runs it, with
+//! the cache in each layout: llama.cpp's (`cells`: one row of all K/V heads per cell) and
+//! SMEPilot's KV buffer's (`packed`: each K/V head's rows contiguous, `kv_layout`):
 //! * decode: one query against `depth` keys, per layer; enough layers, each with its own
 //!   cache, that every run reads the cache from DRAM. Prints ms per layer, the cache's
 //!   bytes over that time in GB/s, and that against the calibrated DRAM read roof;
@@ -40,10 +41,11 @@ impl Cache {
     }
 
     /// The K (or V) view flash attention reads: [D, n_kv, KV_HEADS], a cell's heads side by
-    /// side (llama.cpp's permuted view of its cache).
-    fn view(data: &mut [u8], n_kv: usize) -> TensorRef {
+    /// side (llama.cpp's permuted view of its cache), or each head's cells in a run.
+    fn view(data: &mut [u8], n_kv: usize, packed: bool) -> TensorRef {
         let row = KV_HEADS * D * 2;
-        TensorRef { nb: [2, row, D * 2, row * n_kv], len: row * n_kv, ..tensor(DType::F16, [D, n_kv, KV_HEADS, 1], data.as_mut_ptr()) }
+        let nb = if packed { [2, D * 2, n_kv * D * 2, row * n_kv] } else { [2, row, D * 2, row * n_kv] };
+        TensorRef { nb, len: row * n_kv, ..tensor(DType::F16, [D, n_kv, KV_HEADS, 1], data.as_mut_ptr()) }
     }
 }
 
@@ -74,7 +76,8 @@ fn main() {
     let scale = 1.0 / (D as f32).sqrt();
     let op = Op::FlashAttn { scale, max_bias: 0.0, softcap: 0.0 };
     eprintln!("Llama-3.2-3B attention ({HEADS} heads, {KV_HEADS} K/V heads, {D} channels, f16 cache), {threads} threads; DRAM roof {:.1} GB/s", roof / 1e9);
-    for &depth in &depths {
+    for (&depth, packed) in depths.iter().flat_map(|d| [(d, false), (d, true)]) {
+        let layout = if packed { "packed" } else { "cells " };
         // Decode: the new token is the cache's last cell.
         let n_kv = depth + 1;
         let layer_bytes = 2 * n_kv * KV_HEADS * D * 2;
@@ -86,7 +89,7 @@ fn main() {
         let qt = tensor(DType::F32, [D, 1, HEADS, 1], q.as_mut_ptr() as *mut u8);
         let mt = tensor(DType::F16, [n_kv, 1, 1, 1], m.as_mut_ptr());
         let ot = tensor(DType::F32, [D, HEADS, 1, 1], out.as_mut_ptr() as *mut u8);
-        let graph: Vec<Node> = caches.iter_mut().map(|c| node(op, ot, &[qt, Cache::view(&mut c.k, n_kv), Cache::view(&mut c.v, n_kv), mt])).collect();
+        let graph: Vec<Node> = caches.iter_mut().map(|c| node(op, ot, &[qt, Cache::view(&mut c.k, n_kv, packed), Cache::view(&mut c.v, n_kv, packed), mt])).collect();
         let mut best = f64::MAX;
         for run in 0..7 {
             let t0 = Instant::now();
@@ -96,7 +99,7 @@ fn main() {
             }
         }
         let gbs = layer_bytes as f64 / best / 1e9;
-        eprintln!("decode  depth {depth:6}: {:8.3} ms per layer {gbs:6.1} GB/s ({:3.0}% of the roof), {layers} layers", best * 1e3, gbs * 1e9 / roof * 100.0);
+        eprintln!("decode  {layout} depth {depth:6}: {:8.3} ms per layer {gbs:6.1} GB/s ({:3.0}% of the roof), {layers} layers", best * 1e3, gbs * 1e9 / roof * 100.0);
         drop(graph);
         drop(caches);
 
@@ -112,7 +115,7 @@ fn main() {
         let qt = tensor(DType::F32, [D, n_q, HEADS, 1], q.as_mut_ptr() as *mut u8);
         let mt = tensor(DType::F16, [n_kv, n_q, 1, 1], m.as_mut_ptr());
         let ot = tensor(DType::F32, [D, HEADS, n_q, 1], out.as_mut_ptr() as *mut u8);
-        let graph = [node(op, ot, &[qt, Cache::view(&mut cache.k, n_kv), Cache::view(&mut cache.v, n_kv), mt])];
+        let graph = [node(op, ot, &[qt, Cache::view(&mut cache.k, n_kv, packed), Cache::view(&mut cache.v, n_kv, packed), mt])];
         let mut best = f64::MAX;
         for run in 0..3 {
             let t0 = Instant::now();
@@ -123,6 +126,6 @@ fn main() {
         }
         // Keys each query sees: the depth and the new tokens up to its own.
         let seen = (n_q * depth + n_q * (n_q + 1) / 2) as f64;
-        eprintln!("prefill depth {depth:6}: {:8.3} ms per layer {:6.1} GFLOP/s", best * 1e3, 4.0 * seen * (D * HEADS) as f64 / best / 1e9);
+        eprintln!("prefill {layout} depth {depth:6}: {:8.3} ms per layer {:6.1} GFLOP/s", best * 1e3, 4.0 * seen * (D * HEADS) as f64 / best / 1e9);
     }
 }
