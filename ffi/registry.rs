@@ -170,8 +170,8 @@ unsafe extern "C" fn reg_get_proc_address(
 /// The buffer type for a KV cache of these types and head sizes (llama-patches/0006), or
 /// null to leave it where llama.cpp puts it: SMEPILOT_KV=standard, types the packed cache
 /// does not take (f32, f16, bf16, q8_0, q4_0 and q4_1 it takes), K and V heads of different sizes, or an op that writes or reads the cache
-/// declined by SMEPILOT_DECLINE_OPS (a cache write SMEPilot declined would have no backend
-/// that can run it).
+/// declined by SMEPILOT_DECLINE_OPS (SET_ROWS, ROPE, CPY, FLASH_ATTN_EXT: a cache write
+/// SMEPilot declined would have no backend that can run it).
 unsafe extern "C" fn kv_cache_buffer_type(
     type_k: sys::ggml_type,
     type_v: sys::ggml_type,
@@ -180,7 +180,7 @@ unsafe extern "C" fn kv_cache_buffer_type(
 ) -> ggml_backend_buffer_type_t {
     guard("kv_cache_buffer_type", std::ptr::null_mut(), || {
         let Ok(cfg) = config::get() else { return std::ptr::null_mut() };
-        let declined = ["SET_ROWS", "ROPE", "FLASH_ATTN_EXT"].iter().any(|op| cfg.decline_ops.iter().any(|d| d == op));
+        let declined = ["SET_ROWS", "ROPE", "CPY", "FLASH_ATTN_EXT"].iter().any(|op| cfg.decline_ops.iter().any(|d| d == op));
         // The types whose every cache op SMEPilot claims: SET_ROWS from f32, attention, and
         // the context shift (ROPE in place, or for quantized K: CAST, ROPE, CPY back).
         let cached = |t: sys::ggml_type| {

@@ -228,12 +228,15 @@ PY
 
 # ---- graph coverage --------------------------------------------------------------
 # llama-perplexity logs "graph: nodes = ..., splits = N" for the pp and tg graphs and
-# (llama-patches/0003) the nodes per backend; SMEPILOT_LOG=info adds SMEPilot's count.
+# (llama-patches/0003) the nodes per backend; SMEPILOT_LOG=info adds SMEPilot's count;
+# the KV cache's buffer is logged at -lv 4.
 one_split() { # model fa
     local out="$work/splits.out"
     SMEPILOT_LOG=info "$bin/llama-perplexity" --backend smepilot -m "$1" -f "$corpus" -c 128 --chunks 2 -b 128 -fa "$2" -lv 4 >"$out" 2>&1 || { tail -30 "$out"; return 1; }
     grep -E "graph.*splits = |nodes per backend|SMEPilot|Final estimate" "$out"
     grep -qE "splits = 1(, | / 1,)" "$out" || { echo "expected splits = 1 for $1 (fa $2)"; return 1; }
+    # With flash attention the KV cache is in SMEPilot's packed buffer.
+    [ "$2" != on ] || grep -qE "SMEPILOT_KV[0-9]+ KV buffer" "$out" || { echo "the KV cache of $1 is not in SMEPilot's buffer"; return 1; }
     grep -qE "per backend: SMEPILOT = [0-9]+$" "$out" || { echo "nodes outside SMEPilot for $1"; return 1; }
     grep -qE "[1-9][0-9]* nodes computed by SMEPilot" "$out" || { echo "no SMEPilot node count"; return 1; }
 }
