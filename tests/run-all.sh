@@ -38,7 +38,9 @@ MUL type=f32,ne=\[[0-9]{1,4},[0-9]{1,2},1,1\],nr=\[1,1,1,1\]
 RMS_NORM type=f32,ne=\[64,5,4,3\],v=0,eps=0.000001
 SOFT_MAX ne=\[16,16,1,1\],mask=[01],sinks=0,m_prec=f32,nr23=\[1,1\],scale=1.000000,max_bias=0.000000
 ROPE type=f32,ne_a=\[(128,32|64,8),2,1\],n_dims=(128|64),mode=(0|2),n_ctx=512,fs=1.000000,ef=0.000000,af=1.000000,ff=0,v=0,inplace=0
+ROPE type=f16,ne_a=\[128,32,2,1\],n_dims=128,mode=0,n_ctx=512,fs=1.000000,ef=0.000000,af=1.000000,ff=0,v=0,inplace=0
 FLASH_ATTN_EXT hsk=64,hsv=64,nh=4,nr23=\[1,1\],kv=512,nb=(1|3),mask=1,sinks=0,max_bias=0.000000,logit_softcap=0.000000,prec=f32,type_K=f16,type_V=f16,permute=\[0,1,2,3\]
+FLASH_ATTN_EXT hsk=64,hsv=64,nh=4,nr23=\[1,1\],kv=512,nb=(1|3),mask=1,sinks=0,max_bias=0.000000,logit_softcap=0.000000,prec=f32,type_K=q8_0,type_V=q8_0,permute=\[0,1,2,3\],kv_view=1,v_is_view_of_k=0
 GET_ROWS type=(f32|f16|q4_0|q8_0),n=256,m=5,r=4,be1=1,be2=1,v=0
 SET_ROWS type_src=f32,type_dst=(f32|f16),type_idx=i64,ne=\[[0-9]+,[0-9]+,1,1\]
 CPY type_src=f32,type_dst=(f32|f16),ne_src=\[[0-9]+,[0-9]+,[0-9]+,[0-9]+\],permute_src=\[0,0,0,0\],permute_dst=\[0,0,0,0\]
