@@ -94,15 +94,22 @@ pub unsafe extern "C" fn buft_alloc_buffer(
     guard("alloc_buffer", std::ptr::null_mut(), || alloc_buffer(buft, size))
 }
 
-unsafe fn alloc_buffer(buft: ggml_backend_buffer_type_t, size: usize) -> ggml_backend_buffer_t {
+/// `size` bytes (at least ALIGNMENT) aligned to ALIGNMENT, freed with `libc::free`; None
+/// (logged, naming `what`) if the allocation fails.
+pub fn alloc_aligned(size: usize, what: &str) -> Option<*mut u8> {
     let mut ptr: *mut c_void = std::ptr::null_mut();
     // SAFETY: posix_memalign writes ptr on success; ALIGNMENT is a power of two ≥ sizeof(void*).
-    if libc::posix_memalign(&mut ptr, ALIGNMENT, size.max(ALIGNMENT)) != 0 {
-        smepilot_engine::smelog!(Error, "cannot allocate a buffer of {} MiB", size >> 20);
-        return std::ptr::null_mut();
+    if unsafe { libc::posix_memalign(&mut ptr, ALIGNMENT, size.max(ALIGNMENT)) } != 0 {
+        smepilot_engine::smelog!(Error, "cannot allocate a {what} of {} MiB", size >> 20);
+        return None;
     }
+    Some(ptr as *mut u8)
+}
+
+unsafe fn alloc_buffer(buft: ggml_backend_buffer_type_t, size: usize) -> ggml_backend_buffer_t {
+    let Some(ptr) = alloc_aligned(size, "buffer") else { return std::ptr::null_mut() };
     let ctx = Box::new(BufferCtx {
-        base: ptr as *mut u8,
+        base: ptr,
         size,
         owned: true,
         packed: Default::default(),

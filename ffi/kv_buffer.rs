@@ -185,14 +185,9 @@ unsafe extern "C" fn buft_is_host(_: ggml_backend_buffer_type_t) -> bool {
 
 unsafe extern "C" fn buft_alloc_buffer(buft: ggml_backend_buffer_type_t, size: usize) -> ggml_backend_buffer_t {
     guard("kv alloc_buffer", std::ptr::null_mut(), || {
-        let mut ptr: *mut c_void = std::ptr::null_mut();
-        // SAFETY: posix_memalign writes ptr on success; ALIGNMENT is a power of two.
-        if libc::posix_memalign(&mut ptr, ALIGNMENT, size.max(ALIGNMENT)) != 0 {
-            smepilot_engine::smelog!(Error, "cannot allocate a KV cache buffer of {} MiB", size >> 20);
-            return std::ptr::null_mut();
-        }
+        let Some(base) = super::buffer::alloc_aligned(size, "KV cache buffer") else { return std::ptr::null_mut() };
         let kv = Box::new(KvBuffer {
-            base: ptr as *mut u8,
+            base,
             size,
             head_elems: info(buft).head_elems,
             tensors: RwLock::new(Vec::new()),
