@@ -66,6 +66,21 @@ pub struct Config {
     /// places in SMEPilot's buffer (`kv_layout`); standard leaves them in the CPU backend's
     /// buffer in ggml's layout.
     pub kv_packed: bool,
+    /// SMEPILOT_ATTN=auto|parallel|pipelined (default auto): how prefill attention's threads
+    /// share its stages (`ops::attention`): every thread every stage, or pairs with the
+    /// matrix stages on one thread and softmax on the other.
+    pub attn: AttnSchedule,
+}
+
+/// How prefill attention's threads share its stages (SMEPILOT_ATTN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnSchedule {
+    /// The planner's choice.
+    Auto,
+    /// Every thread runs every stage of its tasks.
+    Parallel,
+    /// Threads in pairs: one the matrix stages (Q K^T, P V), the other softmax and mask.
+    Pipelined,
 }
 
 /// ggml op names SMEPilot may claim, i.e. what SMEPILOT_DECLINE_OPS may name.
@@ -177,8 +192,15 @@ impl Config {
             Some("standard") => false,
             Some(v) => return Err(format!("SMEPILOT_KV={v:?} is not one of packed, standard")),
         };
+        let attn = match var("SMEPILOT_ATTN").as_deref() {
+            None | Some("") | Some("auto") => AttnSchedule::Auto,
+            Some("parallel") => AttnSchedule::Parallel,
+            Some("pipelined") => AttnSchedule::Pipelined,
+            Some(v) => return Err(format!("SMEPILOT_ATTN={v:?} is not one of auto, parallel, pipelined")),
+        };
         Ok(Config {
             kv_packed,
+            attn,
             tier,
             mode,
             matrix_units,
@@ -266,7 +288,7 @@ mod tests {
         assert_eq!(c.log, LogLevel::Warn);
         assert!(!c.disable_amx && c.threads.is_none() && c.decline_ops.is_empty());
         assert!(c.mode == ModeSetting::Auto && !c.trace && c.matrix_units.is_none());
-        assert!(c.tier.is_none() && c.kv_packed);
+        assert!(c.tier.is_none() && c.kv_packed && c.attn == AttnSchedule::Auto);
     }
 
     #[test]
@@ -307,6 +329,7 @@ mod tests {
             ("SMEPILOT_TIER", "sse2"),
             ("SMEPILOT_FORCE_SCALAR", "yes please"),
             ("SMEPILOT_KV", "head-major"),
+            ("SMEPILOT_ATTN", "overlapped"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err();
             assert!(e.contains(k) && e.contains(v), "{e}");

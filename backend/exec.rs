@@ -227,6 +227,12 @@ impl Executor {
         })
     }
 
+    /// What node i of the last graph reported of its run (`ThreadCtx::report`).
+    #[cfg(test)]
+    pub fn report_of(&self, i: usize) -> u64 {
+        self.notes[i].load(Ordering::Relaxed)
+    }
+
     /// Measured times back to the planner, and the trace.
     fn feed_back(&mut self, nodes: &[Node]) {
         let nth = self.pool.n_threads();
@@ -269,8 +275,11 @@ impl Executor {
                 if let fuse::Step::GateUp { .. } = step {
                     line.push_str(" pass=gate+up+swiglu");
                 }
-                if matches!(node.op, Op::FlashAttn { .. }) && crate::ops::attention::takes_tile_path(node, self.kernels) {
-                    line.push_str(" products=tiles");
+                if matches!(node.op, Op::FlashAttn { .. }) {
+                    if crate::ops::attention::takes_tile_path(node, self.kernels) {
+                        line.push_str(" products=tiles");
+                    }
+                    line.push_str(&crate::ops::attention::trace_note(self.notes[i].load(Ordering::Relaxed)));
                 }
                 eprintln!("{line}");
                 summary.add(&r);

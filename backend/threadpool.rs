@@ -11,7 +11,7 @@
 use std::any::Any;
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -329,9 +329,11 @@ impl<'a> ThreadCtx<'a> {
     /// part of data the threads produce together before a [`barrier`](Self::barrier).
     ///
     /// # Contract
-    /// The op's split gives these bytes to this thread alone until the next barrier, no
-    /// other view of them lives meanwhile, and they lie outside every [`ThreadArea`] of the
-    /// node. (Bounds and alignment are checked; a bad offset panics.)
+    /// The op's split gives these bytes to this thread alone until the next barrier (or
+    /// until it hands them to another thread through a release store that thread acquires,
+    /// [`wait_until`](Self::wait_until)), no other view of them lives meanwhile, and they lie
+    /// outside every [`ThreadArea`] of the node. (Bounds and alignment are checked; a bad
+    /// offset panics.)
     #[inline(always)]
     #[allow(clippy::mut_from_ref)]
     pub fn shared_mut<T: Elem>(&self, off: usize, n: usize) -> &mut [T] {
@@ -340,6 +342,37 @@ impl<'a> ThreadCtx<'a> {
         // the scratch (valid for the job, `new`'s contract) and is aligned; T is plain data
         // (any bytes are a valid T); by the contract above only this thread touches it now.
         unsafe { std::slice::from_raw_parts_mut(p, n) }
+    }
+
+    /// `n` counters at byte `off` of the node's shared scratch, for threads that hand work to
+    /// each other within a node (a pipeline) instead of meeting at barriers.
+    ///
+    /// # Contract
+    /// During the node these bytes are used only through this call, never as plain data.
+    pub fn shared_counters(&self, off: usize, n: usize) -> &[AtomicU32] {
+        let p = self.scratch_at::<u32>(off, n);
+        // SAFETY: bounds and alignment checked (AtomicU32 has u32's size and alignment);
+        // every bit pattern is a valid AtomicU32, and by the contract every access to these
+        // bytes meanwhile is atomic.
+        unsafe { std::slice::from_raw_parts(p as *const AtomicU32, n) }
+    }
+
+    /// Spins until `counter` reaches `target` (a partner's release store; acquires it). If
+    /// a thread of the job panicked meanwhile, unwinds out of the op as `barrier` does: the
+    /// partner may never store.
+    pub fn wait_until(&self, counter: &AtomicU32, target: u32) {
+        let mut spins = 0u32;
+        while counter.load(Ordering::Acquire) < target {
+            if self.barrier.aborted.load(Ordering::Acquire) {
+                std::panic::resume_unwind(Box::new(Released));
+            }
+            if spins < 20_000 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
     }
 
     /// `n` `T`s at byte `off` of the node's shared scratch, to read: data the threads wrote
@@ -597,6 +630,31 @@ mod tests {
                 .unwrap_err();
             assert!(e.contains("thread 1") && e.contains("the real cause"), "{e}");
             pool.run(&|_| assert!(pool.barrier().wait())).unwrap();
+        });
+    }
+
+    /// A thread waiting for its partner's counter (a pipeline's hand-over) is let go when
+    /// the partner panics instead of storing: the job reports the partner's panic, nothing
+    /// hangs, and the pool runs the next job.
+    #[test]
+    fn a_panic_releases_a_thread_waiting_on_a_counter() {
+        within(60, || {
+            for culprit in [0, 1] {
+                let pool = ThreadPool::new(2);
+                let (counter, queue) = (AtomicU32::new(0), WorkQueue::default());
+                let e = pool
+                    .run(&|ith| {
+                        // SAFETY: a scratch of no bytes, never handed out.
+                        let ctx = unsafe { ThreadCtx::new(ith, 2, pool.barrier(), (std::ptr::null_mut(), 0), &queue, crate::kernels::registry::active()) };
+                        if ith == culprit {
+                            panic!("the partner's failure");
+                        }
+                        ctx.wait_until(&counter, 1);
+                    })
+                    .unwrap_err();
+                assert!(e.contains(&format!("thread {culprit}")) && e.contains("the partner's failure"), "{e}");
+                pool.run(&|_| assert!(pool.barrier().wait())).unwrap();
+            }
         });
     }
 }

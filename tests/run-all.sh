@@ -184,6 +184,16 @@ t_backend_ops_modes() {
     done
 }
 
+# Prefill attention in pipelined pairs of threads (the matrix stages on one, softmax on the
+# other), forced: the cases with 16 or more queries (the streamed path) of f16 caches with
+# head sizes 40, 72 and 128 (the default run covers the parallel schedule); then the trace
+# of a prefill shows the schedule and the two groups' times.
+t_backend_ops_attn_pipelined() {
+    backend_ops "FLASH_ATTN_EXT" 'hsk=(40|72|128),.*nb=(16|32|64|67|75|512),.*type_K=f16' "" SMEPILOT_ATTN=pipelined || return 1
+    SMEPILOT_TRACE=1 SMEPILOT_ATTN=pipelined "$bin/llama-bench" --backend smepilot -m "$model" -fa 1 -p 64 -n 0 -r 1 >"$work/trace-attn.out" 2>&1 || { tail -20 "$work/trace-attn.out"; return 1; }
+    grep -m1 "trace: FLASH_ATTN_EXT.*attn=pipelined pair0: matrix=[0-9]*us softmax=[0-9]*us" "$work/trace-attn.out" || { grep -m3 "FLASH_ATTN_EXT" "$work/trace-attn.out"; echo "no pipelined attention in the trace"; return 1; }
+}
+
 # ---- planner ---------------------------------------------------------------------
 # Calibration prints every figure; the trace shows one line per op with predicted and
 # measured times and a summary per graph; a forced mode shows in the trace.
@@ -436,6 +446,7 @@ check aarch64-build         t_aarch64
 check backend-ops           t_backend_ops
 check backend-ops-no-amx    t_backend_ops_noamx
 check backend-ops-modes     t_backend_ops_modes
+check backend-ops-attn-pipelined t_backend_ops_attn_pipelined
 check planner               t_planner
 check plan-chart            t_plan_chart
 check splits-smollm2        t_splits_smollm2

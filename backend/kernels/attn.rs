@@ -70,10 +70,28 @@ pub fn finish_scores_scalar(
     }
 }
 
+/// One 16-key block of K in the layout `scores_block` reads, from `n` f16 key rows of `dk`
+/// channels `stride` bytes apart: `kt[d * 16 + j]` = key j, channel d, keys n .. 16 zero.
+/// Scalar reference (a conversion: every tier gives the same bits).
+pub fn keys_block_scalar(rows: &[u8], stride: usize, n: usize, dk: usize, kt: &mut [f32]) {
+    check_keys(rows, stride, n, dk, kt);
+    for j in 0..BLOCK {
+        for d in 0..dk {
+            kt[d * BLOCK + j] = if j < n {
+                half::f16::from_le_bytes([rows[j * stride + 2 * d], rows[j * stride + 2 * d + 1]]).to_f32()
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
 /// `s[i][j] = dot(q row i, key j)` for a 16-query block against one 16-key block.
 pub type ScoresBlockFn = fn(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]);
 /// `o[i][c] += sum over keys of p[i * p_stride + key] * v[key * dv + c]`.
 pub type PvBlockFn = fn(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]);
+/// f16 key rows to one 16-key block of K, transposed, in f32.
+pub type KeysBlockFn = fn(rows: &[u8], stride: usize, n: usize, dk: usize, kt: &mut [f32]);
 /// Scaled, masked scores of one key block (-inf past `n`).
 pub type FinishScoresFn = fn(s: &[f32; BLOCK], scale: f32, slope: f32, mask: Option<&[u16]>, n: usize, out: &mut [f32]);
 
@@ -82,6 +100,7 @@ pub type FinishScoresFn = fn(s: &[f32; BLOCK], scale: f32, slope: f32, mask: Opt
 pub struct Kernels {
     /// Whether prefill takes the blocked path: only worth its K / V conversion with SIMD.
     pub blocked: bool,
+    pub keys_block: KeysBlockFn,
     pub scores_block: ScoresBlockFn,
     pub pv_block: PvBlockFn,
     pub finish_scores: FinishScoresFn,
@@ -93,12 +112,20 @@ pub struct Kernels {
 /// The portable tier (and the reference of the others).
 pub const SCALAR: Kernels = Kernels {
     blocked: false,
+    keys_block: keys_block_scalar,
     scores_block: scores_block_scalar,
     pv_block: pv_block_scalar,
     finish_scores: finish_scores_scalar,
     group_scores: super::attn_rows::group_scores_scalar,
     group_pv: super::attn_rows::group_pv_scalar,
 };
+
+fn check_keys(rows: &[u8], stride: usize, n: usize, dk: usize, kt: &[f32]) {
+    assert!(
+        n <= BLOCK && kt.len() >= dk * BLOCK && (n == 0 || (stride >= 2 * dk && rows.len() >= (n - 1) * stride + 2 * dk)),
+        "keys_block: rows or kt too short"
+    );
+}
 
 fn check_scores(q: &[f32], dk: usize, kt: &[f32]) {
     assert!(q.len() >= BLOCK * dk && kt.len() >= dk * BLOCK, "scores_block: q or kt too short");
@@ -135,7 +162,7 @@ pub(crate) fn neon_kernels() -> Option<Kernels> {
         unsafe { neon::finish_scores(s, scale, slope, mask, n, out) }
     }
     let (group_scores, group_pv) = super::attn_rows::neon()?;
-    Some(Kernels { blocked: true, scores_block, pv_block, finish_scores, group_scores, group_pv })
+    Some(Kernels { blocked: true, keys_block: keys_block_scalar, scores_block, pv_block, finish_scores, group_scores, group_pv })
 }
 
 /// The AVX2 + FMA + F16C tier, when this CPU runs it.
@@ -161,7 +188,16 @@ pub(crate) fn avx2_kernels() -> Option<Kernels> {
     }
     let ok = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
     let (group_scores, group_pv) = super::attn_rows::avx2()?;
-    Some(Kernels { blocked: true, scores_block, pv_block, finish_scores, group_scores, group_pv }).filter(|_| ok)
+    Some(Kernels { blocked: true, keys_block: avx2_keys_block, scores_block, pv_block, finish_scores, group_scores, group_pv }).filter(|_| ok)
+}
+
+/// The AVX2 + F16C `keys_block` (the AVX-512 tier's too: eight keys per transpose suit both).
+#[cfg(target_arch = "x86_64")]
+fn avx2_keys_block(rows: &[u8], stride: usize, n: usize, dk: usize, kt: &mut [f32]) {
+    check_keys(rows, stride, n, dk, kt);
+    // SAFETY: lengths checked; reachable only through a tier whose features include AVX2
+    // and F16C (avx2_kernels, avx512_kernels check them).
+    unsafe { avx2::keys_block(rows, stride, n, dk, kt) }
 }
 
 /// The AVX-512 tier, when this CPU runs it.
@@ -189,7 +225,7 @@ pub(crate) fn avx512_kernels() -> Option<Kernels> {
     // Decode's row kernels: every AVX-512 CPU runs the AVX2 ones (their loads are one key
     // row's channels, which 8 lanes cover as well as 16).
     let (group_scores, group_pv) = super::attn_rows::avx2()?;
-    Some(Kernels { blocked: true, scores_block, pv_block, finish_scores, group_scores, group_pv }).filter(|_| ok)
+    Some(Kernels { blocked: true, keys_block: avx2_keys_block, scores_block, pv_block, finish_scores, group_scores, group_pv }).filter(|_| ok)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -287,6 +323,62 @@ mod avx512 {
 mod avx2 {
     use super::BLOCK;
     use std::arch::x86_64::*;
+
+    /// Key row j's 8 channels from d0 in f32, or zeros past the n keys.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn key8(p: *const u8, stride: usize, n: usize, j: usize, d0: usize) -> __m256 {
+        // SAFETY: the caller's bounds (see keys_block): key j < n has channels d0 .. d0 + 8.
+        unsafe {
+            if j < n {
+                _mm256_cvtph_ps(_mm_loadu_si128(p.add(j * stride + 2 * d0) as *const __m128i))
+            } else {
+                _mm256_setzero_ps()
+            }
+        }
+    }
+
+    /// Callers checked: n <= 16 rows of dk f16, `stride` bytes apart, within `rows`; kt
+    /// holds dk * 16 floats. Eight keys by eight channels per 8 x 8 transpose.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn keys_block(rows: &[u8], stride: usize, n: usize, dk: usize, kt: &mut [f32]) {
+        let (p, o) = (rows.as_ptr(), kt.as_mut_ptr());
+        let full = dk / 8 * 8;
+        // SAFETY: loads read channels d0 .. d0 + 8 <= dk of keys j < n only (key8), within
+        // `rows`; stores write kt[(d0 + d) * 16 + j0 .. + 8] with d0 + d < dk, within kt.
+        unsafe {
+            for j0 in [0, 8] {
+                for d0 in (0..full).step_by(8) {
+                    let r = [
+                        key8(p, stride, n, j0, d0),
+                        key8(p, stride, n, j0 + 1, d0),
+                        key8(p, stride, n, j0 + 2, d0),
+                        key8(p, stride, n, j0 + 3, d0),
+                        key8(p, stride, n, j0 + 4, d0),
+                        key8(p, stride, n, j0 + 5, d0),
+                        key8(p, stride, n, j0 + 6, d0),
+                        key8(p, stride, n, j0 + 7, d0),
+                    ];
+                    let (t0, t1) = (_mm256_unpacklo_ps(r[0], r[1]), _mm256_unpackhi_ps(r[0], r[1]));
+                    let (t2, t3) = (_mm256_unpacklo_ps(r[2], r[3]), _mm256_unpackhi_ps(r[2], r[3]));
+                    let (t4, t5) = (_mm256_unpacklo_ps(r[4], r[5]), _mm256_unpackhi_ps(r[4], r[5]));
+                    let (t6, t7) = (_mm256_unpacklo_ps(r[6], r[7]), _mm256_unpackhi_ps(r[6], r[7]));
+                    // Channels (0 | 4), (1 | 5), (2 | 6), (3 | 7) of keys 0-3, then of keys 4-7.
+                    let a = [_mm256_shuffle_ps::<0x44>(t0, t2), _mm256_shuffle_ps::<0xEE>(t0, t2), _mm256_shuffle_ps::<0x44>(t1, t3), _mm256_shuffle_ps::<0xEE>(t1, t3)];
+                    let b = [_mm256_shuffle_ps::<0x44>(t4, t6), _mm256_shuffle_ps::<0xEE>(t4, t6), _mm256_shuffle_ps::<0x44>(t5, t7), _mm256_shuffle_ps::<0xEE>(t5, t7)];
+                    for c in 0..4 {
+                        _mm256_storeu_ps(o.add((d0 + c) * BLOCK + j0), _mm256_permute2f128_ps::<0x20>(a[c], b[c]));
+                        _mm256_storeu_ps(o.add((d0 + c + 4) * BLOCK + j0), _mm256_permute2f128_ps::<0x31>(a[c], b[c]));
+                    }
+                }
+            }
+        }
+        for d in full..dk {
+            for j in 0..BLOCK {
+                kt[d * BLOCK + j] = if j < n { half::f16::from_le_bytes([rows[j * stride + 2 * d], rows[j * stride + 2 * d + 1]]).to_f32() } else { 0.0 };
+            }
+        }
+    }
 
     /// Callers checked: q holds 16 rows of dk, kt dk * 16 floats. Four query rows at a time
     /// (eight accumulators: 4 rows x 2 key halves).
@@ -588,6 +680,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Keys of any count up to a block, channels not a multiple of 8, rows with padding
+    /// between them: the same bits as the reference, and the f16 values themselves.
+    #[test]
+    fn keys_block_matches_its_reference() {
+        let mut rng = StdRng::seed_from_u64(12);
+        for ks in KernelSet::available() {
+            for &(dk, pad) in &[(128, 0), (40, 6), (64, 130), (13, 2), (8, 0)] {
+                for n in [16, 15, 9, 8, 1, 0] {
+                    let stride = 2 * dk + pad;
+                    let rows: Vec<u8> = (0..n.max(1) * stride).flat_map(|_| half::f16::from_f32(rng.gen_range(-8.0..8.0)).to_le_bytes()).take(n.max(1) * stride).collect();
+                    let (mut a, mut b) = (vec![f32::NAN; dk * BLOCK], vec![f32::NAN; dk * BLOCK]);
+                    (ks.attn.keys_block)(&rows, stride, n, dk, &mut a);
+                    keys_block_scalar(&rows, stride, n, dk, &mut b);
+                    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                        let (d, j) = (i / BLOCK, i % BLOCK);
+                        assert_eq!(x.to_bits(), y.to_bits(), "{} dk {dk} n {n}: channel {d} key {j}", ks.name);
+                        let want = if j < n { half::f16::from_le_bytes([rows[j * stride + 2 * d], rows[j * stride + 2 * d + 1]]).to_f32() } else { 0.0 };
+                        assert_eq!(y.to_bits(), want.to_bits(), "reference dk {dk} n {n}: channel {d} key {j}");
+                    }
+                }
+            }
+        }
+        log_tiers_run("attn keys_block", KernelSet::available().iter().map(|s| s.name));
     }
 
     #[test]

@@ -1,32 +1,38 @@
 //! FLASH_ATTN_EXT: softmax(scale * Q K^T + mask) V, with ALiBi, logit soft-capping and
-//! attention sinks. K and V are the KV cache: f16, or f32, bf16, q4_0, q4_1, q8_0. Caches
-//! of other types than f16 take the per-row path in ggml-cpu's arithmetic for them: Q
-//! converted to K's dot type (q8_0 for q4_0 and q8_0 keys) and each score K's dot with it,
-//! value rows converted to f32.
+//! attention sinks. K and V are the KV cache: f16, or f32, bf16, q4_0, q4_1, q8_0, read in
+//! place in either layout (SMEPilot's packed one or llama.cpp's cells). Caches of other
+//! types than f16 take the per-row path in ggml-cpu's arithmetic for them: Q converted to
+//! K's dot type (q8_0 for q4_0 and q8_0 keys) and each score K's dot with it, value rows
+//! converted to f32.
 //!
-//! Two paths:
-//! * blocked (prefill: 16 or more queries, on the fast kernel tier): K and V of every head
-//!   converted once per call, then 16-query blocks taken from the node's work queue. Each
-//!   block runs ggml-cpu's tiled algorithm: keys in tiles of 64 (a tile the mask hides from
-//!   every query of the block is skipped), online softmax across tiles (ggml's exp, per-tile
-//!   sums in f64), P V accumulated per tile. Its products run in one of two forms:
-//!   - on the vector units (`KvForm::F32`: K and V to f32, K transposed per 16-key block), in
-//!     ggml-cpu's exact operation order, so results are bit-identical to the CPU backend's;
-//!   - on the AMX tiles (`KvForm::Tiles`, where the process drives AMX and
-//!     `SMEPILOT_AMX_ATTN=1`): K and V split into bf16 hi and lo halves in tile layout,
-//!     Q and P split per block, three tile products per operand pair
-//!     (`kernels::amx::attn`), f32 sums in another order;
+//! Three paths:
+//! * streamed (prefill: 16 or more queries, on the fast kernel tier; `streamed`): tasks of
+//!   16-query blocks of the query heads that share a K/V head walk the keys in 64-key
+//!   tiles, each tile converted once for the whole task, in ggml-cpu's exact operation
+//!   order (bit-identical to the CPU backend); run data-parallel or in pipelined pairs of
+//!   threads (matrix stages on one, softmax on the other), per `SMEPILOT_ATTN`;
+//! * tiles (prefill where the process drives AMX and `SMEPILOT_AMX_ATTN=1`; `tiles`): the
+//!   products on the AMX tiles from split bf16 copies of K and V;
 //! * per query row (decode, and the portable reference): Q rounded to f16 as ggml-cpu does;
 //!   the query heads of a GQA group read each K and V row once together
 //!   (`kernels::attn_rows`); keys in fixed chunks whose softmax states merge in order, the
 //!   chunks split across threads in decode.
 
+mod block;
+mod streamed;
+#[cfg(target_arch = "x86_64")]
+mod tiles;
+#[cfg(all(test, target_arch = "x86_64"))]
+pub use tiles::test_form;
+
 use super::{alibi_slope, need, split_range, Node, Unsupported};
+use crate::config::AttnSchedule;
 use crate::dtype::DType;
 use crate::threadpool::ThreadCtx;
 use crate::kernels::attn::BLOCK;
 use crate::kernels::attn_rows::Prefetch;
 use crate::kernels::KernelSet;
+use block::{row_max, Params, F16_NEG_INF};
 
 pub fn supports(node: &Node) -> Result<(), Unsupported> {
     let q = node.src[0].as_ref().ok_or("missing q")?;
@@ -107,121 +113,94 @@ fn gqa_group(node: &Node) -> usize {
     }
 }
 
-/// Largest f32 copy of K and V the blocked path makes (beyond, long contexts take the
-/// per-row path rather than a scratch area this large).
-const BLOCKED_KV_MAX_BYTES: usize = 256 << 20;
 
-/// How the blocked path holds K and V and runs its products.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum KvForm {
-    /// f32 K (transposed per 16-key block) and V, vector kernels.
-    F32,
-    /// bf16 hi / lo tile pairs (`kernels::amx::attn`): per head, K per 16-key block and
-    /// 32-dimension step, V per 32-key step and 16-channel block.
+/// How a node runs (see the module comment).
+enum Path {
+    Rows,
+    Streamed(streamed::Layout),
     #[cfg(target_arch = "x86_64")]
-    Tiles,
+    Tiles(tiles::Layout),
 }
 
-/// The blocked path's scratch: K and V of every head in `form` (`kv` bytes), then
-/// `per_thread` bytes per thread; `n_kb` 16-key blocks.
-struct BlockedLayout {
-    form: KvForm,
-    n_kb: usize,
-    k_head: usize,
-    v_head: usize,
-    kv: usize,
-    per_thread: usize,
-}
-
-/// Keys per tile of the online softmax: ggml-cpu's GGML_FA_TILE_KV, which fixes where the
-/// running maximum may change and so the results.
-const KV_TILE: usize = 64;
-const BLOCKS_PER_TILE: usize = KV_TILE / BLOCK;
-
-/// The tile form where the process drives AMX and allows it, for head sizes the tiles
-/// take (K's a multiple of a 32-element step).
-fn tile_form(dk: usize, ks: &KernelSet) -> Option<KvForm> {
-    #[cfg(target_arch = "x86_64")]
-    if ks.matrix == Some(crate::kernels::registry::MatrixUnit::Amx)
-        && crate::kernels::amx::available()
-        && dk.is_multiple_of(32)
-        && test_form::get().unwrap_or_else(|| crate::config::get().is_ok_and(|c| c.amx_attn))
-    {
-        return Some(KvForm::Tiles);
-    }
-    let _ = (dk, ks);
-    None
-}
-
-/// Tests pick the form per run instead of per process (SMEPILOT_AMX_ATTN is read once).
-#[cfg(target_arch = "x86_64")]
-pub mod test_form {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    static TILES: AtomicU8 = AtomicU8::new(0);
-
-    /// None: the configuration decides; Some(true): the tiles where AMX runs.
-    #[cfg(test)]
-    pub fn set(tiles: Option<bool>) {
-        TILES.store(tiles.map_or(0, |t| 1 + t as u8), Ordering::SeqCst);
-    }
-
-    pub fn get() -> Option<bool> {
-        match TILES.load(Ordering::Relaxed) {
-            0 => None,
-            v => Some(v == 2),
-        }
-    }
-}
-
-fn blocked(node: &Node, ks: &KernelSet) -> Option<BlockedLayout> {
+/// Whether a node takes one of the blocked paths (prefill): 16 or more queries of an f16
+/// cache, on a tier with the blocked kernels, output rows of whole 16-channel blocks.
+fn blocked(node: &Node, ks: &KernelSet) -> bool {
     let (q, k, v) = (node.src(0), node.src(1), node.src(2));
-    let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
-    let f16 = k.ty == DType::F16 && v.ty == DType::F16;
-    if q.ne[1] < BLOCK || !ks.attn.blocked || !dv.is_multiple_of(16) || !f16 {
-        return None;
+    q.ne[1] >= BLOCK && k.ne[1] > 0 && ks.attn.blocked && v.ne[0].is_multiple_of(16) && k.ty == DType::F16 && v.ty == DType::F16
+}
+
+fn path(node: &Node, ks: &KernelSet, nth: usize) -> Path {
+    if !blocked(node, ks) {
+        return Path::Rows;
     }
-    let form = tile_form(dk, ks).unwrap_or(KvForm::F32);
-    // Whole tiles: the last one's missing keys are zeros, as in ggml.
-    let n_kb = n_kv.div_ceil(KV_TILE) * BLOCKS_PER_TILE;
-    // Q block, one tile's scores / weights of 16 rows, output block (and for the tiles Q's
-    // and P's pairs).
-    let (k_head, v_head, pairs) = match form {
-        KvForm::F32 => (n_kb * BLOCK * dk * 4, n_kb * BLOCK * dv * 4, 0),
-        #[cfg(target_arch = "x86_64")]
-        KvForm::Tiles => {
-            use crate::kernels::amx::attn::{PAIR, STEP};
-            (n_kb * (dk / STEP) * PAIR, n_kb * BLOCK / STEP * (dv / 16) * PAIR, (dk / STEP + KV_TILE / STEP) * PAIR)
-        }
-    };
-    let per_thread = (BLOCK * dk + BLOCK * KV_TILE + BLOCK * dv) * 4 + pairs;
-    let kv = k_head * k.ne[2] * k.ne[3] + v_head * v.ne[2] * v.ne[3];
-    (kv <= BLOCKED_KV_MAX_BYTES).then_some(BlockedLayout {
-        form,
-        n_kb,
-        k_head,
-        v_head,
-        kv,
-        per_thread,
-    })
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = tiles::layout(node, ks) {
+        return Path::Tiles(t);
+    }
+    Path::Streamed(streamed::Layout::new(node, nth, pipelined(nth)))
 }
 
-/// Whether the node takes the blocked path (prefill) rather than the per-row one.
+/// Whether the streamed path runs in pipelined pairs: as `SMEPILOT_ATTN` (or a test) says,
+/// with at least two threads. `auto` keeps every thread on every stage: both groups would
+/// run the same vector kernels (no engine runs this path's products on a matrix unit), so
+/// a pair takes as long as its slower stage where two threads in parallel share the sum.
+fn pipelined(nth: usize) -> bool {
+    let schedule = test_schedule::get().unwrap_or_else(|| crate::config::get().map_or(AttnSchedule::Auto, |c| c.attn));
+    nth >= 2 && schedule == AttnSchedule::Pipelined
+}
+
+/// Tests pick the schedule per run instead of per process (SMEPILOT_ATTN is read once).
+pub mod test_schedule {
+    use crate::config::AttnSchedule;
+    use std::sync::Mutex;
+    static SCHEDULE: Mutex<Option<AttnSchedule>> = Mutex::new(None);
+
+    /// None: the configuration decides.
+    #[cfg(test)]
+    pub fn set(s: Option<AttnSchedule>) {
+        *SCHEDULE.lock().unwrap_or_else(|e| e.into_inner()) = s;
+    }
+
+    pub fn get() -> Option<AttnSchedule> {
+        *SCHEDULE.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether the node takes a blocked path (prefill) rather than the per-row one.
 pub fn takes_blocked_path(node: &Node, ks: &KernelSet) -> bool {
-    blocked(node, ks).is_some()
+    blocked(node, ks)
 }
 
-/// Whether the node's products run on the matrix unit's tiles (the blocked path's tile form).
+/// Whether the node's products run on the matrix unit's tiles.
 pub fn takes_tile_path(node: &Node, ks: &KernelSet) -> bool {
-    blocked(node, ks).is_some_and(|b| b.form != KvForm::F32)
+    #[cfg(target_arch = "x86_64")]
+    if blocked(node, ks) {
+        return tiles::layout(node, ks).is_some();
+    }
+    let _ = (node, ks);
+    false
 }
 
 pub fn scratch_bytes(node: &Node, nth: usize, ks: &KernelSet) -> usize {
-    match blocked(node, ks) {
-        Some(b) => b.kv + b.per_thread * nth,
-        None => {
+    match path(node, ks, nth) {
+        Path::Rows => {
             let r = rows_layout(node, nth);
             r.partials + r.per_thread * nth
         }
+        Path::Streamed(s) => s.bytes,
+        #[cfg(target_arch = "x86_64")]
+        Path::Tiles(t) => t.kv + t.per_thread * nth,
+    }
+}
+
+/// What the node reported of its run, for the trace: the streamed path's schedule and its
+/// first thread's time in the matrix stages and in softmax.
+pub fn trace_note(report: u64) -> String {
+    let (matrix_us, softmax_us) = ((report >> 31) & 0x7FFF_FFFF, report & 0x7FFF_FFFF);
+    match report >> 62 {
+        1 => format!(" attn=parallel thread0: matrix={matrix_us}us softmax={softmax_us}us"),
+        2 => format!(" attn=pipelined pair0: matrix={matrix_us}us softmax={softmax_us}us"),
+        _ => String::new(),
     }
 }
 
@@ -495,8 +474,15 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
     let scale = if softcap != 0.0 { scale / softcap } else { scale };
     // Sinks hold n_head f32 (supports).
     let sinks = node.src[4].as_ref().map(|s| s.elems::<f32>(n_head));
-    if let Some(b) = blocked(node, ctx.kernels) {
-        return flash_attn_blocked(node, ctx, &b, scale, max_bias, softcap, sinks);
+    let p = Params { scale, max_bias, softcap, sinks };
+    match path(node, ctx.kernels, ctx.nth) {
+        Path::Rows => ctx.report(0),
+        Path::Streamed(lay) => return streamed::run(node, ctx, &lay, p),
+        #[cfg(target_arch = "x86_64")]
+        Path::Tiles(lay) => {
+            ctx.report(0);
+            return tiles::run(node, ctx, &lay, p);
+        }
     }
     let (dk, dv) = (node.src(0).ne[0], node.src(2).ne[0]);
     let lay = rows_layout(node, ctx.nth);
@@ -579,342 +565,4 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
 /// Most query heads per K/V head the per-row path runs as one row-group.
 const MAX_GQA: usize = 64;
 
-const F16_NEG_INF: u16 = 0xFC00;
 
-/// The blocked path (see the module comment).
-/// `scale` is already divided by `softcap` (when soft-capping); `sinks` per head.
-fn flash_attn_blocked(
-    node: &Node,
-    ctx: &ThreadCtx,
-    b: &BlockedLayout,
-    scale: f32,
-    max_bias: f32,
-    softcap: f32,
-    sinks: Option<&[f32]>,
-) {
-    let (q, k, v, d) = (node.src(0), node.src(1), node.src(2), &node.dst);
-    let mask = node.src[3].as_ref();
-    let (dk, dv, n_kv) = (q.ne[0], v.ne[0], k.ne[1]);
-    let (n_q, n_head) = (q.ne[1], q.ne[2]);
-    let n_kb = b.n_kb;
-    let attn = &ctx.kernels.attn;
-    let (n_kh, n_vh) = (k.ne[2] * k.ne[3], v.ne[2] * v.ne[3]);
-    // Byte offsets in the shared scratch of head hk's K and head hv's V.
-    let k_at = |hk: usize| hk * b.k_head;
-    let v_at = |hv: usize| n_kh * b.k_head + hv * b.v_head;
-
-    // Phase 1: K and V of every head into the form's layout, heads split.
-    let (t0, t1) = split_range(n_kh + n_vh, ctx.ith, ctx.nth);
-    for t in t0..t1 {
-        match b.form {
-            KvForm::F32 => f32_head(node, ctx, b, t),
-            #[cfg(target_arch = "x86_64")]
-            KvForm::Tiles => tiles::convert_head(node, ctx, t, b.n_kb, if t < n_kh { k_at(t) } else { v_at(t - n_kh) }, if t < n_kh { b.k_head } else { b.v_head }),
-        }
-    }
-    ctx.barrier();
-
-    // This thread's own part of the scratch, after the shared K/V.
-    let area = ctx.thread_area(b.kv, b.per_thread);
-    let qb = area.carve::<f32>(0, BLOCK * dk);
-    let sp = area.carve::<f32>(BLOCK * dk * 4, BLOCK * KV_TILE);
-    let ob = area.carve::<f32>((BLOCK * dk + BLOCK * KV_TILE) * 4, BLOCK * dv);
-    // The tile form's Q and P pairs, after those.
-    let tile_area = area.carve::<u8>((BLOCK * dk + BLOCK * KV_TILE + BLOCK * dv) * 4, b.per_thread - (BLOCK * dk + BLOCK * KV_TILE + BLOCK * dv) * 4);
-    let n_tiles = n_kb / BLOCKS_PER_TILE;
-    let n_qb = n_q.div_ceil(BLOCK);
-    let tasks = n_qb * n_head * q.ne[3];
-    loop {
-        let task = ctx.next_chunk();
-        if task >= tasks {
-            break;
-        }
-        let (qblk, iq2, iq3) = (task % n_qb, (task / n_qb) % n_head, task / (n_qb * n_head));
-        let (i0, rows) = (qblk * BLOCK, (n_q - qblk * BLOCK).min(BLOCK));
-        let slope = alibi_slope(max_bias, n_head, iq2);
-        let (ik2, ik3) = (iq2 / (n_head / k.ne[2]), iq3 / (q.ne[3] / k.ne[3]));
-        let (iv2, iv3) = (iq2 / (n_head / v.ne[2]), iq3 / (q.ne[3] / v.ne[3]));
-        let (hk, hv) = (ik3 * k.ne[2] + ik2, iv3 * v.ne[2] + iv2);
-        // Q rows in f32 (ggml's tiled path does not round them), padding rows zero.
-        qb.fill(0.0);
-        for i in 0..rows {
-            // Q rows hold dk f32 (supports).
-            qb[i * dk..(i + 1) * dk].copy_from_slice(&q.row::<f32>(i0 + i, iq2, iq3)[..dk]);
-        }
-        // Mask rows hold at least n_kv f16 (supports).
-        let mrows: [Option<&[u16]>; BLOCK] = std::array::from_fn(|i| {
-            (i < rows)
-                .then(|| mask.map(|m| &m.row::<u16>(i0 + i, iq2 % m.ne[2], iq3 % m.ne[3])[..n_kv]))
-                .flatten()
-        });
-        // Online softmax state per row: running maximum, sum, and the output in `ob`.
-        let mut m_run = [f32::NEG_INFINITY; BLOCK];
-        let mut s_run = [0f32; BLOCK];
-        ob.fill(0.0);
-        let mut products = Products::new(b.form, ctx, b, qb, k_at(hk), v_at(hv), dk, dv, tile_area);
-        let mut s = [0f32; BLOCK * KV_TILE];
-        for t in 0..n_tiles {
-            let keys = t * KV_TILE..((t + 1) * KV_TILE).min(n_kv);
-            let hidden = mask.is_some()
-                && (0..rows).all(|i| {
-                    let m = mrows[i].unwrap();
-                    m[keys.clone()].iter().all(|&x| x == F16_NEG_INF)
-                });
-            if hidden {
-                continue;
-            }
-            products.scores(t, n_kv, &mut s);
-            for bt in 0..BLOCKS_PER_TILE {
-                let kb = t * BLOCKS_PER_TILE + bt;
-                let (k0, nk) = (kb * BLOCK, n_kv.saturating_sub(kb * BLOCK).min(BLOCK));
-                for i in 0..rows {
-                    let out = &mut sp[i * KV_TILE + bt * BLOCK..][..BLOCK];
-                    if nk == 0 {
-                        out.fill(f32::NEG_INFINITY);
-                        continue;
-                    }
-                    let mut si: [f32; BLOCK] = s[i * KV_TILE + bt * BLOCK..][..BLOCK].try_into().expect("a block of scores");
-                    let sc = if softcap != 0.0 {
-                        si.iter_mut()
-                            .for_each(|x| *x = (*x * scale).tanh() * softcap);
-                        1.0
-                    } else {
-                        scale
-                    };
-                    // k0 + nk <= n_kv.
-                    let m = mrows[i].map(|m| &m[k0..k0 + nk]);
-                    (attn.finish_scores)(&si, sc, slope, m, nk, out);
-                }
-            }
-            for i in 0..BLOCK {
-                let row = &mut sp[i * KV_TILE..(i + 1) * KV_TILE];
-                let tile_max = if i < rows { row_max(row) } else { f32::NEG_INFINITY };
-                if tile_max == f32::NEG_INFINITY {
-                    row.fill(0.0); // nothing of this tile reaches the row
-                    continue;
-                }
-                let m_new = m_run[i].max(tile_max);
-                if m_new > m_run[i] {
-                    let ms = (m_run[i] - m_new).exp();
-                    ob[i * dv..(i + 1) * dv].iter_mut().for_each(|o| *o *= ms);
-                    s_run[i] *= ms;
-                }
-                m_run[i] = m_new;
-                s_run[i] = (s_run[i] as f64 + (ctx.kernels.vmath.soft_max)(row, m_new)) as f32;
-            }
-            let live = n_kv.saturating_sub(t * KV_TILE).min(KV_TILE);
-            products.pv(t, live, sp, ob);
-        }
-        for i in 0..rows {
-            if let Some(sk) = sinks.map(|sk| sk[iq2]) {
-                let (mut ms, mut vs) = (1.0f32, 1.0f32);
-                if sk > m_run[i] {
-                    ms = (m_run[i] - sk).exp();
-                    ob[i * dv..(i + 1) * dv].iter_mut().for_each(|o| *o *= ms);
-                } else {
-                    vs = (sk - m_run[i]).exp();
-                }
-                s_run[i] = s_run[i].mul_add(ms, vs); // fused, as ggml's compiler emits it
-            }
-            let inv = if s_run[i] == 0.0 { 0.0 } else { 1.0 / s_run[i] };
-            // Output is [dv, n_head, n_q, ne3]: row (iq2, i0 + i, iq3).
-            // dst is contiguous f32 of that shape; this task owns these rows.
-            let out = d.row_mut::<f32>(iq2, i0 + i, iq3);
-            for (o, &a) in out.iter_mut().zip(&ob[i * dv..(i + 1) * dv]) {
-                *o = a * inv;
-            }
-        }
-    }
-}
-
-/// The largest of `row` (ggml's `a > b ? a : b` per element), in 16 lanes: the same value
-/// as one running maximum whatever the order (a maximum never rounds), without its chain
-/// of dependent compares.
-fn row_max(row: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 16];
-    let chunks = row.chunks_exact(16);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (m, &x) in lanes.iter_mut().zip(c) {
-            *m = if *m > x { *m } else { x };
-        }
-    }
-    let m = lanes.iter().copied().fold(f32::NEG_INFINITY, |m, x| if m > x { m } else { x });
-    tail.iter().copied().fold(m, |m, x| if m > x { m } else { x })
-}
-
-/// Phase 1 of the vector form for head t (K heads first, then V heads): K transposed per
-/// 16-key block, and V, to f32 in head t's area of the shared scratch.
-fn f32_head(node: &Node, ctx: &ThreadCtx, b: &BlockedLayout, t: usize) {
-    let (k, v) = (node.src(1), node.src(2));
-    let (dk, dv, n_kv) = (k.ne[0], v.ne[0], k.ne[1]);
-    let n_kh = k.ne[2] * k.ne[3];
-    let kw = b.n_kb * BLOCK; // keys, padded
-    let k_at = |hk: usize| hk * b.k_head;
-    let v_at = |hv: usize| n_kh * b.k_head + hv * b.v_head;
-    if t < n_kh {
-        // Head t's area of k_head bytes is this thread's (the split above).
-        let kt = ctx.shared_mut::<f32>(k_at(t), kw * dk);
-        kt.fill(0.0);
-        let to_f32 = ctx.kernels.kernels(k.ty).expect("a K/V type (supports)").to_f32;
-        let mut row = vec![0f32; dk];
-        for ic in 0..n_kv {
-            let (kb, j) = (ic / BLOCK, ic % BLOCK);
-            // K rows hold dk elements of whole blocks (supports).
-            to_f32(&k.row::<u8>(ic, t % k.ne[2], t / k.ne[2])[..k.ty.row_bytes(dk)], &mut row);
-            for (dd, &x) in row.iter().enumerate() {
-                kt[(kb * dk + dd) * BLOCK + j] = x;
-            }
-        }
-    } else {
-        let hv = t - n_kh;
-        // As above, head hv's V area.
-        let vf = ctx.shared_mut::<f32>(v_at(hv), kw * dv);
-        vf[n_kv * dv..].fill(0.0);
-        let to_f32 = ctx.kernels.kernels(v.ty).expect("a K/V type (supports)").to_f32;
-        for ic in 0..n_kv {
-            // V rows hold dv elements of whole blocks (supports).
-            to_f32(&v.row::<u8>(ic, hv % v.ne[2], hv / v.ne[2])[..v.ty.row_bytes(dv)], &mut vf[ic * dv..(ic + 1) * dv]);
-        }
-    }
-}
-
-/// One query block's products in the layout's form: scores of a 64-key tile into 16 rows of
-/// 64 floats, and P V of a tile added into the output block.
-enum Products<'a> {
-    F32 { ctx: &'a ThreadCtx<'a>, kt: &'a [f32], vf: &'a [f32], qb: &'a [f32], dk: usize, dv: usize },
-    #[cfg(target_arch = "x86_64")]
-    Tiles(tiles::Block<'a>),
-}
-
-impl<'a> Products<'a> {
-    #[allow(clippy::too_many_arguments)]
-    fn new(form: KvForm, ctx: &'a ThreadCtx<'a>, b: &BlockedLayout, qb: &'a [f32], k_off: usize, v_off: usize, dk: usize, dv: usize, tile_area: &'a mut [u8]) -> Products<'a> {
-        let kw = b.n_kb * BLOCK; // keys, padded
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = tile_area; // the tile form's area
-        match form {
-            // Written in phase 1, read-only now.
-            KvForm::F32 => Products::F32 { ctx, kt: ctx.shared::<f32>(k_off, kw * dk), vf: ctx.shared::<f32>(v_off, kw * dv), qb, dk, dv },
-            #[cfg(target_arch = "x86_64")]
-            KvForm::Tiles => Products::Tiles(tiles::Block::new(ctx.shared::<u8>(k_off, b.k_head), ctx.shared::<u8>(v_off, b.v_head), qb, dk, dv, tile_area)),
-        }
-    }
-
-    /// Scores of the query block against tile t's keys (blocks with no key left as they
-    /// are: the caller masks them).
-    fn scores(&mut self, t: usize, n_kv: usize, s: &mut [f32; BLOCK * KV_TILE]) {
-        match self {
-            Products::F32 { ctx, kt, qb, dk, .. } => {
-                let mut blk = [[0f32; BLOCK]; BLOCK];
-                for bt in 0..BLOCKS_PER_TILE {
-                    let kb = t * BLOCKS_PER_TILE + bt;
-                    if kb * BLOCK >= n_kv {
-                        break;
-                    }
-                    (ctx.kernels.attn.scores_block)(qb, *dk, &kt[kb * BLOCK * *dk..(kb + 1) * BLOCK * *dk], &mut blk);
-                    for (i, row) in blk.iter().enumerate() {
-                        s[i * KV_TILE + bt * BLOCK..][..BLOCK].copy_from_slice(row);
-                    }
-                }
-            }
-            #[cfg(target_arch = "x86_64")]
-            Products::Tiles(tb) => tb.scores(t, s),
-        }
-    }
-
-    /// ob += P V over tile t (`live` keys; P's rows `sp`, 16 x 64).
-    fn pv(&mut self, t: usize, live: usize, sp: &[f32], ob: &mut [f32]) {
-        match self {
-            Products::F32 { ctx, vf, dv, .. } => (ctx.kernels.attn.pv_block)(sp, KV_TILE, live, &vf[t * KV_TILE * *dv..], *dv, ob),
-            #[cfg(target_arch = "x86_64")]
-            Products::Tiles(tb) => tb.pv(t, sp, ob),
-        }
-    }
-}
-
-/// The tile form (`KvForm::Tiles`): phase 1's conversion and one query block's products on
-/// AMX.
-#[cfg(target_arch = "x86_64")]
-mod tiles {
-    use super::{Node, BLOCK, KV_TILE};
-    use crate::kernels::amx::attn::{PAIR, STEP};
-    use crate::kernels::amx::stage::{attn_a_pair, attn_k_pair, attn_v_pair, AttnSession};
-    use crate::threadpool::ThreadCtx;
-
-    /// Phase 1 for head t (K heads first, then V heads) into its `bytes` at `at` of the
-    /// shared scratch: K per 16-key block and 32-dimension step, V per 32-key step and
-    /// 16-channel block, as `kernels::amx::attn` pairs; keys past the cache's are zero.
-    pub fn convert_head(node: &Node, ctx: &ThreadCtx, t: usize, n_kb: usize, at: usize, bytes: usize) {
-        let (k, v) = (node.src(1), node.src(2));
-        let n_kv = k.ne[1];
-        let n_kh = k.ne[2] * k.ne[3];
-        // Head t's area is this thread's (the caller's split).
-        let out = ctx.shared_mut::<u8>(at, bytes);
-        if t < n_kh {
-            let (h2, h3) = (t % k.ne[2], t / k.ne[2]);
-            let steps = k.ne[0] / STEP;
-            for kb in 0..n_kb {
-                let nkeys = n_kv.saturating_sub(kb * BLOCK).min(BLOCK);
-                for s in 0..steps {
-                    let pair = &mut out[(kb * steps + s) * PAIR..][..PAIR];
-                    // K rows hold ne[0] f16 (supports): the step's 64 bytes of each key.
-                    let rows = if nkeys == 0 { &[][..] } else { k.bytes_at::<u8>(k.row_offset(kb * BLOCK, h2, h3) + 2 * STEP * s, (nkeys - 1) * k.nb[1] + 2 * STEP) };
-                    attn_k_pair(rows, k.nb[1], nkeys, pair);
-                }
-            }
-        } else {
-            let hv = t - n_kh;
-            let (h2, h3) = (hv % v.ne[2], hv / v.ne[2]);
-            let blocks = v.ne[0] / 16;
-            for ks in 0..n_kb * BLOCK / STEP {
-                let nkeys = n_kv.saturating_sub(ks * STEP).min(STEP);
-                for c in 0..blocks {
-                    let pair = &mut out[(ks * blocks + c) * PAIR..][..PAIR];
-                    let rows = if nkeys == 0 { &[][..] } else { v.bytes_at::<u8>(v.row_offset(ks * STEP, h2, h3) + 32 * c, (nkeys - 1) * v.nb[1] + 32) };
-                    attn_v_pair(rows, v.nb[1], nkeys, pair);
-                }
-            }
-        }
-    }
-
-    /// One query block on the tiles: its Q pairs (built once), a P pair area, the head's
-    /// K and V pairs and this thread's tile session.
-    pub struct Block<'a> {
-        session: AttnSession,
-        kt: &'a [u8],
-        vt: &'a [u8],
-        q: &'a [u8],
-        p: &'a mut [u8],
-        dk: usize,
-        dv: usize,
-    }
-
-    impl<'a> Block<'a> {
-        pub fn new(kt: &'a [u8], vt: &'a [u8], qb: &[f32], dk: usize, dv: usize, area: &'a mut [u8]) -> Block<'a> {
-            let steps = dk / STEP;
-            let (q, p) = area.split_at_mut(steps * PAIR);
-            for s in 0..steps {
-                attn_a_pair(&qb[STEP * s..], dk, &mut q[s * PAIR..(s + 1) * PAIR]);
-            }
-            Block { session: AttnSession::begin(), kt, vt, q, p, dk, dv }
-        }
-
-        pub fn scores(&mut self, t: usize, s: &mut [f32; BLOCK * KV_TILE]) {
-            let steps = self.dk / STEP;
-            let k_block = steps * PAIR;
-            let blocks = KV_TILE / BLOCK;
-            let kb0 = t * blocks;
-            self.session.scores(self.q, &self.kt[kb0 * k_block..], k_block, steps, blocks, s);
-        }
-
-        pub fn pv(&mut self, t: usize, sp: &[f32], ob: &mut [f32]) {
-            let steps = KV_TILE / STEP;
-            for s in 0..steps {
-                attn_a_pair(&sp[STEP * s..], KV_TILE, &mut self.p[s * PAIR..(s + 1) * PAIR]);
-            }
-            let v_step = self.dv / 16 * PAIR;
-            self.session.pv(self.p, &self.vt[t * steps * v_step..], v_step, steps, self.dv, ob);
-        }
-    }
-}

@@ -615,7 +615,11 @@ fn flash_attn_case_hiding(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usi
     let scale = 0.2;
     let nd = node(Op::FlashAttn { scale, max_bias: 0.0, softcap }, to, &[tq, tk, tv, tm, ts]);
     match tiles {
-        None => run(&[nd], threads),
+        None => {
+            let mut ex = executor(threads);
+            ex.compute(&[nd]).expect("graph failed");
+            LAST_ATTN_REPORT.with(|r| r.set(ex.report_of(0)));
+        }
         Some(ks) => {
             assert!(super::attention::takes_tile_path(&nd, ks), "dk {dk} dv {dv}: not on the tiles");
             Executor::with_kernels(threads, ks).compute(&[nd]).expect("graph failed");
@@ -653,6 +657,58 @@ fn flash_attn_case_hiding(dk: usize, dv: usize, n_q: usize, n_kv: usize, hq: usi
         }
     }
     ob.f32s()[..dv * hq * n_q].iter().map(|x| x.to_bits()).collect()
+}
+
+thread_local! {
+    /// What the last FLASH_ATTN_EXT node of `flash_attn_case_hiding` reported (its schedule).
+    static LAST_ATTN_REPORT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Prefill attention reads the cache in place, in tasks of query blocks that share each
+/// converted tile of keys; its two schedules, every thread on every stage or pairs of
+/// threads with the matrix stages on one and softmax on the other (and an odd thread on
+/// its own), give the same bits as one thread, for GQA groups of 1 to 4, partial query and
+/// key blocks, several tasks per head group, keys the mask hides from every query (whole
+/// tiles of them skipped), soft-capping, and K / V in either cache layout. The report says
+/// which schedule ran.
+#[test]
+fn prefill_attention_schedules_give_the_same_bits() {
+    use super::attention::test_schedule;
+    use crate::config::AttnSchedule;
+    let _lock = ATTN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    each_tier("ops::prefill_attention_schedules_give_the_same_bits", || {
+        let blocked = tier_set().attn.blocked;
+        for &(dk, dv, n_q, n_kv, hq, hkv, hidden) in &[
+            (64, 48, 37, 75, 4, 2, 0),
+            (64, 32, 16, 16, 2, 1, 0),
+            (32, 16, 130, 400, 6, 2, 70),
+            (128, 128, 40, 130, 4, 1, 0),
+            (64, 64, 100, 700, 8, 2, 130),
+        ] {
+            test_schedule::set(Some(AttnSchedule::Parallel));
+            let alone = flash_attn_case_hiding(dk, dv, n_q, n_kv, hq, hkv, 0.0, None, 1, hidden, false);
+            for (threads, schedule, cells) in [
+                (2, AttnSchedule::Parallel, false),
+                (2, AttnSchedule::Pipelined, false),
+                (3, AttnSchedule::Pipelined, true),
+                (4, AttnSchedule::Pipelined, false),
+                (5, AttnSchedule::Parallel, true),
+            ] {
+                test_schedule::set(Some(schedule));
+                let got = flash_attn_case_hiding(dk, dv, n_q, n_kv, hq, hkv, 0.0, None, threads, hidden, cells);
+                assert!(got == alone, "dk {dk} n_q {n_q} n_kv {n_kv} heads {hq}/{hkv}, {threads} threads {schedule:?} cells {cells}: bits differ from one thread's");
+                let ran = LAST_ATTN_REPORT.with(|r| r.get()) >> 62;
+                let want = if !blocked { 0 } else if schedule == AttnSchedule::Pipelined { 2 } else { 1 };
+                assert_eq!(ran, want, "{threads} threads {schedule:?}: the schedule that ran");
+            }
+        }
+        // Soft-capping, pipelined.
+        test_schedule::set(Some(AttnSchedule::Parallel));
+        let alone = flash_attn_case(32, 16, 33, 70, 2, 2, 5.0, None, 1);
+        test_schedule::set(Some(AttnSchedule::Pipelined));
+        assert!(flash_attn_case(32, 16, 33, 70, 2, 2, 5.0, None, 2) == alone, "soft-capped, pipelined");
+        test_schedule::set(None);
+    });
 }
 
 /// Decode attention (the per-row path) runs the query heads sharing a K/V head together,
