@@ -194,6 +194,20 @@ t_backend_ops_attn_pipelined() {
     grep -m1 "trace: FLASH_ATTN_EXT.*attn=pipelined pair0: matrix=[0-9]*us softmax=[0-9]*us" "$work/trace-attn.out" || { grep -m3 "FLASH_ATTN_EXT" "$work/trace-attn.out"; echo "no pipelined attention in the trace"; return 1; }
 }
 
+# SET_ROWS and CPY writing a KV cache in SMEPilot's packed buffer (GGML_TEST_KV_BUFFER=1,
+# llama-patches/0007: the written tensor allocated in the buffer type SMEPilot offers for a
+# KV cache, two heads per row where the blocks allow), in the default setting, with the
+# matrix unit disabled and in each forced mode. Cases whose destination type the packed
+# cache does not take are skipped by the harness; the others must all pass, and both ops
+# must have passing cases.
+t_backend_ops_kv_buffer() {
+    local setting
+    for setting in SMEPILOT_MODE=auto SMEPILOT_DISABLE_AMX=1 SMEPILOT_MODE=vector SMEPILOT_MODE=matrix SMEPILOT_MODE=coop; do
+        echo "== $setting"
+        backend_ops "SET_ROWS CPY" '.' "" GGML_TEST_KV_BUFFER=1 $setting || return 1
+    done
+}
+
 # ---- planner ---------------------------------------------------------------------
 # Calibration prints every figure; the trace shows one line per op with predicted and
 # measured times and a summary per graph; a forced mode shows in the trace.
@@ -337,6 +351,24 @@ t_server() { python3 "$repo/tests/server_test.py" --bin "$bin/llama-server" --mo
 
 # ---- the KV cache in SMEPilot's packed layout ------------------------------------------
 t_kv_slot_save() { python3 "$repo/tests/kv_cache_test.py" --bin "$bin/llama-server" --model "$model"; }
+# Sequence state through llama.cpp's API with the cache in SMEPilot's packed buffer
+# (tests/state_seq.cpp, built here against the pinned tree): saved with
+# LLAMA_STATE_SEQ_FLAGS_ON_DEVICE (copies in the cache's own buffer type) and to host
+# memory, overwritten, restored; copied to the other stream of a two-stream cache. Each
+# continues with the reference's tokens.
+t_kv_state_seq() {
+    local tree; tree=$("$repo/bench-scripts/setup-llama.sh") || return 1
+    clang++-19 -std=c++17 -O1 -Wall -I"$tree/src/include" -I"$tree/src/ggml/include" "$repo/tests/state_seq.cpp" \
+        -L"$tree/build/bin" -lllama -lggml-base -lggml -Wl,-rpath,"$tree/build/bin" -o "$work/state_seq" || return 1
+    "$work/state_seq" "$plugin" "$model" >"$work/state-seq.out" 2>"$work/state-seq.err"
+    local rc=$?
+    cat "$work/state-seq.out"
+    [ $rc -eq 0 ] || { tail -20 "$work/state-seq.err"; return 1; }
+    grep -q "SMEPILOT_KV[0-9]* KV buffer" "$work/state-seq.err" || { echo "the cache was not in SMEPilot's buffer"; return 1; }
+    grep -q "allocated 'SMEPILOT_KV[0-9]*' buffer" "$work/state-seq.err" || { echo "the on-device copies were not in the cache's buffer type"; return 1; }
+    grep -q "copying KV buffer: stream 0 to stream 1" "$work/state-seq.err" || { echo "no copy between streams"; return 1; }
+}
+
 # Generating past a 256-cell context shifts the cache (an in-place ROPE on the packed K):
 # the text must equal the one with the cache in ggml's layout (SMEPILOT_KV=standard), which
 # the packed layout changes no arithmetic of; how far it agrees with stock's is shown.
@@ -447,6 +479,7 @@ check backend-ops           t_backend_ops
 check backend-ops-no-amx    t_backend_ops_noamx
 check backend-ops-modes     t_backend_ops_modes
 check backend-ops-attn-pipelined t_backend_ops_attn_pipelined
+check backend-ops-kv-buffer t_backend_ops_kv_buffer
 check planner               t_planner
 check plan-chart            t_plan_chart
 check splits-smollm2        t_splits_smollm2
@@ -462,6 +495,7 @@ check llama-cli             t_cli
 check llama-server          t_server
 check kv-slot-save-restore  t_kv_slot_save
 check kv-context-shift      t_kv_context_shift
+check kv-state-seq          t_kv_state_seq
 check fallback-declined-ops t_fallback_declined_ops
 check bad-settings          t_bad_settings
 if [ "$arm" = 1 ]; then
