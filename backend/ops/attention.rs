@@ -114,7 +114,8 @@ fn gqa_group(node: &Node) -> usize {
 }
 
 
-/// How a node runs (see the module comment).
+/// How a node runs (see the module comment). Built per node on the stack, never stored.
+#[allow(clippy::large_enum_variant)]
 enum Path {
     Rows,
     Streamed(streamed::Layout),
