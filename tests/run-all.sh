@@ -185,11 +185,12 @@ t_backend_ops_modes() {
 }
 
 # Prefill attention in pipelined pairs of threads (the matrix stages on one, softmax on the
-# other), forced: the cases with 16 or more queries (the streamed path) of f16 caches with
-# head sizes 40, 72 and 128 (the default run covers the parallel schedule); then the trace
-# of a prefill shows the schedule and the two groups' times.
+# other), forced: the cases with 16 or more queries of f16 caches whose head sizes the
+# streamed path takes (V heads of whole 16-channel blocks: K 64, 80, 96, 128, 192; the
+# default run covers the parallel schedule); then the trace of a prefill shows the
+# schedule and the two groups' times.
 t_backend_ops_attn_pipelined() {
-    backend_ops "FLASH_ATTN_EXT" 'hsk=(40|72|128),.*nb=(16|32|64|67|75|512),.*type_K=f16' "" SMEPILOT_ATTN=pipelined || return 1
+    backend_ops "FLASH_ATTN_EXT" 'hsk=(64|80|96|128|192),hsv=(64|80|96|128),.*nb=(16|32|64|67|75|512),.*type_K=f16' "" SMEPILOT_ATTN=pipelined || return 1
     SMEPILOT_TRACE=1 SMEPILOT_ATTN=pipelined "$bin/llama-bench" --backend smepilot -m "$model" -fa 1 -p 64 -n 0 -r 1 >"$work/trace-attn.out" 2>&1 || { tail -20 "$work/trace-attn.out"; return 1; }
     grep -m1 "trace: FLASH_ATTN_EXT.*attn=pipelined pair0: matrix=[0-9]*us softmax=[0-9]*us" "$work/trace-attn.out" || { grep -m3 "FLASH_ATTN_EXT" "$work/trace-attn.out"; echo "no pipelined attention in the trace"; return 1; }
 }
@@ -198,13 +199,18 @@ t_backend_ops_attn_pipelined() {
 # llama-patches/0007: the written tensor allocated in the buffer type SMEPilot offers for a
 # KV cache, two heads per row where the blocks allow), in the default setting, with the
 # matrix unit disabled and in each forced mode. Cases whose destination type the packed
-# cache does not take are skipped by the harness; the others must all pass, and both ops
-# must have passing cases.
+# cache does not take are skipped by the harness, and ones it cannot express are declined;
+# the others must all pass, and the cache-shaped SET_ROWS cases (two heads per row, so the
+# packed layout is not ggml's) must pass for every type the packed cache takes.
 t_backend_ops_kv_buffer() {
-    local setting
+    local setting ty
     for setting in SMEPILOT_MODE=auto SMEPILOT_DISABLE_AMX=1 SMEPILOT_MODE=vector SMEPILOT_MODE=matrix SMEPILOT_MODE=coop; do
         echo "== $setting"
         backend_ops "SET_ROWS CPY" '.' "" GGML_TEST_KV_BUFFER=1 $setting || return 1
+        for ty in f32 f16 bf16 q8_0 q4_0 q4_1; do
+            [ "$(grep -cE "^\s+SET_ROWS\(type_src=f32,type_dst=$ty,type_idx=i64,ne=\[(256,64|192,100),1,1\],.*: OK" "$work/backend-ops.out")" -eq 4 ] \
+                || { echo "the cache-shaped SET_ROWS cases into a packed $ty cache did not all pass"; return 1; }
+        done
     done
 }
 

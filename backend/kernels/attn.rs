@@ -221,7 +221,9 @@ pub(crate) fn avx512_kernels() -> Option<Kernels> {
         // SAFETY: lengths checked; features checked as above.
         unsafe { avx512::finish_scores(s, scale, slope, mask, n, out) }
     }
-    let ok = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("f16c");
+    // AVX2 and FMA for the kernels shared with the AVX2 tier (keys_block, decode's).
+    let ok = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("f16c")
+        && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
     // Decode's row kernels: every AVX-512 CPU runs the AVX2 ones (their loads are one key
     // row's channels, which 8 lanes cover as well as 16).
     let (group_scores, group_pv) = super::attn_rows::avx2()?;

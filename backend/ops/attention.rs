@@ -153,17 +153,28 @@ fn pipelined(nth: usize) -> bool {
 /// Tests pick the schedule per run instead of per process (SMEPILOT_ATTN is read once).
 pub mod test_schedule {
     use crate::config::AttnSchedule;
-    use std::sync::Mutex;
-    static SCHEDULE: Mutex<Option<AttnSchedule>> = Mutex::new(None);
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static SCHEDULE: AtomicU8 = AtomicU8::new(0);
 
     /// None: the configuration decides.
     #[cfg(test)]
     pub fn set(s: Option<AttnSchedule>) {
-        *SCHEDULE.lock().unwrap_or_else(|e| e.into_inner()) = s;
+        let v = match s {
+            None => 0,
+            Some(AttnSchedule::Auto) => 1,
+            Some(AttnSchedule::Parallel) => 2,
+            Some(AttnSchedule::Pipelined) => 3,
+        };
+        SCHEDULE.store(v, Ordering::SeqCst);
     }
 
     pub fn get() -> Option<AttnSchedule> {
-        *SCHEDULE.lock().unwrap_or_else(|e| e.into_inner())
+        match SCHEDULE.load(Ordering::Relaxed) {
+            1 => Some(AttnSchedule::Auto),
+            2 => Some(AttnSchedule::Parallel),
+            3 => Some(AttnSchedule::Pipelined),
+            _ => None,
+        }
     }
 }
 

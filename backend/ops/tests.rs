@@ -669,13 +669,21 @@ thread_local! {
 /// threads with the matrix stages on one and softmax on the other (and an odd thread on
 /// its own), give the same bits as one thread, for GQA groups of 1 to 4, partial query and
 /// key blocks, several tasks per head group, keys the mask hides from every query (whole
-/// tiles of them skipped), soft-capping, and K / V in either cache layout. The report says
-/// which schedule ran.
+/// tiles of them skipped, and query rows that see no key at all), soft-capping, and K / V
+/// in either cache layout. The report says which schedule ran.
 #[test]
 fn prefill_attention_schedules_give_the_same_bits() {
     use super::attention::test_schedule;
     use crate::config::AttnSchedule;
+    /// Back to the configuration's schedule however the test ends.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            test_schedule::set(None);
+        }
+    }
     let _lock = ATTN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _reset = Reset;
     each_tier("ops::prefill_attention_schedules_give_the_same_bits", || {
         let blocked = tier_set().attn.blocked;
         for &(dk, dv, n_q, n_kv, hq, hkv, hidden) in &[
@@ -684,6 +692,8 @@ fn prefill_attention_schedules_give_the_same_bits() {
             (32, 16, 130, 400, 6, 2, 70),
             (128, 128, 40, 130, 4, 1, 0),
             (64, 64, 100, 700, 8, 2, 130),
+            // Query rows 0 .. 21 see only keys the mask hides.
+            (64, 64, 37, 75, 4, 2, 60),
         ] {
             test_schedule::set(Some(AttnSchedule::Parallel));
             let alone = flash_attn_case_hiding(dk, dv, n_q, n_kv, hq, hkv, 0.0, None, 1, hidden, false);

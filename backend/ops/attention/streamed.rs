@@ -30,13 +30,14 @@ use std::time::Instant;
 const UNITS_BYTES: usize = 256 << 10;
 
 /// Counters of a pair's area: the task handed to the softmax thread, tasks handed so far,
-/// tiles scored so far, tiles through softmax so far, the softmax thread's busy µs.
+/// tiles scored so far (the matrix thread's line); tiles through softmax so far, the
+/// softmax thread's busy µs (the softmax thread's line, so the two do not write one line).
 const TASK: usize = 0;
 const TASKS_HANDED: usize = 1;
 const SCORED: usize = 2;
-const SOFTMAXED: usize = 3;
-const SOFTMAX_US: usize = 4;
-const COUNTERS: usize = 16;
+const SOFTMAXED: usize = 16;
+const SOFTMAX_US: usize = 17;
+const COUNTERS: usize = 32;
 /// The task id that tells the softmax thread the node is done.
 const DONE: u32 = u32::MAX;
 
@@ -83,8 +84,8 @@ impl Areas {
     }
 }
 
-/// The node's tasks and scratch: a thread area for each thread running the parallel
-/// schedule, then (pipelined) one area per pair.
+/// The node's tasks and scratch: (pipelined) one area per pair, then an area for each
+/// thread running the parallel schedule.
 pub struct Layout {
     g: usize,
     qpt: usize,
@@ -116,12 +117,17 @@ impl Layout {
         let pairs = if pipelined { nth / 2 } else { 0 };
         let solo = Areas::new(nu, dk, dv, 1, 0);
         let pair = Areas::new(nu, dk, dv, 2, COUNTERS * 4);
-        let bytes = round64(solo.bytes) * nth + (COUNTERS * 4 + pair.bytes) * pairs;
+        let bytes = (COUNTERS * 4 + pair.bytes) * pairs + round64(solo.bytes) * (nth - 2 * pairs);
         Layout { g, qpt, n_qb, n_qc, n_tiles: n_kv.div_ceil(KV_TILE), tasks: groups * n_qc, pairs, solo, pair, bytes }
     }
 
-    fn pair_base(&self, nth: usize, p: usize) -> usize {
-        round64(self.solo.bytes) * nth + (COUNTERS * 4 + self.pair.bytes) * p
+    fn pair_base(&self, p: usize) -> usize {
+        (COUNTERS * 4 + self.pair.bytes) * p
+    }
+
+    /// The area of thread `ith`, one of those that run the parallel schedule.
+    fn solo_base(&self, ith: usize) -> usize {
+        self.pair_base(self.pairs) + round64(self.solo.bytes) * (ith - 2 * self.pairs)
     }
 }
 
@@ -152,9 +158,10 @@ struct Region<'a> {
 }
 
 // Each accessor hands out a fresh slice of one array of the area. The stages hold slices of
-// different arrays (or different slots) at once, never two of the same bytes; in a pair,
-// the arrays a thread touches are its own (Q and output: the matrix thread's; running
-// state: the softmax thread's) or a slot handed over through the pair's counters.
+// different arrays (or different slots) at once, never two of the same bytes. In a pair,
+// Q and the outputs are the matrix thread's; the running state is the softmax thread's
+// during a task, and the matrix thread's in `finish` (after the last tile's hand-over)
+// until it hands the next task over; a slot belongs to whoever it was last handed to.
 impl Region<'_> {
     fn q(&self, u: usize) -> &mut [f32] {
         self.ctx.shared_mut(self.base + self.a.q + u * BLOCK * self.dk * 4, BLOCK * self.dk)
@@ -301,8 +308,10 @@ impl Job<'_> {
                 return (mat, soft);
             }
             let task = self.task(i);
+            let t0 = Instant::now();
             self.begin_matrix(r, &task);
             self.begin_softmax(r, &task);
+            mat += t0.elapsed().as_nanos() as u64;
             for t in 0..self.lay.n_tiles {
                 let t0 = Instant::now();
                 self.scores(r, &task, t, 0);
@@ -313,7 +322,9 @@ impl Job<'_> {
                 mat += (t1 - t0 + t2.elapsed()).as_nanos() as u64;
                 soft += (t2 - t1).as_nanos() as u64;
             }
+            let t0 = Instant::now();
             self.finish(r, &task);
+            mat += t0.elapsed().as_nanos() as u64;
         }
     }
 
@@ -387,8 +398,8 @@ impl Job<'_> {
 }
 
 /// What the node reports for the trace: the schedule in the top two bits (1 parallel, 2
-/// pipelined), then thread 0's (pair 0's) µs in the matrix stages and in softmax, 31 bits
-/// each.
+/// pipelined), then thread 0's (pair 0's) µs in the matrix stages (with a task's start and
+/// finish) and in softmax, 31 bits each.
 fn report(pipelined: bool, matrix_us: u64, softmax_us: u64) -> u64 {
     let cap = |x: u64| x.min((1 << 31) - 1);
     ((1 + pipelined as u64) << 62) | (cap(matrix_us) << 31) | cap(softmax_us)
@@ -398,9 +409,9 @@ fn report(pipelined: bool, matrix_us: u64, softmax_us: u64) -> u64 {
 pub fn run(node: &Node, ctx: &ThreadCtx, lay: &Layout, p: Params) {
     let (dk, dv) = (node.src(0).ne[0], node.src(2).ne[0]);
     let job = Job { node, ctx, lay, p };
-    let (ith, nth) = (ctx.ith, ctx.nth);
+    let ith = ctx.ith;
     if lay.pairs == 0 {
-        let r = Region { ctx, base: ith * round64(lay.solo.bytes), a: lay.solo, dk, dv };
+        let r = Region { ctx, base: lay.solo_base(ith), a: lay.solo, dk, dv };
         let (mat, soft) = job.run_parallel(&r);
         if ith == 0 {
             ctx.report(report(false, mat / 1000, soft / 1000));
@@ -408,18 +419,18 @@ pub fn run(node: &Node, ctx: &ThreadCtx, lay: &Layout, p: Params) {
         return;
     }
     let pair = ith / 2;
-    let counters = |p: usize| ctx.shared_counters(lay.pair_base(nth, p), COUNTERS);
+    let counters = |p: usize| ctx.shared_counters(lay.pair_base(p), COUNTERS);
     if pair < lay.pairs && ith % 2 == 0 {
         counters(pair).iter().for_each(|c| c.store(0, Ordering::Relaxed));
     }
     // Every pair's counters are zero before either thread of it starts.
     ctx.barrier();
     if pair >= lay.pairs {
-        let r = Region { ctx, base: ith * round64(lay.solo.bytes), a: lay.solo, dk, dv };
+        let r = Region { ctx, base: lay.solo_base(ith), a: lay.solo, dk, dv };
         job.run_parallel(&r);
         return;
     }
-    let r = Region { ctx, base: lay.pair_base(nth, pair), a: lay.pair, dk, dv };
+    let r = Region { ctx, base: lay.pair_base(pair), a: lay.pair, dk, dv };
     let c = counters(pair);
     if ith % 2 == 0 {
         let busy = job.run_matrix(&r, c);
