@@ -207,14 +207,7 @@ pub fn scratch_bytes(node: &Node, nth: usize, ks: &KernelSet) -> usize {
 
 /// What the node reported of its run, for the trace: the streamed path's schedule and its
 /// first thread's time in the matrix stages and in softmax.
-pub fn trace_note(report: u64) -> String {
-    let (matrix_us, softmax_us) = ((report >> 31) & 0x7FFF_FFFF, report & 0x7FFF_FFFF);
-    match report >> 62 {
-        1 => format!(" attn=parallel thread0: matrix={matrix_us}us softmax={softmax_us}us"),
-        2 => format!(" attn=pipelined pair0: matrix={matrix_us}us softmax={softmax_us}us"),
-        _ => String::new(),
-    }
-}
+pub use streamed::trace_note;
 
 /// Keys per chunk of the per-row path: the unit of work threads share at depth and of the
 /// merge of softmax states. Fixed, so that results depend neither on the thread count nor
@@ -241,6 +234,7 @@ struct RowsLayout {
     per_thread: usize,
 }
 
+/// Bytes rounded up to a cache line (scratch areas start on one).
 fn round64(bytes: usize) -> usize {
     (bytes + 63) & !63
 }

@@ -19,7 +19,7 @@
 //!   counters; an odd thread left runs the parallel schedule. Same stages, same bits.
 
 use super::block::{self, Params, QBlock, BLOCKS_PER_TILE, KV_TILE};
-use super::Node;
+use super::{round64, Node};
 use crate::kernels::attn::BLOCK;
 use crate::threadpool::ThreadCtx;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -41,13 +41,10 @@ const COUNTERS: usize = 32;
 /// The task id that tells the softmax thread the node is done.
 const DONE: u32 = u32::MAX;
 
-fn round64(bytes: usize) -> usize {
-    (bytes + 63) & !63
-}
-
 /// Byte offsets of one area's arrays: per unit Q (16 x dk), output (16 x dv), running
 /// maximum and sum (16 each); per slot the units' scores (16 x 64) and
 /// rescale factors (16), their live flags, and the tile's K (transposed) and V in f32.
+/// Each array takes whole cache lines, so `bytes` is a multiple of 64.
 #[derive(Clone, Copy)]
 struct Areas {
     q: usize,
@@ -117,7 +114,7 @@ impl Layout {
         let pairs = if pipelined { nth / 2 } else { 0 };
         let solo = Areas::new(nu, dk, dv, 1, 0);
         let pair = Areas::new(nu, dk, dv, 2, COUNTERS * 4);
-        let bytes = (COUNTERS * 4 + pair.bytes) * pairs + round64(solo.bytes) * (nth - 2 * pairs);
+        let bytes = (COUNTERS * 4 + pair.bytes) * pairs + solo.bytes * (nth - 2 * pairs);
         Layout { g, qpt, n_qb, n_qc, n_tiles: n_kv.div_ceil(KV_TILE), tasks: groups * n_qc, pairs, solo, pair, bytes }
     }
 
@@ -127,7 +124,7 @@ impl Layout {
 
     /// The area of thread `ith`, one of those that run the parallel schedule.
     fn solo_base(&self, ith: usize) -> usize {
-        self.pair_base(self.pairs) + round64(self.solo.bytes) * (ith - 2 * self.pairs)
+        self.pair_base(self.pairs) + self.solo.bytes * (ith - 2 * self.pairs)
     }
 }
 
@@ -405,6 +402,17 @@ fn report(pipelined: bool, matrix_us: u64, softmax_us: u64) -> u64 {
     ((1 + pipelined as u64) << 62) | (cap(matrix_us) << 31) | cap(softmax_us)
 }
 
+/// The trace's reading of [`report`]: the schedule and the two figures (nothing for a
+/// node that took another path).
+pub fn trace_note(report: u64) -> String {
+    let (matrix_us, softmax_us) = ((report >> 31) & 0x7FFF_FFFF, report & 0x7FFF_FFFF);
+    match report >> 62 {
+        1 => format!(" attn=parallel thread0: matrix={matrix_us}us softmax={softmax_us}us"),
+        2 => format!(" attn=pipelined pair0: matrix={matrix_us}us softmax={softmax_us}us"),
+        _ => String::new(),
+    }
+}
+
 /// Runs the node (see the module comment).
 pub fn run(node: &Node, ctx: &ThreadCtx, lay: &Layout, p: Params) {
     let (dk, dv) = (node.src(0).ne[0], node.src(2).ne[0]);
@@ -418,9 +426,10 @@ pub fn run(node: &Node, ctx: &ThreadCtx, lay: &Layout, p: Params) {
         }
         return;
     }
-    let pair = ith / 2;
+    // Thread 2p runs pair p's matrix stages, thread 2p + 1 its softmax.
+    let (pair, matrix_side) = (ith / 2, ith.is_multiple_of(2));
     let counters = |p: usize| ctx.shared_counters(lay.pair_base(p), COUNTERS);
-    if pair < lay.pairs && ith % 2 == 0 {
+    if pair < lay.pairs && matrix_side {
         counters(pair).iter().for_each(|c| c.store(0, Ordering::Relaxed));
     }
     // Every pair's counters are zero before either thread of it starts.
@@ -432,7 +441,7 @@ pub fn run(node: &Node, ctx: &ThreadCtx, lay: &Layout, p: Params) {
     }
     let r = Region { ctx, base: lay.pair_base(pair), a: lay.pair, dk, dv };
     let c = counters(pair);
-    if ith % 2 == 0 {
+    if matrix_side {
         let busy = job.run_matrix(&r, c);
         if ith == 0 {
             // The partner stored its time before its last tile's release, which this

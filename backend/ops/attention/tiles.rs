@@ -47,7 +47,7 @@ pub fn layout(node: &Node, ks: &KernelSet) -> Option<Layout> {
     // Q block, one tile's scores / weights of 16 rows, output block, Q's and P's pairs.
     let per_thread = (BLOCK * dk + BLOCK * dv) * 4 + (dk / STEP + KV_TILE / STEP) * PAIR;
     let kv = k_head * k.ne[2] * k.ne[3] + v_head * v.ne[2] * v.ne[3];
-    (kv <= KV_MAX_BYTES).then_some(Layout { n_kb, k_head, v_head, kv, per_thread: (per_thread + 63) & !63 })
+    (kv <= KV_MAX_BYTES).then_some(Layout { n_kb, k_head, v_head, kv, per_thread: super::round64(per_thread) })
 }
 
 /// Tests pick the form per run instead of per process (SMEPILOT_AMX_ATTN is read once).
