@@ -375,6 +375,27 @@ t_kv_state_seq() {
     grep -q "copying KV buffer: stream 0 to stream 1" "$work/state-seq.err" || { echo "no copy between streams"; return 1; }
 }
 
+# Batch invariance at temperature 0 (tests/batch_invariance.cpp): each probe prompt's
+# logits, alone and then in the same batches as three other sequences (llama-server's
+# continuous batching, a stream per sequence, pieces of 1 to 100 tokens, another ubatch
+# size), must be bit-identical with SMEPilot for the types whose every engine mode gives
+# the same bits. Stock's agreement is printed beside it.
+t_batch_invariance() {
+    local tree; tree=$("$repo/bench-scripts/setup-llama.sh") || return 1
+    clang++-19 -std=c++17 -O1 -Wall -I"$tree/src/include" -I"$tree/src/ggml/include" "$repo/tests/batch_invariance.cpp" \
+        -L"$tree/build/bin" -lllama -lggml-base -lggml -Wl,-rpath,"$tree/build/bin" -o "$work/batch_invariance" || return 1
+    local ty m ok=0
+    for ty in Q4_0 Q4_1 Q8_0; do
+        if [ "$ty" = Q4_1 ]; then m=$model; else m=$(requant "$ty") || return 1; fi
+        echo "$ty, SMEPilot:"
+        "$work/batch_invariance" "$plugin" "$m" /usr/share/common-licenses/GPL-3 2>"$work/bi-$ty.err" || { ok=1; tail -3 "$work/bi-$ty.err"; }
+        grep -q "SMEPILOT_KV[0-9]* KV buffer" "$work/bi-$ty.err" || { echo "the cache was not in SMEPilot's buffer"; ok=1; }
+        echo "$ty, stock (for comparison):"
+        "$work/batch_invariance" - "$m" /usr/share/common-licenses/GPL-3 2>/dev/null
+    done
+    return $ok
+}
+
 # Generating past a 256-cell context shifts the cache (an in-place ROPE on the packed K):
 # the text must equal the one with the cache in ggml's layout (SMEPILOT_KV=standard), which
 # the packed layout changes no arithmetic of; how far it agrees with stock's is shown.
@@ -502,6 +523,7 @@ check llama-server          t_server
 check kv-slot-save-restore  t_kv_slot_save
 check kv-context-shift      t_kv_context_shift
 check kv-state-seq          t_kv_state_seq
+check batch-invariance      t_batch_invariance
 check fallback-declined-ops t_fallback_declined_ops
 check bad-settings          t_bad_settings
 if [ "$arm" = 1 ]; then

@@ -1,12 +1,12 @@
 //! Blocked attention kernels: 16 queries against 16 keys at a time, in f32, on K stored
 //! transposed per 16-key block (`kt[(kb * dk + d) * 16 + j]` = key 16 kb + j, channel d) and V
-//! in f32 rows. Each has a scalar reference here; the AVX-512 tier keeps one key block (or
-//! one 16-wide V column chunk) in registers for all 16 queries, the AVX2 and NEON tiers
-//! a few query rows of it at a time.
+//! in f32 rows. Each has a scalar reference here; the SIMD tiers keep a few query rows of a
+//! key block (or of a V column chunk) in registers at a time.
 //!
-//! Every result is computed in ggml-cpu's order (its tiled flash attention: each dot product
-//! one fused multiply-add chain over the channels, each output one chain over the keys), so
-//! the two tiers and ggml-cpu agree bit for bit.
+//! The scores follow the per-row kernels' lane order (`attn_rows`: eight lane chains over
+//! the channels, reduced in a fixed tree), so a query row scores the same on the blocked
+//! and the per-row path; P V is one fused multiply-add chain per output over the keys, as
+//! there. Every tier gives the scalar references' bits.
 
 use super::attn_rows::{GroupPvFn, GroupScoresFn};
 
@@ -14,16 +14,38 @@ use super::attn_rows::{GroupPvFn, GroupScoresFn};
 pub const BLOCK: usize = 16;
 
 /// Scores of a 16-query block against one 16-key block: `s[i][j] = dot(q row i, key j)`,
-/// q rows `dk` floats apart. Scalar reference.
+/// q rows `dk` floats apart, in the per-row kernels' order (`attn_rows`), so that a query
+/// row's scores do not depend on the path: eight lane sums (lane l: channels l, l + 8, ...
+/// below the last whole eight, one fused multiply-add chain each), reduced as
+/// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))`, then the last `dk % 8` channels
+/// fused in one by one. Scalar reference.
 pub fn scores_block_scalar(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
     check_scores(q, dk, kt);
+    let whole = dk - dk % LANES;
     for (i, row) in s.iter_mut().enumerate() {
         for (j, out) in row.iter_mut().enumerate() {
-            *out = (0..dk).fold(0.0, |acc: f32, d| {
-                q[i * dk + d].mul_add(kt[d * BLOCK + j], acc)
-            });
+            let lane = |l: usize| (l..whole).step_by(LANES).fold(0.0, |acc: f32, d| q[i * dk + d].mul_add(kt[d * BLOCK + j], acc));
+            let t: [f32; 4] = std::array::from_fn(|l| lane(l) + lane(l + 4));
+            let x = (t[0] + t[1]) + (t[2] + t[3]);
+            *out = (whole..dk).fold(x, |acc, d| q[i * dk + d].mul_add(kt[d * BLOCK + j], acc));
         }
     }
+}
+
+/// Lanes of the per-row kernels' dot products.
+const LANES: usize = 8;
+
+/// The lane reduction of [`scores_block_scalar`] on whole blocks of partial sums: `p[l]`
+/// holds lane l's sums of 4 query rows x 16 keys. The SIMD tiers run their lane passes and
+/// add them here (adds of the same operands in the same order: the same bits).
+#[allow(dead_code)] // the SIMD tiers' (not the portable build's)
+fn reduce_lanes(p: &[[[f32; BLOCK]; 4]; LANES]) -> [[f32; BLOCK]; 4] {
+    std::array::from_fn(|i| {
+        std::array::from_fn(|j| {
+            let t: [f32; 4] = std::array::from_fn(|l| p[l][i][j] + p[l + 4][i][j]);
+            (t[0] + t[1]) + (t[2] + t[3])
+        })
+    })
 }
 
 /// `o[i][c] += sum over keys of p[i * p_stride + key] * v[key * dv + c]`, for 16 query rows
@@ -203,10 +225,13 @@ fn avx2_keys_block(rows: &[u8], stride: usize, n: usize, dk: usize, kt: &mut [f3
 /// The AVX-512 tier, when this CPU runs it.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn avx512_kernels() -> Option<Kernels> {
+    // The scores in the per-row kernels' lane order: the AVX2 kernel (8 lanes), which every
+    // AVX-512 CPU runs.
     fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
         check_scores(q, dk, kt);
-        // SAFETY: lengths checked; reachable only through avx512_kernels() (features checked).
-        unsafe { avx512::scores_block(q, dk, kt, s) }
+        // SAFETY: lengths checked; reachable only through avx512_kernels(), which checked
+        // AVX2 and FMA.
+        unsafe { avx2::scores_block(q, dk, kt, s) }
     }
     fn pv_block(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]) {
         check_pv(p, p_stride, n_keys, v, dv, o);
@@ -234,31 +259,6 @@ pub(crate) fn avx512_kernels() -> Option<Kernels> {
 mod avx512 {
     use super::BLOCK;
     use std::arch::x86_64::*;
-
-    /// Callers checked: q holds 16 rows of dk, kt dk * 16 floats.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
-        let (qp, kp) = (q.as_ptr(), kt.as_ptr());
-        // SAFETY: the only callers are the wrappers in `avx512_kernels()`, handed out once it
-        // checked this fn's features (AVX-512F); they checked q holds 16 rows of dk floats and
-        // kt dk * 16, so every load stays within q and kt and every store within the 16 x 16
-        // `s`.
-        unsafe {
-            for half in 0..2 {
-                let q0 = qp.add(half * 8 * dk);
-                let mut acc = [_mm512_setzero_ps(); 8];
-                for d in 0..dk {
-                    let k = _mm512_loadu_ps(kp.add(d * BLOCK));
-                    for (i, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*q0.add(i * dk + d)), k, *a);
-                    }
-                }
-                for (i, a) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(s[half * 8 + i].as_mut_ptr(), *a);
-                }
-            }
-        }
-    }
 
     /// Callers checked the lengths; dv is a multiple of 16.
     #[target_feature(enable = "avx512f")]
@@ -323,7 +323,7 @@ mod avx512 {
 /// fused multiply-add chain, so the tiers agree bit for bit.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::BLOCK;
+    use super::{reduce_lanes, BLOCK, LANES};
     use std::arch::x86_64::*;
 
     /// Key row j's 8 channels from d0 in f32, or zeros past the n keys.
@@ -383,19 +383,38 @@ mod avx2 {
     }
 
     /// Callers checked: q holds 16 rows of dk, kt dk * 16 floats. Four query rows at a time
-    /// (eight accumulators: 4 rows x 2 key halves).
+    /// (eight accumulators: 4 rows x 2 key halves), one pass per lane over its channels,
+    /// the lanes reduced by `reduce_lanes`, then the tail channels.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
         let (qp, kp) = (q.as_ptr(), kt.as_ptr());
-        // SAFETY: the only callers are the wrappers in `avx2_kernels()`, handed out once it
-        // checked this fn's features (AVX2, FMA); they checked q holds 16 rows of dk floats and
-        // kt dk * 16, so every load stays within q and kt and every store within the 16 x 16
-        // `s`.
+        let whole = dk - dk % LANES;
+        let mut p = [[[0f32; BLOCK]; 4]; LANES];
+        // SAFETY: the only callers are the wrappers of `avx2_kernels()` and
+        // `avx512_kernels()`, handed out once they checked AVX2 and FMA; they checked q holds
+        // 16 rows of dk floats and kt dk * 16, so every load (channel d < dk of a row, key
+        // row d < dk) stays within q and kt, and every store within `p` or the 16 x 16 `s`.
         unsafe {
             for quad in 0..BLOCK / 4 {
                 let q0 = qp.add(quad * 4 * dk);
-                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-                for d in 0..dk {
+                for (l, pl) in p.iter_mut().enumerate() {
+                    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                    for d in (l..whole).step_by(LANES) {
+                        let (k0, k1) = (_mm256_loadu_ps(kp.add(d * BLOCK)), _mm256_loadu_ps(kp.add(d * BLOCK + 8)));
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            let qv = _mm256_set1_ps(*q0.add(i * dk + d));
+                            a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
+                            a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
+                        }
+                    }
+                    for (i, a) in acc.iter().enumerate() {
+                        _mm256_storeu_ps(pl[i].as_mut_ptr(), a[0]);
+                        _mm256_storeu_ps(pl[i].as_mut_ptr().add(8), a[1]);
+                    }
+                }
+                let r = reduce_lanes(&p);
+                let mut acc: [[__m256; 2]; 4] = std::array::from_fn(|i| [_mm256_loadu_ps(r[i].as_ptr()), _mm256_loadu_ps(r[i].as_ptr().add(8))]);
+                for d in whole..dk {
                     let (k0, k1) = (_mm256_loadu_ps(kp.add(d * BLOCK)), _mm256_loadu_ps(kp.add(d * BLOCK + 8)));
                     for (i, a) in acc.iter_mut().enumerate() {
                         let qv = _mm256_set1_ps(*q0.add(i * dk + d));
@@ -473,7 +492,7 @@ mod avx2 {
 /// for bit.
 #[cfg(target_arch = "aarch64")]
 mod neon {
-    use super::BLOCK;
+    use super::{reduce_lanes, BLOCK, LANES};
     use std::arch::aarch64::*;
 
     /// `acc[i][m] += x[i][L] * k[m]`: one channel (or key) of four query rows against four
@@ -489,30 +508,43 @@ mod neon {
     }
 
     /// Callers checked: q holds 16 rows of dk, kt dk * 16 floats. Four query rows at a time
-    /// (16 accumulators: 4 rows x 4 key quarters), four channels per q load.
+    /// (16 accumulators: 4 rows x 4 key quarters), one pass per lane over its channels, the
+    /// lanes reduced by `reduce_lanes`, then the tail channels.
     pub unsafe fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
         let (qp, kp) = (q.as_ptr(), kt.as_ptr());
+        let whole = dk - dk % LANES;
+        let mut p = [[[0f32; BLOCK]; 4]; LANES];
         // SAFETY: NEON is baseline on aarch64; callers checked q holds 16 rows of dk floats
-        // and kt dk * 16, so the q loads (4 channels from d, d + 4 <= dk) and the key loads
-        // (row d < dk) stay within q and kt, and every store within the 16 x 16 `s`.
+        // and kt dk * 16, so the q loads (channel d < dk) and the key loads (row d < dk) stay
+        // within q and kt, and every store within `p` or the 16 x 16 `s`.
         unsafe {
             let keys = |d: usize| -> [float32x4_t; 4] { std::array::from_fn(|m| vld1q_f32(kp.add(d * BLOCK + 4 * m))) };
+            let step = |acc: &mut [[float32x4_t; 4]; 4], q0: *const f32, d: usize| {
+                let k = keys(d);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let x = vdupq_n_f32(*q0.add(i * dk + d));
+                    for (am, km) in a.iter_mut().zip(&k) {
+                        *am = vfmaq_f32(*am, x, *km);
+                    }
+                }
+            };
             for quad in 0..BLOCK / 4 {
                 let q0 = qp.add(quad * 4 * dk);
-                let mut acc = [[vdupq_n_f32(0.0); 4]; 4];
-                let mut d = 0;
-                while d + 4 <= dk {
-                    let x: [float32x4_t; 4] = std::array::from_fn(|i| vld1q_f32(q0.add(i * dk + d)));
-                    fma_lane::<0, 4>(&mut acc, &x, &keys(d));
-                    fma_lane::<1, 4>(&mut acc, &x, &keys(d + 1));
-                    fma_lane::<2, 4>(&mut acc, &x, &keys(d + 2));
-                    fma_lane::<3, 4>(&mut acc, &x, &keys(d + 3));
-                    d += 4;
+                for (l, pl) in p.iter_mut().enumerate() {
+                    let mut acc = [[vdupq_n_f32(0.0); 4]; 4];
+                    for d in (l..whole).step_by(LANES) {
+                        step(&mut acc, q0, d);
+                    }
+                    for (i, a) in acc.iter().enumerate() {
+                        for (m, am) in a.iter().enumerate() {
+                            vst1q_f32(pl[i].as_mut_ptr().add(4 * m), *am);
+                        }
+                    }
                 }
-                while d < dk {
-                    let x: [float32x4_t; 4] = std::array::from_fn(|i| vdupq_n_f32(*q0.add(i * dk + d)));
-                    fma_lane::<0, 4>(&mut acc, &x, &keys(d));
-                    d += 1;
+                let r = reduce_lanes(&p);
+                let mut acc: [[float32x4_t; 4]; 4] = std::array::from_fn(|i| std::array::from_fn(|m| vld1q_f32(r[i].as_ptr().add(4 * m))));
+                for d in whole..dk {
+                    step(&mut acc, q0, d);
                 }
                 for (i, a) in acc.iter().enumerate() {
                     for (m, am) in a.iter().enumerate() {

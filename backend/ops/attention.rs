@@ -5,20 +5,26 @@
 //! K's dot type (q8_0 for q4_0 and q8_0 keys) and each score K's dot with it, value rows
 //! converted to f32.
 //!
+//! A query row's result is the same, bit for bit, whichever of the vector paths runs it,
+//! whatever the other queries of the node, the thread count or the keys past its own the
+//! view reaches (batch invariance): both compute it in one arithmetic (`state`): Q rounded
+//! through f16, scores in the per-row kernels' lane order, per 64-key tile its maximum,
+//! weights and sum, the tiles' states folded in order.
+//!
 //! Three paths:
-//! * streamed (prefill: 16 or more queries, on the fast kernel tier; `streamed`): tasks of
+//! * streamed (prefill: 16 or more queries, on the fast kernel tiers; `streamed`): tasks of
 //!   16-query blocks of the query heads that share a K/V head walk the keys in 64-key
-//!   tiles, each tile converted once for the whole task, in ggml-cpu's exact operation
-//!   order (bit-identical to the CPU backend); run data-parallel or in pipelined pairs of
-//!   threads (matrix stages on one, softmax on the other), per `SMEPILOT_ATTN`;
+//!   tiles, each tile converted once for the whole task; run data-parallel or in pipelined
+//!   pairs of threads (matrix stages on one, softmax on the other), per `SMEPILOT_ATTN`;
 //! * tiles (prefill where the process drives AMX and `SMEPILOT_AMX_ATTN=1`; `tiles`): the
-//!   products on the AMX tiles from split bf16 copies of K and V;
-//! * per query row (decode, and the portable reference): Q rounded to f16 as ggml-cpu does;
-//!   the query heads of a GQA group read each K and V row once together
-//!   (`kernels::attn_rows`); keys in fixed chunks whose softmax states merge in order, the
-//!   chunks split across threads in decode.
+//!   products on the AMX tiles from split bf16 copies of K and V, in ggml's tiled online
+//!   softmax (`block`): not batch-invariant;
+//! * per query row (decode, few queries, and the portable tier): the query heads of a GQA
+//!   group read each K and V row once together (`kernels::attn_rows`); keys in chunks of
+//!   four tiles, split across threads in decode.
 
 mod block;
+mod state;
 mod streamed;
 #[cfg(target_arch = "x86_64")]
 mod tiles;
@@ -32,7 +38,7 @@ use crate::threadpool::ThreadCtx;
 use crate::kernels::attn::BLOCK;
 use crate::kernels::attn_rows::Prefetch;
 use crate::kernels::KernelSet;
-use block::{row_max, Params, F16_NEG_INF};
+use block::{Params, F16_NEG_INF};
 
 pub fn supports(node: &Node) -> Result<(), Unsupported> {
     let q = node.src[0].as_ref().ok_or("missing q")?;
@@ -209,17 +215,18 @@ pub fn scratch_bytes(node: &Node, nth: usize, ks: &KernelSet) -> usize {
 /// first thread's time in the matrix stages and in softmax.
 pub use streamed::trace_note;
 
-/// Keys per chunk of the per-row path: the unit of work threads share at depth and of the
-/// merge of softmax states. Fixed, so that results depend neither on the thread count nor
-/// on how many queries the batch holds.
-const CHUNK: usize = 256;
+/// Keys per chunk of the per-row path, the unit of work threads share at depth: a few
+/// tiles of the softmax state (`state`).
+const CHUNK: usize = 4 * state::TILE;
+const TILES: usize = CHUNK / state::TILE;
 
 /// The per-row path's work and scratch: `rows` row-groups (a query row's heads that share a
-/// K/V head) of `g` heads, `n_c` chunks each. With few row-groups against the threads
-/// (decode) the chunks are split across the threads (`split`): each writes its chunk's
-/// state to `partials` (`unit` bytes per chunk), merged after a barrier; otherwise a
-/// thread runs a row-group's chunks in turn. Both merge the same states in the same order,
-/// so the bits are the same.
+/// K/V head) of `g` heads, `n_c` chunks each. A chunk gives its tiles' states (per tile
+/// the heads' maxima, sums and weighted values: `g (2 + dv)` floats). With few row-groups
+/// against the threads (decode) the chunks are split across the threads (`split`): each
+/// writes its chunk's states to `partials` (`unit` bytes per chunk), folded after a
+/// barrier; otherwise a thread runs a row-group's chunks in turn. Both fold the same
+/// states in the same order, so the bits are the same.
 struct RowsLayout {
     g: usize,
     rows: usize,
@@ -227,10 +234,10 @@ struct RowsLayout {
     split: bool,
     unit: usize,
     partials: usize,
-    /// Byte offsets in a thread's area of Q in f32, the scores, the chunk's output, the
-    /// merged output, Q in f16, the mask row, Q in K's dot type and a chunk's value rows in
-    /// f32 (caches of other types than f16); then the area's size.
-    at: [usize; 8],
+    /// Byte offsets in a thread's area of Q in f32, the scores, the chunk's states, the
+    /// folded output, Q in f16, Q in K's dot type and a chunk's value rows in f32 (caches
+    /// of other types than f16); then the area's size.
+    at: [usize; 7],
     per_thread: usize,
 }
 
@@ -247,14 +254,14 @@ fn rows_layout(node: &Node, nth: usize) -> RowsLayout {
     let n_c = n_kv.div_ceil(CHUNK).max(1);
     let split = n_c > 1 && rows < 4 * nth;
     // A chunk's state: per head its maximum and sum, then its g x dv output.
-    let unit = round64(g * (2 + dv) * 4);
+    let unit = round64(TILES * g * (2 + dv) * 4);
     let partials = if split { rows * n_c * unit } else { 0 };
-    // Q in f32 (rounded through f16), the chunk's scores, its output, the merged output,
-    // Q in f16, a chunk's mask row in f32, Q in K's dot type, the chunk's V in f32.
+    // Q in f32 (rounded through f16), the chunk's scores, its states, the folded output,
+    // Q in f16, Q in K's dot type, the chunk's V in f32.
     let q_dot = if k.ty == DType::F16 { 0 } else { g * dot_type(k.ty).row_bytes(dk) };
     let v32 = if v.ty == DType::F16 { 0 } else { CHUNK * dv * 4 };
-    let sizes = [g * dk * 4, g * CHUNK * 4, g * dv * 4, g * dv * 4, g * dk * 2, CHUNK * 4, q_dot, v32];
-    let mut at = [0; 8];
+    let sizes = [g * dk * 4, g * CHUNK * 4, unit, g * dv * 4, g * dk * 2, q_dot, v32];
+    let mut at = [0; 7];
     let mut per_thread = 0;
     for (a, bytes) in at.iter_mut().zip(sizes) {
         *a = per_thread;
@@ -280,10 +287,7 @@ struct RowsJob<'a> {
     node: &'a Node,
     ctx: &'a ThreadCtx<'a>,
     g: usize,
-    scale: f32,
-    max_bias: f32,
-    softcap: f32,
-    sinks: Option<&'a [f32]>,
+    p: Params<'a>,
 }
 
 /// A row-group's query row, K/V head and heads.
@@ -338,22 +342,25 @@ impl RowsJob<'_> {
         }
     }
 
-    /// Chunk c of the group: scores, masked; per head its maximum `m` and the sum `l` of
-    /// exp(score - m); `oc` = the weights times V. A chunk the mask hides from every head
-    /// gives m = -inf and leaves `oc` as it was.
-    #[allow(clippy::too_many_arguments)]
-    fn chunk(&self, rg: RowGroup, c: usize, qf: &[f32], s: &mut [f32], mf: &mut [f32], oc: &mut [f32], m: &mut [f32], l: &mut [f32], st: &mut Staging) {
+    /// Chunk c of the group: its tiles' states into `out` (per tile the heads' maxima, then
+    /// sums, then weighted values; see `state`). A tile the mask hides from every head, or
+    /// past the view, gets maxima of -inf and nothing else.
+    fn chunk(&self, rg: RowGroup, c: usize, qf: &[f32], s: &mut [f32], out: &mut [f32], st: &mut Staging) {
         let (q, k, v) = (self.node.src(0), self.node.src(1), self.node.src(2));
         let mask = self.node.src[3].as_ref();
         let (dk, dv, n_kv, n_head) = (q.ne[0], v.ne[0], k.ne[1], q.ne[2]);
         let (c0, c1) = (c * CHUNK, ((c + 1) * CHUNK).min(n_kv));
         let n = c1 - c0;
         let g = self.g;
+        let ts = g * (2 + dv);
+        let hidden = |tt: usize, out: &mut [f32]| {
+            out[tt * ts..tt * ts + g].fill(f32::NEG_INFINITY);
+            out[tt * ts + g..tt * ts + 2 * g].fill(0.0);
+        };
         // Mask rows hold at least n_kv f16 (supports).
         let mrow = |h: usize| mask.map(|mt| &mt.row::<u16>(rg.iq1, (rg.h0 + h) % mt.ne[2], rg.iq3 % mt.ne[3])[c0..c1]);
         if mask.is_some() && (0..g).all(|h| mrow(h).unwrap().iter().all(|&x| x == F16_NEG_INF)) {
-            m[..g].fill(f32::NEG_INFINITY);
-            l[..g].fill(0.0);
+            (0..TILES).for_each(|tt| hidden(tt, out));
             return;
         }
         let attn = &self.ctx.kernels.attn;
@@ -380,93 +387,62 @@ impl RowsJob<'_> {
                 }
             }
         }
-        let to_f32 = self.ctx.kernels.kernels(DType::F16).expect("f16 kernels").to_f32;
-        // The mask row `mf` holds (heads share one unless the mask has rows per head).
-        let mut mf_row = usize::MAX;
-        for h in 0..g {
-            let row = &mut s[h * CHUNK..h * CHUNK + n];
-            let slope = alibi_slope(self.max_bias, n_head, rg.h0 + h);
-            if self.softcap != 0.0 {
-                row.iter_mut().for_each(|x| *x = self.softcap * (*x * self.scale).tanh());
-            } else {
-                row.iter_mut().for_each(|x| *x *= self.scale);
-            }
-            if let Some(mt) = mask {
-                let mr = (rg.h0 + h) % mt.ne[2];
-                if mf_row != mr {
-                    to_f32(&mt.row::<u8>(rg.iq1, mr, rg.iq3 % mt.ne[3])[2 * c0..2 * c1], &mut mf[..n]);
-                    mf_row = mr;
-                }
-                for (x, &mv) in row.iter_mut().zip(&mf[..n]) {
-                    let mv = slope * mv;
-                    *x = if mv == f32::NEG_INFINITY { f32::NEG_INFINITY } else { *x + mv };
-                }
-            }
-            let mx = row_max(row);
-            m[h] = mx;
-            if mx == f32::NEG_INFINITY {
-                row.fill(0.0); // nothing of this chunk reaches the head
-                l[h] = 0.0;
-            } else {
-                l[h] = (self.ctx.kernels.vmath.soft_max)(row, mx) as f32;
-            }
-        }
-        oc[..g * dv].fill(0.0);
-        if v.ty == DType::F16 {
-            // V rows hold dv f16 (supports), nb[1] apart.
-            let vrows = v.bytes_at::<u8>(v.row_offset(c0, rg.iv.0, rg.iv.1), (n - 1) * v.nb[1] + 2 * dv);
-            (attn.group_pv)(s, CHUNK, g, vrows, v.nb[1], n, dv, oc);
-            return;
-        }
-        // Other value types in f32, as ggml-cpu converts them; each output a chain over the
-        // keys in order.
-        let to_f32 = ks.kernels(v.ty).expect("a V type (supports)").to_f32;
-        let vb = v.ty.row_bytes(dv);
-        for i in 0..n {
-            // V rows hold dv elements of whole blocks (supports).
-            to_f32(&v.row::<u8>(c0 + i, rg.iv.0, rg.iv.1)[..vb], &mut st.v32[i * dv..(i + 1) * dv]);
-        }
-        for h in 0..g {
-            let o = &mut oc[h * dv..(h + 1) * dv];
+        if v.ty != DType::F16 {
+            // Other value types in f32, as ggml-cpu converts them.
+            let to_f32 = ks.kernels(v.ty).expect("a V type (supports)").to_f32;
+            let vb = v.ty.row_bytes(dv);
             for i in 0..n {
-                let p = s[h * CHUNK + i];
-                if p != 0.0 {
-                    o.iter_mut().zip(&st.v32[i * dv..(i + 1) * dv]).for_each(|(o, &x)| *o += p * x);
+                // V rows hold dv elements of whole blocks (supports).
+                to_f32(&v.row::<u8>(c0 + i, rg.iv.0, rg.iv.1)[..vb], &mut st.v32[i * dv..(i + 1) * dv]);
+            }
+        }
+        for tt in 0..TILES {
+            let t0 = tt * state::TILE;
+            if t0 >= n {
+                hidden(tt, out);
+                continue;
+            }
+            let nt = (n - t0).min(state::TILE);
+            let (mo, rest) = out[tt * ts..(tt + 1) * ts].split_at_mut(g);
+            let (lo, oc) = rest.split_at_mut(g);
+            for h in 0..g {
+                let row = &mut s[h * CHUNK + t0..h * CHUNK + t0 + state::TILE];
+                let slope = alibi_slope(self.p.max_bias, n_head, rg.h0 + h);
+                state::finish_scores(row, nt, &self.p, slope, mrow(h).map(|m| &m[t0..t0 + nt]));
+                (mo[h], lo[h]) = state::weights(row, &ks.vmath);
+            }
+            oc.fill(0.0);
+            if v.ty == DType::F16 {
+                // V rows hold dv f16 (supports), nb[1] apart.
+                let vrows = v.bytes_at::<u8>(v.row_offset(c0 + t0, rg.iv.0, rg.iv.1), (nt - 1) * v.nb[1] + 2 * dv);
+                (attn.group_pv)(&s[t0..], CHUNK, g, vrows, v.nb[1], nt, dv, oc);
+                continue;
+            }
+            // Each output a chain over the keys in order.
+            for h in 0..g {
+                let o = &mut oc[h * dv..(h + 1) * dv];
+                for i in t0..t0 + nt {
+                    let p = s[h * CHUNK + i];
+                    if p != 0.0 {
+                        o.iter_mut().zip(&st.v32[i * dv..(i + 1) * dv]).for_each(|(o, &x)| *o += p * x);
+                    }
                 }
             }
         }
     }
 
-    /// The group's merged state before its first chunk: the sink (a logit with no value)
-    /// or nothing.
+    /// The group's folded state before its first chunk.
     fn start(&self, rg: RowGroup, mm: &mut [f32], ll: &mut [f32], o: &mut [f32]) {
+        let dv = o.len() / self.g;
         for h in 0..self.g {
-            match self.sinks {
-                Some(sk) => (mm[h], ll[h]) = (sk[rg.h0 + h], 1.0),
-                None => (mm[h], ll[h]) = (f32::NEG_INFINITY, 0.0),
-            }
+            (mm[h], ll[h]) = state::start(state::sink(&self.p, rg.h0 + h), &mut o[h * dv..(h + 1) * dv]);
         }
-        o.fill(0.0);
     }
 
-    /// Folds head h's chunk state (m, l, oc) into the merged one (mm, ll, o).
-    fn merge(mm: &mut f32, ll: &mut f32, o: &mut [f32], m: f32, l: f32, oc: &[f32]) {
-        if m == f32::NEG_INFINITY {
-            return;
-        }
-        let mn = mm.max(m);
-        let (a, b) = ((*mm - mn).exp(), (m - mn).exp());
-        *ll = *ll * a + l * b;
-        o.iter_mut().zip(oc).for_each(|(x, &y)| *x = *x * a + y * b);
-        *mm = mn;
-    }
-
-    /// Head h of the group's output row: the merged output over its sum.
+    /// Head h of the group's output row.
     fn finish(&self, rg: RowGroup, h: usize, ll: f32, o: &[f32]) {
-        let inv = if ll == 0.0 { 0.0 } else { 1.0 / ll };
         // Output is [dv, n_head, n_q, ne3]: row (head, iq1, iq3), this thread's alone.
-        let out = self.node.dst.row_mut::<f32>(rg.h0 + h, rg.iq1, rg.iq3);
-        out.iter_mut().zip(o).for_each(|(d, &a)| *d = a * inv);
+        state::finish(ll, o, self.node.dst.row_mut::<f32>(rg.h0 + h, rg.iq1, rg.iq3));
     }
 }
 
@@ -493,22 +469,28 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
     let (dk, dv) = (node.src(0).ne[0], node.src(2).ne[0]);
     let lay = rows_layout(node, ctx.nth);
     let g = lay.g;
-    let job = RowsJob { node, ctx, g, scale, max_bias, softcap, sinks };
+    let job = RowsJob { node, ctx, g, p };
     // scratch_bytes reserved the partials, then `per_thread` bytes for each thread.
     let area = ctx.thread_area(lay.partials, lay.per_thread);
     let qf = area.carve::<f32>(lay.at[0], g * dk);
     let s = area.carve::<f32>(lay.at[1], g * CHUNK);
-    let oc = area.carve::<f32>(lay.at[2], g * dv);
+    let states = area.carve::<f32>(lay.at[2], TILES * g * (2 + dv));
     let o = area.carve::<f32>(lay.at[3], g * dv);
     let q16 = area.carve::<u8>(lay.at[4], g * dk * 2);
-    let mf = area.carve::<f32>(lay.at[5], CHUNK);
-    let q_dot = area.carve::<u8>(lay.at[6], lay.at[7] - lay.at[6]);
-    let v32 = area.carve::<f32>(lay.at[7], (lay.per_thread - lay.at[7]) / 4);
+    let q_dot = area.carve::<u8>(lay.at[5], lay.at[6] - lay.at[5]);
+    let v32 = area.carve::<f32>(lay.at[6], (lay.per_thread - lay.at[6]) / 4);
     let mut st = Staging { q_dot, v32 };
     // The row-group whose Q `qf` holds.
     let mut loaded = usize::MAX;
-    let (mut m, mut l) = ([0f32; MAX_GQA], [0f32; MAX_GQA]);
     let (mut mm, mut ll) = ([0f32; MAX_GQA], [0f32; MAX_GQA]);
+    let ts = g * (2 + dv);
+    // Folds head h's tile states of a chunk (`st` as `chunk` lays them out).
+    let fold_chunk = |h: usize, mm: &mut f32, ll: &mut f32, o: &mut [f32], st: &[f32]| {
+        for tt in 0..TILES {
+            let t = &st[tt * ts..(tt + 1) * ts];
+            state::fold(mm, ll, o, t[h], t[g + h], &t[2 * g + h * dv..2 * g + (h + 1) * dv]);
+        }
+    };
 
     if !lay.split {
         let (r0, r1) = split_range(lay.rows, ctx.ith, ctx.nth);
@@ -517,9 +499,9 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
             job.load_q(rg, q16, qf, st.q_dot);
             job.start(rg, &mut mm, &mut ll, o);
             for c in 0..lay.n_c {
-                job.chunk(rg, c, qf, s, mf, oc, &mut m, &mut l, &mut st);
+                job.chunk(rg, c, qf, s, states, &mut st);
                 for h in 0..g {
-                    RowsJob::merge(&mut mm[h], &mut ll[h], &mut o[h * dv..(h + 1) * dv], m[h], l[h], &oc[h * dv..(h + 1) * dv]);
+                    fold_chunk(h, &mut mm[h], &mut ll[h], &mut o[h * dv..(h + 1) * dv], states);
                 }
             }
             for h in 0..g {
@@ -542,29 +524,22 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
             job.load_q(rg, q16, qf, st.q_dot);
             loaded = r;
         }
-        job.chunk(rg, c, qf, s, mf, oc, &mut m, &mut l, &mut st);
         // Unit u is this thread's: it took u from the queue.
-        let part = ctx.shared_mut::<f32>(u * lay.unit, g * (2 + dv));
-        part[..g].copy_from_slice(&m[..g]);
-        part[g..2 * g].copy_from_slice(&l[..g]);
-        if m[..g].iter().any(|&x| x != f32::NEG_INFINITY) {
-            part[2 * g..].copy_from_slice(&oc[..g * dv]);
-        }
+        job.chunk(rg, c, qf, s, ctx.shared_mut::<f32>(u * lay.unit, TILES * ts), &mut st);
     }
     ctx.barrier();
-    // Merge: each thread its share of the (row-group, head) pairs, chunks in order.
+    // Fold: each thread its share of the (row-group, head) pairs, chunks in order.
     let (p0, p1) = split_range(lay.rows * g, ctx.ith, ctx.nth);
     for pair in p0..p1 {
         let (r, h) = (pair / g, pair % g);
         let rg = job.row_group(r);
         let oh = &mut o[..dv];
-        job.start(rg, &mut mm, &mut ll, oh);
+        let (mut mh, mut lh) = state::start(state::sink(&p, rg.h0 + h), oh);
         for c in 0..lay.n_c {
             // Written by the unit's thread before the barrier; only read now.
-            let part = ctx.shared::<f32>((r * lay.n_c + c) * lay.unit, g * (2 + dv));
-            RowsJob::merge(&mut mm[h], &mut ll[h], oh, part[h], part[g + h], &part[2 * g + h * dv..2 * g + (h + 1) * dv]);
+            fold_chunk(h, &mut mh, &mut lh, oh, ctx.shared::<f32>((r * lay.n_c + c) * lay.unit, TILES * ts));
         }
-        job.finish(rg, h, ll[h], oh);
+        job.finish(rg, h, lh, oh);
     }
 }
 

@@ -721,6 +721,77 @@ fn prefill_attention_schedules_give_the_same_bits() {
     });
 }
 
+/// One FLASH_ATTN_EXT node over the given query rows (`q`: per head, per row, dk f32), f16
+/// K and V ([head][key][channel]) and mask rows (one per query row, n_kv f16 bits), with
+/// sinks; its output as [dv, hq, n_q] f32 bits.
+#[allow(clippy::too_many_arguments)]
+fn flash_attn_rows(q: &[f32], k: &[f16], v: &[f16], mask: &[u16], dk: usize, dv: usize, hq: usize, hkv: usize, softcap: f32, threads: usize) -> Vec<u32> {
+    let n_q = q.len() / (dk * hq);
+    let n_kv = k.len() / (dk * hkv);
+    let (mut qb, mut kb, mut vb, mut mb, mut sb, mut ob) =
+        (Buf::zeroed(q.len() * 4), Buf::zeroed(k.len() * 2), Buf::zeroed(v.len() * 2), Buf::zeroed(mask.len() * 2), Buf::zeroed(4 * hq), Buf::zeroed(dv * hq * n_q * 4));
+    qb.f32s()[..q.len()].copy_from_slice(q);
+    for (i, x) in k.iter().enumerate() {
+        kb.bytes()[2 * i..2 * i + 2].copy_from_slice(&x.to_bits().to_le_bytes());
+    }
+    for (i, x) in v.iter().enumerate() {
+        vb.bytes()[2 * i..2 * i + 2].copy_from_slice(&x.to_bits().to_le_bytes());
+    }
+    for (i, x) in mask.iter().enumerate() {
+        mb.bytes()[2 * i..2 * i + 2].copy_from_slice(&x.to_le_bytes());
+    }
+    for h in 0..hq {
+        sb.f32s()[h] = h as f32 * 0.3 - 0.5;
+    }
+    let tq = contiguous(DType::F32, [dk, n_q, hq, 1], &mut qb);
+    let tk = contiguous(DType::F16, [dk, n_kv, hkv, 1], &mut kb);
+    let tv = contiguous(DType::F16, [dv, n_kv, hkv, 1], &mut vb);
+    let tm = contiguous(DType::F16, [n_kv, n_q, 1, 1], &mut mb);
+    let ts = contiguous(DType::F32, [hq, 1, 1, 1], &mut sb);
+    let to = contiguous(DType::F32, [dv, hq, n_q, 1], &mut ob);
+    let nd = node(Op::FlashAttn { scale: 0.2, max_bias: 0.0, softcap }, to, &[tq, tk, tv, tm, ts]);
+    executor(threads).compute(&[nd]).expect("graph failed");
+    ob.f32s()[..dv * hq * n_q].iter().map(|x| x.to_bits()).collect()
+}
+
+/// Batch invariance: a query row's output does not depend on the other rows of the node
+/// (the streamed path with 16 or more of them, the per-row path with fewer, in blocks that
+/// start anywhere), on the thread count, or on keys past its own that the view reaches but
+/// the mask hides (llama.cpp pads the cache view, by how much depends on the other
+/// sequences of the batch). Soft-capped or not, GQA groups of 1 and 3, head sizes with and
+/// without a tail past the last eight channels.
+#[test]
+fn attention_rows_do_not_depend_on_the_batch() {
+    let _lock = ATTN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    each_tier("ops::attention_rows_do_not_depend_on_the_batch", || {
+        let mut rng = StdRng::seed_from_u64(41);
+        for &(dk, dv, hq, hkv, softcap) in &[(64, 64, 6, 2, 0.0), (40, 32, 2, 2, 5.0), (68, 48, 3, 1, 0.0)] {
+            let (n_q, past, pad) = (40, 150, 90);
+            let n_kv = past + n_q;
+            let q = random_f32(&mut rng, dk * n_q * hq, 1.0);
+            let k: Vec<f16> = (0..dk * (n_kv + pad) * hkv).map(|_| f16::from_f32(rng.gen_range(-1.0..1.0))).collect();
+            let v: Vec<f16> = (0..dv * (n_kv + pad) * hkv).map(|_| f16::from_f32(rng.gen_range(-1.0..1.0))).collect();
+            // Rows `rows` of the batch over the first `keys` keys (causal: row i sees keys up
+            // to past + i), as one node.
+            let run = |rows: std::ops::Range<usize>, keys: usize, threads: usize| -> Vec<u32> {
+                let qs: Vec<f32> = (0..hq).flat_map(|h| rows.clone().flat_map(move |i| (0..dk).map(move |d| (h, i, d)))).map(|(h, i, d)| q[(h * n_q + i) * dk + d]).collect();
+                let kv = |x: &[f16], d: usize| -> Vec<f16> { (0..hkv).flat_map(|h| x[h * (n_kv + pad) * d..][..keys * d].to_vec()).collect() };
+                let mask: Vec<u16> = rows.clone().flat_map(|i| (0..keys).map(move |j| if j > past + i { f16::NEG_INFINITY.to_bits() } else { 0 })).collect();
+                flash_attn_rows(&qs, &kv(&k, dk), &kv(&v, dv), &mask, dk, dv, hq, hkv, softcap, threads)
+            };
+            // Row i of a run over rows r0.. : head h's output.
+            let row = |out: &[u32], r0: usize, n: usize, i: usize| -> Vec<u32> { (0..hq).flat_map(|h| out[((i - r0) * hq + h) * dv..][..dv].to_vec()).collect() };
+            let whole = run(0..n_q, n_kv, 2);
+            for (rows, keys, threads) in [(3..4, n_kv, 1), (3..4, n_kv + pad, 2), (1..20, n_kv, 3), (0..5, n_kv + pad, 2), (2..n_q, n_kv + pad, 1), (35..n_q, n_kv, 2)] {
+                let got = run(rows.clone(), keys, threads);
+                for i in rows.clone().filter(|&i| i == 3 || i == 4 || i == 19 || i == 37) {
+                    assert!(row(&got, rows.start, rows.len(), i) == row(&whole, 0, n_q, i), "dk {dk} heads {hq}/{hkv} softcap {softcap}: row {i} among rows {rows:?} over {keys} keys, {threads} threads, differs from the whole batch's");
+                }
+            }
+        }
+    });
+}
+
 /// Decode attention (the per-row path) runs the query heads sharing a K/V head together,
 /// reading each K and V row once for all of them, keys in chunks whose softmax states merge
 /// in order. The chunks are split across threads where row-groups are few against the

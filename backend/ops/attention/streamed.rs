@@ -5,11 +5,12 @@
 //! (a task's units: a 16-query block of one head each). A task walks the keys in 64-key
 //! tiles; each tile of K (transposed per 16-key block) and V is converted to f32 once, into
 //! a buffer that stays in cache, and read by every unit of the task. Per tile and unit run
-//! three stages, each in ggml-cpu's exact operation order (its tiled flash attention, see
-//! `kernels::attn`), so the bits are the CPU backend's:
+//! three stages, in the per-row path's arithmetic (`state`; the scores in the per-row
+//! kernels' lane order, see `kernels::attn`), so a query row gets the same bits on either
+//! path:
 //! * scores: Q K^T (a matrix stage);
-//! * softmax: scale, cap, mask and the online softmax step (vector work);
-//! * P V: the output rescaled and the tile's weighted values added (a matrix stage).
+//! * softmax: scale, cap, mask, and the tile's maximum, weights and sum (vector work);
+//! * P V: the tile's weighted values, folded into the unit's rows (a matrix stage).
 //!
 //! Two schedules (`SMEPILOT_ATTN`):
 //! * parallel: every thread takes tasks from the node's queue and runs all three stages;
@@ -18,14 +19,14 @@
 //!   softmax of tile t. Two slots of scores and tiles between them, handed over through
 //!   counters; an odd thread left runs the parallel schedule. Same stages, same bits.
 
-use super::block::{self, Params, QBlock, BLOCKS_PER_TILE, KV_TILE};
-use super::{round64, Node};
+use super::block::{self, Params, QBlock, KV_TILE};
+use super::{alibi_slope, round64, state, Node};
 use crate::kernels::attn::BLOCK;
 use crate::threadpool::ThreadCtx;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
-/// Scratch a task's units may hold (Q, output, running state and scores per unit), so that
+/// Scratch a task's units may hold (Q, output, folded state and scores per unit), so that
 /// they and the current tile stay in L2.
 const UNITS_BYTES: usize = 256 << 10;
 
@@ -41,18 +42,21 @@ const COUNTERS: usize = 32;
 /// The task id that tells the softmax thread the node is done.
 const DONE: u32 = u32::MAX;
 
-/// Byte offsets of one area's arrays: per unit Q (16 x dk), output (16 x dv), running
-/// maximum and sum (16 each); per slot the units' scores (16 x 64) and
-/// rescale factors (16), their live flags, and the tile's K (transposed) and V in f32.
-/// Each array takes whole cache lines, so `bytes` is a multiple of 64.
+/// Byte offsets of one area's arrays: per unit Q (16 x dk, rounded through f16), output
+/// (16 x dv), folded maximum and sum (16 each); a tile's weighted values for one unit
+/// (16 x dv); per slot the units' scores (16 x 64), tile maxima and sums (16 each), their
+/// live flags, and the tile's K (transposed) and V in f32. Each array takes whole cache
+/// lines, so `bytes` is a multiple of 64.
 #[derive(Clone, Copy)]
 struct Areas {
     q: usize,
     o: usize,
     m: usize,
     l: usize,
+    ot: usize,
     s: [usize; 2],
-    ms: [usize; 2],
+    mt: [usize; 2],
+    lt: [usize; 2],
     live: [usize; 2],
     kt: [usize; 2],
     vt: [usize; 2],
@@ -68,10 +72,12 @@ impl Areas {
             a
         };
         let (q, o, m, l) = (take(nu * BLOCK * dk * 4), take(nu * BLOCK * dv * 4), take(nu * BLOCK * 4), take(nu * BLOCK * 4));
-        let mut a = Areas { q, o, m, l, s: [0; 2], ms: [0; 2], live: [0; 2], kt: [0; 2], vt: [0; 2], bytes: 0 };
+        let ot = take(BLOCK * dv * 4);
+        let mut a = Areas { q, o, m, l, ot, s: [0; 2], mt: [0; 2], lt: [0; 2], live: [0; 2], kt: [0; 2], vt: [0; 2], bytes: 0 };
         for sl in 0..slots {
             a.s[sl] = take(nu * BLOCK * KV_TILE * 4);
-            a.ms[sl] = take(nu * BLOCK * 4);
+            a.mt[sl] = take(nu * BLOCK * 4);
+            a.lt[sl] = take(nu * BLOCK * 4);
             a.live[sl] = take(nu * 4);
             a.kt[sl] = take(KV_TILE * dk * 4);
             a.vt[sl] = take(KV_TILE * dv * 4);
@@ -102,7 +108,7 @@ impl Layout {
         let (dk, dv, n_q, n_kv) = (q.ne[0], v.ne[0], q.ne[1], k.ne[1]);
         let g = super::gqa_group(node);
         let n_qb = n_q.div_ceil(BLOCK);
-        let unit_bytes = (BLOCK * dk + BLOCK * dv + 3 * BLOCK + BLOCK * KV_TILE) * 4;
+        let unit_bytes = (BLOCK * dk + BLOCK * dv + 4 * BLOCK + BLOCK * KV_TILE) * 4;
         let mut qpt = (UNITS_BYTES / (g * unit_bytes)).clamp(1, n_qb);
         let groups = q.ne[2] / g * q.ne[3];
         // Enough tasks to keep every thread busy to the end.
@@ -156,9 +162,8 @@ struct Region<'a> {
 
 // Each accessor hands out a fresh slice of one array of the area. The stages hold slices of
 // different arrays (or different slots) at once, never two of the same bytes. In a pair,
-// Q and the outputs are the matrix thread's; the running state is the softmax thread's
-// during a task, and the matrix thread's in `finish` (after the last tile's hand-over)
-// until it hands the next task over; a slot belongs to whoever it was last handed to.
+// Q, the outputs, the folded state and `ot` are the matrix thread's; a slot belongs to
+// whoever it was last handed to.
 impl Region<'_> {
     fn q(&self, u: usize) -> &mut [f32] {
         self.ctx.shared_mut(self.base + self.a.q + u * BLOCK * self.dk * 4, BLOCK * self.dk)
@@ -172,11 +177,17 @@ impl Region<'_> {
     fn l(&self, u: usize) -> &mut [f32] {
         self.ctx.shared_mut(self.base + self.a.l + u * BLOCK * 4, BLOCK)
     }
+    fn ot(&self) -> &mut [f32] {
+        self.ctx.shared_mut(self.base + self.a.ot, BLOCK * self.dv)
+    }
     fn s(&self, sl: usize, u: usize) -> &mut [f32] {
         self.ctx.shared_mut(self.base + self.a.s[sl] + u * BLOCK * KV_TILE * 4, BLOCK * KV_TILE)
     }
-    fn ms(&self, sl: usize, u: usize) -> &mut [f32] {
-        self.ctx.shared_mut(self.base + self.a.ms[sl] + u * BLOCK * 4, BLOCK)
+    fn mt(&self, sl: usize, u: usize) -> &mut [f32] {
+        self.ctx.shared_mut(self.base + self.a.mt[sl] + u * BLOCK * 4, BLOCK)
+    }
+    fn lt(&self, sl: usize, u: usize) -> &mut [f32] {
+        self.ctx.shared_mut(self.base + self.a.lt[sl] + u * BLOCK * 4, BLOCK)
     }
     fn live(&self, sl: usize, nu: usize) -> &mut [u32] {
         self.ctx.shared_mut(self.base + self.a.live[sl], nu)
@@ -203,20 +214,26 @@ impl Job<'_> {
         QBlock { iq2: task.hg * self.lay.g + u % self.lay.g, iq3: task.iq3, i0, rows: (n_q - i0).min(BLOCK) }
     }
 
-    /// Matrix side of a task's start: Q of every unit, outputs zero.
-    fn begin_matrix(&self, r: &Region, task: &Task) {
+    /// A task's start: Q of every unit rounded through f16 (as the per-row path loads it),
+    /// each row's state before its first tile.
+    fn begin(&self, r: &Region, task: &Task) {
+        let q = self.node.src(0);
+        let dk = q.ne[0];
         for u in 0..task.nu {
-            self.unit(task, u).load_q(self.node, r.q(u));
-            r.o(u).fill(0.0);
+            let qb = self.unit(task, u);
+            let (qu, o, m, l) = (r.q(u), r.o(u), r.m(u), r.l(u));
+            qu.fill(0.0); // padding rows: scored, never used
+            for i in 0..qb.rows {
+                // Q rows hold dk f32 (supports). A conversion is exact: any tier's bits.
+                let row = &q.row::<f32>(qb.i0 + i, qb.iq2, qb.iq3)[..dk];
+                qu[i * dk..(i + 1) * dk].iter_mut().zip(row).for_each(|(d, &x)| *d = half::f16::from_f32(x).to_f32());
+                (m[i], l[i]) = state::start(state::sink(&self.p, qb.iq2), &mut o[i * self.dv()..(i + 1) * self.dv()]);
+            }
         }
     }
 
-    /// Softmax side of a task's start: no maximum, nothing summed.
-    fn begin_softmax(&self, r: &Region, task: &Task) {
-        for u in 0..task.nu {
-            r.m(u).fill(f32::NEG_INFINITY);
-            r.l(u).fill(0.0);
-        }
+    fn dv(&self) -> usize {
+        self.node.src(2).ne[0]
     }
 
     /// Tile t into slot `sl`: which units the mask leaves it to, the tile's K and V in f32,
@@ -242,8 +259,7 @@ impl Job<'_> {
         let ks = self.ctx.kernels;
         let key_blocks = nk.div_ceil(BLOCK);
         for kb in 0..key_blocks {
-            // f16 K rows of dk channels (the blocked paths' precondition), nb[1] apart; the
-            // last tile's missing keys zero, as in ggml.
+            // f16 K rows of dk channels (the blocked precondition), nb[1] apart.
             let n = (nk - kb * BLOCK).min(BLOCK);
             let rows = k.bytes_at::<u8>(k.row_offset(k0 + kb * BLOCK, ik2, ik3), (n - 1) * k.nb[1] + 2 * dk);
             (ks.attn.keys_block)(rows, k.nb[1], n, dk, &mut kt[kb * BLOCK * dk..(kb + 1) * BLOCK * dk]);
@@ -253,11 +269,10 @@ impl Job<'_> {
             // V rows hold dv elements of whole blocks (supports).
             v_f32(&v.row::<u8>(k0 + j, iv2, iv3)[..v.ty.row_bytes(dv)], &mut vt[j * dv..(j + 1) * dv]);
         }
-        vt[nk * dv..].fill(0.0);
         let mut blk = [[0f32; BLOCK]; BLOCK];
         for u in (0..task.nu).filter(|&u| live[u] != 0) {
             let (qu, s) = (r.q(u), r.s(sl, u));
-            // Key blocks past the cache are left as they are: the softmax masks them.
+            // Places past the view are left as they are: finish_scores masks them.
             for bt in 0..key_blocks {
                 (ks.attn.scores_block)(qu, dk, &kt[bt * BLOCK * dk..(bt + 1) * BLOCK * dk], &mut blk);
                 for (i, srow) in blk.iter().enumerate() {
@@ -265,33 +280,51 @@ impl Job<'_> {
                 }
             }
         }
-        debug_assert!(key_blocks <= BLOCKS_PER_TILE);
     }
 
-    /// Tile t's softmax in slot `sl`, for the units it reaches.
+    /// Tile t's softmax in slot `sl`, for the units it reaches: each row's logits, weights,
+    /// maximum and sum.
     fn softmax(&self, r: &Region, task: &Task, t: usize, sl: usize) {
+        let (n_kv, n_head) = (self.node.src(1).ne[1], self.node.src(0).ne[2]);
+        let (k0, nk) = (t * KV_TILE, (n_kv - t * KV_TILE).min(KV_TILE));
         let live = r.live(sl, task.nu);
         for u in (0..task.nu).filter(|&u| live[u] != 0) {
             let qb = self.unit(task, u);
-            block::softmax_tile(self.ctx, self.node, &self.p, &qb, &qb.mask_rows(self.node), t, r.s(sl, u), r.m(u), r.l(u), r.ms(sl, u));
+            let mrows = qb.mask_rows(self.node);
+            let slope = alibi_slope(self.p.max_bias, n_head, qb.iq2);
+            let (s, mt, lt) = (r.s(sl, u), r.mt(sl, u), r.lt(sl, u));
+            for i in 0..qb.rows {
+                let row = &mut s[i * KV_TILE..(i + 1) * KV_TILE];
+                state::finish_scores(row, nk, &self.p, slope, mrows[i].map(|m| &m[k0..k0 + nk]));
+                (mt[i], lt[i]) = state::weights(row, &self.ctx.kernels.vmath);
+            }
         }
     }
 
-    /// Tile t's P V in slot `sl`, added to the outputs of the units it reaches.
+    /// Tile t's P V in slot `sl`, folded into the rows of the units it reaches.
     fn pv(&self, r: &Region, task: &Task, t: usize, sl: usize) {
-        let (dv, n_kv) = (self.node.src(2).ne[0], self.node.src(1).ne[1]);
-        let keys = (n_kv - t * KV_TILE).min(KV_TILE);
-        let (live, vt) = (r.live(sl, task.nu), r.vt(sl));
+        let (n_kv, dv) = (self.node.src(1).ne[1], self.dv());
+        let nk = (n_kv - t * KV_TILE).min(KV_TILE);
+        let (live, vt, ot) = (r.live(sl, task.nu), r.vt(sl), r.ot());
         for u in (0..task.nu).filter(|&u| live[u] != 0) {
-            let o = r.o(u);
-            block::rescale(o, dv, r.ms(sl, u));
-            (self.ctx.kernels.attn.pv_block)(r.s(sl, u), KV_TILE, keys, vt, dv, o);
+            ot.fill(0.0);
+            (self.ctx.kernels.attn.pv_block)(r.s(sl, u), KV_TILE, nk, vt, dv, ot);
+            let (o, m, l, mt, lt) = (r.o(u), r.m(u), r.l(u), r.mt(sl, u), r.lt(sl, u));
+            for i in 0..self.unit(task, u).rows {
+                state::fold(&mut m[i], &mut l[i], &mut o[i * dv..(i + 1) * dv], mt[i], lt[i], &ot[i * dv..(i + 1) * dv]);
+            }
         }
     }
 
     fn finish(&self, r: &Region, task: &Task) {
+        let dv = self.dv();
         for u in 0..task.nu {
-            block::finish(self.node, &self.p, &self.unit(task, u), r.m(u), r.l(u), r.o(u));
+            let qb = self.unit(task, u);
+            let (o, l) = (r.o(u), r.l(u));
+            for i in 0..qb.rows {
+                // Output is [dv, n_head, n_q, ne3]: row (iq2, i0 + i, iq3), this unit's alone.
+                state::finish(l[i], &o[i * dv..(i + 1) * dv], self.node.dst.row_mut::<f32>(qb.iq2, qb.i0 + i, qb.iq3));
+            }
         }
     }
 
@@ -306,8 +339,7 @@ impl Job<'_> {
             }
             let task = self.task(i);
             let t0 = Instant::now();
-            self.begin_matrix(r, &task);
-            self.begin_softmax(r, &task);
+            self.begin(r, &task);
             mat += t0.elapsed().as_nanos() as u64;
             for t in 0..self.lay.n_tiles {
                 let t0 = Instant::now();
@@ -342,7 +374,7 @@ impl Job<'_> {
             }
             let task = self.task(i);
             let t0 = Instant::now();
-            self.begin_matrix(r, &task);
+            self.begin(r, &task);
             busy += t0.elapsed().as_nanos() as u64;
             for t in 0..n_tiles {
                 let t0 = Instant::now();
@@ -378,7 +410,6 @@ impl Job<'_> {
                 return;
             }
             let task = self.task(id as usize);
-            self.begin_softmax(r, &task);
             for t in 0..n_tiles {
                 self.ctx.wait_until(&c[SCORED], base + t + 1);
                 let t0 = Instant::now();
