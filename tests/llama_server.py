@@ -24,12 +24,19 @@ def post(url: str, body: dict, timeout: float = 120) -> dict:
 def server(binary: str, model: str, log_path, extra: list):
     """Yields the base URL of a healthy server (SMEPILOT_LOG=info, -lv 4, output in
     log_path), or raises RuntimeError; stops the server on exit."""
+    with server_process(binary, model, log_path, extra) as (base, _):
+        yield base
+
+
+@contextmanager
+def server_process(binary: str, model: str, log_path, extra: list, backend: str = "smepilot"):
+    """As `server`, on the given backend; yields the base URL and the process."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w")
     srv = subprocess.Popen(
-        [binary, "--backend", "smepilot", "-m", model, "--host", "127.0.0.1", "--port", str(port), "-lv", "4", *extra],
+        [binary, "--backend", backend, "-m", model, "--host", "127.0.0.1", "--port", str(port), "-lv", "4", *extra],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "SMEPILOT_LOG": "info"})
     try:
         deadline = time.time() + 90
@@ -45,7 +52,7 @@ def server(binary: str, model: str, log_path, extra: list):
             if time.time() > deadline:
                 raise RuntimeError("server not healthy within 90 s")
             time.sleep(0.5)
-        yield base
+        yield base, srv
     finally:
         srv.terminate()
         try:

@@ -354,6 +354,10 @@ t_cli() {
     [ "$(echo "$out" | tr -d '[:space:]' | wc -c)" -gt 30 ] || { echo "no text generated"; return 1; }
 }
 t_server() { python3 "$repo/tests/server_test.py" --bin "$bin/llama-server" --model "$model"; }
+# llama-server under concurrent load (tests/server_load.py): 200 requests, at most 32 in
+# flight, on SMEPilot and then on stock; failures, latency, tokens/s, RSS growth and the
+# probes' texts.
+t_server_load() { python3 "$repo/tests/server_load.py" --bin "$bin/llama-server" --model "$model"; }
 
 # ---- the KV cache in SMEPilot's packed layout ------------------------------------------
 t_kv_slot_save() { python3 "$repo/tests/kv_cache_test.py" --bin "$bin/llama-server" --model "$model"; }
@@ -520,6 +524,7 @@ check kld-kv-q8_0           t_kld_kv_q8_0
 check kld-kv-q4_0           t_kld_kv_q4_0
 check llama-cli             t_cli
 check llama-server          t_server
+check server-load           t_server_load
 check kv-slot-save-restore  t_kv_slot_save
 check kv-context-shift      t_kv_context_shift
 check kv-state-seq          t_kv_state_seq
