@@ -35,17 +35,13 @@ pub fn scores_block_scalar(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOC
 /// Lanes of the per-row kernels' dot products.
 const LANES: usize = 8;
 
-/// The lane reduction of [`scores_block_scalar`] on whole blocks of partial sums: `p[l]`
-/// holds lane l's sums of 4 query rows x 16 keys. The SIMD tiers run their lane passes and
-/// add them here (adds of the same operands in the same order: the same bits).
+/// The lane reduction of [`scores_block_scalar`] on vectors of partial sums, `p[l]` lane
+/// l's: `((p0 + p4) + (p1 + p5)) + ((p2 + p6) + (p3 + p7))`, elementwise.
 #[allow(dead_code)] // the SIMD tiers' (not the portable build's)
-fn reduce_lanes(p: &[[[f32; BLOCK]; 4]; LANES]) -> [[f32; BLOCK]; 4] {
-    std::array::from_fn(|i| {
-        std::array::from_fn(|j| {
-            let t: [f32; 4] = std::array::from_fn(|l| p[l][i][j] + p[l + 4][i][j]);
-            (t[0] + t[1]) + (t[2] + t[3])
-        })
-    })
+#[inline(always)]
+fn reduce_lanes<V: Copy>(p: &[V; LANES], add: impl Fn(V, V) -> V) -> V {
+    let t: [V; 4] = std::array::from_fn(|l| add(p[l], p[l + 4]));
+    add(add(t[0], t[1]), add(t[2], t[3]))
 }
 
 /// `o[i][c] += sum over keys of p[i * p_stride + key] * v[key * dv + c]`, for 16 query rows
@@ -389,7 +385,8 @@ mod avx2 {
     pub unsafe fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
         let (qp, kp) = (q.as_ptr(), kt.as_ptr());
         let whole = dk - dk % LANES;
-        let mut p = [[[0f32; BLOCK]; 4]; LANES];
+        // Per lane pass its 4 x 2 accumulators.
+        let mut p = [[[_mm256_setzero_ps(); 2]; 4]; LANES];
         // SAFETY: the only callers are the wrappers of `avx2_kernels()` and
         // `avx512_kernels()`, handed out once they checked AVX2 and FMA; they checked q holds
         // 16 rows of dk floats and kt dk * 16, so every load (channel d < dk of a row, key
@@ -397,8 +394,8 @@ mod avx2 {
         unsafe {
             for quad in 0..BLOCK / 4 {
                 let q0 = qp.add(quad * 4 * dk);
-                for (l, pl) in p.iter_mut().enumerate() {
-                    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                for (l, acc) in p.iter_mut().enumerate() {
+                    *acc = [[_mm256_setzero_ps(); 2]; 4];
                     for d in (l..whole).step_by(LANES) {
                         let (k0, k1) = (_mm256_loadu_ps(kp.add(d * BLOCK)), _mm256_loadu_ps(kp.add(d * BLOCK + 8)));
                         for (i, a) in acc.iter_mut().enumerate() {
@@ -407,13 +404,10 @@ mod avx2 {
                             a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
                         }
                     }
-                    for (i, a) in acc.iter().enumerate() {
-                        _mm256_storeu_ps(pl[i].as_mut_ptr(), a[0]);
-                        _mm256_storeu_ps(pl[i].as_mut_ptr().add(8), a[1]);
-                    }
                 }
-                let r = reduce_lanes(&p);
-                let mut acc: [[__m256; 2]; 4] = std::array::from_fn(|i| [_mm256_loadu_ps(r[i].as_ptr()), _mm256_loadu_ps(r[i].as_ptr().add(8))]);
+                let mut acc: [[__m256; 2]; 4] = std::array::from_fn(|i| {
+                    std::array::from_fn(|h| reduce_lanes(&std::array::from_fn(|l| p[l][i][h]), |a, b| _mm256_add_ps(a, b)))
+                });
                 for d in whole..dk {
                     let (k0, k1) = (_mm256_loadu_ps(kp.add(d * BLOCK)), _mm256_loadu_ps(kp.add(d * BLOCK + 8)));
                     for (i, a) in acc.iter_mut().enumerate() {
@@ -513,7 +507,8 @@ mod neon {
     pub unsafe fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
         let (qp, kp) = (q.as_ptr(), kt.as_ptr());
         let whole = dk - dk % LANES;
-        let mut p = [[[0f32; BLOCK]; 4]; LANES];
+        // Per lane pass its 4 x 4 accumulators.
+        let mut p = [[[vdupq_n_f32(0.0); 4]; 4]; LANES];
         // SAFETY: NEON is baseline on aarch64; callers checked q holds 16 rows of dk floats
         // and kt dk * 16, so the q loads (channel d < dk) and the key loads (row d < dk) stay
         // within q and kt, and every store within `p` or the 16 x 16 `s`.
@@ -530,19 +525,15 @@ mod neon {
             };
             for quad in 0..BLOCK / 4 {
                 let q0 = qp.add(quad * 4 * dk);
-                for (l, pl) in p.iter_mut().enumerate() {
-                    let mut acc = [[vdupq_n_f32(0.0); 4]; 4];
+                for (l, acc) in p.iter_mut().enumerate() {
+                    *acc = [[vdupq_n_f32(0.0); 4]; 4];
                     for d in (l..whole).step_by(LANES) {
-                        step(&mut acc, q0, d);
-                    }
-                    for (i, a) in acc.iter().enumerate() {
-                        for (m, am) in a.iter().enumerate() {
-                            vst1q_f32(pl[i].as_mut_ptr().add(4 * m), *am);
-                        }
+                        step(acc, q0, d);
                     }
                 }
-                let r = reduce_lanes(&p);
-                let mut acc: [[float32x4_t; 4]; 4] = std::array::from_fn(|i| std::array::from_fn(|m| vld1q_f32(r[i].as_ptr().add(4 * m))));
+                let mut acc: [[float32x4_t; 4]; 4] = std::array::from_fn(|i| {
+                    std::array::from_fn(|m| reduce_lanes(&std::array::from_fn(|l| p[l][i][m]), |a, b| vaddq_f32(a, b)))
+                });
                 for d in whole..dk {
                     step(&mut acc, q0, d);
                 }

@@ -235,9 +235,9 @@ struct RowsLayout {
     unit: usize,
     partials: usize,
     /// Byte offsets in a thread's area of Q in f32, the scores, the chunk's states, the
-    /// folded output, Q in f16, Q in K's dot type and a chunk's value rows in f32 (caches
-    /// of other types than f16); then the area's size.
-    at: [usize; 7],
+    /// folded output, Q in f16, a chunk's mask row in f32, Q in K's dot type and a chunk's
+    /// value rows in f32 (caches of other types than f16); then the area's size.
+    at: [usize; 8],
     per_thread: usize,
 }
 
@@ -257,11 +257,11 @@ fn rows_layout(node: &Node, nth: usize) -> RowsLayout {
     let unit = round64(TILES * g * (2 + dv) * 4);
     let partials = if split { rows * n_c * unit } else { 0 };
     // Q in f32 (rounded through f16), the chunk's scores, its states, the folded output,
-    // Q in f16, Q in K's dot type, the chunk's V in f32.
+    // Q in f16, a chunk's mask row in f32, Q in K's dot type, the chunk's V in f32.
     let q_dot = if k.ty == DType::F16 { 0 } else { g * dot_type(k.ty).row_bytes(dk) };
     let v32 = if v.ty == DType::F16 { 0 } else { CHUNK * dv * 4 };
-    let sizes = [g * dk * 4, g * CHUNK * 4, unit, g * dv * 4, g * dk * 2, q_dot, v32];
-    let mut at = [0; 7];
+    let sizes = [g * dk * 4, g * CHUNK * 4, unit, g * dv * 4, g * dk * 2, CHUNK * 4, q_dot, v32];
+    let mut at = [0; 8];
     let mut per_thread = 0;
     for (a, bytes) in at.iter_mut().zip(sizes) {
         *a = per_thread;
@@ -280,6 +280,8 @@ fn dot_type(ty: DType) -> DType {
 struct Staging<'a> {
     q_dot: &'a mut [u8],
     v32: &'a mut [f32],
+    /// A chunk's mask row in f32.
+    mf: &'a mut [f32],
 }
 
 /// What every chunk of a node shares: the operands, parameters and kernels.
@@ -396,6 +398,9 @@ impl RowsJob<'_> {
                 to_f32(&v.row::<u8>(c0 + i, rg.iv.0, rg.iv.1)[..vb], &mut st.v32[i * dv..(i + 1) * dv]);
             }
         }
+        // The mask row `st.mf` holds (heads share one unless the mask has rows per head).
+        let mut mf_row = usize::MAX;
+        let to_f32 = ks.kernels(DType::F16).expect("f16 kernels").to_f32;
         for tt in 0..TILES {
             let t0 = tt * state::TILE;
             if t0 >= n {
@@ -408,7 +413,15 @@ impl RowsJob<'_> {
             for h in 0..g {
                 let row = &mut s[h * CHUNK + t0..h * CHUNK + t0 + state::TILE];
                 let slope = alibi_slope(self.p.max_bias, n_head, rg.h0 + h);
-                state::finish_scores(row, nt, &self.p, slope, mrow(h).map(|m| &m[t0..t0 + nt]));
+                if let Some(mt) = mask {
+                    let mr = (rg.h0 + h) % mt.ne[2];
+                    if mf_row != mr {
+                        // Mask rows hold at least n_kv f16 (supports).
+                        to_f32(&mt.row::<u8>(rg.iq1, mr, rg.iq3 % mt.ne[3])[2 * c0..2 * c1], &mut st.mf[..n]);
+                        mf_row = mr;
+                    }
+                }
+                state::finish_scores(row, nt, &self.p, slope, mask.map(|_| &st.mf[t0..t0 + nt]));
                 (mo[h], lo[h]) = state::weights(row, &ks.vmath);
             }
             oc.fill(0.0);
@@ -477,9 +490,10 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
     let states = area.carve::<f32>(lay.at[2], TILES * g * (2 + dv));
     let o = area.carve::<f32>(lay.at[3], g * dv);
     let q16 = area.carve::<u8>(lay.at[4], g * dk * 2);
-    let q_dot = area.carve::<u8>(lay.at[5], lay.at[6] - lay.at[5]);
-    let v32 = area.carve::<f32>(lay.at[6], (lay.per_thread - lay.at[6]) / 4);
-    let mut st = Staging { q_dot, v32 };
+    let mf = area.carve::<f32>(lay.at[5], CHUNK);
+    let q_dot = area.carve::<u8>(lay.at[6], lay.at[7] - lay.at[6]);
+    let v32 = area.carve::<f32>(lay.at[7], (lay.per_thread - lay.at[7]) / 4);
+    let mut st = Staging { q_dot, v32, mf };
     // The row-group whose Q `qf` holds.
     let mut loaded = usize::MAX;
     let (mut mm, mut ll) = ([0f32; MAX_GQA], [0f32; MAX_GQA]);

@@ -30,6 +30,13 @@ pub struct QBlock {
 }
 
 impl QBlock {
+    /// Row i's mask row as bytes (2 per key; None without a mask).
+    pub fn mask_bytes<'a>(&self, node: &'a Node, i: usize) -> Option<&'a [u8]> {
+        let n_kv = node.src(1).ne[1];
+        // Mask rows hold at least n_kv f16 (supports).
+        node.src[3].as_ref().map(|m| &m.row::<u8>(self.i0 + i, self.iq2 % m.ne[2], self.iq3 % m.ne[3])[..2 * n_kv])
+    }
+
     /// The block's mask rows (None without a mask, and for padding rows).
     pub fn mask_rows<'a>(&self, node: &'a Node) -> [Option<&'a [u16]>; BLOCK] {
         let n_kv = node.src(1).ne[1];

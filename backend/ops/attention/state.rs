@@ -12,17 +12,17 @@
 //! compute them in any order.
 
 use crate::kernels::vmath;
-use super::block::{row_max, Params, F16_NEG_INF};
+use super::block::{row_max, Params};
 
 /// Keys per tile.
 pub const TILE: usize = 64;
 
 /// A row's scores of one tile (`row`: 64 places, the first `n` the keys in the view) to
 /// finished logits in place: scaled (or capped), plus `slope` times the mask, -inf where
-/// the mask is or past the view. `mask` holds the row's mask values for those `n` keys.
-pub fn finish_scores(row: &mut [f32], n: usize, p: &Params, slope: f32, mask: Option<&[u16]>) {
-    let row = &mut row[..TILE];
-    let (keys, past) = row.split_at_mut(n);
+/// the mask is or past the view. `mask` holds the row's mask values (in f32) for those `n`
+/// keys. Each product rounded, then the sum, as the tiers' `finish_scores` kernels.
+pub fn finish_scores(row: &mut [f32], n: usize, p: &Params, slope: f32, mask: Option<&[f32]>) {
+    let (keys, past) = row[..TILE].split_at_mut(n);
     if p.softcap != 0.0 {
         keys.iter_mut().for_each(|x| *x = p.softcap * (*x * p.scale).tanh());
     } else {
@@ -30,12 +30,7 @@ pub fn finish_scores(row: &mut [f32], n: usize, p: &Params, slope: f32, mask: Op
     }
     if let Some(m) = mask {
         for (x, &mv) in keys.iter_mut().zip(&m[..n]) {
-            // Causal masks hold 0 and -inf only: those without a conversion call.
-            *x = match mv {
-                F16_NEG_INF => f32::NEG_INFINITY,
-                0 => *x + slope * 0.0,
-                _ => *x + slope * half::f16::from_bits(mv).to_f32(),
-            };
+            *x = if mv == f32::NEG_INFINITY { f32::NEG_INFINITY } else { *x + slope * mv };
         }
     }
     past.fill(f32::NEG_INFINITY);
@@ -68,11 +63,18 @@ pub fn fold(mm: &mut f32, ll: &mut f32, o: &mut [f32], m: f32, l: f32, ot: &[f32
     if m == f32::NEG_INFINITY {
         return;
     }
-    let mn = mm.max(m);
-    let (a, b) = ((*mm - mn).exp(), (m - mn).exp());
-    *ll = *ll * a + l * b;
-    o.iter_mut().zip(ot).for_each(|(x, &y)| *x = *x * a + y * b);
-    *mm = mn;
+    // One of the two factors is exp(0) = 1, and a product by 1 is exact: only the other
+    // is computed and applied.
+    if m > *mm {
+        let a = (*mm - m).exp();
+        *ll = *ll * a + l;
+        o.iter_mut().zip(ot).for_each(|(x, &y)| *x = *x * a + y);
+        *mm = m;
+    } else {
+        let b = (m - *mm).exp();
+        *ll += l * b;
+        o.iter_mut().zip(ot).for_each(|(x, &y)| *x += y * b);
+    }
 }
 
 /// The row's output: its folded values over their sum (zero for a row that saw nothing).

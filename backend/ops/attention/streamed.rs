@@ -21,6 +21,7 @@
 
 use super::block::{self, Params, QBlock, KV_TILE};
 use super::{alibi_slope, round64, state, Node};
+use crate::dtype::DType;
 use crate::kernels::attn::BLOCK;
 use crate::threadpool::ThreadCtx;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -288,14 +289,19 @@ impl Job<'_> {
         let (n_kv, n_head) = (self.node.src(1).ne[1], self.node.src(0).ne[2]);
         let (k0, nk) = (t * KV_TILE, (n_kv - t * KV_TILE).min(KV_TILE));
         let live = r.live(sl, task.nu);
+        let to_f32 = self.ctx.kernels.kernels(DType::F16).expect("f16 kernels").to_f32;
         for u in (0..task.nu).filter(|&u| live[u] != 0) {
             let qb = self.unit(task, u);
-            let mrows = qb.mask_rows(self.node);
             let slope = alibi_slope(self.p.max_bias, n_head, qb.iq2);
             let (s, mt, lt) = (r.s(sl, u), r.mt(sl, u), r.lt(sl, u));
+            let mut mf = [0f32; KV_TILE];
             for i in 0..qb.rows {
                 let row = &mut s[i * KV_TILE..(i + 1) * KV_TILE];
-                state::finish_scores(row, nk, &self.p, slope, mrows[i].map(|m| &m[k0..k0 + nk]));
+                let m = qb.mask_bytes(self.node, i);
+                if let Some(m) = m {
+                    to_f32(&m[2 * k0..2 * (k0 + nk)], &mut mf[..nk]);
+                }
+                state::finish_scores(row, nk, &self.p, slope, m.map(|_| &mf[..nk]));
                 (mt[i], lt[i]) = state::weights(row, &self.ctx.kernels.vmath);
             }
         }
