@@ -35,6 +35,10 @@ pub struct Config {
     /// with split operands; by default they stay on the vector units in ggml-cpu's exact
     /// order (stock's bits: a model whose products all give stock's bits stays exact).
     pub amx_attn: bool,
+    /// SMEPILOT_BATCH_INVARIANT (default 0): 1 runs prefill attention in the per-row path's
+    /// arithmetic (`ops::attention::state`), so that a query row's result does not depend
+    /// on the batch; by default it follows ggml-cpu's tiled arithmetic (stock's bits).
+    pub batch_invariant: bool,
     /// SMEPILOT_FUSE (default 1): 0 runs every node on its own, never two as one pass
     /// (`ops::fuse`; the same bits either way, for ablations).
     pub fuse: bool,
@@ -215,6 +219,7 @@ impl Config {
             },
             amx_int8: var("SMEPILOT_AMX_INT8").is_none() || flag(&var, "SMEPILOT_AMX_INT8")?,
             amx_attn: flag(&var, "SMEPILOT_AMX_ATTN")?,
+            batch_invariant: flag(&var, "SMEPILOT_BATCH_INVARIANT")?,
             fuse: var("SMEPILOT_FUSE").is_none() || flag(&var, "SMEPILOT_FUSE")?,
             sme_int8: match var("SMEPILOT_SME_INT8") {
                 None => None,
@@ -288,7 +293,7 @@ mod tests {
         assert_eq!(c.log, LogLevel::Warn);
         assert!(!c.disable_amx && c.threads.is_none() && c.decline_ops.is_empty());
         assert!(c.mode == ModeSetting::Auto && !c.trace && c.matrix_units.is_none());
-        assert!(c.tier.is_none() && c.kv_packed && c.attn == AttnSchedule::Auto);
+        assert!(c.tier.is_none() && c.kv_packed && c.attn == AttnSchedule::Auto && !c.batch_invariant);
     }
 
     #[test]
@@ -302,6 +307,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.matrix_units, Some(1));
+        assert!(parse(&[("SMEPILOT_BATCH_INVARIANT", "1")]).unwrap().batch_invariant);
         assert_eq!(parse(&[("SMEPILOT_TIER", "AVX2")]).unwrap().tier, Some(Tier::Avx2));
         assert_eq!(parse(&[("SMEPILOT_FORCE_SCALAR", "1")]).unwrap().tier, Some(Tier::Scalar));
         let e = parse(&[("SMEPILOT_FORCE_SCALAR", "1"), ("SMEPILOT_TIER", "avx2")]).unwrap_err();
@@ -330,6 +336,7 @@ mod tests {
             ("SMEPILOT_FORCE_SCALAR", "yes please"),
             ("SMEPILOT_KV", "head-major"),
             ("SMEPILOT_ATTN", "overlapped"),
+            ("SMEPILOT_BATCH_INVARIANT", "sometimes"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err();
             assert!(e.contains(k) && e.contains(v), "{e}");

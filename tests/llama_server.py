@@ -29,15 +29,16 @@ def server(binary: str, model: str, log_path, extra: list):
 
 
 @contextmanager
-def server_process(binary: str, model: str, log_path, extra: list, backend: str = "smepilot"):
-    """As `server`, on the given backend; yields the base URL and the process."""
+def server_process(binary: str, model: str, log_path, extra: list, backend: str = "smepilot", env: dict = None):
+    """As `server`, on the given backend, with `env` added to the environment; yields the
+    base URL and the process."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w")
     srv = subprocess.Popen(
         [binary, "--backend", backend, "-m", model, "--host", "127.0.0.1", "--port", str(port), "-lv", "4", *extra],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "SMEPILOT_LOG": "info"})
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "SMEPILOT_LOG": "info", **(env or {})})
     try:
         deadline = time.time() + 90
         while True:

@@ -185,12 +185,12 @@ t_backend_ops_modes() {
 }
 
 # Prefill attention in pipelined pairs of threads (the matrix stages on one, softmax on the
-# other), forced: the cases with 16 or more queries of f16 caches whose head sizes the
-# streamed path takes (V heads of whole 16-channel blocks: K 64, 80, 96, 128, 192; the
-# default run covers the parallel schedule); then the trace of a prefill shows the
-# schedule and the two groups' times.
+# other), forced, in the batch-invariant arithmetic: the cases with 16 or more queries of
+# f16 caches whose head sizes the streamed path takes (V heads of whole 16-channel blocks:
+# K 64, 80, 96, 128, 192; the default run covers the parallel schedule in ggml's
+# arithmetic); then the trace of a prefill shows the schedule and the two groups' times.
 t_backend_ops_attn_pipelined() {
-    backend_ops "FLASH_ATTN_EXT" 'hsk=(64|80|96|128|192),hsv=(64|80|96|128),.*nb=(16|32|64|67|75|512),.*type_K=f16' "" SMEPILOT_ATTN=pipelined || return 1
+    backend_ops "FLASH_ATTN_EXT" 'hsk=(64|80|96|128|192),hsv=(64|80|96|128),.*nb=(16|32|64|67|75|512),.*type_K=f16' "" SMEPILOT_ATTN=pipelined SMEPILOT_BATCH_INVARIANT=1 || return 1
     SMEPILOT_TRACE=1 SMEPILOT_ATTN=pipelined "$bin/llama-bench" --backend smepilot -m "$model" -fa 1 -p 64 -n 0 -r 1 >"$work/trace-attn.out" 2>&1 || { tail -20 "$work/trace-attn.out"; return 1; }
     grep -m1 "trace: FLASH_ATTN_EXT.*attn=pipelined pair0: matrix=[0-9]*us softmax=[0-9]*us" "$work/trace-attn.out" || { grep -m3 "FLASH_ATTN_EXT" "$work/trace-attn.out"; echo "no pipelined attention in the trace"; return 1; }
 }
@@ -355,8 +355,8 @@ t_cli() {
 }
 t_server() { python3 "$repo/tests/server_test.py" --bin "$bin/llama-server" --model "$model"; }
 # llama-server under concurrent load (tests/server_load.py): 200 requests, at most 32 in
-# flight, on SMEPilot and then on stock; failures, latency, tokens/s, RSS growth and the
-# probes' texts.
+# flight, on SMEPilot (SMEPILOT_BATCH_INVARIANT=1, for the probes) and then on stock;
+# failures, latency, tokens/s, RSS growth and the probes' texts.
 t_server_load() { python3 "$repo/tests/server_load.py" --bin "$bin/llama-server" --model "$model"; }
 
 # ---- the KV cache in SMEPilot's packed layout ------------------------------------------
@@ -382,8 +382,9 @@ t_kv_state_seq() {
 # Batch invariance at temperature 0 (tests/batch_invariance.cpp): each probe prompt's
 # logits, alone and then in the same batches as three other sequences (llama-server's
 # continuous batching, a stream per sequence, pieces of 1 to 100 tokens, another ubatch
-# size), must be bit-identical with SMEPilot for the types whose every engine mode gives
-# the same bits. Stock's agreement is printed beside it.
+# size), must be bit-identical with SMEPilot (SMEPILOT_BATCH_INVARIANT=1) for the types
+# whose every engine mode gives the same bits. SMEPilot's default (stock's prefill
+# attention) and stock are printed beside it.
 t_batch_invariance() {
     local tree; tree=$("$repo/bench-scripts/setup-llama.sh") || return 1
     clang++-19 -std=c++17 -O1 -Wall -I"$tree/src/include" -I"$tree/src/ggml/include" "$repo/tests/batch_invariance.cpp" \
@@ -391,9 +392,11 @@ t_batch_invariance() {
     local ty m ok=0
     for ty in Q4_0 Q4_1 Q8_0; do
         if [ "$ty" = Q4_1 ]; then m=$model; else m=$(requant "$ty") || return 1; fi
-        echo "$ty, SMEPilot:"
-        "$work/batch_invariance" "$plugin" "$m" /usr/share/common-licenses/GPL-3 2>"$work/bi-$ty.err" || { ok=1; tail -3 "$work/bi-$ty.err"; }
+        echo "$ty, SMEPilot, SMEPILOT_BATCH_INVARIANT=1:"
+        SMEPILOT_BATCH_INVARIANT=1 "$work/batch_invariance" "$plugin" "$m" /usr/share/common-licenses/GPL-3 2>"$work/bi-$ty.err" || { ok=1; tail -3 "$work/bi-$ty.err"; }
         grep -q "SMEPILOT_KV[0-9]* KV buffer" "$work/bi-$ty.err" || { echo "the cache was not in SMEPilot's buffer"; ok=1; }
+        echo "$ty, SMEPilot by default (for comparison):"
+        "$work/batch_invariance" "$plugin" "$m" /usr/share/common-licenses/GPL-3 2>/dev/null
         echo "$ty, stock (for comparison):"
         "$work/batch_invariance" - "$m" /usr/share/common-licenses/GPL-3 2>/dev/null
     done

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""llama-server under concurrent load, SMEPilot against stock (`--backend cpu`) under the
-same load, one after the other:
+"""llama-server under concurrent load, SMEPilot (SMEPILOT_BATCH_INVARIANT=1) against stock
+(`--backend cpu`) under the same load, one after the other:
 
 - `-np 4` (continuous batching, a cache stream per slot), 200 requests from a fixed seed,
   at most 32 in flight: prompts of 16 to 1,500 tokens (text from the corpus), 16 to 256
@@ -111,7 +111,9 @@ def rss_kb(pid: int) -> int:
 def run(binary: str, model: str, backend: str, corpus: str) -> dict:
     log = WORK / f"server-load-{backend}.log"
     out = {"backend": backend, "failures": 0, "errors": []}
-    with server_process(binary, model, log, ["-c", "8192", "-np", "4", "-fa", "on"], backend) as (base, proc):
+    # SMEPilot in its batch-invariant form (the probes' check); stock has none.
+    env = {"SMEPILOT_BATCH_INVARIANT": "1"} if backend == "smepilot" else {}
+    with server_process(binary, model, log, ["-c", "8192", "-np", "4", "-fa", "on"], backend, env) as (base, proc):
         probe_reqs = [{"kind": "completion", "prompt": p, "n": 32, "temperature": 0, "cache_prompt": False} for p in probes(corpus)]
         alone = [send(base, r)["text"] for r in probe_reqs]
         reqs = workload(corpus)

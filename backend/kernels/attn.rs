@@ -3,10 +3,12 @@
 //! in f32 rows. Each has a scalar reference here; the SIMD tiers keep a few query rows of a
 //! key block (or of a V column chunk) in registers at a time.
 //!
-//! The scores follow the per-row kernels' lane order (`attn_rows`: eight lane chains over
-//! the channels, reduced in a fixed tree), so a query row scores the same on the blocked
-//! and the per-row path; P V is one fused multiply-add chain per output over the keys, as
-//! there. Every tier gives the scalar references' bits.
+//! Scores come in two orders: ggml-cpu's (its tiled flash attention: each dot product one
+//! fused multiply-add chain over the channels; `scores_block`, stock's bits) and the
+//! per-row kernels' (`attn_rows`: eight lane chains over the channels, reduced in a fixed
+//! tree; `scores_block_lanes`, so a query row scores the same on the blocked and the
+//! per-row path). P V is one fused multiply-add chain per output over the keys, in both.
+//! Every tier gives the scalar references' bits.
 
 use super::attn_rows::{GroupPvFn, GroupScoresFn};
 
@@ -14,12 +16,23 @@ use super::attn_rows::{GroupPvFn, GroupScoresFn};
 pub const BLOCK: usize = 16;
 
 /// Scores of a 16-query block against one 16-key block: `s[i][j] = dot(q row i, key j)`,
-/// q rows `dk` floats apart, in the per-row kernels' order (`attn_rows`), so that a query
+/// q rows `dk` floats apart, each one fused multiply-add chain over the channels. Scalar
+/// reference.
+pub fn scores_block_scalar(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
+    check_scores(q, dk, kt);
+    for (i, row) in s.iter_mut().enumerate() {
+        for (j, out) in row.iter_mut().enumerate() {
+            *out = (0..dk).fold(0.0, |acc: f32, d| q[i * dk + d].mul_add(kt[d * BLOCK + j], acc));
+        }
+    }
+}
+
+/// As [`scores_block_scalar`] in the per-row kernels' order (`attn_rows`), so that a query
 /// row's scores do not depend on the path: eight lane sums (lane l: channels l, l + 8, ...
 /// below the last whole eight, one fused multiply-add chain each), reduced as
 /// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))`, then the last `dk % 8` channels
 /// fused in one by one. Scalar reference.
-pub fn scores_block_scalar(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
+pub fn scores_block_lanes_scalar(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
     check_scores(q, dk, kt);
     let whole = dk - dk % LANES;
     for (i, row) in s.iter_mut().enumerate() {
@@ -120,6 +133,7 @@ pub struct Kernels {
     pub blocked: bool,
     pub keys_block: KeysBlockFn,
     pub scores_block: ScoresBlockFn,
+    pub scores_block_lanes: ScoresBlockFn,
     pub pv_block: PvBlockFn,
     pub finish_scores: FinishScoresFn,
     /// Decode (`attn_rows`): a GQA group's scores against f16 key rows, and its P V.
@@ -132,6 +146,7 @@ pub const SCALAR: Kernels = Kernels {
     blocked: false,
     keys_block: keys_block_scalar,
     scores_block: scores_block_scalar,
+    scores_block_lanes: scores_block_lanes_scalar,
     pv_block: pv_block_scalar,
     finish_scores: finish_scores_scalar,
     group_scores: super::attn_rows::group_scores_scalar,
@@ -169,6 +184,11 @@ pub(crate) fn neon_kernels() -> Option<Kernels> {
         // SAFETY: lengths checked; NEON is baseline on aarch64.
         unsafe { neon::scores_block(q, dk, kt, s) }
     }
+    fn scores_block_lanes(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
+        check_scores(q, dk, kt);
+        // SAFETY: lengths checked; NEON is baseline on aarch64.
+        unsafe { neon::scores_block_lanes(q, dk, kt, s) }
+    }
     fn pv_block(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]) {
         check_pv(p, p_stride, n_keys, v, dv, o);
         // SAFETY: lengths checked; NEON is baseline on aarch64.
@@ -180,7 +200,7 @@ pub(crate) fn neon_kernels() -> Option<Kernels> {
         unsafe { neon::finish_scores(s, scale, slope, mask, n, out) }
     }
     let (group_scores, group_pv) = super::attn_rows::neon()?;
-    Some(Kernels { blocked: true, keys_block: keys_block_scalar, scores_block, pv_block, finish_scores, group_scores, group_pv })
+    Some(Kernels { blocked: true, keys_block: keys_block_scalar, scores_block, scores_block_lanes, pv_block, finish_scores, group_scores, group_pv })
 }
 
 /// The AVX2 + FMA + F16C tier, when this CPU runs it.
@@ -190,6 +210,11 @@ pub(crate) fn avx2_kernels() -> Option<Kernels> {
         check_scores(q, dk, kt);
         // SAFETY: lengths checked; reachable only through avx2_kernels() (features checked).
         unsafe { avx2::scores_block(q, dk, kt, s) }
+    }
+    fn scores_block_lanes(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
+        check_scores(q, dk, kt);
+        // SAFETY: as above.
+        unsafe { avx2::scores_block_lanes(q, dk, kt, s) }
     }
     fn pv_block(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]) {
         check_pv(p, p_stride, n_keys, v, dv, o);
@@ -206,7 +231,7 @@ pub(crate) fn avx2_kernels() -> Option<Kernels> {
     }
     let ok = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
     let (group_scores, group_pv) = super::attn_rows::avx2()?;
-    Some(Kernels { blocked: true, keys_block: avx2_keys_block, scores_block, pv_block, finish_scores, group_scores, group_pv }).filter(|_| ok)
+    Some(Kernels { blocked: true, keys_block: avx2_keys_block, scores_block, scores_block_lanes, pv_block, finish_scores, group_scores, group_pv }).filter(|_| ok)
 }
 
 /// The AVX2 + F16C `keys_block` (the AVX-512 tier's too: eight keys per transpose suit both).
@@ -221,13 +246,18 @@ fn avx2_keys_block(rows: &[u8], stride: usize, n: usize, dk: usize, kt: &mut [f3
 /// The AVX-512 tier, when this CPU runs it.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn avx512_kernels() -> Option<Kernels> {
+    fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
+        check_scores(q, dk, kt);
+        // SAFETY: lengths checked; reachable only through avx512_kernels() (features checked).
+        unsafe { avx512::scores_block(q, dk, kt, s) }
+    }
     // The scores in the per-row kernels' lane order: the AVX2 kernel (8 lanes), which every
     // AVX-512 CPU runs.
-    fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
+    fn scores_block_lanes(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
         check_scores(q, dk, kt);
         // SAFETY: lengths checked; reachable only through avx512_kernels(), which checked
         // AVX2 and FMA.
-        unsafe { avx2::scores_block(q, dk, kt, s) }
+        unsafe { avx2::scores_block_lanes(q, dk, kt, s) }
     }
     fn pv_block(p: &[f32], p_stride: usize, n_keys: usize, v: &[f32], dv: usize, o: &mut [f32]) {
         check_pv(p, p_stride, n_keys, v, dv, o);
@@ -248,13 +278,38 @@ pub(crate) fn avx512_kernels() -> Option<Kernels> {
     // Decode's row kernels: every AVX-512 CPU runs the AVX2 ones (their loads are one key
     // row's channels, which 8 lanes cover as well as 16).
     let (group_scores, group_pv) = super::attn_rows::avx2()?;
-    Some(Kernels { blocked: true, keys_block: avx2_keys_block, scores_block, pv_block, finish_scores, group_scores, group_pv }).filter(|_| ok)
+    Some(Kernels { blocked: true, keys_block: avx2_keys_block, scores_block, scores_block_lanes, pv_block, finish_scores, group_scores, group_pv }).filter(|_| ok)
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::BLOCK;
     use std::arch::x86_64::*;
+
+    /// Callers checked: q holds 16 rows of dk, kt dk * 16 floats.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
+        let (qp, kp) = (q.as_ptr(), kt.as_ptr());
+        // SAFETY: the only callers are the wrappers in `avx512_kernels()`, handed out once it
+        // checked this fn's features (AVX-512F); they checked q holds 16 rows of dk floats and
+        // kt dk * 16, so every load stays within q and kt and every store within the 16 x 16
+        // `s`.
+        unsafe {
+            for half in 0..2 {
+                let q0 = qp.add(half * 8 * dk);
+                let mut acc = [_mm512_setzero_ps(); 8];
+                for d in 0..dk {
+                    let k = _mm512_loadu_ps(kp.add(d * BLOCK));
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*q0.add(i * dk + d)), k, *a);
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(s[half * 8 + i].as_mut_ptr(), *a);
+                }
+            }
+        }
+    }
 
     /// Callers checked the lengths; dv is a multiple of 16.
     #[target_feature(enable = "avx512f")]
@@ -379,10 +434,39 @@ mod avx2 {
     }
 
     /// Callers checked: q holds 16 rows of dk, kt dk * 16 floats. Four query rows at a time
+    /// (eight accumulators: 4 rows x 2 key halves).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
+        let (qp, kp) = (q.as_ptr(), kt.as_ptr());
+        // SAFETY: the only callers are the wrappers in `avx2_kernels()`, handed out once it
+        // checked this fn's features (AVX2, FMA); they checked q holds 16 rows of dk floats and
+        // kt dk * 16, so every load stays within q and kt and every store within the 16 x 16
+        // `s`.
+        unsafe {
+            for quad in 0..BLOCK / 4 {
+                let q0 = qp.add(quad * 4 * dk);
+                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                for d in 0..dk {
+                    let (k0, k1) = (_mm256_loadu_ps(kp.add(d * BLOCK)), _mm256_loadu_ps(kp.add(d * BLOCK + 8)));
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let qv = _mm256_set1_ps(*q0.add(i * dk + d));
+                        a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
+                        a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(s[quad * 4 + i].as_mut_ptr(), a[0]);
+                    _mm256_storeu_ps(s[quad * 4 + i].as_mut_ptr().add(8), a[1]);
+                }
+            }
+        }
+    }
+
+    /// Callers checked: q holds 16 rows of dk, kt dk * 16 floats. Four query rows at a time
     /// (eight accumulators: 4 rows x 2 key halves), one pass per lane over its channels,
     /// the lanes reduced by `reduce_lanes`, then the tail channels.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
+    pub unsafe fn scores_block_lanes(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
         let (qp, kp) = (q.as_ptr(), kt.as_ptr());
         let whole = dk - dk % LANES;
         // Per lane pass its 4 x 2 accumulators.
@@ -502,9 +586,44 @@ mod neon {
     }
 
     /// Callers checked: q holds 16 rows of dk, kt dk * 16 floats. Four query rows at a time
+    /// (16 accumulators: 4 rows x 4 key quarters), four channels per q load.
+    pub unsafe fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
+        let (qp, kp) = (q.as_ptr(), kt.as_ptr());
+        // SAFETY: NEON is baseline on aarch64; callers checked q holds 16 rows of dk floats
+        // and kt dk * 16, so the q loads (4 channels from d, d + 4 <= dk) and the key loads
+        // (row d < dk) stay within q and kt, and every store within the 16 x 16 `s`.
+        unsafe {
+            let keys = |d: usize| -> [float32x4_t; 4] { std::array::from_fn(|m| vld1q_f32(kp.add(d * BLOCK + 4 * m))) };
+            for quad in 0..BLOCK / 4 {
+                let q0 = qp.add(quad * 4 * dk);
+                let mut acc = [[vdupq_n_f32(0.0); 4]; 4];
+                let mut d = 0;
+                while d + 4 <= dk {
+                    let x: [float32x4_t; 4] = std::array::from_fn(|i| vld1q_f32(q0.add(i * dk + d)));
+                    fma_lane::<0, 4>(&mut acc, &x, &keys(d));
+                    fma_lane::<1, 4>(&mut acc, &x, &keys(d + 1));
+                    fma_lane::<2, 4>(&mut acc, &x, &keys(d + 2));
+                    fma_lane::<3, 4>(&mut acc, &x, &keys(d + 3));
+                    d += 4;
+                }
+                while d < dk {
+                    let x: [float32x4_t; 4] = std::array::from_fn(|i| vdupq_n_f32(*q0.add(i * dk + d)));
+                    fma_lane::<0, 4>(&mut acc, &x, &keys(d));
+                    d += 1;
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    for (m, am) in a.iter().enumerate() {
+                        vst1q_f32(s[quad * 4 + i].as_mut_ptr().add(4 * m), *am);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Callers checked: q holds 16 rows of dk, kt dk * 16 floats. Four query rows at a time
     /// (16 accumulators: 4 rows x 4 key quarters), one pass per lane over its channels, the
     /// lanes reduced by `reduce_lanes`, then the tail channels.
-    pub unsafe fn scores_block(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
+    pub unsafe fn scores_block_lanes(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
         let (qp, kp) = (q.as_ptr(), kt.as_ptr());
         let whole = dk - dk % LANES;
         // Per lane pass its 4 x 4 accumulators.
@@ -647,7 +766,7 @@ mod tests {
     }
 
     fn blocked_kernels_match(k: &Kernels, tier: &str) {
-        let (scores_block, pv_block) = (k.scores_block, k.pv_block);
+        let pv_block = k.pv_block;
         let mut rng = StdRng::seed_from_u64(9);
         for &(dk, dv, n_keys, p_stride) in &[
             (128, 128, 16, 16),
@@ -660,23 +779,17 @@ mod tests {
         ] {
             let q: Vec<f32> = (0..BLOCK * dk).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let kt: Vec<f32> = (0..BLOCK * dk).map(|_| rng.gen_range(-1.0..1.0)).collect();
-            let (mut a, mut b) = ([[0f32; BLOCK]; BLOCK], [[0f32; BLOCK]; BLOCK]);
-            scores_block(&q, dk, &kt, &mut a);
-            scores_block_scalar(&q, dk, &kt, &mut b);
-            for i in 0..BLOCK {
-                for j in 0..BLOCK {
-                    assert_eq!(
-                        a[i][j].to_bits(),
-                        b[i][j].to_bits(),
-                        "{tier} scores dk={dk} ({i},{j})"
-                    );
-                    let direct: f64 = (0..dk)
-                        .map(|d| q[i * dk + d] as f64 * kt[d * BLOCK + j] as f64)
-                        .sum();
-                    assert!(
-                        (a[i][j] as f64 - direct).abs() <= 1e-5 * dk as f64,
-                        "scores dk={dk} ({i},{j})"
-                    );
+            let orders: [(ScoresBlockFn, ScoresBlockFn, &str); 2] = [(k.scores_block, scores_block_scalar, "chain"), (k.scores_block_lanes, scores_block_lanes_scalar, "lanes")];
+            for (tiered, reference, order) in orders {
+                let (mut a, mut b) = ([[0f32; BLOCK]; BLOCK], [[0f32; BLOCK]; BLOCK]);
+                tiered(&q, dk, &kt, &mut a);
+                reference(&q, dk, &kt, &mut b);
+                for i in 0..BLOCK {
+                    for j in 0..BLOCK {
+                        assert_eq!(a[i][j].to_bits(), b[i][j].to_bits(), "{tier} scores ({order}) dk={dk} ({i},{j})");
+                        let direct: f64 = (0..dk).map(|d| q[i * dk + d] as f64 * kt[d * BLOCK + j] as f64).sum();
+                        assert!((a[i][j] as f64 - direct).abs() <= 1e-5 * dk as f64, "scores ({order}) dk={dk} ({i},{j})");
+                    }
                 }
             }
             let p: Vec<f32> = (0..BLOCK * p_stride)
@@ -703,6 +816,29 @@ mod tests {
                     (*x as f64 - direct).abs() <= 1e-5 * n_keys as f64,
                     "pv at {i}: {x} vs {direct}"
                 );
+            }
+        }
+    }
+
+    /// The lane-order scores of a block are the per-row kernel's scores of the same keys,
+    /// bit for bit (what makes the two attention paths agree).
+    #[test]
+    fn lane_order_scores_match_the_row_kernels() {
+        let mut rng = StdRng::seed_from_u64(12);
+        for &(dk, n) in &[(64, 16), (128, 11), (20, 16), (7, 5)] {
+            let stride = 2 * dk + 6;
+            let rows: Vec<u8> = (0..BLOCK * stride / 2).flat_map(|_| half::f16::from_f32(rng.gen_range(-1.0..1.0)).to_le_bytes()).collect();
+            let q: Vec<f32> = (0..BLOCK * dk).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let mut kt = vec![0f32; BLOCK * dk];
+            keys_block_scalar(&rows, stride, n, dk, &mut kt);
+            let mut blk = [[0f32; BLOCK]; BLOCK];
+            scores_block_lanes_scalar(&q, dk, &kt, &mut blk);
+            let mut s = vec![0f32; BLOCK * BLOCK];
+            super::super::attn_rows::group_scores_scalar(&q, BLOCK, dk, &rows, stride, n, &mut s, BLOCK, super::super::attn_rows::Prefetch::NONE);
+            for i in 0..BLOCK {
+                for j in 0..n {
+                    assert_eq!(blk[i][j].to_bits(), s[i * BLOCK + j].to_bits(), "dk {dk}: ({i},{j})");
+                }
             }
         }
     }

@@ -5,17 +5,20 @@
 //! K's dot type (q8_0 for q4_0 and q8_0 keys) and each score K's dot with it, value rows
 //! converted to f32.
 //!
-//! A query row's result is the same, bit for bit, whichever of the vector paths runs it,
-//! whatever the other queries of the node, the thread count or the keys past its own the
-//! view reaches (batch invariance): both compute it in one arithmetic (`state`): Q rounded
-//! through f16, scores in the per-row kernels' lane order, per 64-key tile its maximum,
-//! weights and sum, the tiles' states folded in order.
+//! The per-row path computes each query row in one arithmetic (`state`): f32 Q, scores in
+//! the per-row kernels' lane order, per 64-key tile its maximum, weights and sum, the
+//! tiles' states folded in order; its result depends neither on the other queries of the
+//! node, the thread count nor the keys past its own the view reaches. The streamed path
+//! follows ggml-cpu's tiled arithmetic by default (stock's bits), or with
+//! SMEPILOT_BATCH_INVARIANT=1 the per-row path's, so that a row's result is the same on
+//! either path (batch invariance).
 //!
 //! Three paths:
 //! * streamed (prefill: 16 or more queries, on the fast kernel tiers; `streamed`): tasks of
 //!   16-query blocks of the query heads that share a K/V head walk the keys in 64-key
-//!   tiles, each tile converted once for the whole task; run data-parallel or in pipelined
-//!   pairs of threads (matrix stages on one, softmax on the other), per `SMEPILOT_ATTN`;
+//!   tiles, each tile converted once for the whole task, in either arithmetic; run
+//!   data-parallel or in pipelined pairs of threads (matrix stages on one, softmax on the
+//!   other), per `SMEPILOT_ATTN`;
 //! * tiles (prefill where the process drives AMX and `SMEPILOT_AMX_ATTN=1`; `tiles`): the
 //!   products on the AMX tiles from split bf16 copies of K and V, in ggml's tiled online
 //!   softmax (`block`): not batch-invariant;
@@ -144,7 +147,32 @@ fn path(node: &Node, ks: &KernelSet, nth: usize) -> Path {
     if let Some(t) = tiles::layout(node, ks) {
         return Path::Tiles(t);
     }
-    Path::Streamed(streamed::Layout::new(node, nth, pipelined(nth)))
+    Path::Streamed(streamed::Layout::new(node, nth, pipelined(nth), invariant()))
+}
+
+/// Whether the streamed path computes in the per-row path's arithmetic (batch invariance):
+/// as SMEPILOT_BATCH_INVARIANT (or a test) says.
+fn invariant() -> bool {
+    test_invariant::get().unwrap_or_else(|| crate::config::get().is_ok_and(|c| c.batch_invariant))
+}
+
+/// Tests pick the streamed path's arithmetic per run (SMEPILOT_BATCH_INVARIANT is read once).
+pub mod test_invariant {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static FORM: AtomicU8 = AtomicU8::new(0);
+
+    /// None: the configuration decides.
+    #[cfg(test)]
+    pub fn set(invariant: Option<bool>) {
+        FORM.store(invariant.map_or(0, |i| 1 + i as u8), Ordering::SeqCst);
+    }
+
+    pub fn get() -> Option<bool> {
+        match FORM.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(v == 2),
+        }
+    }
 }
 
 /// Whether the streamed path runs in pipelined pairs: as `SMEPILOT_ATTN` (or a test) says,
@@ -235,9 +263,9 @@ struct RowsLayout {
     unit: usize,
     partials: usize,
     /// Byte offsets in a thread's area of Q in f32, the scores, the chunk's states, the
-    /// folded output, Q in f16, a chunk's mask row in f32, Q in K's dot type and a chunk's
-    /// value rows in f32 (caches of other types than f16); then the area's size.
-    at: [usize; 8],
+    /// folded output, a chunk's mask row in f32, Q in K's dot type and a chunk's value rows
+    /// in f32 (caches of other types than f16); then the area's size.
+    at: [usize; 7],
     per_thread: usize,
 }
 
@@ -256,12 +284,12 @@ fn rows_layout(node: &Node, nth: usize) -> RowsLayout {
     // A chunk's state: per head its maximum and sum, then its g x dv output.
     let unit = round64(TILES * g * (2 + dv) * 4);
     let partials = if split { rows * n_c * unit } else { 0 };
-    // Q in f32 (rounded through f16), the chunk's scores, its states, the folded output,
-    // Q in f16, a chunk's mask row in f32, Q in K's dot type, the chunk's V in f32.
+    // Q in f32, the chunk's scores, its states, the folded output, a chunk's mask row in
+    // f32, Q in K's dot type, the chunk's V in f32.
     let q_dot = if k.ty == DType::F16 { 0 } else { g * dot_type(k.ty).row_bytes(dk) };
     let v32 = if v.ty == DType::F16 { 0 } else { CHUNK * dv * 4 };
-    let sizes = [g * dk * 4, g * CHUNK * 4, unit, g * dv * 4, g * dk * 2, CHUNK * 4, q_dot, v32];
-    let mut at = [0; 8];
+    let sizes = [g * dk * 4, g * CHUNK * 4, unit, g * dv * 4, CHUNK * 4, q_dot, v32];
+    let mut at = [0; 7];
     let mut per_thread = 0;
     for (a, bytes) in at.iter_mut().zip(sizes) {
         *a = per_thread;
@@ -319,10 +347,10 @@ impl RowsJob<'_> {
         }
     }
 
-    /// The group's Q rows into `qf`, rounded through f16 (`q16`) as ggml-cpu rounds them,
+    /// The group's Q rows into `qf` (f32, as ggml-cpu's tiled path reads them),
     /// and for keys of other types than f16 in K's dot type into `q_dot`, as ggml-cpu
     /// converts them.
-    fn load_q(&self, rg: RowGroup, q16: &mut [u8], qf: &mut [f32], q_dot: &mut [u8]) {
+    fn load_q(&self, rg: RowGroup, qf: &mut [f32], q_dot: &mut [u8]) {
         let (q, k) = (self.node.src(0), self.node.src(1));
         let dk = q.ne[0];
         if k.ty != DType::F16 {
@@ -335,12 +363,9 @@ impl RowsJob<'_> {
             }
             return;
         }
-        let f16k = self.ctx.kernels.kernels(DType::F16).expect("f16 kernels");
-        let (to_f16, to_f32) = (f16k.from_f32.expect("f16 from f32"), f16k.to_f32);
         for h in 0..self.g {
             // Q rows hold dk f32 (supports).
-            to_f16(&q.row::<f32>(rg.iq1, rg.h0 + h, rg.iq3)[..dk], &mut q16[..2 * dk]);
-            to_f32(&q16[..2 * dk], &mut qf[h * dk..(h + 1) * dk]);
+            qf[h * dk..(h + 1) * dk].copy_from_slice(&q.row::<f32>(rg.iq1, rg.h0 + h, rg.iq3)[..dk]);
         }
     }
 
@@ -489,10 +514,9 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
     let s = area.carve::<f32>(lay.at[1], g * CHUNK);
     let states = area.carve::<f32>(lay.at[2], TILES * g * (2 + dv));
     let o = area.carve::<f32>(lay.at[3], g * dv);
-    let q16 = area.carve::<u8>(lay.at[4], g * dk * 2);
-    let mf = area.carve::<f32>(lay.at[5], CHUNK);
-    let q_dot = area.carve::<u8>(lay.at[6], lay.at[7] - lay.at[6]);
-    let v32 = area.carve::<f32>(lay.at[7], (lay.per_thread - lay.at[7]) / 4);
+    let mf = area.carve::<f32>(lay.at[4], CHUNK);
+    let q_dot = area.carve::<u8>(lay.at[5], lay.at[6] - lay.at[5]);
+    let v32 = area.carve::<f32>(lay.at[6], (lay.per_thread - lay.at[6]) / 4);
     let mut st = Staging { q_dot, v32, mf };
     // The row-group whose Q `qf` holds.
     let mut loaded = usize::MAX;
@@ -510,7 +534,7 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
         let (r0, r1) = split_range(lay.rows, ctx.ith, ctx.nth);
         for r in r0..r1 {
             let rg = job.row_group(r);
-            job.load_q(rg, q16, qf, st.q_dot);
+            job.load_q(rg, qf, st.q_dot);
             job.start(rg, &mut mm, &mut ll, o);
             for c in 0..lay.n_c {
                 job.chunk(rg, c, qf, s, states, &mut st);
@@ -535,7 +559,7 @@ pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softc
         let (r, c) = (u / lay.n_c, u % lay.n_c);
         let rg = job.row_group(r);
         if loaded != r {
-            job.load_q(rg, q16, qf, st.q_dot);
+            job.load_q(rg, qf, st.q_dot);
             loaded = r;
         }
         // Unit u is this thread's: it took u from the queue.

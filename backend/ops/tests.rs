@@ -675,15 +675,26 @@ thread_local! {
 fn prefill_attention_schedules_give_the_same_bits() {
     use super::attention::test_schedule;
     use crate::config::AttnSchedule;
-    /// Back to the configuration's schedule however the test ends.
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            test_schedule::set(None);
-        }
-    }
     let _lock = ATTN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let _reset = Reset;
+    let _reset = AttnReset;
+    for invariant in [false, true] {
+        super::attention::test_invariant::set(Some(invariant));
+        schedules_give_the_same_bits(invariant);
+    }
+}
+
+/// Back to the configuration's attention schedule and form however a test ends.
+struct AttnReset;
+impl Drop for AttnReset {
+    fn drop(&mut self) {
+        super::attention::test_schedule::set(None);
+        super::attention::test_invariant::set(None);
+    }
+}
+
+fn schedules_give_the_same_bits(invariant: bool) {
+    use super::attention::test_schedule;
+    use crate::config::AttnSchedule;
     each_tier("ops::prefill_attention_schedules_give_the_same_bits", || {
         let blocked = tier_set().attn.blocked;
         for &(dk, dv, n_q, n_kv, hq, hkv, hidden) in &[
@@ -706,7 +717,7 @@ fn prefill_attention_schedules_give_the_same_bits() {
             ] {
                 test_schedule::set(Some(schedule));
                 let got = flash_attn_case_hiding(dk, dv, n_q, n_kv, hq, hkv, 0.0, None, threads, hidden, cells);
-                assert!(got == alone, "dk {dk} n_q {n_q} n_kv {n_kv} heads {hq}/{hkv}, {threads} threads {schedule:?} cells {cells}: bits differ from one thread's");
+                assert!(got == alone, "dk {dk} n_q {n_q} n_kv {n_kv} heads {hq}/{hkv}, {threads} threads {schedule:?} cells {cells}, invariant {invariant}: bits differ from one thread's");
                 let ran = LAST_ATTN_REPORT.with(|r| r.get()) >> 62;
                 let want = if !blocked { 0 } else if schedule == AttnSchedule::Pipelined { 2 } else { 1 };
                 assert_eq!(ran, want, "{threads} threads {schedule:?}: the schedule that ran");
@@ -754,15 +765,17 @@ fn flash_attn_rows(q: &[f32], k: &[f16], v: &[f16], mask: &[u16], dk: usize, dv:
     ob.f32s()[..dv * hq * n_q].iter().map(|x| x.to_bits()).collect()
 }
 
-/// Batch invariance: a query row's output does not depend on the other rows of the node
-/// (the streamed path with 16 or more of them, the per-row path with fewer, in blocks that
-/// start anywhere), on the thread count, or on keys past its own that the view reaches but
-/// the mask hides (llama.cpp pads the cache view, by how much depends on the other
-/// sequences of the batch). Soft-capped or not, GQA groups of 1 and 3, head sizes with and
-/// without a tail past the last eight channels.
+/// Batch invariance (SMEPILOT_BATCH_INVARIANT=1): a query row's output does not depend on
+/// the other rows of the node (the streamed path with 16 or more of them, the per-row path
+/// with fewer, in blocks that start anywhere), on the thread count, or on keys past its
+/// own that the view reaches but the mask hides (llama.cpp pads the cache view, by how much
+/// depends on the other sequences of the batch). Soft-capped or not, GQA groups of 1 and 3,
+/// head sizes with and without a tail past the last eight channels.
 #[test]
 fn attention_rows_do_not_depend_on_the_batch() {
     let _lock = ATTN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _reset = AttnReset;
+    super::attention::test_invariant::set(Some(true));
     each_tier("ops::attention_rows_do_not_depend_on_the_batch", || {
         let mut rng = StdRng::seed_from_u64(41);
         for &(dk, dv, hq, hkv, softcap) in &[(64, 64, 6, 2, 0.0), (40, 32, 2, 2, 5.0), (68, 48, 3, 1, 0.0)] {

@@ -5,12 +5,18 @@
 //! (a task's units: a 16-query block of one head each). A task walks the keys in 64-key
 //! tiles; each tile of K (transposed per 16-key block) and V is converted to f32 once, into
 //! a buffer that stays in cache, and read by every unit of the task. Per tile and unit run
-//! three stages, in the per-row path's arithmetic (`state`; the scores in the per-row
-//! kernels' lane order, see `kernels::attn`), so a query row gets the same bits on either
-//! path:
+//! three stages:
 //! * scores: Q K^T (a matrix stage);
-//! * softmax: scale, cap, mask, and the tile's maximum, weights and sum (vector work);
-//! * P V: the tile's weighted values, folded into the unit's rows (a matrix stage).
+//! * softmax: scale, cap, mask and the softmax step (vector work);
+//! * P V: the tile's weighted values into the unit's rows (a matrix stage).
+//!
+//! Two forms of the arithmetic:
+//! * ggml-cpu's tiled flash attention, in its exact operation order (default: the CPU
+//!   backend's bits): scores one chain over the channels, a running maximum per tile, the
+//!   output rescaled and the tile's P V added to it (`block`);
+//! * the per-row path's (SMEPILOT_BATCH_INVARIANT=1, `state`): scores in the per-row
+//!   kernels' lane order, per tile its own maximum, sum and P V, folded into the row's
+//!   state; a query row then gets the same bits on either path, whatever the batch.
 //!
 //! Two schedules (`SMEPILOT_ATTN`):
 //! * parallel: every thread takes tasks from the node's queue and runs all three stages;
@@ -43,7 +49,7 @@ const COUNTERS: usize = 32;
 /// The task id that tells the softmax thread the node is done.
 const DONE: u32 = u32::MAX;
 
-/// Byte offsets of one area's arrays: per unit Q (16 x dk, rounded through f16), output
+/// Byte offsets of one area's arrays: per unit Q (16 x dk), output
 /// (16 x dv), folded maximum and sum (16 each); a tile's weighted values for one unit
 /// (16 x dv); per slot the units' scores (16 x 64), tile maxima and sums (16 each), their
 /// live flags, and the tile's K (transposed) and V in f32. Each array takes whole cache
@@ -91,6 +97,9 @@ impl Areas {
 /// The node's tasks and scratch: (pipelined) one area per pair, then an area for each
 /// thread running the parallel schedule.
 pub struct Layout {
+    /// The per-row path's arithmetic (`state`, SMEPILOT_BATCH_INVARIANT=1) rather than
+    /// ggml-cpu's tiled one.
+    invariant: bool,
     g: usize,
     qpt: usize,
     n_qb: usize,
@@ -104,7 +113,7 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn new(node: &Node, nth: usize, pipelined: bool) -> Layout {
+    pub fn new(node: &Node, nth: usize, pipelined: bool, invariant: bool) -> Layout {
         let (q, k, v) = (node.src(0), node.src(1), node.src(2));
         let (dk, dv, n_q, n_kv) = (q.ne[0], v.ne[0], q.ne[1], k.ne[1]);
         let g = super::gqa_group(node);
@@ -122,7 +131,7 @@ impl Layout {
         let solo = Areas::new(nu, dk, dv, 1, 0);
         let pair = Areas::new(nu, dk, dv, 2, COUNTERS * 4);
         let bytes = (COUNTERS * 4 + pair.bytes) * pairs + solo.bytes * (nth - 2 * pairs);
-        Layout { g, qpt, n_qb, n_qc, n_tiles: n_kv.div_ceil(KV_TILE), tasks: groups * n_qc, pairs, solo, pair, bytes }
+        Layout { invariant, g, qpt, n_qb, n_qc, n_tiles: n_kv.div_ceil(KV_TILE), tasks: groups * n_qc, pairs, solo, pair, bytes }
     }
 
     fn pair_base(&self, p: usize) -> usize {
@@ -163,8 +172,10 @@ struct Region<'a> {
 
 // Each accessor hands out a fresh slice of one array of the area. The stages hold slices of
 // different arrays (or different slots) at once, never two of the same bytes. In a pair,
-// Q, the outputs, the folded state and `ot` are the matrix thread's; a slot belongs to
-// whoever it was last handed to.
+// Q, the outputs and `ot` are the matrix thread's; the running state (m, l) is the softmax
+// thread's during a task in ggml's form (the matrix thread's in `finish`, after the last
+// tile's hand-over), the matrix thread's in the invariant form (it folds); a slot belongs
+// to whoever it was last handed to.
 impl Region<'_> {
     fn q(&self, u: usize) -> &mut [f32] {
         self.ctx.shared_mut(self.base + self.a.q + u * BLOCK * self.dk * 4, BLOCK * self.dk)
@@ -215,21 +226,35 @@ impl Job<'_> {
         QBlock { iq2: task.hg * self.lay.g + u % self.lay.g, iq3: task.iq3, i0, rows: (n_q - i0).min(BLOCK) }
     }
 
-    /// A task's start: Q of every unit rounded through f16 (as the per-row path loads it),
-    /// each row's state before its first tile.
-    fn begin(&self, r: &Region, task: &Task) {
+    /// Matrix side of a task's start: Q of every unit, outputs zero; in the invariant form
+    /// also each row's state before its first tile (the sink).
+    fn begin_matrix(&self, r: &Region, task: &Task) {
         let q = self.node.src(0);
         let dk = q.ne[0];
         for u in 0..task.nu {
             let qb = self.unit(task, u);
             let (qu, o, m, l) = (r.q(u), r.o(u), r.m(u), r.l(u));
             qu.fill(0.0); // padding rows: scored, never used
+            o.fill(0.0);
             for i in 0..qb.rows {
-                // Q rows hold dk f32 (supports). A conversion is exact: any tier's bits.
-                let row = &q.row::<f32>(qb.i0 + i, qb.iq2, qb.iq3)[..dk];
-                qu[i * dk..(i + 1) * dk].iter_mut().zip(row).for_each(|(d, &x)| *d = half::f16::from_f32(x).to_f32());
-                (m[i], l[i]) = state::start(state::sink(&self.p, qb.iq2), &mut o[i * self.dv()..(i + 1) * self.dv()]);
+                // Q rows hold dk f32 (supports).
+                qu[i * dk..(i + 1) * dk].copy_from_slice(&q.row::<f32>(qb.i0 + i, qb.iq2, qb.iq3)[..dk]);
+                if self.lay.invariant {
+                    (m[i], l[i]) = state::start(state::sink(&self.p, qb.iq2), &mut o[i * self.dv()..(i + 1) * self.dv()]);
+                }
             }
+        }
+    }
+
+    /// Softmax side of a task's start (ggml's form, whose softmax keeps the running state):
+    /// no maximum, nothing summed.
+    fn begin_softmax(&self, r: &Region, task: &Task) {
+        if self.lay.invariant {
+            return;
+        }
+        for u in 0..task.nu {
+            r.m(u).fill(f32::NEG_INFINITY);
+            r.l(u).fill(0.0);
         }
     }
 
@@ -271,11 +296,12 @@ impl Job<'_> {
             v_f32(&v.row::<u8>(k0 + j, iv2, iv3)[..v.ty.row_bytes(dv)], &mut vt[j * dv..(j + 1) * dv]);
         }
         let mut blk = [[0f32; BLOCK]; BLOCK];
+        let scores_block = if self.lay.invariant { ks.attn.scores_block_lanes } else { ks.attn.scores_block };
         for u in (0..task.nu).filter(|&u| live[u] != 0) {
             let (qu, s) = (r.q(u), r.s(sl, u));
             // Places past the view are left as they are: finish_scores masks them.
             for bt in 0..key_blocks {
-                (ks.attn.scores_block)(qu, dk, &kt[bt * BLOCK * dk..(bt + 1) * BLOCK * dk], &mut blk);
+                scores_block(qu, dk, &kt[bt * BLOCK * dk..(bt + 1) * BLOCK * dk], &mut blk);
                 for (i, srow) in blk.iter().enumerate() {
                     s[i * KV_TILE + bt * BLOCK..][..BLOCK].copy_from_slice(srow);
                 }
@@ -289,6 +315,13 @@ impl Job<'_> {
         let (n_kv, n_head) = (self.node.src(1).ne[1], self.node.src(0).ne[2]);
         let (k0, nk) = (t * KV_TILE, (n_kv - t * KV_TILE).min(KV_TILE));
         let live = r.live(sl, task.nu);
+        if !self.lay.invariant {
+            for u in (0..task.nu).filter(|&u| live[u] != 0) {
+                let qb = self.unit(task, u);
+                block::softmax_tile(self.ctx, self.node, &self.p, &qb, &qb.mask_rows(self.node), t, r.s(sl, u), r.m(u), r.l(u), r.mt(sl, u));
+            }
+            return;
+        }
         let to_f32 = self.ctx.kernels.kernels(DType::F16).expect("f16 kernels").to_f32;
         for u in (0..task.nu).filter(|&u| live[u] != 0) {
             let qb = self.unit(task, u);
@@ -313,6 +346,13 @@ impl Job<'_> {
         let nk = (n_kv - t * KV_TILE).min(KV_TILE);
         let (live, vt, ot) = (r.live(sl, task.nu), r.vt(sl), r.ot());
         for u in (0..task.nu).filter(|&u| live[u] != 0) {
+            if !self.lay.invariant {
+                // ggml's form: the output rescaled to this tile, then its P V added.
+                let o = r.o(u);
+                block::rescale(o, dv, r.mt(sl, u));
+                (self.ctx.kernels.attn.pv_block)(r.s(sl, u), KV_TILE, nk, vt, dv, o);
+                continue;
+            }
             ot.fill(0.0);
             (self.ctx.kernels.attn.pv_block)(r.s(sl, u), KV_TILE, nk, vt, dv, ot);
             let (o, m, l, mt, lt) = (r.o(u), r.m(u), r.l(u), r.mt(sl, u), r.lt(sl, u));
@@ -326,6 +366,10 @@ impl Job<'_> {
         let dv = self.dv();
         for u in 0..task.nu {
             let qb = self.unit(task, u);
+            if !self.lay.invariant {
+                block::finish(self.node, &self.p, &qb, r.m(u), r.l(u), r.o(u));
+                continue;
+            }
             let (o, l) = (r.o(u), r.l(u));
             for i in 0..qb.rows {
                 // Output is [dv, n_head, n_q, ne3]: row (iq2, i0 + i, iq3), this unit's alone.
@@ -345,7 +389,8 @@ impl Job<'_> {
             }
             let task = self.task(i);
             let t0 = Instant::now();
-            self.begin(r, &task);
+            self.begin_matrix(r, &task);
+            self.begin_softmax(r, &task);
             mat += t0.elapsed().as_nanos() as u64;
             for t in 0..self.lay.n_tiles {
                 let t0 = Instant::now();
@@ -380,7 +425,7 @@ impl Job<'_> {
             }
             let task = self.task(i);
             let t0 = Instant::now();
-            self.begin(r, &task);
+            self.begin_matrix(r, &task);
             busy += t0.elapsed().as_nanos() as u64;
             for t in 0..n_tiles {
                 let t0 = Instant::now();
@@ -416,6 +461,7 @@ impl Job<'_> {
                 return;
             }
             let task = self.task(id as usize);
+            self.begin_softmax(r, &task);
             for t in 0..n_tiles {
                 self.ctx.wait_until(&c[SCORED], base + t + 1);
                 let t0 = Instant::now();
