@@ -8,6 +8,8 @@
 #   setup-llama.sh --aarch64  a cross build for aarch64 (aarch64-toolchain.cmake, run
 #                             under QEMU): a few tools and all their .so files into
 #                             build/aarch64/bin, the tree linked as build/aarch64/llama.cpp
+#   setup-llama.sh --baseline an x86-64 build of test-backend-ops for CPUs without AVX
+#                             (SSE4.2 at most: qemu-x86_64 -cpu Nehalem runs it)
 # Prints the tree's path on stdout.
 set -euo pipefail
 
@@ -19,7 +21,8 @@ arch=native
 case "${1:-}" in
     "") ;;
     --aarch64) arch=aarch64 ;;
-    *) echo "usage: $0 [--aarch64]" >&2; exit 2 ;;
+    --baseline) arch=baseline ;;
+    *) echo "usage: $0 [--aarch64|--baseline]" >&2; exit 2 ;;
 esac
 
 patch_hash=$(cat "$repo"/llama-patches/*.patch 2>/dev/null | sha256sum | cut -c1-12)
@@ -35,6 +38,17 @@ if [ "$arch" = native ]; then
     tools=(llama-cli llama-server llama-bench llama-perplexity llama-quantize llama-completion test-backend-ops)
     bin_out="$repo/build/bin"
     minutes=6
+elif [ "$arch" = baseline ]; then
+    cmake_flags=(-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF
+        -DGGML_BMI2=OFF -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+        -DGGML_OPENMP=OFF -DLLAMA_BUILD_SERVER=OFF)
+    flag_hash=$(printf '%s\n' "${cmake_flags[@]}" | sha256sum | cut -c1-12)
+    key="baseline-$version-$patch_hash-$flag_hash"
+    stale_glob="baseline-$version-*"
+    tools=(test-backend-ops)
+    targets=("${tools[@]}")
+    bin_out="$repo/build/baseline/bin"
+    minutes=3
 else
     # ARMv8.6-A with the int8 and bf16 dot products (Apple M4, Arm C1 have them): ggml's
     # NEON/i8mm kernels, no SVE kernels. KleidiAI's configure step downloads its sources
@@ -80,7 +94,7 @@ if [ ! -f "$tree/.built" ]; then
         patch -p1 -s -d "$tree/src" < "$p"
     done
     export CCACHE_BASEDIR="$tree"  # relative paths: cache hits across patch-hash trees
-    if [ "$arch" = native ]; then
+    if [ "$arch" != aarch64 ]; then
         export CC=clang-19 CXX=clang++-19
     else
         # A copy in the tree: the cached build must not depend on where the repo is.
@@ -122,6 +136,8 @@ done
 if [ "$arch" = native ]; then
     ln -sfn "$tree/src" "$repo/build/llama.cpp"
     ln -sfn "$tree/build" "$repo/build/llama.cpp-build"
+elif [ "$arch" = baseline ]; then
+    for f in "$tree"/build/bin/lib*.so*; do install_copy "$f" "$bin_out"; done
 else
     # The tools link libllama-*-impl.so and the ggml libraries: all of them beside the
     # binaries (qemu.sh puts that directory on the library path), soname links included.

@@ -359,6 +359,19 @@ t_server() { python3 "$repo/tests/server_test.py" --bin "$bin/llama-server" --mo
 # failures, latency, tokens/s, RSS growth and the probes' texts.
 t_server_load() { python3 "$repo/tests/server_load.py" --bin "$bin/llama-server" --model "$model"; }
 
+# ---- x86-64 without AVX ---------------------------------------------------------
+# The same libggml-smepilot.so on an x86-64 CPU without AVX (qemu-x86_64 -cpu Nehalem:
+# SSE4.2): the registry finds no AVX2 and takes the scalar tier, no instruction of a later
+# extension runs (QEMU raises an illegal instruction for one the CPU model lacks), and the
+# emulated test-backend-ops subset passes against a CPU backend built for that CPU
+# (setup-llama.sh --baseline).
+t_backend_ops_nehalem() {
+    local qemu tree; qemu=$("$repo/bench-scripts/setup-qemu.sh" --x86) || return 1
+    tree=$("$repo/bench-scripts/setup-llama.sh" --baseline) || return 1
+    SMEPILOT_LOG=info emulated_ops nehalem "$plugin" "$arm_backend_ops" "$qemu" -cpu Nehalem "$tree/build/bin/test-backend-ops" || return 1
+    grep -m1 "SMEPILOT device: scalar kernels" "$work/emulated-ops-nehalem.out" || { grep -m1 "SMEPILOT device" "$work/emulated-ops-nehalem.out"; echo "not the scalar tier"; return 1; }
+}
+
 # ---- the KV cache in SMEPilot's packed layout ------------------------------------------
 t_kv_slot_save() { python3 "$repo/tests/kv_cache_test.py" --bin "$bin/llama-server" --model "$model"; }
 # Sequence state through llama.cpp's API with the cache in SMEPilot's packed buffer
@@ -436,6 +449,34 @@ t_fallback_declined_ops() {
     grep -qE "per backend: .*CPU = [1-9]" "$work/decline.out" || { echo "declined ops did not run on CPU"; return 1; }
     kld "$model" SMEPILOT_DECLINE_OPS=SOFT_MAX,RMS_NORM
 }
+# A model whose weights are of a type SMEPilot does not claim (Q5_0): those products go to
+# the CPU backend through the scheduler and the result stays within the KLD bound. Then
+# truncated and corrupted model files: llama.cpp rejects them, and with SMEPilot loaded it
+# must end the same way as stock (the same exit status).
+t_fallback_unclaimed_type() {
+    local m; m=$(requant Q5_0) || return 1
+    "$bin/llama-perplexity" --backend smepilot -m "$m" -f "$corpus" -c 128 --chunks 1 -lv 4 >"$work/unclaimed.out" 2>&1 || { tail -20 "$work/unclaimed.out"; return 1; }
+    grep -E "splits = |per backend" "$work/unclaimed.out" | head -3
+    grep -qE "per backend: .*CPU = [1-9]" "$work/unclaimed.out" || { echo "the Q5_0 products did not run on CPU"; return 1; }
+    kld "$m" || return 1
+    local size cut f rc_s rc_c
+    size=$(stat -c %s "$model")
+    for cut in 1024 $((size / 2)) $((size - 4096)) header; do
+        f="$work/corrupt-$cut.gguf"
+        if [ "$cut" = header ]; then
+            cp "$model" "$f" && printf '\xff\xff\xff\x7f' | dd of="$f" bs=1 seek=8 conv=notrunc status=none  # tensor count
+        else
+            head -c "$cut" "$model" >"$f"
+        fi
+        "$bin/llama-completion" --backend smepilot -m "$f" -p hi -n 4 -no-cnv </dev/null >"$work/corrupt.out" 2>&1; rc_s=$?
+        "$bin/llama-completion" --backend cpu -m "$f" -p hi -n 4 -no-cnv </dev/null >/dev/null 2>&1; rc_c=$?
+        rm -f "$f"
+        echo "model file cut at $cut: SMEPilot exit $rc_s, stock exit $rc_c"
+        if [ $rc_s -ne $rc_c ]; then
+            tail -5 "$work/corrupt.out"; echo "SMEPilot did not end as stock does"; return 1
+        fi
+    done
+}
 t_bad_settings() {
     if SMEPILOT_LOG=loud "$bin/llama-cli" --backend smepilot -m "$model" -p hi -n 1 -st </dev/null >"$work/bad.out" 2>&1; then
         echo "a bad SMEPILOT_LOG was accepted"; return 1
@@ -470,23 +511,28 @@ arm_engine() { # profile expected-tiers
 t_arm_engine_m4() { arm_engine m4 scalar,neon; }
 t_arm_engine_neon() { arm_engine neon scalar,neon; }
 # Each line of arm_backend_ops on one profile: no failing case, at least one passing.
-arm_ops() { # profile [case list, default arm_backend_ops]
-    local list=${2:-$arm_backend_ops}
-    local op pattern n rc t0 bad=0 raw="$work/arm-ops-$1.raw" out="$work/arm-ops-$1.out"
+# test-backend-ops under an emulator, one line of a case list at a time: no failing case,
+# at least one passing per line.
+emulated_ops() { # label plugin case-list command...
+    local label=$1 plugin_so=$2 list=$3; shift 3
+    local op pattern n rc t0 bad=0 raw="$work/emulated-ops-$label.raw" out="$work/emulated-ops-$label.out"
     while read -r op pattern; do
         [ -n "$op" ] || continue
         t0=$SECONDS
-        GGML_BACKEND_PATH="$arm_bin/libggml-smepilot.so" "$repo/bench-scripts/qemu.sh" --cpu "$1" "$arm_bin/test-backend-ops" test -b SMEPILOT -o "$op" ${pattern:+-p "$pattern"} </dev/null >"$raw" 2>&1
+        GGML_BACKEND_PATH="$plugin_so" "$@" test -b SMEPILOT -o "$op" ${pattern:+-p "$pattern"} </dev/null >"$raw" 2>&1
         rc=$?
         sed 's/\x1b\[[0-9;]*m//g' "$raw" >"$out"
         n=$(grep -cE "^\s+$op\(.*\): OK" "$out")
         printf '%-16s %3d passing, %3d not supported (%ds)\n' "$op" "$n" "$(grep -c 'not supported' "$out")" $((SECONDS - t0))
         if [ $rc -ne 0 ] || ! grep -q "Backend SMEPILOT" "$out" || grep -qE '^\s+[A-Z_]+\(.*\): FAIL' "$out" || [ "$n" -eq 0 ]; then
             grep -vE ': OK$|not supported' "$out" | tail -20
-            echo "$op on $1: exit $rc, $n passing (pattern: ${pattern:-none})"; bad=1
+            echo "$op on $label: exit $rc, $n passing (pattern: ${pattern:-none})"; bad=1
         fi
     done <<<"$list"
     return $bad
+}
+arm_ops() { # profile [case list, default arm_backend_ops]
+    emulated_ops "$1" "$arm_bin/libggml-smepilot.so" "${2:-$arm_backend_ops}" "$repo/bench-scripts/qemu.sh" --cpu "$1" "$arm_bin/test-backend-ops"
 }
 # MUL_MAT at shapes that fit no tile (llama-patches/0004) in every mode, on SME at SVL 512
 # (the planner's own choice, then each mode forced).
@@ -514,6 +560,7 @@ check backend-ops-no-amx    t_backend_ops_noamx
 check backend-ops-modes     t_backend_ops_modes
 check backend-ops-attn-pipelined t_backend_ops_attn_pipelined
 check backend-ops-kv-buffer t_backend_ops_kv_buffer
+check backend-ops-nehalem   t_backend_ops_nehalem
 check planner               t_planner
 check plan-chart            t_plan_chart
 check splits-smollm2        t_splits_smollm2
@@ -533,6 +580,7 @@ check kv-context-shift      t_kv_context_shift
 check kv-state-seq          t_kv_state_seq
 check batch-invariance      t_batch_invariance
 check fallback-declined-ops t_fallback_declined_ops
+check fallback-unclaimed-type t_fallback_unclaimed_type
 check bad-settings          t_bad_settings
 if [ "$arm" = 1 ]; then
     check aarch64-engine-m4     t_arm_engine_m4

@@ -433,6 +433,34 @@ mod avx2 {
         }
     }
 
+    /// `acc[i] += q[i][d] * kt[d]` for four query rows (q rows `dk` apart from `q0`) and the
+    /// 16 keys of channel d (`kp`: the transposed key block), in two 8-key halves.
+    #[inline(always)]
+    unsafe fn fma_channel(acc: &mut [[__m256; 2]; 4], q0: *const f32, dk: usize, kp: *const f32, d: usize) {
+        // SAFETY: callers (AVX2 + FMA functions) pass d < dk, four rows of dk floats at q0
+        // and a key block of dk x 16 floats at kp.
+        unsafe {
+            let (k0, k1) = (_mm256_loadu_ps(kp.add(d * BLOCK)), _mm256_loadu_ps(kp.add(d * BLOCK + 8)));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let qv = _mm256_set1_ps(*q0.add(i * dk + d));
+                a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
+                a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
+            }
+        }
+    }
+
+    /// Four rows of 16 scores from their accumulators.
+    #[inline(always)]
+    unsafe fn store_rows(acc: &[[__m256; 2]; 4], rows: &mut [[f32; BLOCK]]) {
+        for (row, a) in rows.iter_mut().zip(acc) {
+            // SAFETY: each row holds 16 floats; the callers' features include AVX.
+            unsafe {
+                _mm256_storeu_ps(row.as_mut_ptr(), a[0]);
+                _mm256_storeu_ps(row.as_mut_ptr().add(8), a[1]);
+            }
+        }
+    }
+
     /// Callers checked: q holds 16 rows of dk, kt dk * 16 floats. Four query rows at a time
     /// (eight accumulators: 4 rows x 2 key halves).
     #[target_feature(enable = "avx2,fma")]
@@ -447,17 +475,9 @@ mod avx2 {
                 let q0 = qp.add(quad * 4 * dk);
                 let mut acc = [[_mm256_setzero_ps(); 2]; 4];
                 for d in 0..dk {
-                    let (k0, k1) = (_mm256_loadu_ps(kp.add(d * BLOCK)), _mm256_loadu_ps(kp.add(d * BLOCK + 8)));
-                    for (i, a) in acc.iter_mut().enumerate() {
-                        let qv = _mm256_set1_ps(*q0.add(i * dk + d));
-                        a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
-                        a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
-                    }
+                    fma_channel(&mut acc, q0, dk, kp, d);
                 }
-                for (i, a) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(s[quad * 4 + i].as_mut_ptr(), a[0]);
-                    _mm256_storeu_ps(s[quad * 4 + i].as_mut_ptr().add(8), a[1]);
-                }
+                store_rows(&acc, &mut s[quad * 4..quad * 4 + 4]);
             }
         }
     }
@@ -481,29 +501,16 @@ mod avx2 {
                 for (l, acc) in p.iter_mut().enumerate() {
                     *acc = [[_mm256_setzero_ps(); 2]; 4];
                     for d in (l..whole).step_by(LANES) {
-                        let (k0, k1) = (_mm256_loadu_ps(kp.add(d * BLOCK)), _mm256_loadu_ps(kp.add(d * BLOCK + 8)));
-                        for (i, a) in acc.iter_mut().enumerate() {
-                            let qv = _mm256_set1_ps(*q0.add(i * dk + d));
-                            a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
-                            a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
-                        }
+                        fma_channel(acc, q0, dk, kp, d);
                     }
                 }
                 let mut acc: [[__m256; 2]; 4] = std::array::from_fn(|i| {
                     std::array::from_fn(|h| reduce_lanes(&std::array::from_fn(|l| p[l][i][h]), |a, b| _mm256_add_ps(a, b)))
                 });
                 for d in whole..dk {
-                    let (k0, k1) = (_mm256_loadu_ps(kp.add(d * BLOCK)), _mm256_loadu_ps(kp.add(d * BLOCK + 8)));
-                    for (i, a) in acc.iter_mut().enumerate() {
-                        let qv = _mm256_set1_ps(*q0.add(i * dk + d));
-                        a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
-                        a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
-                    }
+                    fma_channel(&mut acc, q0, dk, kp, d);
                 }
-                for (i, a) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(s[quad * 4 + i].as_mut_ptr(), a[0]);
-                    _mm256_storeu_ps(s[quad * 4 + i].as_mut_ptr().add(8), a[1]);
-                }
+                store_rows(&acc, &mut s[quad * 4..quad * 4 + 4]);
             }
         }
     }
@@ -626,12 +633,12 @@ mod neon {
     pub unsafe fn scores_block_lanes(q: &[f32], dk: usize, kt: &[f32], s: &mut [[f32; BLOCK]; BLOCK]) {
         let (qp, kp) = (q.as_ptr(), kt.as_ptr());
         let whole = dk - dk % LANES;
-        // Per lane pass its 4 x 4 accumulators.
-        let mut p = [[[vdupq_n_f32(0.0); 4]; 4]; LANES];
         // SAFETY: NEON is baseline on aarch64; callers checked q holds 16 rows of dk floats
         // and kt dk * 16, so the q loads (channel d < dk) and the key loads (row d < dk) stay
         // within q and kt, and every store within `p` or the 16 x 16 `s`.
         unsafe {
+            // Per lane pass its 4 x 4 accumulators.
+            let mut p = [[[vdupq_n_f32(0.0); 4]; 4]; LANES];
             let keys = |d: usize| -> [float32x4_t; 4] { std::array::from_fn(|m| vld1q_f32(kp.add(d * BLOCK + 4 * m))) };
             let step = |acc: &mut [[float32x4_t; 4]; 4], q0: *const f32, d: usize| {
                 let k = keys(d);

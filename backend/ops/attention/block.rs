@@ -81,18 +81,6 @@ pub fn row_max(row: &[f32]) -> f32 {
 
 const BLOCKS_PER_TILE: usize = KV_TILE / BLOCK;
 
-/// Q rows in f32 into `qb` (16 x dk; ggml's tiled path does not round them), padding
-/// rows zero.
-pub fn load_q(blk: &QBlock, node: &Node, qb: &mut [f32]) {
-    let q = node.src(0);
-    let dk = q.ne[0];
-    qb.fill(0.0);
-    for i in 0..blk.rows {
-        // Q rows hold dk f32 (supports).
-        qb[i * dk..(i + 1) * dk].copy_from_slice(&q.row::<f32>(blk.i0 + i, blk.iq2, blk.iq3)[..dk]);
-    }
-}
-
 /// Tile t's raw scores `s` (16 rows of 64) to the block's weights, in place: scaled, capped
 /// and masked as ggml finishes them, then the online softmax step. `m_run` and `s_run` (per
 /// row the running maximum and sum) move on; `ms` gets per row the factor the block's

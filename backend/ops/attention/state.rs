@@ -18,9 +18,10 @@ use super::block::{row_max, Params};
 pub const TILE: usize = 64;
 
 /// A row's scores of one tile (`row`: 64 places, the first `n` the keys in the view) to
-/// finished logits in place: scaled (or capped), plus `slope` times the mask, -inf where
-/// the mask is or past the view. `mask` holds the row's mask values (in f32) for those `n`
-/// keys. Each product rounded, then the sum, as the tiers' `finish_scores` kernels.
+/// finished logits in place: scaled (or capped), plus `slope` times the mask; -inf where
+/// the mask is -inf and past the view. `mask` holds the row's mask values (in f32) for
+/// those `n` keys. Each product rounded, then the sum, as the tiers' `finish_scores`
+/// kernels.
 pub fn finish_scores(row: &mut [f32], n: usize, p: &Params, slope: f32, mask: Option<&[f32]>) {
     let (keys, past) = row[..TILE].split_at_mut(n);
     if p.softcap != 0.0 {

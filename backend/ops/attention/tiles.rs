@@ -103,7 +103,7 @@ pub fn run(node: &Node, ctx: &ThreadCtx, b: &Layout, p: Params) {
         let (ik2, ik3) = (iq2 / (n_head / k.ne[2]), iq3 / (q.ne[3] / k.ne[3]));
         let (iv2, iv3) = (iq2 / (n_head / v.ne[2]), iq3 / (q.ne[3] / v.ne[3]));
         let (hk, hv) = (ik3 * k.ne[2] + ik2, iv3 * v.ne[2] + iv2);
-        block::load_q(&blk, node, qb);
+        load_q(&blk, node, qb);
         let mrows = blk.mask_rows(node);
         let (mut m_run, mut s_run, mut ms) = ([f32::NEG_INFINITY; BLOCK], [0f32; BLOCK], [1f32; BLOCK]);
         ob.fill(0.0);
@@ -198,5 +198,17 @@ impl<'a> Block<'a> {
         }
         let v_step = self.dv / 16 * PAIR;
         self.session.pv(self.p, &self.vt[t * steps * v_step..], v_step, steps, self.dv, ob);
+    }
+}
+
+/// Q rows in f32 into `qb` (16 x dk; ggml's tiled path does not round them), padding
+/// rows zero.
+fn load_q(blk: &QBlock, node: &Node, qb: &mut [f32]) {
+    let q = node.src(0);
+    let dk = q.ne[0];
+    qb.fill(0.0);
+    for i in 0..blk.rows {
+        // Q rows hold dk f32 (supports).
+        qb[i * dk..(i + 1) * dk].copy_from_slice(&q.row::<f32>(blk.i0 + i, blk.iq2, blk.iq3)[..dk]);
     }
 }
