@@ -697,7 +697,7 @@ fn schedules_give_the_same_bits(invariant: bool) {
     use crate::config::AttnSchedule;
     each_tier("ops::prefill_attention_schedules_give_the_same_bits", || {
         let blocked = tier_set().attn.blocked;
-        for &(dk, dv, n_q, n_kv, hq, hkv, hidden) in &[
+        let shapes = [
             (64, 48, 37, 75, 4, 2, 0),
             (64, 32, 16, 16, 2, 1, 0),
             (32, 16, 130, 400, 6, 2, 70),
@@ -705,7 +705,10 @@ fn schedules_give_the_same_bits(invariant: bool) {
             (64, 64, 100, 700, 8, 2, 130),
             // Query rows 0 .. 21 see only keys the mask hides.
             (64, 64, 37, 75, 4, 2, 60),
-        ] {
+        ];
+        // The invariant form on three of them, hidden tiles and rows among them (the
+        // schedules' code is shared; emulated Arm runs are slow).
+        for (_, &(dk, dv, n_q, n_kv, hq, hkv, hidden)) in shapes.iter().enumerate().filter(|(i, _)| !invariant || [0, 2, 5].contains(i)) {
             test_schedule::set(Some(AttnSchedule::Parallel));
             let alone = flash_attn_case_hiding(dk, dv, n_q, n_kv, hq, hkv, 0.0, None, 1, hidden, false);
             for (threads, schedule, cells) in [
