@@ -670,11 +670,10 @@ thread_local! {
 /// its own), give the same bits as one thread, for GQA groups of 1 to 4, partial query and
 /// key blocks, several tasks per head group, keys the mask hides from every query (whole
 /// tiles of them skipped, and query rows that see no key at all), soft-capping, and K / V
-/// in either cache layout. The report says which schedule ran.
+/// in either cache layout; in ggml's arithmetic and (on three shapes) the batch-invariant
+/// one. The report says which schedule ran.
 #[test]
 fn prefill_attention_schedules_give_the_same_bits() {
-    use super::attention::test_schedule;
-    use crate::config::AttnSchedule;
     let _lock = ATTN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let _reset = AttnReset;
     for invariant in [false, true] {
@@ -796,12 +795,12 @@ fn attention_rows_do_not_depend_on_the_batch() {
                 flash_attn_rows(&qs, &kv(&k, dk), &kv(&v, dv), &mask, dk, dv, hq, hkv, softcap, threads)
             };
             // Row i of a run over rows r0.. : head h's output.
-            let row = |out: &[u32], r0: usize, n: usize, i: usize| -> Vec<u32> { (0..hq).flat_map(|h| out[((i - r0) * hq + h) * dv..][..dv].to_vec()).collect() };
+            let row = |out: &[u32], r0: usize, i: usize| -> Vec<u32> { (0..hq).flat_map(|h| out[((i - r0) * hq + h) * dv..][..dv].to_vec()).collect() };
             let whole = run(0..n_q, n_kv, 2);
             for (rows, keys, threads) in [(3..4, n_kv, 1), (3..4, n_kv + pad, 2), (1..20, n_kv, 3), (0..5, n_kv + pad, 2), (2..n_q, n_kv + pad, 1), (35..n_q, n_kv, 2)] {
                 let got = run(rows.clone(), keys, threads);
                 for i in rows.clone().filter(|&i| i == 3 || i == 4 || i == 19 || i == 37) {
-                    assert!(row(&got, rows.start, rows.len(), i) == row(&whole, 0, n_q, i), "dk {dk} heads {hq}/{hkv} softcap {softcap}: row {i} among rows {rows:?} over {keys} keys, {threads} threads, differs from the whole batch's");
+                    assert!(row(&got, rows.start, i) == row(&whole, 0, i), "dk {dk} heads {hq}/{hkv} softcap {softcap}: row {i} among rows {rows:?} over {keys} keys, {threads} threads, differs from the whole batch's");
                 }
             }
         }
