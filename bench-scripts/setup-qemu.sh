@@ -44,7 +44,7 @@ if ! version_ok; then
         rm -rf "$d/root" "$d/lists" "$d/cache" "$d"/qemu-user_*.deb
         mkdir -p "$d/root/usr/bin" && mv "$d/qemu-aarch64.keep" "$qemu" && mv "$d/qemu-x86_64.keep" "$qemu_x86"
     fi
-    version_ok || { say "qemu-aarch64 $want.x not found after download from $suite (got: $("$qemu" --version 2>/dev/null | head -1 || echo nothing))"; exit 1; }
+    version_ok || { say "qemu-aarch64 $want.x and qemu-x86_64 not found after download from $suite (got: $("$qemu" --version 2>/dev/null | head -1 || echo nothing))"; exit 1; }
 fi
 say "$("$qemu" --version | head -1)"
 if [ "$print" = x86_64 ]; then echo "$qemu_x86"; else echo "$qemu"; fi

@@ -18,6 +18,7 @@ growth plus 5 points. Prints failures, p50 / p99 latency and tokens/s for both.
 import argparse
 import json
 import random
+import re
 import statistics
 import sys
 import threading
@@ -102,9 +103,13 @@ def send(base: str, req: dict) -> dict:
 
 
 def rss_kb(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
+    """The process's resident set in KiB; 0 once it is gone."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
     return 0
 
 
@@ -115,7 +120,10 @@ def run(binary: str, model: str, backend: str, corpus: str) -> dict:
     env = {"SMEPILOT_BATCH_INVARIANT": "1"} if backend == "smepilot" else {}
     with server_process(binary, model, log, ["-c", "8192", "-np", "4", "-fa", "on"], backend, env) as (base, proc):
         probe_reqs = [{"kind": "completion", "prompt": p, "n": 32, "temperature": 0, "cache_prompt": False} for p in probes(corpus)]
-        alone = [send(base, r)["text"] for r in probe_reqs]
+        try:
+            alone = [send(base, r)["text"] for r in probe_reqs]
+        except Exception as e:  # noqa: BLE001 - the idle server failed a probe
+            raise RuntimeError(f"a probe failed on the idle server: {e}") from e
         reqs = workload(corpus)
         # The probes among the load: every 20th place.
         for i, pr in enumerate(probe_reqs):
@@ -154,7 +162,7 @@ def run(binary: str, model: str, backend: str, corpus: str) -> dict:
     out["probes_same"] = sum(a == b for a, b in zip(alone, under))
     out["probe_diffs"] = [(i, alone[i][:60], (under[i] or "")[:60]) for i in range(N_PROBES) if alone[i] != under[i]]
     served = open(log).read()
-    out["smepilot_nodes"] = "nodes computed by SMEPilot" in served
+    out["smepilot_nodes"] = re.search(r"[1-9]\d* nodes computed by SMEPilot", served) is not None
     return out
 
 
@@ -186,6 +194,8 @@ def main() -> int:
     for r in (s, c):
         print(f"| {r['backend']} | {r['failures']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['tok_s']:.1f} | {r['growth']:+.1f}% | {r['probes_same']}/{N_PROBES} |")
     problems = []
+    if not (s["rss20"] and s["rss_end"] and c["rss20"] and c["rss_end"]):
+        problems.append("an RSS sample is missing (a server stopped?)")
     if s["failures"] or not s["alive"]:
         problems.append("SMEPilot's server failed requests or stopped")
     if not s["smepilot_nodes"]:

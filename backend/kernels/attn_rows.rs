@@ -1,7 +1,7 @@
 //! Decode attention kernels: the query heads that share one K/V head (GQA) against a run of
 //! f16 key and value rows of the cache, each row read once for all of them.
 //!
-//! * scores: `s[h][i] = q_h . k_i`, f32 q (already rounded through f16), in 8 lanes (lane
+//! * scores: `s[h][i] = q_h . k_i`, f32 q, in 8 lanes (lane
 //!   `d % 8` sums channel d with one fused multiply-add chain), lanes reduced as
 //!   `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))`, then the `dk % 8` last channels
 //!   fused in one by one;
@@ -176,7 +176,7 @@ mod avx2 {
 
     /// Callers checked the lengths (`check_scores`). Heads in groups of up to four, two keys
     /// at a time (up to eight accumulators), each key row converted once per group; with
-    /// more heads (the streamed path's 16 query rows), four heads and three keys at a time.
+    /// more heads (GQA groups past four), four heads and three keys at a time.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn scores(q: &[f32], g: usize, dk: usize, k: &[u8], k_stride: usize, n: usize, s: &mut [f32], s_stride: usize, pf: Prefetch) {
         let mut h0 = 0;
@@ -527,7 +527,7 @@ mod tests {
                 (8, 13, 19, 67, 3),
                 (2, 7, 5, 130, 0),
                 (4, 96, 80, 2, 32),
-                // The streamed path's many rows: four heads by three keys, leftovers.
+                // Groups past four heads: four heads by three keys, leftovers.
                 (16, 128, 128, 64, 0),
                 (13, 20, 40, 65, 5),
                 (6, 8, 24, 3, 0),

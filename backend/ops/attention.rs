@@ -143,9 +143,12 @@ fn path(node: &Node, ks: &KernelSet, nth: usize) -> Path {
     if !blocked(node, ks) {
         return Path::Rows;
     }
+    // The tile form has ggml's arithmetic only: batch invariance keeps the vector units.
     #[cfg(target_arch = "x86_64")]
-    if let Some(t) = tiles::layout(node, ks) {
-        return Path::Tiles(t);
+    if !invariant() {
+        if let Some(t) = tiles::layout(node, ks) {
+            return Path::Tiles(t);
+        }
     }
     Path::Streamed(streamed::Layout::new(node, nth, pipelined(nth), invariant()))
 }
@@ -220,7 +223,7 @@ pub fn takes_blocked_path(node: &Node, ks: &KernelSet) -> bool {
 /// Whether the node's products run on the matrix unit's tiles.
 pub fn takes_tile_path(node: &Node, ks: &KernelSet) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if blocked(node, ks) {
+    if blocked(node, ks) && !invariant() {
         return tiles::layout(node, ks).is_some();
     }
     let _ = (node, ks);
@@ -281,7 +284,7 @@ fn rows_layout(node: &Node, nth: usize) -> RowsLayout {
     let rows = q.ne[1] * (q.ne[2] / g) * q.ne[3];
     let n_c = n_kv.div_ceil(CHUNK).max(1);
     let split = n_c > 1 && rows < 4 * nth;
-    // A chunk's state: per head its maximum and sum, then its g x dv output.
+    // A chunk's states: per tile the heads' maxima and sums, then their g x dv outputs.
     let unit = round64(TILES * g * (2 + dv) * 4);
     let partials = if split { rows * n_c * unit } else { 0 };
     // Q in f32, the chunk's scores, its states, the folded output, a chunk's mask row in
@@ -485,8 +488,8 @@ impl RowsJob<'_> {
 }
 
 /// The per-row path: the query heads that share a K/V head (GQA) run as one row-group,
-/// each K and V row read once for all of them; keys in chunks of [`CHUNK`], each chunk's
-/// softmax state (maximum, sum, weighted V) merged in chunk order. Decode splits the
+/// each K and V row read once for all of them; keys in chunks of [`CHUNK`], each tile's
+/// softmax state (maximum, sum, weighted V) folded in order (`state`). Decode splits the
 /// chunks across the threads, more queries split the row-groups.
 pub fn flash_attn(node: &Node, ctx: &ThreadCtx, scale: f32, max_bias: f32, softcap: f32) {
     let n_head = node.src(0).ne[2];

@@ -233,13 +233,17 @@ impl Job<'_> {
         let dk = q.ne[0];
         for u in 0..task.nu {
             let qb = self.unit(task, u);
-            let (qu, o, m, l) = (r.q(u), r.o(u), r.m(u), r.l(u));
+            let (qu, o) = (r.q(u), r.o(u));
             qu.fill(0.0); // padding rows: scored, never used
             o.fill(0.0);
             for i in 0..qb.rows {
                 // Q rows hold dk f32 (supports).
                 qu[i * dk..(i + 1) * dk].copy_from_slice(&q.row::<f32>(qb.i0 + i, qb.iq2, qb.iq3)[..dk]);
-                if self.lay.invariant {
+            }
+            // The running state is this thread's in the invariant form only (see Region).
+            if self.lay.invariant {
+                let (m, l) = (r.m(u), r.l(u));
+                for i in 0..qb.rows {
                     (m[i], l[i]) = state::start(state::sink(&self.p, qb.iq2), &mut o[i * self.dv()..(i + 1) * self.dv()]);
                 }
             }
