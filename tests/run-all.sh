@@ -192,8 +192,8 @@ t_backend_ops_modes() {
 t_backend_ops_attn_pipelined() {
     backend_ops "FLASH_ATTN_EXT" 'hsk=(64|80|96|128|192),hsv=(64|80|96|128),.*nb=(16|32|64|67|75|512),.*type_K=f16' "" SMEPILOT_ATTN=pipelined SMEPILOT_BATCH_INVARIANT=1 || return 1
     # ggml's arithmetic pipelined too (its softmax thread keeps the running state): one
-    # head size.
-    backend_ops "FLASH_ATTN_EXT" 'hsk=128,hsv=128,.*nb=(16|32|64|67|75|512),.*type_K=f16' "" SMEPILOT_ATTN=pipelined || return 1
+    # head size, one batch size.
+    backend_ops "FLASH_ATTN_EXT" 'hsk=128,hsv=128,.*nb=75,.*prec=f32,type_K=f16,type_V=f16,permute=\[0,1,2,3\]' "" SMEPILOT_ATTN=pipelined || return 1
     SMEPILOT_TRACE=1 SMEPILOT_ATTN=pipelined "$bin/llama-bench" --backend smepilot -m "$model" -fa 1 -p 64 -n 0 -r 1 >"$work/trace-attn.out" 2>&1 || { tail -20 "$work/trace-attn.out"; return 1; }
     grep -m1 "trace: FLASH_ATTN_EXT.*attn=pipelined pair0: matrix=[0-9]*us softmax=[0-9]*us" "$work/trace-attn.out" || { grep -m3 "FLASH_ATTN_EXT" "$work/trace-attn.out"; echo "no pipelined attention in the trace"; return 1; }
 }
