@@ -175,25 +175,10 @@ mod avx2 {
     }
 
     /// Callers checked the lengths (`check_scores`). Heads in groups of up to four, two keys
-    /// at a time (up to eight accumulators), each key row converted once per group; with
-    /// more heads (GQA groups past four), four heads and three keys at a time.
+    /// at a time (up to eight accumulators), each key row converted once per group.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn scores(q: &[f32], g: usize, dk: usize, k: &[u8], k_stride: usize, n: usize, s: &mut [f32], s_stride: usize, pf: Prefetch) {
         let mut h0 = 0;
-        if g > 4 && dk >= 8 {
-            let n3 = n - n % 3;
-            while h0 + 4 <= g {
-                // SAFETY: heads h0 .. h0 + 4 <= g, keys below n3 <= n of the checked q, k, s.
-                unsafe { scores_4x3(q, h0, dk, k, k_stride, n3, s, s_stride) };
-                if n3 < n {
-                    // The last keys: the same arithmetic, from key n3 on.
-                    let (kr, sr) = (&k[n3 * k_stride..], &mut s[n3..]);
-                    // SAFETY: as above, for keys n3 .. n.
-                    unsafe { scores_heads::<4>(q, h0, dk, kr, k_stride, n - n3, sr, s_stride, Prefetch::NONE) };
-                }
-                h0 += 4;
-            }
-        }
         while h0 < g {
             let hg = (g - h0).min(4);
             // Along with the first head group's pass over the keys.
@@ -208,47 +193,6 @@ mod avx2 {
                 }
             }
             h0 += hg;
-        }
-    }
-
-    /// Four heads against keys in threes (twelve accumulators); each sum reduced as
-    /// `reduce8` (the adds of `_mm_hadd_ps` pair lanes as it does), then the tail channels.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn scores_4x3(q: &[f32], h0: usize, dk: usize, k: &[u8], k_stride: usize, n: usize, s: &mut [f32], s_stride: usize) {
-        let whole = dk & !7;
-        let (qp, kp) = (q.as_ptr().wrapping_add(h0 * dk), k.as_ptr());
-        let tail = |x: f32, h: usize, row: &[u8]| -> f32 { (whole..dk).fold(x, |x, d| q[(h0 + h) * dk + d].mul_add(f16_at(row, d), x)) };
-        let mut i = 0;
-        // SAFETY: (check_scores) q holds heads h0 .. h0 + 4 of dk floats, k holds rows
-        // i .. i + 3 <= n of 2 dk bytes at k_stride, s rows h0 + h of n at s_stride; loads
-        // read channels d + 8 <= whole <= dk.
-        unsafe {
-            while i + 3 <= n {
-                let kr = [kp.add(i * k_stride), kp.add((i + 1) * k_stride), kp.add((i + 2) * k_stride)];
-                let mut acc = [[_mm256_setzero_ps(); 3]; 4];
-                let mut d = 0;
-                while d < whole {
-                    let x: [__m256; 3] = std::array::from_fn(|j| _mm256_cvtph_ps(_mm_loadu_si128(kr[j].add(2 * d) as *const __m128i)));
-                    for (h, a) in acc.iter_mut().enumerate() {
-                        let qv = _mm256_loadu_ps(qp.add(h * dk + d));
-                        for j in 0..3 {
-                            a[j] = _mm256_fmadd_ps(qv, x[j], a[j]);
-                        }
-                    }
-                    d += 8;
-                }
-                for (h, a) in acc.iter().enumerate() {
-                    let t: [__m128; 3] = std::array::from_fn(|j| _mm_add_ps(_mm256_castps256_ps128(a[j]), _mm256_extractf128_ps::<1>(a[j])));
-                    let r = _mm_hadd_ps(_mm_hadd_ps(t[0], t[1]), _mm_hadd_ps(t[2], t[2]));
-                    let mut out = [0f32; 4];
-                    _mm_storeu_ps(out.as_mut_ptr(), r);
-                    for j in 0..3 {
-                        s[(h0 + h) * s_stride + i + j] = tail(out[j], h, &k[(i + j) * k_stride..]);
-                    }
-                }
-                i += 3;
-            }
         }
     }
 
@@ -323,7 +267,6 @@ mod avx2 {
                 // p, v and o.
                 unsafe {
                     match hg {
-                        4 if g > 4 => pv_heads::<4, 3>(p, p_stride, h0, v, v_stride, k0, nk, dv, o),
                         4 => pv_heads::<4, 2>(p, p_stride, h0, v, v_stride, k0, nk, dv, o),
                         3 => pv_heads::<3, 2>(p, p_stride, h0, v, v_stride, k0, nk, dv, o),
                         2 => pv_heads::<2, 4>(p, p_stride, h0, v, v_stride, k0, nk, dv, o),
